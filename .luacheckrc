@@ -1,0 +1,4 @@
+std = "lua54"
+max_line_length = 120
+files["spec/**/*.lua"] = { std = "+busted" }
+exclude_files = { "spec/.tmp/**", "build/**" }

@@ -1,0 +1,306 @@
+/*
+ * luaopen_chbackup_core: the Lua binding of the C engine. No logic lives
+ * here: arguments are checked and copied, engine calls are made, results
+ * are pushed. Expected failures return `nil, message, code` (the `fail`
+ * shape of luaL_fileresult); misuse raises.
+ */
+#include "chb_checksums.h"
+#include "chb_error.h"
+#include "chb_hash.h"
+#include "chb_job.h"
+#include "chb_proc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#define CHB_EXPORT __attribute__((visibility("default")))
+#define CHB_JOB_MT "chbackup.Job"
+
+int luaopen_chbackup_core(lua_State *L);
+
+static int push_fail(lua_State *L, const chb_error *e) {
+  luaL_pushfail(L);                          /* fail */
+  lua_pushstring(L, e->msg);                 /* fail, msg */
+  lua_pushstring(L, chb_code_name(e->code)); /* fail, msg, code */
+  return 3;
+}
+
+static void push_hex(lua_State *L, chb_u128 v) {
+  char hex[33];
+  chb_u128_to_hex(v, hex);
+  lua_pushstring(L, hex);
+}
+
+static int check_hex(lua_State *L, int arg, chb_u128 *out) {
+  const char *hex = luaL_checkstring(L, arg);
+  if (chb_u128_from_hex(hex, out) != 0)
+    return luaL_argerror(L, arg, "expected a checksum of 32 hex digits");
+  return 0;
+}
+
+/* ---- chbackup.Job ------------------------------------------------------ */
+
+typedef struct job_box {
+  chb_job *job;   /* NULL once closed */
+} job_box;
+
+static chb_job *check_job(lua_State *L) {
+  job_box *b = luaL_checkudata(L, 1, CHB_JOB_MT);
+  if (!b->job) luaL_error(L, "attempt to use a closed " CHB_JOB_MT);
+  return b->job;
+}
+
+/* core.job{threads=, buffer_size=, fsync=} -> Job */
+static int core_job(lua_State *L) {
+  chb_job_opts opts = {0, 0, 0};
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "threads");      /* opts, threads */
+    opts.threads = (int)luaL_optinteger(L, -1, 0);
+    lua_getfield(L, 1, "buffer_size");  /* opts, threads, buffer_size */
+    opts.buffer_size = (size_t)luaL_optinteger(L, -1, 0);
+    lua_getfield(L, 1, "fsync");        /* opts, threads, buffer_size, fsync */
+    opts.fsync = lua_toboolean(L, -1);
+    lua_pop(L, 3);                      /* opts */
+  }
+  job_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* opts, ud */
+  b->job = NULL;                                   /* born closed */
+  luaL_setmetatable(L, CHB_JOB_MT);
+  chb_error err;
+  b->job = chb_job_new(&opts, &err);
+  if (!b->job) return push_fail(L, &err);
+  return 1;
+}
+
+/* job:add(src, dst|nil, size|nil, checksum|nil, src_offset|nil) -> index */
+static int job_add(lua_State *L) {
+  chb_job *job = check_job(L);
+  const char *src = luaL_checkstring(L, 2);
+  const char *dst = luaL_optstring(L, 3, NULL);
+  lua_Integer size = luaL_optinteger(L, 4, -1);
+  chb_u128 hash, *hp = NULL;
+  if (!lua_isnoneornil(L, 5)) {
+    check_hex(L, 5, &hash);
+    hp = &hash;
+  }
+  lua_Integer offset = luaL_optinteger(L, 6, 0);
+  luaL_argcheck(L, offset >= 0, 6, "offset must be >= 0");
+  chb_error err;
+  long i = chb_job_add(job, src, dst, (uint64_t)offset, (int64_t)size, hp, &err);
+  if (i < 0) return luaL_error(L, "%s", err.msg);
+  lua_pushinteger(L, i + 1);
+  return 1;
+}
+
+static int job_start(lua_State *L) {
+  chb_job *job = check_job(L);
+  chb_error err;
+  if (chb_job_start(job, &err) != 0) return push_fail(L, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* job:wait([seconds]) -> state; no argument waits until the job ends */
+static int job_wait(lua_State *L) {
+  chb_job *job = check_job(L);
+  long ms = lua_isnoneornil(L, 2) ? -1 : (long)(luaL_checknumber(L, 2) * 1000);
+  lua_pushstring(L, chb_job_state_name(chb_job_wait(job, ms)));
+  return 1;
+}
+
+static int job_cancel(lua_State *L) {
+  chb_job_cancel(check_job(L));
+  return 0;
+}
+
+static int job_progress(lua_State *L) {
+  chb_job_progress p;
+  chb_job_get_progress(check_job(L), &p);
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, chb_job_state_name(p.state));
+  lua_setfield(L, -2, "state");
+  lua_pushinteger(L, (lua_Integer)p.files_total);
+  lua_setfield(L, -2, "files_total");
+  lua_pushinteger(L, (lua_Integer)p.files_done);
+  lua_setfield(L, -2, "files_done");
+  lua_pushinteger(L, (lua_Integer)p.bytes_total);
+  lua_setfield(L, -2, "bytes_total");
+  lua_pushinteger(L, (lua_Integer)p.bytes_done);
+  lua_setfield(L, -2, "bytes_done");
+  return 1;
+}
+
+static int job_result(lua_State *L) {
+  chb_error err;
+  if (chb_job_result(check_job(L), &err) != 0) return push_fail(L, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* job:entry(i) -> size, checksum (after the job is done) */
+static int job_entry(lua_State *L) {
+  chb_job *job = check_job(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  uint64_t size;
+  chb_u128 hash;
+  if (i < 1 || chb_job_entry_result(job, (size_t)(i - 1), &size, &hash) != 0)
+    return luaL_error(L, "no result for entry %d (job not done or index out of range)", (int)i);
+  lua_pushinteger(L, (lua_Integer)size);
+  push_hex(L, hash);
+  return 2;
+}
+
+static int job_count(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)chb_job_count(check_job(L)));
+  return 1;
+}
+
+/* close, __gc and __close: cancel, join, free; idempotent, never raises. */
+static int job_close(lua_State *L) {
+  job_box *b = luaL_checkudata(L, 1, CHB_JOB_MT);
+  chb_job_free(b->job);
+  b->job = NULL;
+  return 0;
+}
+
+static const luaL_Reg job_methods[] = {
+    {"add", job_add},         {"start", job_start},   {"wait", job_wait},
+    {"cancel", job_cancel},   {"progress", job_progress},
+    {"result", job_result},   {"entry", job_entry},   {"count", job_count},
+    {"close", job_close},     {NULL, NULL}};
+
+static const luaL_Reg job_meta[] = {
+    {"__gc", job_close}, {"__close", job_close}, {NULL, NULL}};
+
+/* ---- functions --------------------------------------------------------- */
+
+/* core.cityhash128(s [, seed_hex]) -> hex: CityHash v1.0.2 of one buffer */
+static int core_cityhash128(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  if (lua_isnoneornil(L, 2)) {
+    push_hex(L, chb_cityhash128(s, len));
+  } else {
+    chb_u128 seed;
+    check_hex(L, 2, &seed);
+    push_hex(L, chb_cityhash128_seed(s, len, seed));
+  }
+  return 1;
+}
+
+/* core.checksum(s) -> hex: ClickHouse's file checksum of a string's bytes */
+static int core_checksum(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  chb_hash h;
+  chb_hash_init(&h);
+  chb_hash_update(&h, s, len);
+  push_hex(L, chb_hash_peek(&h));
+  return 1;
+}
+
+/* core.read_checksums(path) -> { [name] = {size=, checksum=, ...} } | fail */
+static int core_read_checksums(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  chb_checksums c;
+  chb_error err;
+  if (chb_checksums_read(path, &c, &err) != 0) return push_fail(L, &err);
+  lua_createtable(L, 0, (int)c.count);       /* t */
+  for (size_t i = 0; i < c.count; i++) {
+    const chb_part_file *f = &c.files[i];
+    lua_createtable(L, 0, 5);                /* t, f */
+    lua_pushinteger(L, (lua_Integer)f->file_size);
+    lua_setfield(L, -2, "size");
+    push_hex(L, f->file_hash);
+    lua_setfield(L, -2, "checksum");
+    lua_pushboolean(L, f->is_compressed);
+    lua_setfield(L, -2, "is_compressed");
+    if (f->is_compressed) {
+      lua_pushinteger(L, (lua_Integer)f->uncompressed_size);
+      lua_setfield(L, -2, "uncompressed_size");
+      push_hex(L, f->uncompressed_hash);
+      lua_setfield(L, -2, "uncompressed_checksum");
+    }
+    lua_setfield(L, -2, f->name);            /* t */
+  }
+  chb_checksums_free(&c);
+  return 1;
+}
+
+/* core.now_us() -> microseconds since the epoch */
+static int core_now_us(lua_State *L) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  lua_pushinteger(L, (lua_Integer)tv.tv_sec * 1000000 + tv.tv_usec);
+  return 1;
+}
+
+static int core_getpid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
+/* core.fsync(path) -> true | fail: flush a file or a directory to disk */
+static int core_fsync(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  chb_error err;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) != 0) {
+    int saved = errno;
+    if (fd >= 0) close(fd);
+    chb_error_errno(&err, saved, "cannot fsync", path);
+    return push_fail(L, &err);
+  }
+  close(fd);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.spawn_detached(argv, log_path) -> pid | fail */
+static int core_spawn_detached(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  const char *log = luaL_optstring(L, 2, "/dev/null");
+  int n = (int)luaL_len(L, 1);
+  luaL_argcheck(L, n >= 1, 1, "argv must not be empty");
+  const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
+  for (int i = 1; i <= n; i++) {
+    lua_geti(L, 1, i);
+    argv[i - 1] = luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* the string stays alive: it is in the argv table */
+  }
+  argv[n] = NULL;
+  chb_error err;
+  long pid = chb_proc_spawn_detached(argv, log, &err);
+  if (pid < 0) return push_fail(L, &err);
+  lua_pushinteger(L, pid);
+  return 1;
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"job", core_job},
+    {"cityhash128", core_cityhash128},
+    {"checksum", core_checksum},
+    {"read_checksums", core_read_checksums},
+    {"now_us", core_now_us},
+    {"getpid", core_getpid},
+    {"fsync", core_fsync},
+    {"spawn_detached", core_spawn_detached},
+    {NULL, NULL}};
+
+CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {
+  luaL_newmetatable(L, CHB_JOB_MT);   /* mt */
+  luaL_setfuncs(L, job_meta, 0);
+  luaL_newlib(L, job_methods);        /* mt, methods */
+  lua_setfield(L, -2, "__index");     /* mt */
+  lua_pop(L, 1);
+  luaL_newlib(L, core_funcs);         /* core */
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "_VERSION");
+  return 1;
+}

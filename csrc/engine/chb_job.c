@@ -1,0 +1,342 @@
+/* Executes a plan of file entries on worker threads; see chb_job.h. */
+#include "chb_job.h"
+#include "chb_fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct chb_entry {
+  char *src;
+  char *dst;                  /* NULL: hash only */
+  uint64_t src_offset;
+  int64_t expect_size;        /* < 0: unknown */
+  int has_expect_hash;
+  chb_u128 expect_hash;
+  uint64_t size;              /* results, valid once the job is DONE */
+  chb_u128 hash;
+} chb_entry;
+
+struct chb_job {
+  chb_job_opts opts;
+  chb_entry *entries;
+  size_t count, cap;
+  uint64_t bytes_total;
+
+  pthread_t *threads;
+  int nthreads;               /* started workers, joined in free */
+  atomic_size_t next;         /* cursor over entries */
+  atomic_uint_fast64_t files_done, bytes_done;
+  atomic_int stop;            /* set on failure or cancel: workers exit */
+
+  pthread_mutex_t lock;       /* guards state, running, error */
+  pthread_cond_t ended;
+  chb_job_state state;
+  int running;                /* workers not yet finished */
+  chb_error error;
+};
+
+const char *chb_job_state_name(chb_job_state s) {
+  switch (s) {
+  case CHB_JOB_NEW: return "new";
+  case CHB_JOB_RUNNING: return "running";
+  case CHB_JOB_DONE: return "done";
+  case CHB_JOB_FAILED: return "failed";
+  case CHB_JOB_CANCELLED: return "cancelled";
+  }
+  return "unknown";
+}
+
+chb_job *chb_job_new(const chb_job_opts *opts, chb_error *err) {
+  chb_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    chb_error_set(err, CHB_ENOMEM, "cannot allocate a job");
+    return NULL;
+  }
+  job->opts = *opts;
+  if (job->opts.threads <= 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    job->opts.threads = n > 0 ? (int)n : 1;
+  }
+  if (job->opts.threads > 64) job->opts.threads = 64;
+  if (job->opts.buffer_size == 0) job->opts.buffer_size = 1 << 20;
+  pthread_mutex_init(&job->lock, NULL);
+  pthread_cond_init(&job->ended, NULL);
+  job->state = CHB_JOB_NEW;
+  chb_error_clear(&job->error);
+  return job;
+}
+
+long chb_job_add(chb_job *job, const char *src, const char *dst,
+                 uint64_t src_offset, int64_t expect_size,
+                 const chb_u128 *expect_hash, chb_error *err) {
+  if (job->state != CHB_JOB_NEW) {
+    chb_error_set(err, CHB_INVALID, "cannot add to a job that has started");
+    return -1;
+  }
+  if (job->count == job->cap) {
+    size_t cap = job->cap ? job->cap * 2 : 64;
+    chb_entry *grown = realloc(job->entries, cap * sizeof *grown);
+    if (!grown) {
+      chb_error_set(err, CHB_ENOMEM, "cannot grow the job's entry list");
+      return -1;
+    }
+    job->entries = grown;
+    job->cap = cap;
+  }
+  chb_entry *e = &job->entries[job->count];
+  memset(e, 0, sizeof *e);
+  e->src = strdup(src);
+  e->dst = dst ? strdup(dst) : NULL;
+  if (!e->src || (dst && !e->dst)) {
+    free(e->src);
+    free(e->dst);
+    chb_error_set(err, CHB_ENOMEM, "cannot copy entry paths");
+    return -1;
+  }
+  e->src_offset = src_offset;
+  e->expect_size = expect_size;
+  if (expect_hash) {
+    e->has_expect_hash = 1;
+    e->expect_hash = *expect_hash;
+  }
+  if (expect_size > 0) job->bytes_total += (uint64_t)expect_size;
+  return (long)job->count++;
+}
+
+/* Records the first failure and tells every worker to stop. */
+static void job_fail(chb_job *job, const chb_error *e) {
+  pthread_mutex_lock(&job->lock);
+  if (job->error.code == CHB_OK) job->error = *e;
+  pthread_mutex_unlock(&job->lock);
+  atomic_store(&job->stop, 1);
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static int open_dst(const char *dst, chb_error *err) {
+  int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == ENOENT) {
+    if (chb_fs_mkdir_parents(dst, err) != 0) return -1;
+    fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  }
+  if (fd < 0) chb_error_errno(err, errno, "cannot create", dst);
+  return fd;
+}
+
+/* Streams one entry: read src -> hash -> write dst, then checks. */
+static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *err) {
+  int in = open(e->src, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return chb_error_errno(err, errno, "cannot open", e->src);
+  int out = -1, rc = -1;
+  chb_hash h;
+  chb_hash_init(&h);
+  if (e->src_offset && lseek(in, (off_t)e->src_offset, SEEK_SET) < 0) {
+    chb_error_errno(err, errno, "cannot seek in", e->src);
+    goto done;
+  }
+  posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
+  if (e->dst && (out = open_dst(e->dst, err)) < 0) goto done;
+  for (;;) {
+    if (atomic_load(&job->stop)) {
+      chb_error_set(err, CHB_CANCELLED, "cancelled while copying %s", e->src);
+      goto done;
+    }
+    ssize_t n = read(in, buf, job->opts.buffer_size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      chb_error_errno(err, errno, "cannot read", e->src);
+      goto done;
+    }
+    if (n == 0) break;
+    chb_hash_update(&h, buf, (size_t)n);
+    if (out >= 0 && write_all(out, buf, (size_t)n) != 0) {
+      chb_error_errno(err, errno, "cannot write", e->dst);
+      goto done;
+    }
+    atomic_fetch_add(&job->bytes_done, (uint64_t)n);
+  }
+  e->size = h.total;
+  e->hash = chb_hash_peek(&h);
+  if (e->expect_size >= 0 && e->size != (uint64_t)e->expect_size) {
+    chb_error_set(err, CHB_CORRUPT, "size mismatch for %s: expected %lld bytes, read %llu",
+                  e->src, (long long)e->expect_size, (unsigned long long)e->size);
+    goto done;
+  }
+  if (e->has_expect_hash &&
+      (e->hash.lo != e->expect_hash.lo || e->hash.hi != e->expect_hash.hi)) {
+    char want[33], got[33];
+    chb_u128_to_hex(e->expect_hash, want);
+    chb_u128_to_hex(e->hash, got);
+    chb_error_set(err, CHB_CORRUPT, "checksum mismatch for %s: expected %s, got %s",
+                  e->src, want, got);
+    goto done;
+  }
+  if (out >= 0 && job->opts.fsync && fsync(out) != 0) {
+    chb_error_errno(err, errno, "cannot fsync", e->dst);
+    goto done;
+  }
+  rc = 0;
+done:
+  close(in);
+  if (out >= 0 && close(out) != 0 && rc == 0)
+    rc = chb_error_errno(err, errno, "cannot close", e->dst);
+  if (rc != 0 && out >= 0) unlink(e->dst); /* never leave a partial file */
+  return rc;
+}
+
+static void *worker(void *arg) {
+  chb_job *job = arg;
+  chb_error err;
+  chb_error_clear(&err);
+  unsigned char *buf = malloc(job->opts.buffer_size);
+  if (!buf) {
+    chb_error_set(&err, CHB_ENOMEM, "cannot allocate a %zu-byte buffer", job->opts.buffer_size);
+    job_fail(job, &err);
+  }
+  while (buf && !atomic_load(&job->stop)) {
+    size_t i = atomic_fetch_add(&job->next, 1);
+    if (i >= job->count) break;
+    if (run_entry(job, &job->entries[i], buf, &err) != 0) {
+      job_fail(job, &err);
+      break;
+    }
+    atomic_fetch_add(&job->files_done, 1);
+  }
+  free(buf);
+  pthread_mutex_lock(&job->lock);
+  if (--job->running == 0) {
+    if (job->error.code == CHB_OK && atomic_load(&job->stop))
+      chb_error_set(&job->error, CHB_CANCELLED, "cancelled");
+    job->state = job->error.code == CHB_OK ? CHB_JOB_DONE
+               : job->error.code == CHB_CANCELLED ? CHB_JOB_CANCELLED : CHB_JOB_FAILED;
+    pthread_cond_broadcast(&job->ended);
+  }
+  pthread_mutex_unlock(&job->lock);
+  return NULL;
+}
+
+int chb_job_start(chb_job *job, chb_error *err) {
+  if (job->state != CHB_JOB_NEW)
+    return chb_error_set(err, CHB_INVALID, "job already started");
+  int n = job->opts.threads;
+  if ((size_t)n > job->count) n = job->count ? (int)job->count : 1;
+  job->threads = calloc((size_t)n, sizeof *job->threads);
+  if (!job->threads) return chb_error_set(err, CHB_ENOMEM, "cannot allocate threads");
+  pthread_mutex_lock(&job->lock);
+  job->state = CHB_JOB_RUNNING;
+  for (int i = 0; i < n; i++) {
+    job->running++;
+    int rc = pthread_create(&job->threads[i], NULL, worker, job);
+    if (rc != 0) {
+      job->running--;
+      atomic_store(&job->stop, 1);
+      if (job->nthreads == 0) {   /* nothing runs: end the job here */
+        chb_error_errno(&job->error, rc, "cannot start", "worker thread");
+        job->state = CHB_JOB_FAILED;
+        pthread_mutex_unlock(&job->lock);
+        *err = job->error;
+        return -1;
+      }
+      chb_error_errno(&job->error, rc, "cannot start", "worker thread");
+      break;
+    }
+    job->nthreads++;
+  }
+  pthread_mutex_unlock(&job->lock);
+  return 0;
+}
+
+chb_job_state chb_job_wait(chb_job *job, long timeout_ms) {
+  pthread_mutex_lock(&job->lock);
+  if (timeout_ms < 0) {
+    while (job->state == CHB_JOB_RUNNING) pthread_cond_wait(&job->ended, &job->lock);
+  } else if (job->state == CHB_JOB_RUNNING) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    while (job->state == CHB_JOB_RUNNING &&
+           pthread_cond_timedwait(&job->ended, &job->lock, &ts) == 0) {
+    }
+  }
+  chb_job_state s = job->state;
+  pthread_mutex_unlock(&job->lock);
+  return s;
+}
+
+void chb_job_cancel(chb_job *job) {
+  atomic_store(&job->stop, 1);
+  pthread_mutex_lock(&job->lock);
+  if (job->state == CHB_JOB_NEW) {
+    chb_error_set(&job->error, CHB_CANCELLED, "cancelled before start");
+    job->state = CHB_JOB_CANCELLED;
+  }
+  pthread_mutex_unlock(&job->lock);
+}
+
+void chb_job_get_progress(chb_job *job, chb_job_progress *out) {
+  pthread_mutex_lock(&job->lock);
+  out->state = job->state;
+  pthread_mutex_unlock(&job->lock);
+  out->files_total = job->count;
+  out->files_done = atomic_load(&job->files_done);
+  out->bytes_total = job->bytes_total;
+  out->bytes_done = atomic_load(&job->bytes_done);
+}
+
+int chb_job_result(chb_job *job, chb_error *err) {
+  pthread_mutex_lock(&job->lock);
+  chb_job_state s = job->state;
+  if (s == CHB_JOB_DONE) chb_error_clear(err);
+  else if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
+    chb_error_set(err, CHB_INVALID, "job has not ended (%s)", chb_job_state_name(s));
+  else *err = job->error;
+  pthread_mutex_unlock(&job->lock);
+  return s == CHB_JOB_DONE ? 0 : -1;
+}
+
+size_t chb_job_count(const chb_job *job) { return job->count; }
+
+int chb_job_entry_result(const chb_job *job, size_t i, uint64_t *size, chb_u128 *hash) {
+  if (i >= job->count || job->state != CHB_JOB_DONE) return -1;
+  *size = job->entries[i].size;
+  *hash = job->entries[i].hash;
+  return 0;
+}
+
+void chb_job_free(chb_job *job) {
+  if (!job) return;
+  atomic_store(&job->stop, 1);
+  for (int i = 0; i < job->nthreads; i++) pthread_join(job->threads[i], NULL);
+  for (size_t i = 0; i < job->count; i++) {
+    free(job->entries[i].src);
+    free(job->entries[i].dst);
+  }
+  free(job->entries);
+  free(job->threads);
+  pthread_mutex_destroy(&job->lock);
+  pthread_cond_destroy(&job->ended);
+  free(job);
+}

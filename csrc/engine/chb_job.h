@@ -1,0 +1,73 @@
+/*
+ * A job executes a plan: a list of file entries, each read from `src`,
+ * hashed with ClickHouse's checksum while streaming, optionally written to
+ * `dst` (created exclusively, parent directories made on demand) and
+ * checked against an expected size and checksum.
+ *
+ * Worker threads pull entries from a shared cursor; each owns one fixed
+ * buffer, so peak memory is threads * buffer_size whatever the data size.
+ * Progress counters are atomics readable at any time; the first failure
+ * (or a cancel) stops every worker between two buffers.
+ *
+ * The job never touches Lua: all strings are copied in at add time and
+ * results are read back by the caller after the job ends.
+ */
+#ifndef CHB_JOB_H
+#define CHB_JOB_H
+
+#include "chb_error.h"
+#include "chb_hash.h"
+
+#include <stdint.h>
+
+typedef enum {
+  CHB_JOB_NEW,
+  CHB_JOB_RUNNING,
+  CHB_JOB_DONE,
+  CHB_JOB_FAILED,
+  CHB_JOB_CANCELLED
+} chb_job_state;
+
+typedef struct chb_job_opts {
+  int threads;          /* workers; <= 0 means the number of cores */
+  size_t buffer_size;   /* per worker; 0 means 1 MiB */
+  int fsync;            /* fsync every written file before it counts as done */
+} chb_job_opts;
+
+typedef struct chb_job_progress {
+  chb_job_state state;
+  uint64_t files_total, files_done;
+  uint64_t bytes_total, bytes_done;   /* bytes_total counts known sizes only */
+} chb_job_progress;
+
+typedef struct chb_job chb_job;
+
+chb_job *chb_job_new(const chb_job_opts *opts, chb_error *err);
+
+/*
+ * Adds an entry (only before start). `dst` NULL means hash only.
+ * `expect_size` < 0 means unknown; `expect_hash` NULL means unknown.
+ * `src_offset` skips that many bytes of src (an incremental's tail).
+ * Strings are copied. Returns the entry index, or -1 with err set.
+ */
+long chb_job_add(chb_job *job, const char *src, const char *dst,
+                 uint64_t src_offset, int64_t expect_size,
+                 const chb_u128 *expect_hash, chb_error *err);
+
+/* Starts the workers; returns 0, or -1 with err set (threads not created). */
+int chb_job_start(chb_job *job, chb_error *err);
+/* Waits up to timeout_ms (< 0: forever); returns the state then. */
+chb_job_state chb_job_wait(chb_job *job, long timeout_ms);
+void chb_job_cancel(chb_job *job);
+void chb_job_get_progress(chb_job *job, chb_job_progress *out);
+/* After the job ended: 0 if DONE, else -1 and a copy of its error. */
+int chb_job_result(chb_job *job, chb_error *err);
+size_t chb_job_count(const chb_job *job);
+/* Result of entry i after DONE: bytes read (from src_offset) and checksum. */
+int chb_job_entry_result(const chb_job *job, size_t i, uint64_t *size, chb_u128 *hash);
+/* Cancels, joins the workers and frees. Accepts NULL. */
+void chb_job_free(chb_job *job);
+
+const char *chb_job_state_name(chb_job_state s);
+
+#endif

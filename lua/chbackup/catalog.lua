@@ -1,0 +1,342 @@
+--- A ClickHouse data path, read offline: databases, tables, active parts.
+--
+-- Layout (Atomic databases): metadata/<db>.sql, metadata/<db>/<t>.sql
+-- (`ATTACH TABLE _ UUID '…'`), table data in store/<uuid[1..3]>/<uuid>/.
+-- Ordinary databases keep data in data/<db>/<t>/. Names on disk are
+-- escaped as ClickHouse escapes file names.
+-- @module chbackup.catalog
+local lfs = require("lfs")
+local core = require("chbackup.core")
+local ddl = require("chbackup.ddl")
+local names = require("chbackup.names")
+
+local catalog = {}
+local Catalog = {}
+Catalog.__index = Catalog
+
+-- Databases that belong to the server, never backed up by DATABASE/ALL.
+catalog.SYSTEM_DATABASES = {
+  system = true, information_schema = true, INFORMATION_SCHEMA = true,
+}
+
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, err
+  end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+
+local function is_dir(path)
+  return lfs.attributes(path, "mode") == "directory"
+end
+
+
+--- Engine family: what chbackup does with a table's data.
+--   "mergetree": parts; "log": a flat directory of files; "none": no data.
+function catalog.engine_family(object, engine)
+  if object ~= "TABLE" or not engine then
+    return "none"
+  end
+  if engine:match("MergeTree$") then
+    return "mergetree"
+  end
+  if engine == "Log" or engine == "TinyLog" or engine == "StripeLog" then
+    return "log"
+  end
+  return "none"
+end
+
+
+--- Opens a data path. Returns a Catalog or nil, err.
+function catalog.open(path)
+  path = path:gsub("/+$", "")
+  if path == "" then
+    path = "/"
+  end
+  if not is_dir(path) then
+    return nil, "data path '" .. path .. "' does not exist or is not a directory"
+  end
+  if not is_dir(path .. "/metadata") then
+    return nil, "'" .. path .. "' is not a ClickHouse data path (no metadata/ directory)"
+  end
+  return setmetatable({ path = path, _dbs = nil }, Catalog)
+end
+
+
+function Catalog:_load_databases()
+  if self._dbs then
+    return self._dbs
+  end
+  local dbs, list = {}, {}
+  for entry in lfs.dir(self.path .. "/metadata") do
+    local esc = entry:match("^(.+)%.sql$")
+    if esc then
+      local name = names.unescape_file(esc)
+      local file = self.path .. "/metadata/" .. entry
+      local text, err = read_file(file)
+      if not text then
+        error("cannot read " .. file .. ": " .. tostring(err))
+      end
+      local info = ddl.parse_attach(text) or { object = "DATABASE", body = "" }
+      local db = {
+        name = name, escaped = esc, uuid = info.uuid, body = info.body,
+        engine = ddl.engine(info.body) or "Atomic",
+        metadata_file = file,
+        metadata_dir = self.path .. "/metadata/" .. esc,
+        system = catalog.SYSTEM_DATABASES[name] or false,
+      }
+      dbs[name] = db
+      list[#list + 1] = db
+    end
+  end
+  table.sort(list, function(a, b) return a.name < b.name end)
+  self._dbs, self._db_list = dbs, list
+  return dbs
+end
+
+
+--- All databases (sorted by name), system ones included but flagged.
+function Catalog:databases()
+  self:_load_databases()
+  return self._db_list
+end
+
+
+function Catalog:database(name)
+  return self:_load_databases()[name]
+end
+
+
+-- Where a table's data lives.
+function Catalog:_data_dir(db, esc_table, uuid)
+  if uuid then
+    return self.path .. "/store/" .. uuid:sub(1, 3) .. "/" .. uuid
+  end
+  return self.path .. "/data/" .. db.escaped .. "/" .. esc_table
+end
+
+
+--- Tables, views and dictionaries of a database, sorted by name.
+-- Each: {database=, name=, object=, uuid=, body=, engine=, family=, data_dir=}
+function Catalog:tables(db_name)
+  local db = self:database(db_name)
+  if not db then
+    return nil, "database " .. names.quote_identifier(db_name) .. " does not exist in " .. self.path
+  end
+  local list = {}
+  if not is_dir(db.metadata_dir) then
+    return list
+  end
+  for entry in lfs.dir(db.metadata_dir) do
+    local esc = entry:match("^(.+)%.sql$")
+    if esc then
+      local file = db.metadata_dir .. "/" .. entry
+      local text = read_file(file)
+      local info = text and ddl.parse_attach(text)
+      if not info then
+        return nil, "cannot parse table metadata " .. file
+      end
+      local engine = ddl.engine(info.body)
+      list[#list + 1] = {
+        database = db_name, name = names.unescape_file(esc), escaped = esc,
+        object = info.object, uuid = info.uuid, body = info.body,
+        engine = engine, family = catalog.engine_family(info.object, engine),
+        metadata_file = file,
+        data_dir = self:_data_dir(db, esc, info.uuid),
+      }
+    end
+  end
+  -- A materialized view's inner table (`.inner_id.<uuid>`) is not listed
+  -- on its own: its data is the view's data, as in ClickHouse's backups.
+  local by_uuid = {}
+  for _, t in ipairs(list) do
+    if t.uuid then
+      by_uuid[t.uuid] = t
+    end
+  end
+  local visible = {}
+  for _, t in ipairs(list) do
+    local inner_uuid = t.object == "MATERIALIZED VIEW" and ddl.inner_uuid(t.body)
+    local inner = inner_uuid and by_uuid[inner_uuid]
+    if inner then
+      t.inner = inner
+      t.family, t.data_dir, t.engine = inner.family, inner.data_dir, inner.engine
+    end
+    if not t.name:match("^%.inner") then
+      visible[#visible + 1] = t
+    end
+  end
+  table.sort(visible, function(a, b) return a.name < b.name end)
+  return visible
+end
+
+
+function Catalog:table(db_name, table_name)
+  local list, err = self:tables(db_name)
+  if not list then
+    return nil, err
+  end
+  for _, t in ipairs(list) do
+    if t.name == table_name then
+      return t
+    end
+  end
+  return nil, "table " .. names.qualified(db_name, table_name) .. " does not exist in " .. self.path
+end
+
+
+--- Parses a part directory name: <partition>_<min>_<max>_<level>[_<mutation>].
+function catalog.parse_part_name(name)
+  local partition, min, max, level, mutation =
+    name:match("^([^_]+)_(%d+)_(%d+)_(%d+)_?(%d*)$")
+  if not partition then
+    return nil
+  end
+  return {
+    name = name, partition_id = partition,
+    min_block = tonumber(min), max_block = tonumber(max),
+    level = tonumber(level), mutation = tonumber(mutation) or 0,
+  }
+end
+
+
+-- b covers a: same partition, a's block range inside b's, and b is newer.
+local function covers(b, a)
+  if b == a or b.partition_id ~= a.partition_id then
+    return false
+  end
+  if b.min_block > a.min_block or b.max_block < a.max_block then
+    return false
+  end
+  if b.min_block == a.min_block and b.max_block == a.max_block then
+    if b.level ~= a.level then
+      return b.level > a.level
+    end
+    return b.mutation > a.mutation
+  end
+  return b.level >= a.level
+end
+
+
+--- The active parts of a MergeTree table: every complete part not covered
+-- by another one on disk (outdated parts left by merges are skipped, so is
+-- detached/). Sorted by partition, then block range.
+function catalog.active_parts(tbl)
+  local parts = {}
+  if not is_dir(tbl.data_dir) then
+    return parts
+  end
+  for entry in lfs.dir(tbl.data_dir) do
+    local info = catalog.parse_part_name(entry)
+    local dir = tbl.data_dir .. "/" .. entry
+    if info and is_dir(dir) and lfs.attributes(dir .. "/checksums.txt", "mode") == "file" then
+      info.dir = dir
+      parts[#parts + 1] = info
+    end
+  end
+  local active = {}
+  for _, a in ipairs(parts) do
+    local covered = false
+    for _, b in ipairs(parts) do
+      if covers(b, a) then
+        covered = true
+        break
+      end
+    end
+    if not covered then
+      active[#active + 1] = a
+    end
+  end
+  table.sort(active, function(a, b)
+    if a.partition_id ~= b.partition_id then
+      return a.partition_id < b.partition_id
+    end
+    return a.min_block < b.min_block
+  end)
+  return active
+end
+
+
+-- Adds the files of a directory tree to `out` (name relative to `base`).
+local function walk(dir, prefix, out)
+  local entries = {}
+  for entry in lfs.dir(dir) do
+    if entry ~= "." and entry ~= ".." then
+      entries[#entries + 1] = entry
+    end
+  end
+  table.sort(entries)
+  for _, entry in ipairs(entries) do
+    local path = dir .. "/" .. entry
+    local attr = lfs.symlinkattributes(path)
+    if attr and attr.mode == "directory" then
+      walk(path, prefix .. entry .. "/", out)
+    elseif attr and attr.mode == "file" then
+      out[#out + 1] = { name = prefix .. entry, path = path, size = attr.size }
+    end
+  end
+end
+
+
+--- The files of a part with the checksums its checksums.txt records
+-- (projection files from the projection's own checksums.txt). Files not
+-- listed there (checksums.txt itself) have checksum nil.
+-- Returns list of {name=, path=, size=, checksum=} or nil, err.
+function catalog.part_files(part_dir)
+  local files = {}
+  walk(part_dir, "", files)
+  local known = {}
+  local function load(sub)
+    local path = part_dir .. "/" .. sub .. "checksums.txt"
+    local sums, err = core.read_checksums(path)
+    if not sums then
+      return nil, err
+    end
+    for name, f in pairs(sums) do
+      known[sub .. name] = f
+    end
+    return true
+  end
+  local ok, err = load("")
+  if not ok then
+    return nil, err
+  end
+  for _, f in ipairs(files) do
+    local sub = f.name:match("^(.-/)checksums%.txt$")
+    if sub and not known[f.name] then
+      ok, err = load(sub)
+      if not ok then
+        return nil, err
+      end
+    end
+  end
+  for _, f in ipairs(files) do
+    local k = known[f.name]
+    if k then
+      if k.size ~= f.size then
+        return nil, string.format("part file %s has %d bytes but its checksums.txt says %d",
+          f.path, f.size, k.size)
+      end
+      f.checksum = k.checksum
+    end
+  end
+  return files
+end
+
+
+--- The files of a Log-family table (a flat directory).
+function catalog.log_files(tbl)
+  local files = {}
+  if is_dir(tbl.data_dir) then
+    walk(tbl.data_dir, "", files)
+  end
+  return files
+end
+
+
+return catalog

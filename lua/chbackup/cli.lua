@@ -1,0 +1,227 @@
+--- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage).
+-- @module chbackup.cli
+local chbackup = require("chbackup")
+local config = require("chbackup.config")
+local core = require("chbackup.core")
+local manifest = require("chbackup.manifest")
+
+local cli = {}
+
+local USAGE = [[
+usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
+       chbackup [options] show BACKUP        list a backup's tables and files
+       chbackup [options] wait ID            wait for an ASYNC operation
+       chbackup --help
+
+Runs BACKUP, RESTORE and SELECT ... FROM system.backups statements the way
+clickhouse-local does, against a ClickHouse data path read offline.
+
+  BACKUP TABLE db.t TO Disk('backups', 'b1')
+  RESTORE TABLE db.t AS db.t2 FROM Disk('backups', 'b1')
+  SELECT status, error FROM system.backups FORMAT Vertical
+
+options:
+  --path DIR         ClickHouse data path (default /var/lib/clickhouse)
+  --config FILE      ClickHouse config (default /etc/clickhouse-server/config.xml,
+                     plus its config.d/*.xml)
+  --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
+                     also $CHBACKUP_STATUS_DIR)
+  --threads N        worker threads (default: number of cores)
+]]
+
+
+local function parse_args(argv)
+  local opts, rest = {}, {}
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    local name, value = a:match("^%-%-([%w%-]+)=(.*)$")
+    name = name or a:match("^%-%-([%w%-]+)$")
+    if name == "help" or a == "-h" then
+      opts.help = true
+    elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
+        or name == "run-operation" then
+      if not value then
+        i = i + 1
+        value = argv[i]
+      end
+      if not value then
+        return nil, "option --" .. name .. " needs a value"
+      end
+      opts[name:gsub("%-", "_")] = value
+    elseif name then
+      return nil, "unknown option --" .. name
+    else
+      rest[#rest + 1] = a
+    end
+    i = i + 1
+  end
+  return opts, rest
+end
+
+
+local function open(opts)
+  return chbackup.open({
+    path = opts.path, config = opts.config or config.default_path,
+    status_dir = opts.status_dir, threads = tonumber(opts.threads),
+  })
+end
+
+
+-- ASYNC in the CLI: the operation is already registered; a detached
+-- process of this same program runs it and records its end.
+local function spawn_async(opts, op, statement)
+  local argv = { cli.interpreter, cli.script }
+  for _, k in ipairs({ "path", "config", "status_dir", "threads" }) do
+    if opts[k] then
+      argv[#argv + 1] = "--" .. k:gsub("_", "-")
+      argv[#argv + 1] = tostring(opts[k])
+    end
+  end
+  argv[#argv + 1] = "--run-operation"
+  argv[#argv + 1] = op.id
+  argv[#argv + 1] = statement
+  local pid, err = core.spawn_detached(argv, "/dev/null")
+  if not pid then
+    op.instance.store:finish(op.id, op.request.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED", err)
+    return { id = op.id, status = "FAILED", error = err }
+  end
+  op.instance.store:update(op.id, { pid = pid })
+  return { id = op.id, status = op.request.kind == "backup" and "CREATING_BACKUP" or "RESTORING" }
+end
+
+
+local function cmd_show(inst, target, out)
+  local sql = require("chbackup.sql")
+  local dest_text = target
+  local reqs, err = sql.parse("RESTORE ALL FROM " .. dest_text)
+  if not reqs then
+    return nil, "cannot read backup name '" .. target .. "': " .. err
+  end
+  local dest
+  dest, err = config.resolve(inst.config, reqs[1].destination)
+  if not dest then
+    return nil, err
+  end
+  local m
+  m, err = manifest.read(dest.path .. "/" .. manifest.FILE)
+  if not m then
+    return nil, err
+  end
+  out:write(string.format("backup\t%s\nuuid\t%s\ntimestamp\t%s\nfiles\t%d\n", dest.name,
+    tostring(m.uuid), tostring(m.timestamp), #m.files))
+  if m.base_backup then
+    out:write("base_backup\t" .. m.base_backup .. "\n")
+  end
+  for _, f in ipairs(m.files) do
+    out:write(string.format("%s\t%d\t%s%s\n", f.name, f.size, f.checksum or "",
+      f.data_file and ("\tdata_file=" .. f.data_file) or (f.use_base and "\tuse_base" or "")))
+  end
+  return true
+end
+
+
+local function cmd_wait(inst, id, out)
+  while true do
+    local row = inst.store:get(id)
+    if not row then
+      return nil, "no operation with id '" .. id .. "'"
+    end
+    if row.status ~= "CREATING_BACKUP" and row.status ~= "RESTORING" then
+      out:write(row.id .. "\t" .. row.status .. "\n")
+      if row.error ~= "" then
+        return nil, row.error
+      end
+      return true
+    end
+    os.execute("sleep 0.2")
+  end
+end
+
+
+--- Runs the CLI. io_ = {stdout=, stderr=} for tests.
+function cli.main(argv, io_)
+  local out = io_ and io_.stdout or io.stdout
+  local errout = io_ and io_.stderr or io.stderr
+  local opts, rest = parse_args(argv)
+  if not opts then
+    errout:write("chbackup: " .. rest .. "\n" .. USAGE)
+    return 2
+  end
+  if opts.help then
+    out:write(USAGE)
+    return 0
+  end
+  if #rest == 0 then
+    errout:write("chbackup: no statement given\n" .. USAGE)
+    return 2
+  end
+  local inst, err = open(opts)
+  if not inst then
+    errout:write("chbackup: " .. err .. "\n")
+    return 1
+  end
+  local ok
+  if rest[1] == "show" and #rest == 2 then
+    ok, err = cmd_show(inst, rest[2], out)
+  elseif rest[1] == "wait" and #rest == 2 then
+    ok, err = cmd_wait(inst, rest[2], out)
+  elseif #rest > 1 then
+    errout:write("chbackup: give statements as one argument, separated by ';'\n")
+    return 2
+  elseif opts.run_operation then
+    ok, err = cli.run_operation(inst, opts.run_operation, rest[1])
+  else
+    local results
+    results, err = inst:execute(rest[1], {
+      on_async = function(op) return spawn_async(opts, op, rest[1]) end,
+    })
+    if results then
+      for _, r in ipairs(results) do
+        if r.text then
+          out:write(r.text)
+        else
+          out:write(r.id .. "\t" .. r.status .. "\n")
+        end
+      end
+      ok = true
+    end
+  end
+  if not ok then
+    errout:write("chbackup: " .. tostring(err) .. "\n")
+    return 1
+  end
+  return 0
+end
+
+
+--- The detached half of an ASYNC operation: runs the statement under the
+-- id its parent registered.
+function cli.run_operation(inst, id, statement)
+  local reqs, err = chbackup.parse(statement)
+  if not reqs then
+    inst.store:finish(id, "BACKUP_FAILED", err)
+    return nil, err
+  end
+  for _, req in ipairs(reqs) do
+    if req.kind ~= "select" then
+      local op, serr = inst:resume(id, req)
+      if not op then
+        inst.store:finish(id, req.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED", serr)
+        return nil, serr
+      end
+      local r = op:wait()
+      if r.error and r.error ~= "" then
+        return nil, r.error
+      end
+      return true
+    end
+  end
+  return true
+end
+
+
+cli.interpreter = "lua5.4"
+cli.script = "chbackup"
+
+return cli

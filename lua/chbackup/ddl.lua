@@ -1,0 +1,291 @@
+--- Table and database DDL as ClickHouse stores it.
+--
+-- A data path keeps `ATTACH TABLE _ UUID '…'` statements, several lines
+-- each; a backup keeps `CREATE TABLE db.t UUID '…' …` on one line. This
+-- module converts between the two and pulls out the parts chbackup needs
+-- (object kind, UUID, engine). Quoted text is never touched.
+-- @module chbackup.ddl
+local names = require("chbackup.names")
+
+local ddl = {}
+
+
+-- Splits sql into a list of {text=, quoted=bool} segments so that rewrites
+-- only see unquoted text. Handles '…' strings, `…` and "…" identifiers,
+-- backslash escapes and doubled quotes.
+local function segments(sql)
+  local out, i, n = {}, 1, #sql
+  local plain_start = 1
+  while i <= n do
+    local c = sql:sub(i, i)
+    if c == "'" or c == "`" or c == '"' then
+      if i > plain_start then
+        out[#out + 1] = { text = sql:sub(plain_start, i - 1), quoted = false }
+      end
+      local j = i + 1
+      while j <= n do
+        local d = sql:sub(j, j)
+        if d == "\\" then
+          j = j + 2
+        elseif d == c then
+          if sql:sub(j + 1, j + 1) == c then
+            j = j + 2
+          else
+            break
+          end
+        else
+          j = j + 1
+        end
+      end
+      out[#out + 1] = { text = sql:sub(i, j), quoted = true }
+      i = j + 1
+      plain_start = i
+    else
+      i = i + 1
+    end
+  end
+  if plain_start <= n then
+    out[#out + 1] = { text = sql:sub(plain_start), quoted = false }
+  end
+  return out
+end
+
+
+--- The statement on one line, as ClickHouse formats DDL inside backups:
+-- line breaks and indentation become one space, none after "(" or before ")".
+function ddl.one_line(sql)
+  local parts = {}
+  for _, seg in ipairs(segments(sql)) do
+    local text = seg.text
+    if not seg.quoted then
+      text = text:gsub("%s*\n%s*", "\n")
+    end
+    parts[#parts + 1] = text
+  end
+  local joined = table.concat(parts)
+  -- Newlines now only stand where unquoted line breaks were.
+  local out = {}
+  for _, seg in ipairs(segments(joined)) do
+    local text = seg.text
+    if not seg.quoted then
+      text = text:gsub("%(\n", "("):gsub("\n%)", ")"):gsub("\n", " ")
+    end
+    out[#out + 1] = text
+  end
+  return (table.concat(out):gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+
+-- Reads an identifier (bare, `quoted` or "quoted") at position i.
+local function read_identifier(s, i)
+  i = s:find("%S", i) or #s + 1
+  local q = s:sub(i, i)
+  if q == "`" or q == '"' then
+    local buf, j = {}, i + 1
+    while j <= #s do
+      local c = s:sub(j, j)
+      if c == "\\" then
+        buf[#buf + 1] = s:sub(j + 1, j + 1)
+        j = j + 2
+      elseif c == q then
+        if s:sub(j + 1, j + 1) == q then
+          buf[#buf + 1] = q
+          j = j + 2
+        else
+          return table.concat(buf), j + 1
+        end
+      else
+        buf[#buf + 1] = c
+        j = j + 1
+      end
+    end
+    return nil
+  end
+  local word = s:match("^[%a_][%w_]*", i)
+  if not word then
+    return nil
+  end
+  return word, i + #word
+end
+
+
+local OBJECTS = {
+  "MATERIALIZED VIEW", "LIVE VIEW", "WINDOW VIEW", "VIEW", "DICTIONARY",
+  "TABLE", "DATABASE",
+}
+
+-- Matches "<VERB> <OBJECT> " at the start of s; returns object, rest index.
+local function read_head(s, verb)
+  local upper = s:upper()
+  local i = upper:find("%S") or 1
+  if upper:sub(i, i + #verb - 1) ~= verb then
+    return nil
+  end
+  i = upper:find("%S", i + #verb) or #s + 1
+  for _, object in ipairs(OBJECTS) do
+    local pattern = "^" .. object:gsub(" ", "%%s+") .. "%s"
+    local _, e = upper:find(pattern, i)
+    if e then
+      -- "IF NOT EXISTS" may follow CREATE
+      local _, e2 = upper:find("^%s*IF%s+NOT%s+EXISTS%s", e)
+      return object, (e2 or e) + 1
+    end
+  end
+  return nil
+end
+
+
+-- UUID '…' at position i (optional); returns uuid, next index.
+local function read_uuid(s, i)
+  local uuid, e = s:match("^%s*UUID%s+'(%x+%-%x+%-%x+%-%x+%-%x+)'()", i)
+  if uuid then
+    return uuid, e
+  end
+  return nil, i
+end
+
+
+--- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path.
+-- Returns {object=, uuid=|nil, body=} or nil, err.
+function ddl.parse_attach(sql)
+  local object, i = read_head(sql, "ATTACH")
+  if not object then
+    return nil, "not an ATTACH statement"
+  end
+  local _, j = read_identifier(sql, i)
+  if not j then
+    return nil, "no name after ATTACH " .. object
+  end
+  local uuid, k = read_uuid(sql, j)
+  return { object = object, uuid = uuid, body = ddl.one_line(sql:sub(k)) }
+end
+
+
+--- Parses a `CREATE <object> [db.]name [UUID '…'] …` statement (a
+-- backup's metadata). Returns {object=, database=|nil, name=, uuid=|nil, body=}.
+function ddl.parse_create(sql)
+  local object, i = read_head(sql, "CREATE")
+  if not object then
+    return nil, "not a CREATE statement"
+  end
+  local first, j = read_identifier(sql, i)
+  if not first then
+    return nil, "no name after CREATE " .. object
+  end
+  local database, name = nil, first
+  if sql:sub(j, j) == "." then
+    database = first
+    name, j = read_identifier(sql, j + 1)
+    if not name then
+      return nil, "no table name after '" .. first .. ".'"
+    end
+  end
+  local uuid, k = read_uuid(sql, j)
+  return {
+    object = object, database = database, name = name, uuid = uuid,
+    body = ddl.one_line(sql:sub(k)),
+  }
+end
+
+
+--- The CREATE statement a backup stores for an object.
+function ddl.create_statement(object, database, name, uuid, body)
+  local target = database and names.qualified(database, name)
+    or names.quote_identifier(name)
+  local parts = { "CREATE", object, target }
+  if uuid then
+    parts[#parts + 1] = "UUID '" .. uuid .. "'"
+  end
+  if body ~= "" then
+    parts[#parts + 1] = body
+  end
+  return table.concat(parts, " ")
+end
+
+
+--- The ATTACH statement a data path stores for an object.
+function ddl.attach_statement(object, uuid, body)
+  local parts = { "ATTACH", object, "_" }
+  if uuid then
+    parts[#parts + 1] = "UUID '" .. uuid .. "'"
+  end
+  if body ~= "" then
+    parts[#parts + 1] = body
+  end
+  return table.concat(parts, " ") .. "\n"
+end
+
+
+--- The table engine name (ENGINE = X at bracket depth 0), or nil.
+function ddl.engine(body)
+  local depth, flat = 0, {}
+  for _, seg in ipairs(segments(body)) do
+    if seg.quoted then
+      flat[#flat + 1] = depth == 0 and " '' " or ""
+    else
+      for c in seg.text:gmatch(".") do
+        if c == "(" then
+          depth = depth + 1
+        elseif c == ")" then
+          depth = depth - 1
+        elseif depth == 0 then
+          flat[#flat + 1] = c
+        end
+      end
+    end
+  end
+  return table.concat(flat):match("ENGINE%s*=%s*([%a_][%w_]*)")
+end
+
+
+--- A materialized view's inner table: `TO INNER UUID '…'` at the start of
+-- its body. Returns the inner table's uuid and the body without that clause.
+function ddl.inner_uuid(body)
+  local u, rest = body:match("^TO%s+INNER%s+UUID%s+'([%x%-]+)'%s*(.*)$")
+  return u, rest
+end
+
+
+--- Replaces the `TO INNER UUID '…'` clause's uuid.
+function ddl.with_inner_uuid(body, new_uuid)
+  local _, rest = ddl.inner_uuid(body)
+  return "TO INNER UUID '" .. new_uuid .. "' " .. rest
+end
+
+
+--- The inner table's body of a materialized view with an inner table:
+-- the columns and ENGINE part, before the top-level `AS SELECT`.
+function ddl.inner_table_body(body)
+  local _, rest = ddl.inner_uuid(body)
+  rest = rest or body
+  local depth, pos = 0, 1
+  for _, seg in ipairs(segments(rest)) do
+    if not seg.quoted then
+      local i = 1
+      while i <= #seg.text do
+        local c = seg.text:sub(i, i)
+        if c == "(" then
+          depth = depth + 1
+        elseif c == ")" then
+          depth = depth - 1
+        elseif depth == 0 and seg.text:sub(i):match("^%sAS%s+[SW(]") then
+          return (rest:sub(1, pos + i - 2):gsub("%s+$", ""))
+        end
+        i = i + 1
+      end
+    end
+    pos = pos + #seg.text
+  end
+  return nil
+end
+
+
+--- The body without things that may differ between equal structures
+-- (comments and settings are kept): for "same structure" checks.
+function ddl.structure(body)
+  local _, rest = ddl.inner_uuid(body)
+  return ddl.one_line(rest or body)
+end
+
+
+return ddl

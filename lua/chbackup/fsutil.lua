@@ -1,0 +1,95 @@
+--- File-system helpers for the Lua side (directories, small files).
+-- @module chbackup.fsutil
+local lfs = require("lfs")
+
+local fsutil = {}
+
+
+function fsutil.exists(path)
+  return lfs.symlinkattributes(path, "mode") ~= nil
+end
+
+
+function fsutil.is_dir(path)
+  return lfs.attributes(path, "mode") == "directory"
+end
+
+
+--- mkdir -p. Returns true or nil, err.
+function fsutil.mkdir_p(path)
+  local acc = path:sub(1, 1) == "/" and "" or "."
+  for part in path:gmatch("[^/]+") do
+    acc = acc .. "/" .. part
+    if not fsutil.is_dir(acc) then
+      local ok, err = lfs.mkdir(acc)
+      if not ok and not fsutil.is_dir(acc) then
+        return nil, "cannot create directory " .. acc .. ": " .. tostring(err)
+      end
+    end
+  end
+  return true
+end
+
+
+function fsutil.is_empty_dir(path)
+  for entry in lfs.dir(path) do
+    if entry ~= "." and entry ~= ".." then
+      return false
+    end
+  end
+  return true
+end
+
+
+--- Removes a tree that chbackup itself created (never follows symlinks).
+function fsutil.remove_tree(path)
+  local attr = lfs.symlinkattributes(path)
+  if not attr then
+    return true
+  end
+  if attr.mode == "directory" then
+    for entry in lfs.dir(path) do
+      if entry ~= "." and entry ~= ".." then
+        fsutil.remove_tree(path .. "/" .. entry)
+      end
+    end
+    return lfs.rmdir(path)
+  end
+  return os.remove(path)
+end
+
+
+--- Writes a small file in one go (temporary name, then rename).
+function fsutil.write_file(path, content)
+  local tmp = path .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then
+    return nil, "cannot write " .. path .. ": " .. tostring(err)
+  end
+  f:write(content)
+  local ok, cerr = f:close()
+  if not ok then
+    os.remove(tmp)
+    return nil, "cannot write " .. path .. ": " .. tostring(cerr)
+  end
+  local renamed, rerr = os.rename(tmp, path)
+  if not renamed then
+    os.remove(tmp)
+    return nil, "cannot write " .. path .. ": " .. tostring(rerr)
+  end
+  return true
+end
+
+
+function fsutil.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, err
+  end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+
+return fsutil

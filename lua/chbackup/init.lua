@@ -1,0 +1,269 @@
+--- chbackup: ClickHouse BACKUP and RESTORE outside the server.
+--
+--   local chbackup = require("chbackup")
+--   local ch = assert(chbackup.open{ path = "/var/lib/clickhouse",
+--                                    config = "/etc/clickhouse-server/config.xml" })
+--   local r = assert(ch:execute("BACKUP TABLE test.t TO Disk('backups', 'b1')"))
+--   print(r[1].id, r[1].status)
+--
+-- Expected failures return `nil, message` (the message names the table,
+-- file, setting or backup); misuse raises.
+-- @module chbackup
+local backup = require("chbackup.backup")
+local catalog = require("chbackup.catalog")
+local config = require("chbackup.config")
+local core = require("chbackup.core")
+local fsutil = require("chbackup.fsutil")
+local query = require("chbackup.query")
+local restore = require("chbackup.restore")
+local settings_mod = require("chbackup.settings")
+local sql = require("chbackup.sql")
+local status = require("chbackup.status")
+local uuid = require("chbackup.uuid")
+
+local chbackup = { core = core, _VERSION = core._VERSION }
+
+local Instance = {}
+Instance.__index = Instance
+
+local Operation = {}
+Operation.__index = Operation
+
+chbackup.DEFAULT_PATH = "/var/lib/clickhouse"
+
+
+--- Opens a data path with a configuration.
+-- opts: { path = data path (default /var/lib/clickhouse),
+--         config = XML file path | Lua table | loaded config (default
+--                  /etc/clickhouse-server/config.xml),
+--         status_dir = where operations are recorded (default
+--                  <path>/.chbackup/status), threads = workers (default: cores) }
+function chbackup.open(opts)
+  opts = opts or {}
+  local path = opts.path or chbackup.DEFAULT_PATH
+  local cfg, err
+  if type(opts.config) == "table" and opts.config.disks and opts.config.allowed_disks then
+    cfg = opts.config
+  elseif type(opts.config) == "table" then
+    cfg, err = config.from_table(opts.config)
+  else
+    cfg, err = config.load(opts.config or config.default_path)
+  end
+  if not cfg then
+    return nil, err
+  end
+  local status_dir = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
+    or (path:gsub("/+$", "") .. "/.chbackup/status")
+  local store
+  store, err = status.open(status_dir)
+  if not store then
+    return nil, err
+  end
+  return setmetatable({
+    path = path, config = cfg, store = store, threads = opts.threads,
+  }, Instance)
+end
+
+
+--- Parses SQL text into requests (see chbackup.sql for their shape).
+function chbackup.parse(text)
+  return sql.parse(text)
+end
+
+
+local function is_uuid(s)
+  return type(s) == "string" and s:match("^%x+%-%x+%-%x+%-%x+%-%x+$") ~= nil
+end
+
+
+-- Opens the catalog for an operation; RESTORE may start a fresh data path.
+function Instance:_catalog(kind)
+  local cat, err = catalog.open(self.path)
+  if cat or kind ~= "restore" then
+    return cat, err
+  end
+  if fsutil.exists(self.path) and not (fsutil.is_dir(self.path) and fsutil.is_empty_dir(self.path)) then
+    return nil, err
+  end
+  local ok, merr = fsutil.mkdir_p(self.path .. "/metadata")
+  if not ok then
+    return nil, merr
+  end
+  return catalog.open(self.path)
+end
+
+
+--- Starts a BACKUP or RESTORE request. Returns an Operation (already
+-- registered in the status table) or nil, err for a request refused
+-- before it started (bad setting, destination not allowed, duplicate id).
+function Instance:start(req)
+  return self:_start(req, nil)
+end
+
+
+--- Continues an operation registered by another process (the detached
+-- half of an ASYNC statement in the CLI).
+function Instance:resume(id, req)
+  local row = self.store:get(id)
+  if not row then
+    return nil, "no operation with id '" .. id .. "'"
+  end
+  return self:_start(req, row)
+end
+
+
+function Instance:_start(req, row)
+  if req.kind ~= "backup" and req.kind ~= "restore" then
+    return nil, "not a BACKUP or RESTORE request"
+  end
+  local set, err = settings_mod.check(req.kind, req.settings)
+  if not set then
+    return nil, err
+  end
+  local dest
+  dest, err = config.resolve(self.config, req.destination)
+  if not dest then
+    return nil, err
+  end
+  if row then
+    self.store:update(row.id, { pid = core.getpid() })
+  else
+    row, err = self.store:begin({
+      id = set.id, name = dest.name, kind = req.kind, pid = core.getpid(),
+    })
+    if not row then
+      return nil, err
+    end
+  end
+  local op = setmetatable({
+    instance = self, request = req, id = row.id, settings = set, dest = dest,
+  }, Operation)
+  op.co = coroutine.create(function()
+    return op:_run()
+  end)
+  return op
+end
+
+
+function Operation:_run()
+  local inst, req = self.instance, self.request
+  local cat, err = inst:_catalog(req.kind)
+  local counters
+  if cat then
+    local ctx = {
+      catalog = cat, store = inst.store, op_id = self.id,
+      op_uuid = is_uuid(self.id) and self.id or uuid.new(),
+      threads = self.settings.threads or inst.threads, settings = self.settings,
+      dest = self.dest,
+    }
+    local run = req.kind == "backup" and backup.run or restore.run
+    local ok, res, rerr = pcall(run, ctx, req)
+    if not ok then
+      counters, err = nil, "internal error: " .. tostring(res)
+    else
+      counters, err = res, rerr
+    end
+  end
+  local final
+  if counters then
+    inst.store:update(self.id, counters)
+    final = req.kind == "backup" and "BACKUP_CREATED" or "RESTORED"
+  else
+    final = req.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED"
+  end
+  inst.store:finish(self.id, final, err)
+  return final, err
+end
+
+
+--- Advances the operation: returns true when it has ended.
+function Operation:poll()
+  if coroutine.status(self.co) == "dead" then
+    return true
+  end
+  local ok, final, err = coroutine.resume(self.co)
+  if not ok then
+    error(final)
+  end
+  if coroutine.status(self.co) == "dead" then
+    self.final, self.error = final, err
+    return true
+  end
+  return false
+end
+
+
+--- Runs the operation to its end. Returns {id=, status=, error=}.
+function Operation:wait()
+  while not self:poll() do
+    -- the runner yields while the C job works; nothing else to do here
+    assert(true)
+  end
+  return { id = self.id, status = self.final, error = self.error }
+end
+
+
+function Operation:status()
+  return self.instance.store:get(self.id)
+end
+
+
+--- Executes SQL text (one or more statements) or one request table.
+-- Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
+-- ({id=, status=} with ASYNC, the operation left to `async` handling),
+-- {text=} for SELECT. Stops at the first failure: nil, err.
+function Instance:execute(statements, opts)
+  opts = opts or {}
+  local reqs, err
+  if type(statements) == "string" then
+    reqs, err = sql.parse(statements)
+    if not reqs then
+      return nil, err
+    end
+  else
+    reqs = { statements }
+  end
+  local results = {}
+  for _, req in ipairs(reqs) do
+    if req.kind == "select" then
+      local text, qerr = self:query(req)
+      if not text then
+        return nil, qerr
+      end
+      results[#results + 1] = { text = text }
+    else
+      local op, serr = self:start(req)
+      if not op then
+        return nil, serr
+      end
+      if req.async and opts.on_async then
+        results[#results + 1] = opts.on_async(op)
+      else
+        local r = op:wait()
+        if r.error and r.error ~= "" then
+          return nil, r.error, r
+        end
+        results[#results + 1] = r
+      end
+    end
+  end
+  return results
+end
+
+
+--- Rows of the status table (system.backups columns).
+function Instance:status_rows()
+  return self.store:rows()
+end
+
+
+--- Runs a SELECT … FROM system.backups request; returns formatted text.
+function Instance:query(req)
+  if req.table ~= "system.backups" then
+    return nil, "unknown table " .. tostring(req.table) .. ": chbackup answers SELECT from system.backups only"
+  end
+  return query.run(req, self.store:rows(), status.COLUMNS)
+end
+
+
+return chbackup

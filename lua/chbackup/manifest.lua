@@ -1,0 +1,172 @@
+--- The `.backup` document: the one owner of its format (read and write).
+--
+-- One line of XML, as ClickHouse writes it:
+--   <config><version>1</version><deduplicate_files>1</deduplicate_files>
+--   <timestamp>…</timestamp><uuid>…</uuid>[<base_backup>…</base_backup>
+--   <base_backup_uuid>…</base_backup_uuid>]<contents><file><name>…</name>
+--   <size>…</size><checksum>…</checksum>[<data_file>…</data_file>]
+--   [<use_base>true</use_base>][<base_size>…</base_size><base_checksum>…
+--   </base_checksum>]</file>…</contents></config>
+-- Read with expat (lxp), streaming; written file by file.
+-- @module chbackup.manifest
+local lxp = require("lxp")
+local core = require("chbackup.core")
+
+local manifest = {}
+
+manifest.FILE = ".backup"
+local CHUNK = 64 * 1024
+
+local NUMERIC = { size = true, base_size = true, version = true, deduplicate_files = true }
+
+
+--- Reads `<dir>/.backup`. Returns {version=, timestamp=, uuid=,
+-- base_backup=, base_backup_uuid=, files = { {name=, size=, checksum=,
+-- data_file=, use_base=, base_size=, base_checksum=}, … }, by_name = {} }
+-- or nil, err naming the file.
+function manifest.read(path)
+  local f, open_err = io.open(path, "rb")
+  if not f then
+    return nil, "cannot read backup manifest " .. path .. ": " .. tostring(open_err)
+  end
+  local m = { files = {}, by_name = {} }
+  local stack, text, file = {}, {}, nil
+  local parser = lxp.new({
+    StartElement = function(_, name)
+      stack[#stack + 1] = name
+      text = {}
+      if name == "file" and stack[#stack - 1] == "contents" then
+        file = {}
+      end
+    end,
+    CharacterData = function(_, s)
+      text[#text + 1] = s
+    end,
+    EndElement = function(_, name)
+      local value = table.concat(text)
+      text = {}
+      stack[#stack] = nil
+      local parent = stack[#stack]
+      if name == "file" and file then
+        m.files[#m.files + 1] = file
+        file = nil
+      elseif file and parent == "file" then
+        if NUMERIC[name] then
+          file[name] = math.tointeger(tonumber(value))
+        elseif name == "use_base" or name == "encrypted_by_disk" then
+          file[name] = value == "true" or value == "1"
+        else
+          file[name] = value
+        end
+      elseif parent == "config" and name ~= "contents" then
+        m[name] = NUMERIC[name] and math.tointeger(tonumber(value)) or value
+      end
+    end,
+  })
+  while true do
+    local chunk = f:read(CHUNK)
+    if not chunk then
+      break
+    end
+    local ok, err, line = parser:parse(chunk)
+    if not ok then
+      f:close()
+      return nil, string.format("backup manifest %s is corrupt: %s at line %s",
+        path, tostring(err), tostring(line))
+    end
+  end
+  f:close()
+  local ok, err = parser:parse()
+  parser:close()
+  if not ok then
+    return nil, "backup manifest " .. path .. " is corrupt: " .. tostring(err)
+  end
+  if m.version == nil then
+    return nil, "backup manifest " .. path .. " is corrupt: no <version>"
+  end
+  for i, entry in ipairs(m.files) do
+    if not entry.name or not entry.size then
+      return nil, string.format("backup manifest %s is corrupt: file entry %d has no name or size", path, i)
+    end
+    if entry.size > 0 and not entry.checksum then
+      return nil, "backup manifest " .. path .. " is corrupt: no checksum for " .. entry.name
+    end
+    m.by_name[entry.name] = entry
+  end
+  return m
+end
+
+
+local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;" }
+local function esc(s)
+  return (tostring(s):gsub("[&<>\"']", XML_ESCAPES))
+end
+
+
+--- Writes m (same shape as read returns) to `<dir>/.backup` atomically:
+-- a temporary file, fsync, rename, fsync of the directory. Returns the
+-- manifest's size in bytes, or nil, err.
+function manifest.write(dir, m)
+  local final = dir .. "/" .. manifest.FILE
+  local tmp = final .. ".tmp"
+  local f, err = io.open(tmp, "wb")
+  if not f then
+    return nil, "cannot write backup manifest " .. tmp .. ": " .. tostring(err)
+  end
+  local out = {
+    "<config><version>", m.version or 1, "</version><deduplicate_files>",
+    m.deduplicate_files or 1, "</deduplicate_files><timestamp>", esc(m.timestamp),
+    "</timestamp><uuid>", esc(m.uuid), "</uuid>",
+  }
+  if m.base_backup then
+    out[#out + 1] = "<base_backup>" .. esc(m.base_backup) .. "</base_backup><base_backup_uuid>"
+      .. esc(m.base_backup_uuid) .. "</base_backup_uuid>"
+  end
+  out[#out + 1] = "<contents>"
+  f:write(table.concat(out))
+  local buf = {}
+  for _, e in ipairs(m.files) do
+    buf[#buf + 1] = "<file><name>" .. esc(e.name) .. "</name><size>" .. e.size .. "</size>"
+    if e.size > 0 then
+      buf[#buf + 1] = "<checksum>" .. e.checksum .. "</checksum>"
+    end
+    if e.base_size then
+      buf[#buf + 1] = "<base_size>" .. e.base_size .. "</base_size><base_checksum>"
+        .. e.base_checksum .. "</base_checksum>"
+    end
+    if e.use_base then
+      buf[#buf + 1] = "<use_base>true</use_base>"
+    end
+    if e.data_file and e.data_file ~= e.name then
+      buf[#buf + 1] = "<data_file>" .. esc(e.data_file) .. "</data_file>"
+    end
+    buf[#buf + 1] = "</file>"
+    if #buf >= 512 then
+      f:write(table.concat(buf))
+      buf = {}
+    end
+  end
+  buf[#buf + 1] = "</contents></config>"
+  f:write(table.concat(buf))
+  local size = f:seek("end")
+  local ok, werr = f:close()
+  if not ok then
+    os.remove(tmp)
+    return nil, "cannot write backup manifest " .. tmp .. ": " .. tostring(werr)
+  end
+  local synced, serr = core.fsync(tmp)
+  if not synced then
+    os.remove(tmp)
+    return nil, serr
+  end
+  local renamed, rerr = os.rename(tmp, final)
+  if not renamed then
+    os.remove(tmp)
+    return nil, "cannot write backup manifest " .. final .. ": " .. tostring(rerr)
+  end
+  core.fsync(dir)
+  return size
+end
+
+
+return manifest

@@ -1,0 +1,198 @@
+--- Request + catalog (or backup manifest) -> plan.
+--
+-- A plan is plain data: what to copy from where to where, with the size
+-- and checksum already known for each file. The C job executes it; nothing
+-- here reads file contents.
+-- @module chbackup.plan
+local catalog_mod = require("chbackup.catalog")
+local ddl = require("chbackup.ddl")
+local names = require("chbackup.names")
+
+local plan = {}
+
+local DEFAULT_DATABASE = "default"
+
+
+--- Partition ids selected by a PARTITION[S] clause, as a set, or nil when
+-- there is no clause. Values become ids the way MergeTree names simple
+-- partitions (numbers and dates as written); anything else must be given
+-- as PARTITION ID '…'.
+function plan.partition_ids(partitions, where)
+  if not partitions then
+    return nil
+  end
+  local set = {}
+  for _, p in ipairs(partitions) do
+    if p.kind == "id" then
+      set[p.value] = true
+    elseif p.kind == "value" and tostring(p.value):match("^[%w%-]+$") then
+      set[tostring(p.value)] = true
+    elseif p.kind == "tuple" then
+      set[table.concat(p.values, "-")] = true
+    else
+      return nil, string.format("cannot map partition value '%s' of %s to a partition id; "
+        .. "use PARTITION ID '<id>'", tostring(p.value), where)
+    end
+  end
+  return set
+end
+
+
+local function qualified(db, name)
+  return names.qualified(db, name)
+end
+
+
+--- Objects of a data path selected by a BACKUP's elements.
+-- Returns a list of {table=<catalog table>, database=<catalog db>,
+-- target_db=, target_name=, partitions=set|nil, with_database=bool}.
+function plan.select_for_backup(cat, elements)
+  local selected, seen = {}, {}
+  local function add(tbl, target_db, target_name, partitions)
+    local key = target_db .. "\0" .. target_name
+    if seen[key] then
+      return nil, "table " .. qualified(target_db, target_name) .. " is selected twice"
+    end
+    seen[key] = true
+    selected[#selected + 1] = {
+      table = tbl, target_db = target_db, target_name = target_name, partitions = partitions,
+    }
+    return true
+  end
+  local databases = {}
+  local function add_database(db, target)
+    databases[#databases + 1] = { database = db, target_db = target }
+  end
+  local function add_all_tables(db_name, target_db, except)
+    local tables, err = cat:tables(db_name)
+    if not tables then
+      return nil, err
+    end
+    for _, t in ipairs(tables) do
+      if not (except and except[t.name]) then
+        local ok, aerr = add(t, target_db, t.name, nil)
+        if not ok then
+          return nil, aerr
+        end
+      end
+    end
+    return true
+  end
+  for _, el in ipairs(elements) do
+    if el.type == "table" then
+      if el.temporary then
+        return nil, "BACKUP TEMPORARY TABLE is not supported: chbackup reads data paths offline"
+      end
+      local db = el.database or DEFAULT_DATABASE
+      if not cat:database(db) then
+        return nil, "database " .. names.quote_identifier(db) .. " does not exist in " .. cat.path
+      end
+      local t, err = cat:table(db, el.name)
+      if not t then
+        return nil, err
+      end
+      local parts, perr = plan.partition_ids(el.partitions, qualified(db, el.name))
+      if perr then
+        return nil, perr
+      end
+      local ok, aerr = add(t, el.new_database or db, el.new_name or el.name, parts)
+      if not ok then
+        return nil, aerr
+      end
+    elseif el.type == "database" then
+      local db = cat:database(el.name)
+      if not db then
+        return nil, "database " .. names.quote_identifier(el.name) .. " does not exist in " .. cat.path
+      end
+      local except = {}
+      for _, t in ipairs(el.except_tables or {}) do
+        except[t.name] = true
+      end
+      add_database(db, el.new_name or el.name)
+      local ok, err = add_all_tables(el.name, el.new_name or el.name, except)
+      if not ok then
+        return nil, err
+      end
+    elseif el.type == "all" then
+      local except_db, except_tables = {}, {}
+      for _, d in ipairs(el.except_databases or {}) do
+        except_db[d] = true
+      end
+      for _, t in ipairs(el.except_tables or {}) do
+        except_tables[(t.database or DEFAULT_DATABASE) .. "\0" .. t.name] = true
+      end
+      for _, db in ipairs(cat:databases()) do
+        if not db.system and not except_db[db.name] then
+          add_database(db, db.name)
+          local tables, err = cat:tables(db.name)
+          if not tables then
+            return nil, err
+          end
+          for _, t in ipairs(tables) do
+            if not except_tables[db.name .. "\0" .. t.name] then
+              local ok, aerr = add(t, db.name, t.name, nil)
+              if not ok then
+                return nil, aerr
+              end
+            end
+          end
+        end
+      end
+    else
+      return nil, "BACKUP of " .. tostring(el.type) .. " is not supported"
+    end
+  end
+  return { tables = selected, databases = databases }
+end
+
+
+--- The files a backup of the selection holds.
+-- Returns { metadata = { {name=, content=} }, data = { {name=, path=,
+-- size=, checksum=|nil} } } or nil, err. Data sizes come from the data path.
+function plan.backup_files(selection)
+  local metadata, data = {}, {}
+  for _, d in ipairs(selection.databases) do
+    local db = d.database
+    metadata[#metadata + 1] = {
+      name = "metadata/" .. names.escape_file(d.target_db) .. ".sql",
+      content = ddl.create_statement("DATABASE", nil, d.target_db, db.uuid, db.body),
+    }
+  end
+  for _, s in ipairs(selection.tables) do
+    local t = s.table
+    local esc_db, esc_t = names.escape_file(s.target_db), names.escape_file(s.target_name)
+    metadata[#metadata + 1] = {
+      name = "metadata/" .. esc_db .. "/" .. esc_t .. ".sql",
+      content = ddl.create_statement(t.object, s.target_db, s.target_name, t.uuid, t.body),
+    }
+    local prefix = "data/" .. esc_db .. "/" .. esc_t .. "/"
+    if t.family == "mergetree" then
+      for _, part in ipairs(catalog_mod.active_parts(t)) do
+        if not s.partitions or s.partitions[part.partition_id] then
+          local files, err = catalog_mod.part_files(part.dir)
+          if not files then
+            return nil, err
+          end
+          for _, f in ipairs(files) do
+            data[#data + 1] = {
+              name = prefix .. part.name .. "/" .. f.name, path = f.path,
+              size = f.size, checksum = f.checksum,
+            }
+          end
+        end
+      end
+    elseif t.family == "log" then
+      if s.partitions then
+        return nil, "table " .. qualified(t.database, t.name) .. " (" .. t.engine
+          .. ") has no partitions: PARTITIONS cannot be used with it"
+      end
+      for _, f in ipairs(catalog_mod.log_files(t)) do
+        data[#data + 1] = { name = prefix .. f.name, path = f.path, size = f.size }
+      end
+    end
+  end
+  return { metadata = metadata, data = data }
+end
+
+
+return plan

@@ -1,0 +1,478 @@
+--- RESTORE: a backup -> tables of a data path (opened later by ClickHouse).
+--
+-- Order of work, so that nothing appears under a final name unverified:
+--   1. read `.backup`; select tables; check every target (exists with
+--      another structure, not empty) before writing anything;
+--   2. copy parts into temporary `tmp_restore_*` directories (ClickHouse
+--      drops `tmp_*` directories on startup), every file checked against
+--      the manifest's size and checksum while streaming;
+--   3. rename parts into place; write table metadata last (a table is
+--      visible to ClickHouse only through its metadata file).
+-- A failure removes what this run created.
+-- @module chbackup.restore
+local lfs = require("lfs")
+local core = require("chbackup.core")
+local catalog_mod = require("chbackup.catalog")
+local ddl = require("chbackup.ddl")
+local fsutil = require("chbackup.fsutil")
+local manifest = require("chbackup.manifest")
+local names = require("chbackup.names")
+local plan = require("chbackup.plan")
+local runner = require("chbackup.runner")
+local uuid = require("chbackup.uuid")
+
+local restore = {}
+
+local DEFAULT_DATABASE = "default"
+
+
+-- The backup's contents grouped by database and table.
+local function index_backup(m)
+  local dbs = {}
+  local function db_entry(esc)
+    local name = names.unescape_file(esc)
+    dbs[name] = dbs[name] or { name = name, escaped = esc, tables = {} }
+    return dbs[name]
+  end
+  local function tbl_entry(esc_db, esc_t)
+    local db = db_entry(esc_db)
+    local name = names.unescape_file(esc_t)
+    db.tables[name] = db.tables[name] or { name = name, escaped = esc_t, data = {} }
+    return db.tables[name]
+  end
+  for _, f in ipairs(m.files) do
+    local esc_db = f.name:match("^metadata/([^/]+)%.sql$")
+    local mdb, mt = f.name:match("^metadata/([^/]+)/([^/]+)%.sql$")
+    local ddb, dt, rest = f.name:match("^data/([^/]+)/([^/]+)/(.+)$")
+    if esc_db then
+      db_entry(esc_db).metadata = f
+    elseif mdb then
+      tbl_entry(mdb, mt).metadata = f
+    elseif ddb then
+      local t = tbl_entry(ddb, dt)
+      t.data[#t.data + 1] = { rel = rest, file = f }
+    end
+  end
+  return dbs
+end
+
+
+-- Reads a small file of the backup, verified against the manifest.
+local function read_backup_file(src, entry)
+  local path = src .. "/" .. (entry.data_file or entry.name)
+  if entry.use_base then
+    return nil, "file " .. entry.name .. " is in the base backup: incremental backups are not supported yet"
+  end
+  local text, err = fsutil.read_file(path)
+  if not text then
+    return nil, "cannot read " .. path .. ": " .. tostring(err)
+  end
+  if #text ~= entry.size or (entry.size > 0 and core.checksum(text) ~= entry.checksum) then
+    return nil, "backup file " .. path .. " does not match its checksum in .backup"
+  end
+  return text
+end
+
+
+-- Which tables of the backup the elements select:
+-- list of {db=<backup db>, tbl=<backup table>, target_db=, target_name=, partitions=}
+local function select_tables(backup_dbs, elements, backup_name)
+  local out, db_creates, seen = {}, {}, {}
+  local function add(db, t, target_db, target_name, partitions)
+    local key = target_db .. "\0" .. target_name
+    if seen[key] then
+      return nil, "table " .. names.qualified(target_db, target_name) .. " is restored twice"
+    end
+    seen[key] = true
+    out[#out + 1] = { db = db, tbl = t, target_db = target_db, target_name = target_name,
+      partitions = partitions }
+    return true
+  end
+  local function sorted_tables(db)
+    local list = {}
+    for _, t in pairs(db.tables) do
+      if t.metadata then
+        list[#list + 1] = t
+      end
+    end
+    table.sort(list, function(a, b) return a.name < b.name end)
+    return list
+  end
+  local function add_db(db, target, except)
+    db_creates[#db_creates + 1] = { db = db, target_db = target }
+    for _, t in ipairs(sorted_tables(db)) do
+      if not (except and except[t.name]) then
+        local ok, err = add(db, t, target, t.name, nil)
+        if not ok then
+          return nil, err
+        end
+      end
+    end
+    return true
+  end
+  for _, el in ipairs(elements) do
+    if el.type == "table" then
+      local db_name = el.database or DEFAULT_DATABASE
+      local db = backup_dbs[db_name]
+      local t = db and db.tables[el.name]
+      if not t or not t.metadata then
+        return nil, "table " .. names.qualified(db_name, el.name) .. " is not in backup " .. backup_name
+      end
+      local parts, perr = plan.partition_ids(el.partitions, names.qualified(db_name, el.name))
+      if perr then
+        return nil, perr
+      end
+      local ok, err = add(db, t, el.new_database or db_name, el.new_name or el.name, parts)
+      if not ok then
+        return nil, err
+      end
+    elseif el.type == "database" then
+      local db = backup_dbs[el.name]
+      if not db then
+        return nil, "database " .. names.quote_identifier(el.name) .. " is not in backup " .. backup_name
+      end
+      local except = {}
+      for _, t in ipairs(el.except_tables or {}) do
+        except[t.name] = true
+      end
+      local ok, err = add_db(db, el.new_name or el.name, except)
+      if not ok then
+        return nil, err
+      end
+    elseif el.type == "all" then
+      local except_db = {}
+      for _, d in ipairs(el.except_databases or {}) do
+        except_db[d] = true
+      end
+      local list = {}
+      for _, db in pairs(backup_dbs) do
+        list[#list + 1] = db
+      end
+      table.sort(list, function(a, b) return a.name < b.name end)
+      for _, db in ipairs(list) do
+        if not except_db[db.name] then
+          local ok, err = add_db(db, db.name, nil)
+          if not ok then
+            return nil, err
+          end
+        end
+      end
+    else
+      return nil, "RESTORE of " .. tostring(el.type) .. " is not supported"
+    end
+  end
+  return out, db_creates
+end
+
+
+-- True when a table of the data path holds data.
+local function table_has_data(t)
+  if t.family == "mergetree" then
+    return #catalog_mod.active_parts(t) > 0
+  elseif t.family == "log" then
+    for _, f in ipairs(catalog_mod.log_files(t)) do
+      if f.size > 0 and f.name:match("%.bin$") then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+
+-- Highest block number used by a table's parts (outdated ones included).
+local function max_block(t)
+  local max = 0
+  if fsutil.is_dir(t.data_dir) then
+    for entry in lfs.dir(t.data_dir) do
+      local p = catalog_mod.parse_part_name(entry:gsub("^tmp_restore_", ""))
+      if p and p.max_block > max then
+        max = p.max_block
+      end
+    end
+  end
+  return max
+end
+
+
+--- Runs a RESTORE request.
+-- ctx: {catalog=, store=, op_id=, threads=, settings=, dest=<resolved source>}
+-- Returns the status counters table, or nil, err.
+function restore.run(ctx, req)
+  local src, cat, settings = ctx.dest, ctx.catalog, ctx.settings
+  if src.archive then
+    return nil, "backup " .. src.name .. ": archive backups (.zip) are not supported yet"
+  end
+  if not fsutil.exists(src.path .. "/" .. manifest.FILE) then
+    return nil, "backup " .. src.name .. " not found: no " .. manifest.FILE .. " in " .. src.path
+  end
+  local m, err = manifest.read(src.path .. "/" .. manifest.FILE)
+  if not m then
+    return nil, err
+  end
+  if m.base_backup then
+    return nil, "backup " .. src.name .. " is incremental (base " .. m.base_backup
+      .. "): incremental backups are not supported yet"
+  end
+  local backup_dbs = index_backup(m)
+  local selected, db_creates = select_tables(backup_dbs, req.elements, src.name)
+  if not selected then
+    return nil, db_creates
+  end
+
+  -- Phase 1: decide every target; nothing is written yet.
+  local new_dbs, targets = {}, {}
+  local function target_db(name, from_backup)
+    local existing = cat:database(name)
+    if existing then
+      if existing.uuid == nil then
+        return nil, "database " .. names.quote_identifier(name) .. " uses engine "
+          .. existing.engine .. "; chbackup restores into Atomic databases only"
+      end
+      return existing
+    end
+    if not new_dbs[name] then
+      local body = "ENGINE = Atomic"
+      if from_backup and from_backup.metadata then
+        local text, rerr = read_backup_file(src.path, from_backup.metadata)
+        if not text then
+          return nil, rerr
+        end
+        local info = ddl.parse_create(text)
+        if info and ddl.engine(info.body) == "Atomic" then
+          body = info.body
+        end
+      end
+      new_dbs[name] = { name = name, uuid = uuid.new(), body = body, new = true }
+      new_dbs[#new_dbs + 1] = new_dbs[name]
+    end
+    return new_dbs[name]
+  end
+  for _, d in ipairs(db_creates) do
+    local ok, derr = target_db(d.target_db, d.db)
+    if not ok then
+      return nil, derr
+    end
+  end
+  for _, s in ipairs(selected) do
+    local qname = names.qualified(s.target_db, s.target_name)
+    local text, rerr = read_backup_file(src.path, s.tbl.metadata)
+    if not text then
+      return nil, rerr
+    end
+    local info = ddl.parse_create(text)
+    if not info then
+      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
+    end
+    local db, derr = target_db(s.target_db, s.db)
+    if not db then
+      return nil, derr
+    end
+    local existing = not db.new and cat:table(s.target_db, s.target_name) or nil
+    local engine = ddl.engine(info.body)
+    local has_inner = info.object == "MATERIALIZED VIEW" and ddl.inner_uuid(info.body) ~= nil
+    local t = {
+      sel = s, qname = qname, object = info.object, body = info.body, db = db,
+      family = catalog_mod.engine_family(has_inner and "TABLE" or info.object, engine),
+      engine = engine, has_inner = has_inner,
+    }
+    if existing then
+      if ddl.structure(existing.body) ~= ddl.structure(info.body) or existing.object ~= info.object then
+        return nil, "table " .. qname .. " already exists with a different structure"
+          .. " (in the data path: " .. existing.body .. "; in the backup: " .. info.body .. ")"
+      end
+      if table_has_data(existing) and not settings.allow_non_empty_tables then
+        return nil, "cannot restore table " .. qname .. ": it is not empty"
+          .. " (use SETTINGS allow_non_empty_tables=true to add the backup's data to it)"
+      end
+      if existing.family == "log" and table_has_data(existing) then
+        return nil, "cannot restore into table " .. qname .. " (" .. existing.engine
+          .. "): adding data to a non-empty Log-family table is not supported"
+      end
+      t.existing, t.uuid, t.data_dir = existing, existing.uuid, existing.data_dir
+    else
+      t.uuid = uuid.new()
+      local data_uuid = t.uuid
+      if has_inner then
+        -- the view's data lives in its inner table `.inner_id.<view uuid>`
+        t.inner_uuid = uuid.new()
+        t.body = ddl.with_inner_uuid(info.body, t.inner_uuid)
+        t.inner_body = ddl.inner_table_body(info.body)
+        if not t.inner_body then
+          return nil, "cannot find the inner table definition of materialized view " .. qname
+        end
+        data_uuid = t.inner_uuid
+      end
+      t.data_uuid = data_uuid
+      t.data_dir = cat.path .. "/store/" .. data_uuid:sub(1, 3) .. "/" .. data_uuid
+    end
+    targets[#targets + 1] = t
+  end
+
+  -- Phase 2: plan the copies into temporary names.
+  local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
+  local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
+  local empty_files = {}
+  for _, t in ipairs(targets) do
+    local next_block = t.existing and max_block(t.existing) or nil
+    if not settings.structure_only and t.family ~= "none" then
+      local parts = {}
+      for _, d in ipairs(t.sel.tbl.data) do
+        local part_name, file = d.rel:match("^([^/]+)/(.+)$")
+        if t.family == "log" then
+          part_name, file = nil, d.rel
+        end
+        local part = part_name and catalog_mod.parse_part_name(part_name)
+        if t.family == "mergetree" and not part then
+          job:close()
+          return nil, "backup " .. src.name .. " has an unexpected file " .. d.file.name
+        end
+        if not (part and t.sel.partitions and not t.sel.partitions[part.partition_id]) then
+          local dst
+          if part then
+            if not parts[part_name] then
+              local final = part_name
+              if next_block then
+                next_block = next_block + 1
+                final = string.format("%s_%d_%d_%d", part.partition_id, next_block, next_block, part.level)
+              end
+              parts[part_name] = { tmp = t.data_dir .. "/tmp_restore_" .. final, final = t.data_dir .. "/" .. final }
+              renames[#renames + 1] = parts[part_name]
+            end
+            dst = parts[part_name].tmp .. "/" .. file
+          elseif t.existing then
+            -- an empty existing Log table: new files beside, then renamed over
+            dst = t.data_dir .. "/tmp_restore_" .. file
+            renames[#renames + 1] = { tmp = dst, final = t.data_dir .. "/" .. file }
+          else
+            dst = t.data_dir .. "/" .. file
+          end
+          local f = d.file
+          if f.use_base then
+            job:close()
+            return nil, "file " .. f.name .. " of backup " .. src.name
+              .. " is in its base backup: incremental backups are not supported yet"
+          end
+          if f.size == 0 then
+            empty_files[#empty_files + 1] = dst   -- no bytes in the backup
+          else
+            job:add(src.path .. "/" .. (f.data_file or f.name), dst, f.size, f.checksum)
+          end
+          counters.num_files = counters.num_files + 1
+          counters.total_size = counters.total_size + f.size
+        end
+      end
+    end
+  end
+  local function cleanup()
+    for _, r in ipairs(renames) do
+      fsutil.remove_tree(r.tmp)
+    end
+    for i = #created, 1, -1 do
+      fsutil.remove_tree(created[i])
+    end
+  end
+  for _, t in ipairs(targets) do
+    if not t.existing and t.family ~= "none" then
+      created[#created + 1] = t.data_dir
+      local ok, merr = fsutil.mkdir_p(t.data_dir)
+      if ok and t.family == "mergetree" then
+        ok, merr = fsutil.mkdir_p(t.data_dir .. "/detached")
+        if ok then
+          ok, merr = fsutil.write_file(t.data_dir .. "/format_version.txt", "1")
+        end
+      end
+      if not ok then
+        cleanup()
+        job:close()
+        return nil, merr
+      end
+    end
+  end
+
+  for _, path in ipairs(empty_files) do
+    local ok, eerr = fsutil.mkdir_p(path:match("^(.*)/[^/]*$"))
+    if ok then
+      ok, eerr = fsutil.write_file(path, "")
+    end
+    if not ok then
+      cleanup()
+      job:close()
+      return nil, eerr
+    end
+  end
+  local store, op_id = ctx.store, ctx.op_id
+  local ok, jerr = runner.run(job, function(p)
+    store:update(op_id, { files_read = p.files_done, bytes_read = p.bytes_done })
+  end)
+  job:close()
+  if not ok then
+    cleanup()
+    return nil, "restore from backup " .. src.name .. " failed: " .. jerr
+  end
+
+  -- Phase 3: into place. Parts first, then databases, then table metadata.
+  for _, r in ipairs(renames) do
+    if fsutil.exists(r.final) and fsutil.is_dir(r.final) then
+      cleanup()
+      return nil, "cannot restore part " .. r.final .. ": it already exists"
+    end
+    local renamed, rerr = os.rename(r.tmp, r.final)
+    if not renamed then
+      cleanup()
+      return nil, "cannot move restored part into place: " .. tostring(rerr)
+    end
+  end
+  for _, db in ipairs(new_dbs) do
+    local esc = names.escape_file(db.name)
+    local store_dir = cat.path .. "/store/" .. db.uuid:sub(1, 3) .. "/" .. db.uuid
+    local dok, derr = fsutil.mkdir_p(store_dir)
+    if dok then
+      dok, derr = fsutil.mkdir_p(cat.path .. "/metadata")
+    end
+    if dok and not fsutil.exists(cat.path .. "/metadata/" .. esc) then
+      dok, derr = lfs.link("../store/" .. db.uuid:sub(1, 3) .. "/" .. db.uuid,
+        cat.path .. "/metadata/" .. esc, true)
+    end
+    if dok then
+      dok, derr = fsutil.write_file(cat.path .. "/metadata/" .. esc .. ".sql",
+        ddl.attach_statement("DATABASE", db.uuid, db.body))
+    end
+    if not dok then
+      return nil, "cannot create database " .. names.quote_identifier(db.name) .. ": " .. tostring(derr)
+    end
+  end
+  for _, t in ipairs(targets) do
+    if not t.existing then
+      local esc_db = names.escape_file(t.sel.target_db)
+      local esc_t = names.escape_file(t.sel.target_name)
+      if t.inner_uuid then
+        esc_t = names.escape_file(".inner_id." .. t.uuid)
+        local iok, ierr = fsutil.write_file(
+          cat.path .. "/metadata/" .. esc_db .. "/" .. esc_t .. ".sql",
+          ddl.attach_statement("TABLE", t.inner_uuid, t.inner_body))
+        if not iok then
+          return nil, "cannot write metadata of " .. t.qname .. ": " .. tostring(ierr)
+        end
+      end
+      local wok, werr = fsutil.write_file(
+        cat.path .. "/metadata/" .. esc_db .. "/" .. names.escape_file(t.sel.target_name) .. ".sql",
+        ddl.attach_statement(t.object, t.uuid, t.body))
+      if not wok then
+        return nil, "cannot write metadata of " .. t.qname .. ": " .. tostring(werr)
+      end
+      if t.family ~= "none" then
+        fsutil.mkdir_p(cat.path .. "/data/" .. esc_db)
+        lfs.link("../../store/" .. t.data_uuid:sub(1, 3) .. "/" .. t.data_uuid,
+          cat.path .. "/data/" .. esc_db .. "/" .. esc_t, true)
+      end
+    end
+  end
+  counters.num_entries = counters.num_files
+  counters.uncompressed_size = counters.total_size
+  counters.compressed_size = counters.total_size
+  return counters
+end
+
+
+return restore

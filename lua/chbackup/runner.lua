@@ -1,0 +1,33 @@
+--- Runs a C job to its end while reporting progress into the status row.
+-- @module chbackup.runner
+local runner = {}
+
+local POLL_SECONDS = 0.2
+
+
+--- Starts `job`, waits for it, calls progress(p) about every 0.2 s and
+-- at the end. Returns true or nil, err, code.
+function runner.run(job, progress)
+  local ok, err, code = job:start()
+  if not ok then
+    return nil, err, code
+  end
+  -- Inside a coroutine (an operation driven by Operation:poll) the wait
+  -- is short and control goes back to the caller between waits.
+  local yieldable = coroutine.isyieldable()
+  while job:wait(yieldable and POLL_SECONDS / 4 or POLL_SECONDS) == "running" do
+    if progress then
+      progress(job:progress())
+    end
+    if yieldable then
+      coroutine.yield()
+    end
+  end
+  if progress then
+    progress(job:progress())
+  end
+  return job:result()
+end
+
+
+return runner

@@ -1,0 +1,226 @@
+-- Shared spec helpers: scratch directories, fixture copies, configs, and
+-- real ClickHouse (chDB through spec/tools/chq) for counting rows.
+local lfs = require("lfs")
+
+local helpers = {}
+
+local ROOT = lfs.currentdir()
+helpers.ROOT = ROOT
+helpers.FIXTURES = ROOT .. "/spec/fixtures"
+
+package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
+package.cpath = ROOT .. "/build/?.so;" .. package.cpath
+
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok
+end
+
+
+function helpers.quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+local q = helpers.quote
+
+
+function helpers.run(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok, out, code
+end
+
+
+local counter = 0
+--- A fresh scratch directory under spec/.tmp (removed at the next run).
+function helpers.tmpdir(name)
+  counter = counter + 1
+  local dir = string.format("%s/spec/.tmp/%d-%d-%s", ROOT, helpers.pid(), counter, name or "t")
+  assert(sh("rm -rf " .. q(dir) .. " && mkdir -p " .. q(dir)))
+  return dir
+end
+
+
+function helpers.pid()
+  local f = io.open("/proc/self/stat")
+  local pid = f:read("a"):match("^(%d+)")
+  f:close()
+  return tonumber(pid)
+end
+
+
+--- A copy of a fixture data path (with the empty directories git cannot
+-- keep recreated), ready to be opened by chbackup or ClickHouse.
+function helpers.copy_datapath(dst)
+  assert(sh("cp -a " .. q(helpers.FIXTURES .. "/datapath") .. " " .. q(dst)))
+  for line in io.lines(helpers.FIXTURES .. "/empty_dirs.txt") do
+    local rel = line:match("^datapath/(.+)$")
+    if rel then
+      assert(sh("mkdir -p " .. q(dst .. "/" .. rel)))
+    end
+  end
+  return dst
+end
+
+
+--- A ClickHouse XML config with disk `backups` at `dir` (allowed).
+function helpers.write_config(path, backups_dir)
+  local f = assert(io.open(path, "w"))
+  f:write((([[
+<clickhouse>
+  <timezone>UTC</timezone>
+  <storage_configuration><disks>
+    <backups><type>local</type><path>@/</path></backups>
+  </disks></storage_configuration>
+  <backups><allowed_disk>backups</allowed_disk><allowed_path>@/</allowed_path></backups>
+</clickhouse>
+]]):gsub("@", backups_dir)))
+  f:close()
+  return path
+end
+
+
+--- A scratch world: data path copy, backups dir, config, status dir.
+function helpers.world(name)
+  local dir = helpers.tmpdir(name)
+  local w = {
+    dir = dir, data = dir .. "/data", backups = dir .. "/backups",
+    config = dir .. "/config.xml", status = dir .. "/status",
+  }
+  helpers.copy_datapath(w.data)
+  assert(sh("mkdir -p " .. q(w.backups)))
+  helpers.write_config(w.config, w.backups)
+  return w
+end
+
+
+function helpers.open(w, path)
+  local chbackup = require("chbackup")
+  return assert(chbackup.open({ path = path or w.data, config = w.config, status_dir = w.status }))
+end
+
+
+--- Runs the CLI as a separate process. Returns ok, output.
+function helpers.cli(w, statement, extra)
+  local cmd = string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s %s %s",
+    ROOT, q(extra and extra.path or w.data), q(w.config), q(w.status),
+    extra and extra.args or "", q(statement))
+  return helpers.run(cmd)
+end
+
+
+-- Real ClickHouse ------------------------------------------------------------
+
+local chdb_lib
+function helpers.chdb_lib()
+  if chdb_lib == nil then
+    local p = io.popen(ROOT .. "/scripts/get-clickhouse")
+    chdb_lib = (p:read("a") or ""):match("[^\n]+")
+    p:close()
+    assert(chdb_lib and chdb_lib ~= "", "real ClickHouse is not available: scripts/get-clickhouse failed")
+  end
+  return chdb_lib
+end
+
+
+--- Runs statements with embedded ClickHouse on a data path. Returns output
+-- (TSV); raises with ClickHouse's error if a statement fails.
+function helpers.clickhouse(path, statements, config)
+  local cmd = { q(ROOT .. "/build/chq"), "--lib", q(helpers.chdb_lib()), "--path", q(path) }
+  if config then
+    cmd[#cmd + 1] = "--config " .. q(config)
+  end
+  for _, s in ipairs(statements) do
+    cmd[#cmd + 1] = q(s)
+  end
+  local ok, out = helpers.run(table.concat(cmd, " "))
+  assert(ok, "ClickHouse failed: " .. out)
+  return out
+end
+
+
+--- count() and sum(cityHash64(tuple(*))) of each table, as "db\ttable\tcount\thash" lines.
+function helpers.table_digests(path, tables)
+  local stmts = {}
+  for _, t in ipairs(tables) do
+    stmts[#stmts + 1] = string.format(
+      "SELECT '%s', '%s', count(), sum(cityHash64(tuple(*))) FROM `%s`.`%s` FORMAT TSV",
+      t[1], t[2], t[1], t[2])
+  end
+  return helpers.clickhouse(path, stmts)
+end
+
+
+--- The fixture's expected digests: list of {db, table, count, hash}.
+function helpers.expected(file)
+  local rows = {}
+  for line in io.lines(helpers.FIXTURES .. "/" .. (file or "expected.tsv")) do
+    local db, t, n, h = line:match("^([^\t]+)\t([^\t]+)\t(%d+)\t(%d+)$")
+    if db then
+      rows[#rows + 1] = { db, t, n, h }
+    end
+  end
+  return rows
+end
+
+
+function helpers.digest_text(rows)
+  local out = {}
+  for _, r in ipairs(rows) do
+    out[#out + 1] = table.concat(r, "\t")
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+
+-- Files ----------------------------------------------------------------------
+
+function helpers.read(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+
+function helpers.write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+
+function helpers.exists(path)
+  return lfs.symlinkattributes(path) ~= nil
+end
+
+
+--- Every file under dir (relative names), sorted.
+function helpers.tree(dir)
+  local out = {}
+  local function walk(d, prefix)
+    for e in lfs.dir(d) do
+      if e ~= "." and e ~= ".." then
+        local p = d .. "/" .. e
+        local mode = lfs.symlinkattributes(p, "mode")
+        if mode == "directory" then
+          walk(p, prefix .. e .. "/")
+        else
+          out[#out + 1] = prefix .. e
+        end
+      end
+    end
+  end
+  if lfs.attributes(dir, "mode") == "directory" then
+    walk(dir, "")
+  end
+  table.sort(out)
+  return out
+end
+
+
+return helpers
