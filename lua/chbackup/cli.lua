@@ -172,20 +172,13 @@ function cli.main(argv, io_)
   elseif opts.run_operation then
     ok, err = cli.run_operation(inst, opts.run_operation, rest[1])
   else
-    local results
-    results, err = inst:execute(rest[1], {
-      on_async = function(op) return spawn_async(opts, op, rest[1]) end,
+    ok, err = inst:execute(rest[1], {
+      on_async = function(op) return spawn_async(opts, op, op.request.text) end,
+      on_result = function(r)
+        out:write(r.text or (r.id .. "\t" .. r.status .. "\n"))
+        out:flush()
+      end,
     })
-    if results then
-      for _, r in ipairs(results) do
-        if r.text then
-          out:write(r.text)
-        else
-          out:write(r.id .. "\t" .. r.status .. "\n")
-        end
-      end
-      ok = true
-    end
   end
   if not ok then
     errout:write("chbackup: " .. tostring(err) .. "\n")

@@ -209,7 +209,8 @@ end
 
 
 --- Executes SQL text (one or more statements) or one request table.
--- Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
+-- opts.on_result(r) is called as each statement ends (the CLI prints there);
+-- opts.on_async(op) takes over ASYNC operations. Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
 -- ({id=, status=} with ASYNC, the operation left to `async` handling),
 -- {text=} for SELECT. Stops at the first failure: nil, err.
 function Instance:execute(statements, opts)
@@ -231,19 +232,26 @@ function Instance:execute(statements, opts)
         return nil, qerr
       end
       results[#results + 1] = { text = text }
+      if opts.on_result then
+        opts.on_result(results[#results])
+      end
     else
       local op, serr = self:start(req)
       if not op then
         return nil, serr
       end
+      local r
       if req.async and opts.on_async then
-        results[#results + 1] = opts.on_async(op)
+        r = opts.on_async(op)
       else
-        local r = op:wait()
+        r = op:wait()
         if r.error and r.error ~= "" then
           return nil, r.error, r
         end
-        results[#results + 1] = r
+      end
+      results[#results + 1] = r
+      if opts.on_result then
+        opts.on_result(r)
       end
     end
   end

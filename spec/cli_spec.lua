@@ -1,0 +1,95 @@
+-- The command line, run as a separate process like an operator would.
+local h = require("spec.helpers")
+
+describe("chbackup CLI", function()
+  local w
+  setup(function()
+    w = h.world("cli")
+  end)
+
+  it("prints usage with --help and exits 0; bad usage exits 2", function()
+    local ok, out = h.run(h.ROOT .. "/scripts/chbackup --help")
+    assert.is_true(ok)
+    assert.matches("usage: chbackup", out)
+    local bad, _, code = h.run(h.ROOT .. "/scripts/chbackup --nope")
+    assert.is_nil(bad)
+    assert.equal(2, code)
+  end)
+
+  it("prints id<TAB>status for BACKUP and RESTORE, statements run in order", function()
+    local ok, out = h.cli(w, "BACKUP TABLE shop.customers TO Disk('backups', 'c1'); "
+      .. "RESTORE TABLE shop.customers AS shop.customers2 FROM Disk('backups', 'c1')")
+    assert.is_true(ok, out)
+    local lines = {}
+    for id, status in out:gmatch("([%x%-]+)\t(%u[%u_]+)\n") do
+      lines[#lines + 1] = { id, status }
+    end
+    assert.equal(2, #lines)
+    assert.equal("BACKUP_CREATED", lines[1][2])
+    assert.equal("RESTORED", lines[2][2])
+    assert.equal("120\n", h.clickhouse(w.data, {
+      "SELECT (SELECT count() FROM shop.customers) + (SELECT count() FROM shop.customers2)" }))
+  end)
+
+  it("exits 1 with a message naming the table, after printing what succeeded", function()
+    local ok, out, code = h.cli(w, "BACKUP TABLE shop.orders TO Disk('backups', 'o1'); "
+      .. "BACKUP TABLE shop.missing TO Disk('backups', 'o2')")
+    assert.is_nil(ok)
+    assert.equal(1, code)
+    assert.matches("\tBACKUP_CREATED\n", out)
+    assert.matches("chbackup: table shop%.missing does not exist", out)
+  end)
+
+  it("answers SELECT from system.backups, also from another process", function()
+    local ok, out = h.cli(w, "SELECT name, status, error FROM system.backups "
+      .. "WHERE status = 'BACKUP_FAILED' FORMAT Vertical")
+    assert.is_true(ok, out)
+    assert.matches("name:%s+Disk%('backups', 'o2'%)", out)
+    assert.matches("status:%s+BACKUP_FAILED", out)
+    assert.matches("error:%s+table shop%.missing does not exist", out)
+    ok, out = h.cli(w, "SELECT status FROM system.backups WHERE name = 'Disk(\\'backups\\', \\'c1\\')' FORMAT TSV")
+    assert.is_true(ok, out)
+    assert.equal("BACKUP_CREATED\nRESTORED\n", out)
+  end)
+
+  it("returns at once for ASYNC and records the outcome", function()
+    local ok, out = h.cli(w, "BACKUP DATABASE shop TO Disk('backups', 'async1') ASYNC")
+    assert.is_true(ok, out)
+    local id, status = out:match("^([%x%-]+)\t(%S+)\n$")
+    assert.equal("CREATING_BACKUP", status)
+    ok, out = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s wait %s",
+      h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status), id))
+    assert.is_true(ok, out)
+    assert.equal(id .. "\tBACKUP_CREATED\n", out)
+    assert.is_not_nil(h.read(w.backups .. "/async1/.backup"))
+  end)
+
+  it("records a failed ASYNC operation with its error", function()
+    local ok, out = h.cli(w, "RESTORE TABLE shop.orders FROM Disk('backups', 'missing') ASYNC")
+    assert.is_true(ok, out)
+    local id = out:match("^([%x%-]+)\t")
+    local wok, wout, code = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s wait %s",
+      h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status), id))
+    assert.is_nil(wok)
+    assert.equal(1, code)
+    assert.matches("RESTORE_FAILED", wout)
+    assert.matches("backup Disk%('backups', 'missing'%) not found", wout)
+  end)
+
+  it("refuses a second operation with the same id", function()
+    local ok, out = h.cli(w, "BACKUP TABLE shop.orders TO Disk('backups', 'id1') SETTINGS id = 'nightly'")
+    assert.is_true(ok, out)
+    assert.matches("^nightly\tBACKUP_CREATED\n$", out)
+    ok, out = h.cli(w, "BACKUP TABLE shop.orders TO Disk('backups', 'id2') SETTINGS id = 'nightly'")
+    assert.is_nil(ok)
+    assert.matches("nightly", out)
+    assert.is_nil(h.read(w.backups .. "/id2/.backup"))
+  end)
+
+  it("shows a backup's files", function()
+    local ok, out = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s show %s",
+      h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status), h.quote("Disk('backups', 'c1')")))
+    assert.is_true(ok, out)
+    assert.matches("metadata/shop/customers%.sql\t%d+\t%x+", out)
+  end)
+end)
