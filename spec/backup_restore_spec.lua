@@ -256,3 +256,58 @@ describe("bad input", function()
     refused("RESTORE TABLE shop.orders FROM Disk('backups', 'killed')", "not found")
   end)
 end)
+
+
+describe("Lua API", function()
+  local w
+  setup(function()
+    w = h.world("api")
+  end)
+
+  it("runs a request table step by step and reports it in status rows", function()
+    local chbackup = require("chbackup")
+    local ch = h.open(w)
+    local req = assert(chbackup.parse("BACKUP TABLE shop.orders TO Disk('backups', 'api1')"))[1]
+    local op = assert(ch:start(req))
+    assert.equal("CREATING_BACKUP", op:status().status)
+    local polls = 0
+    while not op:poll() do
+      polls = polls + 1
+    end
+    local row = op:status()
+    assert.equal("BACKUP_CREATED", row.status)
+    assert.equal(op.id, row.id)
+    assert.is_true(row.num_files > 100)
+    assert.is_true(row.total_size > 0)
+    assert.is_not_nil(h.read(w.backups .. "/api1/.backup"))
+  end)
+
+  it("cancels an operation: status *_CANCELLED and nothing left behind", function()
+    local chbackup = require("chbackup")
+    local ch = h.open(w)
+    local op = assert(ch:start(assert(chbackup.parse("BACKUP ALL TO Disk('backups', 'api2')"))[1]))
+    op:cancel()
+    local r = op:wait()
+    assert.equal("BACKUP_CANCELLED", r.status)
+    assert.is_false(h.exists(w.backups .. "/api2"))
+    -- the same through the status directory, as another process would ask
+    ch = h.open(w, w.dir .. "/api-restore")
+    op = assert(ch:start(assert(chbackup.parse("RESTORE ALL FROM Disk('backups', 'api1')"))[1]))
+    assert(ch:cancel(op.id))
+    r = op:wait()
+    assert.equal("RESTORE_CANCELLED", r.status)
+    assert.equal("RESTORE_CANCELLED", ch:status_rows()[#ch:status_rows()].status)
+    assert.same({}, h.tree(w.dir .. "/api-restore/store"))
+  end)
+
+  it("takes the configuration as a Lua table", function()
+    local chbackup = require("chbackup")
+    local ch = assert(chbackup.open({
+      path = w.data, status_dir = w.status,
+      config = { disks = { backups = { type = "local", path = w.backups .. "/" } },
+                 backups = { allowed_disk = { "backups" }, allowed_path = { w.backups .. "/" } } },
+    }))
+    local r = assert(ch:execute("BACKUP TABLE logs.events TO Disk('backups', 'api3')"))
+    assert.equal("BACKUP_CREATED", r[1].status)
+  end)
+end)

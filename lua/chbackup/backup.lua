@@ -84,9 +84,9 @@ function backup.run(ctx, req)
       end
     end
   end
-  local function fail(msg)
+  local function fail(msg, code)
     cleanup()
-    return nil, msg
+    return nil, msg, code
   end
   ok, err = fsutil.write_file(dest.path .. "/" .. backup.MARKER, "chbackup " .. ctx.op_id .. "\n")
   if not ok then
@@ -135,12 +135,13 @@ function backup.run(ctx, req)
     end
   end
   local store, op_id = ctx.store, ctx.op_id
-  ok, err = runner.run(job, function(p)
+  local code
+  ok, err, code = runner.run(job, function(p)
     store:update(op_id, { files_read = p.files_done, bytes_read = p.bytes_done })
-  end)
+  end, ctx.cancelled)
   if not ok then
     job:close()
-    return fail("backup " .. dest.name .. " failed: " .. err)
+    return fail("backup " .. dest.name .. " failed: " .. err, code)
   end
   for _, e in ipairs(entries) do
     if e.job_index and not e.checksum then

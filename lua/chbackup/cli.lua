@@ -11,6 +11,7 @@ local USAGE = [[
 usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] show BACKUP        list a backup's tables and files
        chbackup [options] wait ID            wait for an ASYNC operation
+       chbackup [options] cancel ID          cancel a running operation
        chbackup --help
 
 Runs BACKUP, RESTORE and SELECT ... FROM system.backups statements the way
@@ -129,7 +130,7 @@ local function cmd_wait(inst, id, out)
     end
     if row.status ~= "CREATING_BACKUP" and row.status ~= "RESTORING" then
       out:write(row.id .. "\t" .. row.status .. "\n")
-      if row.error ~= "" then
+      if row.error ~= "" and not row.status:match("CANCELLED$") then
         return nil, row.error
       end
       return true
@@ -164,6 +165,11 @@ function cli.main(argv, io_)
   local ok
   if rest[1] == "show" and #rest == 2 then
     ok, err = cmd_show(inst, rest[2], out)
+  elseif rest[1] == "cancel" and #rest == 2 then
+    ok, err = inst:cancel(rest[2])
+    if ok then
+      ok, err = cmd_wait(inst, rest[2], out)
+    end
   elseif rest[1] == "wait" and #rest == 2 then
     ok, err = cmd_wait(inst, rest[2], out)
   elseif #rest > 1 then

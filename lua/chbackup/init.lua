@@ -60,7 +60,7 @@ function chbackup.open(opts)
     return nil, err
   end
   return setmetatable({
-    path = path, config = cfg, store = store, threads = opts.threads,
+    path = path, config = cfg, store = store, threads = opts.threads, status_dir = status_dir,
   }, Instance)
 end
 
@@ -148,7 +148,7 @@ end
 function Operation:_run()
   local inst, req = self.instance, self.request
   local cat, err = inst:_catalog(req.kind)
-  local counters
+  local counters, code
   if cat then
     local ctx = {
       catalog = cat, store = inst.store, op_id = self.id,
@@ -156,18 +156,25 @@ function Operation:_run()
       threads = self.settings.threads or inst.threads, settings = self.settings,
       dest = self.dest,
     }
+    local cancel_file = inst:_cancel_file(self.id)
+    ctx.cancelled = function()
+      return self.cancel_requested or fsutil.exists(cancel_file)
+    end
     local run = req.kind == "backup" and backup.run or restore.run
-    local ok, res, rerr = pcall(run, ctx, req)
+    local ok, res, rerr, rcode = pcall(run, ctx, req)
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
     else
-      counters, err = res, rerr
+      counters, err, code = res, rerr, rcode
     end
+    os.remove(cancel_file)
   end
   local final
   if counters then
     inst.store:update(self.id, counters)
     final = req.kind == "backup" and "BACKUP_CREATED" or "RESTORED"
+  elseif code == "CANCELLED" then
+    final = req.kind == "backup" and "BACKUP_CANCELLED" or "RESTORE_CANCELLED"
   else
     final = req.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED"
   end
@@ -200,6 +207,13 @@ function Operation:wait()
     assert(true)
   end
   return { id = self.id, status = self.final, error = self.error }
+end
+
+
+--- Asks the operation to stop: the C job stops between two buffers, what
+-- the operation wrote is removed, and its status becomes *_CANCELLED.
+function Operation:cancel()
+  self.cancel_requested = true
 end
 
 
@@ -256,6 +270,25 @@ function Instance:execute(statements, opts)
     end
   end
   return results
+end
+
+
+function Instance:_cancel_file(id)
+  return self.status_dir .. "/" .. id:gsub("[^%w%-_.]", "_") .. ".cancel"
+end
+
+
+--- Asks a running operation, possibly in another process (an ASYNC
+-- statement of the CLI), to cancel. Returns true or nil, err.
+function Instance:cancel(id)
+  local row = self.store:get(id)
+  if not row then
+    return nil, "no operation with id '" .. id .. "'"
+  end
+  if row.status ~= "CREATING_BACKUP" and row.status ~= "RESTORING" then
+    return nil, "operation '" .. id .. "' has already ended (" .. row.status .. ")"
+  end
+  return fsutil.write_file(self:_cancel_file(id), "cancel\n")
 end
 
 

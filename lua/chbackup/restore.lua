@@ -402,13 +402,13 @@ function restore.run(ctx, req)
     end
   end
   local store, op_id = ctx.store, ctx.op_id
-  local ok, jerr = runner.run(job, function(p)
+  local ok, jerr, jcode = runner.run(job, function(p)
     store:update(op_id, { files_read = p.files_done, bytes_read = p.bytes_done })
-  end)
+  end, ctx.cancelled)
   job:close()
   if not ok then
     cleanup()
-    return nil, "restore from backup " .. src.name .. " failed: " .. jerr
+    return nil, "restore from backup " .. src.name .. " failed: " .. jerr, jcode
   end
 
   -- Phase 3: into place. Parts first, then databases, then table metadata.

@@ -6,8 +6,13 @@ local POLL_SECONDS = 0.2
 
 
 --- Starts `job`, waits for it, calls progress(p) about every 0.2 s and
--- at the end. Returns true or nil, err, code.
-function runner.run(job, progress)
+-- at the end, and cancels the job once cancelled() says so.
+-- Returns true or nil, err, code.
+function runner.run(job, progress, cancelled)
+  if cancelled and cancelled() then
+    job:cancel()
+    return job:result()
+  end
   local ok, err, code = job:start()
   if not ok then
     return nil, err, code
@@ -18,6 +23,9 @@ function runner.run(job, progress)
   while job:wait(yieldable and POLL_SECONDS / 4 or POLL_SECONDS) == "running" do
     if progress then
       progress(job:progress())
+    end
+    if cancelled and cancelled() then
+      job:cancel()
     end
     if yieldable then
       coroutine.yield()
