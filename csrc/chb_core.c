@@ -6,6 +6,7 @@
  */
 #include "chb_checksums.h"
 #include "chb_error.h"
+#include "chb_fs.h"
 #include "chb_hash.h"
 #include "chb_job.h"
 #include "chb_proc.h"
@@ -78,10 +79,13 @@ static int core_job(lua_State *L) {
   return 1;
 }
 
-/* job:add(src, dst|nil, size|nil, checksum|nil, src_offset|nil) -> index */
+/*
+ * job:add(src, dst|nil, size|nil, checksum|nil, src_offset|nil) -> index
+ * `src` is a path, or a list of pieces {path, offset, length} read in order
+ * (length -1: to the end of the file).
+ */
 static int job_add(lua_State *L) {
   chb_job *job = check_job(L);
-  const char *src = luaL_checkstring(L, 2);
   const char *dst = luaL_optstring(L, 3, NULL);
   lua_Integer size = luaL_optinteger(L, 4, -1);
   chb_u128 hash, *hp = NULL;
@@ -92,10 +96,45 @@ static int job_add(lua_State *L) {
   lua_Integer offset = luaL_optinteger(L, 6, 0);
   luaL_argcheck(L, offset >= 0, 6, "offset must be >= 0");
   chb_error err;
-  long i = chb_job_add(job, src, dst, (uint64_t)offset, (int64_t)size, hp, &err);
+  long i;
+  if (lua_istable(L, 2)) {
+    lua_Integer n = luaL_len(L, 2);
+    luaL_argcheck(L, n >= 1, 2, "no pieces");
+    chb_piece *pieces = lua_newuserdatauv(L, sizeof(chb_piece) * (size_t)n, 0); /* .., buf */
+    for (lua_Integer k = 1; k <= n; k++) {
+      lua_geti(L, 2, k);                                    /* .., buf, piece */
+      luaL_argcheck(L, lua_istable(L, -1), 2, "each piece is {path, offset, length}");
+      lua_geti(L, -1, 1);                                   /* .., buf, piece, path */
+      pieces[k - 1].path = luaL_checkstring(L, -1);         /* kept alive by the piece table */
+      lua_geti(L, -2, 2);                                   /* .., buf, piece, path, offset */
+      pieces[k - 1].offset = (uint64_t)luaL_optinteger(L, -1, 0);
+      lua_geti(L, -3, 3);                                   /* .., buf, piece, path, offset, len */
+      pieces[k - 1].length = (int64_t)luaL_optinteger(L, -1, -1);
+      lua_pop(L, 4);                                        /* .., buf */
+    }
+    i = chb_job_add_pieces(job, pieces, (size_t)n, dst, (int64_t)size, hp, &err);
+  } else {
+    const char *src = luaL_checkstring(L, 2);
+    i = chb_job_add(job, src, dst, (uint64_t)offset, (int64_t)size, hp, &err);
+  }
   if (i < 0) return luaL_error(L, "%s", err.msg);
   lua_pushinteger(L, i + 1);
   return 1;
+}
+
+/* job:set_base(i, base_size, base_checksum): write only the tail if the
+ * first base_size bytes hash to base_checksum (an incremental backup). */
+static int job_set_base(lua_State *L) {
+  chb_job *job = check_job(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  lua_Integer base_size = luaL_checkinteger(L, 3);
+  chb_u128 base_hash;
+  check_hex(L, 4, &base_hash);
+  luaL_argcheck(L, base_size >= 0, 3, "base size must be >= 0");
+  chb_error err;
+  if (i < 1 || chb_job_set_base(job, (size_t)(i - 1), (uint64_t)base_size, base_hash, &err) != 0)
+    return luaL_error(L, "cannot set a base on entry %d", (int)i);
+  return 0;
 }
 
 static int job_start(lua_State *L) {
@@ -143,7 +182,7 @@ static int job_result(lua_State *L) {
   return 1;
 }
 
-/* job:entry(i) -> size, checksum (after the job is done) */
+/* job:entry(i) -> size, checksum, tail_only (after the job is done) */
 static int job_entry(lua_State *L) {
   chb_job *job = check_job(L);
   lua_Integer i = luaL_checkinteger(L, 2);
@@ -153,7 +192,8 @@ static int job_entry(lua_State *L) {
     return luaL_error(L, "no result for entry %d (job not done or index out of range)", (int)i);
   lua_pushinteger(L, (lua_Integer)size);
   push_hex(L, hash);
-  return 2;
+  lua_pushboolean(L, chb_job_entry_tail_only(job, (size_t)(i - 1)));
+  return 3;
 }
 
 static int job_count(lua_State *L) {
@@ -170,7 +210,8 @@ static int job_close(lua_State *L) {
 }
 
 static const luaL_Reg job_methods[] = {
-    {"add", job_add},         {"start", job_start},   {"wait", job_wait},
+    {"add", job_add},         {"set_base", job_set_base},
+    {"start", job_start},     {"wait", job_wait},
     {"cancel", job_cancel},   {"progress", job_progress},
     {"result", job_result},   {"entry", job_entry},   {"count", job_count},
     {"close", job_close},     {NULL, NULL}};
@@ -203,6 +244,18 @@ static int core_checksum(lua_State *L) {
   chb_hash_update(&h, s, len);
   push_hex(L, chb_hash_peek(&h));
   return 1;
+}
+
+/* core.checksum_file(path) -> checksum, size | fail: hashes a file in place */
+static int core_checksum_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  chb_error err;
+  uint64_t size;
+  chb_u128 hash;
+  if (chb_fs_hash_file(path, &size, &hash, &err) != 0) return push_fail(L, &err);
+  push_hex(L, hash);
+  lua_pushinteger(L, (lua_Integer)size);
+  return 2;
 }
 
 /* core.read_checksums(path) -> { [name] = {size=, checksum=, ...} } | fail */
@@ -286,6 +339,7 @@ static const luaL_Reg core_funcs[] = {
     {"job", core_job},
     {"cityhash128", core_cityhash128},
     {"checksum", core_checksum},
+    {"checksum_file", core_checksum_file},
     {"read_checksums", core_read_checksums},
     {"now_us", core_now_us},
     {"getpid", core_getpid},

@@ -10,7 +10,11 @@
 --   ENGINE = MergeTree ORDER BY tuple()
 --   INSERT INTO t VALUES (..., fromUnixTimestamp64Micro(<start_time>), ...)
 -- and each case's `sql` ran against it. query.run gets the same rows and the
--- statement the SQL parser makes of that SQL, with { utc = true }.
+-- statement the SQL parser makes of that SQL, with { utc = true }. A case's
+-- `max_rows` stands for its SETTINGS output_format_pretty_max_rows; the case
+-- with `numbers` selects them directly (Vertical's " -- 1.23 million" tips).
+-- The same cases also matched ClickHouse in local time (query.run without
+-- utc, TZ=America/New_York, Europe/Berlin, Australia/Lord_Howe).
 local query = require "chbackup.query"
 local status = require "chbackup.status"
 

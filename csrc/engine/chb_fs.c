@@ -1,6 +1,8 @@
 #include "chb_fs.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -24,5 +26,28 @@ int chb_fs_mkdir_parents(const char *path, chb_error *err) {
       if (saved == '\0') break;
     }
   }
+  return 0;
+}
+
+int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return chb_error_errno(err, errno, "cannot open", path);
+  chb_hash h;
+  chb_hash_init(&h);
+  unsigned char buf[64 * 1024];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int saved = errno;
+      close(fd);
+      return chb_error_errno(err, saved, "cannot read", path);
+    }
+    if (n == 0) break;
+    chb_hash_update(&h, buf, (size_t)n);
+  }
+  close(fd);
+  *size = h.total;
+  *hash = chb_hash_peek(&h);
   return 0;
 }

@@ -3,8 +3,14 @@
 #define CHB_FS_H
 
 #include "chb_error.h"
+#include "chb_hash.h"
+
+#include <stdint.h>
 
 /* Creates every missing parent directory of `path` (mode 0755). */
 int chb_fs_mkdir_parents(const char *path, chb_error *err);
+
+/* ClickHouse's checksum of a whole file, read on the calling thread. */
+int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err);
 
 #endif

@@ -12,15 +12,25 @@
 #include <time.h>
 #include <unistd.h>
 
+typedef struct chb_src {
+  char *path;
+  uint64_t offset;
+  int64_t length;             /* < 0: to the end of the file */
+} chb_src;
+
 typedef struct chb_entry {
-  char *src;
+  chb_src *pieces;            /* read in order; pieces[0].path names the entry */
+  size_t npieces;
   char *dst;                  /* NULL: hash only */
-  uint64_t src_offset;
   int64_t expect_size;        /* < 0: unknown */
   int has_expect_hash;
   chb_u128 expect_hash;
+  int has_base;               /* write only the tail if the prefix matches */
+  uint64_t base_size;
+  chb_u128 base_hash;
   uint64_t size;              /* results, valid once the job is DONE */
   chb_u128 hash;
+  int tail_only;
 } chb_entry;
 
 struct chb_job {
@@ -73,11 +83,21 @@ chb_job *chb_job_new(const chb_job_opts *opts, chb_error *err) {
   return job;
 }
 
-long chb_job_add(chb_job *job, const char *src, const char *dst,
-                 uint64_t src_offset, int64_t expect_size,
-                 const chb_u128 *expect_hash, chb_error *err) {
+static void entry_free(chb_entry *e) {
+  for (size_t i = 0; i < e->npieces; i++) free(e->pieces[i].path);
+  free(e->pieces);
+  free(e->dst);
+}
+
+long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
+                        const char *dst, int64_t expect_size,
+                        const chb_u128 *expect_hash, chb_error *err) {
   if (job->state != CHB_JOB_NEW) {
     chb_error_set(err, CHB_INVALID, "cannot add to a job that has started");
+    return -1;
+  }
+  if (npieces == 0) {
+    chb_error_set(err, CHB_INVALID, "an entry needs at least one source");
     return -1;
   }
   if (job->count == job->cap) {
@@ -92,15 +112,21 @@ long chb_job_add(chb_job *job, const char *src, const char *dst,
   }
   chb_entry *e = &job->entries[job->count];
   memset(e, 0, sizeof *e);
-  e->src = strdup(src);
-  e->dst = dst ? strdup(dst) : NULL;
-  if (!e->src || (dst && !e->dst)) {
-    free(e->src);
-    free(e->dst);
+  e->pieces = calloc(npieces, sizeof *e->pieces);
+  int oom = e->pieces == NULL;
+  for (size_t i = 0; !oom && i < npieces; i++) {
+    e->pieces[i].path = strdup(pieces[i].path);
+    e->pieces[i].offset = pieces[i].offset;
+    e->pieces[i].length = pieces[i].length;
+    e->npieces = i + 1;
+    oom = e->pieces[i].path == NULL;
+  }
+  if (!oom && dst) oom = (e->dst = strdup(dst)) == NULL;
+  if (oom) {
+    entry_free(e);
     chb_error_set(err, CHB_ENOMEM, "cannot copy entry paths");
     return -1;
   }
-  e->src_offset = src_offset;
   e->expect_size = expect_size;
   if (expect_hash) {
     e->has_expect_hash = 1;
@@ -108,6 +134,30 @@ long chb_job_add(chb_job *job, const char *src, const char *dst,
   }
   if (expect_size > 0) job->bytes_total += (uint64_t)expect_size;
   return (long)job->count++;
+}
+
+long chb_job_add(chb_job *job, const char *src, const char *dst,
+                 uint64_t src_offset, int64_t expect_size,
+                 const chb_u128 *expect_hash, chb_error *err) {
+  chb_piece piece = {src, src_offset, -1};
+  return chb_job_add_pieces(job, &piece, 1, dst, expect_size, expect_hash, err);
+}
+
+int chb_job_set_base(chb_job *job, size_t i, uint64_t base_size,
+                     chb_u128 base_hash, chb_error *err) {
+  if (job->state != CHB_JOB_NEW || i >= job->count)
+    return chb_error_set(err, CHB_INVALID, "no entry %zu to set a base on", i);
+  chb_entry *e = &job->entries[i];
+  if (e->npieces != 1 || !e->dst)
+    return chb_error_set(err, CHB_INVALID, "a base prefix needs one source and a destination");
+  e->has_base = 1;
+  e->base_size = base_size;
+  e->base_hash = base_hash;
+  return 0;
+}
+
+int chb_job_entry_tail_only(const chb_job *job, size_t i) {
+  return i < job->count && job->state == CHB_JOB_DONE && job->entries[i].tail_only;
 }
 
 /* Records the first failure and tells every worker to stop. */
@@ -141,43 +191,106 @@ static int open_dst(const char *dst, chb_error *err) {
   return fd;
 }
 
-/* Streams one entry: read src -> hash -> write dst, then checks. */
-static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *err) {
-  int in = open(e->src, O_RDONLY | O_CLOEXEC);
-  if (in < 0) return chb_error_errno(err, errno, "cannot open", e->src);
-  int out = -1, rc = -1;
-  chb_hash h;
-  chb_hash_init(&h);
-  if (e->src_offset && lseek(in, (off_t)e->src_offset, SEEK_SET) < 0) {
-    chb_error_errno(err, errno, "cannot seek in", e->src);
+/*
+ * Writes bytes [0, len) of fd to out again: used when a file's prefix did
+ * not match its base after all, so the bytes held back must be written.
+ */
+static int write_prefix(int in, int out, uint64_t len, unsigned char *buf, size_t bufsize,
+                        const chb_entry *e, chb_error *err) {
+  uint64_t off = 0;
+  while (off < len) {
+    size_t want = len - off < bufsize ? (size_t)(len - off) : bufsize;
+    ssize_t n = pread(in, buf, want, (off_t)off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return chb_error_errno(err, n < 0 ? errno : EIO, "cannot read", e->pieces[0].path);
+    if (write_all(out, buf, (size_t)n) != 0)
+      return chb_error_errno(err, errno, "cannot write", e->dst);
+    off += (uint64_t)n;
+  }
+  return 0;
+}
+
+/* Streams one piece: read -> hash -> write (unless held back as prefix). */
+static int run_piece(chb_job *job, chb_entry *e, const chb_src *piece, int out,
+                     chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
+  int in = open(piece->path, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return chb_error_errno(err, errno, "cannot open", piece->path);
+  int rc = -1;
+  if (piece->offset && lseek(in, (off_t)piece->offset, SEEK_SET) < 0) {
+    chb_error_errno(err, errno, "cannot seek in", piece->path);
     goto done;
   }
   posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
-  if (e->dst && (out = open_dst(e->dst, err)) < 0) goto done;
-  for (;;) {
+  uint64_t left = piece->length < 0 ? UINT64_MAX : (uint64_t)piece->length;
+  while (left > 0) {
     if (atomic_load(&job->stop)) {
-      chb_error_set(err, CHB_CANCELLED, "cancelled while copying %s", e->src);
+      chb_error_set(err, CHB_CANCELLED, "cancelled while copying %s", piece->path);
       goto done;
     }
-    ssize_t n = read(in, buf, job->opts.buffer_size);
+    size_t want = left < job->opts.buffer_size ? (size_t)left : job->opts.buffer_size;
+    if (*holding && h->total + want > e->base_size) want = (size_t)(e->base_size - h->total);
+    ssize_t n = read(in, buf, want);
     if (n < 0) {
       if (errno == EINTR) continue;
-      chb_error_errno(err, errno, "cannot read", e->src);
+      chb_error_errno(err, errno, "cannot read", piece->path);
       goto done;
     }
-    if (n == 0) break;
-    chb_hash_update(&h, buf, (size_t)n);
+    if (n == 0) {
+      if (piece->length >= 0) {
+        chb_error_set(err, CHB_CORRUPT, "%s is shorter than expected (%llu bytes missing)",
+                      piece->path, (unsigned long long)left);
+        goto done;
+      }
+      break;
+    }
+    chb_hash_update(h, buf, (size_t)n);
+    left -= (uint64_t)n;
+    atomic_fetch_add(&job->bytes_done, (uint64_t)n);
+    if (*holding) {
+      /* Bytes of the base's prefix are held back until it is known. */
+      if (h->total == e->base_size) {
+        chb_u128 prefix = chb_hash_peek(h);
+        *holding = 0;
+        if (prefix.lo == e->base_hash.lo && prefix.hi == e->base_hash.hi) {
+          e->tail_only = 1;
+        } else if (write_prefix(in, out, e->base_size, buf, job->opts.buffer_size, e, err) != 0) {
+          goto done;
+        }
+      }
+      continue;
+    }
     if (out >= 0 && write_all(out, buf, (size_t)n) != 0) {
       chb_error_errno(err, errno, "cannot write", e->dst);
       goto done;
     }
-    atomic_fetch_add(&job->bytes_done, (uint64_t)n);
   }
+  if (*holding && piece == &e->pieces[e->npieces - 1]) {
+    /* The file is shorter than its base: it did not just grow. */
+    *holding = 0;
+    if (write_prefix(in, out, h->total, buf, job->opts.buffer_size, e, err) != 0) goto done;
+  }
+  rc = 0;
+done:
+  close(in);
+  return rc;
+}
+
+/* Streams one entry: read its pieces -> hash -> write dst, then checks. */
+static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *err) {
+  int out = -1, rc = -1;
+  int holding = e->has_base && e->base_size > 0;
+  chb_hash h;
+  chb_hash_init(&h);
+  e->tail_only = 0;
+  if (e->dst && (out = open_dst(e->dst, err)) < 0) return -1;
+  for (size_t i = 0; i < e->npieces; i++)
+    if (run_piece(job, e, &e->pieces[i], out, &h, &holding, buf, err) != 0) goto done;
   e->size = h.total;
   e->hash = chb_hash_peek(&h);
   if (e->expect_size >= 0 && e->size != (uint64_t)e->expect_size) {
     chb_error_set(err, CHB_CORRUPT, "size mismatch for %s: expected %lld bytes, read %llu",
-                  e->src, (long long)e->expect_size, (unsigned long long)e->size);
+                  e->pieces[e->npieces - 1].path, (long long)e->expect_size,
+                  (unsigned long long)e->size);
     goto done;
   }
   if (e->has_expect_hash &&
@@ -186,7 +299,7 @@ static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *
     chb_u128_to_hex(e->expect_hash, want);
     chb_u128_to_hex(e->hash, got);
     chb_error_set(err, CHB_CORRUPT, "checksum mismatch for %s: expected %s, got %s",
-                  e->src, want, got);
+                  e->pieces[e->npieces - 1].path, want, got);
     goto done;
   }
   if (out >= 0 && job->opts.fsync && fsync(out) != 0) {
@@ -195,7 +308,6 @@ static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *
   }
   rc = 0;
 done:
-  close(in);
   if (out >= 0 && close(out) != 0 && rc == 0)
     rc = chb_error_errno(err, errno, "cannot close", e->dst);
   if (rc != 0 && out >= 0) unlink(e->dst); /* never leave a partial file */
@@ -320,7 +432,14 @@ int chb_job_result(chb_job *job, chb_error *err) {
 size_t chb_job_count(const chb_job *job) { return job->count; }
 
 int chb_job_entry_result(const chb_job *job, size_t i, uint64_t *size, chb_u128 *hash) {
-  if (i >= job->count || job->state != CHB_JOB_DONE) return -1;
+  /* The lock orders this read of state (and so of the entry, written by a
+   * worker before it ended) after the last worker's write: a caller may
+   * poll while the job runs. The job itself is never const. */
+  pthread_mutex_t *lock = (pthread_mutex_t *)&job->lock;
+  pthread_mutex_lock(lock);
+  int done = job->state == CHB_JOB_DONE;
+  pthread_mutex_unlock(lock);
+  if (i >= job->count || !done) return -1;
   *size = job->entries[i].size;
   *hash = job->entries[i].hash;
   return 0;
@@ -330,10 +449,7 @@ void chb_job_free(chb_job *job) {
   if (!job) return;
   atomic_store(&job->stop, 1);
   for (int i = 0; i < job->nthreads; i++) pthread_join(job->threads[i], NULL);
-  for (size_t i = 0; i < job->count; i++) {
-    free(job->entries[i].src);
-    free(job->entries[i].dst);
-  }
+  for (size_t i = 0; i < job->count; i++) entry_free(&job->entries[i]);
   free(job->entries);
   free(job->threads);
   pthread_mutex_destroy(&job->lock);

@@ -54,6 +54,33 @@ long chb_job_add(chb_job *job, const char *src, const char *dst,
                  uint64_t src_offset, int64_t expect_size,
                  const chb_u128 *expect_hash, chb_error *err);
 
+/*
+ * One piece of an entry's source: `length` bytes (< 0: to the end of the
+ * file) of `path` from `offset`. An entry made of several pieces restores a
+ * file whose bytes live in several backups of an incremental chain.
+ */
+typedef struct chb_piece {
+  const char *path;
+  uint64_t offset;
+  int64_t length;
+} chb_piece;
+
+/* Like chb_job_add, with the source given as pieces read in order. */
+long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
+                        const char *dst, int64_t expect_size,
+                        const chb_u128 *expect_hash, chb_error *err);
+
+/*
+ * Incremental backup of a file that may have grown: if the first
+ * `base_size` bytes of entry i's (single-piece) source hash to `base_hash`,
+ * only the bytes after them are written to dst ("tail only"); otherwise
+ * the whole file is. Returns 0, or -1 with err set.
+ */
+int chb_job_set_base(chb_job *job, size_t i, uint64_t base_size,
+                     chb_u128 base_hash, chb_error *err);
+/* After DONE: 1 if entry i was written tail only, else 0. */
+int chb_job_entry_tail_only(const chb_job *job, size_t i);
+
 /* Starts the workers; returns 0, or -1 with err set (threads not created). */
 int chb_job_start(chb_job *job, chb_error *err);
 /* Waits up to timeout_ms (< 0: forever); returns the state then. */

@@ -1,0 +1,573 @@
+/*
+ * chb_job: many files copied by several workers come out byte-identical
+ * with the checksum chb_hash gives for the source; a wrong expected size or
+ * checksum is CHB_CORRUPT naming the file and leaves no partial copy; a
+ * missing source is ENOENT, an existing destination EEXIST (never
+ * overwritten); parent directories are made; cancel and chb_job_free stop a
+ * running job quickly and cleanly; src_offset skips bytes; 0 entries is
+ * DONE; a timed wait returns RUNNING while the job runs.
+ *
+ * Everything lives in a mkdtemp directory under /tmp, removed at the end.
+ * Runs under valgrind and ASan too, so data sizes stay small except for
+ * the cancel tests, which stop long before the end of their big file.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "chb_job.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static int failures;
+static char root[] = "/tmp/chb-test-job.XXXXXX";
+
+#define CHECK(cond, ...)              \
+  do {                                \
+    if (cond) {                       \
+      printf("ok   ");                \
+    } else {                          \
+      printf("FAIL ");                \
+      failures++;                     \
+    }                                 \
+    printf(__VA_ARGS__);              \
+    printf("\n");                     \
+  } while (0)
+
+/* ---- small utilities ---- */
+
+static const char *path_of(char *buf, size_t n, const char *fmt, const char *a, int i) {
+  char rel[256];
+  snprintf(rel, sizeof rel, fmt, a, i);
+  snprintf(buf, n, "%s/%s", root, rel);
+  return buf;
+}
+
+/* Deterministic bytes (xorshift64*), different for each seed. */
+static unsigned char *gen(uint64_t seed, size_t len) {
+  unsigned char *p = malloc(len ? len : 1);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < len; i++) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    p[i] = (unsigned char)((x * 0x2545F4914F6CDD1Dull) >> 56);
+  }
+  return p;
+}
+
+static void spit(const char *path, const void *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  if (!f || (len && fwrite(data, 1, len, f) != len) || fclose(f) != 0) {
+    perror(path);
+    exit(2);
+  }
+}
+
+static unsigned char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  size_t cap = 4096, n = 0;
+  unsigned char *buf = malloc(cap);
+  for (;;) {
+    if (n == cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+    }
+    size_t r = fread(buf + n, 1, cap - n, f);
+    if (r == 0) break;
+    n += r;
+  }
+  fclose(f);
+  *len = n;
+  return buf;
+}
+
+static int exists(const char *path) {
+  struct stat st;
+  return lstat(path, &st) == 0;
+}
+
+static chb_u128 hash_of(const void *data, size_t len) {
+  chb_hash h;
+  chb_hash_init(&h);
+  chb_hash_update(&h, data, len);
+  return chb_hash_peek(&h);
+}
+
+static int same(chb_u128 a, chb_u128 b) { return a.lo == b.lo && a.hi == b.hi; }
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static chb_job *new_job(int threads, size_t buffer_size) {
+  chb_job_opts o = {threads, buffer_size, 0};
+  chb_error err;
+  chb_job *job = chb_job_new(&o, &err);
+  if (!job) {
+    printf("FAIL chb_job_new: %s\n", err.msg);
+    exit(2);
+  }
+  return job;
+}
+
+/* Runs a job to its end; returns its final state, error in *err. */
+static chb_job_state run(chb_job *job, chb_error *err) {
+  if (chb_job_start(job, err) != 0) return CHB_JOB_FAILED;
+  chb_job_state s = chb_job_wait(job, -1);
+  chb_job_result(job, err);
+  return s;
+}
+
+/* Waits until the job has read something (it is surely mid-run then). */
+static int wait_started(chb_job *job) {
+  for (int i = 0; i < 20000; i++) {
+    chb_job_progress p;
+    chb_job_get_progress(job, &p);
+    if (p.bytes_done > 0) return 1;
+    if (p.state != CHB_JOB_RUNNING) return 0;
+    sleep_ms(1);
+  }
+  return 0;
+}
+
+/* A sparse file of `size` bytes: big to read, free to create. */
+static void make_sparse(const char *path, off_t size) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0 || ftruncate(fd, size) != 0 || close(fd) != 0) {
+    perror(path);
+    exit(2);
+  }
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+/* ---- tests ---- */
+
+#define NFILES 48
+
+/* Many files, several threads, an odd buffer size: identical copies. */
+static void test_copy_many(void) {
+  static const size_t sizes[] = {0, 1, 7, 2047, 2048, 2049, 4095, 4096, 6000, 65536, 100003, 333333};
+  const size_t nsizes = sizeof sizes / sizeof sizes[0];
+  unsigned char *data[NFILES];
+  size_t len[NFILES];
+  char src[NFILES][512], dst[NFILES][512];
+  chb_job *job = new_job(4, 7000); /* not a multiple of the 2048-byte hash block */
+  chb_error err;
+  uint64_t want_total = 0, want_known = 0;
+  int added = 1;
+
+  mkdir(path_of(src[0], sizeof src[0], "%s", "many", 0), 0755);
+  for (int i = 0; i < NFILES; i++) {
+    len[i] = sizes[(size_t)i % nsizes] + (size_t)(i / (int)nsizes) * 13;
+    data[i] = gen((uint64_t)i + 1, len[i]);
+    path_of(src[i], sizeof src[i], "%s/src-%02d.bin", "many", i);
+    spit(src[i], data[i], len[i]);
+    /* Deep destinations that do not exist yet: parents are created. */
+    path_of(dst[i], sizeof dst[i], "%s/out/d%d/e/f.bin", "many", i);
+    want_total += len[i];
+    chb_u128 h = hash_of(data[i], len[i]);
+    long idx;
+    switch (i % 4) {
+    case 0: /* size and checksum known, both right */
+      idx = chb_job_add(job, src[i], dst[i], 0, (int64_t)len[i], &h, &err);
+      want_known += len[i];
+      break;
+    case 1: /* size known only */
+      idx = chb_job_add(job, src[i], dst[i], 0, (int64_t)len[i], NULL, &err);
+      want_known += len[i];
+      break;
+    case 2: /* nothing known */
+      idx = chb_job_add(job, src[i], dst[i], 0, -1, NULL, &err);
+      break;
+    default: /* hash only, no destination */
+      idx = chb_job_add(job, src[i], NULL, 0, -1, NULL, &err);
+      dst[i][0] = '\0';
+      break;
+    }
+    if (idx != i) added = 0;
+  }
+  CHECK(added, "chb_job_add returns indexes 0..%d in order", NFILES - 1);
+  CHECK(chb_job_count(job) == NFILES, "count is %d", NFILES);
+
+  chb_job_progress p;
+  chb_job_get_progress(job, &p);
+  CHECK(p.state == CHB_JOB_NEW && p.files_total == NFILES && p.files_done == 0 &&
+            p.bytes_total == want_known && p.bytes_done == 0,
+        "progress before start: new, %llu files, %llu known bytes",
+        (unsigned long long)p.files_total, (unsigned long long)p.bytes_total);
+  uint64_t s0;
+  chb_u128 h0;
+  CHECK(chb_job_entry_result(job, 0, &s0, &h0) != 0, "no entry result before the job is done");
+  CHECK(chb_job_result(job, &err) != 0 && err.code == CHB_INVALID, "result before start: %s", err.msg);
+
+  chb_job_state s = run(job, &err);
+  CHECK(s == CHB_JOB_DONE, "copy of %d files ends done (%s) %s", NFILES, chb_job_state_name(s), err.msg);
+  CHECK(chb_job_result(job, &err) == 0 && err.code == CHB_OK, "result is ok");
+  chb_job_get_progress(job, &p);
+  CHECK(p.state == CHB_JOB_DONE && p.files_done == NFILES && p.bytes_done == want_total,
+        "progress at the end: %llu/%d files, %llu/%llu bytes", (unsigned long long)p.files_done, NFILES,
+        (unsigned long long)p.bytes_done, (unsigned long long)want_total);
+
+  int bad_result = 0, bad_copy = 0, bad_absent = 0;
+  for (int i = 0; i < NFILES; i++) {
+    uint64_t size;
+    chb_u128 h;
+    if (chb_job_entry_result(job, (size_t)i, &size, &h) != 0 || size != len[i] ||
+        !same(h, hash_of(data[i], len[i]))) {
+      printf("     entry %d: wrong result\n", i);
+      bad_result++;
+    }
+    if (dst[i][0]) {
+      size_t n = 0;
+      unsigned char *copy = slurp(dst[i], &n);
+      if (!copy || n != len[i] || (n && memcmp(copy, data[i], n) != 0)) {
+        printf("     entry %d: copy differs\n", i);
+        bad_copy++;
+      }
+      free(copy);
+    } else {
+      char other[512];
+      path_of(other, sizeof other, "%s/out/d%d", "many", i);
+      if (exists(other)) bad_absent++;
+    }
+    free(data[i]);
+  }
+  CHECK(bad_result == 0, "every entry's size and checksum equal chb_hash of its source");
+  CHECK(bad_copy == 0, "every copy is byte-identical to its source (parents created)");
+  CHECK(bad_absent == 0, "hash-only entries write nothing");
+  CHECK(chb_job_entry_result(job, NFILES, &s0, &h0) != 0, "entry result out of range fails");
+  chb_job_free(job);
+}
+
+static void test_corrupt(void) {
+  char src[512], dst[512];
+  chb_error err;
+  size_t n = 50000;
+  unsigned char *data = gen(99, n);
+  path_of(src, sizeof src, "%s/src-%d", "corrupt", 0);
+  mkdir(path_of(dst, sizeof dst, "%s", "corrupt", 0), 0755);
+  spit(src, data, n);
+  chb_u128 right = hash_of(data, n);
+
+  /* Wrong size (checksum right). */
+  chb_job *job = new_job(2, 4096);
+  path_of(dst, sizeof dst, "%s/out/size-%d", "corrupt", 0);
+  chb_job_add(job, src, dst, 0, (int64_t)n + 1, &right, &err);
+  chb_job_state s = run(job, &err);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_CORRUPT, "size mismatch fails CORRUPT (%s)", chb_code_name(err.code));
+  CHECK(strstr(err.msg, src) && strstr(err.msg, "size"), "size mismatch names the file: %s", err.msg);
+  CHECK(!exists(dst), "size mismatch leaves no partial destination");
+  chb_job_free(job);
+
+  /* Wrong checksum (size right). */
+  chb_u128 wrong = right;
+  wrong.hi ^= 1;
+  job = new_job(2, 4096);
+  path_of(dst, sizeof dst, "%s/out/hash-%d", "corrupt", 0);
+  chb_job_add(job, src, dst, 0, (int64_t)n, &wrong, &err);
+  s = run(job, &err);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_CORRUPT, "checksum mismatch fails CORRUPT (%s)",
+        chb_code_name(err.code));
+  char want[33], got[33];
+  chb_u128_to_hex(wrong, want);
+  chb_u128_to_hex(right, got);
+  CHECK(strstr(err.msg, src) && strstr(err.msg, want) && strstr(err.msg, got),
+        "checksum mismatch names the file and both checksums: %s", err.msg);
+  CHECK(!exists(dst), "checksum mismatch leaves no partial destination");
+  uint64_t size;
+  chb_u128 h;
+  CHECK(chb_job_entry_result(job, 0, &size, &h) != 0, "no entry results from a failed job");
+  chb_job_free(job);
+
+  /* Hash only (no destination): the same check applies. */
+  job = new_job(1, 0);
+  chb_job_add(job, src, NULL, 0, (int64_t)n - 1, NULL, &err);
+  s = run(job, &err);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_CORRUPT && strstr(err.msg, src),
+        "hash-only size mismatch: %s", err.msg);
+  chb_job_free(job);
+  free(data);
+}
+
+static void test_missing_and_existing(void) {
+  char src[512], dst[512], missing[512];
+  chb_error err;
+  mkdir(path_of(src, sizeof src, "%s", "exist", 0), 0755);
+  path_of(src, sizeof src, "%s/src-%d", "exist", 0);
+  spit(src, "new content", 11);
+
+  /* Missing source: ENOENT naming it, nothing created. */
+  chb_job *job = new_job(2, 0);
+  path_of(missing, sizeof missing, "%s/no-such-file-%d", "exist", 7);
+  path_of(dst, sizeof dst, "%s/out/from-missing-%d", "exist", 0);
+  chb_job_add(job, missing, dst, 0, -1, NULL, &err);
+  chb_job_state s = run(job, &err);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_ENOENT && err.sys == ENOENT, "missing source fails ENOENT (%s)",
+        chb_code_name(err.code));
+  CHECK(strstr(err.msg, missing) != NULL, "the message names the missing source: %s", err.msg);
+  CHECK(!exists(dst), "no destination for a missing source");
+  chb_job_free(job);
+
+  /* Existing destination: EEXIST, the file keeps its content. */
+  job = new_job(2, 0);
+  path_of(dst, sizeof dst, "%s/taken-%d", "exist", 0);
+  spit(dst, "keep me", 7);
+  chb_job_add(job, src, dst, 0, -1, NULL, &err);
+  s = run(job, &err);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_EEXIST, "existing destination fails EEXIST (%s)",
+        chb_code_name(err.code));
+  CHECK(strstr(err.msg, dst) != NULL, "the message names the destination: %s", err.msg);
+  size_t n = 0;
+  unsigned char *kept = slurp(dst, &n);
+  CHECK(kept && n == 7 && memcmp(kept, "keep me", 7) == 0, "an existing destination is never overwritten nor removed");
+  free(kept);
+  chb_job_free(job);
+
+  /* One missing file among many: the first real error wins over the
+   * cancellations it causes in the other workers. */
+  job = new_job(4, 1024);
+  char many[40][512];
+  for (int i = 0; i < 40; i++) {
+    path_of(many[i], sizeof many[i], "%s/out2/f%d", "exist", i);
+    chb_job_add(job, i == 20 ? missing : src, many[i], 0, -1, NULL, &err);
+  }
+  s = run(job, &err);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_ENOENT && strstr(err.msg, missing),
+        "one missing file among 40: FAILED with ENOENT (%s: %s)", chb_code_name(err.code), err.msg);
+  chb_job_free(job);
+}
+
+#define BIG ((off_t)200 << 20)
+
+/* Cancel mid-run: CANCELLED quickly, the partial copy removed. */
+static void test_cancel(void) {
+  char src[512], dst[512];
+  chb_error err;
+  mkdir(path_of(src, sizeof src, "%s", "cancel", 0), 0755);
+  path_of(src, sizeof src, "%s/big-%d", "cancel", 0);
+  make_sparse(src, BIG);
+  path_of(dst, sizeof dst, "%s/out/big-%d", "cancel", 0);
+
+  chb_job *job = new_job(2, 4096);
+  chb_job_add(job, src, dst, 0, (int64_t)BIG, NULL, &err);
+  CHECK(chb_job_start(job, &err) == 0, "start");
+  CHECK(wait_started(job), "the copy of a 200 MiB file is running");
+  CHECK(chb_job_result(job, &err) != 0 && err.code == CHB_INVALID, "result while running: %s", err.msg);
+  double t0 = now_s();
+  chb_job_cancel(job);
+  chb_job_state s = chb_job_wait(job, 10000);
+  double dt = now_s() - t0;
+  CHECK(s == CHB_JOB_CANCELLED, "cancel ends the job cancelled (%s)", chb_job_state_name(s));
+  CHECK(dt < 3.0, "cancel takes effect quickly (%.3f s)", dt);
+  chb_job_progress p;
+  chb_job_get_progress(job, &p);
+  CHECK(p.state == CHB_JOB_CANCELLED && p.files_done == 0 && p.bytes_done < (uint64_t)BIG,
+        "progress stops part-way: %llu of %lld bytes", (unsigned long long)p.bytes_done, (long long)BIG);
+  CHECK(chb_job_result(job, &err) != 0 && err.code == CHB_CANCELLED, "result is CANCELLED: %s", err.msg);
+  CHECK(!exists(dst), "the partial destination is removed");
+  chb_job_cancel(job); /* again, after the end: harmless */
+  CHECK(chb_job_wait(job, 0) == CHB_JOB_CANCELLED, "a second cancel changes nothing");
+  chb_job_free(job);
+
+  /* Cancel before start. */
+  job = new_job(2, 0);
+  chb_job_add(job, src, dst, 0, -1, NULL, &err);
+  chb_job_cancel(job);
+  CHECK(chb_job_wait(job, -1) == CHB_JOB_CANCELLED, "cancel before start: cancelled");
+  CHECK(chb_job_start(job, &err) != 0 && err.code == CHB_INVALID, "start after cancel fails: %s", err.msg);
+  CHECK(chb_job_result(job, &err) != 0 && err.code == CHB_CANCELLED, "result is CANCELLED");
+  chb_job_free(job);
+
+  /* chb_job_free on a running job cancels and joins: when it returns
+   * the worker has finished, so its partial file is already gone. */
+  job = new_job(2, 4096);
+  chb_job_add(job, src, dst, 0, -1, NULL, &err);
+  chb_job_add(job, "/dev/zero", NULL, 0, -1, NULL, &err);
+  CHECK(chb_job_start(job, &err) == 0, "start");
+  CHECK(wait_started(job), "running before free");
+  t0 = now_s();
+  chb_job_free(job);
+  dt = now_s() - t0;
+  CHECK(!exists(dst), "after chb_job_free on a running job, the partial copy is gone (workers joined)");
+  CHECK(dt < 3.0, "chb_job_free of a running job is quick (%.3f s)", dt);
+  unlink(src);
+}
+
+/* A timed wait returns RUNNING while the job runs. /dev/zero never ends,
+ * so only cancel stops this job. */
+static void test_wait_timeout(void) {
+  chb_error err;
+  chb_job *job = new_job(1, 4096);
+  chb_job_add(job, "/dev/zero", NULL, 0, -1, NULL, &err);
+  CHECK(chb_job_wait(job, 10) == CHB_JOB_NEW, "wait on a new job returns NEW at once");
+  CHECK(chb_job_wait(job, -1) == CHB_JOB_NEW, "wait forever on a new job returns NEW at once");
+  CHECK(chb_job_start(job, &err) == 0, "start");
+  CHECK(chb_job_start(job, &err) != 0 && err.code == CHB_INVALID, "second start fails: %s", err.msg);
+  CHECK(chb_job_add(job, "/dev/zero", NULL, 0, -1, NULL, &err) < 0 && err.code == CHB_INVALID,
+        "add after start fails: %s", err.msg);
+  CHECK(chb_job_wait(job, 0) == CHB_JOB_RUNNING, "wait(0) returns RUNNING");
+  uint64_t size;
+  chb_u128 h;
+  CHECK(chb_job_entry_result(job, 0, &size, &h) != 0, "no entry result while running");
+  double t0 = now_s();
+  chb_job_state s = chb_job_wait(job, 150);
+  double dt = now_s() - t0;
+  CHECK(s == CHB_JOB_RUNNING, "wait(150 ms) returns RUNNING (%s)", chb_job_state_name(s));
+  CHECK(dt >= 0.14 && dt < 5.0, "wait(150 ms) waited its timeout (%.3f s)", dt);
+  chb_job_progress p1, p2;
+  chb_job_get_progress(job, &p1);
+  sleep_ms(50);
+  chb_job_get_progress(job, &p2);
+  CHECK(p1.state == CHB_JOB_RUNNING && p2.bytes_done > p1.bytes_done,
+        "bytes_done grows while running (%llu -> %llu)", (unsigned long long)p1.bytes_done,
+        (unsigned long long)p2.bytes_done);
+  chb_job_cancel(job);
+  CHECK(chb_job_wait(job, -1) == CHB_JOB_CANCELLED, "cancel: cancelled");
+  chb_job_free(job);
+}
+
+/* Polling entry results while the job ends is safe (no data race under
+ * TSan): the result appears once the job is DONE, never before. */
+static void test_poll_entry(void) {
+  char src[512];
+  chb_error err;
+  unsigned char *data = gen(11, 300000);
+  mkdir(path_of(src, sizeof src, "%s", "poll", 0), 0755);
+  path_of(src, sizeof src, "%s/src-%d", "poll", 0);
+  spit(src, data, 300000);
+  chb_job *job = new_job(1, 2048);
+  chb_job_add(job, src, NULL, 0, -1, NULL, &err);
+  chb_job_start(job, &err);
+  uint64_t size = 0;
+  chb_u128 h = {0, 0};
+  long polls = 0;
+  double t0 = now_s();
+  /* Nothing else here takes the job's lock: only entry_result orders us. */
+  while (chb_job_entry_result(job, 0, &size, &h) != 0 && now_s() - t0 < 20.0) polls++;
+  CHECK(size == 300000 && same(h, hash_of(data, 300000)) && chb_job_wait(job, 0) == CHB_JOB_DONE,
+        "entry result polled while running appears once done (%ld polls)", polls);
+  chb_job_free(job);
+  free(data);
+}
+
+static void test_offset(void) {
+  char src[512], dst[512];
+  chb_error err;
+  size_t n = 10000, off = 3000;
+  unsigned char *data = gen(7, n);
+  mkdir(path_of(src, sizeof src, "%s", "offset", 0), 0755);
+  path_of(src, sizeof src, "%s/src-%d", "offset", 0);
+  spit(src, data, n);
+
+  chb_job *job = new_job(2, 1000);
+  chb_u128 tail = hash_of(data + off, n - off);
+  path_of(dst, sizeof dst, "%s/out/tail-%d", "offset", 0);
+  chb_job_add(job, src, dst, off, (int64_t)(n - off), &tail, &err);
+  chb_job_add(job, src, NULL, n + 5, 0, NULL, &err);     /* past the end: empty */
+  chb_job_add(job, src, NULL, n, -1, NULL, &err);         /* exactly at the end */
+  chb_job_state s = run(job, &err);
+  CHECK(s == CHB_JOB_DONE, "offset copy done (%s) %s", chb_job_state_name(s), err.msg);
+  uint64_t size = 0;
+  chb_u128 h = {0, 0};
+  chb_job_entry_result(job, 0, &size, &h);
+  CHECK(size == n - off && same(h, tail), "src_offset %zu: size %llu and checksum of the tail", off,
+        (unsigned long long)size);
+  size_t m = 0;
+  unsigned char *copy = slurp(dst, &m);
+  CHECK(copy && m == n - off && memcmp(copy, data + off, m) == 0, "the copy is the source minus its first %zu bytes",
+        off);
+  free(copy);
+  chb_job_entry_result(job, 1, &size, &h);
+  CHECK(size == 0 && same(h, hash_of("", 0)), "an offset past the end reads nothing");
+  chb_job_entry_result(job, 2, &size, &h);
+  CHECK(size == 0, "an offset at the end reads nothing");
+  chb_job_free(job);
+  free(data);
+}
+
+static void test_empty_and_fsync(void) {
+  chb_error err;
+  chb_job *job = new_job(3, 0);
+  chb_job_state s = run(job, &err);
+  chb_job_progress p;
+  chb_job_get_progress(job, &p);
+  CHECK(s == CHB_JOB_DONE && chb_job_result(job, &err) == 0 && p.files_total == 0 && p.bytes_done == 0,
+        "a job with 0 entries ends DONE");
+  chb_job_free(job);
+  chb_job_free(NULL);
+  CHECK(1, "chb_job_free(NULL) is a no-op");
+
+  /* A never-started job frees cleanly too. */
+  job = new_job(0, 0);
+  chb_job_add(job, "/nonexistent", "/nonexistent2", 0, -1, NULL, &err);
+  chb_job_free(job);
+  CHECK(1, "a job that never started frees");
+
+  /* fsync on: still a plain, correct copy. */
+  char src[512], dst[512];
+  unsigned char *data = gen(3, 12345);
+  mkdir(path_of(src, sizeof src, "%s", "fsync", 0), 0755);
+  path_of(src, sizeof src, "%s/src-%d", "fsync", 0);
+  path_of(dst, sizeof dst, "%s/out/dst-%d", "fsync", 0);
+  spit(src, data, 12345);
+  chb_job_opts o = {2, 0, 1};
+  job = chb_job_new(&o, &err);
+  chb_job_add(job, src, dst, 0, 12345, NULL, &err);
+  s = run(job, &err);
+  size_t m = 0;
+  unsigned char *copy = slurp(dst, &m);
+  CHECK(s == CHB_JOB_DONE && copy && m == 12345 && memcmp(copy, data, m) == 0, "fsync=1 copy is identical");
+  free(copy);
+  free(data);
+  chb_job_free(job);
+
+  CHECK(strcmp(chb_job_state_name(CHB_JOB_RUNNING), "running") == 0 &&
+            strcmp(chb_job_state_name(CHB_JOB_CANCELLED), "cancelled") == 0,
+        "state names");
+}
+
+int main(void) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (!mkdtemp(root)) {
+    perror("mkdtemp");
+    return 2;
+  }
+  test_copy_many();
+  test_corrupt();
+  test_missing_and_existing();
+  test_offset();
+  test_poll_entry();
+  test_empty_and_fsync();
+  test_wait_timeout();
+  test_cancel();
+  nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  CHECK(!exists(root), "temp dir %s removed", root);
+  if (failures) {
+    printf("%d FAILED\n", failures);
+    return 1;
+  }
+  printf("all ok\n");
+  return 0;
+}
