@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,7 +106,10 @@ static int job_add(lua_State *L) {
       lua_geti(L, 2, k);                                    /* .., buf, piece */
       luaL_argcheck(L, lua_istable(L, -1), 2, "each piece is {path, offset, length}");
       lua_geti(L, -1, 1);                                   /* .., buf, piece, path */
-      pieces[k - 1].path = luaL_checkstring(L, -1);         /* kept alive by the piece table */
+      /* Only a real string is kept alive by the piece table once popped (a
+       * number would be converted into a new, unreferenced string). */
+      luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 2, "a piece's path must be a string");
+      pieces[k - 1].path = lua_tostring(L, -1);
       lua_geti(L, -2, 2);                                   /* .., buf, piece, path, offset */
       pieces[k - 1].offset = (uint64_t)luaL_optinteger(L, -1, 0);
       lua_geti(L, -3, 3);                                   /* .., buf, piece, path, offset, len */
@@ -145,10 +149,17 @@ static int job_start(lua_State *L) {
   return 1;
 }
 
-/* job:wait([seconds]) -> state; no argument waits until the job ends */
+/* job:wait([seconds]) -> state; no argument (or math.huge) waits until the
+ * job ends; a timeout <= 0 only looks (a deadline already past never blocks). */
 static int job_wait(lua_State *L) {
   chb_job *job = check_job(L);
-  long ms = lua_isnoneornil(L, 2) ? -1 : (long)(luaL_checknumber(L, 2) * 1000);
+  long ms = -1;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number s = luaL_checknumber(L, 2);
+    luaL_argcheck(L, s == s, 2, "timeout is NaN");
+    if (s <= 0) ms = 0;
+    else if (s < (lua_Number)(LONG_MAX / 1000)) ms = (long)(s * 1000); /* else forever */
+  }
   lua_pushstring(L, chb_job_state_name(chb_job_wait(job, ms)));
   return 1;
 }
@@ -322,10 +333,14 @@ static int core_spawn_detached(lua_State *L) {
   int n = (int)luaL_len(L, 1);
   luaL_argcheck(L, n >= 1, 1, "argv must not be empty");
   const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + 1), 0);
+  luaL_checkstack(L, n, "too many arguments in argv");
   for (int i = 1; i <= n; i++) {
-    lua_geti(L, 1, i);
-    argv[i - 1] = luaL_checkstring(L, -1);
-    lua_pop(L, 1); /* the string stays alive: it is in the argv table */
+    lua_geti(L, 1, i);                 /* argv, log, ptrs, s1..si */
+    /* The string stays on the stack until we return: a number converted
+     * here is a new string that the argv table does not hold. */
+    argv[i - 1] = lua_tostring(L, -1);
+    if (!argv[i - 1])
+      return luaL_argerror(L, 1, lua_pushfstring(L, "argv[%d] is not a string", i));
   }
   argv[n] = NULL;
   chb_error err;

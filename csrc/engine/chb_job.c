@@ -157,7 +157,12 @@ int chb_job_set_base(chb_job *job, size_t i, uint64_t base_size,
 }
 
 int chb_job_entry_tail_only(const chb_job *job, size_t i) {
-  return i < job->count && job->state == CHB_JOB_DONE && job->entries[i].tail_only;
+  /* Locked like chb_job_entry_result: state is written by the last worker. */
+  pthread_mutex_t *lock = (pthread_mutex_t *)&job->lock;
+  pthread_mutex_lock(lock);
+  int done = job->state == CHB_JOB_DONE;
+  pthread_mutex_unlock(lock);
+  return i < job->count && done && job->entries[i].tail_only;
 }
 
 /* Records the first failure and tells every worker to stop. */
@@ -192,15 +197,16 @@ static int open_dst(const char *dst, chb_error *err) {
 }
 
 /*
- * Writes bytes [0, len) of fd to out again: used when a file's prefix did
- * not match its base after all, so the bytes held back must be written.
+ * Writes the first len bytes of the entry's (single) piece to out again:
+ * used when a file's prefix did not match its base after all, so the bytes
+ * held back must be written. They start at the piece's offset, not at 0.
  */
 static int write_prefix(int in, int out, uint64_t len, unsigned char *buf, size_t bufsize,
                         const chb_entry *e, chb_error *err) {
-  uint64_t off = 0;
+  uint64_t off = 0, start = e->pieces[0].offset;
   while (off < len) {
     size_t want = len - off < bufsize ? (size_t)(len - off) : bufsize;
-    ssize_t n = pread(in, buf, want, (off_t)off);
+    ssize_t n = pread(in, buf, want, (off_t)(start + off));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return chb_error_errno(err, n < 0 ? errno : EIO, "cannot read", e->pieces[0].path);
     if (write_all(out, buf, (size_t)n) != 0)

@@ -472,6 +472,130 @@ static void test_poll_entry(void) {
   free(data);
 }
 
+/* Copies entry 0 of a one-entry job; returns the state, copy in *out. */
+static chb_job_state copy_with_base(const char *src, const char *dst, uint64_t offset, uint64_t base_size,
+                                    chb_u128 base_hash, int *tail_only, unsigned char **out, size_t *outlen) {
+  chb_error err;
+  chb_job *job = new_job(1, 1000); /* base sizes below are not multiples of it */
+  chb_job_add(job, src, dst, offset, -1, NULL, &err);
+  if (chb_job_set_base(job, 0, base_size, base_hash, &err) != 0) printf("     set_base: %s\n", err.msg);
+  chb_job_state s = run(job, &err);
+  if (s != CHB_JOB_DONE) printf("     %s\n", err.msg);
+  *tail_only = chb_job_entry_tail_only(job, 0);
+  *out = slurp(dst, outlen);
+  chb_job_free(job);
+  unlink(dst);
+  return s;
+}
+
+/* An incremental's grown file: only the tail is written when the prefix
+ * matches the base; otherwise (changed, or shorter) the whole file is. */
+static void test_base(void) {
+  char src[512], dst[512];
+  chb_error err;
+  size_t n = 20000, base = 8000, off = 1000;
+  unsigned char *data = gen(21, n);
+  mkdir(path_of(src, sizeof src, "%s", "base", 0), 0755);
+  path_of(src, sizeof src, "%s/src-%d", "base", 0);
+  path_of(dst, sizeof dst, "%s/out/dst-%d", "base", 0);
+  spit(src, data, n);
+  chb_u128 prefix = hash_of(data, base), other = hash_of(data + 1, base);
+  int tail = -1;
+  unsigned char *copy;
+  size_t m = 0;
+
+  chb_job_state s = copy_with_base(src, dst, 0, base, prefix, &tail, &copy, &m);
+  CHECK(s == CHB_JOB_DONE && tail == 1 && copy && m == n - base && memcmp(copy, data + base, m) == 0,
+        "matching base prefix: only the %zu-byte tail is written", n - base);
+  free(copy);
+
+  s = copy_with_base(src, dst, 0, base, other, &tail, &copy, &m);
+  CHECK(s == CHB_JOB_DONE && tail == 0 && copy && m == n && memcmp(copy, data, m) == 0,
+        "changed prefix: the whole file is written");
+  free(copy);
+
+  s = copy_with_base(src, dst, 0, n + 100, prefix, &tail, &copy, &m);
+  CHECK(s == CHB_JOB_DONE && tail == 0 && copy && m == n && memcmp(copy, data, m) == 0,
+        "file shorter than its base: the whole file is written");
+  free(copy);
+
+  /* With src_offset the file is the bytes after the offset: its prefix,
+   * tail and (on mismatch) whole content are all taken from there. */
+  s = copy_with_base(src, dst, off, base, hash_of(data + off, base), &tail, &copy, &m);
+  CHECK(s == CHB_JOB_DONE && tail == 1 && copy && m == n - off - base && memcmp(copy, data + off + base, m) == 0,
+        "src_offset + matching base: the tail after offset+base");
+  free(copy);
+  s = copy_with_base(src, dst, off, base, other, &tail, &copy, &m);
+  CHECK(s == CHB_JOB_DONE && tail == 0 && copy && m == n - off && memcmp(copy, data + off, m) == 0,
+        "src_offset + changed prefix: the whole file after the offset");
+  free(copy);
+  s = copy_with_base(src, dst, off, n, other, &tail, &copy, &m);
+  CHECK(s == CHB_JOB_DONE && tail == 0 && copy && m == n - off && memcmp(copy, data + off, m) == 0,
+        "src_offset + file shorter than its base: the whole file after the offset");
+  free(copy);
+
+  /* Misuse of set_base. */
+  chb_job *job = new_job(1, 0);
+  chb_piece two[2] = {{src, 0, 10}, {src, 10, -1}};
+  chb_job_add(job, src, NULL, 0, -1, NULL, &err);
+  chb_job_add_pieces(job, two, 2, dst, -1, NULL, &err);
+  CHECK(chb_job_set_base(job, 0, base, prefix, &err) != 0 && err.code == CHB_INVALID,
+        "set_base on a hash-only entry fails: %s", err.msg);
+  CHECK(chb_job_set_base(job, 1, base, prefix, &err) != 0 && err.code == CHB_INVALID,
+        "set_base on a multi-piece entry fails: %s", err.msg);
+  CHECK(chb_job_set_base(job, 2, base, prefix, &err) != 0 && err.code == CHB_INVALID,
+        "set_base out of range fails: %s", err.msg);
+  chb_job_free(job);
+  free(data);
+}
+
+/* An entry made of pieces of several files, read in order. */
+static void test_pieces(void) {
+  char a[512], b[512], dst[512];
+  chb_error err;
+  unsigned char *da = gen(31, 5000), *db = gen(32, 3000);
+  mkdir(path_of(a, sizeof a, "%s", "pieces", 0), 0755);
+  path_of(a, sizeof a, "%s/a-%d", "pieces", 0);
+  path_of(b, sizeof b, "%s/b-%d", "pieces", 0);
+  path_of(dst, sizeof dst, "%s/out/dst-%d", "pieces", 0);
+  spit(a, da, 5000);
+  spit(b, db, 3000);
+  unsigned char want[5000 + 200];
+  memcpy(want, da, 100);
+  memcpy(want + 100, db + 50, 200);
+  memcpy(want + 300, da + 100, 4900);
+  chb_piece pieces[3] = {{a, 0, 100}, {b, 50, 200}, {a, 100, -1}};
+
+  chb_job *job = new_job(2, 64);
+  CHECK(chb_job_add_pieces(job, pieces, 0, dst, -1, NULL, &err) < 0 && err.code == CHB_INVALID,
+        "an entry without pieces is refused: %s", err.msg);
+  chb_u128 h = hash_of(want, sizeof want);
+  chb_job_add_pieces(job, pieces, 3, dst, (int64_t)sizeof want, &h, &err);
+  chb_job_state s = run(job, &err);
+  uint64_t size = 0;
+  chb_u128 got = {0, 0};
+  chb_job_entry_result(job, 0, &size, &got);
+  size_t m = 0;
+  unsigned char *copy = slurp(dst, &m);
+  CHECK(s == CHB_JOB_DONE && size == sizeof want && same(got, h) && copy && m == sizeof want &&
+            memcmp(copy, want, m) == 0,
+        "3 pieces of 2 files make one identical file (%s) %s", chb_job_state_name(s), err.msg);
+  free(copy);
+  chb_job_free(job);
+
+  /* A piece longer than what its file holds: CORRUPT naming that file. */
+  unlink(dst);
+  chb_piece short_piece[2] = {{a, 0, 100}, {b, 2900, 200}};
+  job = new_job(1, 0);
+  chb_job_add_pieces(job, short_piece, 2, dst, -1, NULL, &err);
+  s = run(job, &err);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_CORRUPT && strstr(err.msg, b), "a short piece: %s", err.msg);
+  CHECK(!exists(dst), "a short piece leaves no partial destination");
+  chb_job_free(job);
+  free(da);
+  free(db);
+}
+
 static void test_offset(void) {
   char src[512], dst[512];
   chb_error err;
@@ -559,6 +683,8 @@ int main(void) {
   test_missing_and_existing();
   test_offset();
   test_poll_entry();
+  test_base();
+  test_pieces();
   test_empty_and_fsync();
   test_wait_timeout();
   test_cancel();

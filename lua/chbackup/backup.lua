@@ -8,6 +8,7 @@
 --   4. write `.backup` last, atomically; remove the marker.
 -- A failure removes what this run created.
 -- @module chbackup.backup
+local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
@@ -17,6 +18,10 @@ local runner = require("chbackup.runner")
 local backup = {}
 
 backup.MARKER = ".chbackup-incomplete"
+
+-- Files up to this size that checksums.txt does not list are hashed while
+-- planning an incremental backup, so that they can match the base.
+local SMALL_FILE = 1024 * 1024
 
 
 local function check_destination(dest)
@@ -57,6 +62,21 @@ function backup.run(ctx, req)
   if not ok then
     return nil, err
   end
+  if ctx.settings.base_backup then
+    local base, berr = chain.open(ctx.config, ctx.settings.base_backup)
+    if not base then
+      return nil, "base_backup: " .. berr
+    end
+    local bases
+    bases, berr = chain.list(base)
+    if not bases then
+      return nil, "base_backup: " .. berr
+    end
+    if base.dest.path == dest.path then
+      return nil, "base_backup " .. base.dest.name .. " is the backup being made"
+    end
+    ctx.base = base
+  end
   local selection
   selection, err = plan.select_for_backup(cat, req.elements)
   if not selection then
@@ -94,35 +114,58 @@ function backup.run(ctx, req)
   end
 
   -- Every entry of the manifest, sorted by name as ClickHouse lists them.
-  local entries = {}
+  local base = ctx.base
+  local function in_base(e)
+    return base and e.checksum and base.by_content[chain.content_key(e.size, e.checksum)]
+  end
+  local entries, hashed_files, hashed_bytes = {}, 0, 0
   for _, m in ipairs(files.metadata) do
-    local path = dest.path .. "/" .. m.name
-    local dir = path:match("^(.*)/[^/]*$")
-    ok, err = fsutil.mkdir_p(dir)
-    if ok then
-      ok, err = fsutil.write_file(path, m.content)
+    local e = { name = m.name, size = #m.content, checksum = core.checksum(m.content) }
+    if in_base(e) then
+      e.use_base = true
+    else
+      local path = dest.path .. "/" .. m.name
+      ok, err = fsutil.mkdir_p(path:match("^(.*)/[^/]*$"))
+      if ok then
+        ok, err = fsutil.write_file(path, m.content)
+      end
+      if not ok then
+        return fail(err)
+      end
+      e.stored = true
     end
-    if not ok then
-      return fail(err)
-    end
-    entries[#entries + 1] = {
-      name = m.name, size = #m.content, checksum = core.checksum(m.content), stored = true,
-    }
+    entries[#entries + 1] = e
   end
   for _, d in ipairs(files.data) do
-    entries[#entries + 1] = { name = d.name, size = d.size, checksum = d.checksum, src = d.path }
+    local e = { name = d.name, size = d.size, checksum = d.checksum, src = d.path }
+    local grown = base and base.manifest.by_name[e.name]
+    grown = grown and grown.size > 0 and grown.size < e.size
+    if base and not e.checksum and e.size > 0 and e.size <= SMALL_FILE and not grown then
+      -- Small files that checksums.txt does not list (checksums.txt itself,
+      -- columns.txt, …): hashing them now lets them match the base.
+      local sum, size_or_err = core.checksum_file(d.path)
+      if not sum then
+        return fail(size_or_err)
+      end
+      e.checksum, hashed_files, hashed_bytes = sum, hashed_files + 1, hashed_bytes + e.size
+    end
+    entries[#entries + 1] = e
   end
   table.sort(entries, function(a, b) return a.name < b.name end)
 
-  -- Files whose checksum is known are stored once; the rest after hashing.
+  -- Decide each file: in the base (use_base), a copy of a file stored
+  -- earlier (data_file), or stored; a file that may have grown since the
+  -- base (Log-family tables append) is stored tail only if its prefix matches.
   local first = {}
   local job = core.job({ threads = ctx.threads, fsync = ctx.settings.fsync })
   for _, e in ipairs(entries) do
     if e.src and e.size == 0 then
       -- ClickHouse stores no bytes (and no checksum) for an empty file
       e.checksum = nil
+    elseif e.src and in_base(e) then
+      e.use_base = true
     elseif e.src then
-      local key = e.checksum and (e.size .. ":" .. e.checksum)
+      local key = e.checksum and chain.content_key(e.size, e.checksum)
       if key and first[key] then
         e.data_file = first[key]
       else
@@ -131,53 +174,80 @@ function backup.run(ctx, req)
         end
         e.stored = true
         e.job_index = job:add(e.src, dest.path .. "/" .. e.name, e.size, e.checksum)
+        local be = base and not e.checksum and base.manifest.by_name[e.name]
+        if be and be.size > 0 and be.size < e.size then
+          job:set_base(e.job_index, be.size, be.checksum)
+          e.prefix_of = be
+        end
       end
     end
   end
   local store, op_id = ctx.store, ctx.op_id
   local code
   ok, err, code = runner.run(job, function(p)
-    store:update(op_id, { files_read = p.files_done, bytes_read = p.bytes_done })
+    store:update(op_id, {
+      files_read = hashed_files + p.files_done, bytes_read = hashed_bytes + p.bytes_done,
+    })
   end, ctx.cancelled)
   if not ok then
     job:close()
     return fail("backup " .. dest.name .. " failed: " .. err, code)
   end
   for _, e in ipairs(entries) do
-    if e.job_index and not e.checksum then
-      local _, sum = job:entry(e.job_index)
-      e.checksum = sum
+    if e.job_index then
+      local _, sum, tail_only = job:entry(e.job_index)
+      e.checksum = e.checksum or sum
+      if tail_only then
+        e.base_size, e.base_checksum = e.prefix_of.size, e.prefix_of.checksum
+      elseif in_base(e) then
+        os.remove(dest.path .. "/" .. e.name)
+        e.stored, e.use_base = false, true
+      end
     end
   end
+  local job_progress = job:progress()
   job:close()
 
   -- Final dedup pass over files hashed while copying.
   first = {}
   local counters = {
     num_files = 0, total_size = 0, num_entries = 0, uncompressed_size = 0,
+    files_read = hashed_files + job_progress.files_done,
+    bytes_read = hashed_bytes + job_progress.bytes_done,
   }
   for _, e in ipairs(entries) do
-    local key = e.size .. ":" .. tostring(e.checksum)
+    local key = chain.content_key(e.size, e.checksum)
     counters.num_files = counters.num_files + 1
     counters.total_size = counters.total_size + e.size
-    if e.stored and first[key] and first[key] ~= e.name then
+    if e.stored and not e.base_size and first[key] and first[key] ~= e.name then
       os.remove(dest.path .. "/" .. e.name)
       e.stored, e.data_file = false, first[key]
-    elseif e.stored then
+    elseif e.stored and not e.base_size then
       first[key] = first[key] or e.name
-    elseif e.size > 0 then
+    elseif e.size > 0 and not e.use_base and not e.base_size then
       e.data_file = first[key] or e.data_file
     end
     if e.stored then
       counters.num_entries = counters.num_entries + 1
-      counters.uncompressed_size = counters.uncompressed_size + e.size
+      counters.uncompressed_size = counters.uncompressed_size + e.size - (e.base_size or 0)
     end
   end
 
   local m = {
     version = 1, deduplicate_files = 1, timestamp = timestamp(), uuid = ctx.op_uuid,
-    files = entries,
+    files = entries, by_name = {},
+    base_backup = base and base.dest.name, base_backup_uuid = base and base.manifest.uuid,
   }
+  if base then
+    -- Recorded as created only once every file it relies on is there.
+    for _, e in ipairs(entries) do
+      m.by_name[e.name] = e
+    end
+    ok, err = chain.check({ dest = dest, manifest = m, cfg = ctx.config, base = base })
+    if not ok then
+      return fail(err)
+    end
+  end
   local size
   size, err = manifest.write(dest.path, m)
   if not size then

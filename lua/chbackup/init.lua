@@ -82,8 +82,16 @@ function Instance:_catalog(kind)
   if cat or kind ~= "restore" then
     return cat, err
   end
-  if fsutil.exists(self.path) and not (fsutil.is_dir(self.path) and fsutil.is_empty_dir(self.path)) then
-    return nil, err
+  -- A fresh data path: missing, or empty but for chbackup's own status.
+  if fsutil.exists(self.path) then
+    if not fsutil.is_dir(self.path) then
+      return nil, err
+    end
+    for entry in require("lfs").dir(self.path) do
+      if entry ~= "." and entry ~= ".." and entry ~= ".chbackup" then
+        return nil, err
+      end
+    end
   end
   local ok, merr = fsutil.mkdir_p(self.path .. "/metadata")
   if not ok then
@@ -130,6 +138,7 @@ function Instance:_start(req, row)
   else
     row, err = self.store:begin({
       id = set.id, name = dest.name, kind = req.kind, pid = core.getpid(),
+      base_backup_name = set.base_backup and sql.format_destination(set.base_backup) or nil,
     })
     if not row then
       return nil, err
@@ -154,7 +163,7 @@ function Operation:_run()
       catalog = cat, store = inst.store, op_id = self.id,
       op_uuid = is_uuid(self.id) and self.id or uuid.new(),
       threads = self.settings.threads or inst.threads, settings = self.settings,
-      dest = self.dest,
+      dest = self.dest, config = inst.config,
     }
     local cancel_file = inst:_cancel_file(self.id)
     ctx.cancelled = function()

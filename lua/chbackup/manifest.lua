@@ -130,12 +130,14 @@ function manifest.write(dir, m)
     if e.size > 0 then
       buf[#buf + 1] = "<checksum>" .. e.checksum .. "</checksum>"
     end
-    if e.base_size then
+    -- As ClickHouse writes them: use_base for a file whose bytes (all, or
+    -- the first base_size of them) are in the base backup.
+    if e.use_base or e.base_size then
+      buf[#buf + 1] = "<use_base>true</use_base>"
+    end
+    if e.base_size and e.base_size < e.size then
       buf[#buf + 1] = "<base_size>" .. e.base_size .. "</base_size><base_checksum>"
         .. e.base_checksum .. "</base_checksum>"
-    end
-    if e.use_base then
-      buf[#buf + 1] = "<use_base>true</use_base>"
     end
     if e.data_file and e.data_file ~= e.name then
       buf[#buf + 1] = "<data_file>" .. esc(e.data_file) .. "</data_file>"

@@ -13,9 +13,9 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local catalog_mod = require("chbackup.catalog")
+local chain = require("chbackup.chain")
 local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
-local manifest = require("chbackup.manifest")
 local names = require("chbackup.names")
 local plan = require("chbackup.plan")
 local runner = require("chbackup.runner")
@@ -54,23 +54,6 @@ local function index_backup(m)
     end
   end
   return dbs
-end
-
-
--- Reads a small file of the backup, verified against the manifest.
-local function read_backup_file(src, entry)
-  local path = src .. "/" .. (entry.data_file or entry.name)
-  if entry.use_base then
-    return nil, "file " .. entry.name .. " is in the base backup: incremental backups are not supported yet"
-  end
-  local text, err = fsutil.read_file(path)
-  if not text then
-    return nil, "cannot read " .. path .. ": " .. tostring(err)
-  end
-  if #text ~= entry.size or (entry.size > 0 and core.checksum(text) ~= entry.checksum) then
-    return nil, "backup file " .. path .. " does not match its checksum in .backup"
-  end
-  return text
 end
 
 
@@ -200,20 +183,17 @@ end
 -- Returns the status counters table, or nil, err.
 function restore.run(ctx, req)
   local src, cat, settings = ctx.dest, ctx.catalog, ctx.settings
-  if src.archive then
-    return nil, "backup " .. src.name .. ": archive backups (.zip) are not supported yet"
-  end
-  if not fsutil.exists(src.path .. "/" .. manifest.FILE) then
-    return nil, "backup " .. src.name .. " not found: no " .. manifest.FILE .. " in " .. src.path
-  end
-  local m, err = manifest.read(src.path .. "/" .. manifest.FILE)
-  if not m then
+  local b, err = chain.open(ctx.config, src)
+  if not b then
     return nil, err
   end
-  if m.base_backup then
-    return nil, "backup " .. src.name .. " is incremental (base " .. m.base_backup
-      .. "): incremental backups are not supported yet"
+  -- A missing or replaced base is found here, before anything is written.
+  local bases
+  bases, err = chain.list(b)
+  if not bases then
+    return nil, err
   end
+  local m = b.manifest
   local backup_dbs = index_backup(m)
   local selected, db_creates = select_tables(backup_dbs, req.elements, src.name)
   if not selected then
@@ -234,7 +214,7 @@ function restore.run(ctx, req)
     if not new_dbs[name] then
       local body = "ENGINE = Atomic"
       if from_backup and from_backup.metadata then
-        local text, rerr = read_backup_file(src.path, from_backup.metadata)
+        local text, rerr = chain.read(b, from_backup.metadata)
         if not text then
           return nil, rerr
         end
@@ -256,7 +236,7 @@ function restore.run(ctx, req)
   end
   for _, s in ipairs(selected) do
     local qname = names.qualified(s.target_db, s.target_name)
-    local text, rerr = read_backup_file(src.path, s.tbl.metadata)
+    local text, rerr = chain.read(b, s.tbl.metadata)
     if not text then
       return nil, rerr
     end
@@ -348,15 +328,15 @@ function restore.run(ctx, req)
             dst = t.data_dir .. "/" .. file
           end
           local f = d.file
-          if f.use_base then
-            job:close()
-            return nil, "file " .. f.name .. " of backup " .. src.name
-              .. " is in its base backup: incremental backups are not supported yet"
-          end
           if f.size == 0 then
             empty_files[#empty_files + 1] = dst   -- no bytes in the backup
           else
-            job:add(src.path .. "/" .. (f.data_file or f.name), dst, f.size, f.checksum)
+            local pieces, perr = chain.pieces(b, f)
+            if not pieces then
+              job:close()
+              return nil, perr
+            end
+            job:add(pieces, dst, f.size, f.checksum)
           end
           counters.num_files = counters.num_files + 1
           counters.total_size = counters.total_size + f.size

@@ -5,6 +5,7 @@ local settings = {}
 
 local BACKUP = {
   id = "string",
+  base_backup = "destination",
   deduplicate_files = "boolean",
   -- chbackup's own: worker threads and fsync of every written file
   threads = "integer",
@@ -22,7 +23,7 @@ local RESTORE = {
 -- Known to ClickHouse, delivered by later work: refused by name.
 local NOT_YET = {
   password = true, compression_method = true, compression_level = true,
-  base_backup = true, use_same_s3_credentials_for_base_backup = true,
+  use_same_s3_credentials_for_base_backup = true,
   async = true, allow_different_table_def = true,
 }
 
@@ -33,6 +34,15 @@ local function coerce(kind, value)
       return true
     elseif value == false or value == 0 or value == "0" or value == "false" then
       return false
+    end
+    return nil
+  elseif kind == "destination" then
+    -- base_backup = Disk('backups', 'a') (also accepted as a string)
+    if type(value) == "table" and value.engine then
+      return value
+    end
+    if type(value) == "string" then
+      return require("chbackup.chain").parse_name(value)
     end
     return nil
   elseif kind == "integer" then
@@ -71,7 +81,8 @@ function settings.check(kind, given)
     local v = coerce(t, value)
     if v == nil then
       return nil, string.format("setting '%s' must be %s, got %s", name,
-        t == "integer" and "an integer" or "a " .. t, tostring(value))
+        t == "integer" and "an integer" or t == "destination" and "a backup such as Disk('backups', 'a')"
+        or "a " .. t, tostring(value))
     end
     out[name] = v
   end

@@ -1,0 +1,173 @@
+-- Incremental backups: base_backup chains, in both directions of interop
+-- with real ClickHouse.
+local h = require("spec.helpers")
+local manifest = require("chbackup.manifest")
+
+local TABLES = h.expected()
+
+local function run(w, statement, path)
+  local r, err = h.open(w, path):execute(statement)
+  assert(r, err)
+  return r[1]
+end
+
+local function refused(w, statement, path)
+  local r, err = h.open(w, path):execute(statement)
+  assert.is_nil(r, statement)
+  return err
+end
+
+
+describe("incremental backups made by chbackup", function()
+  local w, digest = nil, {}
+  setup(function()
+    w = h.world("inc")
+    run(w, "BACKUP ALL TO Disk('backups', 'full')")
+    digest.full = h.table_digests(w.data, TABLES)
+    -- a new partition
+    h.clickhouse(w.data, { "INSERT INTO shop.orders SELECT d + toIntervalMonth(6), id + 100000, customer, "
+      .. "discount, status, tags, attrs FROM shop.orders WHERE toYYYYMM(d) = 202401" })
+    run(w, "BACKUP ALL TO Disk('backups', 'inc1') SETTINGS base_backup = Disk('backups', 'full')")
+    digest.inc1 = h.table_digests(w.data, TABLES)
+    -- a merge and a Log append
+    h.clickhouse(w.data, { "OPTIMIZE TABLE shop.orders PARTITION 202404 FINAL",
+      "INSERT INTO logs.events SELECT * FROM logs.events LIMIT 40" })
+    run(w, "BACKUP ALL TO Disk('backups', 'inc2') SETTINGS base_backup = Disk('backups', 'inc1')")
+    digest.inc2 = h.table_digests(w.data, TABLES)
+    assert.are_not.equal(digest.inc1, digest.inc2)
+  end)
+
+  it("records the base and stores only what changed", function()
+    local m1 = assert(manifest.read(w.backups .. "/inc1/.backup"))
+    local full = assert(manifest.read(w.backups .. "/full/.backup"))
+    assert.equal("Disk('backups', 'full')", m1.base_backup)
+    assert.equal(full.uuid, m1.base_backup_uuid)
+    local old_parts = {}
+    for _, f in ipairs(full.files) do
+      local part = f.name:match("^(data/[^/]+/[^/]+/[^/]+_%d+_%d+_%d+[_%d]*)/")
+      if part then
+        old_parts[part] = true
+      end
+    end
+    local stored = 0
+    for _, f in ipairs(m1.files) do
+      local part = f.name:match("^(data/[^/]+/[^/]+/[^/]+_%d+_%d+_%d+[_%d]*)/")
+      if f.size > 0 and not f.data_file and not f.use_base then
+        stored = stored + 1
+        -- only new parts (the new partition, and what the MVs made of it)
+        assert.is_truthy(part and not old_parts[part], f.name)
+      end
+    end
+    assert.is_true(stored > 0)
+  end)
+
+  it("stores only the tail of a Log file that grew, as ClickHouse does", function()
+    local m2 = assert(manifest.read(w.backups .. "/inc2/.backup"))
+    local tails = 0
+    for _, f in ipairs(m2.files) do
+      if f.base_size then
+        tails = tails + 1
+        assert.matches("^data/logs/events/", f.name)
+        assert.is_true(f.use_base)
+        assert.equal(f.size - f.base_size, #h.read(w.backups .. "/inc2/" .. f.name))
+      end
+    end
+    assert.is_true(tails >= 3)
+  end)
+
+  it("restores each point of the chain with the rows of that time", function()
+    for _, name in ipairs({ "full", "inc1", "inc2" }) do
+      local target = w.dir .. "/restored-" .. name
+      assert.equal("RESTORED", run(w, "RESTORE ALL FROM Disk('backups', '" .. name .. "')", target).status)
+      assert.equal(digest[name], h.table_digests(target, TABLES), name)
+    end
+  end)
+
+  it("is RESTOREd by real ClickHouse", function()
+    local target = w.dir .. "/ch-inc2"
+    h.clickhouse(target, { "RESTORE ALL FROM Disk('backups', 'inc2')" }, w.config)
+    assert.equal(digest.inc2, h.table_digests(target, TABLES))
+  end)
+
+  it("stores nothing but metadata for an incremental of unchanged data", function()
+    run(w, "BACKUP ALL TO Disk('backups', 'same') SETTINGS base_backup = Disk('backups', 'inc2')")
+    local m = assert(manifest.read(w.backups .. "/same/.backup"))
+    for _, f in ipairs(m.files) do
+      assert.is_true(f.size == 0 or f.use_base == true, f.name)
+    end
+    local files = h.tree(w.backups .. "/same")
+    assert.same({ ".backup" }, files)
+    local row = h.open(w):status_rows()
+    row = row[#row]
+    -- data files are never read: only files checksums.txt does not list
+    assert.is_true(row.bytes_read < row.total_size / 2, row.bytes_read .. " of " .. row.total_size)
+  end)
+
+  it("refuses a restore whose middle backup is gone, naming it, before writing anything", function()
+    assert(os.execute("mv " .. h.quote(w.backups .. "/inc1") .. " " .. h.quote(w.backups .. "/inc1.moved")))
+    local target = w.dir .. "/broken-chain"
+    local err = refused(w, "RESTORE ALL FROM Disk('backups', 'inc2')", target)
+    assert(os.execute("mv " .. h.quote(w.backups .. "/inc1.moved") .. " " .. h.quote(w.backups .. "/inc1")))
+    assert.matches("base backup Disk%('backups', 'inc1'%) of Disk%('backups', 'inc2'%) cannot be used", err)
+    assert.matches("not found", err)
+    assert.same({}, h.tree(target .. "/store"))
+    assert.is_nil(h.read(target .. "/metadata/shop.sql"))
+  end)
+
+  it("refuses a base that was replaced by another backup of the same name", function()
+    assert(os.execute("mv " .. h.quote(w.backups .. "/full") .. " " .. h.quote(w.backups .. "/full.orig")))
+    run(w, "BACKUP ALL TO Disk('backups', 'full')")
+    local err = refused(w, "RESTORE ALL FROM Disk('backups', 'inc1')", w.dir .. "/replaced")
+    assert(os.execute("rm -rf " .. h.quote(w.backups .. "/full") .. " && mv " .. h.quote(w.backups .. "/full.orig")
+      .. " " .. h.quote(w.backups .. "/full")))
+    assert.matches("base backup Disk%('backups', 'full'%) of Disk%('backups', 'inc1'%) was replaced", err)
+  end)
+
+  it("is not recorded as created when the base lacks a file it relies on", function()
+    -- damage the base: a stored file of it disappears
+    local victim
+    for _, f in ipairs(h.tree(w.backups .. "/inc2/data/shop/orders")) do
+      victim = victim or (f:match("/checksums%.txt$") and f)
+    end
+    local copy = w.backups .. "/inc2-copy"
+    assert(os.execute("cp -a " .. h.quote(w.backups .. "/inc2") .. " " .. h.quote(copy)))
+    os.remove(copy .. "/data/shop/orders/" .. victim)
+    local err = refused(w, "BACKUP ALL TO Disk('backups', 'on-damaged') SETTINGS base_backup = Disk('backups', 'inc2-copy')")
+    assert.matches("is incomplete: .*checksums%.txt.* is missing", err)
+    assert.is_false(h.exists(w.backups .. "/on-damaged"))
+    local rows = h.open(w):status_rows()
+    assert.equal("BACKUP_FAILED", rows[#rows].status)
+  end)
+end)
+
+
+describe("incremental backups and ClickHouse's own", function()
+  local w
+  setup(function()
+    w = h.world("inc-ch")
+    for _, name in ipairs({ "full", "inc1", "inc2" }) do
+      assert(os.execute("cp -a " .. h.quote(h.FIXTURES .. "/ch_backups/" .. name) .. " " .. h.quote(w.backups .. "/" .. name)))
+    end
+  end)
+
+  it("restores a chain that ClickHouse wrote", function()
+    for _, name in ipairs({ "inc1", "inc2" }) do
+      local target = w.dir .. "/from-ch-" .. name
+      run(w, "RESTORE ALL FROM Disk('backups', '" .. name .. "')", target)
+      assert.equal(h.digest_text(h.expected("ch_backups/expected_" .. name .. ".tsv")), h.table_digests(target, TABLES))
+    end
+  end)
+
+  it("makes an incremental on a ClickHouse-written base that ClickHouse restores", function()
+    run(w, "BACKUP ALL TO Disk('backups', 'ours-on-ch') SETTINGS base_backup = Disk('backups', 'full')")
+    local m = assert(manifest.read(w.backups .. "/ours-on-ch/.backup"))
+    local in_base = 0
+    for _, f in ipairs(m.files) do
+      in_base = in_base + (f.use_base and 1 or 0)
+    end
+    assert.is_true(in_base > #m.files / 2)
+    local target = w.dir .. "/ch-from-ours"
+    h.clickhouse(target, { "RESTORE ALL FROM Disk('backups', 'ours-on-ch')" }, w.config)
+    assert.equal(h.digest_text(TABLES), h.table_digests(target, TABLES))
+  end)
+end)
