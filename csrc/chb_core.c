@@ -141,10 +141,14 @@ static int job_set_base(lua_State *L) {
   return 0;
 }
 
+/* job:start() -> true | fail; starting twice (or after cancel) raises */
 static int job_start(lua_State *L) {
   chb_job *job = check_job(L);
   chb_error err;
-  if (chb_job_start(job, &err) != 0) return push_fail(L, &err);
+  if (chb_job_start(job, &err) != 0) {
+    if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg); /* misuse */
+    return push_fail(L, &err);
+  }
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -186,9 +190,14 @@ static int job_progress(lua_State *L) {
   return 1;
 }
 
+/* job:result() -> true | fail, once the job ended; before that it raises */
 static int job_result(lua_State *L) {
+  chb_job *job = check_job(L);
+  chb_job_state s = chb_job_wait(job, 0); /* an ended job never changes state */
+  if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
+    return luaL_error(L, "job has not ended (%s)", chb_job_state_name(s)); /* misuse */
   chb_error err;
-  if (chb_job_result(check_job(L), &err) != 0) return push_fail(L, &err);
+  if (chb_job_result(job, &err) != 0) return push_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -103,6 +103,28 @@ describe("incremental backups made by chbackup", function()
     assert.is_true(row.bytes_read < row.total_size / 2, row.bytes_read .. " of " .. row.total_size)
   end)
 
+  it("lists a backup's chain and what changed between two backups", function()
+    local ch = h.open(w)
+    local rows = assert(ch:chain("Disk('backups', 'inc2')"))
+    assert.same({ "Disk('backups', 'inc2')", "Disk('backups', 'inc1')", "Disk('backups', 'full')" },
+      { rows[1].name, rows[2].name, rows[3].name })
+    assert.is_true(rows[2].stored_bytes < rows[3].stored_bytes)
+    local diff, totals = assert(ch:diff("Disk('backups', 'inc1')", "Disk('backups', 'inc2')"))
+    local seen = {}
+    for _, r in ipairs(diff) do
+      seen[r.database .. "." .. r.table .. ":" .. r.change] = true
+    end
+    -- the merge in 202404 replaced parts; the Log append changed logs.events
+    assert.is_true(seen["shop.orders:added"] and seen["shop.orders:removed"])
+    assert.is_true(seen["logs.events:changed"])
+    assert.is_true(totals.added >= 1 and totals.removed >= 2)
+    local ok, out = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s diff %s %s",
+      h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status),
+      h.quote("Disk('backups', 'full')"), h.quote("Disk('backups', 'inc1')")))
+    assert.is_true(ok, out)
+    assert.matches("shop\torders\t202407\t202407_[%d_]+\tadded\t%d+\n", out)
+  end)
+
   it("refuses a restore whose middle backup is gone, naming it, before writing anything", function()
     assert(os.execute("mv " .. h.quote(w.backups .. "/inc1") .. " " .. h.quote(w.backups .. "/inc1.moved")))
     local target = w.dir .. "/broken-chain"

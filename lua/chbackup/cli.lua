@@ -10,6 +10,8 @@ local cli = {}
 local USAGE = [[
 usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] show BACKUP        list a backup's tables and files
+       chbackup [options] chain BACKUP       list the backups an incremental relies on
+       chbackup [options] diff BACKUP1 BACKUP2   parts added, removed, changed
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup --help
@@ -122,6 +124,35 @@ local function cmd_show(inst, target, out)
 end
 
 
+local function cmd_chain(inst, name, out)
+  local rows, err = inst:chain(name)
+  if not rows then
+    return nil, err
+  end
+  out:write("name\tuuid\ttimestamp\tfiles\ttotal_size\tstored_files\tstored_bytes\tbase_backup\n")
+  for _, r in ipairs(rows) do
+    out:write(table.concat({ r.name, tostring(r.uuid), tostring(r.timestamp), r.num_files, r.total_size,
+      r.stored_files, r.stored_bytes, r.base_backup or "" }, "\t") .. "\n")
+  end
+  return true
+end
+
+
+local function cmd_diff(inst, a, b, out)
+  local rows, totals = inst:diff(a, b)
+  if not rows then
+    return nil, totals
+  end
+  out:write("database\ttable\tpartition\tpart\tchange\tbytes\n")
+  for _, r in ipairs(rows) do
+    out:write(table.concat({ r.database, r.table, r.partition, r.part, r.change, r.bytes }, "\t") .. "\n")
+  end
+  out:write(string.format("-- %d added (%d bytes), %d removed (%d bytes), %d changed (%d bytes)\n",
+    totals.added, totals.added_bytes, totals.removed, totals.removed_bytes, totals.changed, totals.changed_bytes))
+  return true
+end
+
+
 local function cmd_wait(inst, id, out)
   while true do
     local row = inst.store:get(id)
@@ -165,6 +196,10 @@ function cli.main(argv, io_)
   local ok
   if rest[1] == "show" and #rest == 2 then
     ok, err = cmd_show(inst, rest[2], out)
+  elseif rest[1] == "chain" and #rest == 2 then
+    ok, err = cmd_chain(inst, rest[2], out)
+  elseif rest[1] == "diff" and #rest == 3 then
+    ok, err = cmd_diff(inst, rest[2], rest[3], out)
   elseif rest[1] == "cancel" and #rest == 2 then
     ok, err = inst:cancel(rest[2])
     if ok then

@@ -11,9 +11,11 @@
 -- @module chbackup
 local backup = require("chbackup.backup")
 local catalog = require("chbackup.catalog")
+local chain = require("chbackup.chain")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local inspect = require("chbackup.inspect")
 local query = require("chbackup.query")
 local restore = require("chbackup.restore")
 local settings_mod = require("chbackup.settings")
@@ -298,6 +300,45 @@ function Instance:cancel(id)
     return nil, "operation '" .. id .. "' has already ended (" .. row.status .. ")"
   end
   return fsutil.write_file(self:_cancel_file(id), "cancel\n")
+end
+
+
+-- A backup given as a name ("Disk('backups', 'a')") or a destination table.
+function Instance:_open_backup(backup_name)
+  local dest = backup_name
+  if type(backup_name) == "string" then
+    local err
+    dest, err = chain.parse_name(backup_name)
+    if not dest then
+      return nil, err
+    end
+  end
+  return chain.open(self.config, dest)
+end
+
+
+--- The chain of a backup, newest first (see chbackup.inspect.chain).
+function Instance:chain(backup_name)
+  local b, err = self:_open_backup(backup_name)
+  if not b then
+    return nil, err
+  end
+  return inspect.chain(b)
+end
+
+
+--- What changed between two backups (see chbackup.inspect.diff).
+function Instance:diff(from_name, to_name)
+  local a, err = self:_open_backup(from_name)
+  if not a then
+    return nil, err
+  end
+  local b
+  b, err = self:_open_backup(to_name)
+  if not b then
+    return nil, err
+  end
+  return inspect.diff(a, b)
 end
 
 
