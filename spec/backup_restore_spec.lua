@@ -86,6 +86,24 @@ describe("BACKUP", function()
     assert.same(expected, parts)
   end)
 
+  it("leaves out bytes of a Log file that sizes.json does not commit", function()
+    local w2 = h.world("backup-log")
+    local events = w2.data .. "/data/logs/events/msg.bin"
+    local committed = #h.read(events)
+    local f = assert(io.open(events, "ab"))
+    f:write("half-written insert")
+    f:close()
+    sql_ok(w2, "BACKUP TABLE logs.events TO Disk('backups', 'log')")
+    local es = entries(w2.backups .. "/log")
+    assert.equal(committed, es["data/logs/events/msg.bin"][1])
+    assert.equal(committed, #h.read(w2.backups .. "/log/data/logs/events/msg.bin"))
+    local target = w2.dir .. "/restored"
+    h.clickhouse(target, { "CREATE DATABASE logs", "RESTORE TABLE logs.events FROM Disk('backups', 'log')" }, w2.config)
+    local want = { ALL_TABLES[1] }
+    assert.equal("events", want[1][2])
+    assert.equal(h.digest_text(want), h.table_digests(target, want))
+  end)
+
   it("is RESTOREd by real ClickHouse with the same rows", function()
     local target = w.dir .. "/ch-restored"
     h.clickhouse(target, { "RESTORE ALL FROM Disk('backups', 'full')" }, w.config)

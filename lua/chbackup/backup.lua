@@ -147,7 +147,10 @@ function backup.run(ctx, req)
       if not sum then
         return fail(size_or_err)
       end
-      e.checksum, hashed_files, hashed_bytes = sum, hashed_files + 1, hashed_bytes + e.size
+      hashed_files, hashed_bytes = hashed_files + 1, hashed_bytes + size_or_err
+      if size_or_err == e.size then   -- else uncommitted bytes: the job hashes e.size
+        e.checksum = sum
+      end
     end
     entries[#entries + 1] = e
   end
@@ -173,7 +176,8 @@ function backup.run(ctx, req)
           first[key] = e.name
         end
         e.stored = true
-        e.job_index = job:add(e.src, dest.path .. "/" .. e.name, e.size, e.checksum)
+        -- read exactly `size` bytes (a Log file may hold uncommitted bytes)
+        e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. e.name, e.size, e.checksum)
         local be = base and not e.checksum and base.manifest.by_name[e.name]
         if be and be.size > 0 and be.size < e.size then
           job:set_base(e.job_index, be.size, be.checksum)

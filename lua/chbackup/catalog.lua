@@ -329,11 +329,34 @@ function catalog.part_files(part_dir)
 end
 
 
---- The files of a Log-family table (a flat directory).
+--- The files of a Log-family table (a flat directory). sizes.json records
+-- how many bytes of each data file are committed; bytes past that (left by
+-- an interrupted insert) are not part of the table, so `size` is capped
+-- there, as ClickHouse's own backup does. Returns list or nil, err.
 function catalog.log_files(tbl)
   local files = {}
-  if is_dir(tbl.data_dir) then
-    walk(tbl.data_dir, "", files)
+  if not is_dir(tbl.data_dir) then
+    return files
+  end
+  walk(tbl.data_dir, "", files)
+  local sizes_path = tbl.data_dir .. "/sizes.json"
+  local text = read_file(sizes_path)
+  if not text then
+    return files
+  end
+  local ok, doc = pcall(require("cjson").decode, text)
+  if not ok or type(doc) ~= "table" or type(doc.clickhouse) ~= "table" then
+    return nil, "cannot read " .. sizes_path .. ": not the sizes.json ClickHouse writes"
+  end
+  local committed = {}
+  for name, v in pairs(doc.clickhouse) do
+    committed[names.unescape_file(name)] = math.tointeger(tonumber(type(v) == "table" and v.size))
+  end
+  for _, f in ipairs(files) do
+    local limit = committed[f.name]
+    if limit and limit < f.size then
+      f.size = limit
+    end
   end
   return files
 end

@@ -186,7 +186,11 @@ function plan.backup_files(selection)
         return nil, "table " .. qualified(t.database, t.name) .. " (" .. t.engine
           .. ") has no partitions: PARTITIONS cannot be used with it"
       end
-      for _, f in ipairs(catalog_mod.log_files(t)) do
+      local files, err = catalog_mod.log_files(t)
+      if not files then
+        return nil, err
+      end
+      for _, f in ipairs(files) do
         data[#data + 1] = { name = prefix .. f.name, path = f.path, size = f.size }
       end
     end

@@ -153,7 +153,7 @@ local function table_has_data(t)
   if t.family == "mergetree" then
     return #catalog_mod.active_parts(t) > 0
   elseif t.family == "log" then
-    for _, f in ipairs(catalog_mod.log_files(t)) do
+    for _, f in ipairs(catalog_mod.log_files(t) or {}) do
       if f.size > 0 and f.name:match("%.bin$") then
         return true
       end
