@@ -14,6 +14,7 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] diff BACKUP1 BACKUP2   parts added, removed, changed
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
+       chbackup [options] policy plan|run|watch|verify FILE   policy as code
        chbackup --help
 
 Runs BACKUP, RESTORE and SELECT ... FROM system.backups statements the way
@@ -187,6 +188,10 @@ function cli.main(argv, io_)
   if #rest == 0 then
     errout:write("chbackup: no statement given\n" .. USAGE)
     return 2
+  end
+  if rest[1] == "policy" then
+    -- policy as code: its own sub-commands (chbackup.policy.cli)
+    return require("chbackup.policy.cli").main(rest, opts, { stdout = out, stderr = errout })
   end
   local inst, err = open(opts)
   if not inst then
