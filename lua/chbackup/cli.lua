@@ -75,7 +75,7 @@ end
 -- ASYNC in the CLI: the operation is already registered; a detached
 -- process of this same program runs it and records its end.
 local function spawn_async(opts, op, statement)
-  local argv = { cli.interpreter, cli.script }
+  local argv = table.move(cli.launcher, 1, #cli.launcher, 1, {})
   for _, k in ipairs({ "path", "config", "status_dir", "threads" }) do
     if opts[k] then
       argv[#argv + 1] = "--" .. k:gsub("_", "-")
@@ -260,7 +260,7 @@ function cli.run_operation(inst, id, statement)
 end
 
 
-cli.interpreter = "lua5.4"
-cli.script = "chbackup"
+-- argv that starts this program again (set by the launcher)
+cli.launcher = { "lua5.4", "chbackup" }
 
 return cli

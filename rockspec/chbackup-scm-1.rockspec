@@ -1,0 +1,95 @@
+-- chbackup: ClickHouse BACKUP/RESTORE outside the server (C core + Lua 5.4).
+--
+-- From a checkout:
+--   luarocks --lua-version 5.4 make rockspec/chbackup-scm-1.rockspec
+-- Debian 12 ships lpeg, lfs, lxp and cjson as apt packages (lua-lpeg,
+-- lua-filesystem, lua-expat, lua-cjson), which luarocks does not see as rocks.
+-- Offline, declare them in a luarocks config file passed as LUAROCKS_CONFIG:
+--   rocks_provided = { lpeg = "1.0.2-1", luafilesystem = "1.8.0-1",
+--                      luaexpat = "1.5.1-1", ["lua-cjson"] = "2.1.0-1" }
+-- (not --deps-mode none: with it, luarocks' bin/chbackup wrapper gets no
+-- package.path for the tree and cannot find the modules).
+-- Every module of lua/ must be listed in build.install.lua
+-- (spec/rockspec_spec.lua checks it).
+rockspec_format = "3.0"
+package = "chbackup"
+version = "scm-1"
+
+source = {
+  url = "git+https://example.invalid/chbackup.git", -- TODO: the project's public repository
+}
+
+description = {
+  summary = "ClickHouse BACKUP and RESTORE as a toolkit outside the server",
+  detailed = [[
+Reads a ClickHouse data path offline and writes backups in ClickHouse's own
+format (.backup manifest, metadata/, data/, CityHash128 checksums), and
+restores backups ClickHouse wrote. A C core (chbackup.core) moves the bytes
+on worker threads; Lua decides what moves. Includes the `chbackup` command.]],
+  labels = { "clickhouse", "backup" },
+}
+
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lpeg",          -- chbackup.sql
+  "luafilesystem", -- lfs: catalog, backup, status
+  "luaexpat",      -- lxp: ClickHouse XML configs
+  "lua-cjson",     -- chbackup.status
+}
+
+external_dependencies = {
+  LZ4 = { header = "lz4.h", library = "lz4" },
+  ZSTD = { header = "zstd.h", library = "zstd" },
+}
+
+test_dependencies = { "busted" }
+
+test = { type = "busted" }
+
+build = {
+  type = "cmake",
+  -- luarocks runs: cmake -H. -Bbuild.luarocks <variables>;
+  -- cmake --build build.luarocks --config Release; ... --target install.
+  -- CMakeLists.txt installs core.so to ${CHB_LIBDIR}/chbackup, which luarocks
+  -- then deploys as <tree>/lib/lua/5.4/chbackup/core.so.
+  variables = {
+    CMAKE_BUILD_TYPE = "Release",
+    CMAKE_C_FLAGS = "$(CFLAGS)",
+    CMAKE_MODULE_LINKER_FLAGS = "$(LIBFLAG)",
+    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
+    CHB_LIBDIR = "$(LIBDIR)",
+  },
+  install = {
+    lua = {
+      chbackup = "lua/chbackup/init.lua",
+      ["chbackup.backup"] = "lua/chbackup/backup.lua",
+      ["chbackup.catalog"] = "lua/chbackup/catalog.lua",
+      ["chbackup.chain"] = "lua/chbackup/chain.lua",
+      ["chbackup.cli"] = "lua/chbackup/cli.lua",
+      ["chbackup.config"] = "lua/chbackup/config.lua",
+      ["chbackup.ddl"] = "lua/chbackup/ddl.lua",
+      ["chbackup.fsutil"] = "lua/chbackup/fsutil.lua",
+      ["chbackup.inspect"] = "lua/chbackup/inspect.lua",
+      ["chbackup.manifest"] = "lua/chbackup/manifest.lua",
+      ["chbackup.names"] = "lua/chbackup/names.lua",
+      ["chbackup.plan"] = "lua/chbackup/plan.lua",
+      ["chbackup.policy.counter"] = "lua/chbackup/policy/counter.lua",
+      ["chbackup.policy.retention"] = "lua/chbackup/policy/retention.lua",
+      ["chbackup.policy.schedule"] = "lua/chbackup/policy/schedule.lua",
+      ["chbackup.policy.selection"] = "lua/chbackup/policy/selection.lua",
+      ["chbackup.policy.store"] = "lua/chbackup/policy/store.lua",
+      ["chbackup.policy.verify"] = "lua/chbackup/policy/verify.lua",
+      ["chbackup.query"] = "lua/chbackup/query.lua",
+      ["chbackup.restore"] = "lua/chbackup/restore.lua",
+      ["chbackup.runner"] = "lua/chbackup/runner.lua",
+      ["chbackup.settings"] = "lua/chbackup/settings.lua",
+      ["chbackup.sql"] = "lua/chbackup/sql.lua",
+      ["chbackup.status"] = "lua/chbackup/status.lua",
+      ["chbackup.uuid"] = "lua/chbackup/uuid.lua",
+    },
+    bin = {
+      chbackup = "scripts/chbackup",
+    },
+  },
+}
