@@ -20,15 +20,12 @@ local CHUNK = 64 * 1024
 local NUMERIC = { size = true, base_size = true, version = true, deduplicate_files = true }
 
 
---- Reads `<dir>/.backup`. Returns {version=, timestamp=, uuid=,
--- base_backup=, base_backup_uuid=, files = { {name=, size=, checksum=,
--- data_file=, use_base=, base_size=, base_checksum=}, … }, by_name = {} }
--- or nil, err naming the file.
-function manifest.read(path)
-  local f, open_err = io.open(path, "rb")
-  if not f then
-    return nil, "cannot read backup manifest " .. path .. ": " .. tostring(open_err)
-  end
+--- Parses a manifest from a chunk source: next_chunk() returns the next
+-- piece of text or nil at the end; `what` names it in errors. Returns
+-- {version=, timestamp=, uuid=, base_backup=, base_backup_uuid=, files = {
+-- {name=, size=, checksum=, data_file=, use_base=, base_size=,
+-- base_checksum=}, … }, by_name = {} } or nil, err.
+function manifest.parse(next_chunk, what)
   local m = { files = {}, by_name = {} }
   local stack, text, file = {}, {}, nil
   local parser = lxp.new({
@@ -64,36 +61,60 @@ function manifest.read(path)
     end,
   })
   while true do
-    local chunk = f:read(CHUNK)
+    local chunk = next_chunk()
     if not chunk then
       break
     end
     local ok, err, line = parser:parse(chunk)
     if not ok then
-      f:close()
+      parser:close()
       return nil, string.format("backup manifest %s is corrupt: %s at line %s",
-        path, tostring(err), tostring(line))
+        what, tostring(err), tostring(line))
     end
   end
-  f:close()
   local ok, err = parser:parse()
   parser:close()
   if not ok then
-    return nil, "backup manifest " .. path .. " is corrupt: " .. tostring(err)
+    return nil, "backup manifest " .. what .. " is corrupt: " .. tostring(err)
   end
   if m.version == nil then
-    return nil, "backup manifest " .. path .. " is corrupt: no <version>"
+    return nil, "backup manifest " .. what .. " is corrupt: no <version>"
   end
   for i, entry in ipairs(m.files) do
     if not entry.name or not entry.size then
-      return nil, string.format("backup manifest %s is corrupt: file entry %d has no name or size", path, i)
+      return nil, string.format("backup manifest %s is corrupt: file entry %d has no name or size", what, i)
     end
     if entry.size > 0 and not entry.checksum then
-      return nil, "backup manifest " .. path .. " is corrupt: no checksum for " .. entry.name
+      return nil, "backup manifest " .. what .. " is corrupt: no checksum for " .. entry.name
     end
     m.by_name[entry.name] = entry
   end
   return m
+end
+
+
+--- Reads a manifest file (`<dir>/.backup`), streaming.
+function manifest.read(path)
+  local f, open_err = io.open(path, "rb")
+  if not f then
+    return nil, "cannot read backup manifest " .. path .. ": " .. tostring(open_err)
+  end
+  local m, err = manifest.parse(function() return f:read(CHUNK) end, path)
+  f:close()
+  return m, err
+end
+
+
+--- Parses a manifest held in a string (read from an archive).
+function manifest.from_string(text, what)
+  local done = false
+  return manifest.parse(function()
+    if done then
+      return nil
+    end
+    done = true
+    return text
+  end, what)
 end
 
 
@@ -103,16 +124,8 @@ local function esc(s)
 end
 
 
---- Writes m (same shape as read returns) to `<dir>/.backup` atomically:
--- a temporary file, fsync, rename, fsync of the directory. Returns the
--- manifest's size in bytes, or nil, err.
-function manifest.write(dir, m)
-  local final = dir .. "/" .. manifest.FILE
-  local tmp = final .. ".tmp"
-  local f, err = io.open(tmp, "wb")
-  if not f then
-    return nil, "cannot write backup manifest " .. tmp .. ": " .. tostring(err)
-  end
+--- Serializes m (the shape parse returns) through write(text), in pieces.
+function manifest.serialize(m, write)
   local out = {
     "<config><version>", m.version or 1, "</version><deduplicate_files>",
     m.deduplicate_files or 1, "</deduplicate_files><timestamp>", esc(m.timestamp),
@@ -123,7 +136,7 @@ function manifest.write(dir, m)
       .. esc(m.base_backup_uuid) .. "</base_backup_uuid>"
   end
   out[#out + 1] = "<contents>"
-  f:write(table.concat(out))
+  write(table.concat(out))
   local buf = {}
   for _, e in ipairs(m.files) do
     buf[#buf + 1] = "<file><name>" .. esc(e.name) .. "</name><size>" .. e.size .. "</size>"
@@ -144,22 +157,46 @@ function manifest.write(dir, m)
     end
     buf[#buf + 1] = "</file>"
     if #buf >= 512 then
-      f:write(table.concat(buf))
+      write(table.concat(buf))
       buf = {}
     end
   end
   buf[#buf + 1] = "</contents></config>"
-  f:write(table.concat(buf))
+  write(table.concat(buf))
+end
+
+
+--- Writes m to a file `path` and fsyncs it. Returns its size or nil, err.
+-- Callers rename it into place (or add it to an archive).
+function manifest.write_file(path, m)
+  local f, err = io.open(path, "wb")
+  if not f then
+    return nil, "cannot write backup manifest " .. path .. ": " .. tostring(err)
+  end
+  manifest.serialize(m, function(text) f:write(text) end)
   local size = f:seek("end")
   local ok, werr = f:close()
   if not ok then
-    os.remove(tmp)
-    return nil, "cannot write backup manifest " .. tmp .. ": " .. tostring(werr)
+    os.remove(path)
+    return nil, "cannot write backup manifest " .. path .. ": " .. tostring(werr)
   end
-  local synced, serr = core.fsync(tmp)
+  local synced, serr = core.fsync(path)
   if not synced then
-    os.remove(tmp)
+    os.remove(path)
     return nil, serr
+  end
+  return size
+end
+
+
+--- Writes m to `<dir>/.backup` atomically: a temporary file, fsync,
+-- rename, fsync of the directory. Returns the manifest's size, or nil, err.
+function manifest.write(dir, m)
+  local final = dir .. "/" .. manifest.FILE
+  local tmp = final .. ".tmp"
+  local size, err = manifest.write_file(tmp, m)
+  if not size then
+    return nil, err
   end
   local renamed, rerr = os.rename(tmp, final)
   if not renamed then
