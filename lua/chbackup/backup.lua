@@ -159,7 +159,7 @@ function backup.run(ctx, req)
   -- Decide each file: in the base (use_base), a copy of a file stored
   -- earlier (data_file), or stored; a file that may have grown since the
   -- base (Log-family tables append) is stored tail only if its prefix matches.
-  local first = {}
+  local first, to_copy = {}, {}
   local job = core.job({ threads = ctx.threads, fsync = ctx.settings.fsync })
   for _, e in ipairs(entries) do
     if e.src and e.size == 0 then
@@ -176,14 +176,24 @@ function backup.run(ctx, req)
           first[key] = e.name
         end
         e.stored = true
-        -- read exactly `size` bytes (a Log file may hold uncommitted bytes)
-        e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. e.name, e.size, e.checksum)
-        local be = base and not e.checksum and base.manifest.by_name[e.name]
-        if be and be.size > 0 and be.size < e.size then
-          job:set_base(e.job_index, be.size, be.checksum)
-          e.prefix_of = be
-        end
+        to_copy[#to_copy + 1] = e
       end
+    end
+  end
+  -- Largest files first, so that no big file is left for one thread at the end.
+  table.sort(to_copy, function(a, b)
+    if a.size ~= b.size then
+      return a.size > b.size
+    end
+    return a.name < b.name
+  end)
+  for _, e in ipairs(to_copy) do
+    -- read exactly `size` bytes (a Log file may hold uncommitted bytes)
+    e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. e.name, e.size, e.checksum)
+    local be = base and not e.checksum and base.manifest.by_name[e.name]
+    if be and be.size > 0 and be.size < e.size then
+      job:set_base(e.job_index, be.size, be.checksum)
+      e.prefix_of = be
     end
   end
   local store, op_id = ctx.store, ctx.op_id

@@ -292,7 +292,7 @@ function restore.run(ctx, req)
   -- Phase 2: plan the copies into temporary names.
   local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
-  local empty_files = {}
+  local empty_files, copies = {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
     if not settings.structure_only and t.family ~= "none" then
@@ -336,7 +336,7 @@ function restore.run(ctx, req)
               job:close()
               return nil, perr
             end
-            job:add(pieces, dst, f.size, f.checksum)
+            copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
           end
           counters.num_files = counters.num_files + 1
           counters.total_size = counters.total_size + f.size
@@ -344,6 +344,17 @@ function restore.run(ctx, req)
       end
     end
   end
+  -- Largest files first, so that no big file is left for one thread at the end.
+  table.sort(copies, function(x, y)
+    if x[3] ~= y[3] then
+      return x[3] > y[3]
+    end
+    return x[2] < y[2]
+  end)
+  for _, c in ipairs(copies) do
+    job:add(c[1], c[2], c[3], c[4])
+  end
+
   local function cleanup()
     for _, r in ipairs(renames) do
       fsutil.remove_tree(r.tmp)
