@@ -39,6 +39,11 @@ local function parse_args(argv)
   local i = 1
   while i <= #argv do
     local a = argv[i]
+    if #rest == 0 and a == "policy" then
+      -- policy sub-commands parse their own options (--junit=FILE, …)
+      table.move(argv, i, #argv, 1, rest)
+      break
+    end
     local name, value = a:match("^%-%-([%w%-]+)=(.*)$")
     name = name or a:match("^%-%-([%w%-]+)$")
     if name == "help" or a == "-h" then

@@ -1,0 +1,749 @@
+--- Where a policy's backups live: names from the destination pattern,
+-- restore points found on disk, the policy record kept beside each backup,
+-- and deletion that never leaves half a backup looking usable.
+--
+-- A restore point is a directory whose name matches the pattern and that
+-- has a readable `.backup`. One with `.chbackup-incomplete` and no
+-- `.backup` is unfinished; one with `.backup.deleting` is being deleted.
+--
+-- The policy record (`<backup>.chbackup.json`, beside the backup directory,
+-- never inside it) holds what the policy knows about a backup: kind, the
+-- policy clock's time, base, row counts at backup time, verifications. It
+-- names the backup's uuid; a record whose uuid differs is ignored.
+--
+-- `store.memory()` has the same interface with no files, for simulations.
+-- @module chbackup.policy.store
+local lfs = require("lfs")
+local cjson = require("cjson")
+local chain = require("chbackup.chain")
+local config = require("chbackup.config")
+local core = require("chbackup.core")
+local fsutil = require("chbackup.fsutil")
+local sql = require("chbackup.sql")
+
+local store = {}
+
+store.RECORD_SUFFIX = ".chbackup.json"
+store.RECORD_FORMAT = 1
+local MAX_VERIFICATIONS = 20
+
+-- Name patterns ----------------------------------------------------------
+
+local PLACEHOLDERS = {
+  policy = true, yyyy = "%d%d%d%d", mm = "%d%d", dd = "%d%d", HH = "%d%d", MM = "%d%d", SS = "%d%d",
+  kind = "%a+",
+}
+store.PLACEHOLDERS = { "policy", "yyyy", "mm", "dd", "HH", "MM", "SS", "kind" }
+
+
+local function lua_escape(s)
+  return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+
+--- Compiles a name pattern ("{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}").
+-- Returns {text=, segments = {{match=, fields={...}}}} or nil, err.
+function store.compile(pattern, policy_name)
+  if type(pattern) ~= "string" or pattern == "" then
+    return nil, "expected a name pattern like '{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}'"
+  end
+  if pattern:sub(1, 1) == "/" then
+    return nil, "'" .. pattern .. "' must be relative to the destination (no leading /)"
+  end
+  local segments = {}
+  for seg in (pattern .. "/"):gmatch("([^/]*)/") do
+    if seg == "" or seg == "." or seg == ".." then
+      return nil, "'" .. pattern .. "' has an empty, '.' or '..' path segment"
+    end
+    local fields, err = {}, nil
+    local lp = ""
+    local pos = 1
+    while pos <= #seg do
+      local s, e, name = seg:find("{([^}]*)}", pos)
+      local literal = seg:sub(pos, (s or #seg + 1) - 1)
+      if literal:find("[{}]") then
+        err = "'" .. pattern .. "' has an unmatched brace"
+        break
+      end
+      lp = lp .. lua_escape(literal)
+      if not s then
+        break
+      end
+      local ph = PLACEHOLDERS[name]
+      if not ph then
+        err = "'" .. pattern .. "' has an unknown placeholder {" .. name .. "} (known: {"
+          .. table.concat(store.PLACEHOLDERS, "}, {") .. "})"
+        break
+      end
+      if ph == true then
+        lp = lp .. lua_escape(policy_name)
+      else
+        lp = lp .. "(" .. ph .. ")"
+        fields[#fields + 1] = name
+      end
+      pos = e + 1
+    end
+    if err then
+      return nil, err
+    end
+    segments[#segments + 1] = { match = "^" .. lp .. "$", fields = fields }
+  end
+  return { text = pattern, policy = policy_name, segments = segments }
+end
+
+
+--- The name of a backup made at time t (in zone) of kind "full"|"incr".
+function store.format_name(compiled, t, zone, kind)
+  local c = zone:civil(t)
+  local v = {
+    policy = compiled.policy, yyyy = string.format("%04d", c.year), mm = string.format("%02d", c.month),
+    dd = string.format("%02d", c.day), HH = string.format("%02d", c.hour), MM = string.format("%02d", c.min),
+    SS = string.format("%02d", c.sec), kind = kind,
+  }
+  return (compiled.text:gsub("{(%w+)}", v))
+end
+
+
+--- Matches a relative name; returns its fields ({yyyy=, kind=, ...}) or nil.
+function store.match_name(compiled, name)
+  local fields, i = {}, 0
+  for seg in (name .. "/"):gmatch("([^/]*)/") do
+    i = i + 1
+    local s = compiled.segments[i]
+    if not s then
+      return nil
+    end
+    local caps = { seg:match(s.match) }
+    if not seg:match(s.match) then
+      return nil
+    end
+    for k, f in ipairs(s.fields) do
+      fields[f] = caps[k]
+    end
+  end
+  if i ~= #compiled.segments then
+    return nil
+  end
+  if fields.kind and fields.kind ~= "full" and fields.kind ~= "incr" then
+    return nil
+  end
+  return fields
+end
+
+
+-- The time a name says (needs yyyy, mm, dd), or nil.
+local function name_time(fields, zone)
+  if not (fields.yyyy and fields.mm and fields.dd) then
+    return nil
+  end
+  return zone:epoch({
+    year = tonumber(fields.yyyy), month = tonumber(fields.mm), day = tonumber(fields.dd),
+    hour = tonumber(fields.HH or 0), min = tonumber(fields.MM or 0), sec = tonumber(fields.SS or 0),
+  })
+end
+
+
+-- Manifest header --------------------------------------------------------
+
+local XML_UNESCAPES = { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'" }
+local function xml_unescape(s)
+  return (s:gsub("&(%a+);", XML_UNESCAPES))
+end
+
+
+--- The header fields of a `.backup` (timestamp, uuid, base_backup,
+-- base_backup_uuid) without reading its file list. Returns table or nil, err.
+function store.read_header(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, "cannot read " .. path .. ": " .. tostring(err)
+  end
+  local head = f:read(65536) or ""
+  f:close()
+  local cut = head:find("<contents>", 1, true)
+  if not cut or not head:find("^%s*<config>") then
+    local m, merr = require("chbackup.manifest").read(path)
+    if not m then
+      return nil, merr
+    end
+    return { timestamp = m.timestamp, uuid = m.uuid, base_backup = m.base_backup,
+      base_backup_uuid = m.base_backup_uuid }
+  end
+  head = head:sub(1, cut)
+  local h = {}
+  for _, k in ipairs({ "timestamp", "uuid", "base_backup", "base_backup_uuid" }) do
+    local v = head:match("<" .. k .. ">(.-)</" .. k .. ">")
+    h[k] = v and xml_unescape(v) or nil
+  end
+  return h
+end
+
+
+-- Policy records ----------------------------------------------------------
+
+local function read_json(path)
+  local text = fsutil.read_file(path)
+  if not text then
+    return nil
+  end
+  local ok, doc = pcall(cjson.decode, text)
+  if not ok or type(doc) ~= "table" then
+    return nil, "policy record " .. path .. " is not JSON"
+  end
+  return doc
+end
+
+
+local function timestamp_time(s)
+  local y, mo, d, h, mi, se = tostring(s or ""):match("^(%d+)%-(%d+)%-(%d+) (%d+):(%d+):(%d+)$")
+  if not y then
+    return nil
+  end
+  return os.time({ year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h),
+    min = tonumber(mi), sec = tonumber(se) })
+end
+
+
+-- Removes a tree without following symlinks (a link is removed as a link).
+-- Returns true or nil, err naming the first thing it could not remove.
+local function remove_tree(path)
+  local attr = lfs.symlinkattributes(path)
+  if not attr then
+    return true
+  end
+  if attr.mode == "directory" then
+    for entry in lfs.dir(path) do
+      if entry ~= "." and entry ~= ".." then
+        local ok, err = remove_tree(path .. "/" .. entry)
+        if not ok then
+          return nil, err
+        end
+      end
+    end
+    local ok, err = lfs.rmdir(path)
+    if not ok then
+      return nil, "cannot remove " .. path .. ": " .. tostring(err)
+    end
+    return true
+  end
+  local ok, err = os.remove(path)
+  if not ok then
+    return nil, "cannot remove " .. path .. ": " .. tostring(err)
+  end
+  return true
+end
+store.remove_tree = remove_tree
+
+
+local function parent_dir(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+
+-- Disk store -------------------------------------------------------------
+
+local DiskStore = {}
+DiskStore.__index = DiskStore
+
+
+--- Opens the store of a policy: pol is a checked policy (chbackup.policy),
+-- cfg the loaded ClickHouse config. Returns a store or nil, err.
+function store.open(pol, cfg)
+  local dst = pol.destination
+  local root, engine
+  if dst.disk then
+    local disk = cfg.disks[dst.disk]
+    if not disk then
+      return nil, "destination.disk: unknown disk '" .. dst.disk .. "' (storage_configuration.disks in "
+        .. tostring(cfg.source) .. ")"
+    end
+    if disk.type ~= "local" then
+      return nil, "destination.disk: disk '" .. dst.disk .. "' has type " .. tostring(disk.type)
+        .. "; only local disks are supported"
+    end
+    root, engine = disk.path:gsub("/+$", ""), "Disk"
+  else
+    root, engine = dst.path:gsub("/+$", ""), "File"
+  end
+  local compiled = assert(store.compile(dst.name, pol.name))
+  return setmetatable({
+    policy = pol, cfg = cfg, root = root, engine = engine, compiled = compiled, zone = pol.zone,
+  }, DiskStore)
+end
+
+
+--- The backup name as SQL (Disk('backups', 'a/b') or File('/x/a/b')).
+function DiskStore:destination(name)
+  if self.engine == "Disk" then
+    return "Disk(" .. sql.quote_string(self.policy.destination.disk) .. ", " .. sql.quote_string(name) .. ")"
+  end
+  return "File(" .. sql.quote_string(self.root .. "/" .. name) .. ")"
+end
+
+
+function DiskStore:path_of(name)
+  return self.root .. "/" .. name
+end
+
+
+function DiskStore:record_path(name)
+  return self.root .. "/" .. name .. store.RECORD_SUFFIX
+end
+
+
+-- Walks the pattern's segments; calls fn(rel, path, attr) for each last-segment match.
+function DiskStore:_walk(fn)
+  local segs = self.compiled.segments
+  local function walk(dir, rel, i)
+    if lfs.attributes(dir, "mode") ~= "directory" then
+      return
+    end
+    local entries = {}
+    for e in lfs.dir(dir) do
+      if e ~= "." and e ~= ".." and e:match(segs[i].match)
+          and not e:find(store.RECORD_SUFFIX, 1, true) and not e:match("%.tmp$") then
+        entries[#entries + 1] = e
+      end
+    end
+    table.sort(entries)
+    for _, e in ipairs(entries) do
+      local path = dir .. "/" .. e
+      local name = rel == "" and e or (rel .. "/" .. e)
+      local attr = lfs.symlinkattributes(path)
+      if i < #segs then
+        if attr and attr.mode == "directory" then
+          walk(path, name, i + 1)
+        end
+      elseif attr then
+        fn(name, path, attr)
+      end
+    end
+  end
+  walk(self.root, "", 1)
+end
+
+
+-- The point of a backup directory (without chain links).
+function DiskStore:_point(name, path)
+  local header, err = store.read_header(path .. "/.backup")
+  if not header then
+    return nil, err
+  end
+  local fields = store.match_name(self.compiled, name) or {}
+  local p = {
+    id = name, name = name, path = path, destination = self:destination(name),
+    uuid = header.uuid, timestamp = header.timestamp, base_backup = header.base_backup,
+    base_backup_uuid = header.base_backup_uuid,
+  }
+  local record, rerr = read_json(self:record_path(name))
+  if record and record.uuid ~= header.uuid then
+    p.note = "policy record " .. self:record_path(name) .. " is for another backup (uuid "
+      .. tostring(record.uuid) .. "); ignored"
+    record = nil
+  elseif rerr then
+    p.note = rerr
+  end
+  p.record = record
+  p.kind = record and record.kind or fields.kind or (header.base_backup and "incr" or "full")
+  if record and tonumber(record.time) then
+    p.time, p.time_source = tonumber(record.time), "policy record"
+  elseif name_time(fields, self.zone) then
+    p.time, p.time_source = name_time(fields, self.zone), "name"
+  elseif timestamp_time(header.timestamp) then
+    p.time, p.time_source = timestamp_time(header.timestamp), ".backup timestamp"
+  else
+    p.time, p.time_source = lfs.attributes(path .. "/.backup", "modification") or 0, ".backup mtime"
+  end
+  local v = record and record.verifications
+  local last = type(v) == "table" and v[#v] or nil
+  if last then
+    p.verified = last.ok == true
+    p.verified_at = last.time
+    p.verification = last
+  end
+  return p
+end
+
+
+-- Resolves a base_backup name to an absolute path (nil if it cannot be).
+function DiskStore:_base_path(base_name)
+  local dest = chain.parse_name(base_name)
+  if not dest then
+    return nil
+  end
+  local resolved = config.resolve(self.cfg, dest)
+  return resolved and resolved.path
+end
+
+
+--- Lists the policy's backups. Returns {
+--   points = {...} newest first (restore points: readable .backup),
+--   incomplete = {{name=, path=, why=}}, deleting = {...}, unreadable = {...} }.
+-- Each point: {id=, name=, path=, destination=, kind=, time=, time_source=,
+--   uuid=, base=<id>|nil, base_backup=, foreign_base=, chain_error=, record=,
+--   verified=, verified_at=}.
+function DiskStore:list()
+  local out = { points = {}, incomplete = {}, deleting = {}, unreadable = {} }
+  self:_walk(function(name, path, attr)
+    if attr.mode == "link" then
+      out.unreadable[#out.unreadable + 1] = { name = name, path = path,
+        why = "is a symbolic link; chbackup does not follow it" }
+      return
+    elseif attr.mode ~= "directory" then
+      out.unreadable[#out.unreadable + 1] = { name = name, path = path,
+        why = "is a " .. tostring(attr.mode) .. ", not a backup directory (archives are not supported yet)" }
+      return
+    end
+    if lfs.attributes(path .. "/.backup", "mode") == "file" then
+      local p, err = self:_point(name, path)
+      if p then
+        out.points[#out.points + 1] = p
+      else
+        out.unreadable[#out.unreadable + 1] = { name = name, path = path, why = err }
+      end
+    elseif lfs.symlinkattributes(path .. "/.backup.deleting") then
+      out.deleting[#out.deleting + 1] = { name = name, path = path, why = "deletion was started and not finished" }
+    elseif lfs.symlinkattributes(path .. "/.chbackup-incomplete") then
+      out.incomplete[#out.incomplete + 1] = { name = name, path = path,
+        why = "unfinished (.chbackup-incomplete, no .backup)" }
+    else
+      out.incomplete[#out.incomplete + 1] = { name = name, path = path, why = "no .backup" }
+    end
+  end)
+  self:_link(out.points)
+  return out
+end
+
+
+-- Links points to their bases and checks each chain as far as names go.
+function DiskStore:_link(points)
+  local by_path = {}
+  for _, p in ipairs(points) do
+    by_path[p.path] = p
+  end
+  for _, p in ipairs(points) do
+    if p.base_backup then
+      local bp = self:_base_path(p.base_backup)
+      local base = bp and by_path[bp]
+      if base then
+        p.base = base.id
+        if p.base_backup_uuid and base.uuid ~= p.base_backup_uuid then
+          p.chain_error = string.format("base backup %s was replaced: its uuid is %s, %s was made on %s",
+            p.base_backup, tostring(base.uuid), p.name, p.base_backup_uuid)
+        end
+      elseif bp and lfs.attributes(bp .. "/.backup", "mode") == "file" then
+        p.foreign_base = p.base_backup
+      else
+        p.chain_error = "base backup " .. p.base_backup .. " of " .. p.name .. " is missing"
+      end
+    end
+  end
+  store.sort(points)
+  store.check_chains(points)
+end
+
+
+--- Newest first; equal times by name, newest name first.
+function store.sort(points)
+  local in_order = true
+  for i = 2, #points do
+    local a, b = points[i - 1], points[i]
+    if a.time < b.time or (a.time == b.time and a.id < b.id) then
+      in_order = false
+      break
+    end
+  end
+  if in_order then
+    return points
+  end
+  table.sort(points, function(a, b)
+    if a.time ~= b.time then
+      return a.time > b.time
+    end
+    return a.id > b.id
+  end)
+  return points
+end
+
+
+--- Marks each point's chain: chain_ok, or chain_problem naming the break
+-- (memoised: each link is looked at once).
+function store.check_chains(points)
+  local by_id = {}
+  for _, p in ipairs(points) do
+    by_id[p.id] = p
+  end
+  local problem = {} -- id -> false (intact) | message
+  for _, p in ipairs(points) do
+    if problem[p.id] == nil then
+      -- walk up to a known point, a break or the root
+      local path, on_path, cur, err = {}, {}, p, nil
+      while cur do
+        if problem[cur.id] ~= nil then
+          err = problem[cur.id] or nil
+          break
+        end
+        if on_path[cur.id] then
+          err = "backup chain of " .. cur.id .. " loops"
+          break
+        end
+        on_path[cur.id] = true
+        path[#path + 1] = cur
+        if cur.chain_error then
+          err = cur.chain_error
+          break
+        end
+        cur = cur.base and by_id[cur.base]
+      end
+      for _, q in ipairs(path) do
+        problem[q.id] = err or false
+      end
+    end
+  end
+  for _, p in ipairs(points) do
+    local err = problem[p.id]
+    p.chain_ok = not err
+    p.chain_problem = err or nil
+  end
+end
+
+
+--- Backups on the destination that are not the policy's but rely on one of
+-- its points: {[point id] = "name of the dependent"}. Walks the destination
+-- root (not into backups, never through symlinks, at most 8 levels).
+function DiskStore:foreign_dependents(points)
+  local ours, found = {}, {}
+  for _, p in ipairs(points) do
+    ours[p.path] = p
+  end
+  local function walk(dir, depth)
+    if depth > 8 then
+      return
+    end
+    for e in lfs.dir(dir) do
+      if e ~= "." and e ~= ".." then
+        local path = dir .. "/" .. e
+        if lfs.symlinkattributes(path, "mode") == "directory" then
+          if lfs.attributes(path .. "/.backup", "mode") == "file" then
+            if not ours[path] then
+              local h = store.read_header(path .. "/.backup")
+              local bp = h and h.base_backup and self:_base_path(h.base_backup)
+              if bp and ours[bp] then
+                found[ours[bp].id] = path:sub(#self.root + 2)
+              end
+            end
+          elseif not lfs.symlinkattributes(path .. "/.chbackup-incomplete") then
+            walk(path, depth + 1)
+          end
+        end
+      end
+    end
+  end
+  if lfs.attributes(self.root, "mode") == "directory" then
+    walk(self.root, 1)
+  end
+  return found
+end
+
+
+--- Makes a backup. req: {name=, kind=, time=, base=<point>|nil,
+-- statement = function() -> sql | nil, err, execute = function(sql) ->
+-- results | nil, err}. Writes the policy record. Returns point or nil, err.
+function DiskStore:create(req)
+  local statement, shown = req.statement(self:destination(req.name),
+    req.base and req.base.destination or nil)
+  if not statement then
+    return nil, shown
+  end
+  local ok, err = req.execute(statement)
+  if not ok then
+    return nil, err
+  end
+  local path = self:path_of(req.name)
+  local header
+  header, err = store.read_header(path .. "/.backup")
+  if not header then
+    return nil, "the backup reported success but " .. tostring(err)
+  end
+  local record = {
+    format = store.RECORD_FORMAT, policy = self.policy.name, name = req.name, kind = req.kind,
+    time = req.time, base = req.base and req.base.id or nil, uuid = header.uuid,
+    statement = shown, -- as logged: a password is never written down
+  }
+  ok, err = self:write_record(req.name, record)
+  if not ok then
+    return nil, err
+  end
+  local p = assert(self:_point(req.name, path))
+  p.base = req.base and req.base.id or nil
+  p.chain_ok = true
+  return p
+end
+
+
+--- Writes (replaces) the policy record of backup `name`.
+function DiskStore:write_record(name, record)
+  record.format = store.RECORD_FORMAT
+  if type(record.verifications) == "table" and #record.verifications > MAX_VERIFICATIONS then
+    table.remove(record.verifications, 1)
+  end
+  return fsutil.write_file(self:record_path(name), cjson.encode(record) .. "\n")
+end
+
+
+--- Deletes a backup: `.backup` is renamed to `.backup.deleting` first (from
+-- then on it is not a restore point), then the tree is removed without
+-- following symlinks, then its policy record. Returns true or nil, err;
+-- after a failure past the rename the next run finishes the deletion.
+function DiskStore:delete(p)
+  local attr = lfs.symlinkattributes(p.path)
+  if not attr then
+    return nil, "backup " .. p.name .. " is gone already"
+  end
+  if attr.mode ~= "directory" then
+    return nil, "backup " .. p.name .. " (" .. p.path .. ") is a " .. tostring(attr.mode)
+      .. "; chbackup deletes only directories it can see are backups and never follows symlinks"
+  end
+  if lfs.attributes(p.path .. "/.backup", "mode") == "file" then
+    local ok, err = os.rename(p.path .. "/.backup", p.path .. "/.backup.deleting")
+    if not ok then
+      return nil, "cannot invalidate " .. p.path .. "/.backup: " .. tostring(err) .. " (nothing was deleted)"
+    end
+    core.fsync(p.path)
+  elseif not lfs.symlinkattributes(p.path .. "/.backup.deleting") then
+    return nil, "backup " .. p.name .. " has neither .backup nor .backup.deleting; not deleting it"
+  end
+  local ok, err = remove_tree(p.path)
+  if not ok then
+    return nil, err .. " (the backup is invalidated; the next run finishes the deletion)"
+  end
+  core.fsync(parent_dir(p.path))
+  os.remove(self:record_path(p.name))
+  -- Remove directories the pattern made that are now empty (not the root).
+  local dir = parent_dir(p.path)
+  while #dir > #self.root and fsutil.is_dir(dir) and fsutil.is_empty_dir(dir) do
+    if not lfs.rmdir(dir) then
+      break
+    end
+    dir = parent_dir(dir)
+  end
+  return true
+end
+
+
+function DiskStore:exists(name)
+  return lfs.symlinkattributes(self:path_of(name)) ~= nil
+end
+
+
+-- Memory store -------------------------------------------------------------
+
+local MemoryStore = {}
+MemoryStore.__index = MemoryStore
+
+
+--- A store without files: points live in a table. For simulations of a
+-- policy (specs, `plan` over synthetic histories). opts.fail(req) may
+-- return an error message to make a create fail.
+function store.memory(opts)
+  return setmetatable({ points = {}, order = {}, opts = opts or {}, created = 0, deleted = 0, log = {} },
+    MemoryStore)
+end
+
+
+function MemoryStore.destination(_, name)
+  return "Memory(" .. sql.quote_string(name) .. ")"
+end
+
+
+function MemoryStore:list()
+  local points = {}
+  for i = #self.order, 1, -1 do
+    local p = self.points[self.order[i]]
+    local copy = {}
+    for k, v in pairs(p) do
+      copy[k] = v
+    end
+    copy.chain_error = p.base and not self.points[p.base] and ("base backup " .. p.base .. " of " .. p.id
+      .. " is missing") or nil
+    points[#points + 1] = copy
+  end
+  store.sort(points)
+  store.check_chains(points)
+  return { points = points, incomplete = {}, deleting = {}, unreadable = {} }
+end
+
+
+function MemoryStore.foreign_dependents()
+  return {}
+end
+
+
+function MemoryStore:exists(name)
+  return self.points[name] ~= nil
+end
+
+
+function MemoryStore:create(req)
+  if self.points[req.name] then
+    return nil, "backup destination " .. self:destination(req.name) .. " already exists"
+  end
+  local why = self.opts.fail and self.opts.fail(req)
+  if why then
+    return nil, why
+  end
+  self.created = self.created + 1
+  local p = {
+    id = req.name, name = req.name, destination = self:destination(req.name), kind = req.kind, time = req.time,
+    base = req.base and req.base.id or nil, uuid = "memory-" .. self.created, record = { kind = req.kind },
+  }
+  self.points[req.name] = p
+  -- keep self.order oldest first (a create is normally the newest)
+  local i = #self.order
+  while i > 0 and self.points[self.order[i]].time > p.time do
+    i = i - 1
+  end
+  table.insert(self.order, i + 1, req.name)
+  self.log[#self.log + 1] = { "create", req.name }
+  return p
+end
+
+
+function MemoryStore:write_record(name, record)
+  local p = self.points[name]
+  if p then
+    p.record = record
+    local v = record.verifications
+    local last = type(v) == "table" and v[#v] or nil
+    if last then
+      p.verified, p.verified_at = last.ok == true, last.time
+    end
+  end
+  return true
+end
+
+
+function MemoryStore:delete(p)
+  if not self.points[p.id] then
+    return nil, "backup " .. p.id .. " is gone already"
+  end
+  for _, q in pairs(self.points) do
+    if q.base == p.id then
+      -- what the disk would not notice at once: a dependent losing its base
+      self.broken = (self.broken or 0) + 1
+    end
+  end
+  self.points[p.id] = nil
+  for i, id in ipairs(self.order) do
+    if id == p.id then
+      table.remove(self.order, i)
+      break
+    end
+  end
+  self.deleted = self.deleted + 1
+  self.log[#self.log + 1] = { "delete", p.id }
+  return true
+end
+
+
+return store

@@ -1,0 +1,299 @@
+-- Verification with real backups and real ClickHouse: a restore drill that
+-- passes on good backups and fails, each with its own message and a failing
+-- exit status, on a corrupted file, a missing base and a row-count mismatch.
+local h = require("spec.helpers")
+local lfs = require("lfs")
+local cjson = require("cjson")
+local manifest = require("chbackup.manifest")
+local policy = require("chbackup.policy")
+local pcli = require("chbackup.policy.cli")
+local schedule = require("chbackup.policy.schedule")
+
+local T0 = assert(schedule.parse_time("2026-05-01T02:00:00Z"))
+local FULL, INCR = "nightly/20260501-0200-full", "nightly/20260501-0300-incr"
+
+
+-- A policy file in the world (absolute paths), with extra Lua fields.
+local function write_policy(w, extra)
+  local path = w.dir .. "/nightly.lua"
+  h.write(path, string.format([[
+return {
+  name = "nightly",
+  source = { path = %q, config = %q },
+  selection = { databases = { "shop", "logs" } },
+  destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}" },
+  schedule = { full = "0 2 * * *", incremental = "0 * * * *" },
+  verification = { scratch = %q %s },
+  %s
+}
+]], w.data, w.config, w.dir, extra and extra.verification or "", extra and extra.top or ""))
+  return path
+end
+
+
+local function capture()
+  local out, err = {}, {}
+  return {
+    stdout = { write = function(_, s) out[#out + 1] = s end, flush = function() end },
+    stderr = { write = function(_, s) err[#err + 1] = s end },
+  }, function() return table.concat(out) end, function() return table.concat(err) end
+end
+
+
+local function cli(w, sub, file, words)
+  local rest = { "policy", sub, file }
+  for _, x in ipairs(words or {}) do rest[#rest + 1] = x end
+  local io_, out, err = capture()
+  local code = pcli.main(rest, { path = w.data, config = w.config, status_dir = w.status }, io_)
+  return code, out(), err()
+end
+
+
+-- A world with a full at 02:00 and, after 10 new rows in a new partition,
+-- an incremental at 03:00, both made by `policy run` through the CLI.
+local function world_with_backups(extra)
+  local w = h.world("policy-verify")
+  local file = write_policy(w, extra)
+  local code, out, err = cli(w, "run", file, { "now=2026-05-01T02:00:00Z" })
+  assert(code == 0, out .. err)
+  h.clickhouse(w.data, { "INSERT INTO shop.orders SELECT d + toIntervalMonth(6), id + 100000, customer, discount, "
+    .. "status, tags, attrs FROM shop.orders WHERE d < '2024-02-01' LIMIT 10" })
+  code, out, err = cli(w, "run", file, { "now=2026-05-01T03:00:00Z" })
+  assert(code == 0, out .. err)
+  return w, file
+end
+
+
+local function record(w, name)
+  local text = h.read(w.backups .. "/" .. name .. ".chbackup.json")
+  return cjson.decode(text)
+end
+
+
+describe("policy verify (real backups, real ClickHouse)", function()
+  it("passes on good backups, records the result beside each backup, writes JUnit", function()
+    local w, file = world_with_backups()
+    local rec = record(w, INCR)
+    assert.equal("incr", rec.kind)
+    assert.equal(FULL, rec.base)
+    assert.equal(1380, rec.rows.shop.orders.total)
+    assert.equal(10, rec.rows.shop.orders.partitions["202407"])
+    local junit = w.dir .. "/report.xml"
+    local code, out, err = cli(w, "verify", file, { "backups=chain", "junit=" .. junit, "now=2026-05-01T04:00:00Z" })
+    assert.equal(0, code, out .. err)
+    assert.truthy(out:find("verification of policy nightly: OK", 1, true), out)
+    assert.truthy(out:find("backup " .. INCR .. ": OK", 1, true), out)
+    assert.truthy(out:find("backup " .. FULL .. ": OK", 1, true), out)
+    -- count.txt at backup time: MergeTree tables (and the view's inner one)
+    -- are counted, Log-family tables only shown to exist
+    assert.truthy(out:find("pass  row_counts: 8 tables agree with the counts recorded at backup time (read with "
+      .. "embedded ClickHouse", 1, true), out)
+    assert.truthy(out:find("logs.events: not counted at backup time (Log)", 1, true), out)
+    -- recorded with each backup, outside its directory
+    for _, name in ipairs({ INCR, FULL }) do
+      local v = record(w, name).verifications
+      assert.equal(1, #v)
+      assert.is_true(v[1].ok)
+      assert.equal(T0 + 7200, v[1].time)
+      -- the backup directory holds only .backup and the files it lists
+      local m = assert(manifest.read(w.backups .. "/" .. name .. "/.backup"))
+      for _, f in ipairs(h.tree(w.backups .. "/" .. name)) do
+        assert.is_true(f == ".backup" or m.by_name[f] ~= nil, f)
+      end
+    end
+    local xml = assert(h.read(junit))
+    assert.truthy(xml:find('<testsuites name="chbackup policy nightly" tests="9" failures="0"', 1, true), xml)
+    assert.truthy(xml:find('<testsuite name="' .. INCR .. '" tests="4" failures="0"', 1, true), xml)
+    assert.truthy(xml:find('<testcase classname="chbackup.policy.nightly.' .. INCR .. '" name="checksums"', 1, true))
+    -- scratch data paths are gone
+    for e in lfs.dir(w.dir) do
+      assert.is_nil(e:match("^chbackup%-verify"), e)
+    end
+  end)
+
+  it("catches a corrupted file: FAIL checksums, exit 1, JUnit failure", function()
+    local w, file = world_with_backups()
+    -- flip one byte in the middle of a data file the full stores (and the
+    -- incremental relies on)
+    local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
+    local victim
+    for _, f in ipairs(m.files) do
+      if f.name:match("^data/shop/orders/202401_1_1_0/.*%.bin$") and not f.data_file and f.size > 100 then
+        victim = f
+        break
+      end
+    end
+    local path = w.backups .. "/" .. FULL .. "/" .. victim.name
+    local bytes = h.read(path)
+    local i = #bytes // 2
+    h.write(path, bytes:sub(1, i - 1) .. string.char((bytes:byte(i) + 1) % 256) .. bytes:sub(i + 1))
+    local junit = w.dir .. "/report.xml"
+    local code, out, err = cli(w, "verify", file, { "junit=" .. junit, "now=2026-05-01T04:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("verification of policy nightly: FAILED", 1, true), out)
+    assert.truthy(out:find("FAIL  checksums: corrupted file " .. victim.name .. " in backup Disk('backups', '" .. INCR
+      .. "'): checksum mismatch for " .. path .. ": expected ", 1, true), out)
+    assert.truthy(out:find("skip  restore: skipped: an earlier step failed", 1, true), out)
+    assert.truthy(err:find("chbackup: policy nightly: verification failed", 1, true), err)
+    local xml = assert(h.read(junit))
+    assert.truthy(xml:find('failures="1"', 1, true))
+    assert.truthy(xml:find('<failure message="corrupted file ' .. victim.name, 1, true), xml)
+    assert.is_false(record(w, INCR).verifications[1].ok)
+  end)
+
+  it("catches a missing base: FAIL chain, exit 1; the next run makes a full instead", function()
+    local w, file = world_with_backups()
+    assert(os.execute("rm -rf " .. h.quote(w.backups .. "/" .. FULL)))
+    local code, out = cli(w, "verify", file, { "now=2026-05-01T04:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("FAIL  chain: missing base: base backup Disk('backups', '" .. FULL .. "') of "
+      .. "Disk('backups', '" .. INCR .. "') cannot be used: backup Disk('backups', '" .. FULL .. "') not found", 1,
+      true), out)
+    local plan = assert(policy.plan(assert(policy.load(file)), T0 + 7200, {}))
+    assert.equal("full", plan.due.kind)
+    local problems = {}
+    for _, rec in ipairs(plan.log) do
+      if rec.event == "problem" then problems[#problems + 1] = rec.backup .. ": " .. rec.reason end
+    end
+    assert.same({ INCR .. ": chain broken: base backup Disk('backups', '" .. FULL .. "') of " .. INCR .. " is missing" },
+      problems)
+  end)
+
+  it("catches a row-count mismatch: a part the backup lost, FAIL row_counts, exit 1", function()
+    local w, file = world_with_backups()
+    -- drop partition 202401's part from the full's .backup (a backup that
+    -- silently lost a part); checksums and the chain stay consistent
+    local dir = w.backups .. "/" .. FULL
+    local m = assert(manifest.read(dir .. "/.backup"))
+    local lost = "^data/shop/orders/202401_1_1_0/"
+    local files = {}
+    for _, f in ipairs(m.files) do
+      if not f.name:match(lost) then
+        -- an entry stored once under the lost part gets its own copy
+        if f.data_file and f.data_file:match(lost) then
+          h.write(dir .. "/" .. f.name, h.read(dir .. "/" .. f.data_file))
+          f.data_file = nil
+        end
+        files[#files + 1] = f
+      end
+    end
+    m.files = files
+    assert(manifest.write(dir, m))
+    local code, out = cli(w, "verify", file, { "backup=" .. FULL, "now=2026-05-01T04:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("pass  checksums", 1, true), out)
+    assert.truthy(out:find("pass  restore", 1, true), out)
+    assert.truthy(out:find("FAIL  row_counts: row count mismatch in shop.orders: 1370 rows at backup time, 370 "
+      .. "restored; row count mismatch in shop.orders partition 202401: 1000 rows at backup time, 0 restored", 1,
+      true), out)
+  end)
+
+  it("counts every table with ClickHouse at backup time, runs Lua checks, checks freshness", function()
+    local w, file = world_with_backups({
+      verification = [[, counter = "clickhouse", max_age = "2h",
+        checks = {
+          orders_grew = function(c)
+            local n = tonumber(c.query("SELECT count() FROM shop.orders"))
+            return n == 1380, "shop.orders has " .. n .. " rows"
+          end,
+          events_kept = function(c)
+            local n = c.query("SELECT count() FROM logs.events")
+            return n == "175\n", "logs.events has " .. n .. " rows"
+          end,
+        }]],
+    })
+    local rec = record(w, INCR)
+    assert.equal(175, rec.rows.logs.events.total)
+    assert.equal(35, rec.rows.logs.tiny.total)
+    local code, out = cli(w, "verify", file, { "now=2026-05-01T04:00:00Z" })
+    assert.equal(0, code, out)
+    assert.truthy(out:find("pass  row_counts: 8 tables agree", 1, true), out)
+    assert.is_nil(out:find("not counted", 1, true), out)
+    assert.truthy(out:find("pass  orders_grew: ok", 1, true), out)
+    assert.truthy(out:find("pass  events_kept: ok", 1, true), out)
+    assert.truthy(out:find("pass  freshness: the newest backup, " .. INCR .. ", is from 2026-05-01T03:00:00Z "
+      .. "(max_age 2h)", 1, true), out)
+    code, out = cli(w, "verify", file, { "now=2026-05-02T04:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("FAIL  freshness: the newest backup, " .. INCR, 1, true), out)
+  end)
+
+  it("a Lua check that fails fails the drill with its message", function()
+    local w, file = world_with_backups({
+      verification = [[, checks = { enough = function(c) return false, "need 1 million orders" end }]],
+    })
+    local code, out = cli(w, "verify", file, { "now=2026-05-01T04:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("FAIL  enough: need 1 million orders", 1, true), out)
+  end)
+end)
+
+
+describe("policy run with settings BACKUP does not take yet", function()
+  it("passes compression and a password from a file as BACKUP settings, never showing the password", function()
+    local w = h.world("policy-settings")
+    h.write(w.dir .. "/pw", "s3cret\n")
+    local file = write_policy(w, { top = string.format(
+      "compression = { method = 'lzma', level = 3 }, password = { file = %q },", w.dir .. "/pw") })
+    local code, out, err = cli(w, "run", file, { "now=2026-05-01T02:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("statement    " .. FULL .. ": BACKUP DATABASE shop, DATABASE logs TO Disk('backups', '"
+      .. FULL .. "') SETTINGS compression_method = 'lzma', compression_level = 3, password = '***'", 1, true), out)
+    assert.is_nil(out:find("s3cret", 1, true))
+    assert.is_nil(err:find("s3cret", 1, true))
+    assert.truthy(err:find("not supported yet", 1, true), err)
+  end)
+end)
+
+
+describe("chbackup policy (the command line)", function()
+  it("dispatches from scripts/chbackup: check, plan, run", function()
+    local w = h.world("policy-cli")
+    local file = write_policy(w)
+    local ok, out = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s policy check %s",
+      h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status), h.quote(file)))
+    assert.is_true(ok, out)
+    assert.truthy(out:find("policy nightly (" .. file .. "): valid", 1, true), out)
+    ok, out = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s policy plan %s "
+      .. "now=2026-05-01T02:00:00Z json", h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status), h.quote(file)))
+    assert.is_true(ok, out)
+    local plan = cjson.decode(out)
+    assert.equal("full", plan.due.kind)
+    assert.equal(FULL, plan.due.name)
+    ok, out = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s policy run %s "
+      .. "now=2026-05-01T02:00:00Z", h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status), h.quote(file)))
+    assert.is_true(ok, out)
+    assert.truthy(out:find("2026-05-01T02:00:00Z full         " .. FULL .. ": no full backup of policy nightly yet",
+      1, true), out)
+    assert.truthy(lfs.attributes(w.backups .. "/" .. FULL .. "/.backup"))
+  end)
+
+  it("usage errors exit 2", function()
+    local w = h.world("policy-usage")
+    local file = write_policy(w)
+    assert.equal(2, (cli(w, "frobnicate", file)))
+    assert.equal(2, (cli(w, "plan", nil)))
+    assert.equal(2, (cli(w, "plan", file, { "colour=blue" })))
+    assert.equal(2, (cli(w, "plan", file, { "now=yesterday" })))
+    assert.equal(2, (cli(w, "verify", file, { "backups=oldest" })))
+    assert.equal(1, (cli(w, "plan", w.dir .. "/missing.lua")))
+  end)
+
+  it("watch runs when a schedule fires, with an injected clock and sleep", function()
+    local w = h.world("policy-watch")
+    local file = write_policy(w)
+    local now = T0 - 600
+    local slept = {}
+    pcli.clock = function() return now end
+    pcli.sleep = function(s) slept[#slept + 1] = s; now = now + s end
+    pcli.max_runs = 3
+    local code, out = cli(w, "watch", file)
+    pcli.clock, pcli.sleep, pcli.max_runs = nil, nil, nil
+    assert.equal(0, code, out)
+    -- 01:50 (no full yet: a full), then 02:00 (schedule.full), then 03:00
+    assert.same({ 600, 3600 }, slept)
+    assert.truthy(lfs.attributes(w.backups .. "/nightly/20260501-0150-full/.backup"))
+    assert.truthy(lfs.attributes(w.backups .. "/" .. FULL .. "/.backup"))
+    assert.truthy(lfs.attributes(w.backups .. "/" .. INCR .. "/.backup"))
+  end)
+end)
