@@ -25,6 +25,7 @@
 #define CHB_JOB_MT "chbackup.Job"
 
 int luaopen_chbackup_core(lua_State *L);
+void chb_open_zip(lua_State *L); /* chb_zip_lua.c */
 
 static int push_fail(lua_State *L, const chb_error *e) {
   luaL_pushfail(L);                          /* fail */
@@ -83,7 +84,8 @@ static int core_job(lua_State *L) {
 /*
  * job:add(src, dst|nil, size|nil, checksum|nil, src_offset|nil) -> index
  * `src` is a path, or a list of pieces {path, offset, length} read in order
- * (length -1: to the end of the file).
+ * (length -1: to the end of the file); a piece with `entry=` reads that
+ * entry of the zip archive `path` (`password=` if encrypted).
  */
 static int job_add(lua_State *L) {
   chb_job *job = check_job(L);
@@ -114,7 +116,14 @@ static int job_add(lua_State *L) {
       pieces[k - 1].offset = (uint64_t)luaL_optinteger(L, -1, 0);
       lua_geti(L, -3, 3);                                   /* .., buf, piece, path, offset, len */
       pieces[k - 1].length = (int64_t)luaL_optinteger(L, -1, -1);
-      lua_pop(L, 4);                                        /* .., buf */
+      /* {path, offset, length, entry=, password=}: an entry of a zip archive */
+      lua_getfield(L, -4, "entry");                         /* .., len, entry */
+      luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, 2, "a piece's entry must be a string");
+      pieces[k - 1].entry = lua_tostring(L, -1);
+      lua_getfield(L, -5, "password");                      /* .., len, entry, password */
+      luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, 2, "a piece's password must be a string");
+      pieces[k - 1].password = lua_tostring(L, -1);
+      lua_pop(L, 6);                                        /* .., buf */
     }
     i = chb_job_add_pieces(job, pieces, (size_t)n, dst, (int64_t)size, hp, &err);
   } else {
@@ -378,6 +387,7 @@ CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {
   lua_setfield(L, -2, "__index");     /* mt */
   lua_pop(L, 1);
   luaL_newlib(L, core_funcs);         /* core */
+  chb_open_zip(L);                    /* core (+ zip_writer, zip_reader, zip_methods) */
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");
   return 1;

@@ -65,6 +65,7 @@ build = {
       chbackup = "lua/chbackup/init.lua",
       ["chbackup.backup"] = "lua/chbackup/backup.lua",
       ["chbackup.catalog"] = "lua/chbackup/catalog.lua",
+      ["chbackup.backup_archive"] = "lua/chbackup/backup_archive.lua",
       ["chbackup.chain"] = "lua/chbackup/chain.lua",
       ["chbackup.cli"] = "lua/chbackup/cli.lua",
       ["chbackup.config"] = "lua/chbackup/config.lua",

@@ -241,7 +241,7 @@ describe("policy run with settings BACKUP does not take yet", function()
       .. FULL .. "') SETTINGS compression_method = 'lzma', compression_level = 3, password = '***'", 1, true), out)
     assert.is_nil(out:find("s3cret", 1, true))
     assert.is_nil(err:find("s3cret", 1, true))
-    assert.truthy(err:find("not supported yet", 1, true), err)
+    assert.truthy(err:find("apply to archive destinations", 1, true), err)
   end)
 end)
 

@@ -1,6 +1,7 @@
 /* Executes a plan of file entries on worker threads; see chb_job.h. */
 #include "chb_job.h"
 #include "chb_fs.h"
+#include "chb_zip.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +17,8 @@ typedef struct chb_src {
   char *path;
   uint64_t offset;
   int64_t length;             /* < 0: to the end of the file */
+  char *entry;                /* set: path is a zip archive, read this entry */
+  char *password;             /* for the entry; NULL: none */
 } chb_src;
 
 typedef struct chb_entry {
@@ -84,7 +87,14 @@ chb_job *chb_job_new(const chb_job_opts *opts, chb_error *err) {
 }
 
 static void entry_free(chb_entry *e) {
-  for (size_t i = 0; i < e->npieces; i++) free(e->pieces[i].path);
+  for (size_t i = 0; i < e->npieces; i++) {
+    free(e->pieces[i].path);
+    free(e->pieces[i].entry);
+    if (e->pieces[i].password) {
+      explicit_bzero(e->pieces[i].password, strlen(e->pieces[i].password));
+      free(e->pieces[i].password);
+    }
+  }
   free(e->pieces);
   free(e->dst);
 }
@@ -120,6 +130,9 @@ long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
     e->pieces[i].length = pieces[i].length;
     e->npieces = i + 1;
     oom = e->pieces[i].path == NULL;
+    if (!oom && pieces[i].entry) oom = (e->pieces[i].entry = strdup(pieces[i].entry)) == NULL;
+    if (!oom && pieces[i].password)
+      oom = (e->pieces[i].password = strdup(pieces[i].password)) == NULL;
   }
   if (!oom && dst) oom = (e->dst = strdup(dst)) == NULL;
   if (oom) {
@@ -139,7 +152,7 @@ long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
 long chb_job_add(chb_job *job, const char *src, const char *dst,
                  uint64_t src_offset, int64_t expect_size,
                  const chb_u128 *expect_hash, chb_error *err) {
-  chb_piece piece = {src, src_offset, -1};
+  chb_piece piece = {src, src_offset, -1, NULL, NULL};
   return chb_job_add_pieces(job, &piece, 1, dst, expect_size, expect_hash, err);
 }
 
@@ -216,9 +229,64 @@ static int write_prefix(int in, int out, uint64_t len, unsigned char *buf, size_
   return 0;
 }
 
+/*
+ * Streams a piece that is an entry of a zip archive (through this worker's
+ * cache of open archives): skips `offset` bytes by reading, then reads
+ * `length` bytes or to the end. The entry is always read to its end so that
+ * its CRC or AES MAC is checked even when the piece stops short.
+ */
+static int run_zip_piece(chb_job *job, chb_entry *e, const chb_src *piece, int out,
+                         chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
+  if (*holding)
+    return chb_error_set(err, CHB_INVALID, "a base prefix cannot be read from entry %s of %s",
+                         piece->entry, piece->path);
+  chb_zip_file *f = chb_zip_open_cached(piece->path, piece->password, piece->entry, err);
+  if (!f) return -1;
+  int rc = -1;
+  uint64_t skip = piece->offset;
+  uint64_t left = piece->length < 0 ? UINT64_MAX : (uint64_t)piece->length;
+  for (;;) {
+    if (atomic_load(&job->stop)) {
+      chb_error_set(err, CHB_CANCELLED, "cancelled while copying %s of %s", piece->entry, piece->path);
+      goto done;
+    }
+    size_t want = job->opts.buffer_size;
+    if (skip > 0 && skip < want) want = (size_t)skip;
+    int draining = skip == 0 && left == 0;
+    if (skip == 0 && !draining && left < want) want = (size_t)left;
+    ssize_t n = chb_zip_file_read(f, buf, want, err);
+    if (n < 0) goto done;
+    if (n == 0) {
+      if (skip > 0 || (piece->length >= 0 && left > 0)) {
+        chb_error_set(err, CHB_CORRUPT, "entry %s of %s is shorter than expected (%llu bytes missing)",
+                      piece->entry, piece->path, (unsigned long long)(skip + left));
+        goto done;
+      }
+      break;
+    }
+    if (draining) continue;
+    if (skip > 0) {
+      skip -= (uint64_t)n;
+      continue;
+    }
+    chb_hash_update(h, buf, (size_t)n);
+    left -= (uint64_t)n;
+    atomic_fetch_add(&job->bytes_done, (uint64_t)n);
+    if (out >= 0 && write_all(out, buf, (size_t)n) != 0) {
+      chb_error_errno(err, errno, "cannot write", e->dst);
+      goto done;
+    }
+  }
+  rc = 0;
+done:
+  chb_zip_file_close(f);
+  return rc;
+}
+
 /* Streams one piece: read -> hash -> write (unless held back as prefix). */
 static int run_piece(chb_job *job, chb_entry *e, const chb_src *piece, int out,
                      chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
+  if (piece->entry) return run_zip_piece(job, e, piece, out, h, holding, buf, err);
   int in = open(piece->path, O_RDONLY | O_CLOEXEC);
   if (in < 0) return chb_error_errno(err, errno, "cannot open", piece->path);
   int rc = -1;

@@ -58,11 +58,16 @@ long chb_job_add(chb_job *job, const char *src, const char *dst,
  * One piece of an entry's source: `length` bytes (< 0: to the end of the
  * file) of `path` from `offset`. An entry made of several pieces restores a
  * file whose bytes live in several backups of an incremental chain.
+ * With `entry` set, `path` is a zip archive and the bytes are those of that
+ * entry, decrypted with `password` (may be NULL) and decompressed while
+ * streaming (chb_zip.h); zero-initialise both for a plain file.
  */
 typedef struct chb_piece {
   const char *path;
   uint64_t offset;
   int64_t length;
+  const char *entry;          /* NULL: a plain file */
+  const char *password;       /* NULL: none */
 } chb_piece;
 
 /* Like chb_job_add, with the source given as pieces read in order. */

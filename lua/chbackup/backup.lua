@@ -8,6 +8,7 @@
 --   4. write `.backup` last, atomically; remove the marker.
 -- A failure removes what this run created.
 -- @module chbackup.backup
+local backup_archive = require("chbackup.backup_archive")
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
@@ -54,16 +55,28 @@ end
 -- ctx: {catalog=, store=, op_id=, threads=, settings=, dest=<resolved>}
 -- Returns the status counters table, or nil, err.
 function backup.run(ctx, req)
-  local dest, cat = ctx.dest, ctx.catalog
+  local dest, cat, settings = ctx.dest, ctx.catalog, ctx.settings
+  local ok, err
   if dest.archive then
-    return nil, "backup " .. dest.name .. ": archive destinations (.zip) are not supported yet"
+    if require("lfs").attributes(dest.path) then
+      return nil, "backup " .. dest.name .. " already exists"
+    end
+  else
+    if settings.compression_method or settings.compression_level then
+      return nil, "compression_method and compression_level apply to archive destinations"
+        .. " (a name ending in .zip), not to directory backup " .. dest.name
+    end
+    if settings.password then
+      return nil, "setting 'password' is not supported yet for directory backups (" .. dest.name
+        .. "); use an archive destination (a name ending in .zip)"
+    end
+    ok, err = check_destination(dest)
+    if not ok then
+      return nil, err
+    end
   end
-  local ok, err = check_destination(dest)
-  if not ok then
-    return nil, err
-  end
-  if ctx.settings.base_backup then
-    local base, berr = chain.open(ctx.config, ctx.settings.base_backup)
+  if settings.base_backup then
+    local base, berr = chain.open(ctx.config, settings.base_backup, { password = settings.password })
     if not base then
       return nil, "base_backup: " .. berr
     end
@@ -86,6 +99,9 @@ function backup.run(ctx, req)
   files, err = plan.backup_files(selection)
   if not files then
     return nil, err
+  end
+  if dest.archive then
+    return backup_archive.run(ctx, files)
   end
 
   local created = not fsutil.exists(dest.path)

@@ -10,6 +10,7 @@
 -- @module chbackup.chain
 local lfs = require("lfs")
 local config = require("chbackup.config")
+local core = require("chbackup.core")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 
@@ -33,9 +34,51 @@ local function content_key(size, checksum)
 end
 
 
---- Opens a backup: dest is a destination table, or a resolved destination.
+-- Opens a zip backup: its reader, its entries and its manifest.
+local function open_archive(resolved, password)
+  if resolved.archive_kind ~= "zip" then
+    return nil, "backup " .. resolved.name .. ": only .zip archives are supported"
+  end
+  if not lfs.attributes(resolved.path) then
+    return nil, "backup " .. resolved.name .. " not found: no archive " .. resolved.path
+  end
+  local reader, err, code = core.zip_reader(resolved.path, password)
+  if not reader then
+    return nil, "backup " .. resolved.name .. ": " .. err, code
+  end
+  local entries = {}
+  for _, e in ipairs(reader:list()) do
+    entries[e.name] = e
+  end
+  if not entries[manifest.FILE] then
+    reader:close()
+    return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
+  end
+  local text
+  text, err, code = reader:read(manifest.FILE)
+  if not text then
+    reader:close()
+    if code == "AUTH" then
+      return nil, "backup " .. resolved.name .. " is password-protected: "
+        .. (password and "wrong password" or "give SETTINGS password = '…'") .. " (" .. err .. ")", code
+    end
+    return nil, "backup " .. resolved.name .. ": " .. err, code
+  end
+  local m
+  m, err = manifest.from_string(text, resolved.path .. ":" .. manifest.FILE)
+  if not m then
+    reader:close()
+    return nil, err
+  end
+  return reader, entries, m
+end
+
+
+--- Opens a backup: dest is a destination table, or a resolved destination;
+-- opts.password opens password-protected archives (the whole chain).
 -- Returns {dest=, manifest=, by_content=} or nil, err naming the backup.
-function chain.open(cfg, dest)
+function chain.open(cfg, dest, opts)
+  opts = opts or {}
   local resolved, err = dest
   if not dest.path then
     resolved, err = config.resolve(cfg, dest)
@@ -43,17 +86,21 @@ function chain.open(cfg, dest)
       return nil, err
     end
   end
+  local m, reader, entries, code
   if resolved.archive then
-    return nil, "backup " .. resolved.name .. ": archive backups (.zip) are not supported yet"
-  end
-  local file = resolved.path .. "/" .. manifest.FILE
-  if not lfs.attributes(file) then
-    return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
-  end
-  local m
-  m, err = manifest.read(file)
-  if not m then
-    return nil, err
+    reader, entries, m = open_archive(resolved, opts.password)
+    if not reader then
+      return nil, entries, m
+    end
+  else
+    local file = resolved.path .. "/" .. manifest.FILE
+    if not lfs.attributes(file) then
+      return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
+    end
+    m, err, code = manifest.read(file)
+    if not m then
+      return nil, err, code
+    end
   end
   local by_content = {}
   for _, f in ipairs(m.files) do
@@ -62,7 +109,10 @@ function chain.open(cfg, dest)
       by_content[key] = by_content[key] or f
     end
   end
-  return { dest = resolved, manifest = m, by_content = by_content, cfg = cfg }
+  return {
+    dest = resolved, manifest = m, by_content = by_content, cfg = cfg,
+    reader = reader, entries = entries, password = opts.password,
+  }
 end
 
 
@@ -79,7 +129,7 @@ function chain.base(b)
   local dest, err = chain.parse_name(m.base_backup)
   local base
   if dest then
-    base, err = chain.open(b.cfg, dest)
+    base, err = chain.open(b.cfg, dest, { password = b.password })
   end
   if not base then
     b.base, b.base_err = false, "base backup " .. m.base_backup .. " of " .. b.dest.name
@@ -158,7 +208,10 @@ function chain.pieces(b, e, depth)
     end
     return chain.pieces(b, primary, depth)
   end
-  local stored = b.dest.path .. "/" .. e.name
+  local stored = { b.dest.path .. "/" .. e.name, 0, e.size - base_size }
+  if b.dest.archive then
+    stored = { b.dest.path, 0, e.size - base_size, entry = e.name, password = b.password }
+  end
   if base_size > 0 then
     local base, be, err = find_content(b, base_size, base_checksum, b.dest.name .. ": " .. e.name)
     if not base then
@@ -168,33 +221,70 @@ function chain.pieces(b, e, depth)
     if not prefix then
       return nil, perr
     end
-    prefix[#prefix + 1] = { stored, 0, e.size - base_size }
+    prefix[#prefix + 1] = stored
     return prefix
   end
-  return { { stored, 0, e.size } }
+  return { stored }
+end
+
+
+-- Size of the bytes a piece can supply (the file, or the archive entry).
+local function piece_source_size(p, backups_by_path)
+  if p.entry then
+    local b = backups_by_path[p[1]]
+    local e = b and b.entries and b.entries[p.entry]
+    return e and e.size
+  end
+  return lfs.attributes(p[1], "size")
 end
 
 
 --- Checks that every piece of every file of b exists with enough bytes:
--- the chain is intact. Returns true or nil, err naming the first problem.
-function chain.check(b)
+-- the chain is intact. With opts.only_base, the files b stores itself are
+-- not checked (an archive being written). Returns true or nil, err.
+function chain.check(b, opts)
+  opts = opts or {}
+  local by_path, x = {}, b
+  while x do
+    by_path[x.dest.path] = x
+    x = x.base or nil
+  end
   for _, e in ipairs(b.manifest.files) do
-    local pieces, err = chain.pieces(b, e)
-    if not pieces then
-      return nil, err
-    end
-    for _, p in ipairs(pieces) do
-      local size = lfs.attributes(p[1], "size")
-      if not size then
-        return nil, "backup " .. b.dest.name .. " is incomplete: " .. p[1] .. " (for " .. e.name .. ") is missing"
+    if not opts.only_base or e.use_base or e.base_size then
+      local pieces, err = chain.pieces(b, e)
+      if not pieces then
+        return nil, err
       end
-      if size < p[2] + p[3] then
-        return nil, string.format("backup %s is incomplete: %s (for %s) has %d bytes, %d expected",
-          b.dest.name, p[1], e.name, size, p[2] + p[3])
+      for _, p in ipairs(pieces) do
+        local own = p[1] == b.dest.path or p[1] == b.dest.path .. "/" .. e.name
+        if not (opts.only_base and own) then
+          local size = piece_source_size(p, by_path)
+          local where = p.entry and (p[1] .. ":" .. p.entry) or p[1]
+          if not size then
+            return nil, "backup " .. b.dest.name .. " is incomplete: " .. where .. " (for " .. e.name .. ") is missing"
+          end
+          if size < p[2] + p[3] then
+            return nil, string.format("backup %s is incomplete: %s (for %s) has %d bytes, %d expected",
+              b.dest.name, where, e.name, size, p[2] + p[3])
+          end
+        end
       end
     end
   end
   return true
+end
+
+
+-- The readers of archives in b's chain, by archive path.
+local function reader_for(b, path)
+  local x = b
+  while x do
+    if x.dest.path == path then
+      return x.reader
+    end
+    x = x.base or nil
+  end
+  return nil
 end
 
 
@@ -206,16 +296,27 @@ function chain.read(b, e)
   end
   local parts = {}
   for _, p in ipairs(pieces) do
-    local f, oerr = io.open(p[1], "rb")
-    if not f then
-      return nil, "cannot read " .. p[1] .. ": " .. tostring(oerr)
+    if p.entry then
+      local reader = reader_for(b, p[1])
+      local whole, rerr
+      if reader then
+        whole, rerr = reader:read(p.entry)
+      end
+      if not whole then
+        return nil, "cannot read " .. p.entry .. " of " .. p[1] .. ": " .. tostring(rerr)
+      end
+      parts[#parts + 1] = whole:sub(p[2] + 1, p[2] + p[3])
+    else
+      local f, oerr = io.open(p[1], "rb")
+      if not f then
+        return nil, "cannot read " .. p[1] .. ": " .. tostring(oerr)
+      end
+      f:seek("set", p[2])
+      parts[#parts + 1] = f:read(p[3]) or ""
+      f:close()
     end
-    f:seek("set", p[2])
-    parts[#parts + 1] = f:read(p[3]) or ""
-    f:close()
   end
   local text = table.concat(parts)
-  local core = require("chbackup.core")
   if #text ~= e.size or (e.size > 0 and core.checksum(text) ~= e.checksum) then
     return nil, "backup file " .. e.name .. " of " .. b.dest.name .. " does not match its checksum in .backup"
   end

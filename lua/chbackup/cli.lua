@@ -3,7 +3,6 @@
 local chbackup = require("chbackup")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
-local manifest = require("chbackup.manifest")
 
 local cli = {}
 
@@ -101,23 +100,12 @@ end
 
 
 local function cmd_show(inst, target, out)
-  local sql = require("chbackup.sql")
-  local dest_text = target
-  local reqs, err = sql.parse("RESTORE ALL FROM " .. dest_text)
-  if not reqs then
-    return nil, "cannot read backup name '" .. target .. "': " .. err
-  end
-  local dest
-  dest, err = config.resolve(inst.config, reqs[1].destination)
-  if not dest then
+  local b, err = inst:_open_backup(target)
+  if not b then
     return nil, err
   end
-  local m
-  m, err = manifest.read(dest.path .. "/" .. manifest.FILE)
-  if not m then
-    return nil, err
-  end
-  out:write(string.format("backup\t%s\nuuid\t%s\ntimestamp\t%s\nfiles\t%d\n", dest.name,
+  local m = b.manifest
+  out:write(string.format("backup\t%s\nuuid\t%s\ntimestamp\t%s\nfiles\t%d\n", b.dest.name,
     tostring(m.uuid), tostring(m.timestamp), #m.files))
   if m.base_backup then
     out:write("base_backup\t" .. m.base_backup .. "\n")

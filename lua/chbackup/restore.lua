@@ -183,7 +183,7 @@ end
 -- Returns the status counters table, or nil, err.
 function restore.run(ctx, req)
   local src, cat, settings = ctx.dest, ctx.catalog, ctx.settings
-  local b, err = chain.open(ctx.config, src)
+  local b, err = chain.open(ctx.config, src, { password = settings.password })
   if not b then
     return nil, err
   end

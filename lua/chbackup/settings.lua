@@ -6,6 +6,9 @@ local settings = {}
 local BACKUP = {
   id = "string",
   base_backup = "destination",
+  compression_method = "string",
+  compression_level = "integer",
+  password = "string",
   deduplicate_files = "boolean",
   -- chbackup's own: worker threads and fsync of every written file
   threads = "integer",
@@ -14,6 +17,7 @@ local BACKUP = {
 
 local RESTORE = {
   id = "string",
+  password = "string",
   allow_non_empty_tables = "boolean",
   structure_only = "boolean",
   threads = "integer",
@@ -22,7 +26,6 @@ local RESTORE = {
 
 -- Known to ClickHouse, delivered by later work: refused by name.
 local NOT_YET = {
-  password = true, compression_method = true, compression_level = true,
   use_same_s3_credentials_for_base_backup = true,
   async = true, allow_different_table_def = true,
 }

@@ -1,0 +1,429 @@
+/*
+ * The Lua binding of chb_zip (zip archives): core.zip_writer,
+ * core.zip_reader, core.zip_methods. Registered by luaopen_chbackup_core
+ * through chb_open_zip. No logic here: arguments are checked and copied,
+ * engine calls are made, results pushed. Expected failures return
+ * `nil, message, code`; misuse raises.
+ */
+#include "chb_codec.h"
+#include "chb_error.h"
+#include "chb_hash.h"
+#include "chb_job.h"
+#include "chb_zip.h"
+
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <string.h>
+
+#define CHB_ZIPW_MT "chbackup.ZipWriter"
+#define CHB_ZIPR_MT "chbackup.ZipReader"
+#define READ_MAX ((uint64_t)1 << 30)  /* r:read is for small entries */
+
+void chb_open_zip(lua_State *L);
+
+static int push_fail(lua_State *L, const chb_error *e) {
+  luaL_pushfail(L);                          /* fail */
+  lua_pushstring(L, e->msg);                 /* fail, msg */
+  lua_pushstring(L, chb_code_name(e->code)); /* fail, msg, code */
+  return 3;
+}
+
+/* Raises on keys of an options table that are not in `known` (luaposix checkfieldnames). */
+static void check_fields(lua_State *L, int t, const char *const known[]) {
+  lua_pushnil(L);                            /* .., nil */
+  while (lua_next(L, t)) {                   /* .., key, value */
+    int ok = 0;
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2);
+      for (int i = 0; known[i]; i++) ok |= strcmp(k, known[i]) == 0;
+    }
+    if (!ok) {
+      lua_pushvalue(L, -2);                  /* .., key, value, key */
+      luaL_error(L, "unknown option '%s'", luaL_tolstring(L, -1, NULL));
+    }
+    lua_pop(L, 1);                           /* .., key */
+  }
+}
+
+/*
+ * Fills pieces from the table at `arg`: {path, offset, length, entry=, password=}.
+ * The strings stay owned by the Lua tables (which the caller keeps on the
+ * stack); the engine copies them. Returns the count.
+ */
+static size_t check_pieces(lua_State *L, int arg, chb_piece **out) {
+  lua_Integer n = luaL_len(L, arg);
+  luaL_argcheck(L, n >= 1, arg, "no pieces");
+  chb_piece *pieces = lua_newuserdatauv(L, sizeof(chb_piece) * (size_t)n, 0); /* .., buf */
+  for (lua_Integer k = 1; k <= n; k++) {
+    chb_piece *p = &pieces[k - 1];
+    memset(p, 0, sizeof *p);
+    lua_geti(L, arg, k);                                  /* .., buf, piece */
+    luaL_argcheck(L, lua_istable(L, -1), arg, "each piece is {path, offset, length, entry=, password=}");
+    lua_geti(L, -1, 1);                                   /* .., buf, piece, path */
+    luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, arg, "a piece's path must be a string");
+    p->path = lua_tostring(L, -1);
+    lua_geti(L, -2, 2);                                   /* .., buf, piece, path, offset */
+    lua_Integer off = luaL_optinteger(L, -1, 0);
+    luaL_argcheck(L, off >= 0, arg, "a piece's offset must be >= 0");
+    p->offset = (uint64_t)off;
+    lua_geti(L, -3, 3);                                   /* .., buf, piece, path, offset, len */
+    p->length = (int64_t)luaL_optinteger(L, -1, -1);
+    lua_getfield(L, -4, "entry");                         /* .., piece, path, offset, len, entry */
+    luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, arg,
+                  "a piece's entry must be a string");
+    p->entry = lua_tostring(L, -1);
+    lua_getfield(L, -5, "password");                      /* .., entry, password */
+    luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, arg,
+                  "a piece's password must be a string");
+    p->password = lua_tostring(L, -1);
+    lua_pop(L, 6);                                        /* .., buf */
+  }
+  *out = pieces;
+  return (size_t)n;
+}
+
+/* ---- chbackup.ZipWriter ------------------------------------------------- */
+
+typedef struct zipw_box {
+  chb_zip_writer *w;          /* NULL once closed */
+} zipw_box;
+
+static chb_zip_writer *check_writer(lua_State *L) {
+  zipw_box *b = luaL_checkudata(L, 1, CHB_ZIPW_MT);
+  if (!b->w) luaL_error(L, "attempt to use a closed " CHB_ZIPW_MT);
+  return b->w;
+}
+
+/*
+ * core.zip_writer(path, {method=, level=, password=, threads=, buffer_size=, fsync=})
+ *   -> ZipWriter | fail (EEXIST, INVALID for an unknown method or level)
+ */
+static int core_zip_writer(lua_State *L) {
+  static const char *const known[] = {"method", "level", "password", "threads",
+                                      "buffer_size", "fsync", NULL};
+  const char *path = luaL_checkstring(L, 1);
+  chb_zip_writer_opts o;
+  memset(&o, 0, sizeof o);
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_fields(L, 2, known);
+    lua_getfield(L, 2, "method");        /* path, opts, method */
+    o.method = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 2, "level");         /* .., method, level */
+    o.has_level = !lua_isnil(L, -1);
+    lua_Integer level = luaL_optinteger(L, -1, 0);
+    luaL_argcheck(L, level >= INT_MIN && level <= INT_MAX, 2, "level out of range");
+    o.level = (int)level;
+    lua_getfield(L, 2, "password");      /* .., level, password */
+    o.password = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 2, "threads");       /* .., password, threads */
+    o.threads = (int)luaL_optinteger(L, -1, 0);
+    lua_getfield(L, 2, "buffer_size");   /* .., threads, buffer_size */
+    lua_Integer bs = luaL_optinteger(L, -1, 0);
+    luaL_argcheck(L, bs >= 0, 2, "buffer_size must be >= 0");
+    o.buffer_size = (size_t)bs;
+    lua_getfield(L, 2, "fsync");         /* .., buffer_size, fsync */
+    o.fsync = lua_toboolean(L, -1);
+    /* The strings stay on the stack until chb_zip_writer_new copied them. */
+  }
+  zipw_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
+  b->w = NULL;                                      /* born closed */
+  luaL_setmetatable(L, CHB_ZIPW_MT);
+  chb_error err;
+  b->w = chb_zip_writer_new(path, &o, &err);
+  if (!b->w) return push_fail(L, &err);
+  return 1;
+}
+
+/* Adding to a started writer is misuse: it raises. */
+static chb_zip_writer *check_new_writer(lua_State *L) {
+  chb_zip_writer *w = check_writer(L);
+  chb_job_state s = chb_zip_writer_wait(w, 0);
+  if (s != CHB_JOB_NEW)
+    luaL_error(L, "cannot add to a zip writer that has started (%s)", chb_job_state_name(s));
+  return w;
+}
+
+/* A bad or duplicate name is a fail, not an error. */
+static int add_result(lua_State *L, long i, const chb_error *err) {
+  if (i < 0) return push_fail(L, err);
+  lua_pushinteger(L, i + 1);
+  return 1;
+}
+
+/*
+ * w:add(name, src, size|nil, checksum|nil) -> index | fail
+ * `src` is a path or a list of pieces {path, offset, length, entry=, password=}.
+ */
+static int zipw_add(lua_State *L) {
+  chb_zip_writer *w = check_new_writer(L);
+  const char *name = luaL_checkstring(L, 2);
+  lua_Integer size = luaL_optinteger(L, 4, -1);
+  chb_u128 hash, *hp = NULL;
+  if (!lua_isnoneornil(L, 5)) {
+    if (chb_u128_from_hex(luaL_checkstring(L, 5), &hash) != 0)
+      return luaL_argerror(L, 5, "expected a checksum of 32 hex digits");
+    hp = &hash;
+  }
+  chb_error err;
+  long i;
+  if (lua_istable(L, 3)) {
+    chb_piece *pieces;
+    size_t n = check_pieces(L, 3, &pieces);
+    i = chb_zip_writer_add(w, name, pieces, n, (int64_t)size, hp, &err);
+  } else {
+    chb_piece p = {luaL_checkstring(L, 3), 0, -1, NULL, NULL};
+    i = chb_zip_writer_add(w, name, &p, 1, (int64_t)size, hp, &err);
+  }
+  return add_result(L, i, &err);
+}
+
+/* w:add_bytes(name, s) -> index | fail */
+static int zipw_add_bytes(lua_State *L) {
+  chb_zip_writer *w = check_new_writer(L);
+  const char *name = luaL_checkstring(L, 2);
+  size_t len;
+  const char *s = luaL_checklstring(L, 3, &len);
+  chb_error err;
+  return add_result(L, chb_zip_writer_add_bytes(w, name, s, len, &err), &err);
+}
+
+/* w:start() -> true | fail; starting twice raises */
+static int zipw_start(lua_State *L) {
+  chb_zip_writer *w = check_writer(L);
+  chb_error err;
+  if (chb_zip_writer_start(w, &err) != 0) {
+    if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg);
+    return push_fail(L, &err);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* w:wait([seconds]) -> state; as job:wait */
+static int zipw_wait(lua_State *L) {
+  chb_zip_writer *w = check_writer(L);
+  long ms = -1;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number s = luaL_checknumber(L, 2);
+    luaL_argcheck(L, s == s, 2, "timeout is NaN");
+    if (s <= 0) ms = 0;
+    else if (s < (lua_Number)(LONG_MAX / 1000)) ms = (long)(s * 1000);
+  }
+  lua_pushstring(L, chb_job_state_name(chb_zip_writer_wait(w, ms)));
+  return 1;
+}
+
+static int zipw_cancel(lua_State *L) {
+  chb_zip_writer_cancel(check_writer(L));
+  return 0;
+}
+
+static int zipw_progress(lua_State *L) {
+  chb_job_progress p;
+  chb_zip_writer_get_progress(check_writer(L), &p);
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, chb_job_state_name(p.state));
+  lua_setfield(L, -2, "state");
+  lua_pushinteger(L, (lua_Integer)p.files_total);
+  lua_setfield(L, -2, "files_total");
+  lua_pushinteger(L, (lua_Integer)p.files_done);
+  lua_setfield(L, -2, "files_done");
+  lua_pushinteger(L, (lua_Integer)p.bytes_total);
+  lua_setfield(L, -2, "bytes_total");
+  lua_pushinteger(L, (lua_Integer)p.bytes_done);
+  lua_setfield(L, -2, "bytes_done");
+  return 1;
+}
+
+/* w:result() -> true | fail, once ended; before that it raises */
+static int zipw_result(lua_State *L) {
+  chb_zip_writer *w = check_writer(L);
+  chb_job_state s = chb_zip_writer_wait(w, 0);
+  if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
+    return luaL_error(L, "zip writer has not ended (%s)", chb_job_state_name(s));
+  chb_error err;
+  if (chb_zip_writer_result(w, &err) != 0) return push_fail(L, &err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* w:entry(i) -> size, checksum (after the writer is done) */
+static int zipw_entry(lua_State *L) {
+  chb_zip_writer *w = check_writer(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  uint64_t size;
+  chb_u128 hash;
+  if (i < 1 || chb_zip_writer_entry_result(w, (size_t)(i - 1), &size, &hash) != 0)
+    return luaL_error(L, "no result for entry %d (writer not done or index out of range)", (int)i);
+  char hex[33];
+  chb_u128_to_hex(hash, hex);
+  lua_pushinteger(L, (lua_Integer)size);
+  lua_pushstring(L, hex);
+  return 2;
+}
+
+/* close, __gc, __close: an unfinished writer is aborted (temp files removed). */
+static int zipw_close(lua_State *L) {
+  zipw_box *b = luaL_checkudata(L, 1, CHB_ZIPW_MT);
+  chb_zip_writer_free(b->w);
+  b->w = NULL;
+  return 0;
+}
+
+static const luaL_Reg zipw_methods[] = {
+    {"add", zipw_add},         {"add_bytes", zipw_add_bytes}, {"start", zipw_start},
+    {"wait", zipw_wait},       {"progress", zipw_progress},   {"cancel", zipw_cancel},
+    {"result", zipw_result},   {"entry", zipw_entry},         {"close", zipw_close},
+    {NULL, NULL}};
+
+/* ---- chbackup.ZipReader ------------------------------------------------- */
+
+typedef struct zipr_box {
+  chb_zip_reader *r;          /* NULL once closed */
+} zipr_box;
+
+static chb_zip_reader *check_reader(lua_State *L) {
+  zipr_box *b = luaL_checkudata(L, 1, CHB_ZIPR_MT);
+  if (!b->r) luaL_error(L, "attempt to use a closed " CHB_ZIPR_MT);
+  return b->r;
+}
+
+/* core.zip_reader(path, password|nil) -> ZipReader | fail */
+static int core_zip_reader(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char *password = luaL_optstring(L, 2, NULL);
+  zipr_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
+  b->r = NULL;
+  luaL_setmetatable(L, CHB_ZIPR_MT);
+  chb_error err;
+  b->r = chb_zip_reader_open(path, password, &err);
+  if (!b->r) return push_fail(L, &err);
+  return 1;
+}
+
+/* r:list() -> { {name=, size=, compressed_size=, method=, encrypted=, crc=}, ... } */
+static int zipr_list(lua_State *L) {
+  chb_zip_reader *r = check_reader(L);
+  size_t n = chb_zip_reader_count(r);
+  lua_createtable(L, n > INT_MAX ? INT_MAX : (int)n, 0); /* list */
+  for (size_t i = 0; i < n; i++) {
+    chb_zip_entry_info info;
+    chb_error err;
+    if (chb_zip_reader_stat(r, i, &info, &err) != 0) return push_fail(L, &err);
+    lua_createtable(L, 0, 6);                           /* list, e */
+    lua_pushstring(L, info.name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, (lua_Integer)info.size);
+    lua_setfield(L, -2, "size");
+    lua_pushinteger(L, (lua_Integer)info.compressed_size);
+    lua_setfield(L, -2, "compressed_size");
+    const chb_codec_info *c = chb_codec_by_id(info.method);
+    if (c) lua_pushstring(L, c->name);
+    else lua_pushinteger(L, info.method);
+    lua_setfield(L, -2, "method");
+    lua_pushboolean(L, info.encrypted != 0);
+    lua_setfield(L, -2, "encrypted");
+    lua_pushinteger(L, (lua_Integer)info.crc);
+    lua_setfield(L, -2, "crc");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);             /* list */
+  }
+  return 1;
+}
+
+/* r:read(name) -> string | fail: a whole (small) entry, verified */
+static int zipr_read(lua_State *L) {
+  chb_zip_reader *r = check_reader(L);
+  const char *name = luaL_checkstring(L, 2);
+  chb_error err;
+  long i = chb_zip_reader_locate(r, name);
+  if (i < 0) {
+    chb_error_set(&err, CHB_ENOENT, "no entry %s in zip archive %s", name, chb_zip_reader_path(r));
+    return push_fail(L, &err);
+  }
+  chb_zip_entry_info info;
+  if (chb_zip_reader_stat(r, (size_t)i, &info, &err) != 0) return push_fail(L, &err);
+  if (info.size > READ_MAX) {
+    chb_error_set(&err, CHB_INVALID, "entry %s of %s is too big to read into memory (%llu bytes)",
+                  name, chb_zip_reader_path(r), (unsigned long long)info.size);
+    return push_fail(L, &err);
+  }
+  /* Allocate before opening: nothing below may raise while the entry is open. */
+  size_t size = (size_t)info.size;
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, size ? size : 1);  /* .., buffer */
+  chb_zip_file *f = chb_zip_file_open_index(r, (size_t)i, &err);
+  size_t got = 0;
+  int ok = f != NULL;
+  while (ok) {
+    char extra;
+    ssize_t k = got < size ? chb_zip_file_read(f, p + got, size - got, &err)
+                           : chb_zip_file_read(f, &extra, 1, &err);
+    if (k < 0) ok = 0;
+    else if (k == 0) break;
+    else got += (size_t)k;  /* beyond size: the reader itself fails */
+  }
+  chb_zip_file_close(f);
+  luaL_pushresultsize(&b, ok ? got : 0);                 /* .., s */
+  if (!ok) {
+    lua_pop(L, 1);
+    return push_fail(L, &err);
+  }
+  return 1;
+}
+
+static int zipr_close(lua_State *L) {
+  zipr_box *b = luaL_checkudata(L, 1, CHB_ZIPR_MT);
+  chb_zip_reader_close(b->r);
+  b->r = NULL;
+  return 0;
+}
+
+static const luaL_Reg zipr_methods[] = {
+    {"list", zipr_list}, {"read", zipr_read}, {"close", zipr_close}, {NULL, NULL}};
+
+/* ---- functions ----------------------------------------------------------- */
+
+/* core.zip_methods() -> { deflate = {min=, max=, default=}, ... } */
+static int core_zip_methods(lua_State *L) {
+  size_t n;
+  const chb_codec_info *c = chb_codec_list(&n);
+  lua_createtable(L, 0, (int)n);               /* t */
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 3);                  /* t, m */
+    lua_pushinteger(L, c[i].min_level);
+    lua_setfield(L, -2, "min");
+    lua_pushinteger(L, c[i].max_level);
+    lua_setfield(L, -2, "max");
+    lua_pushinteger(L, c[i].default_level);
+    lua_setfield(L, -2, "default");
+    lua_setfield(L, -2, c[i].name);            /* t */
+  }
+  return 1;
+}
+
+static const luaL_Reg zip_funcs[] = {
+    {"zip_writer", core_zip_writer},
+    {"zip_reader", core_zip_reader},
+    {"zip_methods", core_zip_methods},
+    {NULL, NULL}};
+
+static void create_meta(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close) {
+  luaL_newmetatable(L, name);          /* mt */
+  lua_pushcfunction(L, close);         /* mt, close */
+  lua_setfield(L, -2, "__gc");         /* mt */
+  lua_pushcfunction(L, close);         /* mt, close */
+  lua_setfield(L, -2, "__close");      /* mt */
+  lua_newtable(L);                     /* mt, methods */
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");      /* mt */
+  lua_pop(L, 1);
+}
+
+/* Adds the zip functions to the core table at the top of the stack. */
+void chb_open_zip(lua_State *L) {
+  create_meta(L, CHB_ZIPW_MT, zipw_methods, zipw_close);
+  create_meta(L, CHB_ZIPR_MT, zipr_methods, zipr_close);
+  luaL_setfuncs(L, zip_funcs, 0);      /* core */
+}

@@ -1,0 +1,1869 @@
+/* Zip archives, the one owner of libzip; see chb_zip.h. */
+#include "chb_zip.h"
+#include "chb_aes.h"
+#include "chb_codec.h"
+#include "chb_fs.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zip.h>
+#include <zlib.h>
+
+#define AES_STRENGTH 3                  /* we write AES-256 */
+#define RAW_BUF (256 * 1024)            /* reader: compressed bytes per read */
+#define MAX_AHEAD 4096                  /* writer: entries compressed ahead of libzip */
+#define PREP_AHEAD 64                   /* writer: AES keys derived ahead (store) */
+/*
+ * Stored data that libzip must copy as is: a store entry with a password
+ * (streamed straight into the archive) and an empty file of a compressed
+ * method. Their first stat reports this method, so that libzip neither
+ * wraps them in a CRC layer (which would count the ciphertext as the plain
+ * size) nor compresses them (the default method means deflate); the stat
+ * after the data has been read says STORE, and that is what both headers
+ * get (libzip rewrites the local header after the data).
+ */
+#define CM_PLACEHOLDER 0xfffe
+
+/* ---- errors and names -------------------------------------------------- */
+
+/* Fills err from a libzip error: "<what> <path>: <libzip text>". */
+static int zip_fail(chb_error *err, zip_error_t *ze, const char *what, const char *path) {
+  int zc = zip_error_code_zip(ze), sys = zip_error_code_system(ze);
+  int is_sys = zip_error_system_type(ze) == ZIP_ET_SYS;
+  chb_code code;
+  switch (zc) {
+  case ZIP_ER_NOENT: code = CHB_ENOENT; break;
+  case ZIP_ER_EXISTS: code = CHB_EEXIST; break;
+  case ZIP_ER_MEMORY: code = CHB_ENOMEM; break;
+  case ZIP_ER_NOZIP: case ZIP_ER_INCONS: case ZIP_ER_CRC: case ZIP_ER_EOF:
+  case ZIP_ER_COMPNOTSUPP: case ZIP_ER_ZLIB:
+    code = CHB_CORRUPT; break;
+  case ZIP_ER_CANCELLED: code = CHB_CANCELLED; break;
+  case ZIP_ER_NOPASSWD: case ZIP_ER_WRONGPASSWD: code = CHB_AUTH; break;
+  case ZIP_ER_INVAL: case ZIP_ER_ENCRNOTSUPP: case ZIP_ER_RDONLY: code = CHB_INVALID; break;
+  default:
+    code = CHB_EIO;
+    if (is_sys && sys) {
+      chb_error tmp;
+      chb_error_errno(&tmp, sys, what, path);
+      code = tmp.code;
+    }
+  }
+  const char *text = zip_error_strerror(ze);
+  if (zc == ZIP_ER_NOZIP)
+    text = "not a zip archive, or a truncated one (no end of central directory)";
+  chb_error_set(err, code, "%s %s: %s", what, path, text);
+  err->sys = is_sys ? sys : zc;
+  return -1;
+}
+
+int chb_zip_name_ok(const char *name) {
+  if (!name || !*name || name[0] == '/' || strchr(name, '\\')) return 0;
+  for (const char *p = name;;) {
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : strlen(p);
+    if (n == 2 && p[0] == '.' && p[1] == '.') return 0;
+    if (!slash) return 1;
+    p = slash + 1;
+  }
+}
+
+static char *dup_or_null(const char *s, int *oom) {
+  if (!s) return NULL;
+  char *d = strdup(s);
+  if (!d) *oom = 1;
+  return d;
+}
+
+static void free_secret(char *s) {
+  if (!s) return;
+  volatile char *p = s;
+  while (*p) *p++ = 0;
+  free(s);
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* ---- reader ------------------------------------------------------------ */
+
+struct chb_zip_reader {
+  zip_t *za;
+  char *path;
+  char *password;             /* NULL: none */
+  size_t count;
+  chb_zip_file *open_file;
+};
+
+struct chb_zip_file {
+  chb_zip_reader *r;
+  zip_file_t *zf;
+  char *name;
+  uint64_t size, comp_size, produced, raw_left;
+  int method, strength, check_crc;
+  uint32_t crc_expect, crc;
+  chb_codec *codec;           /* NULL: stored */
+  chb_aes *aes;               /* NULL: not encrypted */
+  unsigned char *in;
+  size_t in_pos, in_len;
+  int raw_done, codec_done, ended, broken;
+  chb_error broken_err;
+};
+
+chb_zip_reader *chb_zip_reader_open(const char *path, const char *password, chb_error *err) {
+  chb_zip_reader *r = calloc(1, sizeof *r);
+  int oom = r == NULL;
+  if (r) {
+    r->path = dup_or_null(path, &oom);
+    if (password && *password) r->password = dup_or_null(password, &oom);
+  }
+  if (oom) {
+    chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", path);
+    chb_zip_reader_close(r);
+    return NULL;
+  }
+  int zerr = 0;
+  r->za = zip_open(path, ZIP_RDONLY, &zerr);
+  if (!r->za) {
+    zip_error_t ze;
+    zip_error_init_with_code(&ze, zerr);
+    zip_fail(err, &ze, "cannot open zip archive", path);
+    zip_error_fini(&ze);
+    chb_zip_reader_close(r);
+    return NULL;
+  }
+  zip_int64_t n = zip_get_num_entries(r->za, 0);
+  r->count = n > 0 ? (size_t)n : 0;
+  for (size_t i = 0; i < r->count; i++) {
+    const char *name = zip_get_name(r->za, i, ZIP_FL_ENC_RAW);
+    if (!name || !chb_zip_name_ok(name)) {
+      chb_error_set(err, CHB_CORRUPT, "unsafe entry name '%s' in zip archive %s "
+                    "(absolute, with '..' or '\\')", name ? name : "?", path);
+      chb_zip_reader_close(r);
+      return NULL;
+    }
+  }
+  return r;
+}
+
+size_t chb_zip_reader_count(const chb_zip_reader *r) { return r->count; }
+const char *chb_zip_reader_path(const chb_zip_reader *r) { return r->path; }
+
+long chb_zip_reader_locate(chb_zip_reader *r, const char *name) {
+  zip_int64_t i = zip_name_locate(r->za, name, ZIP_FL_ENC_RAW);
+  return i < 0 ? -1 : (long)i;
+}
+
+static int encryption_strength(zip_uint16_t em) {
+  switch (em) {
+  case ZIP_EM_NONE: return 0;
+  case ZIP_EM_AES_128: return 1;
+  case ZIP_EM_AES_192: return 2;
+  case ZIP_EM_AES_256: return 3;
+  default: return -1;
+  }
+}
+
+int chb_zip_reader_stat(chb_zip_reader *r, size_t i, chb_zip_entry_info *out, chb_error *err) {
+  zip_stat_t st;
+  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0)
+    return chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
+  out->name = st.name;
+  out->size = st.size;
+  out->compressed_size = st.comp_size;
+  out->method = st.comp_method;
+  out->encrypted = encryption_strength(st.encryption_method);
+  out->crc = st.crc;
+  return 0;
+}
+
+void chb_zip_reader_close(chb_zip_reader *r) {
+  if (!r) return;
+  chb_zip_file_close(r->open_file);
+  if (r->za) zip_discard(r->za);
+  free(r->path);
+  free_secret(r->password);
+  free(r);
+}
+
+/* Formats detail, then "<detail> in entry <name> of <archive>" into err. */
+static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char *fmt, ...) {
+  char detail[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  chb_error_set(err, code, "%s in entry %s of %s", detail, f->name, f->r->path);
+  f->broken = 1;
+  f->broken_err = *err;
+  return -1;
+}
+
+/* Reads up to n raw (compressed, encrypted) bytes; fewer only at the end. */
+static ssize_t raw_read(chb_zip_file *f, unsigned char *buf, size_t n, chb_error *err) {
+  size_t got = 0;
+  while (got < n) {
+    zip_int64_t k = zip_fread(f->zf, buf + got, n - got);
+    if (k < 0)
+      return file_fail(f, err, CHB_EIO, "read error (%s)", zip_file_strerror(f->zf));
+    if (k == 0) break;
+    got += (size_t)k;
+  }
+  return (ssize_t)got;
+}
+
+chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *err) {
+  if (r->open_file) {
+    chb_error_set(err, CHB_INVALID, "zip archive %s already has an open entry", r->path);
+    return NULL;
+  }
+  zip_stat_t st;
+  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0) {
+    chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
+    return NULL;
+  }
+  chb_zip_file *f = calloc(1, sizeof *f);
+  if (!f || !(f->name = strdup(st.name))) {
+    free(f);
+    chb_error_set(err, CHB_ENOMEM, "cannot open entry %s of %s: out of memory", st.name, r->path);
+    return NULL;
+  }
+  f->r = r;
+  f->size = st.size;
+  f->comp_size = st.comp_size;
+  f->method = st.comp_method == 20 ? CHB_CODEC_ZSTD : st.comp_method; /* 20: old zstd id */
+  f->strength = encryption_strength(st.encryption_method);
+  f->crc_expect = st.crc;
+  f->crc = (uint32_t)crc32_z(0, NULL, 0);
+  f->check_crc = f->strength == 0 || st.crc != 0; /* AE-2 entries carry no CRC */
+  f->raw_left = st.comp_size;
+  if (f->strength < 0) {
+    file_fail(f, err, CHB_INVALID, "unsupported encryption method %u", st.encryption_method);
+    goto fail;
+  }
+  if (!chb_codec_by_id(f->method)) {
+    file_fail(f, err, CHB_INVALID, "unsupported compression method %d", f->method);
+    goto fail;
+  }
+  if (f->strength > 0 && !r->password) {
+    file_fail(f, err, CHB_AUTH, "a password is needed (the data is encrypted)");
+    goto fail;
+  }
+  f->zf = zip_fopen_index(r->za, i, ZIP_FL_COMPRESSED | ZIP_FL_ENCRYPTED);
+  if (!f->zf) {
+    file_fail(f, err, CHB_CORRUPT, "cannot open the data (%s)", zip_strerror(r->za));
+    goto fail;
+  }
+  if (f->strength > 0) {
+    unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
+    size_t hlen = chb_aes_salt_len(f->strength) + CHB_AES_PV_LEN;
+    if (st.comp_size < chb_aes_overhead(f->strength)) {
+      file_fail(f, err, CHB_CORRUPT, "encrypted data too short");
+      goto fail;
+    }
+    ssize_t n = raw_read(f, hdr, hlen, err);
+    if (n < 0) goto fail;
+    if ((size_t)n < hlen) {
+      file_fail(f, err, CHB_CORRUPT, "data truncated");
+      goto fail;
+    }
+    char what[600];
+    snprintf(what, sizeof what, "entry %s of %s", f->name, r->path);
+    f->aes = chb_aes_decrypter(f->strength, r->password, strlen(r->password), hdr, what, err);
+    if (!f->aes) goto fail;
+    f->raw_left = st.comp_size - chb_aes_overhead(f->strength);
+  }
+  if (f->method != CHB_CODEC_STORE) {
+    chb_error cerr;
+    f->codec = chb_codec_decoder(f->method, f->size, &cerr);
+    f->in = malloc(RAW_BUF);
+    if (!f->codec || !f->in) {
+      if (!f->codec) file_fail(f, err, cerr.code, "%s", cerr.msg);
+      else file_fail(f, err, CHB_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
+  r->open_file = f;
+  return f;
+fail:
+  f->r = r;
+  r->open_file = f;           /* so that close releases it the one way */
+  chb_zip_file_close(f);
+  return NULL;
+}
+
+chb_zip_file *chb_zip_file_open(chb_zip_reader *r, const char *name, chb_error *err) {
+  long i = chb_zip_reader_locate(r, name);
+  if (i < 0) {
+    chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", name, r->path);
+    return NULL;
+  }
+  return chb_zip_file_open_index(r, (size_t)i, err);
+}
+
+uint64_t chb_zip_file_size(const chb_zip_file *f) { return f->size; }
+
+/* Reads the stored MAC (after the ciphertext) and compares: 1 match, 0 not, -1 error. */
+static int mac_matches(chb_zip_file *f, chb_error *err) {
+  unsigned char want[CHB_AES_MAC_LEN], got[CHB_AES_MAC_LEN];
+  ssize_t n = raw_read(f, want, sizeof want, err);
+  if (n < 0) return -1;
+  if ((size_t)n < sizeof want) return file_fail(f, err, CHB_CORRUPT, "data truncated (no MAC)");
+  if (chb_aes_mac(f->aes, got, err) != 0) return -1;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < sizeof want; i++) diff |= (unsigned char)(want[i] ^ got[i]);
+  return diff == 0;
+}
+
+/* A decompression failure of an encrypted entry: a MAC mismatch explains it better. */
+static int explain_by_mac(chb_zip_file *f, chb_error *err) {
+  if (!f->aes) return -1;
+  chb_error keep = *err, merr;
+  unsigned char *tmp = f->in ? f->in : NULL;
+  unsigned char small[4096];
+  size_t cap = tmp ? RAW_BUF : sizeof small;
+  if (!tmp) tmp = small;
+  while (f->raw_left > 0) {
+    size_t n = f->raw_left < cap ? (size_t)f->raw_left : cap;
+    ssize_t k = raw_read(f, tmp, n, &merr);
+    if (k <= 0) break;
+    f->raw_left -= (uint64_t)k;
+    if (chb_aes_mac_update(f->aes, tmp, (size_t)k, &merr) != 0) break;
+  }
+  if (f->raw_left == 0 && mac_matches(f, &merr) == 0)
+    return file_fail(f, err, CHB_AUTH, "authentication code (HMAC) mismatch: corrupted data");
+  *err = keep;
+  f->broken_err = keep;
+  f->broken = 1;
+  return -1;
+}
+
+static ssize_t finish_entry(chb_zip_file *f, chb_error *err) {
+  if (f->aes) {
+    int m = mac_matches(f, err);
+    if (m < 0) return -1;
+    if (m == 0) return file_fail(f, err, CHB_AUTH, "authentication code (HMAC) mismatch: corrupted data");
+  }
+  if (f->produced != f->size)
+    return file_fail(f, err, CHB_CORRUPT, "size mismatch (%llu bytes declared, %llu read)",
+                     (unsigned long long)f->size, (unsigned long long)f->produced);
+  if (f->check_crc && f->crc != f->crc_expect)
+    return file_fail(f, err, CHB_CORRUPT, "CRC-32 mismatch (expected %08x, got %08x)",
+                     f->crc_expect, f->crc);
+  f->ended = 1;
+  return 0;
+}
+
+static ssize_t deliver(chb_zip_file *f, const unsigned char *p, size_t n, chb_error *err) {
+  f->produced += n;
+  if (f->produced > f->size)
+    return file_fail(f, err, CHB_CORRUPT, "more data than the declared %llu bytes",
+                     (unsigned long long)f->size);
+  f->crc = (uint32_t)crc32_z(f->crc, p, n);
+  return (ssize_t)n;
+}
+
+ssize_t chb_zip_file_read(chb_zip_file *f, void *buf, size_t len, chb_error *err) {
+  if (f->broken) {
+    *err = f->broken_err;
+    return -1;
+  }
+  if (f->ended || len == 0) return 0;
+  unsigned char *out = buf;
+  if (!f->codec) {
+    if (f->raw_left == 0) return finish_entry(f, err);
+    size_t n = len < f->raw_left ? len : (size_t)f->raw_left;
+    ssize_t got = raw_read(f, out, n, err);
+    if (got < 0) return -1;
+    if (got == 0) return file_fail(f, err, CHB_CORRUPT, "data truncated");
+    f->raw_left -= (uint64_t)got;
+    if (f->aes && chb_aes_decrypt(f->aes, out, (size_t)got, err) != 0) return -1;
+    return deliver(f, out, (size_t)got, err);
+  }
+  for (;;) {
+    if (f->in_pos == f->in_len && !f->raw_done) {
+      size_t n = f->raw_left < RAW_BUF ? (size_t)f->raw_left : RAW_BUF;
+      if (n == 0) {
+        f->raw_done = 1;
+        f->in_pos = f->in_len = 0;
+      } else {
+        ssize_t got = raw_read(f, f->in, n, err);
+        if (got < 0) return -1;
+        if (got == 0) return file_fail(f, err, CHB_CORRUPT, "data truncated");
+        if (f->aes && chb_aes_decrypt(f->aes, f->in, (size_t)got, err) != 0) return -1;
+        f->in_pos = 0;
+        f->in_len = (size_t)got;
+        f->raw_left -= (uint64_t)got;
+        if (f->raw_left == 0) f->raw_done = 1;
+      }
+    }
+    const unsigned char *ip = f->in + f->in_pos;
+    size_t il = f->in_len - f->in_pos, ol = len;
+    unsigned char *op = out;
+    int rc = 0;
+    if (!f->codec_done) {
+      chb_error cerr;
+      rc = chb_codec_run(f->codec, &ip, &il, &op, &ol, f->raw_done, &cerr);
+      if (rc < 0) {
+        file_fail(f, err, cerr.code, "cannot decompress (%s)", cerr.msg);
+        return explain_by_mac(f, err);
+      }
+      if (rc == 1) f->codec_done = 1;
+    }
+    size_t used = (size_t)(ip - (f->in + f->in_pos)), made = len - ol;
+    f->in_pos += used;
+    if (made > 0) return deliver(f, out, made, err);
+    if (f->codec_done) {
+      if (f->in_pos < f->in_len || f->raw_left > 0)
+        return file_fail(f, err, CHB_CORRUPT, "data after the end of the compressed stream");
+      return finish_entry(f, err);
+    }
+    if (f->raw_done && used == 0) {
+      file_fail(f, err, CHB_CORRUPT, "compressed data truncated");
+      return explain_by_mac(f, err);
+    }
+  }
+}
+
+void chb_zip_file_close(chb_zip_file *f) {
+  if (!f) return;
+  if (f->r && f->r->open_file == f) f->r->open_file = NULL;
+  if (f->zf) zip_fclose(f->zf);
+  chb_codec_free(f->codec);
+  chb_aes_free(f->aes);
+  free(f->in);
+  free(f->name);
+  free(f);
+}
+
+/* ---- per-thread cache of open readers ---------------------------------- */
+
+#define CACHE_SLOTS 4
+
+typedef struct cache_slot {
+  chb_zip_reader *r;
+  char *password;             /* "" for none */
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  uint64_t used;
+} cache_slot;
+
+typedef struct zip_cache {
+  cache_slot slot[CACHE_SLOTS];
+  uint64_t tick;
+} zip_cache;
+
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void slot_clear(cache_slot *s) {
+  chb_zip_reader_close(s->r);
+  free_secret(s->password);
+  memset(s, 0, sizeof *s);
+}
+
+static void cache_destroy(void *p) {
+  zip_cache *c = p;
+  for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&c->slot[i]);
+  free(c);
+}
+
+static void cache_init(void) { pthread_key_create(&cache_key, cache_destroy); }
+
+void chb_zip_cache_clear(void) {
+  pthread_once(&cache_once, cache_init);
+  zip_cache *c = pthread_getspecific(cache_key);
+  if (!c) return;
+  pthread_setspecific(cache_key, NULL);
+  cache_destroy(c);
+}
+
+/* This thread's open reader of `archive` (opened and cached if needed). */
+static chb_zip_reader *cached_reader(const char *archive, const char *password, chb_error *err) {
+  pthread_once(&cache_once, cache_init);
+  zip_cache *c = pthread_getspecific(cache_key);
+  if (!c) {
+    c = calloc(1, sizeof *c);
+    if (!c || pthread_setspecific(cache_key, c) != 0) {
+      free(c);
+      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
+      return NULL;
+    }
+  }
+  if (!password) password = "";
+  struct stat sb;
+  if (stat(archive, &sb) != 0) {
+    chb_error_errno(err, errno, "cannot open zip archive", archive);
+    return NULL;
+  }
+  cache_slot *hit = NULL, *victim = &c->slot[0];
+  for (int i = 0; i < CACHE_SLOTS; i++) {
+    cache_slot *s = &c->slot[i];
+    if (s->r && s->dev == sb.st_dev && s->ino == sb.st_ino && s->size == sb.st_size &&
+        s->mtime.tv_sec == sb.st_mtim.tv_sec && s->mtime.tv_nsec == sb.st_mtim.tv_nsec &&
+        strcmp(chb_zip_reader_path(s->r), archive) == 0 && strcmp(s->password, password) == 0) {
+      hit = s;
+      break;
+    }
+    if (!s->r || s->used < victim->used) victim = s;
+  }
+  if (!hit) {
+    slot_clear(victim);
+    victim->r = chb_zip_reader_open(archive, password, err);
+    if (!victim->r) return NULL;
+    victim->password = strdup(password);
+    if (!victim->password) {
+      slot_clear(victim);
+      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
+      return NULL;
+    }
+    victim->dev = sb.st_dev;
+    victim->ino = sb.st_ino;
+    victim->size = sb.st_size;
+    victim->mtime = sb.st_mtim;
+    hit = victim;
+  }
+  hit->used = ++c->tick;
+  return hit->r;
+}
+
+chb_zip_file *chb_zip_open_cached(const char *archive, const char *password,
+                                  const char *entry, chb_error *err) {
+  chb_zip_reader *r = cached_reader(archive, password, err);
+  return r ? chb_zip_file_open(r, entry, err) : NULL;
+}
+
+/* ---- reading an entry's sources (writer) -------------------------------- */
+
+typedef struct zw_piece {
+  char *path;
+  char *entry;                /* NULL: plain file */
+  char *password;
+  uint64_t offset;
+  int64_t length;
+} zw_piece;
+
+typedef struct zw_entry zw_entry;
+
+/* Streams an entry's pieces (or bytes) in order. */
+typedef struct psrc {
+  const zw_entry *e;
+  size_t piece;               /* current piece */
+  int fd;
+  chb_zip_file *zf;
+  int open;
+  uint64_t left;              /* of the current piece (UINT64_MAX: to the end) */
+  size_t pos;                 /* for bytes entries */
+} psrc;
+
+struct zw_entry {
+  chb_zip_writer *w;
+  size_t index;
+  char *name;
+  zw_piece *pieces;
+  size_t npieces;
+  unsigned char *bytes;       /* add_bytes: a copy */
+  size_t nbytes;
+  int from_bytes;
+  int64_t expect_size;
+  int has_hash;
+  chb_u128 expect_hash;
+  int direct;                 /* store: streams in the zip source callback */
+  int state;                  /* E_*, under the writer's lock */
+  /* results of reading the source */
+  uint64_t size;
+  chb_u128 hash;
+  uint32_t crc;
+  /* spool of the compressed (and encrypted) bytes */
+  unsigned char *mem;
+  size_t mem_len, mem_cap;
+  int fd;
+  char *spool_path;
+  uint64_t comp_len;
+  uint64_t spool_acct;        /* bytes counted in the writer's `spooled` */
+  /* zip source state (the finishing thread) */
+  zip_error_t zerr;
+  uint64_t rd_pos;
+  int src_done;               /* all data handed to libzip */
+  int size_known;
+  uint64_t direct_size;       /* direct: the size declared to libzip */
+  psrc ps;
+  chb_hash h;
+  chb_aes *aes;
+  unsigned char aes_tail[CHB_AES_SALT_MAX + CHB_AES_PV_LEN + CHB_AES_MAC_LEN];
+  size_t tail_len, tail_pos;  /* header before the data, then the MAC */
+  int phase;                  /* direct: 0 header, 1 data, 2 mac, 3 done */
+  int stored;                 /* spooled data is stored, not compressed (empty file) */
+  const unsigned char *rb;    /* read-ahead for libzip's small reads: in the spool or w->rbuf */
+  size_t rb_pos, rb_len;
+  zw_entry *next_dead;        /* entries libzip refused late, freed with the writer */
+};
+
+enum { E_PENDING, E_WORKING, E_READY };
+
+static void psrc_init(psrc *s, const zw_entry *e);
+
+/* A blank entry, safe to free at any point. */
+static zw_entry *entry_new(void) {
+  zw_entry *e = calloc(1, sizeof *e);
+  if (!e) return NULL;
+  e->fd = -1;
+  zip_error_init(&e->zerr);
+  psrc_init(&e->ps, e);
+  return e;
+}
+
+static void psrc_init(psrc *s, const zw_entry *e) {
+  memset(s, 0, sizeof *s);
+  s->e = e;
+  s->fd = -1;
+}
+
+static void psrc_close_piece(psrc *s) {
+  if (s->fd >= 0) close(s->fd);
+  s->fd = -1;
+  chb_zip_file_close(s->zf);
+  s->zf = NULL;
+  s->open = 0;
+}
+
+static void psrc_close(psrc *s) { psrc_close_piece(s); }
+
+static int psrc_open_piece(psrc *s, unsigned char *scratch, size_t scratch_len, chb_error *err) {
+  const zw_piece *p = &s->e->pieces[s->piece];
+  s->left = p->length < 0 ? UINT64_MAX : (uint64_t)p->length;
+  if (p->entry) {
+    s->zf = chb_zip_open_cached(p->path, p->password, p->entry, err);
+    if (!s->zf) return -1;
+    for (uint64_t skip = p->offset; skip > 0;) {
+      size_t n = skip < scratch_len ? (size_t)skip : scratch_len;
+      ssize_t k = chb_zip_file_read(s->zf, scratch, n, err);
+      if (k < 0) return -1;
+      if (k == 0)
+        return chb_error_set(err, CHB_CORRUPT, "entry %s of %s is shorter than offset %llu",
+                             p->entry, p->path, (unsigned long long)p->offset);
+      skip -= (uint64_t)k;
+    }
+  } else {
+    s->fd = open(p->path, O_RDONLY | O_CLOEXEC);
+    if (s->fd < 0) return chb_error_errno(err, errno, "cannot open", p->path);
+    if (p->offset && lseek(s->fd, (off_t)p->offset, SEEK_SET) < 0)
+      return chb_error_errno(err, errno, "cannot seek in", p->path);
+    posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  }
+  s->open = 1;
+  return 0;
+}
+
+/* > 0 bytes, 0 at the end of the last piece, -1 on error. */
+static ssize_t psrc_read(psrc *s, unsigned char *buf, size_t len, chb_error *err) {
+  const zw_entry *e = s->e;
+  if (e->from_bytes) {
+    size_t n = e->nbytes - s->pos < len ? e->nbytes - s->pos : len;
+    memcpy(buf, e->bytes + s->pos, n);
+    s->pos += n;
+    return (ssize_t)n;
+  }
+  while (s->piece < e->npieces) {
+    const zw_piece *p = &e->pieces[s->piece];
+    if (!s->open && psrc_open_piece(s, buf, len, err) != 0) return -1;
+    size_t want = s->left < len ? (size_t)s->left : len;
+    ssize_t n = 0;
+    if (want > 0) {
+      if (s->zf) {
+        n = chb_zip_file_read(s->zf, buf, want, err);
+        if (n < 0) return -1;
+      } else {
+        do n = read(s->fd, buf, want);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) return chb_error_errno(err, errno, "cannot read", p->path);
+      }
+    }
+    if (n > 0) {
+      if (s->left != UINT64_MAX) s->left -= (uint64_t)n;
+      return n;
+    }
+    if (s->left != UINT64_MAX && s->left > 0)
+      return chb_error_set(err, CHB_CORRUPT, "%s%s%s is shorter than expected (%llu bytes missing)",
+                           p->path, p->entry ? ":" : "", p->entry ? p->entry : "",
+                           (unsigned long long)s->left);
+    /* A piece that stops short of its entry's end: read the rest anyway so
+     * that the entry's CRC or MAC is checked. */
+    while (s->zf && want == 0) {
+      unsigned char rest[16384];
+      ssize_t k = chb_zip_file_read(s->zf, rest, sizeof rest, err);
+      if (k < 0) return -1;
+      if (k == 0) break;
+    }
+    psrc_close_piece(s);
+    s->piece++;
+  }
+  return 0;
+}
+
+/* The size an entry's sources will give, without reading them. */
+static int entry_source_size(const zw_entry *e, uint64_t *out, chb_error *err) {
+  if (e->from_bytes) {
+    *out = e->nbytes;
+    return 0;
+  }
+  uint64_t total = 0;
+  for (size_t i = 0; i < e->npieces; i++) {
+    const zw_piece *p = &e->pieces[i];
+    if (p->length >= 0) {
+      total += (uint64_t)p->length;
+      continue;
+    }
+    uint64_t whole;
+    if (p->entry) {
+      chb_zip_reader *r = cached_reader(p->path, p->password, err);
+      long at = r ? chb_zip_reader_locate(r, p->entry) : -1;
+      chb_zip_entry_info info;
+      if (!r) return -1;
+      if (at < 0)
+        return chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", p->entry, p->path);
+      if (chb_zip_reader_stat(r, (size_t)at, &info, err) != 0) return -1;
+      whole = info.size;
+    } else {
+      struct stat sb;
+      if (stat(p->path, &sb) != 0) return chb_error_errno(err, errno, "cannot stat", p->path);
+      whole = (uint64_t)sb.st_size;
+    }
+    total += whole > p->offset ? whole - p->offset : 0;
+  }
+  *out = total;
+  return 0;
+}
+
+/* ---- writer ------------------------------------------------------------- */
+
+struct chb_zip_writer {
+  char *path, *tmp_path, *spool_dir;
+  const chb_codec_info *codec;
+  int level;
+  char *password;             /* NULL: no encryption */
+  int threads;
+  size_t bufsize;
+  int fsync;
+  time_t mtime;
+  zip_t *za;
+  zw_entry **e;
+  size_t count, cap;
+  zw_entry *dead;
+  uint64_t bytes_total;
+  int spool_dir_made;
+
+  pthread_mutex_t lock;       /* state, error, entry states, next, consumed */
+  pthread_cond_t cond;        /* entry ready, spool consumed, stop */
+  pthread_cond_t ended;
+  size_t next, consumed;      /* next entry to compress; entries libzip has copied */
+  uint64_t spool_limit;       /* workers wait while this much spool is unconsumed */
+  uint64_t mem_limit;         /* in-memory spools in all, beyond that: spool files */
+  atomic_uint_fast64_t spooled, spool_mem;
+  atomic_int stop;
+  atomic_uint_fast64_t files_done, bytes_done;
+  chb_job_state state;
+  chb_error error;
+  pthread_t finisher;
+  int has_finisher;
+
+  /* the archive file (libzip's destination source, the finishing thread) */
+  int out_fd;
+  int out_created;            /* tmp_path is ours: remove it unless committed */
+  zip_error_t out_err;
+  unsigned char *wbuf;        /* write-behind: libzip writes 8 KiB at a time */
+  unsigned char *rbuf;        /* read-ahead of the entry libzip is copying */
+  size_t wcap, wlen;
+  uint64_t wbuf_off, wpos, wend, rpos;
+};
+
+/* Records the first failure and stops everything (workers, libzip's copy). */
+static void w_fail(chb_zip_writer *w, const chb_error *e) {
+  pthread_mutex_lock(&w->lock);
+  if (w->error.code == CHB_OK) w->error = *e;
+  atomic_store(&w->stop, 1);
+  pthread_cond_broadcast(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+}
+
+static void spool_drop(zw_entry *e) {
+  if (e->w) {
+    atomic_fetch_sub(&e->w->spool_mem, (uint64_t)e->mem_len);
+    atomic_fetch_sub(&e->w->spooled, e->spool_acct);
+  }
+  e->spool_acct = 0;
+  free(e->mem);
+  e->mem = NULL;
+  e->mem_len = e->mem_cap = 0;
+  if (e->fd >= 0) close(e->fd);
+  e->fd = -1;
+  if (e->spool_path) unlink(e->spool_path);
+  free(e->spool_path);
+  e->spool_path = NULL;
+}
+
+static void entry_free(zw_entry *e) {
+  if (!e) return;
+  spool_drop(e);
+  psrc_close(&e->ps);
+  chb_aes_free(e->aes);
+  for (size_t i = 0; i < e->npieces; i++) {
+    free(e->pieces[i].path);
+    free(e->pieces[i].entry);
+    free_secret(e->pieces[i].password);
+  }
+  free(e->pieces);
+  free(e->bytes);
+  free(e->name);
+  zip_error_fini(&e->zerr);
+  free(e);
+}
+
+static int spool_write(chb_zip_writer *w, zw_entry *e, const unsigned char *p, size_t n,
+                       chb_error *err) {
+  e->comp_len += n;
+  e->spool_acct += n;
+  atomic_fetch_add(&w->spooled, (uint64_t)n);
+  if (e->fd < 0 && e->mem_len + n <= w->bufsize &&
+      atomic_load(&w->spool_mem) + n <= w->mem_limit) {
+    if (e->mem_len + n > e->mem_cap) {
+      size_t cap = e->mem_cap ? e->mem_cap : 4096;
+      while (cap < e->mem_len + n) cap *= 2;
+      if (cap > w->bufsize) cap = w->bufsize;
+      unsigned char *m = realloc(e->mem, cap);
+      if (!m) return chb_error_set(err, CHB_ENOMEM, "cannot grow the spool of %s", e->name);
+      e->mem = m;
+      e->mem_cap = cap;
+    }
+    memcpy(e->mem + e->mem_len, p, n);
+    e->mem_len += n;
+    atomic_fetch_add(&w->spool_mem, (uint64_t)n);
+    return 0;
+  }
+  if (e->fd < 0) {
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s/%zu", w->spool_dir, e->index);
+    if (!(e->spool_path = strdup(buf)))
+      return chb_error_set(err, CHB_ENOMEM, "cannot name the spool of %s", e->name);
+    e->fd = open(buf, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (e->fd < 0) return chb_error_errno(err, errno, "cannot create spool file", buf);
+    if (e->mem_len && write_all(e->fd, e->mem, e->mem_len) != 0)
+      return chb_error_errno(err, errno, "cannot write spool file", buf);
+    atomic_fetch_sub(&w->spool_mem, (uint64_t)e->mem_len);
+    free(e->mem);
+    e->mem = NULL;
+    e->mem_len = e->mem_cap = 0;
+  }
+  if (write_all(e->fd, p, n) != 0)
+    return chb_error_errno(err, errno, "cannot write spool file", e->spool_path);
+  return 0;
+}
+
+static const char *entry_src_name(const zw_entry *e) {
+  return e->from_bytes || e->npieces == 0 ? e->name : e->pieces[e->npieces - 1].path;
+}
+
+/* Size and checksum the caller announced, against what was read. */
+static int check_expected(const zw_entry *e, chb_error *err) {
+  if (e->expect_size >= 0 && e->size != (uint64_t)e->expect_size)
+    return chb_error_set(err, CHB_CORRUPT, "size mismatch for %s: expected %lld bytes, read %llu",
+                         entry_src_name(e), (long long)e->expect_size,
+                         (unsigned long long)e->size);
+  if (e->has_hash && (e->hash.lo != e->expect_hash.lo || e->hash.hi != e->expect_hash.hi)) {
+    char want[33], got[33];
+    chb_u128_to_hex(e->expect_hash, want);
+    chb_u128_to_hex(e->hash, got);
+    return chb_error_set(err, CHB_CORRUPT, "checksum mismatch for %s: expected %s, got %s",
+                         entry_src_name(e), want, got);
+  }
+  return 0;
+}
+
+/*
+ * Worker: reads, hashes, compresses, encrypts one entry into its spool. An
+ * empty file is stored, not compressed: an empty xz stream, for one, upsets
+ * 7-Zip ("data after the end of the payload").
+ */
+static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, unsigned char *out,
+                          chb_error *err) {
+  int rc = -1;
+  uint64_t hint = UINT64_MAX;
+  int exact = e->expect_size >= 0;
+  if (exact) hint = (uint64_t)e->expect_size;
+  else if (entry_source_size(e, &hint, err) != 0) hint = UINT64_MAX; /* only a hint */
+  chb_codec *codec = NULL;
+  chb_aes *aes = NULL;
+  psrc ps;
+  psrc_init(&ps, e);
+  chb_hash h;
+  chb_hash_init(&h);
+  uint32_t crc = (uint32_t)crc32_z(0, NULL, 0);
+  e->comp_len = 0;
+  e->stored = 0;
+  for (int finish = 0, ended = 0, first = 1; !ended;) {
+    if (atomic_load(&w->stop)) {
+      chb_error_set(err, CHB_CANCELLED, "cancelled while compressing %s", e->name);
+      goto done;
+    }
+    ssize_t n = psrc_read(&ps, in, w->bufsize, err);
+    if (n < 0) goto done;
+    finish = n == 0;
+    if (first) {
+      first = 0;
+      if (w->password) {
+        unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
+        aes = chb_aes_encrypter(AES_STRENGTH, w->password, strlen(w->password), hdr, err);
+        if (!aes || spool_write(w, e, hdr, chb_aes_salt_len(AES_STRENGTH) + CHB_AES_PV_LEN, err) != 0)
+          goto done;
+      }
+      if (finish) {
+        e->stored = 1;
+        break;
+      }
+      if (!(codec = chb_codec_encoder(w->codec->id, w->level, hint, exact, err))) goto done;
+    }
+    if (finish && exact && h.total != hint) {
+      e->size = h.total;      /* before the codec sees the end: a clear message */
+      e->hash = chb_hash_peek(&h);
+      check_expected(e, err);
+      goto done;
+    }
+    chb_hash_update(&h, in, (size_t)n);
+    if (exact && h.total > hint) {
+      e->size = h.total;
+      e->hash = chb_hash_peek(&h);
+      check_expected(e, err);
+      goto done;
+    }
+    crc = (uint32_t)crc32_z(crc, in, (size_t)n);
+    atomic_fetch_add(&w->bytes_done, (uint64_t)n);
+    const unsigned char *ip = in;
+    size_t il = (size_t)n;
+    do {
+      unsigned char *op = out;
+      size_t ol = w->bufsize;
+      int r = chb_codec_run(codec, &ip, &il, &op, &ol, finish, err);
+      if (r < 0) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        chb_error_set(err, err->code, "cannot compress %s: %s", e->name, msg);
+        goto done;
+      }
+      size_t made = w->bufsize - ol;
+      if (made && aes && chb_aes_encrypt(aes, out, made, err) != 0) goto done;
+      if (made && spool_write(w, e, out, made, err) != 0) goto done;
+      if (r == 1) ended = 1;
+      if (!made && il == 0 && !finish) break;
+    } while (il > 0 || (finish && !ended));
+  }
+  e->size = h.total;
+  e->hash = chb_hash_peek(&h);
+  if (check_expected(e, err) != 0) goto done;
+  e->crc = aes ? 0 : crc;     /* AE-2: the MAC, not the CRC, protects the data */
+  if (aes) {
+    unsigned char mac[CHB_AES_MAC_LEN];
+    if (chb_aes_mac(aes, mac, err) != 0 || spool_write(w, e, mac, sizeof mac, err) != 0)
+      goto done;
+  }
+  rc = 0;
+done:
+  psrc_close(&ps);
+  chb_codec_free(codec);
+  chb_aes_free(aes);
+  if (rc != 0) spool_drop(e);
+  return rc;
+}
+
+static void *compress_worker(void *arg) {
+  chb_zip_writer *w = arg;
+  chb_error err;
+  chb_error_clear(&err);
+  unsigned char *in = malloc(w->bufsize), *out = malloc(w->bufsize);
+  if (!in || !out) {
+    chb_error_set(&err, CHB_ENOMEM, "cannot allocate compression buffers");
+    w_fail(w, &err);
+  }
+  pthread_mutex_lock(&w->lock);
+  while (in && out) {
+    while (w->next < w->count && w->e[w->next]->direct && !w->password) w->next++;
+    if (atomic_load(&w->stop) || w->next >= w->count) break;
+    /* Bounded look-ahead: by bytes spooled (a big file at the head must not
+     * stall the other workers after a few entries), and by entry count. */
+    zw_entry *e = w->e[w->next];
+    if (w->next - w->consumed >= (e->direct ? PREP_AHEAD : MAX_AHEAD) ||
+        (!e->direct && atomic_load(&w->spooled) >= w->spool_limit)) {
+      pthread_cond_wait(&w->cond, &w->lock);
+      continue;
+    }
+    w->next++;
+    e->state = E_WORKING;
+    pthread_mutex_unlock(&w->lock);
+    int rc;
+    if (e->direct) {
+      /* A stored entry with a password streams on the finishing thread; its
+       * key derivation (PBKDF2, ~1 ms an entry) is done here, in parallel. */
+      e->aes = chb_aes_encrypter(AES_STRENGTH, w->password, strlen(w->password), e->aes_tail, &err);
+      rc = e->aes ? 0 : -1;
+    } else {
+      rc = compress_entry(w, e, in, out, &err);
+    }
+    if (rc != 0) w_fail(w, &err);
+    pthread_mutex_lock(&w->lock);
+    if (rc != 0) break;
+    e->state = E_READY;
+    pthread_cond_broadcast(&w->cond);
+  }
+  pthread_mutex_unlock(&w->lock);
+  free(in);
+  free(out);
+  return NULL;
+}
+
+/* Records a source failure for libzip (and the precise error for the caller). */
+static zip_int64_t src_fail(zw_entry *e, const chb_error *err, int zip_code) {
+  w_fail(e->w, err);
+  zip_error_set(&e->zerr, zip_code, err->sys);
+  return -1;
+}
+
+/*
+ * Makes the next bytes libzip reads from an entry available in e->rb (at
+ * most one buffer: libzip asks for 8 KiB at a time, the disk gets big
+ * reads). Spooled entries: the spool. Direct (store) entries: the source
+ * itself, hashed and checked, as plain bytes or header | ciphertext | MAC.
+ * Returns 1 with bytes, 0 at the end, -1 on error (reported to libzip).
+ */
+static int entry_fill(zw_entry *e) {
+  chb_zip_writer *w = e->w;
+  chb_error err;
+  e->rb_pos = e->rb_len = 0;
+  if (atomic_load(&w->stop)) {
+    chb_error_set(&err, CHB_CANCELLED, "cancelled while writing %s", e->name);
+    return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
+  }
+  if (!e->direct) {
+    uint64_t left = e->comp_len - e->rd_pos;
+    if (left == 0) return 0;
+    if (e->fd < 0) {
+      e->rb = e->mem + e->rd_pos;
+      e->rb_len = (size_t)left;
+    } else {
+      size_t n = left < w->bufsize ? (size_t)left : w->bufsize;
+      ssize_t k;
+      do k = pread(e->fd, w->rbuf, n, (off_t)e->rd_pos);
+      while (k < 0 && errno == EINTR);
+      if (k <= 0) {
+        chb_error_errno(&err, k < 0 ? errno : EIO, "cannot read spool file", e->spool_path);
+        return (int)src_fail(e, &err, ZIP_ER_READ);
+      }
+      e->rb = w->rbuf;
+      e->rb_len = (size_t)k;
+    }
+    e->rd_pos += e->rb_len;
+    return 1;
+  }
+  if (e->phase == 0) {        /* AES salt and verifier */
+    e->rb = e->aes_tail;
+    e->rb_len = e->tail_len;
+    e->phase = 1;
+    return 1;
+  }
+  if (e->phase != 1) return 0;
+  uint64_t left = e->direct_size - e->h.total;
+  size_t want = left < w->bufsize ? (size_t)left : w->bufsize;
+  ssize_t n = 0;
+  if (want > 0 && (n = psrc_read(&e->ps, w->rbuf, want, &err)) < 0)
+    return (int)src_fail(e, &err, ZIP_ER_READ);
+  if (n > 0) {
+    chb_hash_update(&e->h, w->rbuf, (size_t)n);
+    atomic_fetch_add(&w->bytes_done, (uint64_t)n);
+    if (e->aes && chb_aes_encrypt(e->aes, w->rbuf, (size_t)n, &err) != 0)
+      return (int)src_fail(e, &err, ZIP_ER_INTERNAL);
+    e->rb = w->rbuf;
+    e->rb_len = (size_t)n;
+    return 1;
+  }
+  /* End of the declared size (or of the source): anything else is a mismatch. */
+  unsigned char extra;
+  ssize_t x = want == 0 ? psrc_read(&e->ps, &extra, 1, &err) : 0;
+  if (x < 0) return (int)src_fail(e, &err, ZIP_ER_READ);
+  e->size = e->h.total + (uint64_t)x;
+  e->hash = chb_hash_peek(&e->h);
+  if (check_expected(e, &err) != 0) return (int)src_fail(e, &err, ZIP_ER_INCONS);
+  if (e->size != e->direct_size) {
+    chb_error_set(&err, CHB_CORRUPT, "size of %s changed while writing it (%llu bytes, %s)",
+                  entry_src_name(e), (unsigned long long)e->direct_size,
+                  x ? "it grew" : "now fewer");
+    return (int)src_fail(e, &err, ZIP_ER_INCONS);
+  }
+  psrc_close(&e->ps);
+  e->phase = 3;
+  if (!e->aes) return 0;
+  if (chb_aes_mac(e->aes, e->aes_tail, &err) != 0) return (int)src_fail(e, &err, ZIP_ER_INTERNAL);
+  e->rb = e->aes_tail;
+  e->rb_len = CHB_AES_MAC_LEN;
+  return 1;
+}
+
+/* Waits until a worker has made the entry ready; -1 (reported to libzip) if stopped. */
+static int wait_ready(zw_entry *e) {
+  chb_zip_writer *w = e->w;
+  pthread_mutex_lock(&w->lock);
+  while (e->state != E_READY && !atomic_load(&w->stop)) pthread_cond_wait(&w->cond, &w->lock);
+  int ready = e->state == E_READY;
+  pthread_mutex_unlock(&w->lock);
+  if (ready) return 0;
+  chb_error err;
+  chb_error_set(&err, CHB_CANCELLED, "cancelled");
+  return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
+}
+
+static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_source_cmd_t cmd) {
+  zw_entry *e = ud;
+  chb_zip_writer *w = e->w;
+  chb_error err;
+  switch (cmd) {
+  case ZIP_SOURCE_SUPPORTS:
+    return zip_source_make_command_bitmap(ZIP_SOURCE_OPEN, ZIP_SOURCE_READ, ZIP_SOURCE_CLOSE,
+                                          ZIP_SOURCE_STAT, ZIP_SOURCE_ERROR, ZIP_SOURCE_FREE,
+                                          ZIP_SOURCE_GET_FILE_ATTRIBUTES, -1);
+  case ZIP_SOURCE_GET_FILE_ATTRIBUTES: {
+    zip_file_attributes_t *a = ZIP_SOURCE_GET_ARGS(zip_file_attributes_t, data, len, &e->zerr);
+    if (!a) return -1;
+    /* LZMA streams end with an end marker: general purpose bit 1 says so. */
+    if (w->codec->id == CHB_CODEC_LZMA && !e->stored && !e->direct) {
+      a->valid |= ZIP_FILE_ATTRIBUTES_GENERAL_PURPOSE_BIT_FLAGS;
+      a->general_purpose_bit_flags = 0x0002;
+      a->general_purpose_bit_mask = 0x0002;
+    }
+    return 0;
+  }
+  case ZIP_SOURCE_STAT: {
+    zip_stat_t *st = ZIP_SOURCE_GET_ARGS(zip_stat_t, data, len, &e->zerr);
+    if (!st) return -1;
+    zip_stat_init(st);
+    st->mtime = w->mtime;
+    st->valid = ZIP_STAT_MTIME | ZIP_STAT_SIZE | ZIP_STAT_COMP_METHOD | ZIP_STAT_ENCRYPTION_METHOD;
+    st->encryption_method = w->password ? ZIP_EM_AES_256 : ZIP_EM_NONE;
+    if (e->direct) {
+      if (!e->size_known) {
+        if (entry_source_size(e, &e->direct_size, &err) != 0) return src_fail(e, &err, ZIP_ER_READ);
+        e->size_known = 1;
+      }
+      st->size = e->direct_size;
+      st->comp_method = ZIP_CM_STORE;
+      if (w->password) {
+        st->comp_size = e->direct_size + chb_aes_overhead(AES_STRENGTH);
+        st->crc = 0;
+        st->valid |= ZIP_STAT_COMP_SIZE | ZIP_STAT_CRC;
+        if (!e->src_done) st->comp_method = CM_PLACEHOLDER;
+      }
+      return sizeof *st;
+    }
+    if (wait_ready(e) != 0) return -1;
+    st->size = e->size;
+    st->comp_size = e->comp_len;
+    st->comp_method = (zip_uint16_t)w->codec->id;
+    if (e->stored) st->comp_method = e->src_done ? ZIP_CM_STORE : CM_PLACEHOLDER;
+    st->crc = e->crc;
+    st->valid |= ZIP_STAT_COMP_SIZE | ZIP_STAT_CRC;
+    return sizeof *st;
+  }
+  case ZIP_SOURCE_OPEN:
+    e->rd_pos = 0;
+    e->rb_pos = e->rb_len = 0;
+    e->src_done = 0;
+    if (e->direct) {
+      psrc_init(&e->ps, e);
+      chb_hash_init(&e->h);
+      e->phase = 1;
+      e->tail_len = e->tail_pos = 0;
+      if (w->password) {
+        if (wait_ready(e) != 0) return -1; /* its key, derived by a worker */
+        e->tail_len = chb_aes_salt_len(AES_STRENGTH) + CHB_AES_PV_LEN;
+        e->phase = 0;
+      }
+    }
+    return 0;
+  case ZIP_SOURCE_READ: {
+    unsigned char *out = data;
+    size_t done = 0;
+    while (done < len) {
+      if (e->rb_pos == e->rb_len) {
+        int r = e->src_done ? 0 : entry_fill(e);
+        if (r < 0) return -1;
+        if (r == 0) {
+          e->src_done = 1;
+          break;
+        }
+      }
+      size_t n = e->rb_len - e->rb_pos;
+      if (n > len - done) n = (size_t)(len - done);
+      memcpy(out + done, e->rb + e->rb_pos, n);
+      e->rb_pos += n;
+      done += n;
+    }
+    return (zip_int64_t)done;
+  }
+  case ZIP_SOURCE_CLOSE:
+    e->rb = NULL;
+    e->rb_pos = e->rb_len = 0;
+    if (e->direct) psrc_close(&e->ps);
+    else if (e->src_done) spool_drop(e);
+    if (e->src_done) {
+      atomic_fetch_add(&w->files_done, 1);
+      pthread_mutex_lock(&w->lock);
+      w->consumed = e->index + 1;
+      pthread_cond_broadcast(&w->cond);
+      pthread_mutex_unlock(&w->lock);
+    }
+    return 0;
+  case ZIP_SOURCE_ERROR:
+    return zip_error_to_data(&e->zerr, data, len);
+  case ZIP_SOURCE_FREE:
+    return 0;
+  default:
+    zip_error_set(&e->zerr, ZIP_ER_OPNOTSUPP, 0);
+    return -1;
+  }
+}
+
+/* ---- the archive file: libzip's destination ---------------------------- */
+
+static int pwrite_all(int fd, const unsigned char *p, size_t n, uint64_t off) {
+  while (n > 0) {
+    ssize_t k = pwrite(fd, p, n, (off_t)off);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += k;
+    n -= (size_t)k;
+    off += (uint64_t)k;
+  }
+  return 0;
+}
+
+static zip_int64_t out_fail(chb_zip_writer *w, int zip_code, int errnum, const char *what) {
+  chb_error err;
+  chb_error_errno(&err, errnum, what, w->tmp_path);
+  w_fail(w, &err);
+  zip_error_set(&w->out_err, zip_code, errnum);
+  return -1;
+}
+
+static int out_flush(chb_zip_writer *w) {
+  if (w->wlen && pwrite_all(w->out_fd, w->wbuf, w->wlen, w->wbuf_off) != 0)
+    return (int)out_fail(w, ZIP_ER_WRITE, errno, "cannot write");
+  w->wlen = 0;
+  return 0;
+}
+
+static zip_int64_t out_write(chb_zip_writer *w, const unsigned char *p, size_t n) {
+  if (w->wlen && w->wpos == w->wbuf_off + w->wlen && w->wlen + n <= w->wcap) {
+    memcpy(w->wbuf + w->wlen, p, n);          /* append */
+    w->wlen += n;
+  } else if (w->wlen && w->wpos >= w->wbuf_off && w->wpos + n <= w->wbuf_off + w->wlen) {
+    memcpy(w->wbuf + (w->wpos - w->wbuf_off), p, n); /* a header rewritten in the buffer */
+  } else {
+    if (out_flush(w) != 0) return -1;
+    if (n >= w->wcap) {
+      if (pwrite_all(w->out_fd, p, n, w->wpos) != 0) return out_fail(w, ZIP_ER_WRITE, errno, "cannot write");
+    } else {
+      memcpy(w->wbuf, p, n);
+      w->wbuf_off = w->wpos;
+      w->wlen = n;
+    }
+  }
+  w->wpos += n;
+  if (w->wpos > w->wend) w->wend = w->wpos;
+  return (zip_int64_t)n;
+}
+
+/*
+ * The archive as libzip's destination: `path.tmp-<pid>` created exclusively
+ * when libzip begins writing, written through a big buffer, fsynced on
+ * commit if asked; the rename to `path` happens after zip_close.
+ */
+static zip_int64_t out_source(void *ud, void *data, zip_uint64_t len, zip_source_cmd_t cmd) {
+  chb_zip_writer *w = ud;
+  switch (cmd) {
+  case ZIP_SOURCE_SUPPORTS:
+    return zip_source_make_command_bitmap(
+        ZIP_SOURCE_OPEN, ZIP_SOURCE_READ, ZIP_SOURCE_CLOSE, ZIP_SOURCE_STAT, ZIP_SOURCE_ERROR,
+        ZIP_SOURCE_FREE, ZIP_SOURCE_SEEK, ZIP_SOURCE_TELL, ZIP_SOURCE_SUPPORTS,
+        ZIP_SOURCE_BEGIN_WRITE, ZIP_SOURCE_COMMIT_WRITE, ZIP_SOURCE_ROLLBACK_WRITE,
+        ZIP_SOURCE_WRITE, ZIP_SOURCE_SEEK_WRITE, ZIP_SOURCE_TELL_WRITE, ZIP_SOURCE_REMOVE, -1);
+  case ZIP_SOURCE_STAT: {
+    if (w->out_fd < 0) {      /* a new archive */
+      zip_error_set(&w->out_err, ZIP_ER_READ, ENOENT);
+      return -1;
+    }
+    zip_stat_t *st = ZIP_SOURCE_GET_ARGS(zip_stat_t, data, len, &w->out_err);
+    if (!st) return -1;
+    zip_stat_init(st);
+    st->size = w->wend;
+    st->valid = ZIP_STAT_SIZE;
+    return sizeof *st;
+  }
+  case ZIP_SOURCE_OPEN:
+    w->rpos = 0;
+    return 0;
+  case ZIP_SOURCE_READ: {
+    if (w->out_fd < 0 || out_flush(w) != 0) return -1;
+    ssize_t k;
+    do k = pread(w->out_fd, data, len, (off_t)w->rpos);
+    while (k < 0 && errno == EINTR);
+    if (k < 0) return out_fail(w, ZIP_ER_READ, errno, "cannot read");
+    w->rpos += (uint64_t)k;
+    return k;
+  }
+  case ZIP_SOURCE_CLOSE:
+    return 0;
+  case ZIP_SOURCE_SEEK: {
+    zip_int64_t off = zip_source_seek_compute_offset(w->rpos, w->wend, data, len, &w->out_err);
+    if (off < 0) return -1;
+    w->rpos = (uint64_t)off;
+    return 0;
+  }
+  case ZIP_SOURCE_TELL:
+    return (zip_int64_t)w->rpos;
+  case ZIP_SOURCE_BEGIN_WRITE:
+    w->wcap = w->bufsize;
+    if (!w->wbuf && !(w->wbuf = malloc(w->wcap))) return out_fail(w, ZIP_ER_MEMORY, ENOMEM, "cannot write");
+    w->out_fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (w->out_fd < 0) return out_fail(w, ZIP_ER_OPEN, errno, "cannot create");
+    w->out_created = 1;
+    w->wlen = w->wpos = w->wend = w->wbuf_off = 0;
+    return 0;
+  case ZIP_SOURCE_WRITE:
+    return out_write(w, data, (size_t)len);
+  case ZIP_SOURCE_SEEK_WRITE: {
+    zip_int64_t off = zip_source_seek_compute_offset(w->wpos, w->wend, data, len, &w->out_err);
+    if (off < 0) return -1;
+    w->wpos = (uint64_t)off;
+    return 0;
+  }
+  case ZIP_SOURCE_TELL_WRITE:
+    return (zip_int64_t)w->wpos;
+  case ZIP_SOURCE_COMMIT_WRITE:
+    if (out_flush(w) != 0) return -1;
+    if (w->fsync && fsync(w->out_fd) != 0) return out_fail(w, ZIP_ER_WRITE, errno, "cannot fsync");
+    if (close(w->out_fd) != 0) {
+      w->out_fd = -1;
+      return out_fail(w, ZIP_ER_CLOSE, errno, "cannot close");
+    }
+    w->out_fd = -1;
+    return 0;
+  case ZIP_SOURCE_ROLLBACK_WRITE:
+    if (w->out_fd >= 0) close(w->out_fd);
+    w->out_fd = -1;
+    if (w->out_created) unlink(w->tmp_path);
+    w->out_created = 0;
+    return 0;
+  case ZIP_SOURCE_REMOVE:     /* an empty archive: written by run_finish */
+    return 0;
+  case ZIP_SOURCE_ERROR:
+    return zip_error_to_data(&w->out_err, data, len);
+  case ZIP_SOURCE_FREE:
+    return 0;
+  default:
+    zip_error_set(&w->out_err, ZIP_ER_OPNOTSUPP, 0);
+    return -1;
+  }
+}
+
+chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *opts,
+                                   chb_error *err) {
+  const chb_codec_info *codec;
+  int level;
+  if (chb_codec_resolve(opts->method, opts->has_level, opts->level, &codec, &level, err) != 0)
+    return NULL;
+  if (opts->password && *opts->password && !zip_encryption_method_supported(ZIP_EM_AES_256, 1)) {
+    chb_error_set(err, CHB_INVALID, "cannot create zip archive %s: this libzip cannot mark "
+                  "entries as AES-encrypted", path);
+    return NULL;
+  }
+  struct stat sb;
+  if (lstat(path, &sb) == 0) {
+    chb_error_set(err, CHB_EEXIST, "cannot create zip archive %s: it exists", path);
+    return NULL;
+  }
+  chb_zip_writer *w = calloc(1, sizeof *w);
+  if (!w) {
+    chb_error_set(err, CHB_ENOMEM, "cannot allocate a zip writer");
+    return NULL;
+  }
+  pthread_mutex_init(&w->lock, NULL);
+  pthread_cond_init(&w->cond, NULL);
+  pthread_cond_init(&w->ended, NULL);
+  w->state = CHB_JOB_NEW;
+  w->out_fd = -1;
+  zip_error_init(&w->out_err);
+  w->codec = codec;
+  w->level = level;
+  w->threads = opts->threads;
+  if (w->threads <= 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    w->threads = n > 0 ? (int)n : 1;
+  }
+  if (w->threads > 64) w->threads = 64;
+  w->spool_limit = opts->spool_limit ? opts->spool_limit : (uint64_t)1 << 30;
+  w->bufsize = opts->buffer_size ? opts->buffer_size : (size_t)1 << 20;
+  if (w->bufsize < 4096) w->bufsize = 4096;
+  w->fsync = opts->fsync;
+  w->mtime = time(NULL);
+  w->mem_limit = (uint64_t)w->bufsize * (uint64_t)(w->threads * 2 + 2);
+  size_t plen = strlen(path) + 64;
+  w->path = strdup(path);
+  w->tmp_path = malloc(plen);
+  w->spool_dir = malloc(plen);
+  int oom = !w->path || !w->tmp_path || !w->spool_dir;
+  if (opts->password && *opts->password) w->password = dup_or_null(opts->password, &oom);
+  if (oom) {
+    chb_error_set(err, CHB_ENOMEM, "cannot allocate a zip writer");
+    chb_zip_writer_free(w);
+    return NULL;
+  }
+  snprintf(w->tmp_path, plen, "%s.tmp-%ld", path, (long)getpid());
+  snprintf(w->spool_dir, plen, "%s.spool", w->tmp_path);
+  zip_error_t ze;
+  zip_error_init(&ze);
+  zip_source_t *out = zip_source_function_create(out_source, w, &ze);
+  w->za = out ? zip_open_from_source(out, ZIP_CREATE, &ze) : NULL;
+  if (!w->za) {
+    zip_source_free(out);     /* on failure the caller keeps the source */
+    zip_fail(err, &ze, "cannot create zip archive", w->path);
+    zip_error_fini(&ze);
+    chb_zip_writer_free(w);
+    return NULL;
+  }
+  zip_error_fini(&ze);
+  return w;
+}
+
+size_t chb_zip_writer_count(const chb_zip_writer *w) { return w->count; }
+
+static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
+  if (w->state != CHB_JOB_NEW) {
+    entry_free(e);
+    chb_error_set(err, CHB_INVALID, "cannot add to a zip writer that has started");
+    return -1;
+  }
+  if (!chb_zip_name_ok(e->name)) {
+    chb_error_set(err, CHB_INVALID, "bad entry name '%s' for zip archive %s "
+                  "(must be relative, without '..' or '\\')", e->name, w->path);
+    entry_free(e);
+    return -1;
+  }
+  if (w->count == w->cap) {
+    size_t cap = w->cap ? w->cap * 2 : 64;
+    zw_entry **grown = realloc(w->e, cap * sizeof *grown);
+    if (!grown) {
+      entry_free(e);
+      chb_error_set(err, CHB_ENOMEM, "cannot grow the zip writer's entry list");
+      return -1;
+    }
+    w->e = grown;
+    w->cap = cap;
+  }
+  e->w = w;
+  e->index = w->count;
+  e->direct = w->codec->id == CHB_CODEC_STORE;
+  zip_error_t ze;
+  zip_error_init(&ze);
+  zip_source_t *src = zip_source_function_create(entry_source, e, &ze);
+  zip_int64_t idx = -1;
+  if (src && (idx = zip_file_add(w->za, e->name, src, ZIP_FL_ENC_UTF_8)) < 0) {
+    zip_error_set(&ze, zip_error_code_zip(zip_get_error(w->za)),
+                  zip_error_code_system(zip_get_error(w->za)));
+    zip_source_free(src);
+  }
+  /* Plain store must say so (libzip's default would deflate); store with a
+   * password keeps the default so that the placeholder method applies. */
+  int bad = idx >= 0 && e->direct && !w->password &&
+            zip_set_file_compression(w->za, (zip_uint64_t)idx, ZIP_CM_STORE, 0) != 0;
+  bad = bad || (idx >= 0 && w->password &&
+                zip_file_set_encryption(w->za, (zip_uint64_t)idx, ZIP_EM_AES_256, NULL) != 0);
+  if (bad) {
+    zip_error_set(&ze, zip_error_code_zip(zip_get_error(w->za)), 0);
+    zip_delete(w->za, (zip_uint64_t)idx);
+    e->next_dead = w->dead;   /* libzip may still hold the source: free it last */
+    w->dead = e;
+  }
+  if (idx < 0 || bad) {
+    if (zip_error_code_zip(&ze) == ZIP_ER_EXISTS)
+      chb_error_set(err, CHB_EEXIST, "entry %s added twice to zip archive %s", e->name, w->path);
+    else
+      zip_fail(err, &ze, "cannot add an entry to zip archive", w->path);
+    zip_error_fini(&ze);
+    if (!bad) entry_free(e);
+    return -1;
+  }
+  zip_error_fini(&ze);
+  if (e->expect_size > 0) w->bytes_total += (uint64_t)e->expect_size;
+  w->e[w->count] = e;
+  return (long)w->count++;
+}
+
+long chb_zip_writer_add(chb_zip_writer *w, const char *name, const chb_piece *pieces,
+                        size_t npieces, int64_t expect_size, const chb_u128 *expect_hash,
+                        chb_error *err) {
+  if (npieces == 0) {
+    chb_error_set(err, CHB_INVALID, "entry %s needs at least one source", name);
+    return -1;
+  }
+  zw_entry *e = entry_new();
+  int oom = !e;
+  if (e) {
+    e->name = dup_or_null(name, &oom);
+    e->pieces = calloc(npieces, sizeof *e->pieces);
+    oom |= !e->pieces;
+    for (size_t i = 0; !oom && i < npieces; i++) {
+      e->npieces = i + 1;
+      e->pieces[i].path = dup_or_null(pieces[i].path, &oom);
+      e->pieces[i].entry = dup_or_null(pieces[i].entry, &oom);
+      e->pieces[i].password = dup_or_null(pieces[i].password, &oom);
+      e->pieces[i].offset = pieces[i].offset;
+      e->pieces[i].length = pieces[i].length;
+    }
+  }
+  if (oom) {
+    entry_free(e);
+    chb_error_set(err, CHB_ENOMEM, "cannot copy entry %s", name);
+    return -1;
+  }
+  e->expect_size = expect_size;
+  if (expect_hash) {
+    e->has_hash = 1;
+    e->expect_hash = *expect_hash;
+  }
+  if (expect_size >= 0) {
+    e->direct_size = (uint64_t)expect_size;
+    e->size_known = 1;
+  }
+  return add_entry(w, e, err);
+}
+
+long chb_zip_writer_add_bytes(chb_zip_writer *w, const char *name, const void *data,
+                              size_t len, chb_error *err) {
+  zw_entry *e = entry_new();
+  int oom = !e;
+  if (e) {
+    e->name = dup_or_null(name, &oom);
+    e->bytes = malloc(len ? len : 1);
+    oom |= !e->bytes;
+  }
+  if (oom) {
+    entry_free(e);
+    chb_error_set(err, CHB_ENOMEM, "cannot copy entry %s", name);
+    return -1;
+  }
+  if (len) memcpy(e->bytes, data, len);
+  e->nbytes = len;
+  e->from_bytes = 1;
+  e->expect_size = (int64_t)len;
+  e->direct_size = len;
+  e->size_known = 1;
+  return add_entry(w, e, err);
+}
+
+static int cancel_cb(zip_t *za, void *ud) {
+  (void)za;
+  chb_zip_writer *w = ud;
+  return atomic_load(&w->stop);
+}
+
+/* The archive with no entries (libzip writes no file for it). */
+static int write_empty(const char *path, chb_error *err) {
+  static const unsigned char eocd[22] = {0x50, 0x4b, 0x05, 0x06};
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return chb_error_errno(err, errno, "cannot create", path);
+  if (write_all(fd, eocd, sizeof eocd) != 0) {
+    int saved = errno;
+    close(fd);
+    unlink(path);
+    return chb_error_errno(err, saved, "cannot write", path);
+  }
+  return close(fd) == 0 ? 0 : chb_error_errno(err, errno, "cannot close", path);
+}
+
+static int fsync_path(const char *path, int dir, chb_error *err) {
+  int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) != 0) {
+    int saved = errno;
+    if (fd >= 0) close(fd);
+    return chb_error_errno(err, saved, "cannot fsync", path);
+  }
+  close(fd);
+  return 0;
+}
+
+/* Renames tmp to path without ever replacing an existing path. */
+static int commit_rename(const char *tmp, const char *path, chb_error *err) {
+  if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != EINVAL && errno != ENOSYS)
+    return chb_error_errno(err, errno, "cannot rename the finished archive to", path);
+  if (link(tmp, path) != 0) return chb_error_errno(err, errno, "cannot link the finished archive to", path);
+  unlink(tmp);
+  return 0;
+}
+
+static void run_finish(chb_zip_writer *w) {
+  chb_error err;
+  chb_error_clear(&err);
+  pthread_t *workers = NULL;
+  int nworkers = 0, ok = 0;
+  size_t compressed = 0;       /* entries for workers: compress, or derive a key */
+  for (size_t i = 0; i < w->count; i++) compressed += !w->e[i]->direct || w->password != NULL;
+  if (chb_fs_mkdir_parents(w->path, &err) != 0) {
+    w_fail(w, &err);
+    goto out;
+  }
+  if (!(w->rbuf = malloc(w->bufsize))) {
+    chb_error_set(&err, CHB_ENOMEM, "cannot allocate a read buffer");
+    w_fail(w, &err);
+    goto out;
+  }
+  if (w->count == 0) {
+    zip_discard(w->za);
+    w->za = NULL;
+    if (write_empty(w->tmp_path, &err) != 0) w_fail(w, &err);
+    else ok = w->out_created = 1;
+    goto out;
+  }
+  if (compressed) {
+    if (w->codec->id != CHB_CODEC_STORE) {
+      if (mkdir(w->spool_dir, 0700) != 0) {
+        chb_error_errno(&err, errno, "cannot create spool directory", w->spool_dir);
+        w_fail(w, &err);
+        goto out;
+      }
+      w->spool_dir_made = 1;
+    }
+    int n = w->threads;
+    if ((size_t)n > compressed) n = (int)compressed;
+    workers = calloc((size_t)n, sizeof *workers);
+    if (!workers) {
+      chb_error_set(&err, CHB_ENOMEM, "cannot allocate threads");
+      w_fail(w, &err);
+      goto out;
+    }
+    for (int i = 0; i < n; i++) {
+      int rc = pthread_create(&workers[i], NULL, compress_worker, w);
+      if (rc != 0) {
+        if (nworkers == 0) {
+          chb_error_errno(&err, rc, "cannot start", "compression thread");
+          w_fail(w, &err);
+        }
+        break;
+      }
+      nworkers++;
+    }
+  }
+  zip_register_cancel_callback_with_state(w->za, cancel_cb, NULL, w);
+  if (zip_close(w->za) == 0) {
+    w->za = NULL;
+    ok = 1;
+  } else {
+    zip_fail(&err, zip_get_error(w->za), "cannot write zip archive", w->path);
+    if (err.code == CHB_CANCELLED) chb_error_set(&err, CHB_CANCELLED, "cancelled");
+    w_fail(w, &err);          /* keeps an earlier, more precise error */
+    zip_discard(w->za);
+    w->za = NULL;
+  }
+out:
+  atomic_store(&w->stop, 1);
+  pthread_mutex_lock(&w->lock);
+  pthread_cond_broadcast(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+  for (int i = 0; i < nworkers; i++) pthread_join(workers[i], NULL);
+  free(workers);
+  for (size_t i = 0; i < w->count; i++) {
+    spool_drop(w->e[i]);
+    psrc_close(&w->e[i]->ps);
+  }
+  if (w->spool_dir_made && rmdir(w->spool_dir) == 0) w->spool_dir_made = 0;
+  chb_zip_cache_clear();      /* readers opened for zip sources on this thread */
+  if (ok && w->count == 0 && w->fsync && fsync_path(w->tmp_path, 0, &err) != 0) {
+    w_fail(w, &err);
+    ok = 0;
+  }
+  if (ok && commit_rename(w->tmp_path, w->path, &err) != 0) {
+    w_fail(w, &err);
+    ok = 0;
+  }
+  if (!ok && w->out_created) unlink(w->tmp_path);
+  w->out_created = 0;
+  if (ok && w->fsync) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", w->path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    if (fsync_path(dir, 1, &err) != 0) {
+      w_fail(w, &err);        /* the archive is in place; only durability failed */
+      ok = 0;
+    }
+  }
+  pthread_mutex_lock(&w->lock);
+  if (!ok && w->error.code == CHB_OK) chb_error_set(&w->error, CHB_CANCELLED, "cancelled");
+  w->state = ok ? CHB_JOB_DONE : w->error.code == CHB_CANCELLED ? CHB_JOB_CANCELLED : CHB_JOB_FAILED;
+  pthread_cond_broadcast(&w->ended);
+  pthread_mutex_unlock(&w->lock);
+}
+
+static int begin(chb_zip_writer *w, chb_error *err) {
+  pthread_mutex_lock(&w->lock);
+  if (w->state != CHB_JOB_NEW) {
+    chb_job_state s = w->state;
+    pthread_mutex_unlock(&w->lock);
+    return chb_error_set(err, CHB_INVALID, "zip writer already %s", chb_job_state_name(s));
+  }
+  w->state = CHB_JOB_RUNNING;
+  pthread_mutex_unlock(&w->lock);
+  return 0;
+}
+
+int chb_zip_writer_finish(chb_zip_writer *w, chb_error *err) {
+  if (begin(w, err) != 0) return -1;
+  run_finish(w);
+  return chb_zip_writer_result(w, err);
+}
+
+static void *finisher(void *arg) {
+  run_finish(arg);
+  return NULL;
+}
+
+int chb_zip_writer_start(chb_zip_writer *w, chb_error *err) {
+  if (begin(w, err) != 0) return -1;
+  int rc = pthread_create(&w->finisher, NULL, finisher, w);
+  if (rc != 0) {
+    pthread_mutex_lock(&w->lock);
+    w->state = CHB_JOB_NEW;
+    pthread_mutex_unlock(&w->lock);
+    return chb_error_errno(err, rc, "cannot start", "zip writer thread");
+  }
+  w->has_finisher = 1;
+  return 0;
+}
+
+chb_job_state chb_zip_writer_wait(chb_zip_writer *w, long timeout_ms) {
+  pthread_mutex_lock(&w->lock);
+  if (timeout_ms < 0) {
+    while (w->state == CHB_JOB_RUNNING) pthread_cond_wait(&w->ended, &w->lock);
+  } else if (w->state == CHB_JOB_RUNNING) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    while (w->state == CHB_JOB_RUNNING &&
+           pthread_cond_timedwait(&w->ended, &w->lock, &ts) == 0) {
+    }
+  }
+  chb_job_state s = w->state;
+  pthread_mutex_unlock(&w->lock);
+  return s;
+}
+
+void chb_zip_writer_cancel(chb_zip_writer *w) {
+  atomic_store(&w->stop, 1);
+  pthread_mutex_lock(&w->lock);
+  if (w->state == CHB_JOB_NEW) {
+    chb_error_set(&w->error, CHB_CANCELLED, "cancelled before start");
+    w->state = CHB_JOB_CANCELLED;
+  }
+  pthread_cond_broadcast(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+}
+
+void chb_zip_writer_get_progress(chb_zip_writer *w, chb_job_progress *out) {
+  pthread_mutex_lock(&w->lock);
+  out->state = w->state;
+  pthread_mutex_unlock(&w->lock);
+  out->files_total = w->count;
+  out->files_done = atomic_load(&w->files_done);
+  out->bytes_total = w->bytes_total;
+  out->bytes_done = atomic_load(&w->bytes_done);
+}
+
+int chb_zip_writer_result(chb_zip_writer *w, chb_error *err) {
+  pthread_mutex_lock(&w->lock);
+  chb_job_state s = w->state;
+  if (s == CHB_JOB_DONE) chb_error_clear(err);
+  else if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
+    chb_error_set(err, CHB_INVALID, "zip writer has not ended (%s)", chb_job_state_name(s));
+  else *err = w->error;
+  pthread_mutex_unlock(&w->lock);
+  return s == CHB_JOB_DONE ? 0 : -1;
+}
+
+int chb_zip_writer_entry_result(chb_zip_writer *w, size_t i, uint64_t *size, chb_u128 *hash) {
+  pthread_mutex_lock(&w->lock);
+  int done = w->state == CHB_JOB_DONE;
+  pthread_mutex_unlock(&w->lock);
+  if (!done || i >= w->count) return -1;
+  *size = w->e[i]->size;
+  *hash = w->e[i]->hash;
+  return 0;
+}
+
+void chb_zip_writer_free(chb_zip_writer *w) {
+  if (!w) return;
+  if (w->has_finisher) {
+    chb_zip_writer_cancel(w);
+    pthread_join(w->finisher, NULL);
+  }
+  if (w->za) zip_discard(w->za); /* never started: nothing was written */
+  for (size_t i = 0; i < w->count; i++) entry_free(w->e[i]);
+  free(w->e);
+  while (w->dead) {
+    zw_entry *d = w->dead;
+    w->dead = d->next_dead;
+    entry_free(d);
+  }
+  if (w->spool_dir_made) rmdir(w->spool_dir);
+  if (w->out_fd >= 0) close(w->out_fd);
+  if (w->out_created) unlink(w->tmp_path);
+  zip_error_fini(&w->out_err);
+  free(w->wbuf);
+  free(w->rbuf);
+  free(w->path);
+  free(w->tmp_path);
+  free(w->spool_dir);
+  free_secret(w->password);
+  pthread_mutex_destroy(&w->lock);
+  pthread_cond_destroy(&w->cond);
+  pthread_cond_destroy(&w->ended);
+  free(w);
+}

@@ -1,0 +1,605 @@
+/*
+ * chb_zip, chb_codec, chb_aes: every method round-trips at its minimum,
+ * default and maximum level (plain and with a password), through the
+ * writer (files, pieces, bytes, entries of another zip) and the reader;
+ * the job engine reads pieces out of zip entries; wrong or missing
+ * passwords are CHB_AUTH naming the entry and give no bytes; a flipped byte
+ * is a CRC (CHB_CORRUPT) or MAC (CHB_AUTH) failure naming the entry; a
+ * truncated archive is refused; entry names with `..`, absolute paths or
+ * backslashes are refused when writing and when opening; size and checksum
+ * mismatches fail finish naming the file and leave no archive or temporary
+ * file; an existing destination is never replaced; cancel and free of a
+ * running writer clean up; more than 65535 entries (zip64 end of central
+ * directory) round-trip.
+ *
+ * Interop with 7-Zip and bsdtar is proven by spec/zip_core_spec.lua.
+ * Everything lives in a mkdtemp directory under /tmp, removed at the end.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "chb_aes.h"
+#include "chb_codec.h"
+#include "chb_job.h"
+#include "chb_zip.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zip.h>
+
+static int failures;
+static char root[] = "/tmp/chb-test-zip.XXXXXX";
+
+#define CHECK(cond, ...)              \
+  do {                                \
+    if (cond) {                       \
+      printf("ok   ");                \
+    } else {                          \
+      printf("FAIL ");                \
+      failures++;                     \
+    }                                 \
+    printf(__VA_ARGS__);              \
+    printf("\n");                     \
+  } while (0)
+
+/* ---- small utilities ---- */
+
+static const char *at(char *buf, size_t n, const char *rel) {
+  snprintf(buf, n, "%s/%s", root, rel);
+  return buf;
+}
+
+/* Deterministic bytes: random (seed odd) or text-like, compressible (even). */
+static unsigned char *gen(uint64_t seed, size_t len) {
+  unsigned char *p = malloc(len ? len : 1);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  static const char *words[] = {"alpha ", "beta ", "gamma ", "2024-01-01 ", "12345 ", "\n",
+                                "value=", "ClickHouse ", "part ", "0 "};
+  size_t i = 0;
+  while (i < len) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    uint64_t r = x * 0x2545F4914F6CDD1Dull;
+    if (seed & 1) {
+      p[i++] = (unsigned char)(r >> 56);
+    } else {
+      const char *w = words[(r >> 40) % 10];
+      for (; *w && i < len; w++) p[i++] = (unsigned char)*w;
+    }
+  }
+  return p;
+}
+
+static void spit(const char *path, const void *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  if (!f || (len && fwrite(data, 1, len, f) != len) || fclose(f) != 0) {
+    perror(path);
+    exit(2);
+  }
+}
+
+static int exists(const char *path) {
+  struct stat st;
+  return lstat(path, &st) == 0;
+}
+
+static chb_u128 hash_of(const void *data, size_t len) {
+  chb_hash h;
+  chb_hash_init(&h);
+  chb_hash_update(&h, data, len);
+  return chb_hash_peek(&h);
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+/* Files in root whose name contains `sub` (temporary leftovers). */
+static int leftovers(const char *sub) {
+  DIR *d = opendir(root);
+  int n = 0;
+  struct dirent *de;
+  while (d && (de = readdir(d)))
+    if (strstr(de->d_name, sub)) n++;
+  if (d) closedir(d);
+  return n;
+}
+
+/* Reads a whole entry through the reader; NULL with err set on failure. */
+static unsigned char *read_entry(chb_zip_reader *r, const char *name, size_t *len, size_t chunk,
+                                 chb_error *err) {
+  chb_zip_file *f = chb_zip_file_open(r, name, err);
+  if (!f) return NULL;
+  size_t cap = 1024, n = 0;
+  unsigned char *buf = malloc(cap);
+  for (;;) {
+    if (cap - n < chunk) {
+      cap = cap * 2 + chunk;
+      buf = realloc(buf, cap);
+    }
+    ssize_t k = chb_zip_file_read(f, buf + n, chunk, err);
+    if (k < 0) {
+      free(buf);
+      chb_zip_file_close(f);
+      return NULL;
+    }
+    if (k == 0) break;
+    n += (size_t)k;
+  }
+  chb_zip_file_close(f);
+  *len = n;
+  return buf;
+}
+
+static chb_zip_writer *new_writer(const char *path, const char *method, int has_level, int level,
+                                  const char *password, int threads, size_t bufsize) {
+  chb_zip_writer_opts o = {method, has_level, level, password, threads, bufsize, 0};
+  chb_error err;
+  chb_zip_writer *w = chb_zip_writer_new(path, &o, &err);
+  if (!w) {
+    printf("FAIL chb_zip_writer_new(%s): %s\n", path, err.msg);
+    exit(2);
+  }
+  return w;
+}
+
+/* ---- tests ---- */
+
+#define NF 7
+static const size_t sizes[NF] = {0, 1, 19, 20, 2048, 70001, 300000};
+
+/* Every method at min/default/max level, with and without a password. */
+static void test_round_trips(void) {
+  unsigned char *data[NF];
+  char src[NF][512];
+  for (int i = 0; i < NF; i++) {
+    data[i] = gen((uint64_t)i, sizes[i]);
+    char rel[64];
+    snprintf(rel, sizeof rel, "src-%d.bin", i);
+    at(src[i], sizeof src[i], rel);
+    spit(src[i], data[i], sizes[i]);
+  }
+  size_t n;
+  const chb_codec_info *codecs = chb_codec_list(&n);
+  for (size_t c = 0; c < n; c++) {
+    int levels[3] = {codecs[c].min_level, codecs[c].default_level, codecs[c].max_level};
+    for (int li = 0; li < 3; li++) {
+      for (int pw = 0; pw < 2; pw++) {
+        if ((li > 0 && levels[li] == levels[li - 1]) || (li == 2 && levels[2] == levels[0])) continue;
+        /* High lzma/xz levels need ~700 MB of encoder state each: one thread. */
+        int threads = (codecs[c].id == CHB_CODEC_LZMA || codecs[c].id == CHB_CODEC_XZ) && li == 2 ? 1 : 2;
+        char zpath[512], rel[128];
+        snprintf(rel, sizeof rel, "rt-%s-%d-%d.zip", codecs[c].name, levels[li], pw);
+        at(zpath, sizeof zpath, rel);
+        const char *password = pw ? "s3cret pässword" : NULL;
+        chb_zip_writer *w = new_writer(zpath, codecs[c].name, 1, levels[li], password, threads, 65536);
+        chb_error err;
+        int ok = 1;
+        for (int i = 0; i < NF; i++) {
+          char name[64];
+          snprintf(name, sizeof name, "data/t/all_1_1_0/f%d.bin", i);
+          chb_piece p = {src[i], 0, -1};
+          chb_u128 h = hash_of(data[i], sizes[i]);
+          /* Half the entries with size and checksum known. */
+          ok &= chb_zip_writer_add(w, name, &p, 1, i % 2 ? (int64_t)sizes[i] : -1,
+                                   i % 2 ? &h : NULL, &err) == i;
+        }
+        ok &= chb_zip_writer_add_bytes(w, ".backup", "<config/>", 9, &err) == NF;
+        int fin = chb_zip_writer_finish(w, &err);
+        ok &= fin == 0;
+        if (fin != 0) printf("     finish: %s\n", err.msg);
+        for (int i = 0; fin == 0 && i < NF; i++) {
+          uint64_t size;
+          chb_u128 h;
+          ok &= chb_zip_writer_entry_result(w, (size_t)i, &size, &h) == 0 && size == sizes[i] &&
+                h.lo == hash_of(data[i], sizes[i]).lo;
+        }
+        chb_zip_writer_free(w);
+        chb_zip_reader *r = chb_zip_reader_open(zpath, password, &err);
+        ok &= r != NULL && chb_zip_reader_count(r) == NF + 1;
+        for (int i = 0; r && i < NF; i++) {
+          char name[64];
+          snprintf(name, sizeof name, "data/t/all_1_1_0/f%d.bin", i);
+          size_t len = 0;
+          unsigned char *got = read_entry(r, name, &len, i % 2 ? 4096 : 100000, &err);
+          if (!got) printf("     read %s: %s\n", name, err.msg);
+          ok &= got && len == sizes[i] && memcmp(got, data[i], len) == 0;
+          chb_zip_entry_info info;
+          ok &= chb_zip_reader_stat(r, (size_t)i, &info, &err) == 0 &&
+                info.encrypted == (pw ? 3 : 0) && info.size == sizes[i] &&
+                info.method == (sizes[i] ? codecs[c].id : CHB_CODEC_STORE);
+          free(got);
+        }
+        size_t blen;
+        unsigned char *b = r ? read_entry(r, ".backup", &blen, 3, &err) : NULL;
+        ok &= b && blen == 9 && memcmp(b, "<config/>", 9) == 0;
+        free(b);
+        chb_zip_reader_close(r);
+        CHECK(ok && leftovers(".tmp-") == 0 && exists(zpath),
+              "%s level %d%s round-trips %d files", codecs[c].name, levels[li],
+              pw ? " with AES-256" : "", NF + 1);
+      }
+    }
+  }
+  for (int i = 0; i < NF; i++) free(data[i]);
+}
+
+/* Levels and methods out of range are refused naming the valid ones. */
+static void test_bad_options(void) {
+  chb_zip_writer_opts o = {"lz4", 0, 0, NULL, 1, 0, 0};
+  chb_error err;
+  char zpath[512];
+  at(zpath, sizeof zpath, "bad.zip");
+  chb_zip_writer *w = chb_zip_writer_new(zpath, &o, &err);
+  CHECK(!w && err.code == CHB_INVALID && strstr(err.msg, "lz4") && strstr(err.msg, "zstd"),
+        "unknown method refused naming the valid ones: %s", err.msg);
+  o.method = "deflate";
+  o.has_level = 1;
+  o.level = 10;
+  w = chb_zip_writer_new(zpath, &o, &err);
+  CHECK(!w && err.code == CHB_INVALID && strstr(err.msg, "0..9"),
+        "deflate level 10 refused: %s", err.msg);
+  o.method = "zstd";
+  o.level = 23;
+  w = chb_zip_writer_new(zpath, &o, &err);
+  CHECK(!w && err.code == CHB_INVALID && strstr(err.msg, "1..22"), "zstd level 23 refused");
+  o.level = -1;
+  w = chb_zip_writer_new(zpath, &o, &err);
+  CHECK(w != NULL, "level -1 (ClickHouse's default) means the method's default");
+  chb_zip_writer_free(w);
+  CHECK(!exists(zpath) && leftovers("bad.zip") == 0, "a writer freed unstarted leaves nothing");
+}
+
+/* Pieces: offsets, lengths, several files, entries of another zip. */
+static void test_pieces_and_nesting(void) {
+  char a[512], b[512], z1[512], z2[512];
+  unsigned char *da = gen(2, 50000), *db = gen(3, 30000);
+  spit(at(a, sizeof a, "pa.bin"), da, 50000);
+  spit(at(b, sizeof b, "pb.bin"), db, 30000);
+  at(z1, sizeof z1, "pieces1.zip");
+  at(z2, sizeof z2, "pieces2.zip");
+  chb_error err;
+  chb_zip_writer *w = new_writer(z1, "xz", 0, 0, "pw", 2, 8192);
+  chb_piece p[3] = {{a, 100, 1000}, {b, 0, -1}, {a, 49000, -1}};
+  int ok = chb_zip_writer_add(w, "x/joined", p, 3, 1000 + 30000 + 1000, NULL, &err) == 0;
+  ok &= chb_zip_writer_add(w, "x/a", p, 1, -1, NULL, &err) == 1;
+  ok &= chb_zip_writer_finish(w, &err) == 0;
+  chb_zip_writer_free(w);
+  CHECK(ok, "entries made of pieces written");
+  /* A second archive made from entries of the first one (store, other password). */
+  w = new_writer(z2, "store", 0, 0, "other", 2, 8192);
+  chb_piece q[2] = {{z1, 1000, 30000, "x/joined", "pw"}, {z1, 0, -1, "x/a", "pw"}};
+  ok = chb_zip_writer_add(w, "y", q, 2, 31000, NULL, &err) == 0;
+  ok &= chb_zip_writer_finish(w, &err) == 0;
+  if (!ok) printf("     %s\n", err.msg);
+  chb_zip_writer_free(w);
+  chb_zip_reader *r = chb_zip_reader_open(z2, "other", &err);
+  size_t len = 0;
+  unsigned char *got = r ? read_entry(r, "y", &len, 7777, &err) : NULL;
+  unsigned char *want = malloc(31000);
+  memcpy(want, db, 30000);
+  memcpy(want + 30000, da + 100, 1000);
+  CHECK(got && len == 31000 && memcmp(got, want, 31000) == 0,
+        "an entry made from entries of another encrypted zip (offset, length) is right");
+  free(got);
+  chb_zip_reader_close(r);
+
+  /* The job reads pieces out of zip entries (incremental chains mixing zips and dirs). */
+  chb_job_opts jo = {2, 4096, 0};
+  chb_job *job = chb_job_new(&jo, &err);
+  char out1[512], out2[512];
+  at(out1, sizeof out1, "restored/one.bin");
+  at(out2, sizeof out2, "restored/two.bin");
+  chb_piece r1[3] = {{z1, 0, 1000, "x/joined", "pw"}, {b, 0, 10}, {z2, 30000, -1, "y", "other"}};
+  unsigned char *w1 = malloc(2010);
+  memcpy(w1, da + 100, 1000);
+  memcpy(w1 + 1000, db, 10);
+  memcpy(w1 + 1010, da + 100, 1000);
+  chb_u128 h1 = hash_of(w1, 2010);
+  chb_piece r2[1] = {{z1, 0, -1, "x/a", "pw"}};
+  ok = chb_job_add_pieces(job, r1, 3, out1, 2010, &h1, &err) == 0;
+  ok &= chb_job_add_pieces(job, r2, 1, out2, 1000, NULL, &err) == 1;
+  ok &= chb_job_start(job, &err) == 0 && chb_job_wait(job, -1) == CHB_JOB_DONE;
+  if (chb_job_result(job, &err) != 0) printf("     job: %s\n", err.msg);
+  chb_job_free(job);
+  FILE *f = fopen(out1, "rb");
+  unsigned char back[2100];
+  size_t n1 = f ? fread(back, 1, sizeof back, f) : 0;
+  if (f) fclose(f);
+  CHECK(ok && n1 == 2010 && memcmp(back, w1, 2010) == 0,
+        "job restores a file from pieces of two zips and a plain file");
+
+  /* Wrong password in a job: AUTH naming the entry, nothing written. */
+  job = chb_job_new(&jo, &err);
+  char out3[512];
+  at(out3, sizeof out3, "restored/three.bin");
+  chb_piece r3[1] = {{z1, 0, -1, "x/a", "nope"}};
+  chb_job_add_pieces(job, r3, 1, out3, -1, NULL, &err);
+  chb_job_start(job, &err);
+  chb_job_state s = chb_job_wait(job, -1);
+  chb_job_result(job, &err);
+  chb_job_free(job);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_AUTH && strstr(err.msg, "x/a") && !exists(out3),
+        "job with a wrong password: AUTH naming the entry, no file: %s", err.msg);
+  free(w1);
+  free(want);
+  free(da);
+  free(db);
+}
+
+/* Password errors, corruption, truncation: each names the entry (or archive). */
+static void test_refusals(void) {
+  char src[512], zs[512], zd[512], za[512], zt[512];
+  unsigned char *d = gen(4, 200000);
+  spit(at(src, sizeof src, "victim.bin"), d, 200000);
+  at(zs, sizeof zs, "victim-store.zip");
+  at(zd, sizeof zd, "victim-deflate.zip");
+  at(za, sizeof za, "victim-aes.zip");
+  at(zt, sizeof zt, "victim-trunc.zip");
+  chb_error err;
+  const char *paths[3] = {zs, zd, za};
+  const char *methods[3] = {"store", "deflate", "zstd"};
+  for (int i = 0; i < 3; i++) {
+    chb_zip_writer *w = new_writer(paths[i], methods[i], 0, 0, i == 2 ? "pw" : NULL, 1, 0);
+    chb_piece p = {src, 0, -1};
+    chb_zip_writer_add(w, "data/victim.bin", &p, 1, -1, NULL, &err);
+    chb_zip_writer_add_bytes(w, ".backup", "x", 1, &err);
+    if (chb_zip_writer_finish(w, &err) != 0) printf("     %s\n", err.msg);
+    chb_zip_writer_free(w);
+  }
+  /* No password, wrong password: AUTH before any byte. */
+  chb_zip_reader *r = chb_zip_reader_open(za, NULL, &err);
+  chb_zip_file *f = r ? chb_zip_file_open(r, "data/victim.bin", &err) : NULL;
+  CHECK(r && !f && err.code == CHB_AUTH && strstr(err.msg, "data/victim.bin"),
+        "no password: %s", err.msg);
+  chb_zip_reader_close(r);
+  r = chb_zip_reader_open(za, "wrong", &err);
+  f = r ? chb_zip_file_open(r, "data/victim.bin", &err) : NULL;
+  CHECK(r && !f && err.code == CHB_AUTH && strstr(err.msg, "wrong password") &&
+        strstr(err.msg, "data/victim.bin"), "wrong password: %s", err.msg);
+  chb_zip_reader_close(r);
+
+  /* A flipped byte in the middle of each archive's entry data. */
+  chb_code want_code[3] = {CHB_CORRUPT, CHB_CORRUPT, CHB_AUTH};
+  for (int i = 0; i < 3; i++) {
+    r = chb_zip_reader_open(paths[i], i == 2 ? "pw" : NULL, &err);
+    chb_zip_entry_info info;
+    chb_zip_reader_stat(r, 0, &info, &err);
+    uint64_t comp = info.compressed_size;
+    chb_zip_reader_close(r);
+    int fd = open(paths[i], O_RDWR);
+    off_t where = 60 + (off_t)comp / 2;  /* local header ~ 50 bytes, then data */
+    unsigned char c;
+    if (pread(fd, &c, 1, where) != 1) exit(2);
+    c ^= 0x10;
+    if (pwrite(fd, &c, 1, where) != 1) exit(2);
+    close(fd);
+    r = chb_zip_reader_open(paths[i], i == 2 ? "pw" : NULL, &err);
+    size_t len;
+    unsigned char *got = r ? read_entry(r, "data/victim.bin", &len, 65536, &err) : NULL;
+    CHECK(r && !got && err.code == want_code[i] && strstr(err.msg, "data/victim.bin"),
+          "%s: flipped byte refused (%s): %s", methods[i], chb_code_name(want_code[i]), err.msg);
+    free(got);
+    chb_zip_reader_close(r);
+  }
+
+  /* Truncated archive. */
+  FILE *in = fopen(zd, "rb");
+  unsigned char *buf = malloc(400000);
+  size_t n = fread(buf, 1, 400000, in);
+  fclose(in);
+  spit(zt, buf, n - 30);
+  r = chb_zip_reader_open(zt, NULL, &err);
+  CHECK(!r && err.code == CHB_CORRUPT && strstr(err.msg, "victim-trunc.zip") &&
+        strstr(err.msg, "truncated"), "truncated archive: %s", err.msg);
+  free(buf);
+  free(d);
+}
+
+/* Unsafe names: refused by the writer, and by the reader in a crafted archive. */
+static void test_names(void) {
+  char zpath[512], evil[512];
+  at(zpath, sizeof zpath, "names.zip");
+  at(evil, sizeof evil, "evil.zip");
+  chb_zip_writer *w = new_writer(zpath, "store", 0, 0, NULL, 1, 0);
+  chb_error err;
+  const char *bad[] = {"../x", "/abs", "a/../../b", "a\\b", "", ".."};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    long k = chb_zip_writer_add_bytes(w, bad[i], "x", 1, &err);
+    CHECK(k < 0 && err.code == CHB_INVALID, "writer refuses entry name '%s'", bad[i]);
+  }
+  CHECK(chb_zip_writer_add_bytes(w, "a/..b/c.", "x", 1, &err) == 0, "'..b' is just a name");
+  CHECK(chb_zip_writer_add_bytes(w, "a/..b/c.", "y", 1, &err) < 0 && err.code == CHB_EEXIST,
+        "a name added twice is EEXIST");
+  chb_zip_writer_free(w);
+  const char *crafted[] = {"../x", "/abs/y", "ok/../../z"};
+  for (size_t i = 0; i < 3; i++) {
+    unlink(evil);
+    int zerr;
+    zip_t *za = zip_open(evil, ZIP_CREATE | ZIP_EXCL, &zerr);
+    zip_source_t *s1 = zip_source_buffer(za, "fine", 4, 0);
+    zip_source_t *s2 = zip_source_buffer(za, "evil", 4, 0);
+    zip_file_add(za, "fine.txt", s1, 0);
+    zip_file_add(za, crafted[i], s2, 0);
+    if (zip_close(za) != 0) {
+      printf("FAIL cannot craft %s\n", evil);
+      failures++;
+      continue;
+    }
+    chb_zip_reader *r = chb_zip_reader_open(evil, NULL, &err);
+    CHECK(!r && err.code == CHB_CORRUPT && strstr(err.msg, crafted[i]),
+          "reader refuses an archive with entry '%s': %s", crafted[i], err.msg);
+    chb_zip_reader_close(r);
+  }
+}
+
+/* Size and checksum mismatches fail finish naming the file; nothing is left. */
+static void test_mismatch_and_exclusive(void) {
+  char src[512], zpath[512];
+  unsigned char *d = gen(6, 10000);
+  spit(at(src, sizeof src, "mm.bin"), d, 10000);
+  at(zpath, sizeof zpath, "mm.zip");
+  const char *methods[2] = {"store", "bzip2"};
+  for (int m = 0; m < 2; m++) {
+    for (int kind = 0; kind < 2; kind++) {
+      chb_zip_writer *w = new_writer(zpath, methods[m], 0, 0, m ? NULL : "pw", 2, 0);
+      chb_error err;
+      chb_piece p = {src, 0, -1};
+      chb_u128 h = hash_of(d, 10000);
+      h.lo ^= kind;
+      chb_zip_writer_add_bytes(w, "first", "1", 1, &err);
+      chb_zip_writer_add(w, "mm", &p, 1, kind ? 10000 : 9999, &h, &err);
+      int rc = chb_zip_writer_finish(w, &err);
+      CHECK(rc != 0 && err.code == CHB_CORRUPT && strstr(err.msg, "mm.bin") &&
+            strstr(err.msg, kind ? "checksum" : "size"),
+            "%s: %s mismatch fails naming the file: %s", methods[m], kind ? "checksum" : "size",
+            err.msg);
+      chb_zip_writer_free(w);
+      CHECK(!exists(zpath) && leftovers("mm.zip") == 0, "no archive and no temporary left");
+    }
+  }
+  /* An existing destination is never replaced. */
+  spit(zpath, "keep", 4);
+  chb_zip_writer_opts o = {"store", 0, 0, NULL, 1, 0, 0};
+  chb_error err;
+  chb_zip_writer *w = chb_zip_writer_new(zpath, &o, &err);
+  CHECK(!w && err.code == CHB_EEXIST, "existing destination: EEXIST");
+  unlink(zpath);
+  w = new_writer(zpath, "store", 0, 0, NULL, 1, 0);
+  chb_zip_writer_add_bytes(w, "a", "a", 1, &err);
+  spit(zpath, "keep", 4); /* appears while the writer is open */
+  int rc = chb_zip_writer_finish(w, &err);
+  CHECK(rc != 0 && err.code == CHB_EEXIST, "destination created meanwhile is kept: %s", err.msg);
+  chb_zip_writer_free(w);
+  struct stat st;
+  CHECK(stat(zpath, &st) == 0 && st.st_size == 4 && leftovers("mm.zip") == 1,
+        "the other file is untouched, no temporaries");
+  unlink(zpath);
+  /* Zero entries: a valid empty archive. */
+  w = new_writer(zpath, "deflate", 0, 0, NULL, 1, 0);
+  rc = chb_zip_writer_finish(w, &err);
+  chb_zip_writer_free(w);
+  chb_zip_reader *r = chb_zip_reader_open(zpath, NULL, &err);
+  CHECK(rc == 0 && r && chb_zip_reader_count(r) == 0, "an empty archive is valid");
+  chb_zip_reader_close(r);
+  unlink(zpath);
+  free(d);
+}
+
+/* Cancel and free while running: quick, nothing left behind. */
+static void test_cancel(void) {
+  char src[512], zpath[512];
+  size_t len = 8 << 20;
+  unsigned char *d = gen(8, len);
+  spit(at(src, sizeof src, "big.bin"), d, len);
+  free(d);
+  at(zpath, sizeof zpath, "cancel.zip");
+  for (int mode = 0; mode < 2; mode++) {
+    chb_zip_writer *w = new_writer(zpath, mode ? "xz" : "store", 1, mode ? 6 : 0, "pw", 2, 65536);
+    chb_error err;
+    for (int i = 0; i < 8; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "f%d", i);
+      chb_piece p = {src, 0, -1};
+      chb_zip_writer_add(w, name, &p, 1, (int64_t)len, NULL, &err);
+    }
+    chb_zip_writer_start(w, &err);
+    for (int i = 0; i < 5000; i++) {
+      chb_job_progress pr;
+      chb_zip_writer_get_progress(w, &pr);
+      if (pr.bytes_done > 0) break;
+      struct timespec ts = {0, 1000000};
+      nanosleep(&ts, NULL);
+    }
+    if (mode == 0) {
+      chb_zip_writer_cancel(w);
+      chb_job_state s = chb_zip_writer_wait(w, -1);
+      chb_zip_writer_result(w, &err);
+      CHECK(s == CHB_JOB_CANCELLED && err.code == CHB_CANCELLED, "cancel: CANCELLED (%s)", err.msg);
+    }
+    chb_zip_writer_free(w); /* mode 1: free while running cancels and joins */
+    CHECK(!exists(zpath) && leftovers("cancel.zip") == 0, "%s: nothing left behind",
+          mode ? "free while running" : "cancel");
+  }
+}
+
+/* More than 65535 entries: zip64 end of central directory. */
+static void test_many_entries(void) {
+  char zpath[512];
+  at(zpath, sizeof zpath, "many.zip");
+  chb_zip_writer *w = new_writer(zpath, "store", 0, 0, NULL, 1, 0);
+  chb_error err;
+  const size_t N = 65536 + 100;
+  int ok = 1;
+  for (size_t i = 0; i < N && ok; i++) {
+    char name[32], body[32];
+    snprintf(name, sizeof name, "d/%zu", i);
+    int n = snprintf(body, sizeof body, "%zu", i * 7);
+    ok = chb_zip_writer_add_bytes(w, name, body, (size_t)n, &err) == (long)i;
+  }
+  ok = ok && chb_zip_writer_finish(w, &err) == 0;
+  chb_zip_writer_free(w);
+  chb_zip_reader *r = chb_zip_reader_open(zpath, NULL, &err);
+  ok = ok && r && chb_zip_reader_count(r) == N;
+  size_t len;
+  unsigned char *got = r ? read_entry(r, "d/65600", &len, 64, &err) : NULL;
+  CHECK(ok && got && len == 6 && memcmp(got, "459200", 6) == 0,
+        "%zu entries (zip64 end of central directory) round-trip", N);
+  free(got);
+  chb_zip_reader_close(r);
+  unlink(zpath);
+}
+
+/* WinZip AES known answer: PBKDF2-SHA1 and the LE counter, checked by decrypting our own output
+ * under a fixed salt is not possible through the API, so check the header layout and MAC size. */
+static void test_aes_layout(void) {
+  unsigned char hdr[18];
+  chb_error err;
+  chb_aes *a = chb_aes_encrypter(3, "pw", 2, hdr, &err);
+  unsigned char buf[40] = "hello, hello, hello, hello, hello, hello";
+  unsigned char mac[10];
+  chb_aes_encrypt(a, buf, sizeof buf, &err);
+  chb_aes_mac(a, mac, &err);
+  chb_aes_free(a);
+  chb_aes *b = chb_aes_decrypter(3, "pw", 2, hdr, "test", &err);
+  unsigned char mac2[10];
+  chb_aes_decrypt(b, buf, sizeof buf, &err);
+  chb_aes_mac(b, mac2, &err);
+  chb_aes_free(b);
+  CHECK(memcmp(buf, "hello, hello", 12) == 0 && memcmp(mac, mac2, 10) == 0 &&
+        chb_aes_overhead(3) == 28, "AES-256 CTR + HMAC round trip, 28 bytes overhead");
+  chb_aes *c = chb_aes_decrypter(3, "px", 2, hdr, "entry x", &err);
+  CHECK(!c && err.code == CHB_AUTH && strstr(err.msg, "entry x"), "verifier catches a wrong password");
+}
+
+int main(void) {
+  if (!mkdtemp(root)) {
+    perror("mkdtemp");
+    return 2;
+  }
+  test_aes_layout();
+  test_bad_options();
+  test_round_trips();
+  test_pieces_and_nesting();
+  test_refusals();
+  test_names();
+  test_mismatch_and_exclusive();
+  test_cancel();
+  test_many_entries();
+  chb_zip_cache_clear();
+  nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+  return failures ? 1 : 0;
+}

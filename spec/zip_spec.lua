@@ -1,0 +1,145 @@
+-- BACKUP to and RESTORE from zip archives, checked with the tools people
+-- use (7z, bsdtar) and with real ClickHouse.
+local h = require("spec.helpers")
+
+local TABLES = h.expected()
+
+local function run(w, statement, path)
+  local r, err = h.open(w, path):execute(statement)
+  assert(r, err)
+  return r[1]
+end
+
+local function refused(w, statement, path)
+  local r, err = h.open(w, path):execute(statement)
+  assert.is_nil(r, statement)
+  return err
+end
+
+
+describe("zip backups", function()
+  local w
+  setup(function()
+    w = h.world("zip")
+    run(w, "BACKUP ALL TO Disk('backups', '1.zip')")
+  end)
+
+  it("hold ClickHouse's tree: 7z tests and extracts it, ClickHouse restores the extracted tree", function()
+    local zip = w.backups .. "/1.zip"
+    local ok, out = h.run("7z t " .. h.quote(zip))
+    assert.is_true(ok, out)
+    assert.matches("Everything is Ok", out)
+    ok, out = h.run("bsdtar -tf " .. h.quote(zip))
+    assert.is_true(ok, out)
+    assert.matches("%.backup\n", out)
+    assert.matches("metadata/shop/orders%.sql\n", out)
+    ok, out = h.run("7z x -o" .. h.quote(w.backups .. "/extracted") .. " " .. h.quote(zip))
+    assert.is_true(ok, out)
+    local target = w.dir .. "/ch-from-extracted"
+    h.clickhouse(target, { "RESTORE ALL FROM Disk('backups', 'extracted')" }, w.config)
+    assert.equal(h.digest_text(TABLES), h.table_digests(target, TABLES))
+  end)
+
+  it("are restored by chbackup straight from the archive", function()
+    local target = w.dir .. "/from-zip"
+    assert.equal("RESTORED", run(w, "RESTORE ALL FROM Disk('backups', '1.zip')", target).status)
+    assert.equal(h.digest_text(TABLES), h.table_digests(target, TABLES))
+    -- streamed out of the archive: nothing was extracted beside it
+    assert.is_false(h.exists(w.backups .. "/1"))
+  end)
+
+  it("refuse an archive that exists", function()
+    assert.matches("backup Disk%('backups', '1%.zip'%) already exists",
+      refused(w, "BACKUP TABLE shop.orders TO Disk('backups', '1.zip')"))
+  end)
+
+  for _, case in ipairs({
+    { "store", nil }, { "deflate", 1 }, { "deflate", 9 }, { "bzip2", 9 }, { "lzma", 3 }, { "xz", 6 }, { "zstd", 19 },
+  }) do
+    local method, level = case[1], case[2]
+    it("round-trip with compression_method = '" .. method .. "'" .. (level and (", level " .. level) or ""), function()
+      local name = method .. (level or "") .. ".zip"
+      local settings = "compression_method = '" .. method .. "'" .. (level and (", compression_level = " .. level) or "")
+      run(w, "BACKUP DATABASE shop TO Disk('backups', '" .. name .. "') SETTINGS " .. settings)
+      if method ~= "zstd" then   -- p7zip 16.02 has no zstd
+        local ok, out = h.run("7z t " .. h.quote(w.backups .. "/" .. name))
+        assert.is_true(ok, out)
+      end
+      local target = w.dir .. "/from-" .. name
+      run(w, "RESTORE DATABASE shop FROM Disk('backups', '" .. name .. "')", target)
+      local shop = {}
+      for _, t in ipairs(TABLES) do
+        if t[1] == "shop" then
+          shop[#shop + 1] = t
+        end
+      end
+      assert.equal(h.digest_text(shop), h.table_digests(target, shop))
+    end)
+  end
+
+  it("refuse an unknown method or a level out of range, naming the valid ones", function()
+    local err = refused(w, "BACKUP TABLE shop.orders TO Disk('backups', 'x.zip') SETTINGS compression_method = 'brotli'")
+    assert.matches("brotli", err)
+    assert.matches("deflate", err)
+    err = refused(w, "BACKUP TABLE shop.orders TO Disk('backups', 'y.zip') SETTINGS compression_method = 'deflate', "
+      .. "compression_level = 42")
+    assert.matches("42", err)
+    assert.is_false(h.exists(w.backups .. "/x.zip"))
+    assert.is_false(h.exists(w.backups .. "/y.zip"))
+  end)
+
+  it("refuse compression settings for a directory destination", function()
+    assert.matches("apply to archive destinations",
+      refused(w, "BACKUP TABLE shop.orders TO Disk('backups', 'dir') SETTINGS compression_method = 'xz'"))
+  end)
+
+  it("with a password: 7z needs it, RESTORE needs it and writes nothing without it", function()
+    run(w, "BACKUP DATABASE shop TO Disk('backups', 'password-protected.zip') SETTINGS password = 'qwerty'")
+    local zip = w.backups .. "/password-protected.zip"
+    local ok, out = h.run("7z t -pqwerty " .. h.quote(zip))
+    assert.is_true(ok, out)
+    ok = h.run("7z t -pwrong " .. h.quote(zip))
+    assert.is_nil(ok)
+    local target = w.dir .. "/pw"
+    local err = refused(w, "RESTORE DATABASE shop FROM Disk('backups', 'password-protected.zip')", target)
+    assert.matches("password", err)
+    err = refused(w, "RESTORE DATABASE shop FROM Disk('backups', 'password-protected.zip') SETTINGS password = 'nope'",
+      target)
+    assert.matches("wrong password", err)
+    assert.same({}, h.tree(target .. "/store"))
+    run(w, "RESTORE DATABASE shop FROM Disk('backups', 'password-protected.zip') SETTINGS password = 'qwerty'", target)
+    assert.equal("60\n", h.clickhouse(target, { "SELECT count() FROM shop.customers" }))
+  end)
+
+  it("stop on a corrupted entry, naming it, with nothing restored", function()
+    local zip = w.backups .. "/1.zip"
+    local bad = w.backups .. "/bad.zip"
+    local data = assert(h.read(zip))
+    -- flip a byte in the middle of the archive's data (not the directory)
+    local at = #data // 3
+    h.write(bad, data:sub(1, at - 1) .. string.char((data:byte(at) + 1) % 256) .. data:sub(at + 1))
+    local target = w.dir .. "/from-bad"
+    local r, err = h.open(w, target):execute("RESTORE ALL FROM Disk('backups', 'bad.zip')")
+    assert.is_nil(r)
+    assert.is_string(err)
+    assert.same({}, h.tree(target .. "/store"))
+    -- a truncated archive
+    h.write(w.backups .. "/short.zip", data:sub(1, #data - 100))
+    r, err = h.open(w, w.dir .. "/from-short"):execute("RESTORE ALL FROM Disk('backups', 'short.zip')")
+    assert.is_nil(r)
+    assert.matches("short%.zip", err)
+  end)
+
+  it("chain incrementals across zip archives", function()
+    h.clickhouse(w.data, { "INSERT INTO logs.events SELECT * FROM logs.events LIMIT 40" })
+    run(w, "BACKUP ALL TO Disk('backups', 'inc.zip') SETTINGS base_backup = Disk('backups', '1.zip'), "
+      .. "compression_method = 'zstd'")
+    local ok, out = h.run(string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s show %s",
+      h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status), h.quote("Disk('backups', 'inc.zip')")))
+    assert.is_true(ok, out)
+    assert.matches("use_base", out)
+    local target = w.dir .. "/from-inc-zip"
+    run(w, "RESTORE ALL FROM Disk('backups', 'inc.zip')", target)
+    assert.equal(h.table_digests(w.data, TABLES), h.table_digests(target, TABLES))
+  end)
+end)
