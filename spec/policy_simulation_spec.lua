@@ -366,6 +366,17 @@ describe("policy simulation: a real destination directory", function()
     assert.truthy(lfs.attributes(w.backups .. "/nightly/20260501-0200-full/.backup"))
   end)
 
+  it("keeps a base that a zip backup outside the policy relies on", function()
+    simulate(pol, env, "2026-05-01T02:00:00", "2026-05-01T02:00:00")
+    -- a real zip incremental on the policy's (stand-in) directory backup
+    assert(h.open(w):execute("BACKUP TABLE shop.orders TO Disk('backups', 'manual/x.zip') SETTINGS base_backup = "
+      .. "Disk('backups', 'nightly/20260501-0200-full')"))
+    simulate(pol, env, "2026-05-02T02:00:00", "2026-05-04T02:00:00")
+    local plan = assert(policy.plan(pol, T("2026-05-04T03:00:00"), env))
+    assert.same({ "base of manual/x.zip, a backup outside this policy" },
+      plan.retention.keep["nightly/20260501-0200-full"])
+  end)
+
   it("a failed backup is retried at the next run and nothing is deleted meanwhile", function()
     simulate(pol, env, "2026-05-01T02:00:00", "2026-05-03T00:00:00")
     local count = #h.tree(w.backups)
@@ -434,25 +445,25 @@ describe("policy simulation: a real destination directory", function()
   it("passes the password from a file to BACKUP, never to the log or the policy record", function()
     h.write(w.dir .. "/pw", "s3cret\n")
     pol = check({
-      destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}" },
+      destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}.zip" },
       selection = { databases = { "shop" } },
       schedule = { full = "0 2 * * *" },
       password = { file = w.dir .. "/pw" },
       compression = { method = "lzma", level = 3 },
     }, "nightly")
     local seen
-    local real = env.execute
+    local inst = h.open(w)
     env.execute = function(text)
       seen = text
-      return real(text:gsub(" SETTINGS .*$", ""))
+      return inst:execute(text)
     end
     local said = {}
     env.log = function(rec) said[#said + 1] = rec.reason end
     local report = assert(policy.run(pol, T("2026-05-01T02:00:00"), env))
-    assert.is_true(report.ok)
-    assert.equal("BACKUP DATABASE shop TO Disk('backups', 'nightly/20260501-0200-full') SETTINGS "
+    assert.is_true(report.ok, table.concat(report.errors, "; "))
+    assert.equal("BACKUP DATABASE shop TO Disk('backups', 'nightly/20260501-0200-full.zip') SETTINGS "
       .. "compression_method = 'lzma', compression_level = 3, password = 's3cret'", seen)
-    local rec = h.read(w.backups .. "/nightly/20260501-0200-full.chbackup.json")
+    local rec = h.read(w.backups .. "/nightly/20260501-0200-full.zip.chbackup.json")
     assert.is_nil(rec:find("s3cret", 1, true))
     assert.truthy(rec:find("password = '***'", 1, true))
     assert.is_nil(table.concat(said, "\n"):find("s3cret", 1, true))
@@ -467,5 +478,181 @@ describe("policy simulation: a real destination directory", function()
     -- a lock whose process is gone is taken over
     h.write(w.backups .. "/.chbackup-policy-nightly.lock/owner", "999999999 0\n")
     assert.is_true(assert(policy.run(pol, T("2026-05-01T02:00:00"), env)).ok)
+  end)
+end)
+
+
+describe("policy simulation: zip backups, made for real", function()
+  local chain = require("chbackup.chain")
+  local config = require("chbackup.config")
+  local ZIP_DAY = {
+    "nightly/20260501-0200-full.zip", "nightly/20260501-0600-incr.zip", "nightly/20260501-1200-incr.zip",
+    "nightly/20260501-1800-incr.zip", "nightly/20260502-0000-incr.zip",
+  }
+  local w, pol, env
+
+  before_each(function()
+    w = h.world("policy-zip")
+    h.write(w.dir .. "/pw", "s3cret\n")
+    pol = check({
+      destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}.zip" },
+      selection = { databases = { "shop" }, tables = { "logs.events" } },
+      schedule = { full = "0 2 * * *", incremental = "0 */6 * * *" },
+      retention = { last = 1 },
+      compression = { method = "zstd", level = 1 },
+      password = { file = w.dir .. "/pw" },
+    }, "nightly")
+    env = { path = w.data, config = w.config, status_dir = w.status }
+  end)
+
+  -- Every file under the destination, by relative name (the lock excluded).
+  local function files(dir)
+    local out = {}
+    for _, f in ipairs(h.tree(dir)) do
+      out[#out + 1] = f
+    end
+    table.sort(out)
+    return out
+  end
+
+  it("a day of zips: a full and incrementals, each on the previous zip; retention deletes zips whole", function()
+    local log = {}
+    env.log = function(rec)
+      log[#log + 1] = rec.event .. " " .. (rec.backup or "-") .. ": " .. rec.reason
+    end
+    simulate(pol, env, "2026-05-01T02:00:00", "2026-05-02T00:00:00", function(report)
+      if report.backup and report.backup.kind == "full" then
+        -- something new for the incrementals to hold
+        h.clickhouse(w.data, { "INSERT INTO shop.orders SELECT d + toIntervalMonth(6), id + 100000, customer, "
+          .. "discount, status, tags, attrs FROM shop.orders WHERE d < '2024-02-01' LIMIT 10" })
+      end
+    end)
+    -- one file per backup and its record beside it: no directory, no temp file
+    local want = {}
+    for _, name in ipairs(ZIP_DAY) do
+      want[#want + 1] = name
+      want[#want + 1] = name .. ".chbackup.json"
+    end
+    assert.same(want, files(w.backups))
+    assert.same({ ZIP_DAY[5], ZIP_DAY[4], ZIP_DAY[3], ZIP_DAY[2], ZIP_DAY[1] }, names(assert(store.open(pol,
+      config.load(w.config)))))
+    -- each incremental's base is the zip before it, as its .backup records
+    -- (what `chbackup show` prints), with that zip's uuid
+    local cfg = assert(config.load(w.config))
+    local previous
+    for i, name in ipairs(ZIP_DAY) do
+      local b = assert(chain.open(cfg, assert(chain.parse_name("Disk('backups', '" .. name .. "')")),
+        { password = "s3cret" }))
+      if i == 1 then
+        assert.is_nil(b.manifest.base_backup)
+      else
+        assert.equal("Disk('backups', '" .. ZIP_DAY[i - 1] .. "')", b.manifest.base_backup)
+        assert.equal(previous.manifest.uuid, b.manifest.base_backup_uuid)
+      end
+      assert.equal(i, #assert(chain.list(b)))
+      assert.is_true(chain.check(b))
+      local rec = cjson.decode(h.read(w.backups .. "/" .. name .. ".chbackup.json"))
+      assert.equal(i == 1 and "full" or "incr", rec.kind)
+      assert.equal(ZIP_DAY[i - 1], rec.base)
+      assert.equal(b.manifest.uuid, rec.uuid)
+      -- row counts at backup time, read from the zip through its chain
+      assert.equal(i == 1 and 1370 or 1380, rec.rows.shop.orders.total)
+      previous = b
+    end
+    local text = table.concat(log, "\n")
+    assert.truthy(text:find("statement nightly/20260501-0600-incr.zip: BACKUP DATABASE shop, TABLE logs.events TO "
+      .. "Disk('backups', 'nightly/20260501-0600-incr.zip') SETTINGS base_backup = Disk('backups', "
+      .. "'nightly/20260501-0200-full.zip'), compression_method = 'zstd', compression_level = 1, password = '***'", 1,
+      true), text)
+    assert.is_nil(text:find("s3cret", 1, true))
+    assert.is_nil(text:find("delete", 1, true))
+
+    -- an earlier run's half-done deletion (renamed, not yet removed) and a
+    -- BACKUP's leftover temp file; then the next full makes the whole day
+    -- deletable (keep the last 1)
+    local dir = w.backups .. "/nightly"
+    assert(os.execute("cp " .. h.quote(dir .. "/20260501-0200-full.zip") .. " "
+      .. h.quote(dir .. "/20260430-0200-full.zip.deleting")))
+    h.write(dir .. "/20260430-0200-full.zip.chbackup.json", "{}")
+    h.write(dir .. "/20260430-0300-incr.zip.tmp-4242", "PK")
+    log = {}
+    local report = assert(policy.run(pol, T("2026-05-02T02:00:00"), env))
+    assert.is_true(report.ok, table.concat(report.errors, "; "))
+    assert.equal("nightly/20260502-0200-full.zip", report.backup.name)
+    local deleted = {}
+    for _, p in ipairs(report.deleted) do deleted[#deleted + 1] = p.name end
+    -- inside a chain, newest first: never a zip whose base is gone
+    assert.same({ ZIP_DAY[5], ZIP_DAY[4], ZIP_DAY[3], ZIP_DAY[2], ZIP_DAY[1] }, deleted)
+    assert.same({ "nightly/20260430-0300-incr.zip.tmp-4242", "nightly/20260502-0200-full.zip",
+      "nightly/20260502-0200-full.zip.chbackup.json" }, files(w.backups))
+    text = table.concat(log, "\n")
+    assert.truthy(text:find("deleted nightly/20260430-0200-full.zip: finished a deletion an earlier run started", 1,
+      true), text)
+    assert.truthy(text:find("problem nightly/20260430-0200-full.zip: deletion was started and not finished "
+      .. "(20260430-0200-full.zip.deleting); the next run finishes it", 1, true), text)
+    assert.truthy(text:find("problem nightly/20260430-0300-incr.zip.tmp-4242: unfinished zip "
+      .. "(20260430-0300-incr.zip.tmp-4242: the temporary file of a BACKUP that is running or was interrupted; "
+      .. "not a backup); left alone (not a restore point)", 1, true), text)
+    assert.truthy(text:find("deleted " .. ZIP_DAY[1] .. ": removed whole (renamed to .deleting first", 1, true), text)
+  end)
+
+  it("a directory backup outside the policy, on one of its zips, pins it: chains mix zips and directories", function()
+    -- (a directory backup cannot have a password-protected base)
+    pol.password, pol.compression = nil, nil
+    simulate(pol, env, "2026-05-01T02:00:00", "2026-05-01T02:00:00")
+    local inst = h.open(w)
+    assert(inst:execute("BACKUP TABLE shop.orders TO Disk('backups', 'manual/dir') SETTINGS base_backup = "
+      .. "Disk('backups', '" .. ZIP_DAY[1] .. "')"))
+    local b = assert(chain.open(assert(config.load(w.config)), assert(chain.parse_name("Disk('backups', 'manual/dir')"))))
+    assert.equal("Disk('backups', '" .. ZIP_DAY[1] .. "')", b.manifest.base_backup)
+    assert.equal(2, #assert(chain.list(b)))
+    assert.is_true(chain.check(b))
+    simulate(pol, env, "2026-05-02T02:00:00", "2026-05-02T02:00:00")
+    local plan = assert(policy.plan(pol, T("2026-05-02T03:00:00"), env))
+    assert.same({ "base of manual/dir, a backup outside this policy" }, plan.retention.keep[ZIP_DAY[1]])
+    assert.truthy(lfs.attributes(w.backups .. "/" .. ZIP_DAY[1]))
+  end)
+
+  it("deletes a zip by renaming it first: a failure after the rename is finished by the next run", function()
+    simulate(pol, env, "2026-05-01T02:00:00", "2026-05-01T06:00:00")
+    local st = assert(store.open(pol, config.load(w.config)))
+    local listing = st:list()
+    assert.equal(2, #listing.points)
+    local newest = listing.points[1]
+    assert.is_true(newest.archive)
+    -- the rename happens, then the removal fails (os.remove stubbed)
+    local real_remove = os.remove
+    os.remove = function(path) -- luacheck: ignore 122
+      if path:match("%.zip%.deleting$") then
+        return nil, path .. ": Operation not permitted"
+      end
+      return real_remove(path)
+    end
+    local ok, err = st:delete(newest)
+    os.remove = real_remove -- luacheck: ignore 122
+    assert.is_nil(ok)
+    assert.truthy(err:find("the backup is invalidated; the next run finishes the deletion", 1, true), err)
+    assert.is_nil(lfs.attributes(newest.path))
+    assert.equal("file", lfs.attributes(newest.path .. ".deleting", "mode"))
+    -- no longer a restore point: the listing shows it as a deletion to finish
+    listing = st:list()
+    assert.same({ ZIP_DAY[1] }, (function()
+      local out = {}
+      for _, p in ipairs(listing.points) do out[#out + 1] = p.name end
+      return out
+    end)())
+    assert.equal(ZIP_DAY[2], listing.deleting[1].name)
+    local said = {}
+    env.log = function(rec) said[#said + 1] = rec.event .. " " .. (rec.backup or "-") .. ": " .. rec.reason end
+    local report = assert(policy.run(pol, T("2026-05-01T06:30:00"), env))
+    assert.is_true(report.ok, table.concat(report.errors, "; "))
+    assert.truthy(table.concat(said, "\n"):find("deleted " .. ZIP_DAY[2] .. ": finished a deletion an earlier run "
+      .. "started", 1, true))
+    assert.is_nil(lfs.attributes(newest.path .. ".deleting"))
+    assert.is_nil(lfs.attributes(newest.path .. ".chbackup.json"))
+    -- and the incremental that is due again is made on the full
+    assert.equal(ZIP_DAY[1], report.backup.base)
+    assert.same({ ZIP_DAY[1], ZIP_DAY[1] .. ".chbackup.json", "nightly/20260501-0630-incr.zip",
+      "nightly/20260501-0630-incr.zip.chbackup.json" }, files(w.backups))
   end)
 end)

@@ -21,12 +21,13 @@ return {
   name = "nightly",
   source = { path = %q, config = %q },
   selection = { databases = { "shop", "logs" } },
-  destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}" },
+  destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}%s" },
   schedule = { full = "0 2 * * *", incremental = "0 * * * *" },
   verification = { scratch = %q %s },
   %s
 }
-]], w.data, w.config, w.dir, extra and extra.verification or "", extra and extra.top or ""))
+]], w.data, w.config, extra and extra.suffix or "", w.dir, extra and extra.verification or "",
+    extra and extra.top or ""))
   return path
 end
 
@@ -229,19 +230,115 @@ describe("policy verify (real backups, real ClickHouse)", function()
 end)
 
 
-describe("policy run with settings BACKUP does not take yet", function()
-  it("passes compression and a password from a file as BACKUP settings, never showing the password", function()
+describe("policy run with compression and a password", function()
+  it("passes them as BACKUP settings of a zip backup, never showing the password", function()
     local w = h.world("policy-settings")
     h.write(w.dir .. "/pw", "s3cret\n")
-    local file = write_policy(w, { top = string.format(
+    local file = write_policy(w, { suffix = ".zip", top = string.format(
       "compression = { method = 'lzma', level = 3 }, password = { file = %q },", w.dir .. "/pw") })
     local code, out, err = cli(w, "run", file, { "now=2026-05-01T02:00:00Z" })
-    assert.equal(1, code)
-    assert.truthy(out:find("statement    " .. FULL .. ": BACKUP DATABASE shop, DATABASE logs TO Disk('backups', '"
-      .. FULL .. "') SETTINGS compression_method = 'lzma', compression_level = 3, password = '***'", 1, true), out)
+    assert.equal(0, code, err)
+    assert.truthy(out:find("statement    " .. FULL .. ".zip: BACKUP DATABASE shop, DATABASE logs TO Disk('backups', '"
+      .. FULL .. ".zip') SETTINGS compression_method = 'lzma', compression_level = 3, password = '***'", 1, true), out)
     assert.is_nil(out:find("s3cret", 1, true))
     assert.is_nil(err:find("s3cret", 1, true))
-    assert.truthy(err:find("apply to archive destinations", 1, true), err)
+    local zip = w.backups .. "/" .. FULL .. ".zip"
+    local ok, test_out = h.run("7z t -ps3cret " .. h.quote(zip))
+    assert.is_true(ok, test_out)
+    assert.is_nil(h.run("7z t -pwrong " .. h.quote(zip)))
+  end)
+end)
+
+
+describe("policy verify of password-protected zip backups", function()
+  local FULL_ZIP, INCR_ZIP = FULL .. ".zip", INCR .. ".zip"
+
+  local function zip_world()
+    local dir = h.tmpdir("policy-zip-pw")
+    h.write(dir .. "/pw", "s3cret\n")
+    local w, file = world_with_backups({ suffix = ".zip", top = string.format(
+      "compression = { method = 'lzma', level = 1 }, password = { file = %q },", dir .. "/pw") })
+    w.pw = dir .. "/pw"
+    return w, file
+  end
+
+  it("restores the chain of zips with the policy's password and passes; the password is never shown", function()
+    local w, file = zip_world()
+    local rec = record(w, INCR_ZIP)
+    assert.equal(FULL_ZIP, rec.base)
+    assert.equal(1380, rec.rows.shop.orders.total)
+    assert.equal(10, rec.rows.shop.orders.partitions["202407"])
+    local junit = w.dir .. "/report.xml"
+    local code, out, err = cli(w, "verify", file, { "backups=chain", "junit=" .. junit, "now=2026-05-01T04:00:00Z" })
+    assert.equal(0, code, out .. err)
+    assert.truthy(out:find("verification of policy nightly: OK", 1, true), out)
+    assert.truthy(out:find("backup " .. INCR_ZIP .. ": OK", 1, true), out)
+    assert.truthy(out:find("backup " .. FULL_ZIP .. ": OK", 1, true), out)
+    assert.truthy(out:find("pass  chain: 2 backup(s) in the chain", 1, true), out)
+    assert.truthy(out:find("pass  row_counts: 8 tables agree with the counts recorded at backup time", 1, true), out)
+    assert.is_nil((out .. err):find("s3cret", 1, true))
+    assert.is_nil(h.read(junit):find("s3cret", 1, true))
+    for _, name in ipairs({ INCR_ZIP, FULL_ZIP }) do
+      local v = record(w, name).verifications
+      assert.equal(1, #v)
+      assert.is_true(v[1].ok)
+      assert.is_nil(cjson.encode(record(w, name)):find("s3cret", 1, true))
+    end
+    -- only the zips and their records: verification wrote nothing into them
+    assert.same({ FULL_ZIP, FULL_ZIP .. ".chbackup.json", INCR_ZIP, INCR_ZIP .. ".chbackup.json" },
+      h.tree(w.backups))
+    -- with a wrong password the backups cannot be read: the drill fails and says why
+    h.write(w.pw, "wrong\n")
+    code, out = cli(w, "verify", file, { "now=2026-05-01T04:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("FAIL backups: no backup of policy nightly", 1, true), out)
+    assert.truthy(out:find("problem      " .. INCR_ZIP .. ": wrong password for entry .backup of " .. w.backups .. "/"
+      .. INCR_ZIP .. " (the policy's password does not open this zip)", 1, true), out)
+  end)
+
+  it("catches a corrupted zip: a flipped byte in an entry's data fails checksums with the file named", function()
+    local w, file = zip_world()
+    local zip = w.backups .. "/" .. FULL_ZIP
+    -- a data file the full stores and the incremental relies on
+    local reader = assert(require("chbackup.core").zip_reader(zip, "s3cret"))
+    local victim
+    for _, e in ipairs(reader:list()) do
+      if e.name:match("^data/shop/orders/202401_1_1_0/.*%.bin$") and e.compressed_size > 200 then
+        victim = e
+        break
+      end
+    end
+    reader:close()
+    assert(victim, "no data file to corrupt")
+    -- its local header: "PK\3\4", 26 bytes, name length, extra length, name, extra, data
+    local bytes = h.read(zip)
+    local at = 1
+    local data_at
+    while true do
+      local s = assert(bytes:find(victim.name, at, true))
+      if bytes:sub(s - 30, s - 27) == "PK\3\4" then
+        local name_len, extra_len = string.unpack("<I2I2", bytes, s - 4)
+        assert(name_len == #victim.name)
+        data_at = s + name_len + extra_len
+        break
+      end
+      at = s + 1
+    end
+    local i = data_at + victim.compressed_size // 2
+    h.write(zip, bytes:sub(1, i - 1) .. string.char((bytes:byte(i) + 1) % 256) .. bytes:sub(i + 1))
+    local junit = w.dir .. "/report.xml"
+    local code, out, err = cli(w, "verify", file, { "junit=" .. junit, "now=2026-05-01T04:00:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("verification of policy nightly: FAILED", 1, true), out)
+    assert.truthy(out:find("pass  chain: 2 backup(s) in the chain", 1, true), out)
+    assert.truthy(out:find("FAIL  checksums: corrupted file " .. victim.name .. " in backup Disk('backups', '"
+      .. INCR_ZIP .. "'): ", 1, true), out)
+    assert.truthy(out:find(" in entry " .. victim.name .. " of " .. zip, 1, true), out)
+    assert.truthy(out:find("skip  restore: skipped: an earlier step failed", 1, true), out)
+    assert.truthy(err:find("chbackup: policy nightly: verification failed", 1, true), err)
+    assert.is_nil((out .. err):find("s3cret", 1, true))
+    assert.truthy(h.read(junit):find('<failure message="corrupted file ' .. victim.name, 1, true))
+    assert.is_false(record(w, INCR_ZIP).verifications[1].ok)
   end)
 end)
 

@@ -6,7 +6,7 @@
 -- ClickHouse). digest is sum(cityHash64(tuple(*))) as a decimal string.
 --
 -- Counters:
---   counter.from_backup(cfg, destination)  count.txt of every part in the
+--   counter.from_backup(cfg, dest, o)      count.txt of every part in the
 --       backup (read through its chain, each file checked against its
 --       checksum): exact for MergeTree tables, reads no data file, needs no
 --       server; Log-family tables are not counted.
@@ -41,13 +41,21 @@ local function slot(rows, db, t)
 end
 
 
---- Counts a backup's rows from its parts' count.txt. dest is a destination
--- table (as chain.parse_name returns). Returns rows or nil, err.
-function counter.from_backup(cfg, dest)
-  local b, err = chain.open(cfg, dest)
-  if not b then
-    return nil, err
+--- Closes the zip readers of an opened backup's chain (chain.open).
+function counter.close(b)
+  local x = b
+  while x do
+    if x.reader then
+      x.reader:close()
+      x.reader = nil
+    end
+    x = x.base or nil
   end
+end
+
+
+-- Counts the rows of an opened backup (chain.open).
+local function count_opened(b)
   local rows = {}
   for _, f in ipairs(b.manifest.files) do
     local edb, et = f.name:match("^metadata/([^/]+)/([^/]+)%.sql$")
@@ -86,6 +94,21 @@ function counter.from_backup(cfg, dest)
     end
   end
   return rows
+end
+
+
+--- Counts a backup's rows from its parts' count.txt. dest is a destination
+-- table (as chain.parse_name returns), a directory or a zip backup;
+-- opts.password opens password-protected zips. Returns rows or nil, err.
+function counter.from_backup(cfg, dest, opts)
+  local b, err = chain.open(cfg, dest, { password = opts and opts.password })
+  if not b then
+    return nil, err
+  end
+  local rows
+  rows, err = count_opened(b)
+  counter.close(b)
+  return rows, err
 end
 
 

@@ -113,7 +113,12 @@ local function check_destination(t, name)
   if not compiled then
     return nil, "destination.name: " .. err
   end
-  return { disk = t.disk, path = t.path, name = pattern, compiled = compiled }
+  local kind = store.archive_kind(pattern)
+  if kind and kind ~= "zip" then
+    return nil, "destination.name: '" .. pattern .. "' names a " .. kind .. " archive; chbackup writes directories "
+      .. "and .zip archives"
+  end
+  return { disk = t.disk, path = t.path, name = pattern, compiled = compiled, archive = kind }
 end
 
 
@@ -365,6 +370,14 @@ function policy.check(t, name)
   pol.password, err = check_password(t.password)
   if err then
     return nil, err
+  end
+  if not pol.destination.archive then
+    for _, k in ipairs({ "compression", "password" }) do
+      if pol[k] then
+        return nil, k .. ": applies to zip backups only; end destination.name in .zip (e.g. '"
+          .. pol.destination.name .. ".zip')"
+      end
+    end
   end
   if t.schedule == nil then
     return nil, "schedule: required (e.g. { full = \"0 2 * * *\", incremental = \"0 * * * *\" })"

@@ -302,24 +302,7 @@ end
 
 -- Backups ----------------------------------------------------------------
 
-local function password(pol)
-  local pw = pol.password
-  if not pw then
-    return nil
-  end
-  if pw.env then
-    local v = os.getenv(pw.env)
-    if not v or v == "" then
-      return nil, "password.env: environment variable " .. pw.env .. " is not set"
-    end
-    return v
-  end
-  local text = fsutil.read_file(pw.file)
-  if not text then
-    return nil, "password.file: cannot read " .. pw.file
-  end
-  return (text:gsub("[\r\n]+$", ""))
-end
+local password = store_mod.password
 
 
 -- The BACKUP statement: real and as shown (password masked).
@@ -396,7 +379,7 @@ local function count_rows(ctx, p)
   if not dest then
     return nil, err
   end
-  local rows, rerr = counter.from_backup(ctx.cfg, dest)
+  local rows, rerr = counter.from_backup(ctx.cfg, dest, { password = (password(ctx.pol)) })
   return rows, rows and "count.txt of every part in the backup" or rerr
 end
 
@@ -596,13 +579,20 @@ end
 
 local function finish_deletions(ctx, listing)
   for _, d in ipairs(listing.deleting) do
-    local ok, err = ctx.store:delete({ id = d.name, name = d.name, path = d.path })
+    local ok, err = ctx.store:delete({ id = d.name, name = d.name, path = d.path, archive = d.archive,
+      deleting = true })
     if ok then
       ctx.log("deleted", d.name, "finished a deletion an earlier run started")
     else
       ctx.fail("delete-failed", d.name, err)
     end
   end
+end
+
+
+local function removed_whole(p)
+  return p.archive and "removed whole (renamed to .deleting first, so it was never half a backup)"
+    or "removed whole (its .backup was invalidated first)"
 end
 
 
@@ -617,7 +607,7 @@ local function apply_deletions(ctx, res)
       break
     end
     deleted[#deleted + 1] = p
-    ctx.log("deleted", p.name, "removed whole (its .backup was invalidated first)")
+    ctx.log("deleted", p.name, removed_whole(p))
     hook(ctx, "after_delete", { name = p.name, point = p })
   end
   return deleted
@@ -656,7 +646,7 @@ local function retention_step(ctx)
           break
         end
         deleted[#deleted + 1] = p
-        ctx.log("deleted", p.name, "removed whole (its .backup was invalidated first)")
+        ctx.log("deleted", p.name, removed_whole(p))
         hook(ctx, "after_delete", { name = p.name, point = p })
       end
       listing = ctx.store:list()

@@ -5,6 +5,11 @@
 -- A restore point is a directory whose name matches the pattern and that
 -- has a readable `.backup`. One with `.chbackup-incomplete` and no
 -- `.backup` is unfinished; one with `.backup.deleting` is being deleted.
+-- A name ending in `.zip` is a zip backup: one file, its `.backup` read
+-- with the policy's password. A zip is written under a temporary name
+-- (`<name>.tmp-<pid>`) and renamed into place when complete, so a zip
+-- under its own name is never unfinished; `<name>.deleting` is a zip
+-- backup being deleted.
 --
 -- The policy record (`<backup>.chbackup.json`, beside the backup directory,
 -- never inside it) holds what the policy knows about a backup: kind, the
@@ -19,6 +24,7 @@ local chain = require("chbackup.chain")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 
 local store = {}
@@ -143,11 +149,77 @@ local function name_time(fields, zone)
 end
 
 
+-- ClickHouse's archive extensions (config.lua's list): a backup named so
+-- is one file. chbackup reads and writes the zip ones.
+local ARCHIVE_EXTENSIONS = {
+  { ".zip", "zip" }, { ".zipx", "zip" }, { ".tar", "tar" }, { ".tar.gz", "tar" }, { ".tgz", "tar" },
+  { ".tar.bz2", "tar" }, { ".tar.lzma", "tar" }, { ".tar.zst", "tar" }, { ".tzst", "tar" }, { ".tar.xz", "tar" },
+}
+
+
+--- The archive kind a backup name says ("zip", "tar"), or nil: a directory.
+function store.archive_kind(name)
+  for _, ext in ipairs(ARCHIVE_EXTENSIONS) do
+    if #name > #ext[1] and name:sub(-#ext[1]) == ext[1] then
+      return ext[2]
+    end
+  end
+  return nil
+end
+
+
+--- The policy's password, read at run time from its environment variable
+-- or file (nil when the policy has none). Returns pw or nil, err.
+function store.password(pol)
+  local pw = pol.password
+  if not pw then
+    return nil
+  end
+  if pw.env then
+    local v = os.getenv(pw.env)
+    if not v or v == "" then
+      return nil, "password.env: environment variable " .. pw.env .. " is not set"
+    end
+    return v
+  end
+  local text = fsutil.read_file(pw.file)
+  if not text then
+    return nil, "password.file: cannot read " .. pw.file
+  end
+  return (text:gsub("[\r\n]+$", ""))
+end
+
+
 -- Manifest header --------------------------------------------------------
 
 local XML_UNESCAPES = { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'" }
 local function xml_unescape(s)
   return (s:gsub("&(%a+);", XML_UNESCAPES))
+end
+
+
+local HEADER_FIELDS = { "timestamp", "uuid", "base_backup", "base_backup_uuid" }
+
+
+-- The header fields of a `.backup` text, or nil when it has no `<contents>`.
+local function header_of(head)
+  local cut = head:find("<contents>", 1, true)
+  if not cut or not head:find("^%s*<config>") then
+    return nil
+  end
+  head = head:sub(1, cut)
+  local h = {}
+  for _, k in ipairs(HEADER_FIELDS) do
+    local v = head:match("<" .. k .. ">(.-)</" .. k .. ">")
+    h[k] = v and xml_unescape(v) or nil
+  end
+  return h
+end
+
+
+local function header_of_manifest(m)
+  return { timestamp = m.timestamp, uuid = m.uuid, base_backup = m.base_backup,
+    base_backup_uuid = m.base_backup_uuid }
 end
 
 
@@ -160,22 +232,44 @@ function store.read_header(path)
   end
   local head = f:read(65536) or ""
   f:close()
-  local cut = head:find("<contents>", 1, true)
-  if not cut or not head:find("^%s*<config>") then
-    local m, merr = require("chbackup.manifest").read(path)
-    if not m then
-      return nil, merr
+  local h = header_of(head)
+  if h then
+    return h
+  end
+  local m, merr = manifest.read(path)
+  if not m then
+    return nil, merr
+  end
+  return header_of_manifest(m)
+end
+
+
+--- The header fields of a zip backup's `.backup`, read with password (nil:
+-- none). Returns table or nil, err, code ("AUTH": a password problem).
+function store.read_zip_header(path, password)
+  local reader, err, code = core.zip_reader(path, password)
+  if not reader then
+    return nil, "cannot read " .. path .. ": " .. tostring(err), code
+  end
+  local text
+  text, err, code = reader:read(manifest.FILE)
+  reader:close()
+  if not text then
+    if code == "AUTH" then
+      return nil, tostring(err) .. (password and " (the policy's password does not open this zip)"
+        or " (the zip is password-protected and the policy has no password)"), code
     end
-    return { timestamp = m.timestamp, uuid = m.uuid, base_backup = m.base_backup,
-      base_backup_uuid = m.base_backup_uuid }
+    return nil, "cannot read " .. manifest.FILE .. " of " .. path .. ": " .. tostring(err), code
   end
-  head = head:sub(1, cut)
-  local h = {}
-  for _, k in ipairs({ "timestamp", "uuid", "base_backup", "base_backup_uuid" }) do
-    local v = head:match("<" .. k .. ">(.-)</" .. k .. ">")
-    h[k] = v and xml_unescape(v) or nil
+  local h = header_of(text:sub(1, 65536))
+  if h then
+    return h
   end
-  return h
+  local m, merr = manifest.from_string(text, path .. ":" .. manifest.FILE)
+  if not m then
+    return nil, merr
+  end
+  return header_of_manifest(m)
 end
 
 
@@ -291,7 +385,10 @@ function DiskStore:record_path(name)
 end
 
 
--- Walks the pattern's segments; calls fn(rel, path, attr) for each last-segment match.
+-- Walks the pattern's segments; calls fn(rel, path, attr, what) for each
+-- last-segment entry: what is nil for a name matching the pattern,
+-- "deleting" for a zip backup's `<name>.deleting` and "temp" for a zip
+-- writer's `<name>.tmp-<pid>` (rel is then the matching name).
 function DiskStore:_walk(fn)
   local segs = self.compiled.segments
   local function walk(dir, rel, i)
@@ -300,22 +397,32 @@ function DiskStore:_walk(fn)
     end
     local entries = {}
     for e in lfs.dir(dir) do
-      if e ~= "." and e ~= ".." and e:match(segs[i].match)
-          and not e:find(store.RECORD_SUFFIX, 1, true) and not e:match("%.tmp$") then
-        entries[#entries + 1] = e
+      if e ~= "." and e ~= ".." and not e:find(store.RECORD_SUFFIX, 1, true) then
+        if e:match(segs[i].match) and not e:match("%.tmp$") then
+          entries[#entries + 1] = { e, e }
+        elseif i == #segs then
+          local base, what = e:match("^(.+)%.deleting$"), "deleting"
+          if not base then
+            base, what = e:match("^(.+)%.tmp%-%d+$"), "temp"
+          end
+          if base and store.archive_kind(base) == "zip" and base:match(segs[i].match) then
+            entries[#entries + 1] = { e, base, what }
+          end
+        end
       end
     end
-    table.sort(entries)
-    for _, e in ipairs(entries) do
+    table.sort(entries, function(x, y) return x[1] < y[1] end)
+    for _, x in ipairs(entries) do
+      local e = x[1]
       local path = dir .. "/" .. e
-      local name = rel == "" and e or (rel .. "/" .. e)
+      local name = rel == "" and x[2] or (rel .. "/" .. x[2])
       local attr = lfs.symlinkattributes(path)
       if i < #segs then
         if attr and attr.mode == "directory" then
           walk(path, name, i + 1)
         end
       elseif attr then
-        fn(name, path, attr)
+        fn(name, path, attr, x[3])
       end
     end
   end
@@ -323,9 +430,33 @@ function DiskStore:_walk(fn)
 end
 
 
--- The point of a backup directory (without chain links).
-function DiskStore:_point(name, path)
-  local header, err = store.read_header(path .. "/.backup")
+-- The policy's password (read once per store), or nil, err.
+function DiskStore:_password()
+  if self.pw == nil then
+    local pw, err = store.password(self.policy)
+    self.pw, self.pw_err = pw or false, err
+  end
+  return self.pw or nil, self.pw_err
+end
+
+
+-- The header of the backup at path: a zip (archive true) or a directory.
+function DiskStore:_header(path, archive)
+  if not archive then
+    return store.read_header(path .. "/" .. manifest.FILE)
+  end
+  local pw, pw_err = self:_password()
+  local h, err, code = store.read_zip_header(path, pw)
+  if not h and code == "AUTH" and pw_err then
+    err = err .. "; " .. pw_err
+  end
+  return h, err, code
+end
+
+
+-- The point of a backup directory or zip (without chain links).
+function DiskStore:_point(name, path, archive)
+  local header, err = self:_header(path, archive)
   if not header then
     return nil, err
   end
@@ -333,7 +464,7 @@ function DiskStore:_point(name, path)
   local p = {
     id = name, name = name, path = path, destination = self:destination(name),
     uuid = header.uuid, timestamp = header.timestamp, base_backup = header.base_backup,
-    base_backup_uuid = header.base_backup_uuid,
+    base_backup_uuid = header.base_backup_uuid, archive = archive or nil,
   }
   local record, rerr = read_json(self:record_path(name))
   if record and record.uuid ~= header.uuid then
@@ -351,6 +482,8 @@ function DiskStore:_point(name, path)
     p.time, p.time_source = name_time(fields, self.zone), "name"
   elseif timestamp_time(header.timestamp) then
     p.time, p.time_source = timestamp_time(header.timestamp), ".backup timestamp"
+  elseif archive then
+    p.time, p.time_source = lfs.attributes(path, "modification") or 0, "archive mtime"
   else
     p.time, p.time_source = lfs.attributes(path .. "/.backup", "modification") or 0, ".backup mtime"
   end
@@ -365,33 +498,81 @@ function DiskStore:_point(name, path)
 end
 
 
--- Resolves a base_backup name to an absolute path (nil if it cannot be).
+-- Resolves a base_backup name to an absolute path and whether it names an
+-- archive (nil if it cannot be resolved).
 function DiskStore:_base_path(base_name)
   local dest = chain.parse_name(base_name)
   if not dest then
     return nil
   end
   local resolved = config.resolve(self.cfg, dest)
-  return resolved and resolved.path
+  return resolved and resolved.path, resolved and resolved.archive
+end
+
+
+-- Whether path holds a backup as far as a listing looks: a zip file, or a
+-- directory with a `.backup` file.
+local function looks_like_backup(path, archive)
+  if archive then
+    return lfs.attributes(path, "mode") == "file"
+  end
+  return lfs.attributes(path .. "/" .. manifest.FILE, "mode") == "file"
 end
 
 
 --- Lists the policy's backups. Returns {
 --   points = {...} newest first (restore points: readable .backup),
---   incomplete = {{name=, path=, why=}}, deleting = {...}, unreadable = {...} }.
+--   incomplete = {{name=, path=, why=}}, deleting = {{name=, path=, why=,
+--   archive=}}, unreadable = {...} }.
 -- Each point: {id=, name=, path=, destination=, kind=, time=, time_source=,
 --   uuid=, base=<id>|nil, base_backup=, foreign_base=, chain_error=, record=,
---   verified=, verified_at=}.
+--   verified=, verified_at=, archive = true for a zip}.
 function DiskStore:list()
   local out = { points = {}, incomplete = {}, deleting = {}, unreadable = {} }
-  self:_walk(function(name, path, attr)
+  local function unreadable(name, path, why)
+    out.unreadable[#out.unreadable + 1] = { name = name, path = path, why = why }
+  end
+  self:_walk(function(name, path, attr, what)
+    local file = path:match("[^/]*$")
+    if what == "deleting" then
+      if attr.mode == "file" then
+        out.deleting[#out.deleting + 1] = { name = name, path = path, archive = true,
+          why = "deletion was started and not finished (" .. file .. ")" }
+      else
+        unreadable(name, path, file .. " is a " .. tostring(attr.mode) .. ", not a zip backup being deleted; "
+          .. "left alone")
+      end
+      return
+    elseif what == "temp" then
+      out.incomplete[#out.incomplete + 1] = { name = (name:match("^(.*/)") or "") .. file, path = path,
+        why = "unfinished zip (" .. file .. ": the temporary file of a BACKUP that is running or was interrupted; "
+          .. "not a backup)" }
+      return
+    end
     if attr.mode == "link" then
-      out.unreadable[#out.unreadable + 1] = { name = name, path = path,
-        why = "is a symbolic link; chbackup does not follow it" }
+      unreadable(name, path, "is a symbolic link; chbackup does not follow it")
+      return
+    end
+    local kind = store.archive_kind(name)
+    if kind and kind ~= "zip" then
+      unreadable(name, path, "is a " .. kind .. " archive; chbackup reads only .zip archives")
+      return
+    elseif kind then
+      if attr.mode ~= "file" then
+        unreadable(name, path, "is a " .. tostring(attr.mode) .. ", not a zip archive (a name ending in .zip is "
+          .. "an archive)")
+        return
+      end
+      local p, err = self:_point(name, path, true)
+      if p then
+        out.points[#out.points + 1] = p
+      else
+        unreadable(name, path, err)
+      end
       return
     elseif attr.mode ~= "directory" then
-      out.unreadable[#out.unreadable + 1] = { name = name, path = path,
-        why = "is a " .. tostring(attr.mode) .. ", not a backup directory (archives are not supported yet)" }
+      unreadable(name, path, "is a " .. tostring(attr.mode) .. ", not a backup directory (a zip backup's name "
+        .. "ends in .zip)")
       return
     end
     if lfs.attributes(path .. "/.backup", "mode") == "file" then
@@ -399,7 +580,7 @@ function DiskStore:list()
       if p then
         out.points[#out.points + 1] = p
       else
-        out.unreadable[#out.unreadable + 1] = { name = name, path = path, why = err }
+        unreadable(name, path, err)
       end
     elseif lfs.symlinkattributes(path .. "/.backup.deleting") then
       out.deleting[#out.deleting + 1] = { name = name, path = path, why = "deletion was started and not finished" }
@@ -423,7 +604,7 @@ function DiskStore:_link(points)
   end
   for _, p in ipairs(points) do
     if p.base_backup then
-      local bp = self:_base_path(p.base_backup)
+      local bp, archive = self:_base_path(p.base_backup)
       local base = bp and by_path[bp]
       if base then
         p.base = base.id
@@ -431,7 +612,7 @@ function DiskStore:_link(points)
           p.chain_error = string.format("base backup %s was replaced: its uuid is %s, %s was made on %s",
             p.base_backup, tostring(base.uuid), p.name, p.base_backup_uuid)
         end
-      elseif bp and lfs.attributes(bp .. "/.backup", "mode") == "file" then
+      elseif bp and looks_like_backup(bp, archive) then
         p.foreign_base = p.base_backup
       else
         p.chain_error = "base backup " .. p.base_backup .. " of " .. p.name .. " is missing"
@@ -510,11 +691,19 @@ end
 
 --- Backups on the destination that are not the policy's but rely on one of
 -- its points: {[point id] = "name of the dependent"}. Walks the destination
--- root (not into backups, never through symlinks, at most 8 levels).
+-- root (not into backups, never through symlinks, at most 8 levels). A zip
+-- backup is read with the policy's password, else with none; one that
+-- neither opens cannot be seen.
 function DiskStore:foreign_dependents(points)
   local ours, found = {}, {}
   for _, p in ipairs(points) do
     ours[p.path] = p
+  end
+  local function note(path, h)
+    local bp = h and h.base_backup and self:_base_path(h.base_backup)
+    if bp and ours[bp] then
+      found[ours[bp].id] = path:sub(#self.root + 2)
+    end
   end
   local function walk(dir, depth)
     if depth > 8 then
@@ -523,18 +712,21 @@ function DiskStore:foreign_dependents(points)
     for e in lfs.dir(dir) do
       if e ~= "." and e ~= ".." then
         local path = dir .. "/" .. e
-        if lfs.symlinkattributes(path, "mode") == "directory" then
+        local mode = lfs.symlinkattributes(path, "mode")
+        if mode == "directory" then
           if lfs.attributes(path .. "/.backup", "mode") == "file" then
             if not ours[path] then
-              local h = store.read_header(path .. "/.backup")
-              local bp = h and h.base_backup and self:_base_path(h.base_backup)
-              if bp and ours[bp] then
-                found[ours[bp].id] = path:sub(#self.root + 2)
-              end
+              note(path, store.read_header(path .. "/.backup"))
             end
           elseif not lfs.symlinkattributes(path .. "/.chbackup-incomplete") then
             walk(path, depth + 1)
           end
+        elseif mode == "file" and not ours[path] and store.archive_kind(e) == "zip" then
+          local h, _, code = store.read_zip_header(path, (self:_password()))
+          if not h and code == "AUTH" then
+            h = store.read_zip_header(path, nil)
+          end
+          note(path, h)
         end
       end
     end
@@ -560,8 +752,9 @@ function DiskStore:create(req)
     return nil, err
   end
   local path = self:path_of(req.name)
+  local archive = store.archive_kind(req.name) ~= nil
   local header
-  header, err = store.read_header(path .. "/.backup")
+  header, err = self:_header(path, archive)
   if not header then
     return nil, "the backup reported success but " .. tostring(err)
   end
@@ -574,7 +767,7 @@ function DiskStore:create(req)
   if not ok then
     return nil, err
   end
-  local p = assert(self:_point(req.name, path))
+  local p = assert(self:_point(req.name, path, archive))
   p.base = req.base and req.base.id or nil
   p.chain_ok = true
   return p
@@ -591,11 +784,71 @@ function DiskStore:write_record(name, record)
 end
 
 
+-- Removes directories the pattern made that are now empty (not the root).
+function DiskStore:_remove_empty_parents(path)
+  local dir = parent_dir(path)
+  while #dir > #self.root and fsutil.is_dir(dir) and fsutil.is_empty_dir(dir) do
+    if not lfs.rmdir(dir) then
+      break
+    end
+    dir = parent_dir(dir)
+  end
+end
+
+
+-- Deletes a zip backup: `<name>` is renamed to `<name>.deleting` (from then
+-- on it is not a restore point), then that file is removed, then the
+-- policy record. p.deleting: finish a deletion a run started.
+function DiskStore:_delete_archive(p)
+  local zip = self:path_of(p.name)
+  local deleting = zip .. ".deleting"
+  if not p.deleting then
+    local attr = lfs.symlinkattributes(zip)
+    if not attr then
+      return nil, "backup " .. p.name .. " is gone already"
+    end
+    if attr.mode ~= "file" then
+      return nil, "backup " .. p.name .. " (" .. zip .. ") is a " .. tostring(attr.mode)
+        .. "; chbackup deletes only zip files it can see are backups and never follows symlinks"
+    end
+    local ok, err = os.rename(zip, deleting)
+    if not ok then
+      return nil, "cannot invalidate " .. zip .. ": " .. tostring(err) .. " (nothing was deleted)"
+    end
+    core.fsync(parent_dir(zip))
+  end
+  local attr = lfs.symlinkattributes(deleting)
+  if not attr then
+    return nil, "backup " .. p.name .. " is gone already (no " .. deleting .. ")"
+  end
+  if attr.mode ~= "file" then
+    return nil, deleting .. " is a " .. tostring(attr.mode) .. "; chbackup removes only a zip file it renamed"
+  end
+  local ok, err = os.remove(deleting)
+  if not ok then
+    return nil, "cannot remove " .. deleting .. ": " .. tostring(err)
+      .. " (the backup is invalidated; the next run finishes the deletion)"
+  end
+  core.fsync(parent_dir(zip))
+  -- A zip made since under the same name keeps its record.
+  if not lfs.symlinkattributes(zip) then
+    os.remove(self:record_path(p.name))
+  end
+  self:_remove_empty_parents(zip)
+  return true
+end
+
+
 --- Deletes a backup: `.backup` is renamed to `.backup.deleting` first (from
 -- then on it is not a restore point), then the tree is removed without
--- following symlinks, then its policy record. Returns true or nil, err;
--- after a failure past the rename the next run finishes the deletion.
+-- following symlinks, then its policy record; a zip backup is renamed to
+-- `<name>.deleting`, then removed. Returns true or nil, err; after a
+-- failure past the rename the next run finishes the deletion (p.deleting:
+-- finish it now).
 function DiskStore:delete(p)
+  if p.archive or store.archive_kind(p.name) then
+    return self:_delete_archive(p)
+  end
   local attr = lfs.symlinkattributes(p.path)
   if not attr then
     return nil, "backup " .. p.name .. " is gone already"
@@ -619,14 +872,7 @@ function DiskStore:delete(p)
   end
   core.fsync(parent_dir(p.path))
   os.remove(self:record_path(p.name))
-  -- Remove directories the pattern made that are now empty (not the root).
-  local dir = parent_dir(p.path)
-  while #dir > #self.root and fsutil.is_dir(dir) and fsutil.is_empty_dir(dir) do
-    if not lfs.rmdir(dir) then
-      break
-    end
-    dir = parent_dir(dir)
-  end
+  self:_remove_empty_parents(p.path)
   return true
 end
 

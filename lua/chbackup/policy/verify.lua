@@ -33,13 +33,18 @@ local function seconds_since(us)
 end
 
 
--- The stored file named by a job error ("... for /path: ..."), as an entry name.
-local function name_failed_entry(msg, by_path)
-  for path, entry in pairs(by_path) do
-    if msg:find(path, 1, true) then
+-- The backup file named by a job error: the stored file or zip entry it
+-- names ("... for /path: ...", "... in entry E of /x.zip"), else, for a
+-- checksum mismatch reported on a whole archive, the file whose expected
+-- checksum it quotes.
+local function name_failed_entry(msg, by_key, by_checksum)
+  for key, entry in pairs(by_key) do
+    if msg:find(key, 1, true) then
       return entry
     end
   end
+  local want = msg:match("checksum mismatch for .-: expected (%x+),")
+  return want and by_checksum[want:lower()]
 end
 
 
@@ -50,7 +55,7 @@ function verify.checksums(b, threads)
   if not job then
     return nil, err
   end
-  local by_path = {}
+  local by_key, by_checksum = {}, {}
   for _, e in ipairs(b.manifest.files) do
     if e.size > 0 then
       local pieces, perr = chain.pieces(b, e)
@@ -58,14 +63,28 @@ function verify.checksums(b, threads)
         job:close()
         return nil, perr
       end
-      by_path[pieces[#pieces][1]] = by_path[pieces[#pieces][1]] or e.name
+      local in_zip = false
+      for _, p in ipairs(pieces) do
+        in_zip = in_zip or p.entry ~= nil
+      end
+      if in_zip then
+        -- an error names a zip entry as "entry E of /x.zip"
+        for _, p in ipairs(pieces) do
+          local key = p.entry and ("entry " .. p.entry .. " of " .. p[1]) or p[1]
+          by_key[key] = by_key[key] or e.name
+        end
+      else
+        local path = pieces[#pieces][1]
+        by_key[path] = by_key[path] or e.name
+      end
+      by_checksum[tostring(e.checksum):lower()] = by_checksum[tostring(e.checksum):lower()] or e.name
       job:add(pieces, nil, e.size, e.checksum)
     end
   end
   local ok, rerr = runner.run(job)
   job:close()
   if not ok then
-    local entry = name_failed_entry(rerr or "", by_path)
+    local entry = name_failed_entry(rerr or "", by_key, by_checksum)
     if entry then
       return nil, "corrupted file " .. entry .. " in backup " .. b.dest.name .. ": " .. rerr
     end
@@ -159,7 +178,7 @@ function verify.backup(ctx, point)
     if not dest then
       return false, err
     end
-    b, err = chain.open(ctx.cfg, dest)
+    b, err = chain.open(ctx.cfg, dest, { password = ctx.password })
     if not b then
       return false, "backup " .. point.name .. " cannot be read: " .. err
     end
@@ -263,6 +282,9 @@ function verify.backup(ctx, point)
     end)
   end
 
+  if b then
+    counter.close(b)
+  end
   if not ctx.keep_scratch and (restored_ok or rc.ok ~= nil) then
     store_mod.remove_tree(scratch)
     result.scratch = nil
