@@ -5,6 +5,7 @@
  * shape of luaL_fileresult); misuse raises.
  */
 #include "chb_checksums.h"
+#include "chb_cipher.h"
 #include "chb_error.h"
 #include "chb_fs.h"
 #include "chb_hash.h"
@@ -16,6 +17,8 @@
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -59,9 +62,21 @@ static chb_job *check_job(lua_State *L) {
   return b->job;
 }
 
-/* core.job{threads=, buffer_size=, fsync=} -> Job */
+/* A 32-byte key (a binary string) at index idx, or NULL if nil. */
+static const unsigned char *opt_key(lua_State *L, int idx, int arg) {
+  if (lua_isnil(L, idx)) return NULL;
+  size_t len = 0;
+  const char *k = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &len) : NULL;
+  luaL_argcheck(L, k && len == CHB_CIPHER_KEY_LEN, arg, "a key is a string of 32 bytes (core.derive_key)");
+  return (const unsigned char *)k;
+}
+
+/* core.job{threads=, buffer_size=, fsync=, key=} -> Job; with key (32 bytes,
+ * copied), entries added with a name (job:add's 7th argument) are written
+ * encrypted. */
 static int core_job(lua_State *L) {
-  chb_job_opts opts = {0, 0, 0};
+  chb_job_opts opts;
+  memset(&opts, 0, sizeof opts);
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_getfield(L, 1, "threads");      /* opts, threads */
@@ -70,22 +85,33 @@ static int core_job(lua_State *L) {
     opts.buffer_size = (size_t)luaL_optinteger(L, -1, 0);
     lua_getfield(L, 1, "fsync");        /* opts, threads, buffer_size, fsync */
     opts.fsync = lua_toboolean(L, -1);
-    lua_pop(L, 3);                      /* opts */
+    lua_getfield(L, 1, "key");          /* opts, threads, buffer_size, fsync, key */
+    const unsigned char *key = opt_key(L, -1, 1);
+    if (key) {
+      opts.has_key = 1;
+      memcpy(opts.key, key, CHB_CIPHER_KEY_LEN);
+    }
+    lua_pop(L, 4);                      /* opts */
   }
   job_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* opts, ud */
   b->job = NULL;                                   /* born closed */
   luaL_setmetatable(L, CHB_JOB_MT);
   chb_error err;
   b->job = chb_job_new(&opts, &err);
+  OPENSSL_cleanse(opts.key, sizeof opts.key);
   if (!b->job) return push_fail(L, &err);
   return 1;
 }
 
 /*
- * job:add(src, dst|nil, size|nil, checksum|nil, src_offset|nil) -> index
+ * job:add(src, dst|nil, size|nil, checksum|nil, src_offset|nil, name|nil) -> index
  * `src` is a path, or a list of pieces {path, offset, length} read in order
  * (length -1: to the end of the file); a piece with `entry=` reads that
- * entry of the zip archive `path` (`password=` if encrypted).
+ * entry of the zip archive `path` (`password=` if encrypted); a piece with
+ * `key=` (32 bytes) and `aad=` (its name in its backup) is a file of an
+ * encrypted directory backup, offset and length counting plain bytes.
+ * `name`: dst is written encrypted with the job's key as that file of its
+ * backup (the job needs a key).
  */
 static int job_add(lua_State *L) {
   chb_job *job = check_job(L);
@@ -98,6 +124,8 @@ static int job_add(lua_State *L) {
   }
   lua_Integer offset = luaL_optinteger(L, 6, 0);
   luaL_argcheck(L, offset >= 0, 6, "offset must be >= 0");
+  const char *seal_name = luaL_optstring(L, 7, NULL);
+  luaL_argcheck(L, !seal_name || dst, 7, "an encrypted entry needs a destination");
   chb_error err;
   long i;
   if (lua_istable(L, 2)) {
@@ -123,7 +151,15 @@ static int job_add(lua_State *L) {
       lua_getfield(L, -5, "password");                      /* .., len, entry, password */
       luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, 2, "a piece's password must be a string");
       pieces[k - 1].password = lua_tostring(L, -1);
-      lua_pop(L, 6);                                        /* .., buf */
+      /* {path, offset, length, key=, aad=}: a file of an encrypted backup */
+      lua_getfield(L, -6, "key");                           /* .., password, key */
+      pieces[k - 1].key = opt_key(L, -1, 2);
+      lua_getfield(L, -7, "aad");                           /* .., password, key, aad */
+      luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, 2, "a piece's aad must be a string");
+      pieces[k - 1].aad = lua_tostring(L, -1);
+      luaL_argcheck(L, !pieces[k - 1].key || (pieces[k - 1].aad && !pieces[k - 1].entry), 2,
+                    "an encrypted piece needs aad= and no entry=");
+      lua_pop(L, 8);                                        /* .., buf */
     }
     i = chb_job_add_pieces(job, pieces, (size_t)n, dst, (int64_t)size, hp, &err);
   } else {
@@ -131,6 +167,8 @@ static int job_add(lua_State *L) {
     i = chb_job_add(job, src, dst, (uint64_t)offset, (int64_t)size, hp, &err);
   }
   if (i < 0) return luaL_error(L, "%s", err.msg);
+  if (seal_name && chb_job_seal_entry(job, (size_t)i, seal_name, &err) != 0)
+    return luaL_error(L, "%s", err.msg); /* misuse: the job has no key */
   lua_pushinteger(L, i + 1);
   return 1;
 }
@@ -315,6 +353,107 @@ static int core_read_checksums(lua_State *L) {
   return 1;
 }
 
+/* ---- encrypted directory backups (chb_cipher.h) ----------------------- */
+
+/* core.derive_key(password, salt_hex, {n=, r=, p=}) -> key (32 bytes) | fail */
+static int core_derive_key(lua_State *L) {
+  size_t pwlen, hexlen;
+  const char *pw = luaL_checklstring(L, 1, &pwlen);
+  const char *hex = luaL_checklstring(L, 2, &hexlen);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  luaL_argcheck(L, hexlen % 2 == 0 && hexlen <= 128, 2, "salt must be hex (up to 64 bytes)");
+  unsigned char salt[64];
+  for (size_t i = 0; i < hexlen / 2; i++) {
+    unsigned int v;
+    luaL_argcheck(L, sscanf(hex + 2 * i, "%2x", &v) == 1, 2, "salt must be hex");
+    salt[i] = (unsigned char)v;
+  }
+  lua_getfield(L, 3, "n");  /* .., n */
+  lua_getfield(L, 3, "r");  /* .., n, r */
+  lua_getfield(L, 3, "p");  /* .., n, r, p */
+  lua_Integer n = luaL_checkinteger(L, -3), r = luaL_checkinteger(L, -2), p = luaL_checkinteger(L, -1);
+  lua_pop(L, 3);
+  luaL_argcheck(L, n > 0 && r > 0 && p > 0, 3, "n, r and p must be positive");
+  unsigned char key[CHB_CIPHER_KEY_LEN];
+  chb_error err;
+  if (chb_cipher_derive_key(pw, pwlen, salt, hexlen / 2, (uint64_t)n, (uint64_t)r, (uint64_t)p,
+                            key, sizeof key, &err) != 0)
+    return push_fail(L, &err);
+  lua_pushlstring(L, (const char *)key, sizeof key);
+  OPENSSL_cleanse(key, sizeof key);
+  return 1;
+}
+
+/* core.random_hex(nbytes) -> hex of nbytes random bytes | fail */
+static int core_random_hex(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 64, 1, "1 to 64 bytes");
+  unsigned char b[64];
+  char hex[129];
+  chb_error err;
+  if (chb_cipher_random(b, (size_t)n, &err) != 0) return push_fail(L, &err);
+  for (lua_Integer i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", b[i]);
+  lua_pushlstring(L, hex, (size_t)(2 * n));
+  return 1;
+}
+
+/* core.encrypt(key, name, data) -> sealed data (the format of a file named
+ * `name` of an encrypted directory backup) | fail */
+static int core_encrypt(lua_State *L) {
+  const unsigned char *key = opt_key(L, 1, 1);
+  luaL_argcheck(L, key, 1, "a key is a string of 32 bytes");
+  const char *name = luaL_checkstring(L, 2);
+  size_t len;
+  const char *data = luaL_checklstring(L, 3, &len);
+  uint64_t out_len = chb_cipher_sealed_size(len);
+  luaL_Buffer buf;
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &buf, (size_t)out_len); /* .., buf */
+  chb_error err;
+  if (chb_cipher_seal_buffer(key, name, data, len, out, &err) != 0) {
+    luaL_pushresultsize(&buf, 0);                                                   /* .., "" */
+    return push_fail(L, &err);
+  }
+  luaL_pushresultsize(&buf, (size_t)out_len);                                       /* .., sealed */
+  return 1;
+}
+
+/* core.decrypt(key, name, sealed [, what]) -> data | fail (CORRUPT when it
+ * does not authenticate; `what` names it in the message) */
+static int core_decrypt(lua_State *L) {
+  const unsigned char *key = opt_key(L, 1, 1);
+  luaL_argcheck(L, key, 1, "a key is a string of 32 bytes");
+  const char *name = luaL_checkstring(L, 2);
+  size_t len;
+  const char *data = luaL_checklstring(L, 3, &len);
+  const char *what = luaL_optstring(L, 4, name);
+  uint64_t plain = 0;
+  chb_error err;
+  if (chb_cipher_plain_size(len, &plain) != 0) {
+    chb_error_set(&err, CHB_CORRUPT, "%s is corrupt: not a file of an encrypted backup (bad size)", what);
+    return push_fail(L, &err);
+  }
+  luaL_Buffer buf;
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &buf, plain ? (size_t)plain : 1); /* .., buf */
+  if (chb_cipher_open_buffer(key, name, (const unsigned char *)data, len, out, what, &err) != 0) {
+    luaL_pushresultsize(&buf, 0);                                                   /* .., "" */
+    return push_fail(L, &err);
+  }
+  luaL_pushresultsize(&buf, (size_t)plain);                                         /* .., data */
+  return 1;
+}
+
+/* core.plain_size(sealed_size) -> plaintext size of such a sealed file, or nil */
+static int core_plain_size(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  uint64_t plain;
+  if (n < 0 || chb_cipher_plain_size((uint64_t)n, &plain) != 0) {
+    luaL_pushfail(L);
+    return 1;
+  }
+  lua_pushinteger(L, (lua_Integer)plain);
+  return 1;
+}
+
 /* core.now_us() -> microseconds since the epoch */
 static int core_now_us(lua_State *L) {
   struct timeval tv;
@@ -378,6 +517,11 @@ static const luaL_Reg core_funcs[] = {
     {"getpid", core_getpid},
     {"fsync", core_fsync},
     {"spawn_detached", core_spawn_detached},
+    {"derive_key", core_derive_key},
+    {"random_hex", core_random_hex},
+    {"encrypt", core_encrypt},
+    {"decrypt", core_decrypt},
+    {"plain_size", core_plain_size},
     {NULL, NULL}};
 
 CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {

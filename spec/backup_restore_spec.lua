@@ -257,7 +257,8 @@ describe("bad input", function()
   it("gives the position of a malformed statement and names unknown settings", function()
     refused("BACKUP TABLE TO Disk('backups', 'x')", "Syntax error at position 14")
     refused("BACKUP TABLE shop.orders TO Disk('backups', 'x') SETTINGS colour = 1", "unknown backup setting 'colour'")
-    refused("BACKUP TABLE shop.orders TO Disk('backups', 'x') SETTINGS password = 'q'", "setting 'password' is not supported yet")
+    refused("BACKUP TABLE shop.orders TO Disk('backups', 'x') SETTINGS threads = 'many'",
+      "setting 'threads' must be an integer")
   end)
 
   it("refuses a directory that is not a ClickHouse data path", function()

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/crypto.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -19,12 +20,15 @@ typedef struct chb_src {
   int64_t length;             /* < 0: to the end of the file */
   char *entry;                /* set: path is a zip archive, read this entry */
   char *password;             /* for the entry; NULL: none */
+  unsigned char *key;         /* set: a file of an encrypted directory backup */
+  char *aad;                  /* with key: its name in that backup */
 } chb_src;
 
 typedef struct chb_entry {
   chb_src *pieces;            /* read in order; pieces[0].path names the entry */
   size_t npieces;
   char *dst;                  /* NULL: hash only */
+  char *seal_name;            /* set: dst is written encrypted as this name */
   int64_t expect_size;        /* < 0: unknown */
   int has_expect_hash;
   chb_u128 expect_hash;
@@ -94,9 +98,15 @@ static void entry_free(chb_entry *e) {
       explicit_bzero(e->pieces[i].password, strlen(e->pieces[i].password));
       free(e->pieces[i].password);
     }
+    if (e->pieces[i].key) {
+      OPENSSL_cleanse(e->pieces[i].key, CHB_CIPHER_KEY_LEN);
+      free(e->pieces[i].key);
+    }
+    free(e->pieces[i].aad);
   }
   free(e->pieces);
   free(e->dst);
+  free(e->seal_name);
 }
 
 long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
@@ -109,6 +119,12 @@ long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
   if (npieces == 0) {
     chb_error_set(err, CHB_INVALID, "an entry needs at least one source");
     return -1;
+  }
+  for (size_t i = 0; i < npieces; i++) {
+    if (pieces[i].key && (!pieces[i].aad || pieces[i].entry)) {
+      chb_error_set(err, CHB_INVALID, "an encrypted piece needs its name (aad) and no zip entry");
+      return -1;
+    }
   }
   if (job->count == job->cap) {
     size_t cap = job->cap ? job->cap * 2 : 64;
@@ -133,6 +149,11 @@ long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
     if (!oom && pieces[i].entry) oom = (e->pieces[i].entry = strdup(pieces[i].entry)) == NULL;
     if (!oom && pieces[i].password)
       oom = (e->pieces[i].password = strdup(pieces[i].password)) == NULL;
+    if (!oom && pieces[i].key) {
+      oom = (e->pieces[i].key = malloc(CHB_CIPHER_KEY_LEN)) == NULL;
+      if (!oom) memcpy(e->pieces[i].key, pieces[i].key, CHB_CIPHER_KEY_LEN);
+      if (!oom) oom = (e->pieces[i].aad = strdup(pieces[i].aad)) == NULL;
+    }
   }
   if (!oom && dst) oom = (e->dst = strdup(dst)) == NULL;
   if (oom) {
@@ -169,6 +190,19 @@ int chb_job_set_base(chb_job *job, size_t i, uint64_t base_size,
   return 0;
 }
 
+int chb_job_seal_entry(chb_job *job, size_t i, const char *name, chb_error *err) {
+  if (job->state != CHB_JOB_NEW || i >= job->count)
+    return chb_error_set(err, CHB_INVALID, "no entry %zu to encrypt", i);
+  chb_entry *e = &job->entries[i];
+  if (!job->opts.has_key || !e->dst)
+    return chb_error_set(err, CHB_INVALID, "an encrypted entry needs a job key and a destination");
+  char *copy = strdup(name);
+  if (!copy) return chb_error_set(err, CHB_ENOMEM, "cannot copy the name %s", name);
+  free(e->seal_name);
+  e->seal_name = copy;
+  return 0;
+}
+
 int chb_job_entry_tail_only(const chb_job *job, size_t i) {
   /* Locked like chb_job_entry_result: state is written by the last worker. */
   pthread_mutex_t *lock = (pthread_mutex_t *)&job->lock;
@@ -199,6 +233,20 @@ static int write_all(int fd, const unsigned char *p, size_t n) {
   return 0;
 }
 
+/* Where an entry's bytes go: a file, plain or through a sealer. */
+typedef struct chb_out {
+  int fd;                     /* < 0: hash only */
+  chb_sealer *sealer;         /* set: encrypted */
+  const char *path;
+} chb_out;
+
+static int out_write(chb_out *o, const unsigned char *p, size_t n, chb_error *err) {
+  if (o->fd < 0) return 0;
+  if (o->sealer) return chb_sealer_write(o->sealer, p, n, err);
+  if (write_all(o->fd, p, n) != 0) return chb_error_errno(err, errno, "cannot write", o->path);
+  return 0;
+}
+
 static int open_dst(const char *dst, chb_error *err) {
   int fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0 && errno == ENOENT) {
@@ -214,7 +262,7 @@ static int open_dst(const char *dst, chb_error *err) {
  * used when a file's prefix did not match its base after all, so the bytes
  * held back must be written. They start at the piece's offset, not at 0.
  */
-static int write_prefix(int in, int out, uint64_t len, unsigned char *buf, size_t bufsize,
+static int write_prefix(int in, chb_out *out, uint64_t len, unsigned char *buf, size_t bufsize,
                         const chb_entry *e, chb_error *err) {
   uint64_t off = 0, start = e->pieces[0].offset;
   while (off < len) {
@@ -222,8 +270,7 @@ static int write_prefix(int in, int out, uint64_t len, unsigned char *buf, size_
     ssize_t n = pread(in, buf, want, (off_t)(start + off));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return chb_error_errno(err, n < 0 ? errno : EIO, "cannot read", e->pieces[0].path);
-    if (write_all(out, buf, (size_t)n) != 0)
-      return chb_error_errno(err, errno, "cannot write", e->dst);
+    if (out_write(out, buf, (size_t)n, err) != 0) return -1;
     off += (uint64_t)n;
   }
   return 0;
@@ -235,7 +282,7 @@ static int write_prefix(int in, int out, uint64_t len, unsigned char *buf, size_
  * `length` bytes or to the end. The entry is always read to its end so that
  * its CRC or AES MAC is checked even when the piece stops short.
  */
-static int run_zip_piece(chb_job *job, chb_entry *e, const chb_src *piece, int out,
+static int run_zip_piece(chb_job *job, const chb_src *piece, chb_out *out,
                          chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
   if (*holding)
     return chb_error_set(err, CHB_INVALID, "a base prefix cannot be read from entry %s of %s",
@@ -272,10 +319,7 @@ static int run_zip_piece(chb_job *job, chb_entry *e, const chb_src *piece, int o
     chb_hash_update(h, buf, (size_t)n);
     left -= (uint64_t)n;
     atomic_fetch_add(&job->bytes_done, (uint64_t)n);
-    if (out >= 0 && write_all(out, buf, (size_t)n) != 0) {
-      chb_error_errno(err, errno, "cannot write", e->dst);
-      goto done;
-    }
+    if (out_write(out, buf, (size_t)n, err) != 0) goto done;
   }
   rc = 0;
 done:
@@ -283,10 +327,51 @@ done:
   return rc;
 }
 
+/*
+ * Streams a piece that is a file of an encrypted directory backup: offset
+ * and length count plaintext; every chunk read is authenticated.
+ */
+static int run_sealed_piece(chb_job *job, const chb_src *piece, chb_out *out,
+                            chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
+  if (*holding)
+    return chb_error_set(err, CHB_INVALID, "a base prefix cannot be read from encrypted %s", piece->path);
+  chb_opener *o = chb_opener_open(piece->path, piece->key, piece->aad, err);
+  if (!o) return -1;
+  int rc = -1;
+  if (chb_opener_seek(o, piece->offset, err) != 0) goto done;
+  uint64_t left = piece->length < 0 ? UINT64_MAX : (uint64_t)piece->length;
+  while (left > 0) {
+    if (atomic_load(&job->stop)) {
+      chb_error_set(err, CHB_CANCELLED, "cancelled while copying %s", piece->path);
+      goto done;
+    }
+    size_t want = left < job->opts.buffer_size ? (size_t)left : job->opts.buffer_size;
+    ssize_t n = chb_opener_read(o, buf, want, err);
+    if (n < 0) goto done;
+    if (n == 0) {
+      if (piece->length >= 0) {
+        chb_error_set(err, CHB_CORRUPT, "%s is shorter than expected (%llu bytes missing)",
+                      piece->path, (unsigned long long)left);
+        goto done;
+      }
+      break;
+    }
+    chb_hash_update(h, buf, (size_t)n);
+    left -= (uint64_t)n;
+    atomic_fetch_add(&job->bytes_done, (uint64_t)n);
+    if (out_write(out, buf, (size_t)n, err) != 0) goto done;
+  }
+  rc = 0;
+done:
+  chb_opener_close(o);
+  return rc;
+}
+
 /* Streams one piece: read -> hash -> write (unless held back as prefix). */
-static int run_piece(chb_job *job, chb_entry *e, const chb_src *piece, int out,
+static int run_piece(chb_job *job, chb_entry *e, const chb_src *piece, chb_out *out,
                      chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
-  if (piece->entry) return run_zip_piece(job, e, piece, out, h, holding, buf, err);
+  if (piece->entry) return run_zip_piece(job, piece, out, h, holding, buf, err);
+  if (piece->key) return run_sealed_piece(job, piece, out, h, holding, buf, err);
   int in = open(piece->path, O_RDONLY | O_CLOEXEC);
   if (in < 0) return chb_error_errno(err, errno, "cannot open", piece->path);
   int rc = -1;
@@ -333,10 +418,7 @@ static int run_piece(chb_job *job, chb_entry *e, const chb_src *piece, int out,
       }
       continue;
     }
-    if (out >= 0 && write_all(out, buf, (size_t)n) != 0) {
-      chb_error_errno(err, errno, "cannot write", e->dst);
-      goto done;
-    }
+    if (out_write(out, buf, (size_t)n, err) != 0) goto done;
   }
   if (*holding && piece == &e->pieces[e->npieces - 1]) {
     /* The file is shorter than its base: it did not just grow. */
@@ -351,14 +433,17 @@ done:
 
 /* Streams one entry: read its pieces -> hash -> write dst, then checks. */
 static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *err) {
-  int out = -1, rc = -1;
+  int rc = -1;
+  chb_out out = {-1, NULL, e->dst};
   int holding = e->has_base && e->base_size > 0;
   chb_hash h;
   chb_hash_init(&h);
   e->tail_only = 0;
-  if (e->dst && (out = open_dst(e->dst, err)) < 0) return -1;
+  if (e->dst && (out.fd = open_dst(e->dst, err)) < 0) return -1;
+  if (e->seal_name && !(out.sealer = chb_sealer_new(job->opts.key, e->seal_name, out.fd, e->dst, err)))
+    goto done;
   for (size_t i = 0; i < e->npieces; i++)
-    if (run_piece(job, e, &e->pieces[i], out, &h, &holding, buf, err) != 0) goto done;
+    if (run_piece(job, e, &e->pieces[i], &out, &h, &holding, buf, err) != 0) goto done;
   e->size = h.total;
   e->hash = chb_hash_peek(&h);
   if (e->expect_size >= 0 && e->size != (uint64_t)e->expect_size) {
@@ -376,15 +461,17 @@ static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *
                   e->pieces[e->npieces - 1].path, want, got);
     goto done;
   }
-  if (out >= 0 && job->opts.fsync && fsync(out) != 0) {
+  if (out.sealer && chb_sealer_finish(out.sealer, err) != 0) goto done;
+  if (out.fd >= 0 && job->opts.fsync && fsync(out.fd) != 0) {
     chb_error_errno(err, errno, "cannot fsync", e->dst);
     goto done;
   }
   rc = 0;
 done:
-  if (out >= 0 && close(out) != 0 && rc == 0)
+  chb_sealer_free(out.sealer);
+  if (out.fd >= 0 && close(out.fd) != 0 && rc == 0)
     rc = chb_error_errno(err, errno, "cannot close", e->dst);
-  if (rc != 0 && out >= 0) unlink(e->dst); /* never leave a partial file */
+  if (rc != 0 && out.fd >= 0) unlink(e->dst); /* never leave a partial file */
   return rc;
 }
 
@@ -528,5 +615,6 @@ void chb_job_free(chb_job *job) {
   free(job->threads);
   pthread_mutex_destroy(&job->lock);
   pthread_cond_destroy(&job->ended);
+  OPENSSL_cleanse(job->opts.key, sizeof job->opts.key);
   free(job);
 }

@@ -15,6 +15,7 @@
 #ifndef CHB_JOB_H
 #define CHB_JOB_H
 
+#include "chb_cipher.h"
 #include "chb_error.h"
 #include "chb_hash.h"
 
@@ -32,6 +33,8 @@ typedef struct chb_job_opts {
   int threads;          /* workers; <= 0 means the number of cores */
   size_t buffer_size;   /* per worker; 0 means 1 MiB */
   int fsync;            /* fsync every written file before it counts as done */
+  int has_key;          /* key set: entries marked with chb_job_seal_entry are */
+  unsigned char key[CHB_CIPHER_KEY_LEN]; /* written encrypted (chb_cipher.h) */
 } chb_job_opts;
 
 typedef struct chb_job_progress {
@@ -61,6 +64,9 @@ long chb_job_add(chb_job *job, const char *src, const char *dst,
  * With `entry` set, `path` is a zip archive and the bytes are those of that
  * entry, decrypted with `password` (may be NULL) and decompressed while
  * streaming (chb_zip.h); zero-initialise both for a plain file.
+ * With `key` set (CHB_CIPHER_KEY_LEN bytes, copied), `path` is a file of an
+ * encrypted directory backup named `aad` there: offset and length count
+ * plaintext bytes, each chunk is authenticated as it is read (chb_cipher.h).
  */
 typedef struct chb_piece {
   const char *path;
@@ -68,6 +74,8 @@ typedef struct chb_piece {
   int64_t length;
   const char *entry;          /* NULL: a plain file */
   const char *password;       /* NULL: none */
+  const unsigned char *key;   /* NULL: not encrypted */
+  const char *aad;            /* with key: the file's name in its backup */
 } chb_piece;
 
 /* Like chb_job_add, with the source given as pieces read in order. */
@@ -83,6 +91,13 @@ long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
  */
 int chb_job_set_base(chb_job *job, size_t i, uint64_t base_size,
                      chb_u128 base_hash, chb_error *err);
+/*
+ * Entry i's dst is written encrypted with the job's key (opts.key) as the
+ * file `name` (copied) of its backup. Only before start; needs a key and a
+ * dst. Returns 0, or -1 with err set.
+ */
+int chb_job_seal_entry(chb_job *job, size_t i, const char *name, chb_error *err);
+
 /* After DONE: 1 if entry i was written tail only, else 0. */
 int chb_job_entry_tail_only(const chb_job *job, size_t i);
 

@@ -66,10 +66,6 @@ function backup.run(ctx, req)
       return nil, "compression_method and compression_level apply to archive destinations"
         .. " (a name ending in .zip), not to directory backup " .. dest.name
     end
-    if settings.password then
-      return nil, "setting 'password' is not supported yet for directory backups (" .. dest.name
-        .. "); use an archive destination (a name ending in .zip)"
-    end
     ok, err = check_destination(dest)
     if not ok then
       return nil, err
@@ -87,6 +83,11 @@ function backup.run(ctx, req)
     end
     if base.dest.path == dest.path then
       return nil, "base_backup " .. base.dest.name .. " is the backup being made"
+    end
+    for _, b in ipairs(bases) do
+      if b.key_err then   -- an encrypted base: the chain needs its password
+        return nil, "base_backup: " .. b.key_err
+      end
     end
     ctx.base = base
   end
@@ -128,6 +129,20 @@ function backup.run(ctx, req)
   if not ok then
     return fail(err)
   end
+  -- SETTINGS password: every stored file is encrypted (chain.ENCRYPTION_FILE,
+  -- README "Encrypted directory backups"); `.backup` keeps plain checksums.
+  local enc_key
+  if settings.password then
+    local text
+    enc_key, text = chain.new_encryption(settings.password)
+    if not enc_key then
+      return fail("backup " .. dest.name .. ": " .. text)
+    end
+    ok, err = fsutil.write_file(dest.path .. "/" .. chain.ENCRYPTION_FILE, text)
+    if not ok then
+      return fail(err)
+    end
+  end
 
   -- Every entry of the manifest, sorted by name as ClickHouse lists them.
   local base = ctx.base
@@ -142,8 +157,13 @@ function backup.run(ctx, req)
     else
       local path = dest.path .. "/" .. m.name
       ok, err = fsutil.mkdir_p(path:match("^(.*)/[^/]*$"))
+      local content = m.content
+      if ok and enc_key then
+        content, err = core.encrypt(enc_key, m.name, content)
+        ok = content ~= nil
+      end
       if ok then
-        ok, err = fsutil.write_file(path, m.content)
+        ok, err = fsutil.write_file(path, content)
       end
       if not ok then
         return fail(err)
@@ -176,7 +196,7 @@ function backup.run(ctx, req)
   -- earlier (data_file), or stored; a file that may have grown since the
   -- base (Log-family tables append) is stored tail only if its prefix matches.
   local first, to_copy = {}, {}
-  local job = core.job({ threads = ctx.threads, fsync = ctx.settings.fsync })
+  local job = core.job({ threads = ctx.threads, fsync = ctx.settings.fsync, key = enc_key })
   for _, e in ipairs(entries) do
     if e.src and e.size == 0 then
       -- ClickHouse stores no bytes (and no checksum) for an empty file
@@ -205,7 +225,8 @@ function backup.run(ctx, req)
   end)
   for _, e in ipairs(to_copy) do
     -- read exactly `size` bytes (a Log file may hold uncommitted bytes)
-    e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. e.name, e.size, e.checksum)
+    e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. e.name, e.size, e.checksum,
+      nil, enc_key and e.name)
     local be = base and not e.checksum and base.manifest.by_name[e.name]
     if be and be.size > 0 and be.size < e.size then
       job:set_base(e.job_index, be.size, be.checksum)
@@ -273,7 +294,7 @@ function backup.run(ctx, req)
     for _, e in ipairs(entries) do
       m.by_name[e.name] = e
     end
-    ok, err = chain.check({ dest = dest, manifest = m, cfg = ctx.config, base = base })
+    ok, err = chain.check({ dest = dest, manifest = m, cfg = ctx.config, base = base, key = enc_key })
     if not ok then
       return fail(err)
     end
