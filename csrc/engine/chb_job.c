@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Default workers: the number of cores, but at least this many (I/O-bound). */
+#define CHB_JOB_MIN_DEFAULT_THREADS 8
+
 typedef struct chb_src {
   char *path;
   uint64_t offset;
@@ -78,8 +81,14 @@ chb_job *chb_job_new(const chb_job_opts *opts, chb_error *err) {
   }
   job->opts = *opts;
   if (job->opts.threads <= 0) {
+    /* The work is mostly waiting for the disk, not hashing (16 GB/s a
+     * core): more reads in flight than cores pays. Measured on 1 GiB of
+     * parts, cold cache, 2 cores: BACKUP 0.57-0.59 s with 8 threads against
+     * 0.67-0.80 s with 2, RESTORE 0.56-0.58 s against 0.64 s. Memory stays
+     * threads * buffer_size. */
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     job->opts.threads = n > 0 ? (int)n : 1;
+    if (job->opts.threads < CHB_JOB_MIN_DEFAULT_THREADS) job->opts.threads = CHB_JOB_MIN_DEFAULT_THREADS;
   }
   if (job->opts.threads > 64) job->opts.threads = 64;
   if (job->opts.buffer_size == 0) job->opts.buffer_size = 1 << 20;

@@ -30,7 +30,7 @@ typedef enum {
 } chb_job_state;
 
 typedef struct chb_job_opts {
-  int threads;          /* workers; <= 0 means the number of cores */
+  int threads;          /* workers; <= 0: the number of cores, at least 8 */
   size_t buffer_size;   /* per worker; 0 means 1 MiB */
   int fsync;            /* fsync every written file before it counts as done */
   int has_key;          /* key set: entries marked with chb_job_seal_entry are */

@@ -29,7 +29,7 @@ options:
                      plus its config.d/*.xml)
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
                      also $CHBACKUP_STATUS_DIR)
-  --threads N        worker threads (default: number of cores)
+  --threads N        worker threads (default: number of cores, at least 8)
 ]]
 
 
