@@ -7,6 +7,7 @@
 #include "chb_checksums.h"
 #include "chb_cipher.h"
 #include "chb_error.h"
+#include "chb_lua.h"
 #include "chb_fs.h"
 #include "chb_hash.h"
 #include "chb_job.h"
@@ -30,12 +31,6 @@
 int luaopen_chbackup_core(lua_State *L);
 void chb_open_zip(lua_State *L); /* chb_zip_lua.c */
 
-static int push_fail(lua_State *L, const chb_error *e) {
-  luaL_pushfail(L);                          /* fail */
-  lua_pushstring(L, e->msg);                 /* fail, msg */
-  lua_pushstring(L, chb_code_name(e->code)); /* fail, msg, code */
-  return 3;
-}
 
 static void push_hex(lua_State *L, chb_u128 v) {
   char hex[33];
@@ -99,7 +94,7 @@ static int core_job(lua_State *L) {
   chb_error err;
   b->job = chb_job_new(&opts, &err);
   OPENSSL_cleanse(opts.key, sizeof opts.key);
-  if (!b->job) return push_fail(L, &err);
+  if (!b->job) return chb_push_fail(L, &err);
   return 1;
 }
 
@@ -194,7 +189,7 @@ static int job_start(lua_State *L) {
   chb_error err;
   if (chb_job_start(job, &err) != 0) {
     if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg); /* misuse */
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -204,13 +199,7 @@ static int job_start(lua_State *L) {
  * job ends; a timeout <= 0 only looks (a deadline already past never blocks). */
 static int job_wait(lua_State *L) {
   chb_job *job = check_job(L);
-  long ms = -1;
-  if (!lua_isnoneornil(L, 2)) {
-    lua_Number s = luaL_checknumber(L, 2);
-    luaL_argcheck(L, s == s, 2, "timeout is NaN");
-    if (s <= 0) ms = 0;
-    else if (s < (lua_Number)(LONG_MAX / 1000)) ms = (long)(s * 1000); /* else forever */
-  }
+  long ms = chb_opt_timeout_ms(L, 2);
   lua_pushstring(L, chb_job_state_name(chb_job_wait(job, ms)));
   return 1;
 }
@@ -223,17 +212,7 @@ static int job_cancel(lua_State *L) {
 static int job_progress(lua_State *L) {
   chb_job_progress p;
   chb_job_get_progress(check_job(L), &p);
-  lua_createtable(L, 0, 5);
-  lua_pushstring(L, chb_job_state_name(p.state));
-  lua_setfield(L, -2, "state");
-  lua_pushinteger(L, (lua_Integer)p.files_total);
-  lua_setfield(L, -2, "files_total");
-  lua_pushinteger(L, (lua_Integer)p.files_done);
-  lua_setfield(L, -2, "files_done");
-  lua_pushinteger(L, (lua_Integer)p.bytes_total);
-  lua_setfield(L, -2, "bytes_total");
-  lua_pushinteger(L, (lua_Integer)p.bytes_done);
-  lua_setfield(L, -2, "bytes_done");
+  chb_push_progress(L, &p);
   return 1;
 }
 
@@ -244,7 +223,7 @@ static int job_result(lua_State *L) {
   if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
     return luaL_error(L, "job has not ended (%s)", chb_job_state_name(s)); /* misuse */
   chb_error err;
-  if (chb_job_result(job, &err) != 0) return push_fail(L, &err);
+  if (chb_job_result(job, &err) != 0) return chb_push_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -319,7 +298,7 @@ static int core_checksum_file(lua_State *L) {
   chb_error err;
   uint64_t size;
   chb_u128 hash;
-  if (chb_fs_hash_file(path, &size, &hash, &err) != 0) return push_fail(L, &err);
+  if (chb_fs_hash_file(path, &size, &hash, &err) != 0) return chb_push_fail(L, &err);
   push_hex(L, hash);
   lua_pushinteger(L, (lua_Integer)size);
   return 2;
@@ -330,7 +309,7 @@ static int core_read_checksums(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   chb_checksums c;
   chb_error err;
-  if (chb_checksums_read(path, &c, &err) != 0) return push_fail(L, &err);
+  if (chb_checksums_read(path, &c, &err) != 0) return chb_push_fail(L, &err);
   lua_createtable(L, 0, (int)c.count);       /* t */
   for (size_t i = 0; i < c.count; i++) {
     const chb_part_file *f = &c.files[i];
@@ -378,7 +357,7 @@ static int core_derive_key(lua_State *L) {
   chb_error err;
   if (chb_cipher_derive_key(pw, pwlen, salt, hexlen / 2, (uint64_t)n, (uint64_t)r, (uint64_t)p,
                             key, sizeof key, &err) != 0)
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   lua_pushlstring(L, (const char *)key, sizeof key);
   OPENSSL_cleanse(key, sizeof key);
   return 1;
@@ -391,7 +370,7 @@ static int core_random_hex(lua_State *L) {
   unsigned char b[64];
   char hex[129];
   chb_error err;
-  if (chb_cipher_random(b, (size_t)n, &err) != 0) return push_fail(L, &err);
+  if (chb_cipher_random(b, (size_t)n, &err) != 0) return chb_push_fail(L, &err);
   for (lua_Integer i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", b[i]);
   lua_pushlstring(L, hex, (size_t)(2 * n));
   return 1;
@@ -411,7 +390,7 @@ static int core_encrypt(lua_State *L) {
   chb_error err;
   if (chb_cipher_seal_buffer(key, name, data, len, out, &err) != 0) {
     luaL_pushresultsize(&buf, 0);                                                   /* .., "" */
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   luaL_pushresultsize(&buf, (size_t)out_len);                                       /* .., sealed */
   return 1;
@@ -430,13 +409,13 @@ static int core_decrypt(lua_State *L) {
   chb_error err;
   if (chb_cipher_plain_size(len, &plain) != 0) {
     chb_error_set(&err, CHB_CORRUPT, "%s is corrupt: not a file of an encrypted backup (bad size)", what);
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   luaL_Buffer buf;
   unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &buf, plain ? (size_t)plain : 1); /* .., buf */
   if (chb_cipher_open_buffer(key, name, (const unsigned char *)data, len, out, what, &err) != 0) {
     luaL_pushresultsize(&buf, 0);                                                   /* .., "" */
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   luaL_pushresultsize(&buf, (size_t)plain);                                         /* .., data */
   return 1;
@@ -476,7 +455,7 @@ static int core_fsync(lua_State *L) {
     int saved = errno;
     if (fd >= 0) close(fd);
     chb_error_errno(&err, saved, "cannot fsync", path);
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   close(fd);
   lua_pushboolean(L, 1);
@@ -502,7 +481,7 @@ static int core_spawn_detached(lua_State *L) {
   argv[n] = NULL;
   chb_error err;
   long pid = chb_proc_spawn_detached(argv, log, &err);
-  if (pid < 0) return push_fail(L, &err);
+  if (pid < 0) return chb_push_fail(L, &err);
   lua_pushinteger(L, pid);
   return 1;
 }

@@ -7,6 +7,7 @@
  */
 #include "chb_codec.h"
 #include "chb_error.h"
+#include "chb_lua.h"
 #include "chb_hash.h"
 #include "chb_job.h"
 #include "chb_zip.h"
@@ -22,12 +23,6 @@
 
 void chb_open_zip(lua_State *L);
 
-static int push_fail(lua_State *L, const chb_error *e) {
-  luaL_pushfail(L);                          /* fail */
-  lua_pushstring(L, e->msg);                 /* fail, msg */
-  lua_pushstring(L, chb_code_name(e->code)); /* fail, msg, code */
-  return 3;
-}
 
 /* Raises on keys of an options table that are not in `known` (luaposix checkfieldnames). */
 static void check_fields(lua_State *L, int t, const char *const known[]) {
@@ -132,7 +127,7 @@ static int core_zip_writer(lua_State *L) {
   luaL_setmetatable(L, CHB_ZIPW_MT);
   chb_error err;
   b->w = chb_zip_writer_new(path, &o, &err);
-  if (!b->w) return push_fail(L, &err);
+  if (!b->w) return chb_push_fail(L, &err);
   return 1;
 }
 
@@ -147,7 +142,7 @@ static chb_zip_writer *check_new_writer(lua_State *L) {
 
 /* A bad or duplicate name is a fail, not an error. */
 static int add_result(lua_State *L, long i, const chb_error *err) {
-  if (i < 0) return push_fail(L, err);
+  if (i < 0) return chb_push_fail(L, err);
   lua_pushinteger(L, i + 1);
   return 1;
 }
@@ -195,7 +190,7 @@ static int zipw_start(lua_State *L) {
   chb_error err;
   if (chb_zip_writer_start(w, &err) != 0) {
     if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg);
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -204,13 +199,7 @@ static int zipw_start(lua_State *L) {
 /* w:wait([seconds]) -> state; as job:wait */
 static int zipw_wait(lua_State *L) {
   chb_zip_writer *w = check_writer(L);
-  long ms = -1;
-  if (!lua_isnoneornil(L, 2)) {
-    lua_Number s = luaL_checknumber(L, 2);
-    luaL_argcheck(L, s == s, 2, "timeout is NaN");
-    if (s <= 0) ms = 0;
-    else if (s < (lua_Number)(LONG_MAX / 1000)) ms = (long)(s * 1000);
-  }
+  long ms = chb_opt_timeout_ms(L, 2);
   lua_pushstring(L, chb_job_state_name(chb_zip_writer_wait(w, ms)));
   return 1;
 }
@@ -223,17 +212,7 @@ static int zipw_cancel(lua_State *L) {
 static int zipw_progress(lua_State *L) {
   chb_job_progress p;
   chb_zip_writer_get_progress(check_writer(L), &p);
-  lua_createtable(L, 0, 5);
-  lua_pushstring(L, chb_job_state_name(p.state));
-  lua_setfield(L, -2, "state");
-  lua_pushinteger(L, (lua_Integer)p.files_total);
-  lua_setfield(L, -2, "files_total");
-  lua_pushinteger(L, (lua_Integer)p.files_done);
-  lua_setfield(L, -2, "files_done");
-  lua_pushinteger(L, (lua_Integer)p.bytes_total);
-  lua_setfield(L, -2, "bytes_total");
-  lua_pushinteger(L, (lua_Integer)p.bytes_done);
-  lua_setfield(L, -2, "bytes_done");
+  chb_push_progress(L, &p);
   return 1;
 }
 
@@ -244,7 +223,7 @@ static int zipw_result(lua_State *L) {
   if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
     return luaL_error(L, "zip writer has not ended (%s)", chb_job_state_name(s));
   chb_error err;
-  if (chb_zip_writer_result(w, &err) != 0) return push_fail(L, &err);
+  if (chb_zip_writer_result(w, &err) != 0) return chb_push_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -299,7 +278,7 @@ static int core_zip_reader(lua_State *L) {
   luaL_setmetatable(L, CHB_ZIPR_MT);
   chb_error err;
   b->r = chb_zip_reader_open(path, password, &err);
-  if (!b->r) return push_fail(L, &err);
+  if (!b->r) return chb_push_fail(L, &err);
   return 1;
 }
 
@@ -311,7 +290,7 @@ static int zipr_list(lua_State *L) {
   for (size_t i = 0; i < n; i++) {
     chb_zip_entry_info info;
     chb_error err;
-    if (chb_zip_reader_stat(r, i, &info, &err) != 0) return push_fail(L, &err);
+    if (chb_zip_reader_stat(r, i, &info, &err) != 0) return chb_push_fail(L, &err);
     lua_createtable(L, 0, 6);                           /* list, e */
     lua_pushstring(L, info.name);
     lua_setfield(L, -2, "name");
@@ -340,14 +319,14 @@ static int zipr_read(lua_State *L) {
   long i = chb_zip_reader_locate(r, name);
   if (i < 0) {
     chb_error_set(&err, CHB_ENOENT, "no entry %s in zip archive %s", name, chb_zip_reader_path(r));
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   chb_zip_entry_info info;
-  if (chb_zip_reader_stat(r, (size_t)i, &info, &err) != 0) return push_fail(L, &err);
+  if (chb_zip_reader_stat(r, (size_t)i, &info, &err) != 0) return chb_push_fail(L, &err);
   if (info.size > READ_MAX) {
     chb_error_set(&err, CHB_INVALID, "entry %s of %s is too big to read into memory (%llu bytes)",
                   name, chb_zip_reader_path(r), (unsigned long long)info.size);
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   /* Allocate before opening: nothing below may raise while the entry is open. */
   size_t size = (size_t)info.size;
@@ -368,7 +347,7 @@ static int zipr_read(lua_State *L) {
   luaL_pushresultsize(&b, ok ? got : 0);                 /* .., s */
   if (!ok) {
     lua_pop(L, 1);
-    return push_fail(L, &err);
+    return chb_push_fail(L, &err);
   }
   return 1;
 }
