@@ -46,11 +46,6 @@ local function check_destination(dest)
 end
 
 
-local function timestamp()
-  return os.date("%Y-%m-%d %H:%M:%S")
-end
-
-
 --- Runs a BACKUP request.
 -- ctx: {catalog=, store=, op_id=, threads=, settings=, dest=<resolved>}
 -- Returns the status counters table, or nil, err.
@@ -284,20 +279,10 @@ function backup.run(ctx, req)
     end
   end
 
-  local m = {
-    version = 1, deduplicate_files = 1, timestamp = timestamp(), uuid = ctx.op_uuid,
-    files = entries, by_name = {},
-    base_backup = base and base.dest.name, base_backup_uuid = base and base.manifest.uuid,
-  }
-  if base then
-    -- Recorded as created only once every file it relies on is there.
-    for _, e in ipairs(entries) do
-      m.by_name[e.name] = e
-    end
-    ok, err = chain.check({ dest = dest, manifest = m, cfg = ctx.config, base = base, key = enc_key })
-    if not ok then
-      return fail(err)
-    end
+  local m
+  m, err = chain.new_manifest(ctx, entries, base, nil, enc_key)
+  if not m then
+    return fail(err)
   end
   local size
   size, err = manifest.write(dest.path, m)

@@ -18,11 +18,6 @@ local runner = require("chbackup.runner")
 local backup_archive = {}
 
 
-local function timestamp()
-  return os.date("%Y-%m-%d %H:%M:%S")
-end
-
-
 -- Hashes what is not known yet: whole files without a checksum, and the
 -- prefixes that may match a base file of the same name.
 local function hash_unknown(ctx, entries, base)
@@ -145,20 +140,10 @@ function backup_archive.run(ctx, files)
     counters.uncompressed_size = counters.uncompressed_size + e.size - (e.base_size or 0)
   end
 
-  local m = {
-    version = 1, deduplicate_files = 1, timestamp = timestamp(), uuid = ctx.op_uuid,
-    files = entries, by_name = {},
-    base_backup = base and base.dest.name, base_backup_uuid = base and base.manifest.uuid,
-  }
-  if base then
-    -- Recorded as created only once every file it relies on is in the chain.
-    for _, e in ipairs(entries) do
-      m.by_name[e.name] = e
-    end
-    local ok, cerr = chain.check({ dest = dest, manifest = m, cfg = ctx.config, base = base }, { only_base = true })
-    if not ok then
-      return fail(cerr)
-    end
+  -- the files this archive stores are not in it yet: check only the base
+  local m, merr2 = chain.new_manifest(ctx, entries, base, { only_base = true })
+  if not m then
+    return fail(merr2)
   end
   -- `.backup` goes in last, from a temporary file beside the archive.
   local manifest_tmp = dest.path .. ".backup-" .. core.getpid() .. ".tmp"

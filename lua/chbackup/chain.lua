@@ -415,6 +415,32 @@ function chain.read(b, e)
 end
 
 
+--- The manifest of a backup being made from its entries (sorted by
+-- name), on `base` or none. An incremental is checked against its chain
+-- first: it is recorded as created only once every file it relies on is
+-- there (ClickHouse reports success on a broken base). check_opts go to
+-- chain.check; key opens an encrypted directory backup being written.
+-- Returns the manifest or nil, err.
+function chain.new_manifest(ctx, entries, base, check_opts, key)
+  local m = {
+    version = 1, deduplicate_files = 1, timestamp = os.date("%Y-%m-%d %H:%M:%S"), uuid = ctx.op_uuid,
+    files = entries, by_name = {},
+    base_backup = base and base.dest.name, base_backup_uuid = base and base.manifest.uuid,
+  }
+  if base then
+    for _, e in ipairs(entries) do
+      m.by_name[e.name] = e
+    end
+    local ok, err = chain.check({ dest = ctx.dest, manifest = m, cfg = ctx.config, base = base, key = key },
+      check_opts)
+    if not ok then
+      return nil, err
+    end
+  end
+  return m
+end
+
+
 chain.content_key = content_key
 
 return chain
