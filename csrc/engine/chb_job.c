@@ -546,23 +546,40 @@ int chb_job_start(chb_job *job, chb_error *err) {
   return 0;
 }
 
+void chb_wait_while_running(pthread_cond_t *ended, pthread_mutex_t *lock,
+                            const chb_job_state *state, long timeout_ms) {
+  if (timeout_ms < 0) {
+    while (*state == CHB_JOB_RUNNING) pthread_cond_wait(ended, lock);
+    return;
+  }
+  if (*state != CHB_JOB_RUNNING) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  while (*state == CHB_JOB_RUNNING && pthread_cond_timedwait(ended, lock, &ts) == 0) {
+  }
+}
+
+int chb_ended_result(chb_job_state s, const chb_error *error, const char *what, chb_error *err) {
+  if (s == CHB_JOB_DONE) {
+    chb_error_clear(err);
+    return 0;
+  }
+  if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
+    chb_error_set(err, CHB_INVALID, "%s has not ended (%s)", what, chb_job_state_name(s));
+  else
+    *err = *error;
+  return -1;
+}
+
 chb_job_state chb_job_wait(chb_job *job, long timeout_ms) {
   pthread_mutex_lock(&job->lock);
-  if (timeout_ms < 0) {
-    while (job->state == CHB_JOB_RUNNING) pthread_cond_wait(&job->ended, &job->lock);
-  } else if (job->state == CHB_JOB_RUNNING) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
-    while (job->state == CHB_JOB_RUNNING &&
-           pthread_cond_timedwait(&job->ended, &job->lock, &ts) == 0) {
-    }
-  }
+  chb_wait_while_running(&job->ended, &job->lock, &job->state, timeout_ms);
   chb_job_state s = job->state;
   pthread_mutex_unlock(&job->lock);
   return s;
@@ -590,13 +607,9 @@ void chb_job_get_progress(chb_job *job, chb_job_progress *out) {
 
 int chb_job_result(chb_job *job, chb_error *err) {
   pthread_mutex_lock(&job->lock);
-  chb_job_state s = job->state;
-  if (s == CHB_JOB_DONE) chb_error_clear(err);
-  else if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
-    chb_error_set(err, CHB_INVALID, "job has not ended (%s)", chb_job_state_name(s));
-  else *err = job->error;
+  int rc = chb_ended_result(job->state, &job->error, "job", err);
   pthread_mutex_unlock(&job->lock);
-  return s == CHB_JOB_DONE ? 0 : -1;
+  return rc;
 }
 
 size_t chb_job_count(const chb_job *job) { return job->count; }

@@ -19,6 +19,7 @@
 #include "chb_error.h"
 #include "chb_hash.h"
 
+#include <pthread.h>
 #include <stdint.h>
 
 typedef enum {
@@ -116,5 +117,16 @@ int chb_job_entry_result(const chb_job *job, size_t i, uint64_t *size, chb_u128 
 void chb_job_free(chb_job *job);
 
 const char *chb_job_state_name(chb_job_state s);
+
+/*
+ * The ending shared by jobs and zip writers (state under a mutex, a condvar
+ * signalled when the state leaves RUNNING). With `lock` held: waits while
+ * *state is RUNNING, up to timeout_ms (< 0: until it ends).
+ */
+void chb_wait_while_running(pthread_cond_t *ended, pthread_mutex_t *lock,
+                            const chb_job_state *state, long timeout_ms);
+/* With the lock held: 0 if DONE, else -1 with `error` (or "has not ended",
+ * naming `what`) copied to err. */
+int chb_ended_result(chb_job_state s, const chb_error *error, const char *what, chb_error *err);
 
 #endif

@@ -1776,21 +1776,7 @@ int chb_zip_writer_start(chb_zip_writer *w, chb_error *err) {
 
 chb_job_state chb_zip_writer_wait(chb_zip_writer *w, long timeout_ms) {
   pthread_mutex_lock(&w->lock);
-  if (timeout_ms < 0) {
-    while (w->state == CHB_JOB_RUNNING) pthread_cond_wait(&w->ended, &w->lock);
-  } else if (w->state == CHB_JOB_RUNNING) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
-    while (w->state == CHB_JOB_RUNNING &&
-           pthread_cond_timedwait(&w->ended, &w->lock, &ts) == 0) {
-    }
-  }
+  chb_wait_while_running(&w->ended, &w->lock, &w->state, timeout_ms);
   chb_job_state s = w->state;
   pthread_mutex_unlock(&w->lock);
   return s;
@@ -1819,13 +1805,9 @@ void chb_zip_writer_get_progress(chb_zip_writer *w, chb_job_progress *out) {
 
 int chb_zip_writer_result(chb_zip_writer *w, chb_error *err) {
   pthread_mutex_lock(&w->lock);
-  chb_job_state s = w->state;
-  if (s == CHB_JOB_DONE) chb_error_clear(err);
-  else if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
-    chb_error_set(err, CHB_INVALID, "zip writer has not ended (%s)", chb_job_state_name(s));
-  else *err = w->error;
+  int rc = chb_ended_result(w->state, &w->error, "zip writer", err);
   pthread_mutex_unlock(&w->lock);
-  return s == CHB_JOB_DONE ? 0 : -1;
+  return rc;
 }
 
 int chb_zip_writer_entry_result(chb_zip_writer *w, size_t i, uint64_t *size, chb_u128 *hash) {
