@@ -40,6 +40,7 @@ dependencies = {
 external_dependencies = {
   LZ4 = { header = "lz4.h", library = "lz4" },
   ZSTD = { header = "zstd.h", library = "zstd" },
+  LIBDEFLATE = { header = "libdeflate.h", library = "deflate" },
 }
 
 test_dependencies = { "busted" }
@@ -56,7 +57,7 @@ build = {
     CMAKE_BUILD_TYPE = "Release",
     CMAKE_C_FLAGS = "$(CFLAGS)",
     CMAKE_MODULE_LINKER_FLAGS = "$(LIBFLAG)",
-    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR)",
+    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR);$(LIBDEFLATE_DIR)",
     LUA_INCDIR = "$(LUA_INCDIR)",
     CHB_LIBDIR = "$(LIBDIR)",
   },

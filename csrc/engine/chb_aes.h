@@ -31,6 +31,10 @@ size_t chb_aes_salt_len(int strength);
 /* Bytes added to an entry: salt + verifier + MAC. */
 size_t chb_aes_overhead(int strength);
 
+/* PBKDF2-HMAC-SHA1 (RFC 8018), the WinZip AES key derivation. */
+void chb_pbkdf2_sha1(const char *password, size_t password_len, const unsigned char *salt,
+                     size_t salt_len, unsigned iterations, unsigned char *out, size_t out_len);
+
 typedef struct chb_aes chb_aes;
 
 /*

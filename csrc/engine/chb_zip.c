@@ -16,21 +16,23 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <libdeflate.h>
 #include <zip.h>
-#include <zlib.h>
 
 #define AES_STRENGTH 3                  /* we write AES-256 */
 #define RAW_BUF (256 * 1024)            /* reader: compressed bytes per read */
-#define MAX_AHEAD 4096                  /* writer: entries compressed ahead of libzip */
-#define PREP_AHEAD 64                   /* writer: AES keys derived ahead (store) */
+#define MAX_AHEAD 4096                  /* writer: entries prepared ahead of libzip */
+#define STREAM_QUEUE 4                  /* writer: chunks queued per stored entry */
+#define SPARE_CHUNKS 8                  /* writer: chunk buffers kept for reuse */
 /*
- * Stored data that libzip must copy as is: a store entry with a password
- * (streamed straight into the archive) and an empty file of a compressed
- * method. Their first stat reports this method, so that libzip neither
- * wraps them in a CRC layer (which would count the ciphertext as the plain
- * size) nor compresses them (the default method means deflate); the stat
- * after the data has been read says STORE, and that is what both headers
- * get (libzip rewrites the local header after the data).
+ * Stored data that libzip must copy as is: a store entry (its CRC, or its
+ * encryption, done by a worker) and an empty file of a compressed method.
+ * Their first stat reports this method, so that libzip neither wraps them
+ * in a CRC layer (a second CRC pass on the finishing thread; with a
+ * password it would count the ciphertext as the plain size) nor compresses
+ * them (the default method means deflate); the stat after the data has
+ * been read says STORE, and that is what both headers get (libzip rewrites
+ * the local header after the data).
  */
 #define CM_PLACEHOLDER 0xfffe
 
@@ -256,7 +258,7 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
   f->method = st.comp_method == 20 ? CHB_CODEC_ZSTD : st.comp_method; /* 20: old zstd id */
   f->strength = encryption_strength(st.encryption_method);
   f->crc_expect = st.crc;
-  f->crc = (uint32_t)crc32_z(0, NULL, 0);
+  f->crc = 0;
   f->check_crc = f->strength == 0 || st.crc != 0; /* AE-2 entries carry no CRC */
   f->raw_left = st.comp_size;
   if (f->strength < 0) {
@@ -381,7 +383,7 @@ static ssize_t deliver(chb_zip_file *f, const unsigned char *p, size_t n, chb_er
   if (f->produced > f->size)
     return file_fail(f, err, CHB_CORRUPT, "more data than the declared %llu bytes",
                      (unsigned long long)f->size);
-  f->crc = (uint32_t)crc32_z(f->crc, p, n);
+  f->crc = libdeflate_crc32(f->crc, p, n);
   return (ssize_t)n;
 }
 
@@ -569,6 +571,13 @@ typedef struct zw_piece {
 
 typedef struct zw_entry zw_entry;
 
+/* Bytes of a stored entry on their way from its worker to libzip. */
+typedef struct zw_chunk {
+  struct zw_chunk *next;
+  size_t len, cap;
+  unsigned char data[];
+} zw_chunk;
+
 /* Streams an entry's pieces (or bytes) in order. */
 typedef struct psrc {
   const zw_entry *e;
@@ -592,7 +601,7 @@ struct zw_entry {
   int64_t expect_size;
   int has_hash;
   chb_u128 expect_hash;
-  int direct;                 /* store: streams in the zip source callback */
+  int direct;                 /* store: a worker streams it through the chunk queue */
   int state;                  /* E_*, under the writer's lock */
   /* results of reading the source */
   uint64_t size;
@@ -611,12 +620,10 @@ struct zw_entry {
   int src_done;               /* all data handed to libzip */
   int size_known;
   uint64_t direct_size;       /* direct: the size declared to libzip */
-  psrc ps;
-  chb_hash h;
-  chb_aes *aes;
-  unsigned char aes_tail[CHB_AES_SALT_MAX + CHB_AES_PV_LEN + CHB_AES_MAC_LEN];
-  size_t tail_len, tail_pos;  /* header before the data, then the MAC */
-  int phase;                  /* direct: 0 header, 1 data, 2 mac, 3 done */
+  zw_chunk *q_head, *q_tail;  /* direct: chunks made, not yet copied (writer's lock) */
+  size_t q_len;
+  int q_end;                  /* the last chunk is queued */
+  zw_chunk *cur;              /* the chunk libzip is copying */
   int stored;                 /* spooled data is stored, not compressed (empty file) */
   const unsigned char *rb;    /* read-ahead for libzip's small reads: in the spool or w->rbuf */
   size_t rb_pos, rb_len;
@@ -633,7 +640,6 @@ static zw_entry *entry_new(void) {
   if (!e) return NULL;
   e->fd = -1;
   zip_error_init(&e->zerr);
-  psrc_init(&e->ps, e);
   return e;
 }
 
@@ -782,7 +788,10 @@ struct chb_zip_writer {
   pthread_cond_t ended;
   size_t next, consumed;      /* next entry to compress; entries libzip has copied */
   uint64_t spool_limit;       /* workers wait while this much spool is unconsumed */
-  uint64_t mem_limit;         /* in-memory spools in all, beyond that: spool files */
+  uint64_t mem_limit;         /* in-memory spools (or queued chunks) in all */
+  uint64_t queued;            /* bytes of chunks allocated (lock) */
+  zw_chunk *spare;            /* chunk buffers for reuse (lock) */
+  size_t nspare;
   atomic_uint_fast64_t spooled, spool_mem;
   atomic_int stop;
   atomic_uint_fast64_t files_done, bytes_done;
@@ -810,7 +819,23 @@ static void w_fail(chb_zip_writer *w, const chb_error *e) {
   pthread_mutex_unlock(&w->lock);
 }
 
+static void chunk_free_locked(chb_zip_writer *w, zw_chunk *c);
+
+/* Drops what an entry's worker made and libzip has not copied. */
 static void spool_drop(zw_entry *e) {
+  if (e->w && (e->q_head || e->cur)) {
+    pthread_mutex_lock(&e->w->lock);
+    if (e->cur) chunk_free_locked(e->w, e->cur);
+    while (e->q_head) {
+      zw_chunk *c = e->q_head;
+      e->q_head = c->next;
+      chunk_free_locked(e->w, c);
+    }
+    e->cur = e->q_tail = NULL;
+    e->q_len = 0;
+    pthread_cond_broadcast(&e->w->cond);
+    pthread_mutex_unlock(&e->w->lock);
+  }
   if (e->w) {
     atomic_fetch_sub(&e->w->spool_mem, (uint64_t)e->mem_len);
     atomic_fetch_sub(&e->w->spooled, e->spool_acct);
@@ -829,8 +854,6 @@ static void spool_drop(zw_entry *e) {
 static void entry_free(zw_entry *e) {
   if (!e) return;
   spool_drop(e);
-  psrc_close(&e->ps);
-  chb_aes_free(e->aes);
   for (size_t i = 0; i < e->npieces; i++) {
     free(e->pieces[i].path);
     free(e->pieces[i].entry);
@@ -921,7 +944,7 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
   psrc_init(&ps, e);
   chb_hash h;
   chb_hash_init(&h);
-  uint32_t crc = (uint32_t)crc32_z(0, NULL, 0);
+  uint32_t crc = 0;
   e->comp_len = 0;
   e->stored = 0;
   for (int finish = 0, ended = 0, first = 1; !ended;) {
@@ -959,7 +982,7 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
       check_expected(e, err);
       goto done;
     }
-    crc = (uint32_t)crc32_z(crc, in, (size_t)n);
+    crc = libdeflate_crc32(crc, in, (size_t)n);
     atomic_fetch_add(&w->bytes_done, (uint64_t)n);
     const unsigned char *ip = in;
     size_t il = (size_t)n;
@@ -998,6 +1021,158 @@ done:
   return rc;
 }
 
+/* ---- stored entries: worker -> chunk queue -> libzip --------------------- */
+
+/* Gives a chunk buffer back (writer's lock held). */
+static void chunk_free_locked(chb_zip_writer *w, zw_chunk *c) {
+  w->queued -= c->cap;
+  if (w->nspare < SPARE_CHUNKS && c->cap >= w->bufsize) {
+    c->next = w->spare;
+    w->spare = c;
+    w->nspare++;
+  } else {
+    free(c);
+  }
+  pthread_cond_broadcast(&w->cond);
+}
+
+/*
+ * A chunk of at least `cap` bytes for entry e, once e's queue has room and
+ * the chunks in all stay within mem_limit. The entry libzip copies now (or
+ * next) is never held back by the others' chunks: it alone makes progress
+ * possible. NULL if stopped.
+ */
+static zw_chunk *chunk_get(chb_zip_writer *w, zw_entry *e, size_t cap, chb_error *err) {
+  zw_chunk *c = NULL;
+  size_t full = w->bufsize + CHB_AES_SALT_MAX + CHB_AES_PV_LEN + CHB_AES_MAC_LEN;
+  if (cap < full && cap > full / 2) cap = full;  /* reusable */
+  pthread_mutex_lock(&w->lock);
+  while (!atomic_load(&w->stop) &&
+         (e->q_len >= STREAM_QUEUE ||
+          (e->index != w->consumed && w->queued + cap > w->mem_limit)))
+    pthread_cond_wait(&w->cond, &w->lock);
+  if (atomic_load(&w->stop)) {
+    pthread_mutex_unlock(&w->lock);
+    chb_error_set(err, CHB_CANCELLED, "cancelled while reading %s", e->name);
+    return NULL;
+  }
+  if (w->spare && w->spare->cap >= cap) {
+    c = w->spare;
+    w->spare = c->next;
+    w->nspare--;
+    cap = c->cap;
+  }
+  w->queued += cap;
+  pthread_mutex_unlock(&w->lock);
+  if (!c && (c = malloc(sizeof *c + cap))) c->cap = cap;
+  if (!c) {
+    pthread_mutex_lock(&w->lock);
+    w->queued -= cap;
+    pthread_mutex_unlock(&w->lock);
+    chb_error_set(err, CHB_ENOMEM, "cannot allocate a buffer for %s", e->name);
+    return NULL;
+  }
+  c->next = NULL;
+  c->len = 0;
+  return c;
+}
+
+static void chunk_push(chb_zip_writer *w, zw_entry *e, zw_chunk *c, int last) {
+  pthread_mutex_lock(&w->lock);
+  if (e->q_tail) e->q_tail->next = c;
+  else e->q_head = c;
+  e->q_tail = c;
+  e->q_len++;
+  e->q_end = last;
+  pthread_cond_broadcast(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+}
+
+/*
+ * Worker, stored entries: reads an entry, hashes it and checksums it (its
+ * CRC-32, or with a password its AES encryption and MAC, key derived here
+ * too) chunk by chunk into its queue, which libzip's copy drains on the
+ * finishing thread. That thread is left to copying: the hashing and the
+ * cryptography of different entries run on the workers, in parallel.
+ * The declared size is checked: a source that grew or shrank fails.
+ */
+static int stream_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
+  int rc = -1;
+  chb_aes *aes = NULL;
+  zw_chunk *c = NULL;
+  unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
+  size_t hdr_len = 0, mac_len = 0;
+  psrc ps;
+  psrc_init(&ps, e);
+  chb_hash h;
+  chb_hash_init(&h);
+  uint32_t crc = 0;
+  if (!e->size_known) {
+    uint64_t n;
+    if (entry_source_size(e, &n, err) != 0) goto done;
+    pthread_mutex_lock(&w->lock);
+    e->direct_size = n;
+    e->size_known = 1;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+  }
+  if (w->password) {
+    aes = chb_aes_encrypter(AES_STRENGTH, w->password, strlen(w->password), hdr, err);
+    if (!aes) goto done;
+    hdr_len = chb_aes_salt_len(AES_STRENGTH) + CHB_AES_PV_LEN;
+    mac_len = CHB_AES_MAC_LEN;
+  }
+  for (int last = 0; !last;) {
+    uint64_t left = e->direct_size - h.total;
+    size_t want = left < w->bufsize ? (size_t)left : w->bufsize, got = 0;
+    if (!(c = chunk_get(w, e, hdr_len + want + mac_len, err))) goto done;
+    memcpy(c->data, hdr, hdr_len);
+    unsigned char *d = c->data + hdr_len;
+    hdr_len = 0;
+    while (got < want) {
+      ssize_t n = psrc_read(&ps, d + got, want - got, err);
+      if (n < 0) goto done;
+      if (n == 0) break;
+      got += (size_t)n;
+    }
+    chb_hash_update(&h, d, got);
+    if (aes && chb_aes_encrypt(aes, d, got, err) != 0) goto done;
+    if (!aes) crc = libdeflate_crc32(crc, d, got);
+    atomic_fetch_add(&w->bytes_done, (uint64_t)got);
+    c->len = (size_t)(d - c->data) + got;
+    last = got < want || got == left;
+    if (last) {
+      unsigned char extra;
+      ssize_t x = got < want ? 0 : psrc_read(&ps, &extra, 1, err);
+      if (x < 0) goto done;
+      e->size = h.total + (uint64_t)x;
+      e->hash = chb_hash_peek(&h);
+      if (check_expected(e, err) != 0) goto done;
+      if (e->size != e->direct_size) {
+        chb_error_set(err, CHB_CORRUPT, "size of %s changed while writing it (%llu bytes, %s)",
+                      entry_src_name(e), (unsigned long long)e->direct_size,
+                      x ? "it grew" : "now fewer");
+        goto done;
+      }
+      e->crc = crc;           /* AE-2: 0, the MAC protects the data */
+      if (aes && chb_aes_mac(aes, c->data + c->len, err) != 0) goto done;
+      c->len += mac_len;
+    }
+    chunk_push(w, e, c, last);
+    c = NULL;
+  }
+  rc = 0;
+done:
+  if (c) {
+    pthread_mutex_lock(&w->lock);
+    chunk_free_locked(w, c);
+    pthread_mutex_unlock(&w->lock);
+  }
+  psrc_close(&ps);
+  chb_aes_free(aes);
+  return rc;
+}
+
 static void *compress_worker(void *arg) {
   chb_zip_writer *w = arg;
   chb_error err;
@@ -1009,12 +1184,12 @@ static void *compress_worker(void *arg) {
   }
   pthread_mutex_lock(&w->lock);
   while (in && out) {
-    while (w->next < w->count && w->e[w->next]->direct && !w->password) w->next++;
     if (atomic_load(&w->stop) || w->next >= w->count) break;
     /* Bounded look-ahead: by bytes spooled (a big file at the head must not
-     * stall the other workers after a few entries), and by entry count. */
+     * stall the other workers after a few entries), and by entry count.
+     * Stored entries are bounded by their chunks (chunk_get). */
     zw_entry *e = w->e[w->next];
-    if (w->next - w->consumed >= (e->direct ? PREP_AHEAD : MAX_AHEAD) ||
+    if (w->next - w->consumed >= MAX_AHEAD ||
         (!e->direct && atomic_load(&w->spooled) >= w->spool_limit)) {
       pthread_cond_wait(&w->cond, &w->lock);
       continue;
@@ -1022,15 +1197,7 @@ static void *compress_worker(void *arg) {
     w->next++;
     e->state = E_WORKING;
     pthread_mutex_unlock(&w->lock);
-    int rc;
-    if (e->direct) {
-      /* A stored entry with a password streams on the finishing thread; its
-       * key derivation (PBKDF2, ~1 ms an entry) is done here, in parallel. */
-      e->aes = chb_aes_encrypter(AES_STRENGTH, w->password, strlen(w->password), e->aes_tail, &err);
-      rc = e->aes ? 0 : -1;
-    } else {
-      rc = compress_entry(w, e, in, out, &err);
-    }
+    int rc = e->direct ? stream_entry(w, e, &err) : compress_entry(w, e, in, out, &err);
     if (rc != 0) w_fail(w, &err);
     pthread_mutex_lock(&w->lock);
     if (rc != 0) break;
@@ -1086,55 +1253,44 @@ static int entry_fill(zw_entry *e) {
     e->rd_pos += e->rb_len;
     return 1;
   }
-  if (e->phase == 0) {        /* AES salt and verifier */
-    e->rb = e->aes_tail;
-    e->rb_len = e->tail_len;
-    e->phase = 1;
+  /* Direct: the next chunk its worker queued. */
+  pthread_mutex_lock(&w->lock);
+  if (e->cur) chunk_free_locked(w, e->cur);
+  e->cur = NULL;
+  for (;;) {
+    while (!e->q_head && !e->q_end && !atomic_load(&w->stop)) pthread_cond_wait(&w->cond, &w->lock);
+    zw_chunk *c = e->q_head;
+    if (atomic_load(&w->stop) || !c) break;
+    e->q_head = c->next;
+    if (!e->q_head) e->q_tail = NULL;
+    e->q_len--;
+    pthread_cond_broadcast(&w->cond);
+    if (c->len == 0) {
+      chunk_free_locked(w, c);
+      continue;
+    }
+    e->cur = c;
+    pthread_mutex_unlock(&w->lock);
+    e->rb = c->data;
+    e->rb_len = c->len;
     return 1;
   }
-  if (e->phase != 1) return 0;
-  uint64_t left = e->direct_size - e->h.total;
-  size_t want = left < w->bufsize ? (size_t)left : w->bufsize;
-  ssize_t n = 0;
-  if (want > 0 && (n = psrc_read(&e->ps, w->rbuf, want, &err)) < 0)
-    return (int)src_fail(e, &err, ZIP_ER_READ);
-  if (n > 0) {
-    chb_hash_update(&e->h, w->rbuf, (size_t)n);
-    atomic_fetch_add(&w->bytes_done, (uint64_t)n);
-    if (e->aes && chb_aes_encrypt(e->aes, w->rbuf, (size_t)n, &err) != 0)
-      return (int)src_fail(e, &err, ZIP_ER_INTERNAL);
-    e->rb = w->rbuf;
-    e->rb_len = (size_t)n;
-    return 1;
-  }
-  /* End of the declared size (or of the source): anything else is a mismatch. */
-  unsigned char extra;
-  ssize_t x = want == 0 ? psrc_read(&e->ps, &extra, 1, &err) : 0;
-  if (x < 0) return (int)src_fail(e, &err, ZIP_ER_READ);
-  e->size = e->h.total + (uint64_t)x;
-  e->hash = chb_hash_peek(&e->h);
-  if (check_expected(e, &err) != 0) return (int)src_fail(e, &err, ZIP_ER_INCONS);
-  if (e->size != e->direct_size) {
-    chb_error_set(&err, CHB_CORRUPT, "size of %s changed while writing it (%llu bytes, %s)",
-                  entry_src_name(e), (unsigned long long)e->direct_size,
-                  x ? "it grew" : "now fewer");
-    return (int)src_fail(e, &err, ZIP_ER_INCONS);
-  }
-  psrc_close(&e->ps);
-  e->phase = 3;
-  if (!e->aes) return 0;
-  if (chb_aes_mac(e->aes, e->aes_tail, &err) != 0) return (int)src_fail(e, &err, ZIP_ER_INTERNAL);
-  e->rb = e->aes_tail;
-  e->rb_len = CHB_AES_MAC_LEN;
-  return 1;
+  pthread_mutex_unlock(&w->lock);
+  if (!atomic_load(&w->stop)) return 0;
+  chb_error_set(&err, CHB_CANCELLED, "cancelled while writing %s", e->name);
+  return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
 }
 
-/* Waits until a worker has made the entry ready; -1 (reported to libzip) if stopped. */
+/*
+ * Waits until a worker has made the entry ready (a stored entry: until its
+ * size is known); -1 (reported to libzip) if stopped.
+ */
 static int wait_ready(zw_entry *e) {
   chb_zip_writer *w = e->w;
   pthread_mutex_lock(&w->lock);
-  while (e->state != E_READY && !atomic_load(&w->stop)) pthread_cond_wait(&w->cond, &w->lock);
-  int ready = e->state == E_READY;
+  while (!(e->direct ? e->size_known : e->state == E_READY) && !atomic_load(&w->stop))
+    pthread_cond_wait(&w->cond, &w->lock);
+  int ready = e->direct ? e->size_known : e->state == E_READY;
   pthread_mutex_unlock(&w->lock);
   if (ready) return 0;
   chb_error err;
@@ -1145,7 +1301,6 @@ static int wait_ready(zw_entry *e) {
 static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_source_cmd_t cmd) {
   zw_entry *e = ud;
   chb_zip_writer *w = e->w;
-  chb_error err;
   switch (cmd) {
   case ZIP_SOURCE_SUPPORTS:
     return zip_source_make_command_bitmap(ZIP_SOURCE_OPEN, ZIP_SOURCE_READ, ZIP_SOURCE_CLOSE,
@@ -1170,18 +1325,12 @@ static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_sour
     st->valid = ZIP_STAT_MTIME | ZIP_STAT_SIZE | ZIP_STAT_COMP_METHOD | ZIP_STAT_ENCRYPTION_METHOD;
     st->encryption_method = w->password ? ZIP_EM_AES_256 : ZIP_EM_NONE;
     if (e->direct) {
-      if (!e->size_known) {
-        if (entry_source_size(e, &e->direct_size, &err) != 0) return src_fail(e, &err, ZIP_ER_READ);
-        e->size_known = 1;
-      }
+      if (wait_ready(e) != 0) return -1;
       st->size = e->direct_size;
-      st->comp_method = ZIP_CM_STORE;
-      if (w->password) {
-        st->comp_size = e->direct_size + chb_aes_overhead(AES_STRENGTH);
-        st->crc = 0;
-        st->valid |= ZIP_STAT_COMP_SIZE | ZIP_STAT_CRC;
-        if (!e->src_done) st->comp_method = CM_PLACEHOLDER;
-      }
+      st->comp_size = e->direct_size + (w->password ? chb_aes_overhead(AES_STRENGTH) : 0);
+      st->comp_method = e->src_done ? ZIP_CM_STORE : CM_PLACEHOLDER;
+      st->crc = e->src_done ? e->crc : 0;
+      st->valid |= ZIP_STAT_COMP_SIZE | ZIP_STAT_CRC;
       return sizeof *st;
     }
     if (wait_ready(e) != 0) return -1;
@@ -1197,17 +1346,6 @@ static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_sour
     e->rd_pos = 0;
     e->rb_pos = e->rb_len = 0;
     e->src_done = 0;
-    if (e->direct) {
-      psrc_init(&e->ps, e);
-      chb_hash_init(&e->h);
-      e->phase = 1;
-      e->tail_len = e->tail_pos = 0;
-      if (w->password) {
-        if (wait_ready(e) != 0) return -1; /* its key, derived by a worker */
-        e->tail_len = chb_aes_salt_len(AES_STRENGTH) + CHB_AES_PV_LEN;
-        e->phase = 0;
-      }
-    }
     return 0;
   case ZIP_SOURCE_READ: {
     unsigned char *out = data;
@@ -1232,8 +1370,7 @@ static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_sour
   case ZIP_SOURCE_CLOSE:
     e->rb = NULL;
     e->rb_pos = e->rb_len = 0;
-    if (e->direct) psrc_close(&e->ps);
-    else if (e->src_done) spool_drop(e);
+    if (e->src_done) spool_drop(e);
     if (e->src_done) {
       atomic_fetch_add(&w->files_done, 1);
       pthread_mutex_lock(&w->lock);
@@ -1503,12 +1640,10 @@ static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
                   zip_error_code_system(zip_get_error(w->za)));
     zip_source_free(src);
   }
-  /* Plain store must say so (libzip's default would deflate); store with a
-   * password keeps the default so that the placeholder method applies. */
-  int bad = idx >= 0 && e->direct && !w->password &&
-            zip_set_file_compression(w->za, (zip_uint64_t)idx, ZIP_CM_STORE, 0) != 0;
-  bad = bad || (idx >= 0 && w->password &&
-                zip_file_set_encryption(w->za, (zip_uint64_t)idx, ZIP_EM_AES_256, NULL) != 0);
+  /* Every entry keeps libzip's default method: the source's stat names the
+   * method its bytes already have (see CM_PLACEHOLDER). */
+  int bad = idx >= 0 && w->password &&
+            zip_file_set_encryption(w->za, (zip_uint64_t)idx, ZIP_EM_AES_256, NULL) != 0;
   if (bad) {
     zip_error_set(&ze, zip_error_code_zip(zip_get_error(w->za)), 0);
     zip_delete(w->za, (zip_uint64_t)idx);
@@ -1638,8 +1773,6 @@ static void run_finish(chb_zip_writer *w) {
   chb_error_clear(&err);
   pthread_t *workers = NULL;
   int nworkers = 0, ok = 0;
-  size_t compressed = 0;       /* entries for workers: compress, or derive a key */
-  for (size_t i = 0; i < w->count; i++) compressed += !w->e[i]->direct || w->password != NULL;
   if (chb_fs_mkdir_parents(w->path, &err) != 0) {
     w_fail(w, &err);
     goto out;
@@ -1656,34 +1789,32 @@ static void run_finish(chb_zip_writer *w) {
     else ok = w->out_created = 1;
     goto out;
   }
-  if (compressed) {
-    if (w->codec->id != CHB_CODEC_STORE) {
-      if (mkdir(w->spool_dir, 0700) != 0) {
-        chb_error_errno(&err, errno, "cannot create spool directory", w->spool_dir);
-        w_fail(w, &err);
-        goto out;
-      }
-      w->spool_dir_made = 1;
-    }
-    int n = w->threads;
-    if ((size_t)n > compressed) n = (int)compressed;
-    workers = calloc((size_t)n, sizeof *workers);
-    if (!workers) {
-      chb_error_set(&err, CHB_ENOMEM, "cannot allocate threads");
+  if (w->codec->id != CHB_CODEC_STORE) {
+    if (mkdir(w->spool_dir, 0700) != 0) {
+      chb_error_errno(&err, errno, "cannot create spool directory", w->spool_dir);
       w_fail(w, &err);
       goto out;
     }
-    for (int i = 0; i < n; i++) {
-      int rc = pthread_create(&workers[i], NULL, compress_worker, w);
-      if (rc != 0) {
-        if (nworkers == 0) {
-          chb_error_errno(&err, rc, "cannot start", "compression thread");
-          w_fail(w, &err);
-        }
-        break;
+    w->spool_dir_made = 1;
+  }
+  int n = w->threads;
+  if ((size_t)n > w->count) n = (int)w->count;
+  workers = calloc((size_t)n, sizeof *workers);
+  if (!workers) {
+    chb_error_set(&err, CHB_ENOMEM, "cannot allocate threads");
+    w_fail(w, &err);
+    goto out;
+  }
+  for (int i = 0; i < n; i++) {
+    int rc = pthread_create(&workers[i], NULL, compress_worker, w);
+    if (rc != 0) {
+      if (nworkers == 0) {
+        chb_error_errno(&err, rc, "cannot start", "compression thread");
+        w_fail(w, &err);
       }
-      nworkers++;
+      break;
     }
+    nworkers++;
   }
   zip_register_cancel_callback_with_state(w->za, cancel_cb, NULL, w);
   if (zip_close(w->za) == 0) {
@@ -1703,10 +1834,13 @@ out:
   pthread_mutex_unlock(&w->lock);
   for (int i = 0; i < nworkers; i++) pthread_join(workers[i], NULL);
   free(workers);
-  for (size_t i = 0; i < w->count; i++) {
-    spool_drop(w->e[i]);
-    psrc_close(&w->e[i]->ps);
+  for (size_t i = 0; i < w->count; i++) spool_drop(w->e[i]);
+  while (w->spare) {
+    zw_chunk *c = w->spare;
+    w->spare = c->next;
+    free(c);
   }
+  w->nspare = 0;
   if (w->spool_dir_made && rmdir(w->spool_dir) == 0) w->spool_dir_made = 0;
   chb_zip_cache_clear();      /* readers opened for zip sources on this thread */
   if (ok && w->count == 0 && w->fsync && fsync_path(w->tmp_path, 0, &err) != 0) {

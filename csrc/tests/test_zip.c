@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/evp.h>
 #include <zip.h>
 
 static int failures;
@@ -584,11 +585,52 @@ static void test_aes_layout(void) {
   CHECK(!c && err.code == CHB_AUTH && strstr(err.msg, "entry x"), "verifier catches a wrong password");
 }
 
+/* PBKDF2-HMAC-SHA1: RFC 6070's vectors, and OpenSSL's own on WinZip's shapes
+ * (a 16-byte salt, 66 bytes of keys, passwords longer than a SHA-1 block). */
+static void test_pbkdf2(void) {
+  static const struct {
+    const char *pw, *salt;
+    size_t pw_len, salt_len;
+    unsigned iter;
+    const char *hex;
+  } v[] = {
+      {"password", "salt", 8, 4, 1, "0c60c80f961f0e71f3a9b524af6012062fe037a6"},
+      {"password", "salt", 8, 4, 2, "ea6c014dc72d6f8ccd1ed92ace1d41f0d8de8957"},
+      {"password", "salt", 8, 4, 4096, "4b007901b765489abead49d926f721d065a429c1"},
+      {"passwordPASSWORDpassword", "saltSALTsaltSALTsaltSALTsaltSALTsalt", 24, 36, 4096,
+       "3d2eec4fe41c849b80c8d83662c0e44a8b291a964cf2f07038"},
+      {"pass\0word", "sa\0lt", 9, 5, 4096, "56fa6aa75548099dcc37d7f03425e0c3"},
+  };
+  int ok = 1;
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+    unsigned char out[32];
+    size_t n = strlen(v[i].hex) / 2;
+    chb_pbkdf2_sha1(v[i].pw, v[i].pw_len, (const unsigned char *)v[i].salt, v[i].salt_len,
+                    v[i].iter, out, n);
+    char hex[65];
+    for (size_t j = 0; j < n; j++) snprintf(hex + 2 * j, 3, "%02x", out[j]);
+    ok = ok && strcmp(hex, v[i].hex) == 0;
+  }
+  CHECK(ok, "PBKDF2-HMAC-SHA1 gives RFC 6070's answers");
+  ok = 1;
+  for (size_t pl = 0; pl <= 130; pl += 13) {
+    char pw[131];
+    unsigned char salt[16], a[66], b[66];
+    for (size_t j = 0; j < pl; j++) pw[j] = (char)('a' + (j * 7 + pl) % 26);
+    for (size_t j = 0; j < sizeof salt; j++) salt[j] = (unsigned char)(j * 31 + pl);
+    chb_pbkdf2_sha1(pw, pl, salt, sizeof salt, 1000, a, sizeof a);
+    ok = ok && PKCS5_PBKDF2_HMAC_SHA1(pw, (int)pl, salt, sizeof salt, 1000, sizeof b, b) == 1 &&
+         memcmp(a, b, sizeof a) == 0;
+  }
+  CHECK(ok, "PBKDF2-HMAC-SHA1 equals OpenSSL's for passwords of 0 to 130 bytes");
+}
+
 int main(void) {
   if (!mkdtemp(root)) {
     perror("mkdtemp");
     return 2;
   }
+  test_pbkdf2();
   test_aes_layout();
   test_bad_options();
   test_round_trips();
