@@ -123,9 +123,8 @@ describe("policy.check names the field of a wrong policy", function()
     { with({ password = "qwerty" }), "password: never write the password into the policy" },
     { with({ password = { env = "A", file = "/b" } }), "password: give exactly one of env" },
     { with({ password = { file = "relative" } }), "password.file: expected an absolute file path" },
-    { with({ password = { env = "PW" } }), "password: applies to zip backups only; end destination.name in .zip "
+    { with({ compression = "lzma" }), "compression: applies to zip backups only; end destination.name in .zip "
       .. "(e.g. '{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}.zip')" },
-    { with({ compression = "lzma" }), "compression: applies to zip backups only" },
     { with({ ["destination.name"] = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}.tar.gz" }),
       "destination.name: '{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}.tar.gz' names a tar archive" },
     { with({ schedule = "0 2 * * *" }), "schedule: expected a table, got string" },

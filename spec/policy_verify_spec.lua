@@ -250,6 +250,33 @@ describe("policy run with compression and a password", function()
 end)
 
 
+describe("policy with a password and directory backups", function()
+  it("writes encrypted directories, restores their chain with the password, fails without it", function()
+    local dir = h.tmpdir("policy-dir-pw")
+    h.write(dir .. "/pw", "s3cret\n")
+    local w, file = world_with_backups({ top = string.format("password = { file = %q },", dir .. "/pw") })
+    -- an encrypted directory: its key file, and no column file as in the source
+    local enc = w.backups .. "/" .. FULL .. "/.chbackup-encryption"
+    assert.is_true(h.exists(enc), enc)
+    local plain = h.read(w.backups .. "/" .. FULL .. "/data/shop/orders/202401_1_1_0/checksums.txt")
+    assert.is_nil(plain:find("columns", 1, true))
+    assert.is_nil(plain:find("id.bin", 1, true))
+    assert.equal(FULL, record(w, INCR).base)
+    local code, out, err = cli(w, "verify", file, { "backups=chain", "now=2026-05-01T04:00:00Z" })
+    assert.equal(0, code, out .. err)
+    assert.truthy(out:find("backup " .. INCR .. ": OK", 1, true), out)
+    assert.truthy(out:find("backup " .. FULL .. ": OK", 1, true), out)
+    assert.truthy(out:find("pass  row_counts: 8 tables agree with the counts recorded at backup time", 1, true), out)
+    assert.is_nil((out .. err):find("s3cret", 1, true))
+    h.write(dir .. "/pw", "wrong\n")
+    code, out = cli(w, "verify", file, { "now=2026-05-01T04:00:00Z" })
+    assert.equal(1, code, out)
+    assert.truthy(out:find("FAIL  chain: backup " .. INCR .. " cannot be read: wrong password for backup "
+      .. "Disk('backups', '" .. INCR .. "')", 1, true), out)
+  end)
+end)
+
+
 describe("policy verify of password-protected zip backups", function()
   local FULL_ZIP, INCR_ZIP = FULL .. ".zip", INCR .. ".zip"
 

@@ -30,6 +30,9 @@ options:
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
                      also $CHBACKUP_STATUS_DIR)
   --threads N        worker threads (default: number of cores, at least 8)
+  --password-file F  show, chain, diff: the password of encrypted backups, the
+                     first line of file F (BACKUP and RESTORE take
+                     SETTINGS password = '…' as ClickHouse does)
 ]]
 
 
@@ -48,7 +51,7 @@ local function parse_args(argv)
     if name == "help" or a == "-h" then
       opts.help = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
-        or name == "run-operation" then
+        or name == "run-operation" or name == "password-file" then
       if not value then
         i = i + 1
         value = argv[i]
@@ -99,8 +102,23 @@ local function spawn_async(opts, op, statement)
 end
 
 
-local function cmd_show(inst, target, out)
-  local b, err = inst:_open_backup(target)
+-- The password of --password-file: its first line, without the line end.
+local function read_password(file)
+  local f, err = io.open(file, "rb")
+  if not f then
+    return nil, "cannot read --password-file: " .. tostring(err)
+  end
+  local line = f:read("l")
+  f:close()
+  if not line or line == "" then
+    return nil, "--password-file " .. file .. " is empty"
+  end
+  return (line:gsub("\r$", ""))
+end
+
+
+local function cmd_show(inst, target, out, secret)
+  local b, err = inst:_open_backup(target, secret)
   if not b then
     return nil, err
   end
@@ -118,8 +136,8 @@ local function cmd_show(inst, target, out)
 end
 
 
-local function cmd_chain(inst, name, out)
-  local rows, err = inst:chain(name)
+local function cmd_chain(inst, name, out, secret)
+  local rows, err = inst:chain(name, secret)
   if not rows then
     return nil, err
   end
@@ -132,8 +150,8 @@ local function cmd_chain(inst, name, out)
 end
 
 
-local function cmd_diff(inst, a, b, out)
-  local rows, totals = inst:diff(a, b)
+local function cmd_diff(inst, a, b, out, secret)
+  local rows, totals = inst:diff(a, b, secret)
   if not rows then
     return nil, totals
   end
@@ -186,6 +204,22 @@ function cli.main(argv, io_)
     -- policy as code: its own sub-commands (chbackup.policy.cli)
     return require("chbackup.policy.cli").main(rest, opts, { stdout = out, stderr = errout })
   end
+  local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff"
+  if opts.password_file and not inspecting then
+    errout:write("chbackup: --password-file applies to show, chain and diff; give BACKUP and RESTORE "
+      .. "SETTINGS password = '…'\n")
+    return 2
+  end
+  local secret
+  if opts.password_file then
+    local perr
+    secret, perr = read_password(opts.password_file)
+    if not secret then
+      errout:write("chbackup: " .. perr .. "\n")
+      return 1
+    end
+    secret = { password = secret }
+  end
   local inst, err = open(opts)
   if not inst then
     errout:write("chbackup: " .. err .. "\n")
@@ -193,11 +227,11 @@ function cli.main(argv, io_)
   end
   local ok
   if rest[1] == "show" and #rest == 2 then
-    ok, err = cmd_show(inst, rest[2], out)
+    ok, err = cmd_show(inst, rest[2], out, secret)
   elseif rest[1] == "chain" and #rest == 2 then
-    ok, err = cmd_chain(inst, rest[2], out)
+    ok, err = cmd_chain(inst, rest[2], out, secret)
   elseif rest[1] == "diff" and #rest == 3 then
-    ok, err = cmd_diff(inst, rest[2], rest[3], out)
+    ok, err = cmd_diff(inst, rest[2], rest[3], out, secret)
   elseif rest[1] == "cancel" and #rest == 2 then
     ok, err = inst:cancel(rest[2])
     if ok then
@@ -220,7 +254,11 @@ function cli.main(argv, io_)
     })
   end
   if not ok then
-    errout:write("chbackup: " .. tostring(err) .. "\n")
+    err = tostring(err)
+    if inspecting and not secret and err:find("password", 1, true) then
+      err = err .. "; " .. rest[1] .. " takes it as --password-file FILE"
+    end
+    errout:write("chbackup: " .. err .. "\n")
     return 1
   end
   return 0

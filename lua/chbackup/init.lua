@@ -303,8 +303,9 @@ function Instance:cancel(id)
 end
 
 
--- A backup given as a name ("Disk('backups', 'a')") or a destination table.
-function Instance:_open_backup(backup_name)
+-- A backup given as a name ("Disk('backups', 'a')") or a destination table;
+-- opts.password opens encrypted backups.
+function Instance:_open_backup(backup_name, opts)
   local dest = backup_name
   if type(backup_name) == "string" then
     local err
@@ -313,13 +314,14 @@ function Instance:_open_backup(backup_name)
       return nil, err
     end
   end
-  return chain.open(self.config, dest)
+  return chain.open(self.config, dest, { password = opts and opts.password })
 end
 
 
---- The chain of a backup, newest first (see chbackup.inspect.chain).
-function Instance:chain(backup_name)
-  local b, err = self:_open_backup(backup_name)
+--- The chain of a backup, newest first (see chbackup.inspect.chain);
+-- opts.password opens encrypted backups.
+function Instance:chain(backup_name, opts)
+  local b, err = self:_open_backup(backup_name, opts)
   if not b then
     return nil, err
   end
@@ -327,14 +329,15 @@ function Instance:chain(backup_name)
 end
 
 
---- What changed between two backups (see chbackup.inspect.diff).
-function Instance:diff(from_name, to_name)
-  local a, err = self:_open_backup(from_name)
+--- What changed between two backups (see chbackup.inspect.diff);
+-- opts.password opens encrypted backups (the same password for both).
+function Instance:diff(from_name, to_name, opts)
+  local a, err = self:_open_backup(from_name, opts)
   if not a then
     return nil, err
   end
   local b
-  b, err = self:_open_backup(to_name)
+  b, err = self:_open_backup(to_name, opts)
   if not b then
     return nil, err
   end

@@ -371,13 +371,10 @@ function policy.check(t, name)
   if err then
     return nil, err
   end
-  if not pol.destination.archive then
-    for _, k in ipairs({ "compression", "password" }) do
-      if pol[k] then
-        return nil, k .. ": applies to zip backups only; end destination.name in .zip (e.g. '"
-          .. pol.destination.name .. ".zip')"
-      end
-    end
+  -- A password also encrypts directory backups (chbackup's own, beyond ClickHouse).
+  if not pol.destination.archive and pol.compression then
+    return nil, "compression: applies to zip backups only; end destination.name in .zip (e.g. '"
+      .. pol.destination.name .. ".zip')"
   end
   if t.schedule == nil then
     return nil, "schedule: required (e.g. { full = \"0 2 * * *\", incremental = \"0 * * * *\" })"
