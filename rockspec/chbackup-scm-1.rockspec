@@ -87,6 +87,7 @@ build = {
       ["chbackup.policy.store"] = "lua/chbackup/policy/store.lua",
       ["chbackup.policy.verify"] = "lua/chbackup/policy/verify.lua",
       ["chbackup.query"] = "lua/chbackup/query.lua",
+      ["chbackup.renaming"] = "lua/chbackup/renaming.lua",
       ["chbackup.restore"] = "lua/chbackup/restore.lua",
       ["chbackup.runner"] = "lua/chbackup/runner.lua",
       ["chbackup.settings"] = "lua/chbackup/settings.lua",

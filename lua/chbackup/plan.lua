@@ -7,6 +7,7 @@
 local catalog_mod = require("chbackup.catalog")
 local ddl = require("chbackup.ddl")
 local names = require("chbackup.names")
+local renaming = require("chbackup.renaming")
 
 local plan = {}
 
@@ -44,9 +45,14 @@ end
 
 
 --- Objects of a data path selected by a BACKUP's elements.
--- Returns a list of {table=<catalog table>, database=<catalog db>,
--- target_db=, target_name=, partitions=set|nil, with_database=bool}.
+-- Returns {tables = list of {table=<catalog table>, target_db=,
+-- target_name=, partitions=set|nil}, databases = list of {database=,
+-- target_db=}, renaming = the elements' renaming map (chbackup.renaming)}.
 function plan.select_for_backup(cat, elements)
+  local map, merr = renaming.map(elements, DEFAULT_DATABASE)
+  if not map then
+    return nil, merr
+  end
   local selected, seen = {}, {}
   local function add(tbl, target_db, target_name, partitions)
     local key = target_db .. "\0" .. target_name
@@ -142,7 +148,7 @@ function plan.select_for_backup(cat, elements)
       return nil, "BACKUP of " .. tostring(el.type) .. " is not supported"
     end
   end
-  return { tables = selected, databases = databases }
+  return { tables = selected, databases = databases, renaming = map }
 end
 
 
@@ -163,7 +169,8 @@ function plan.backup_files(selection)
     local esc_db, esc_t = names.escape_file(s.target_db), names.escape_file(s.target_name)
     metadata[#metadata + 1] = {
       name = "metadata/" .. esc_db .. "/" .. esc_t .. ".sql",
-      content = ddl.create_statement(t.object, s.target_db, s.target_name, t.uuid, t.body),
+      content = ddl.create_statement(t.object, s.target_db, s.target_name, t.uuid,
+        renaming.apply(t.body, selection.renaming)),
     }
     local prefix = "data/" .. esc_db .. "/" .. esc_t .. "/"
     if t.family == "mergetree" then

@@ -18,6 +18,7 @@ local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
 local names = require("chbackup.names")
 local plan = require("chbackup.plan")
+local renaming = require("chbackup.renaming")
 local runner = require("chbackup.runner")
 local uuid = require("chbackup.uuid")
 
@@ -199,6 +200,10 @@ function restore.run(ctx, req)
   if not selected then
     return nil, db_creates
   end
+  local map, map_err = renaming.map(req.elements, DEFAULT_DATABASE)
+  if not map then
+    return nil, map_err
+  end
 
   -- Phase 1: decide every target; nothing is written yet.
   local new_dbs, targets = {}, {}
@@ -244,6 +249,8 @@ function restore.run(ctx, req)
     if not info then
       return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
     end
+    -- views and dictionaries follow the tables and databases renamed with them
+    info.body = renaming.apply(info.body, map)
     local db, derr = target_db(s.target_db, s.db)
     if not db then
       return nil, derr
