@@ -6,6 +6,7 @@
  * multi-block / ZSTD / uncompressed framing are built from the real entries.
  */
 #include "chb_checksums.h"
+#include "test_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,20 +18,8 @@
 #include <unistd.h>
 #include <zstd.h>
 
-static int failures;
 static char tmpdir[] = "/tmp/chb-test-checksums.XXXXXX";
 
-#define CHECK(cond, ...)              \
-  do {                                \
-    if (cond) {                       \
-      printf("ok   ");                \
-    } else {                          \
-      printf("FAIL ");                \
-      failures++;                     \
-    }                                 \
-    printf(__VA_ARGS__);              \
-    printf("\n");                     \
-  } while (0)
 
 /* ---- small utilities ---- */
 
@@ -75,30 +64,7 @@ static void put_u128(buf *b, chb_u128 v) {
   put(b, c, 16);
 }
 
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  buf b = {0};
-  unsigned char tmp[4096];
-  size_t r;
-  while ((r = fread(tmp, 1, sizeof tmp, f)) > 0)
-    put(&b, tmp, r);
-  fclose(f);
-  *len = b.len;
-  if (!b.p)
-    b.p = malloc(1);
-  return b.p;
-}
 
-static void spit(const char *path, const void *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  if (!f || (len && fwrite(data, 1, len, f) != len)) {
-    perror(path);
-    exit(2);
-  }
-  fclose(f);
-}
 
 static const char *tmp_path(const char *name) {
   static char path[512];
@@ -107,7 +73,6 @@ static const char *tmp_path(const char *name) {
   return path;
 }
 
-static int same(chb_u128 a, chb_u128 b) { return a.lo == b.lo && a.hi == b.hi; }
 
 static const chb_part_file *find(const chb_checksums *c, const char *name) {
   for (size_t i = 0; i < c->count; i++)

@@ -13,6 +13,7 @@
 #endif
 #include "chb_cipher.h"
 #include "chb_job.h"
+#include "test_util.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -20,54 +21,15 @@
 #include <string.h>
 #include <unistd.h>
 
-static int failures;
 static char root[] = "/tmp/chb-test-cipher.XXXXXX";
 
-#define CHECK(cond, ...)              \
-  do {                                \
-    if (cond) {                       \
-      printf("ok   ");                \
-    } else {                          \
-      printf("FAIL ");                \
-      failures++;                     \
-    }                                 \
-    printf(__VA_ARGS__);              \
-    printf("\n");                     \
-  } while (0)
 
-static unsigned char *gen(uint64_t seed, size_t len) {
-  unsigned char *p = malloc(len ? len : 1);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < len; i++) {
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    p[i] = (unsigned char)((x * 0x2545F4914F6CDD1Dull) >> 56);
-  }
-  return p;
-}
 
 static void hex(const unsigned char *p, size_t n, char *out) {
   for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", p[i]);
 }
 
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *p = malloc(n ? (size_t)n : 1);
-  *len = fread(p, 1, (size_t)n, f);
-  fclose(f);
-  return p;
-}
 
-static void spit(const char *path, const unsigned char *p, size_t n) {
-  FILE *f = fopen(path, "wb");
-  fwrite(p, 1, n, f);
-  fclose(f);
-}
 
 static void test_scrypt(void) {
   unsigned char out[64];
@@ -138,7 +100,7 @@ static void test_roundtrip(void) {
   snprintf(path, sizeof path, "%s/sealed", root);
   for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
     size_t len = sizes[i];
-    unsigned char *data = gen(i + 1, len);
+    unsigned char *data = gen_random(i + 1, len);
     chb_error err;
     int rc = seal_file(path, "data/t/a.bin", data, len);
     size_t slen = 0, plen = 0;
@@ -206,7 +168,7 @@ static void test_job(void) {
   snprintf(src, sizeof src, "%s/src", root);
   snprintf(dst, sizeof dst, "%s/backup/data/x.bin", root);
   size_t len = 150000;
-  unsigned char *data = gen(42, len);
+  unsigned char *data = gen_random(42, len);
   spit(src, data, len);
   chb_error err;
   chb_job_opts opts = {2, 4096, 0, 1, {0}};

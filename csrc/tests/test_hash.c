@@ -4,45 +4,14 @@
  * into a `.backup` manifest. Also: prefix checksums (peek), hex round trips.
  */
 #include "chb_hash.h"
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
 
-#define CHECK(cond, ...)              \
-  do {                                \
-    if (cond) {                       \
-      printf("ok   ");                \
-    } else {                          \
-      printf("FAIL ");                \
-      failures++;                     \
-    }                                 \
-    printf(__VA_ARGS__);              \
-    printf("\n");                     \
-  } while (0)
 
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  size_t cap = 4096, n = 0;
-  unsigned char *buf = malloc(cap);
-  for (;;) {
-    if (n == cap) {
-      cap *= 2;
-      buf = realloc(buf, cap);
-    }
-    size_t r = fread(buf + n, 1, cap - n, f);
-    if (r == 0)
-      break;
-    n += r;
-  }
-  fclose(f);
-  *len = n;
-  return buf;
-}
 
 static chb_u128 hash_in_pieces(const unsigned char *data, size_t len, size_t piece) {
   chb_hash h;
@@ -52,7 +21,6 @@ static chb_u128 hash_in_pieces(const unsigned char *data, size_t len, size_t pie
   return chb_hash_peek(&h);
 }
 
-static int same(chb_u128 a, chb_u128 b) { return a.lo == b.lo && a.hi == b.hi; }
 
 typedef struct vec {
   char name[256];

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #endif
 #include "chb_job.h"
+#include "test_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,20 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static int failures;
 static char root[] = "/tmp/chb-test-job.XXXXXX";
 
-#define CHECK(cond, ...)              \
-  do {                                \
-    if (cond) {                       \
-      printf("ok   ");                \
-    } else {                          \
-      printf("FAIL ");                \
-      failures++;                     \
-    }                                 \
-    printf(__VA_ARGS__);              \
-    printf("\n");                     \
-  } while (0)
 
 /* ---- small utilities ---- */
 
@@ -50,59 +39,11 @@ static const char *path_of(char *buf, size_t n, const char *fmt, const char *a, 
   return buf;
 }
 
-/* Deterministic bytes (xorshift64*), different for each seed. */
-static unsigned char *gen(uint64_t seed, size_t len) {
-  unsigned char *p = malloc(len ? len : 1);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < len; i++) {
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    p[i] = (unsigned char)((x * 0x2545F4914F6CDD1Dull) >> 56);
-  }
-  return p;
-}
 
-static void spit(const char *path, const void *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  if (!f || (len && fwrite(data, 1, len, f) != len) || fclose(f) != 0) {
-    perror(path);
-    exit(2);
-  }
-}
 
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  size_t cap = 4096, n = 0;
-  unsigned char *buf = malloc(cap);
-  for (;;) {
-    if (n == cap) {
-      cap *= 2;
-      buf = realloc(buf, cap);
-    }
-    size_t r = fread(buf + n, 1, cap - n, f);
-    if (r == 0) break;
-    n += r;
-  }
-  fclose(f);
-  *len = n;
-  return buf;
-}
 
-static int exists(const char *path) {
-  struct stat st;
-  return lstat(path, &st) == 0;
-}
 
-static chb_u128 hash_of(const void *data, size_t len) {
-  chb_hash h;
-  chb_hash_init(&h);
-  chb_hash_update(&h, data, len);
-  return chb_hash_peek(&h);
-}
 
-static int same(chb_u128 a, chb_u128 b) { return a.lo == b.lo && a.hi == b.hi; }
 
 static double now_s(void) {
   struct timespec ts;
@@ -155,12 +96,6 @@ static void make_sparse(const char *path, off_t size) {
   }
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
 
 /* ---- tests ---- */
 
@@ -181,7 +116,7 @@ static void test_copy_many(void) {
   mkdir(path_of(src[0], sizeof src[0], "%s", "many", 0), 0755);
   for (int i = 0; i < NFILES; i++) {
     len[i] = sizes[(size_t)i % nsizes] + (size_t)(i / (int)nsizes) * 13;
-    data[i] = gen((uint64_t)i + 1, len[i]);
+    data[i] = gen_random((uint64_t)i + 1, len[i]);
     path_of(src[i], sizeof src[i], "%s/src-%02d.bin", "many", i);
     spit(src[i], data[i], len[i]);
     /* Deep destinations that do not exist yet: parents are created. */
@@ -265,7 +200,7 @@ static void test_corrupt(void) {
   char src[512], dst[512];
   chb_error err;
   size_t n = 50000;
-  unsigned char *data = gen(99, n);
+  unsigned char *data = gen_random(99, n);
   path_of(src, sizeof src, "%s/src-%d", "corrupt", 0);
   mkdir(path_of(dst, sizeof dst, "%s", "corrupt", 0), 0755);
   spit(src, data, n);
@@ -453,7 +388,7 @@ static void test_wait_timeout(void) {
 static void test_poll_entry(void) {
   char src[512];
   chb_error err;
-  unsigned char *data = gen(11, 300000);
+  unsigned char *data = gen_random(11, 300000);
   mkdir(path_of(src, sizeof src, "%s", "poll", 0), 0755);
   path_of(src, sizeof src, "%s/src-%d", "poll", 0);
   spit(src, data, 300000);
@@ -500,7 +435,7 @@ static void test_base(void) {
   char src[512], dst[512];
   chb_error err;
   size_t n = 20000, base = 8000, off = 1000;
-  unsigned char *data = gen(21, n);
+  unsigned char *data = gen_random(21, n);
   mkdir(path_of(src, sizeof src, "%s", "base", 0), 0755);
   path_of(src, sizeof src, "%s/src-%d", "base", 0);
   path_of(dst, sizeof dst, "%s/out/dst-%d", "base", 0);
@@ -559,7 +494,7 @@ static void test_base(void) {
 static void test_pieces(void) {
   char a[512], b[512], dst[512];
   chb_error err;
-  unsigned char *da = gen(31, 5000), *db = gen(32, 3000);
+  unsigned char *da = gen_random(31, 5000), *db = gen_random(32, 3000);
   mkdir(path_of(a, sizeof a, "%s", "pieces", 0), 0755);
   path_of(a, sizeof a, "%s/a-%d", "pieces", 0);
   path_of(b, sizeof b, "%s/b-%d", "pieces", 0);
@@ -606,7 +541,7 @@ static void test_offset(void) {
   char src[512], dst[512];
   chb_error err;
   size_t n = 10000, off = 3000;
-  unsigned char *data = gen(7, n);
+  unsigned char *data = gen_random(7, n);
   mkdir(path_of(src, sizeof src, "%s", "offset", 0), 0755);
   path_of(src, sizeof src, "%s/src-%d", "offset", 0);
   spit(src, data, n);
@@ -657,7 +592,7 @@ static void test_empty_and_fsync(void) {
 
   /* fsync on: still a plain, correct copy. */
   char src[512], dst[512];
-  unsigned char *data = gen(3, 12345);
+  unsigned char *data = gen_random(3, 12345);
   mkdir(path_of(src, sizeof src, "%s", "fsync", 0), 0755);
   path_of(src, sizeof src, "%s/src-%d", "fsync", 0);
   path_of(dst, sizeof dst, "%s/out/dst-%d", "fsync", 0);
@@ -694,7 +629,7 @@ int main(void) {
   test_empty_and_fsync();
   test_wait_timeout();
   test_cancel();
-  nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  rm_tree(root);
   CHECK(!exists(root), "temp dir %s removed", root);
   if (failures) {
     printf("%d FAILED\n", failures);

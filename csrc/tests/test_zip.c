@@ -22,6 +22,7 @@
 #include "chb_codec.h"
 #include "chb_job.h"
 #include "chb_zip.h"
+#include "test_util.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -36,20 +37,8 @@
 #include <openssl/evp.h>
 #include <zip.h>
 
-static int failures;
 static char root[] = "/tmp/chb-test-zip.XXXXXX";
 
-#define CHECK(cond, ...)              \
-  do {                                \
-    if (cond) {                       \
-      printf("ok   ");                \
-    } else {                          \
-      printf("FAIL ");                \
-      failures++;                     \
-    }                                 \
-    printf(__VA_ARGS__);              \
-    printf("\n");                     \
-  } while (0)
 
 /* ---- small utilities ---- */
 
@@ -80,32 +69,9 @@ static unsigned char *gen(uint64_t seed, size_t len) {
   return p;
 }
 
-static void spit(const char *path, const void *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  if (!f || (len && fwrite(data, 1, len, f) != len) || fclose(f) != 0) {
-    perror(path);
-    exit(2);
-  }
-}
 
-static int exists(const char *path) {
-  struct stat st;
-  return lstat(path, &st) == 0;
-}
 
-static chb_u128 hash_of(const void *data, size_t len) {
-  chb_hash h;
-  chb_hash_init(&h);
-  chb_hash_update(&h, data, len);
-  return chb_hash_peek(&h);
-}
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  (void)st;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
 
 /* Files in root whose name contains `sub` (temporary leftovers). */
 static int leftovers(const char *sub) {
@@ -641,7 +607,7 @@ int main(void) {
   test_cancel();
   test_many_entries();
   chb_zip_cache_clear();
-  nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  rm_tree(root);
   printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
   return failures ? 1 : 0;
 }
