@@ -755,11 +755,10 @@ function runner._plan(pol, now, env)
 end
 
 
---- Does what is due at now, once. Returns a report {ok=, backup = point|nil,
--- verified = {results}, deleted = {points}, log = {records}, errors =
--- {...}} (ok false when a step failed), or nil, err when the run could not
--- start (config, store, lock).
-function runner.run(pol, now, env)
+-- Runs body(ctx) with the policy's store open and its lock held; an error
+-- inside is recorded, the lock always released. Fills report's log, errors
+-- and ok and returns it, or nil, err when the run could not start.
+local function locked(pol, now, env, report, body)
   local ctx = new_ctx(pol, now, env)
   local ok, err = open_store(ctx)
   if not ok then
@@ -769,8 +768,23 @@ function runner.run(pol, now, env)
   if not ok then
     return nil, err
   end
+  local pok, perr = pcall(body, ctx)
+  release(ctx)
+  if not pok then
+    ctx.fail("internal", nil, tostring(perr))
+  end
+  report.log, report.errors, report.ok = ctx.records, ctx.errors, #ctx.errors == 0
+  return report
+end
+
+
+--- Does what is due at now, once. Returns a report {ok=, backup = point|nil,
+-- verified = {results}, deleted = {points}, log = {records}, errors =
+-- {...}} (ok false when a step failed), or nil, err when the run could not
+-- start (config, store, lock).
+function runner.run(pol, now, env)
   local report = { policy = pol.name, now = now, verified = {}, deleted = {} }
-  local pok, perr = pcall(function()
+  return locked(pol, now, env, report, function(ctx)
     local listing = ctx.store:list()
     listing_problems(ctx, listing)
     finish_deletions(ctx, listing)
@@ -806,12 +820,6 @@ function runner.run(pol, now, env)
       report.deleted = retention_step(ctx)
     end
   end)
-  release(ctx)
-  if not pok then
-    ctx.fail("internal", nil, tostring(perr))
-  end
-  report.log, report.errors, report.ok = ctx.records, ctx.errors, #ctx.errors == 0
-  return report
 end
 
 
@@ -819,17 +827,8 @@ end
 -- "all"|N}. Returns a report {ok=, results = {verify results}, suite =
 -- {policy-level checks}, log=, errors=} or nil, err.
 function runner.verify(pol, now, env, opts)
-  local ctx = new_ctx(pol, now, env)
-  local ok, err = open_store(ctx)
-  if not ok then
-    return nil, err
-  end
-  ok, err = acquire(ctx)
-  if not ok then
-    return nil, err
-  end
   local report = { policy = pol.name, now = now, results = {}, suite = {} }
-  local pok, perr = pcall(function()
+  return locked(pol, now, env, report, function(ctx)
     local listing = ctx.store:list()
     listing_problems(ctx, listing)
     local points = listing.points
@@ -856,12 +855,6 @@ function runner.verify(pol, now, env, opts)
     end
     report.results = verify_points(ctx, chosen)
   end)
-  release(ctx)
-  if not pok then
-    ctx.fail("internal", nil, tostring(perr))
-  end
-  report.log, report.errors, report.ok = ctx.records, ctx.errors, #ctx.errors == 0
-  return report
 end
 
 
