@@ -48,6 +48,33 @@ describe("zip backups", function()
     assert.is_false(h.exists(w.backups .. "/1"))
   end)
 
+  -- ClickHouse's own backup (spec/fixtures/ch_backups/full) zipped by other
+  -- writers: 7-Zip with each of its zip methods and with AES-256 (as
+  -- ClickHouse encrypts), and libarchive, which streams entries with data
+  -- descriptors as minizip-ng (ClickHouse's zip writer) does.
+  for _, case in ipairs({
+    { "7z-deflate", "7z a -tzip -mm=Deflate" }, { "7z-bzip2", "7z a -tzip -mm=BZip2" },
+    { "7z-lzma", "7z a -tzip -mm=LZMA" }, { "7z-xz", "7z a -tzip -mm=XZ" },
+    { "7z-store-aes", "7z a -tzip -mm=Copy -mem=AES256 -ps3cret", "s3cret" },
+    { "7z-deflate-aes", "7z a -tzip -mm=Deflate -mem=AES256 -ps3cret", "s3cret" },
+    { "bsdtar-deflate", "bsdtar -cf %s --format zip" },
+    { "bsdtar-store", "bsdtar -cf %s --format zip --options zip:compression=store" },
+  }) do
+    local name, cmd, password = case[1], case[2], case[3]
+    it("restore ClickHouse's backup zipped by " .. name, function()
+      local zip = w.backups .. "/" .. name .. ".zip"
+      local make = cmd:find("%s", 1, true) and cmd:format(h.quote(zip)) or (cmd .. " " .. h.quote(zip))
+      local ok, out = h.run("cd " .. h.quote(h.FIXTURES .. "/ch_backups/full") .. " && " .. make
+        .. " .backup data metadata")
+      assert.is_true(ok, out)
+      local target = w.dir .. "/from-" .. name
+      local settings = password and (" SETTINGS password = '" .. password .. "'") or ""
+      assert.equal("RESTORED", run(w, "RESTORE ALL FROM Disk('backups', '" .. name .. ".zip')" .. settings,
+        target).status)
+      assert.equal(h.digest_text(TABLES), h.table_digests(target, TABLES))
+    end)
+  end
+
   it("refuse an archive that exists", function()
     assert.matches("backup Disk%('backups', '1%.zip'%) already exists",
       refused(w, "BACKUP TABLE shop.orders TO Disk('backups', '1.zip')"))
