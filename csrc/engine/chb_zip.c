@@ -4,6 +4,7 @@
 #include "chb_codec.h"
 #include "chb_fs.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -801,8 +803,9 @@ struct chb_zip_writer {
   int has_finisher;
 
   /* the archive file (libzip's destination source, the finishing thread) */
-  int out_fd;
+  int out_fd;                 /* tmp_path, created and locked by run_finish */
   int out_created;            /* tmp_path is ours: remove it unless committed */
+  int writing;                /* libzip has begun writing the archive */
   zip_error_t out_err;
   unsigned char *wbuf;        /* write-behind: libzip writes 8 KiB at a time */
   unsigned char *rbuf;        /* read-ahead of the entry libzip is copying */
@@ -1456,7 +1459,7 @@ static zip_int64_t out_source(void *ud, void *data, zip_uint64_t len, zip_source
         ZIP_SOURCE_BEGIN_WRITE, ZIP_SOURCE_COMMIT_WRITE, ZIP_SOURCE_ROLLBACK_WRITE,
         ZIP_SOURCE_WRITE, ZIP_SOURCE_SEEK_WRITE, ZIP_SOURCE_TELL_WRITE, ZIP_SOURCE_REMOVE, -1);
   case ZIP_SOURCE_STAT: {
-    if (w->out_fd < 0) {      /* a new archive */
+    if (!w->writing) {        /* a new archive */
       zip_error_set(&w->out_err, ZIP_ER_READ, ENOENT);
       return -1;
     }
@@ -1492,9 +1495,8 @@ static zip_int64_t out_source(void *ud, void *data, zip_uint64_t len, zip_source
   case ZIP_SOURCE_BEGIN_WRITE:
     w->wcap = w->bufsize;
     if (!w->wbuf && !(w->wbuf = malloc(w->wcap))) return out_fail(w, ZIP_ER_MEMORY, ENOMEM, "cannot write");
-    w->out_fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (w->out_fd < 0) return out_fail(w, ZIP_ER_OPEN, errno, "cannot create");
-    w->out_created = 1;
+    if (w->out_fd < 0) return out_fail(w, ZIP_ER_OPEN, EBADF, "cannot write");
+    w->writing = 1;
     w->wlen = w->wpos = w->wend = w->wbuf_off = 0;
     return 0;
   case ZIP_SOURCE_WRITE:
@@ -1508,20 +1510,12 @@ static zip_int64_t out_source(void *ud, void *data, zip_uint64_t len, zip_source
   case ZIP_SOURCE_TELL_WRITE:
     return (zip_int64_t)w->wpos;
   case ZIP_SOURCE_COMMIT_WRITE:
+    /* The file stays open, and locked, until it is renamed (run_finish). */
     if (out_flush(w) != 0) return -1;
     if (w->fsync && fsync(w->out_fd) != 0) return out_fail(w, ZIP_ER_WRITE, errno, "cannot fsync");
-    if (close(w->out_fd) != 0) {
-      w->out_fd = -1;
-      return out_fail(w, ZIP_ER_CLOSE, errno, "cannot close");
-    }
-    w->out_fd = -1;
     return 0;
   case ZIP_SOURCE_ROLLBACK_WRITE:
-    if (w->out_fd >= 0) close(w->out_fd);
-    w->out_fd = -1;
-    if (w->out_created) unlink(w->tmp_path);
-    w->out_created = 0;
-    return 0;
+    return 0;                 /* run_finish removes the file */
   case ZIP_SOURCE_REMOVE:     /* an empty archive: written by run_finish */
     return 0;
   case ZIP_SOURCE_ERROR:
@@ -1734,17 +1728,83 @@ static int cancel_cb(zip_t *za, void *ud) {
 }
 
 /* The archive with no entries (libzip writes no file for it). */
-static int write_empty(const char *path, chb_error *err) {
+static int write_empty(chb_zip_writer *w, chb_error *err) {
   static const unsigned char eocd[22] = {0x50, 0x4b, 0x05, 0x06};
-  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return chb_error_errno(err, errno, "cannot create", path);
-  if (write_all(fd, eocd, sizeof eocd) != 0) {
-    int saved = errno;
+  if (write_all(w->out_fd, eocd, sizeof eocd) != 0)
+    return chb_error_errno(err, errno, "cannot write", w->tmp_path);
+  if (w->fsync && fsync(w->out_fd) != 0) return chb_error_errno(err, errno, "cannot fsync", w->tmp_path);
+  return 0;
+}
+
+/*
+ * The temporary archive, `path.tmp-<pid>`: created exclusively and held
+ * under an exclusive flock(2) until it is renamed or removed, which is how
+ * a later writer tells a live writer's file from one a killed run left.
+ */
+static int create_temporary(chb_zip_writer *w, chb_error *err) {
+  w->out_fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (w->out_fd < 0) return chb_error_errno(err, errno, "cannot create", w->tmp_path);
+  w->out_created = 1;
+  if (flock(w->out_fd, LOCK_EX | LOCK_NB) != 0)
+    return chb_error_errno(err, errno, "cannot lock", w->tmp_path);
+  return 0;
+}
+
+/* Removes a spool directory's files (named by entry index) and itself. */
+static void remove_spool_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d)))
+    if (de->d_name[0] != '.') unlinkat(dirfd(d), de->d_name, 0);
+  closedir(d);
+  rmdir(dir);
+}
+
+/*
+ * What killed writers of the same archive left beside it: `<name>.tmp-<pid>`
+ * files whose lock nobody holds (a live writer, in any process or PID
+ * namespace, holds its file's lock), with their `.spool` directories, and
+ * spool directories whose temporary file is gone. Only names of exactly
+ * these shapes are touched, and a file is removed while its lock is held.
+ */
+static void remove_stale_temporaries(const chb_zip_writer *w) {
+  char dir[PATH_MAX], full[PATH_MAX], spool[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", w->path);
+  char *slash = strrchr(dir, '/');
+  const char *base = slash ? w->path + (slash - dir) + 1 : w->path;
+  if (slash == dir) slash[1] = '\0';
+  else if (slash) *slash = '\0';
+  else snprintf(dir, sizeof dir, ".");
+  size_t blen = strlen(base);
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    const char *n = de->d_name;
+    if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp-", 5) != 0) continue;
+    const char *p = n + blen + 5, *digits = p;
+    while (*p >= '0' && *p <= '9') p++;
+    int is_spool = strcmp(p, ".spool") == 0;
+    if (p == digits || (*p && !is_spool)) continue;
+    if (snprintf(full, sizeof full, "%s/%s", dir, n) >= (int)sizeof full) continue;
+    if (is_spool) {
+      struct stat sb;
+      memcpy(spool, full, strlen(full) - 6);   /* the temporary file's name */
+      spool[strlen(full) - 6] = '\0';
+      if (lstat(spool, &sb) != 0 && errno == ENOENT) remove_spool_dir(full);
+      continue;
+    }
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      if (snprintf(spool, sizeof spool, "%s.spool", full) < (int)sizeof spool) remove_spool_dir(spool);
+      unlink(full);
+    }
     close(fd);
-    unlink(path);
-    return chb_error_errno(err, saved, "cannot write", path);
   }
-  return close(fd) == 0 ? 0 : chb_error_errno(err, errno, "cannot close", path);
+  closedir(d);
 }
 
 static int fsync_path(const char *path, int dir, chb_error *err) {
@@ -1777,6 +1837,11 @@ static void run_finish(chb_zip_writer *w) {
     w_fail(w, &err);
     goto out;
   }
+  remove_stale_temporaries(w); /* first: a killed run of ours may have had our pid */
+  if (create_temporary(w, &err) != 0) {
+    w_fail(w, &err);
+    goto out;
+  }
   if (!(w->rbuf = malloc(w->bufsize))) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate a read buffer");
     w_fail(w, &err);
@@ -1785,8 +1850,8 @@ static void run_finish(chb_zip_writer *w) {
   if (w->count == 0) {
     zip_discard(w->za);
     w->za = NULL;
-    if (write_empty(w->tmp_path, &err) != 0) w_fail(w, &err);
-    else ok = w->out_created = 1;
+    if (write_empty(w, &err) != 0) w_fail(w, &err);
+    else ok = 1;
     goto out;
   }
   if (w->codec->id != CHB_CODEC_STORE) {
@@ -1843,16 +1908,18 @@ out:
   w->nspare = 0;
   if (w->spool_dir_made && rmdir(w->spool_dir) == 0) w->spool_dir_made = 0;
   chb_zip_cache_clear();      /* readers opened for zip sources on this thread */
-  if (ok && w->count == 0 && w->fsync && fsync_path(w->tmp_path, 0, &err) != 0) {
-    w_fail(w, &err);
-    ok = 0;
-  }
   if (ok && commit_rename(w->tmp_path, w->path, &err) != 0) {
     w_fail(w, &err);
     ok = 0;
   }
-  if (!ok && w->out_created) unlink(w->tmp_path);
+  if (!ok && w->out_created) unlink(w->tmp_path); /* still locked: no one else removes it */
   w->out_created = 0;
+  if (w->out_fd >= 0 && close(w->out_fd) != 0 && ok) {
+    chb_error_errno(&err, errno, "cannot close", w->path);
+    w_fail(w, &err);
+    ok = 0;
+  }
+  w->out_fd = -1;
   if (ok && w->fsync) {
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s", w->path);
@@ -1969,8 +2036,8 @@ void chb_zip_writer_free(chb_zip_writer *w) {
     entry_free(d);
   }
   if (w->spool_dir_made) rmdir(w->spool_dir);
-  if (w->out_fd >= 0) close(w->out_fd);
   if (w->out_created) unlink(w->tmp_path);
+  if (w->out_fd >= 0) close(w->out_fd);
   zip_error_fini(&w->out_err);
   free(w->wbuf);
   free(w->rbuf);

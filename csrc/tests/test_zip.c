@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -502,6 +503,43 @@ static void test_cancel(void) {
   }
 }
 
+/*
+ * What a killed writer left beside an archive is removed by the next
+ * writer of that archive: an unlocked `<name>.tmp-<pid>` and its spool
+ * directory, and a spool directory without its file. A temporary file
+ * whose lock is held (a live writer's) and names of other shapes stay.
+ */
+static void test_stale_temporaries(void) {
+  char zpath[512], p[600];
+  at(zpath, sizeof zpath, "s.zip");
+  const char *stale[] = {"s.zip.tmp-123", "s.zip.tmp-123.spool/0", "s.zip.tmp-77.spool/3"};
+  const char *kept[] = {"s.zip.tmp-456", "s.zip.tmp-12x", "s.zip.tmp-", "s.zip.tmp-9.old",
+                        "other.zip.tmp-1", "s.zip.tmp-88.spool/1"};
+  mkdir(at(p, sizeof p, "s.zip.tmp-123.spool"), 0700);
+  mkdir(at(p, sizeof p, "s.zip.tmp-77.spool"), 0700);
+  mkdir(at(p, sizeof p, "s.zip.tmp-88.spool"), 0700);
+  for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++) spit(at(p, sizeof p, stale[i]), "x", 1);
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) spit(at(p, sizeof p, kept[i]), "x", 1);
+  spit(at(p, sizeof p, "s.zip.tmp-88"), "x", 1);  /* 88's file is there and locked: keep its spool */
+  int live = open(at(p, sizeof p, "s.zip.tmp-456"), O_RDONLY);
+  int live88 = open(at(p, sizeof p, "s.zip.tmp-88"), O_RDONLY);
+  int locked = live >= 0 && live88 >= 0 && flock(live, LOCK_EX | LOCK_NB) == 0 &&
+               flock(live88, LOCK_EX | LOCK_NB) == 0;
+  chb_zip_writer *w = new_writer(zpath, "deflate", 0, 0, NULL, 1, 0);
+  chb_error err;
+  int ok = chb_zip_writer_add_bytes(w, "a", "abc", 3, &err) == 0 && chb_zip_writer_finish(w, &err) == 0;
+  chb_zip_writer_free(w);
+  int gone = 1, stayed = 1;
+  for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++) gone &= !exists(at(p, sizeof p, stale[i]));
+  gone &= !exists(at(p, sizeof p, "s.zip.tmp-123.spool")) && !exists(at(p, sizeof p, "s.zip.tmp-77.spool"));
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) stayed &= exists(at(p, sizeof p, kept[i]));
+  CHECK(locked && ok && exists(zpath), "a writer finishes beside others' temporaries (%s)", err.msg);
+  CHECK(gone, "a killed writer's unlocked temporary file and spool directories are removed");
+  CHECK(stayed, "a locked temporary file, its spool, and names of other shapes stay");
+  close(live);
+  close(live88);
+}
+
 /* More than 65535 entries: zip64 end of central directory. */
 static void test_many_entries(void) {
   char zpath[512];
@@ -606,6 +644,7 @@ int main(void) {
   test_mismatch_and_exclusive();
   test_cancel();
   test_many_entries();
+  test_stale_temporaries();
   chb_zip_cache_clear();
   rm_tree(root);
   printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
