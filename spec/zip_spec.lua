@@ -170,3 +170,41 @@ describe("zip backups", function()
     assert.equal(h.table_digests(w.data, TABLES), h.table_digests(target, TABLES))
   end)
 end)
+
+
+describe("a killed zip BACKUP", function()
+  it("leaves no archive, is recorded failed, and its temporary file goes with the next run", function()
+    local w = h.world("zip-kill")
+    -- 48 MB of random strings: lzma level 9 takes long enough to be killed
+    h.clickhouse(w.data, { "CREATE TABLE shop.big (s String) ENGINE = MergeTree ORDER BY tuple()",
+      "INSERT INTO shop.big SELECT randomString(1000) FROM numbers(48000)" })
+    local ok, out = h.cli(w, "BACKUP TABLE shop.big TO Disk('backups', 'killed.zip') "
+      .. "SETTINGS compression_method = 'lzma', compression_level = 9 ASYNC")
+    assert.is_true(ok, out)
+    local id = assert(out:match("^([%x%-]+)\tCREATING_BACKUP\n$"), out)
+    local tmp, pid
+    for _ = 1, 400 do
+      pid = require("cjson").decode(h.read(w.status .. "/" .. id .. ".json")).pid
+      tmp = pid and string.format("killed.zip.tmp-%d", pid)
+      if tmp and h.exists(w.backups .. "/" .. tmp) then
+        break
+      end
+      tmp = nil
+      os.execute("sleep 0.05")
+    end
+    assert(tmp, "no temporary archive appeared")
+    assert(os.execute(string.format("kill -9 %d", pid)))
+    os.execute("sleep 0.2")
+    assert.is_false(h.exists(w.backups .. "/killed.zip"))
+    assert.is_true(h.exists(w.backups .. "/" .. tmp))
+    ok, out = h.cli(w, "SELECT status FROM system.backups WHERE id = '" .. id .. "' FORMAT TSV")
+    assert.is_true(ok, out)
+    assert.equal("BACKUP_FAILED\n", out)
+    -- the next BACKUP to that name succeeds and removes the killed run's temporary files
+    ok, out = h.cli(w, "BACKUP TABLE shop.customers TO Disk('backups', 'killed.zip')")
+    assert.is_true(ok, out)
+    assert.same({ "killed.zip" }, h.tree(w.backups))
+    local tested, test_out = h.run("7z t " .. h.quote(w.backups .. "/killed.zip"))
+    assert.is_true(tested, test_out)
+  end)
+end)

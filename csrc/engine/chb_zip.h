@@ -2,9 +2,12 @@
  * Zip archives: the one owner of libzip.
  *
  * Writer. A zip backup holds the same tree as a directory backup. The
- * archive is written to `path.tmp-<pid>` and renamed to `path` (never
- * replacing an existing file) only when finish succeeds; anything else
- * removes the temporary files. Entries are added by name, from source
+ * archive is written to `path.tmp-<pid>`, held under flock(2) while
+ * written, and renamed to `path` (never replacing an existing file) only
+ * when finish succeeds; anything else removes the temporary files. finish
+ * first removes what killed writers of `path` left: unlocked
+ * `path.tmp-<pid>` files and their companions `path.tmp-<pid>.spool/` and
+ * `path.tmp-<pid>.backup` (a name callers may use for a file they add). Entries are added by name, from source
  * pieces (chb_piece, the job's type: plain files or entries of other zip
  * archives) or from a memory buffer. finish():
  *   - compressed methods: N worker threads each compress (and encrypt)
@@ -15,8 +18,9 @@
  *     central directory) on the finishing thread, reading each spool as an
  *     already-compressed, already-encrypted zip_source_function whose stat
  *     reports method, sizes and CRC: libzip never compresses or encrypts;
- *   - `store` entries need no worker: they stream from the source straight
- *     into the archive (encrypted on the way when there is a password).
+ *   - `store` entries stream: a worker reads, hashes, checksums or
+ *     encrypts each in chunks into a bounded queue that libzip's copy
+ *     drains, so the finishing thread only copies.
  * Sizes and checksums given at add time are verified while reading.
  * Encryption is WinZip AES-256 (AE-2) done with OpenSSL (chb_aes.h).
  *

@@ -505,22 +505,32 @@ static void test_cancel(void) {
 
 /*
  * What a killed writer left beside an archive is removed by the next
- * writer of that archive: an unlocked `<name>.tmp-<pid>` and its spool
- * directory, and a spool directory without its file. A temporary file
- * whose lock is held (a live writer's) and names of other shapes stay.
+ * writer of that archive: an unlocked `<name>.tmp-<pid>` with its spool
+ * directory and manifest (`.backup`), and such companions without their
+ * file. A temporary file whose lock is held (a live writer's), its
+ * companions, and names of other shapes stay.
  */
 static void test_stale_temporaries(void) {
   char zpath[512], p[600];
   at(zpath, sizeof zpath, "s.zip");
-  const char *stale[] = {"s.zip.tmp-123", "s.zip.tmp-123.spool/0", "s.zip.tmp-77.spool/3"};
+  const char *stale[] = {"s.zip.tmp-123", "s.zip.tmp-123.spool/0", "s.zip.tmp-123.backup",
+                         "s.zip.tmp-77.spool/3", "s.zip.tmp-55.backup"};
   const char *kept[] = {"s.zip.tmp-456", "s.zip.tmp-12x", "s.zip.tmp-", "s.zip.tmp-9.old",
-                        "other.zip.tmp-1", "s.zip.tmp-88.spool/1"};
+                        "other.zip.tmp-1", "s.zip.tmp-88.spool/1", "s.zip.tmp-88.backup",
+                        "s.zip.tmp-456.backup"};
   mkdir(at(p, sizeof p, "s.zip.tmp-123.spool"), 0700);
   mkdir(at(p, sizeof p, "s.zip.tmp-77.spool"), 0700);
   mkdir(at(p, sizeof p, "s.zip.tmp-88.spool"), 0700);
   for (size_t i = 0; i < sizeof stale / sizeof stale[0]; i++) spit(at(p, sizeof p, stale[i]), "x", 1);
   for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) spit(at(p, sizeof p, kept[i]), "x", 1);
   spit(at(p, sizeof p, "s.zip.tmp-88"), "x", 1);  /* 88's file is there and locked: keep its spool */
+  /* a killed run that had this very pid: its file goes (else ours could not be created); a
+   * `.backup` of this pid is this caller's own and stays */
+  char mine[64], mine_backup[64];
+  snprintf(mine, sizeof mine, "s.zip.tmp-%ld", (long)getpid());
+  snprintf(mine_backup, sizeof mine_backup, "s.zip.tmp-%ld.backup", (long)getpid());
+  spit(at(p, sizeof p, mine), "x", 1);
+  spit(at(p, sizeof p, mine_backup), "x", 1);
   int live = open(at(p, sizeof p, "s.zip.tmp-456"), O_RDONLY);
   int live88 = open(at(p, sizeof p, "s.zip.tmp-88"), O_RDONLY);
   int locked = live >= 0 && live88 >= 0 && flock(live, LOCK_EX | LOCK_NB) == 0 &&
@@ -534,8 +544,10 @@ static void test_stale_temporaries(void) {
   gone &= !exists(at(p, sizeof p, "s.zip.tmp-123.spool")) && !exists(at(p, sizeof p, "s.zip.tmp-77.spool"));
   for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) stayed &= exists(at(p, sizeof p, kept[i]));
   CHECK(locked && ok && exists(zpath), "a writer finishes beside others' temporaries (%s)", err.msg);
-  CHECK(gone, "a killed writer's unlocked temporary file and spool directories are removed");
-  CHECK(stayed, "a locked temporary file, its spool, and names of other shapes stay");
+  CHECK(!exists(at(p, sizeof p, mine)) && exists(at(p, sizeof p, mine_backup)),
+        "a stale file with this pid is replaced; this pid's .backup stays");
+  CHECK(gone, "a killed writer's unlocked temporary file, its spool and manifest, and orphans are removed");
+  CHECK(stayed, "a locked temporary file, its spool and manifest, and names of other shapes stay");
   close(live);
   close(live88);
 }

@@ -145,8 +145,10 @@ function backup_archive.run(ctx, files)
   if not m then
     return fail(merr2)
   end
-  -- `.backup` goes in last, from a temporary file beside the archive.
-  local manifest_tmp = dest.path .. ".backup-" .. core.getpid() .. ".tmp"
+  -- `.backup` goes in last, from a temporary file beside the archive, named
+  -- as the writer's companion so that the next writer of this archive
+  -- removes it if this run is killed.
+  local manifest_tmp = dest.path .. ".tmp-" .. core.getpid() .. ".backup"
   local size
   size, err = manifest.write_file(manifest_tmp, m)
   if not size then
