@@ -15,12 +15,7 @@ local function entries(path)
   return out, m
 end
 
-local function sql_ok(w, statement, path)
-  local ch = h.open(w, path)
-  local r, err = ch:execute(statement)
-  assert(r, err)
-  return r
-end
+local sql_ok = h.sql
 
 
 describe("BACKUP", function()

@@ -101,6 +101,25 @@ function helpers.open(w, path)
 end
 
 
+--- Runs statement (BACKUP/RESTORE/SELECT; several with ';') through the Lua
+-- API on w's data path (or path); asserts success and returns the results.
+function helpers.sql(w, statement, path)
+  local r, err = helpers.open(w, path):execute(statement)
+  assert(r, err)
+  return r
+end
+
+
+--- The error of a statement that must be refused (asserted).
+function helpers.sql_refused(w, statement, path)
+  local r, err = helpers.open(w, path):execute(statement)
+  if r then
+    error("not refused: " .. statement, 2)
+  end
+  return err
+end
+
+
 --- Runs the CLI as a separate process. Returns ok, output.
 function helpers.cli(w, statement, extra)
   local cmd = string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s %s %s",

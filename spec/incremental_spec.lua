@@ -6,16 +6,9 @@ local manifest = require("chbackup.manifest")
 local TABLES = h.expected()
 
 local function run(w, statement, path)
-  local r, err = h.open(w, path):execute(statement)
-  assert(r, err)
-  return r[1]
+  return h.sql(w, statement, path)[1]
 end
-
-local function refused(w, statement, path)
-  local r, err = h.open(w, path):execute(statement)
-  assert.is_nil(r, statement)
-  return err
-end
+local refused = h.sql_refused
 
 
 describe("incremental backups made by chbackup", function()

@@ -76,12 +76,6 @@ describe("BACKUP and RESTORE … AS with views (real ClickHouse)", function()
     assert(os.execute("cp -a " .. h.quote(h.FIXTURES .. "/ch_backups/full") .. " " .. h.quote(w.backups .. "/chfull")))
   end)
 
-  local function execute(statement, path)
-    local r, err = h.open(w, path):execute(statement)
-    assert(r, err)
-    return r
-  end
-
   -- Each table's CREATE as ClickHouse shows it, UUIDs removed, the database as `db`.
   local function creates(path, database, config)
     local out = h.clickhouse(path, { "SELECT name, replaceRegexpAll(create_table_query, "
@@ -91,7 +85,7 @@ describe("BACKUP and RESTORE … AS with views (real ClickHouse)", function()
   end
 
   it("RESTORE DATABASE … AS points views at the restored tables, as ClickHouse's RESTORE does", function()
-    execute("RESTORE DATABASE shop AS shop2 FROM Disk('backups', 'chfull')")
+    h.sql(w, "RESTORE DATABASE shop AS shop2 FROM Disk('backups', 'chfull')")
     local theirs_path = w.dir .. "/theirs"
     h.clickhouse(theirs_path, { "RESTORE DATABASE shop AS shop3 FROM Disk('backups', 'chfull')" }, w.config)
     local ours, theirs = creates(w.data, "shop2"), creates(theirs_path, "shop3")
@@ -110,7 +104,7 @@ describe("BACKUP and RESTORE … AS with views (real ClickHouse)", function()
   end)
 
   it("RESTORE TABLE … AS renames the tables restored together", function()
-    execute("RESTORE TABLE logs.events AS logs.events2, TABLE logs.mv_levels AS logs.mv2 "
+    h.sql(w, "RESTORE TABLE logs.events AS logs.events2, TABLE logs.mv_levels AS logs.mv2 "
       .. "FROM Disk('backups', 'chfull')")
     local out = h.clickhouse(w.data, { "SELECT create_table_query FROM system.tables "
       .. "WHERE database = 'logs' AND name = 'mv2'" })
@@ -118,7 +112,7 @@ describe("BACKUP and RESTORE … AS with views (real ClickHouse)", function()
   end)
 
   it("BACKUP DATABASE … AS writes the metadata ClickHouse's BACKUP … AS writes, byte for byte", function()
-    execute("BACKUP DATABASE shop AS shop9 TO Disk('backups', 'as-ours')")
+    h.sql(w, "BACKUP DATABASE shop AS shop9 TO Disk('backups', 'as-ours')")
     h.clickhouse(w.data, { "BACKUP DATABASE shop AS shop9 TO Disk('backups', 'as-theirs')" }, w.config)
     local dir = w.backups .. "/as-theirs/metadata/shop9"
     local compared = 0

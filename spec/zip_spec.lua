@@ -5,16 +5,9 @@ local h = require("spec.helpers")
 local TABLES = h.expected()
 
 local function run(w, statement, path)
-  local r, err = h.open(w, path):execute(statement)
-  assert(r, err)
-  return r[1]
+  return h.sql(w, statement, path)[1]
 end
-
-local function refused(w, statement, path)
-  local r, err = h.open(w, path):execute(statement)
-  assert.is_nil(r, statement)
-  return err
-end
+local refused = h.sql_refused
 
 
 describe("zip backups", function()

@@ -4,8 +4,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+
+const char *chb_fs_split_dir(const char *path, char *dir, size_t n) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, n, ".");
+  else if (slash == path) snprintf(dir, n, "/");
+  else snprintf(dir, n, "%.*s", (int)(slash - path), path);
+  return slash ? slash + 1 : path;
+}
 
 int chb_fs_mkdir_parents(const char *path, chb_error *err) {
   char buf[PATH_MAX];

@@ -5,7 +5,14 @@
 #include "chb_error.h"
 #include "chb_hash.h"
 
+#include <stddef.h>
 #include <stdint.h>
+
+/*
+ * Splits path: its directory into dir ("." for a bare name, "/" at the
+ * root; truncated to n bytes), and returns its last component.
+ */
+const char *chb_fs_split_dir(const char *path, char *dir, size_t n);
 
 /* Creates every missing parent directory of `path` (mode 0755). */
 int chb_fs_mkdir_parents(const char *path, chb_error *err);

@@ -1180,13 +1180,17 @@ static void *compress_worker(void *arg) {
   chb_zip_writer *w = arg;
   chb_error err;
   chb_error_clear(&err);
-  unsigned char *in = malloc(w->bufsize), *out = malloc(w->bufsize);
-  if (!in || !out) {
+  /* Stored entries read straight into their chunks: only compression needs these. */
+  int compressing = w->codec->id != CHB_CODEC_STORE;
+  unsigned char *in = compressing ? malloc(w->bufsize) : NULL;
+  unsigned char *out = compressing ? malloc(w->bufsize) : NULL;
+  int ready = !compressing || (in && out);
+  if (!ready) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate compression buffers");
     w_fail(w, &err);
   }
   pthread_mutex_lock(&w->lock);
-  while (in && out) {
+  while (ready) {
     if (atomic_load(&w->stop) || w->next >= w->count) break;
     /* Bounded look-ahead: by bytes spooled (a big file at the head must not
      * stall the other workers after a few entries), and by entry count.
@@ -1373,8 +1377,8 @@ static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_sour
   case ZIP_SOURCE_CLOSE:
     e->rb = NULL;
     e->rb_pos = e->rb_len = 0;
-    if (e->src_done) spool_drop(e);
     if (e->src_done) {
+      spool_drop(e);
       atomic_fetch_add(&w->files_done, 1);
       pthread_mutex_lock(&w->lock);
       w->consumed = e->index + 1;
@@ -1777,12 +1781,7 @@ static void remove_spool_dir(const char *dir) {
  */
 static void remove_stale_temporaries(const chb_zip_writer *w) {
   char dir[PATH_MAX], full[PATH_MAX], other[PATH_MAX];
-  snprintf(dir, sizeof dir, "%s", w->path);
-  char *slash = strrchr(dir, '/');
-  const char *base = slash ? w->path + (slash - dir) + 1 : w->path;
-  if (slash == dir) slash[1] = '\0';
-  else if (slash) *slash = '\0';
-  else snprintf(dir, sizeof dir, ".");
+  const char *base = chb_fs_split_dir(w->path, dir, sizeof dir);
   size_t blen = strlen(base);
   DIR *d = opendir(dir);
   if (!d) return;
@@ -1853,7 +1852,8 @@ static void run_finish(chb_zip_writer *w) {
     w_fail(w, &err);
     goto out;
   }
-  if (!(w->rbuf = malloc(w->bufsize))) {
+  /* rbuf: reads of spool files, which only compressed entries have */
+  if (w->codec->id != CHB_CODEC_STORE && !(w->rbuf = malloc(w->bufsize))) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate a read buffer");
     w_fail(w, &err);
     goto out;
@@ -1933,11 +1933,7 @@ out:
   w->out_fd = -1;
   if (ok && w->fsync) {
     char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", w->path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = '\0';
-    else if (slash) *slash = '\0';
-    else snprintf(dir, sizeof dir, ".");
+    chb_fs_split_dir(w->path, dir, sizeof dir);
     if (fsync_path(dir, 1, &err) != 0) {
       w_fail(w, &err);        /* the archive is in place; only durability failed */
       ok = 0;

@@ -3,6 +3,7 @@
 local chbackup = require("chbackup")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
+local fsutil = require("chbackup.fsutil")
 
 local cli = {}
 
@@ -31,8 +32,8 @@ options:
                      also $CHBACKUP_STATUS_DIR)
   --threads N        worker threads (default: number of cores, at least 8)
   --password-file F  show, chain, diff: the password of encrypted backups, the
-                     first line of file F (BACKUP and RESTORE take
-                     SETTINGS password = '…' as ClickHouse does)
+                     text of file F without its final line end (BACKUP and
+                     RESTORE take SETTINGS password = '…' as ClickHouse does)
 ]]
 
 
@@ -99,21 +100,6 @@ local function spawn_async(opts, op, statement)
   end
   op.instance.store:update(op.id, { pid = pid })
   return { id = op.id, status = op.request.kind == "backup" and "CREATING_BACKUP" or "RESTORING" }
-end
-
-
--- The password of --password-file: its first line, without the line end.
-local function read_password(file)
-  local f, err = io.open(file, "rb")
-  if not f then
-    return nil, "cannot read --password-file: " .. tostring(err)
-  end
-  local line = f:read("l")
-  f:close()
-  if not line or line == "" then
-    return nil, "--password-file " .. file .. " is empty"
-  end
-  return (line:gsub("\r$", ""))
 end
 
 
@@ -213,9 +199,9 @@ function cli.main(argv, io_)
   local secret
   if opts.password_file then
     local perr
-    secret, perr = read_password(opts.password_file)
+    secret, perr = fsutil.read_secret(opts.password_file)
     if not secret then
-      errout:write("chbackup: " .. perr .. "\n")
+      errout:write("chbackup: --password-file: " .. perr .. "\n")
       return 1
     end
     secret = { password = secret }

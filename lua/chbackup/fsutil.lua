@@ -92,4 +92,19 @@ function fsutil.read_file(path)
 end
 
 
+--- A password kept in a file: its text without the final line end(s).
+-- Returns it, or nil, err (unreadable, or empty).
+function fsutil.read_secret(path)
+  local text, err = fsutil.read_file(path)
+  if not text then
+    return nil, "cannot read " .. tostring(err)
+  end
+  text = text:gsub("[\r\n]+$", "")
+  if text == "" then
+    return nil, path .. " is empty"
+  end
+  return text
+end
+
+
 return fsutil

@@ -182,11 +182,11 @@ function store.password(pol)
     end
     return v
   end
-  local text = fsutil.read_file(pw.file)
+  local text, err = fsutil.read_secret(pw.file)
   if not text then
-    return nil, "password.file: cannot read " .. pw.file
+    return nil, "password.file: " .. err
   end
-  return (text:gsub("[\r\n]+$", ""))
+  return text
 end
 
 
