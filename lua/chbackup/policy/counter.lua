@@ -112,13 +112,14 @@ function counter.from_backup(cfg, dest, opts)
 end
 
 
---- Counts rows of a data path from its active parts' count.txt.
-function counter.from_data_path(path)
+-- The tables of a data path that hold data, outside the system databases:
+-- list of {db = name, t = catalog table}, or nil, err.
+local function data_tables(path)
   local cat, err = catalog.open(path)
   if not cat then
     return nil, err
   end
-  local rows = {}
+  local out = {}
   for _, db in ipairs(cat:databases()) do
     if not db.system then
       local list, terr = cat:tables(db.name)
@@ -127,21 +128,36 @@ function counter.from_data_path(path)
       end
       for _, t in ipairs(list) do
         if t.family ~= "none" then
-          local s = slot(rows, db.name, t.name)
-          s.engine = t.engine
-          if t.family == "mergetree" then
-            s.total, s.partitions = 0, {}
-            for _, part in ipairs(catalog.active_parts(t)) do
-              local text = fsutil.read_file(part.dir .. "/count.txt")
-              local n = math.tointeger(tonumber(text and text:match("^%s*(%d+)")))
-              if not n then
-                return nil, "cannot read a row count from " .. part.dir .. "/count.txt"
-              end
-              s.total = s.total + n
-              s.partitions[part.partition_id] = (s.partitions[part.partition_id] or 0) + n
-            end
-          end
+          out[#out + 1] = { db = db.name, t = t }
         end
+      end
+    end
+  end
+  return out
+end
+
+
+--- Counts rows of a data path from its active parts' count.txt.
+function counter.from_data_path(path)
+  local tables, err = data_tables(path)
+  if not tables then
+    return nil, err
+  end
+  local rows = {}
+  for _, x in ipairs(tables) do
+    local t = x.t
+    local s = slot(rows, x.db, t.name)
+    s.engine = t.engine
+    if t.family == "mergetree" then
+      s.total, s.partitions = 0, {}
+      for _, part in ipairs(catalog.active_parts(t)) do
+        local text = fsutil.read_file(part.dir .. "/count.txt")
+        local n = math.tointeger(tonumber(text and text:match("^%s*(%d+)")))
+        if not n then
+          return nil, "cannot read a row count from " .. part.dir .. "/count.txt"
+        end
+        s.total = s.total + n
+        s.partitions[part.partition_id] = (s.partitions[part.partition_id] or 0) + n
       end
     end
   end
@@ -165,8 +181,8 @@ end
 -- Returns rows or nil, err.
 function counter.with_clickhouse(run, path, o)
   o = o or {}
-  local cat, err = catalog.open(path)
-  if not cat then
+  local tables, err = data_tables(path)
+  if not tables then
     return nil, err
   end
   local stmts = {
@@ -175,26 +191,15 @@ function counter.with_clickhouse(run, path, o)
       .. "GROUP BY database, table, partition_id FORMAT TSV",
   }
   local rows, inner = {}, {}
-  for _, db in ipairs(cat:databases()) do
-    if not db.system then
-      local list, terr = cat:tables(db.name)
-      if not list then
-        return nil, terr
-      end
-      for _, t in ipairs(list) do
-        if t.family ~= "none" then
-          local s = slot(rows, db.name, t.name)
-          s.engine = t.engine
-          if t.inner then
-            inner[db.name .. "\0" .. t.inner.name] = t.name
-          end
-          local what = o.digest and "count(), toString(sum(cityHash64(tuple(*))))" or "count(), ''"
-          stmts[#stmts + 1] = string.format("SELECT 'count', %s, %s, %s FROM %s.%s FORMAT TSV",
-            sql.quote_string(db.name), sql.quote_string(t.name), what,
-            sql.quote_identifier(db.name), sql.quote_identifier(t.name))
-        end
-      end
+  local what = o.digest and "count(), toString(sum(cityHash64(tuple(*))))" or "count(), ''"
+  for _, x in ipairs(tables) do
+    local db, t = x.db, x.t
+    slot(rows, db, t.name).engine = t.engine
+    if t.inner then
+      inner[db .. "\0" .. t.inner.name] = t.name
     end
+    stmts[#stmts + 1] = string.format("SELECT 'count', %s, %s, %s FROM %s.%s FORMAT TSV",
+      sql.quote_string(db), sql.quote_string(t.name), what, sql.quote_identifier(db), sql.quote_identifier(t.name))
   end
   local text
   text, err = run(path, stmts)
