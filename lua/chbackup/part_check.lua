@@ -15,11 +15,11 @@ local core = require("chbackup.core")
 local part_check = {}
 
 -- Files ClickHouse keeps in a part (or projection) directory without
--- listing them in its checksums.txt.
+-- listing them in its checksums.txt (its isFileWithoutChecksum).
 part_check.UNLISTED = {
   ["checksums.txt"] = true, ["columns.txt"] = true, ["columns_substreams.txt"] = true,
   ["default_compression_codec.txt"] = true, ["metadata_version.txt"] = true,
-  ["txn_version.txt"] = true, ["uuid.txt"] = true,
+  ["txn_version.txt"] = true,
 }
 
 -- Files a part directory cannot be loaded without.

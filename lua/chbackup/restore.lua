@@ -56,14 +56,18 @@ local function index_backup(m, backup_name)
     elseif ddb then
       local t = tbl_entry(ddb, dt)
       t.data[#t.data + 1] = { rel = rest, file = f }
-    elseif f.name:match("^metadata/") or f.name:match("^data/") then
+    else
+      -- Everything ClickHouse writes into a backup is under metadata/ or
+      -- data/; anything else is a damaged name whose file would be lost.
       return nil, "backup " .. backup_name .. " is corrupt: it lists " .. f.name
         .. ", which is no file of a database or table"
     end
   end
   for _, db in pairs(dbs) do
     for _, t in pairs(db.tables) do
-      if not t.metadata then
+      -- (data/system/… holds what ClickHouse backs up of the server itself,
+      -- access entities and functions, without table metadata)
+      if not t.metadata and db.name ~= "system" then
         return nil, "backup " .. backup_name .. " is corrupt: it lists " .. t.data[1].file.name
           .. " but has no metadata of table " .. names.qualified(db.name, t.name)
       end
