@@ -138,6 +138,16 @@ describe("RESTORE of a crafted directory backup", function()
     end, "metadata/shop/orders%.sql holds CREATE TABLE shop%.customers")
   end)
 
+  it("refuses a Log table whose data file entry was removed from .backup", function()
+    n = n + 1
+    local name = "bad" .. n
+    h.sql(w, "BACKUP TABLE logs.events TO Disk('backups', '" .. name .. "')")
+    edit_manifest(w.backups .. "/" .. name, "<file><name>data/logs/events/code%.bin</name>.-</file>", "")
+    local err = h.sql_refused(w, "RESTORE TABLE logs.events AS logs.r" .. n .. " FROM Disk('backups', '" .. name .. "')")
+    assert.matches("has no code%.bin, which its sizes%.json lists", err)
+    assert.equal("", leftovers(w.data))
+  end)
+
   it("still restores the undamaged backup, rows counted by ClickHouse", function()
     h.sql(w, "RESTORE TABLE shop.orders AS shop.good FROM Disk('backups', 'good')")
     local a, b = h.table_digests(w.data, { { "shop", "orders" }, { "shop", "good" } })

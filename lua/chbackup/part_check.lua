@@ -1,4 +1,6 @@
---- A MergeTree part in a backup, checked as ClickHouse would load it.
+--- A table's data in a backup, checked as ClickHouse would load it: a
+-- MergeTree part against its checksums.txt, a Log-family table against its
+-- sizes.json.
 --
 -- A part's `checksums.txt` is the list of files the part must have, with
 -- the size and checksum of each (a projection `p.proj` is listed by name
@@ -10,7 +12,9 @@
 -- records. The copy then verifies every byte against the entry, so the
 -- restored bytes agree with checksums.txt too.
 -- @module chbackup.part_check
+local cjson = require("cjson")
 local core = require("chbackup.core")
+local names = require("chbackup.names")
 
 local part_check = {}
 
@@ -96,6 +100,63 @@ function part_check.check(where, files, read)
   if #unexpected > 0 then
     table.sort(unexpected)
     return nil, where .. " has " .. unexpected[1] .. ", which its checksums.txt does not list"
+  end
+  return true
+end
+
+
+-- Files of a Log-family table in a backup that its sizes.json does not
+-- list (ClickHouse adds columns.txt and count.txt to a backup).
+local LOG_UNLISTED = { ["sizes.json"] = true, ["columns.txt"] = true, ["count.txt"] = true }
+
+--- Checks a Log-family table's files: `files` maps each file's name (flat)
+-- to its manifest entry. sizes.json lists every data and marks file with
+-- its committed size; ClickHouse refuses a table whose files disagree with
+-- it, so each listed file must be in the backup with exactly that size, and
+-- no other file may be. Returns true or nil, err naming the table and file.
+function part_check.log_table(where, files, read)
+  if not next(files) then
+    return true
+  end
+  local e = files["sizes.json"]
+  if not e then
+    return nil, where .. " has data files but no sizes.json"
+  end
+  local text, err = read(e)
+  if not text then
+    return nil, err
+  end
+  local ok, doc = pcall(cjson.decode, text)
+  if not ok or type(doc) ~= "table" or type(doc.clickhouse) ~= "table" then
+    return nil, where .. "/sizes.json is not the sizes.json ClickHouse writes"
+  end
+  local listed = {}
+  for esc, v in pairs(doc.clickhouse) do
+    local size = type(v) == "table" and math.tointeger(tonumber(v.size))
+    if type(esc) ~= "string" or not size then
+      return nil, where .. "/sizes.json is not the sizes.json ClickHouse writes"
+    end
+    listed[names.unescape_file(esc)] = size
+  end
+  for name, size in pairs(listed) do
+    local f = files[name]
+    if not f then
+      return nil, where .. " has no " .. name .. ", which its sizes.json lists"
+    end
+    if f.size ~= size then
+      return nil, string.format("%s: %s is %d bytes in the backup, its sizes.json says %d",
+        where, name, f.size, size)
+    end
+  end
+  local unexpected = {}
+  for name in pairs(files) do
+    if not listed[name] and not LOG_UNLISTED[name] then
+      unexpected[#unexpected + 1] = name
+    end
+  end
+  if #unexpected > 0 then
+    table.sort(unexpected)
+    return nil, where .. " has " .. unexpected[1] .. ", which its sizes.json does not list"
   end
   return true
 end

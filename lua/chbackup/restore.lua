@@ -415,12 +415,27 @@ function restore.run(ctx, req)
           counters.total_size = counters.total_size + f.size
         end
       end
-      -- Every part as ClickHouse will load it, before a byte is copied.
+      -- Every part (or Log table) as ClickHouse will load it, before a byte
+      -- is copied.
+      local function read(e)
+        return chain.read(b, e)
+      end
       for _, p in ipairs(part_order) do
-        local ok, perr = part_check.check(p.where, p.files, function(e) return chain.read(b, e) end)
+        local ok, perr = part_check.check(p.where, p.files, read)
         if not ok then
           job:close()
           return nil, perr
+        end
+      end
+      if t.family == "log" then
+        local files = {}
+        for _, d in ipairs(t.sel.tbl.data) do
+          files[d.rel] = d.file
+        end
+        local ok, lerr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, files, read)
+        if not ok then
+          job:close()
+          return nil, lerr
         end
       end
     end
