@@ -130,6 +130,9 @@ function Instance:_start(req, row)
   if not set then
     return nil, err
   end
+  if set.async then   -- SETTINGS async = 1 is ClickHouse's other spelling of ASYNC
+    req.async = true
+  end
   local dest
   dest, err = config.resolve(self.config, req.destination)
   if not dest then
