@@ -136,6 +136,14 @@ local function select_tables(backup_dbs, elements, backup_name)
     return true
   end
   for _, el in ipairs(elements) do
+    local from = el.type == "table" and (el.database or DEFAULT_DATABASE) or el.type == "database" and el.name
+    local to = el.type == "table" and el.new_database or el.type == "database" and el.new_name
+    for _, db_name in ipairs({ from or "", to or "" }) do
+      if catalog_mod.SYSTEM_DATABASES[db_name] then
+        return nil, "database " .. names.quote_identifier(db_name)
+          .. " belongs to the server: chbackup does not restore into or from it"
+      end
+    end
     if el.type == "table" then
       local db_name = el.database or DEFAULT_DATABASE
       local db = backup_dbs[db_name]
@@ -175,7 +183,9 @@ local function select_tables(backup_dbs, elements, backup_name)
       end
       table.sort(list, function(a, b) return a.name < b.name end)
       for _, db in ipairs(list) do
-        if not except_db[db.name] then
+        -- ClickHouse's BACKUP ALL holds the metadata of system,
+        -- information_schema, …: databases of the server, never restored
+        if not except_db[db.name] and not catalog_mod.SYSTEM_DATABASES[db.name] then
           local ok, err = add_db(db, db.name, nil)
           if not ok then
             return nil, err
