@@ -175,6 +175,7 @@ function Operation:_run()
     local ok, res, rerr, rcode = pcall(run, ctx, req)
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
+      self.internal = true -- a bug, not an expected failure
     else
       counters, err, code = res, rerr, rcode
     end
@@ -211,13 +212,14 @@ function Operation:poll()
 end
 
 
---- Runs the operation to its end. Returns {id=, status=, error=}.
+--- Runs the operation to its end. Returns {id=, status=, error=}, with
+-- internal = true when the error is a bug (a Lua error the operation caught).
 function Operation:wait()
   while not self:poll() do
     -- the runner yields while the C job works; nothing else to do here
     assert(true)
   end
-  return { id = self.id, status = self.final, error = self.error }
+  return { id = self.id, status = self.final, error = self.error, internal = self.internal }
 end
 
 
@@ -235,7 +237,8 @@ end
 
 --- Executes SQL text (one or more statements) or one request table.
 -- opts.on_result(r) is called as each statement ends (the CLI prints there);
--- opts.on_async(op) takes over ASYNC operations. Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
+-- opts.on_start(op) as each BACKUP or RESTORE starts; opts.on_async(op)
+-- takes over ASYNC operations. Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
 -- ({id=, status=} with ASYNC, the operation left to `async` handling),
 -- {text=} for SELECT. Stops at the first failure: nil, err.
 function Instance:execute(statements, opts)
@@ -264,6 +267,9 @@ function Instance:execute(statements, opts)
       local op, serr = self:start(req)
       if not op then
         return nil, serr
+      end
+      if opts.on_start then
+        opts.on_start(op)
       end
       local r
       if req.async and opts.on_async then
