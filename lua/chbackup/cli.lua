@@ -25,7 +25,8 @@ clickhouse-local does, against a ClickHouse data path read offline.
   SELECT status, error FROM system.backups FORMAT Vertical
 
 options:
-  --path DIR         ClickHouse data path (default /var/lib/clickhouse)
+  --path DIR         ClickHouse data path (default /var/lib/clickhouse); RESTORE
+                     into a new data path takes an empty directory
   --config FILE      ClickHouse config (default /etc/clickhouse-server/config.xml,
                      plus its config.d/*.xml)
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
