@@ -167,6 +167,12 @@ describe("chbackup CLI", function()
       { stdout = sink({}), stderr = sink(e) }))
     assert.equal("chbackup: --path '" .. typo .. "' does not exist\n", table.concat(e))
     assert.is_false(h.exists(typo))
+    -- show, chain and diff read backups only: no status directory either
+    local o = {}
+    assert.equal(0, cli.main({ "--path", typo, "--config", w.config, "show", "Disk('backups', 'c1')" },
+      { stdout = sink(o), stderr = sink({}) }))
+    assert.matches("^backup\tDisk%('backups', 'c1'%)\n", table.concat(o))
+    assert.is_false(h.exists(typo))
     -- a directory that is not a ClickHouse data path: its parent
     ok, out = h.cli(w, "BACKUP TABLE shop.customers TO Disk('backups', 'np')", { path = w.dir })
     assert.is_nil(ok)

@@ -73,10 +73,16 @@ local function parse_args(argv)
 end
 
 
-local function open(opts)
+-- inspect: show, chain and diff read backups only; they create no status
+-- directory (nor a data path's .chbackup)
+local function open(opts, inspect)
+  local status_dir = opts.status_dir
+  if status_dir == nil and inspect then
+    status_dir = false
+  end
   return chbackup.open({
     path = opts.path, config = opts.config or config.default_path,
-    status_dir = opts.status_dir, threads = tonumber(opts.threads),
+    status_dir = status_dir, threads = tonumber(opts.threads),
   })
 end
 
@@ -337,7 +343,7 @@ function run(argv, out, errout, state)
     errout:write("chbackup: " .. cerr .. "\n")
     return 1
   end
-  local inst, err = open(opts)
+  local inst, err = open(opts, inspecting)
   if not inst then
     errout:write("chbackup: " .. err .. "\n")
     return 1

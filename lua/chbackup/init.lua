@@ -39,7 +39,8 @@ chbackup.DEFAULT_PATH = "/var/lib/clickhouse"
 --         config = XML file path | Lua table | loaded config (default
 --                  /etc/clickhouse-server/config.xml),
 --         status_dir = where operations are recorded (default
---                  <path>/.chbackup/status), threads = workers (default: cores) }
+--                  <path>/.chbackup/status; false: none, for chain, diff and
+--                  inspecting only), threads = workers (default: cores) }
 function chbackup.open(opts)
   opts = opts or {}
   local path = opts.path or chbackup.DEFAULT_PATH
@@ -54,12 +55,13 @@ function chbackup.open(opts)
   if not cfg then
     return nil, err
   end
-  local status_dir = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
-    or (path:gsub("/+$", "") .. "/.chbackup/status")
-  local store
-  store, err = status.open(status_dir)
-  if not store then
-    return nil, err
+  local status_dir, store = opts.status_dir, nil
+  if status_dir ~= false then -- false: inspecting backups only, no status table
+    status_dir = status_dir or os.getenv("CHBACKUP_STATUS_DIR") or (path:gsub("/+$", "") .. "/.chbackup/status")
+    store, err = status.open(status_dir)
+    if not store then
+      return nil, err
+    end
   end
   return setmetatable({
     path = path, config = cfg, store = store, threads = opts.threads, status_dir = status_dir,
