@@ -212,6 +212,17 @@ function chain.base(b)
       m.base_backup, b.dest.name, tostring(base.manifest.uuid), b.dest.name, m.base_backup_uuid)
     return nil, b.base_err
   end
+  -- a chain that comes back to one of its own backups would never end
+  local x = b
+  while x do
+    if x.dest.path == base.dest.path then
+      b.base, b.base_err = false, "backup chain of " .. b.dest.name .. " loops: its base "
+        .. m.base_backup .. " is already in the chain"
+      return nil, b.base_err
+    end
+    x = x.child
+  end
+  base.child = b
   b.base = base
   return base
 end

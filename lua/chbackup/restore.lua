@@ -223,8 +223,11 @@ function restore.run(ctx, req)
         if not text then
           return nil, rerr
         end
-        local info = ddl.parse_create(text)
-        if info and ddl.engine(info.body) == "Atomic" then
+        local info, perr = ddl.parse_create(text)
+        if not info then
+          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name .. ": " .. perr
+        end
+        if ddl.engine(info.body) == "Atomic" then
           body = info.body
         end
       end
@@ -245,9 +248,9 @@ function restore.run(ctx, req)
     if not text then
       return nil, rerr
     end
-    local info = ddl.parse_create(text)
+    local info, perr = ddl.parse_create(text)
     if not info then
-      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
+      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name .. ": " .. perr
     end
     -- views and dictionaries follow the tables and databases renamed with them
     info.body = renaming.apply(info.body, map)
