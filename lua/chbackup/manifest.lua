@@ -233,6 +233,10 @@ local function check_file(raw, i)
     elseif e.base_size > 0 and e.base_size < e.size and not e.base_checksum then
       return bad("base_size " .. e.base_size .. " without <base_checksum>")
     end
+    if e.base_size == 0 then
+      -- nothing from the base (as ClickHouse reads it): all stored here
+      e.base_size, e.base_checksum, e.use_base = nil, nil, false
+    end
   elseif e.base_checksum then
     return bad("base_checksum without <base_size>")
   end
@@ -334,9 +338,13 @@ function manifest.from_string(text, what)
 end
 
 
-local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;" }
+-- Line ends and tabs as character references: XML reads a raw CR as LF.
+local XML_ESCAPES = {
+  ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;",
+  ["\t"] = "&#9;", ["\n"] = "&#10;", ["\r"] = "&#13;",
+}
 local function esc(s)
-  return (tostring(s):gsub("[&<>\"']", XML_ESCAPES))
+  return (tostring(s):gsub("[&<>\"'\t\n\r]", XML_ESCAPES))
 end
 
 
