@@ -275,6 +275,9 @@ function manifest.parse(next_chunk, what)
   if m.version ~= SUPPORTED_VERSION then
     return corrupt("version " .. shown(raw.version) .. " is not supported (only " .. SUPPORTED_VERSION .. ")")
   end
+  if m.base_backup_uuid and not m.base_backup then
+    return corrupt("<base_backup_uuid> without <base_backup>")
+  end
   if raw.deduplicate_files ~= nil then
     m.deduplicate_files = count_of(raw.deduplicate_files)
     if not m.deduplicate_files then
