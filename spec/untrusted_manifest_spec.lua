@@ -123,6 +123,21 @@ describe("the CLI on a damaged backup", function()
     end
   end)
 
+  it("refuses a damaged .backup inside a zip archive, naming the archive and the entry", function()
+    local zip = w.backups .. "/damaged.zip"
+    local writer = assert(core.zip_writer(zip))
+    assert(writer:add_bytes(".backup", edit(full_text, "<size>288</size>", "<size>-5</size>")))
+    assert(writer:start())
+    writer:wait()
+    assert(writer:result())
+    writer:close()
+    local name = h.quote("Disk('backups', 'damaged.zip')")
+    local where = "backup manifest " .. plain(zip) .. ":%.backup is corrupt: .*" .. plain(FIRST)
+    clean_failure("show", where, cmd("show " .. name))
+    clean_failure("chain", where, cmd("chain " .. name))
+    clean_failure("RESTORE", where, cmd(h.quote("RESTORE ALL FROM Disk('backups', 'damaged.zip')")))
+  end)
+
   it("names the damaged base of an incremental", function()
     assert(os.execute("cp -a " .. h.quote(h.FIXTURES .. "/ch_backups/inc1") .. " " .. h.quote(w.backups .. "/inc1")))
     -- inc1's base is Disk('backups', 'full'): a damaged one
