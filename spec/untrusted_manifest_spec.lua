@@ -138,6 +138,26 @@ describe("the CLI on a damaged backup", function()
     clean_failure("RESTORE", where, cmd(h.quote("RESTORE ALL FROM Disk('backups', 'damaged.zip')")))
   end)
 
+  it("refuses a damaged encryption file of a directory backup without spending on it", function()
+    local cases = {
+      { '"n":32768,"r":8,"p":1,"salt":"zz"', "cannot read .*%.chbackup%-encryption" },
+      { '"n":"x","r":8,"p":1,"salt":"00"', "asks for scrypt n=x r=8 p=1" },
+      { '"n":4194304,"r":64,"p":64,"salt":"00"', "asks for scrypt n=4194304 r=64 p=64 %(integers, at most" },
+      { '"n":32768.5,"r":8,"p":1,"salt":"00"', "asks for scrypt n=32768%.5" },
+    }
+    assert(os.execute("cp -a " .. h.quote(FULL) .. " " .. h.quote(w.backups .. "/enc")))
+    h.write(w.dir .. "/password", "s3cret")
+    for _, c in ipairs(cases) do
+      h.write(w.backups .. "/enc/.chbackup-encryption",
+        '{"format":1,"cipher":"AES-256-GCM","kdf":"scrypt","check":"ab",' .. c[1] .. "}")
+      local where = "backup Disk%('backups', 'enc'%) is corrupt: .*" .. c[2]
+      clean_failure("show " .. c[1], where, cmd("--password-file " .. h.quote(w.dir .. "/password") .. " show "
+        .. h.quote("Disk('backups', 'enc')")))
+      clean_failure("RESTORE " .. c[1], where,
+        cmd(h.quote("RESTORE ALL FROM Disk('backups', 'enc') SETTINGS password = 's3cret'")))
+    end
+  end)
+
   it("names the damaged base of an incremental", function()
     assert(os.execute("cp -a " .. h.quote(h.FIXTURES .. "/ch_backups/inc1") .. " " .. h.quote(w.backups .. "/inc1")))
     -- inc1's base is Disk('backups', 'full'): a damaged one
