@@ -150,11 +150,11 @@ local SPECIAL = "[`'\"#/;%$%-]"
 
 -- The length of the one statement sql holds, without a final ";" and what
 -- follows it (white space and comments only), or nil, err. Reads sql as
--- ClickHouse's lexer does: '…' strings, `…` and "…" identifiers (backslash
--- escapes, doubled quotes), comments (-- and "# " or "#!" to the line end,
--- /* … */ nested) hold no statement end. A heredoc ($tag$…$tag$), which
--- ClickHouse never writes into metadata, is refused: read as code, its
--- text could hide a ";".
+-- ClickHouse's lexer (src/Parsers/Lexer.cpp) does: '…' strings, `…` and
+-- "…" identifiers (backslash escapes, doubled quotes), comments (--, //,
+-- "# " and "#!" to the line end, /* … */ nested) hold no statement end. A
+-- "$" outside them (a heredoc $tag$…$tag$, which ClickHouse never writes
+-- into metadata) is refused: read as code, its text could hide a ";".
 local function one_statement(sql)
   local i, n, stop = 1, #sql, nil
   while true do
@@ -183,7 +183,7 @@ local function one_statement(sql)
         end
       end
       i = j + 1
-    elseif (c == "-" and c2 == "-") or (c == "#" and (c2 == " " or c2 == "!")) then
+    elseif (c == "-" and c2 == "-") or (c == "/" and c2 == "/") or (c == "#" and (c2 == " " or c2 == "!")) then
       i = (sql:find("\n", i, true) or n) + 1
     elseif c == "/" and c2 == "*" then
       local depth, j = 1, i + 2
