@@ -208,9 +208,9 @@ function restore.run(ctx, req)
         if not text then
           return nil, rerr
         end
-        local info = ddl.parse_create(text)
+        local info, perr = ddl.parse_create(text)
         if not info then
-          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name
+          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name .. ": " .. perr
         end
         local ok, nerr = contents.check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
         if not ok then
@@ -237,9 +237,9 @@ function restore.run(ctx, req)
     if not text then
       return nil, rerr
     end
-    local info = ddl.parse_create(text)
+    local info, perr = ddl.parse_create(text)
     if not info then
-      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
+      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name .. ": " .. perr
     end
     local named, nerr = contents.check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
     if not named then
