@@ -16,6 +16,7 @@ local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
 local inspect = require("chbackup.inspect")
+local lock = require("chbackup.lock")
 local query = require("chbackup.query")
 local restore = require("chbackup.restore")
 local settings_mod = require("chbackup.settings")
@@ -171,8 +172,12 @@ function Operation:_run()
     ctx.cancelled = function()
       return self.cancel_requested or fsutil.exists(cancel_file)
     end
-    local run = req.kind == "backup" and backup.run or restore.run
-    local ok, res, rerr, rcode = pcall(run, ctx, req)
+    local ok, res, rerr, rcode
+    if req.kind == "backup" then
+      ok, res, rerr, rcode = pcall(backup.run, ctx, req)
+    else   -- under the data path's lock (chbackup.lock)
+      ok, res, rerr, rcode = pcall(lock.run_restore, restore.run, ctx, req)
+    end
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
     else
