@@ -156,3 +156,28 @@ describe("BACKUP to one name", function()
     assert.is_false(h.exists(w.backups .. "/f"))
   end)
 end)
+
+
+describe("the status directory", function()
+  it("keeps the newest --status-keep finished operations", function()
+    local w = h.world("locks-status")
+    for i = 1, 3 do
+      local ok, out = h.cli(w, "BACKUP TABLE shop.customers TO Disk('backups', 's" .. i .. "')",
+        { args = "--status-keep 2" })
+      assert.is_true(ok, out)
+    end
+    local json = {}
+    for e in lfs.dir(w.status) do
+      if e:match("%.json$") then
+        json[#json + 1] = e
+      end
+    end
+    assert.equal(2, #json)
+    local ok, out = h.cli(w, "SELECT name FROM system.backups ORDER BY start_time FORMAT TSV")
+    assert.is_true(ok, out)
+    assert.equal("Disk(\\'backups\\', \\'s2\\')\nDisk(\\'backups\\', \\'s3\\')\n", out)   -- TSV escapes '
+    ok, out = h.cli(w, "SELECT 1 FROM system.backups", { args = "--status-days -1" })
+    assert.is_not_true(ok)
+    assert.truthy(out:find("option --status-days needs a number >= 0", 1, true), out)
+  end)
+end)

@@ -40,7 +40,9 @@ chbackup.DEFAULT_PATH = "/var/lib/clickhouse"
 --         config = XML file path | Lua table | loaded config (default
 --                  /etc/clickhouse-server/config.xml),
 --         status_dir = where operations are recorded (default
---                  <path>/.chbackup/status), threads = workers (default: cores) }
+--                  <path>/.chbackup/status), threads = workers (default: cores),
+--         status_keep, status_days = finished operations kept: the newest
+--                  1000, none older than 30 days (0: no limit) }
 function chbackup.open(opts)
   opts = opts or {}
   local path = opts.path or chbackup.DEFAULT_PATH
@@ -58,7 +60,7 @@ function chbackup.open(opts)
   local status_dir = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
     or (path:gsub("/+$", "") .. "/.chbackup/status")
   local store
-  store, err = status.open(status_dir)
+  store, err = status.open(status_dir, { keep = opts.status_keep, days = opts.status_days })
   if not store then
     return nil, err
   end

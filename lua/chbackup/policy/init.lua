@@ -17,6 +17,7 @@
 -- table `env` (every field optional):
 --   log(record)        called for every decision: {time=, event=, backup=, reason=, level=}
 --   path, config, status_dir, threads   override the policy's source (the CLI's options)
+--   status_keep, status_days   pruning of the status directory (chbackup.open)
 --   store              a store (chbackup.policy.store.memory() for simulations)
 --   execute(sql)       runs a BACKUP statement (default: chbackup's Lua API)
 --   counter(info)      row counts at backup time (overrides verification.counter)
