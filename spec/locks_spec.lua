@@ -181,3 +181,49 @@ describe("the status directory", function()
     assert.truthy(out:find("option --status-days needs a number >= 0", 1, true), out)
   end)
 end)
+
+
+describe("a RESTORE killed with kill -9 mid-copy", function()
+  it("leaves tmp_restore_* behind that the next RESTORE into the data path removes", function()
+    local w = h.world("locks-kill")
+    -- 24 MB of random strings in a bzip2 zip: slow enough to read to be killed
+    h.clickhouse(w.data, { "CREATE TABLE shop.big (s String) ENGINE = MergeTree ORDER BY tuple()",
+      "INSERT INTO shop.big SELECT randomString(1000) FROM numbers(24000)" })
+    h.sql(w, "BACKUP TABLE shop.big TO Disk('backups', 'big.zip') SETTINGS compression_method = 'bzip2'")
+    local target = w.dir .. "/target"
+    local ok, out = h.cli(w, "RESTORE TABLE shop.big FROM Disk('backups', 'big.zip') SETTINGS threads = 1 ASYNC",
+      { path = target })
+    assert.is_true(ok, out)
+    local id = assert(out:match("^([%x%-]+)\tRESTORING\n$"), out)
+    local pid, seen
+    for _ = 1, 500 do
+      local row = h.read(w.status .. "/" .. id .. ".json")
+      pid = row and math.tointeger(require("cjson").decode(row).pid)
+      seen = #tmp_restores(target .. "/store") > 0
+      if pid and seen then
+        break
+      end
+      os.execute("sleep 0.02")
+    end
+    assert(seen, "no tmp_restore_* appeared")
+    assert(os.execute(string.format("kill -9 %d", pid)))
+    os.execute("sleep 0.2")
+    ok, out = h.cli(w, "SELECT status FROM system.backups WHERE id = '" .. id .. "' FORMAT TSV")
+    assert.equal("RESTORE_FAILED\n", out)
+    assert.is_true(#tmp_restores(target .. "/store") > 0)
+    -- the next RESTORE: no tmp_restore_* left, the killed run's table directory gone
+    ok, out = h.cli(w, "RESTORE TABLE shop.big FROM Disk('backups', 'big.zip')", { path = target })
+    assert.is_true(ok, out)
+    assert.truthy(out:find("left by a killed RESTORE (operation " .. id .. " (pid " .. pid .. "))", 1, true), out)
+    assert.same({}, tmp_restores(target))
+    local dirs = {}
+    for _, f in ipairs(h.tree(target .. "/store")) do
+      dirs[f:match("^[^/]+/[^/]+")] = true
+    end
+    local n = 0
+    for _ in pairs(dirs) do n = n + 1 end
+    assert.equal(2, n)   -- the database's directory and the table's
+    local BIG = { { "shop", "big" } }
+    assert.equal(h.table_digests(w.data, BIG), h.table_digests(target, BIG))
+  end)
+end)
