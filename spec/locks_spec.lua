@@ -209,6 +209,7 @@ describe("a RESTORE killed with kill -9 mid-copy", function()
     assert(os.execute(string.format("kill -9 %d", pid)))
     os.execute("sleep 0.2")
     ok, out = h.cli(w, "SELECT status FROM system.backups WHERE id = '" .. id .. "' FORMAT TSV")
+    assert.is_true(ok, out)
     assert.equal("RESTORE_FAILED\n", out)
     assert.is_true(#tmp_restores(target .. "/store") > 0)
     -- the next RESTORE: no tmp_restore_* left, the killed run's table directory gone
