@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <time.h>
 #include <sys/stat.h>
 
 const char *chb_fs_split_dir(const char *path, char *dir, size_t n) {
@@ -72,8 +73,16 @@ int chb_fs_lock(const char *path, int *created, chb_error *err) {
       if (fd < 0 && errno == EEXIST) continue; /* another one created it: open that */
     }
     if (fd < 0) return chb_error_errno(err, errno, "cannot open lock file", path);
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      int saved = errno;
+    /* A holder keeps its lock for a whole run; chb_fs_lock_held takes a
+     * shared lock for an instant: ride that out (5 tries, 20 ms apart). */
+    int saved = 0;
+    for (int i = 0; i < 5; i++) {
+      saved = flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno;
+      if (saved != EWOULDBLOCK) break;
+      struct timespec ts = {0, 20 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+    if (saved != 0) {
       close(fd);
       if (saved == EWOULDBLOCK) return chb_error_set(err, CHB_LOCKED, "%s is locked by another process", path);
       return chb_error_errno(err, saved, "cannot lock", path);
