@@ -228,3 +228,50 @@ describe("a RESTORE killed with kill -9 mid-copy", function()
     assert.equal(h.table_digests(w.data, BIG), h.table_digests(target, BIG))
   end)
 end)
+
+
+describe("core.lock", function()
+  it("is refused while held, names the holder, and is released by the kernel when its process dies", function()
+    local dir = h.tmpdir("locks-core")
+    local path = dir .. "/x.lock"
+    assert.is_nil(core.lock_held(path))
+    -- a child process takes the lock, says so, and waits to be killed
+    local child = string.format([[lua5.4 -e 'package.cpath = %q .. "/build/?.so;" .. package.cpath
+      local core = require("chbackup.core")
+      local lk = assert(core.lock(%q)); assert(lk:write("operation child\npid " .. core.getpid() .. "\n"))
+      io.open(%q, "w"):close(); while true do os.execute("sleep 1") end' >/dev/null 2>&1 & echo $!]],
+      h.ROOT, path, dir .. "/ready")
+    local p = io.popen(child)
+    local pid = tonumber(p:read("a"))
+    p:close()
+    for _ = 1, 200 do
+      if h.exists(dir .. "/ready") then
+        break
+      end
+      os.execute("sleep 0.02")
+    end
+    local held, text = core.lock_held(path)
+    assert.is_true(held)
+    assert.truthy(text:find("operation child", 1, true))
+    local lk, err, code, holder = core.lock(path)
+    assert.is_nil(lk)
+    assert.equal("LOCKED", code)
+    assert.truthy(err:find(path, 1, true))
+    assert.truthy(holder:find("operation child", 1, true))
+    assert(os.execute("kill -9 " .. pid))
+    os.execute("sleep 0.2")
+    assert.is_false(core.lock_held(path))
+    local prev, created
+    lk, prev, created = core.lock(path)
+    assert.is_not_nil(lk)
+    assert.truthy(prev:find("operation child", 1, true))
+    assert.is_false(created)
+    -- released with unlink: the file goes, the next lock creates it
+    lk:release(true)
+    assert.is_false(h.exists(path))
+    lk, prev, created = core.lock(path)
+    assert.equal("", prev)
+    assert.is_true(created)
+    lk:release(true)
+  end)
+end)
