@@ -223,4 +223,16 @@ describe("policy leftovers", function()
     assert.same(counted, cjson.decode(h.read(rfile)).rows)
     assert.truthy(log_text(report):find("agree with the counts recorded at backup time", 1, true))
   end)
+  it("records its operations in source.status_dir, outside the data path", function()
+    pol = assert(policy.check({
+      source = { status_dir = w.dir .. "/policy-status" },
+      destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}" },
+      selection = { databases = { "shop" } },
+      schedule = { full = "0 2 * * *" },
+    }, "nightly"))
+    env.status_dir = nil
+    assert(policy.run(pol, T("2026-05-01T02:00:00"), env).ok)
+    assert.equal(1, #ls(w.dir .. "/policy-status"))
+    assert.is_false(h.exists(w.data .. "/.chbackup"))
+  end)
 end)

@@ -75,7 +75,7 @@ local function check_source(t)
   if not ok then
     return nil, err
   end
-  ok, err = known_keys(t, { "path", "config" }, "source.")
+  ok, err = known_keys(t, { "path", "config", "status_dir" }, "source.")
   if not ok then
     return nil, err
   end
@@ -85,7 +85,11 @@ local function check_source(t)
   if t.config ~= nil and type(t.config) ~= "string" and type(t.config) ~= "table" then
     return nil, "source.config: expected a config file path or a config table, got " .. type(t.config)
   end
-  return { path = t.path, config = t.config }
+  if t.status_dir ~= nil and (type(t.status_dir) ~= "string" or t.status_dir:sub(1, 1) ~= "/") then
+    return nil, "source.status_dir: expected an absolute directory like \"/var/lib/chbackup/status\", got "
+      .. tostring(t.status_dir)
+  end
+  return { path = t.path, config = t.config, status_dir = t.status_dir }
 end
 
 

@@ -91,7 +91,7 @@ local function instance(ctx)
   if not ctx.instance then
     local chbackup = require("chbackup")
     local inst, err = chbackup.open({ path = ctx.source_path, config = ctx.cfg,
-      status_dir = ctx.env.status_dir, threads = tonumber(ctx.env.threads),
+      status_dir = ctx.env.status_dir or ctx.pol.source.status_dir, threads = tonumber(ctx.env.threads),
       status_keep = ctx.env.status_keep, status_days = ctx.env.status_days })
     if not inst then
       return nil, err
