@@ -470,7 +470,20 @@ describe("policy simulation: a real destination directory", function()
     assert.is_nil(table.concat(said, "\n"):find("s3cret", 1, true))
   end)
 
-  it("one run at a time: a live lock refuses the run", function()
+  it("one run at a time: a live lock refuses the run, naming it; a killed run's is taken over", function()
+    local core = require("chbackup.core")
+    local lk = assert(core.lock(w.backups .. "/.chbackup-policy-nightly.lock"))
+    assert(lk:write("operation policy nightly run\npid 4242\n"))
+    local report, err = policy.run(pol, T("2026-05-01T02:00:00"), env)
+    assert.is_nil(report)
+    assert.truthy(err:find("another run of policy nightly is in progress (operation policy nightly run (pid 4242), "
+      .. "lock " .. w.backups .. "/.chbackup-policy-nightly.lock)", 1, true), err)
+    lk:release()   -- as when its process is killed: the file stays, nobody holds it
+    assert.is_true(assert(policy.run(pol, T("2026-05-01T02:00:00"), env)).ok)
+    assert.is_nil(lfs.attributes(w.backups .. "/.chbackup-policy-nightly.lock"))
+  end)
+
+  it("one run at a time: an older version's lock directory is honoured while its process lives", function()
     assert(os.execute("mkdir -p " .. h.quote(w.backups .. "/.chbackup-policy-nightly.lock")))
     h.write(w.backups .. "/.chbackup-policy-nightly.lock/owner", "1 0\n")
     local report, err = policy.run(pol, T("2026-05-01T02:00:00"), env)

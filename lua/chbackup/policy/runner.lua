@@ -16,6 +16,7 @@ local chain = require("chbackup.chain")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local lock = require("chbackup.lock")
 local sql = require("chbackup.sql")
 local counter = require("chbackup.policy.counter")
 local leftovers = require("chbackup.policy.leftovers")
@@ -130,8 +131,10 @@ local function on_error(ctx, step, name, err)
 end
 
 
--- Locking: one run of a policy at a time, per destination. A lock whose
--- process is gone is taken over.
+-- Locking: one run of a policy at a time, per destination: an flock(2) on
+-- `<root>/.chbackup-policy-<name>.lock` (chbackup.lock), released by the
+-- kernel if the run is killed. (Older versions made the lock a directory
+-- with the owner's pid: one whose process is gone is taken over.)
 local function lock_path(ctx)
   local st = ctx.store
   if not st.root then
@@ -141,7 +144,7 @@ local function lock_path(ctx)
 end
 
 
-local function acquire(ctx)
+local function acquire(ctx, what)
   local path = lock_path(ctx)
   if not path or ctx.env.lock == false then
     return true
@@ -152,12 +155,7 @@ local function acquire(ctx)
       return nil, err
     end
   end
-  for _ = 1, 2 do
-    if lfs.mkdir(path) then
-      fsutil.write_file(path .. "/owner", string.format("%d %d\n", core.getpid(), ctx.now))
-      ctx.lock = path
-      return true
-    end
+  if lfs.symlinkattributes(path, "mode") == "directory" then
     local owner = fsutil.read_file(path .. "/owner") or ""
     local pid = tonumber(owner:match("^(%d+)"))
     if pid and fsutil.exists("/proc/" .. pid) and pid ~= core.getpid() then
@@ -165,13 +163,20 @@ local function acquire(ctx)
     end
     store_mod.remove_tree(path)
   end
-  return nil, "cannot take the lock " .. path
+  local lk, err = lock.take(path, "policy " .. ctx.pol.name .. " " .. what, function(holder)
+    return string.format("another run of policy %s is in progress (%s, lock %s)", ctx.pol.name, holder, path)
+  end)
+  if not lk then
+    return nil, err
+  end
+  ctx.lock = lk
+  return true
 end
 
 
 local function release(ctx)
   if ctx.lock then
-    store_mod.remove_tree(ctx.lock)
+    ctx.lock:release(true)
     ctx.lock = nil
   end
 end
@@ -827,7 +832,7 @@ local function locked(pol, now, env, report, body)
   if not ok then
     return nil, err
   end
-  ok, err = acquire(ctx)
+  ok, err = acquire(ctx, report.results and "verify" or "run")
   if not ok then
     return nil, err
   end
