@@ -107,6 +107,23 @@ describe("RESTORE into one data path", function()
     assert.equal(h.clickhouse(w.data, { "SELECT count() FROM shop.orders" }),
       h.clickhouse(target, { "SELECT count() FROM shop.o1" }))
   end)
+
+  it("removes a database a killed RESTORE linked but did not write, so the next one is visible", function()
+    local target = w.dir .. "/killed-db"
+    h.sql(w, "RESTORE TABLE shop.orders AS shop.o0 FROM Disk('backups', 'o.zip')", target)
+    -- killed between metadata/newdb (the symlink) and metadata/newdb.sql
+    local u = "0ee00000-0000-4000-8000-000000000002"
+    assert(os.execute("mkdir -p " .. h.quote(target .. "/store/0ee/" .. u)))
+    assert(lfs.link("../store/0ee/" .. u, target .. "/metadata/newdb", true))
+    assert(os.execute("mkdir -p " .. h.quote(target .. "/.chbackup")))
+    h.write(target .. "/.chbackup/restore.lock", "operation killed-db\npid 999999\ndatabase newdb " .. u .. "\n")
+    local ok, out = h.cli(w, "RESTORE TABLE shop.orders AS newdb.o FROM Disk('backups', 'o.zip')", { path = target })
+    assert.is_true(ok, out)
+    assert.truthy(out:find("removed " .. target .. "/metadata/newdb, left by a killed RESTORE", 1, true), out)
+    assert.is_false(h.exists(target .. "/store/0ee/" .. u))
+    assert.equal(h.clickhouse(w.data, { "SELECT count() FROM shop.orders" }),
+      h.clickhouse(target, { "SELECT count() FROM newdb.o" }))
+  end)
 end)
 
 
