@@ -211,6 +211,18 @@ function lock.restore(path, op_id)
     remove_noted(path, "\n" .. prev, removed)
   end
   remove_tmp_restore(path, removed)
+  -- a database link without its .sql (a RESTORE killed between the two, by
+  -- a version that did not note it): ClickHouse skips it, but a RESTORE
+  -- creating that database would write its .sql beside a link elsewhere
+  if fsutil.is_dir(path .. "/metadata") then
+    for e in lfs.dir(path .. "/metadata") do
+      local link = path .. "/metadata/" .. e
+      if lfs.symlinkattributes(link, "mode") == "link" and not fsutil.exists(link .. ".sql") then
+        os.remove(link)
+        removed[#removed + 1] = link
+      end
+    end
+  end
   for _, r in ipairs(removed) do
     lock.log("removed " .. r .. ", left by a killed RESTORE" .. (prev and (" (" .. who(prev) .. ")") or ""))
   end
