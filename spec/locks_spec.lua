@@ -211,6 +211,7 @@ describe("a RESTORE killed with kill -9 mid-copy", function()
       "INSERT INTO shop.big SELECT randomString(1000) FROM numbers(24000)" })
     h.sql(w, "BACKUP TABLE shop.big TO Disk('backups', 'big.zip') SETTINGS compression_method = 'bzip2'")
     local target = w.dir .. "/target"
+    assert(lfs.mkdir(target))
     local ok, out = h.cli(w, "RESTORE TABLE shop.big FROM Disk('backups', 'big.zip') SETTINGS threads = 1 ASYNC",
       { path = target })
     assert.is_true(ok, out)

@@ -1,4 +1,5 @@
---- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage).
+--- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage,
+-- 3 `check` found a problem in a backup).
 -- @module chbackup.cli
 local chbackup = require("chbackup")
 local config = require("chbackup.config")
@@ -12,6 +13,7 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] show BACKUP        list a backup's tables and files
        chbackup [options] chain BACKUP       list the backups an incremental relies on
        chbackup [options] diff BACKUP1 BACKUP2   parts added, removed, changed
+       chbackup [options] check BACKUP [--read-data]   verify a backup in place
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -25,7 +27,8 @@ clickhouse-local does, against a ClickHouse data path read offline.
   SELECT status, error FROM system.backups FORMAT Vertical
 
 options:
-  --path DIR         ClickHouse data path (default /var/lib/clickhouse)
+  --path DIR         ClickHouse data path (default /var/lib/clickhouse); RESTORE
+                     into a new data path takes an empty directory
   --config FILE      ClickHouse config (default /etc/clickhouse-server/config.xml,
                      plus its config.d/*.xml)
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
@@ -34,7 +37,8 @@ options:
                      newest N (default 1000; 0: no limit)
   --status-days D    ... and none older than D days (default 30; 0: no limit)
   --threads N        worker threads (default: number of cores, at least 8)
-  --password-file F  show, chain, diff: the password of encrypted backups, the
+  --read-data        check: read every byte back and compare every checksum
+  --password-file F  show, chain, diff, check: the password of encrypted backups, the
                      text of file F without its final line end (BACKUP and
                      RESTORE take SETTINGS password = '…' as ClickHouse does)
 ]]
@@ -54,6 +58,8 @@ local function parse_args(argv)
     name = name or a:match("^%-%-([%w%-]+)$")
     if name == "help" or a == "-h" then
       opts.help = true
+    elseif name == "read-data" and not value then
+      opts.read_data = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
         or name == "status-keep" or name == "status-days"
         or name == "run-operation" or name == "password-file" then
@@ -79,12 +85,109 @@ local function parse_args(argv)
 end
 
 
-local function open(opts)
+-- inspect: show, chain and diff read backups only; they create no status
+-- directory (nor a data path's .chbackup)
+local function open(opts, inspect)
+  local status_dir = opts.status_dir
+  if status_dir == nil and inspect then
+    status_dir = false
+  end
   return chbackup.open({
     path = opts.path, config = opts.config or config.default_path,
-    status_dir = opts.status_dir, threads = tonumber(opts.threads),
+    status_dir = status_dir, threads = tonumber(opts.threads),
     status_keep = tonumber(opts.status_keep), status_days = tonumber(opts.status_days),
   })
+end
+
+
+-- The config file must exist; a message about the default names --config.
+local function check_config(opts)
+  local file = opts.config or config.default_path
+  if fsutil.exists(file) then
+    return true
+  end
+  if opts.config then
+    return nil, "--config: configuration file " .. file .. " does not exist"
+  end
+  return nil, "configuration file " .. file .. " does not exist (the default; give ClickHouse's config "
+    .. "with --config FILE)"
+end
+
+
+-- The data path must be one: a misspelt --path must not become a new data
+-- path (nor get a status directory). `kinds` says what will run: "backup",
+-- "restore" (which may start from an empty directory), "status" (SELECT,
+-- wait, cancel: the status directory is under the data path).
+local function check_path(opts, kinds)
+  local path = opts.path or chbackup.DEFAULT_PATH
+  local named = opts.path and ("--path '" .. path .. "'") or ("data path '" .. path .. "'")
+  local hint = opts.path and "" or " (the default; give ClickHouse's data path with --path DIR)"
+  if not fsutil.exists(path) then
+    return nil, named .. " does not exist" .. hint .. (kinds.restore and opts.path
+      and " (to RESTORE into a new data path, create it as an empty directory first)" or "")
+  end
+  if not fsutil.is_dir(path) then
+    return nil, named .. " is not a directory" .. hint
+  end
+  if fsutil.is_dir(path .. "/metadata") then
+    return true
+  end
+  local empty = true
+  for entry in require("lfs").dir(path) do
+    if entry ~= "." and entry ~= ".." and entry ~= ".chbackup" then
+      empty = false
+      break
+    end
+  end
+  if empty and not kinds.backup then
+    return true -- a fresh data path for RESTORE; or where status is kept
+  end
+  return nil, named .. " is not a ClickHouse data path (no metadata/ directory)"
+    .. (opts.path and "; give ClickHouse's data path with --path DIR" or hint)
+end
+
+
+-- What a command will do with the data path (nil: nothing to check;
+-- false, err: a syntax error).
+local function path_use(opts, rest)
+  local explicit_status = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
+  local sub = rest[1]
+  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" or sub == "check" then
+    return nil
+  end
+  if sub == "wait" or sub == "cancel" then
+    return not explicit_status and { status = true } or nil
+  end
+  local reqs, err = chbackup.parse(sub)
+  if not reqs then
+    return false, err -- reported before anything is opened
+  end
+  local kinds = {}
+  for _, req in ipairs(reqs) do
+    kinds[req.kind == "select" and "status" or req.kind] = true
+  end
+  if kinds.status and explicit_status and not kinds.backup and not kinds.restore then
+    return nil
+  end
+  return kinds
+end
+
+
+-- The one line an escaped Lua error (a bug) prints; exit status 1.
+local function internal_error(errout, what, op, message, id)
+  if op then
+    id = op.id
+    what = op.request and op.request.kind and op.request.kind:upper() or what
+    -- best effort: record the operation failed rather than leave it running
+    pcall(function()
+      op.instance.store:finish(op.id, op.request.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED",
+        "internal error: " .. message)
+    end)
+  end
+  message = tostring(message):gsub("%s*\n%s*", " ")
+  errout:write(string.format("chbackup: internal error in %s%s: %s — this is a bug, please report it\n",
+    what, id and (" (" .. id .. ")") or "", message))
+  return 1
 end
 
 
@@ -177,10 +280,25 @@ local function cmd_wait(inst, id, out)
 end
 
 
---- Runs the CLI. io_ = {stdout=, stderr=} for tests.
+local run
+
+
+--- Runs the CLI. io_ = {stdout=, stderr=} for tests. Expected failures
+-- print their message (exit 1); a Lua error that escapes is a bug and
+-- prints one line naming the operation (exit 1), never a traceback.
 function cli.main(argv, io_)
   local out = io_ and io_.stdout or io.stdout
   local errout = io_ and io_.stderr or io.stderr
+  local state = {}
+  local ok, code = pcall(run, argv, out, errout, state)
+  if ok then
+    return code
+  end
+  return internal_error(errout, state.what or "chbackup", state.op, code)
+end
+
+
+function run(argv, out, errout, state)
   local opts, rest = parse_args(argv)
   if not opts then
     errout:write("chbackup: " .. rest .. "\n" .. USAGE)
@@ -196,12 +314,28 @@ function cli.main(argv, io_)
   end
   if rest[1] == "policy" then
     -- policy as code: its own sub-commands (chbackup.policy.cli)
+    state.what = "policy " .. tostring(rest[2])
     return require("chbackup.policy.cli").main(rest, opts, { stdout = out, stderr = errout })
   end
-  local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff"
+  local sub = rest[1]
+  if sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "wait" or sub == "cancel" then
+    state.what = sub
+  else
+    state.what = (sub:match("^%s*(%a+)") or "statement"):upper()
+  end
+  local arity = { show = 2, chain = 2, diff = 3, check = 2, cancel = 2, wait = 2 }
+  if #rest > 1 and arity[sub] ~= #rest then
+    errout:write("chbackup: give statements as one argument, separated by ';'\n")
+    return 2
+  end
+  local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
   if opts.password_file and not inspecting then
-    errout:write("chbackup: --password-file applies to show, chain and diff; give BACKUP and RESTORE "
+    errout:write("chbackup: --password-file applies to show, chain, diff and check; give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
+    return 2
+  end
+  if opts.read_data and rest[1] ~= "check" then
+    errout:write("chbackup: --read-data applies to check\n")
     return 2
   end
   local secret
@@ -214,7 +348,19 @@ function cli.main(argv, io_)
     end
     secret = { password = secret }
   end
-  local inst, err = open(opts)
+  local kinds, cerr = path_use(opts, rest)
+  local checked = kinds ~= false
+  if checked then
+    checked, cerr = check_config(opts)
+  end
+  if checked and kinds then
+    checked, cerr = check_path(opts, kinds)
+  end
+  if not checked then
+    errout:write("chbackup: " .. cerr .. "\n")
+    return 1
+  end
+  local inst, err = open(opts, inspecting)
   if not inst then
     errout:write("chbackup: " .. err .. "\n")
     return 1
@@ -226,6 +372,20 @@ function cli.main(argv, io_)
     ok, err = cmd_chain(inst, rest[2], out, secret)
   elseif rest[1] == "diff" and #rest == 3 then
     ok, err = cmd_diff(inst, rest[2], rest[3], out, secret)
+  elseif rest[1] == "check" and #rest == 2 then
+    local report
+    report, err = inst:check(rest[2], { read_data = opts.read_data, password = secret and secret.password })
+    if report then
+      for _, st in ipairs(report.steps) do
+        out:write(string.format("%s\t%s\t%s\n", st.ok and "ok" or "PROBLEM", st.name, st.detail))
+      end
+      if not report.ok then
+        errout:write("chbackup: backup " .. rest[2] .. " failed its check: " .. report.steps[#report.steps].detail
+          .. "\n")
+        return 3
+      end
+      ok = true
+    end
   elseif rest[1] == "cancel" and #rest == 2 then
     ok, err = inst:cancel(rest[2])
     if ok then
@@ -237,15 +397,25 @@ function cli.main(argv, io_)
     errout:write("chbackup: give statements as one argument, separated by ';'\n")
     return 2
   elseif opts.run_operation then
-    ok, err = cli.run_operation(inst, opts.run_operation, rest[1])
+    ok, err = cli.run_operation(inst, opts.run_operation, rest[1], state)
   else
-    ok, err = inst:execute(rest[1], {
+    local r
+    ok, err, r = inst:execute(rest[1], {
+      on_start = function(op) state.op = op end,
       on_async = function(op) return spawn_async(opts, op, op.request.text) end,
-      on_result = function(r)
-        out:write(r.text or (r.id .. "\t" .. r.status .. "\n"))
+      on_result = function(res)
+        state.op = nil
+        out:write(res.text or (res.id .. "\t" .. res.status .. "\n"))
         out:flush()
       end,
     })
+    if not ok and r and r.internal then
+      -- a bug inside the operation, caught and recorded by it
+      local op = state.op
+      state.op = nil
+      return internal_error(errout, op and op.request.kind:upper() or state.what, nil,
+        tostring(err):gsub("^internal error: ", ""), r.id)
+    end
   end
   if not ok then
     err = tostring(err)
@@ -261,7 +431,7 @@ end
 
 --- The detached half of an ASYNC operation: runs the statement under the
 -- id its parent registered.
-function cli.run_operation(inst, id, statement)
+function cli.run_operation(inst, id, statement, state)
   local reqs, err = chbackup.parse(statement)
   if not reqs then
     inst.store:finish(id, "BACKUP_FAILED", err)
@@ -273,6 +443,9 @@ function cli.run_operation(inst, id, statement)
       if not op then
         inst.store:finish(id, req.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED", serr)
         return nil, serr
+      end
+      if state then
+        state.op = op
       end
       local r = op:wait()
       if r.error and r.error ~= "" then

@@ -40,7 +40,8 @@ chbackup.DEFAULT_PATH = "/var/lib/clickhouse"
 --         config = XML file path | Lua table | loaded config (default
 --                  /etc/clickhouse-server/config.xml),
 --         status_dir = where operations are recorded (default
---                  <path>/.chbackup/status), threads = workers (default: cores),
+--                  <path>/.chbackup/status; false: none, for chain, diff and
+--                  inspecting only), threads = workers (default: cores),
 --         status_keep, status_days = finished operations kept: the newest
 --                  1000, none older than 30 days (0: no limit) }
 function chbackup.open(opts)
@@ -57,12 +58,13 @@ function chbackup.open(opts)
   if not cfg then
     return nil, err
   end
-  local status_dir = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
-    or (path:gsub("/+$", "") .. "/.chbackup/status")
-  local store
-  store, err = status.open(status_dir, { keep = opts.status_keep, days = opts.status_days })
-  if not store then
-    return nil, err
+  local status_dir, store = opts.status_dir, nil
+  if status_dir ~= false then -- false: inspecting backups only, no status table
+    status_dir = status_dir or os.getenv("CHBACKUP_STATUS_DIR") or (path:gsub("/+$", "") .. "/.chbackup/status")
+    store, err = status.open(status_dir, { keep = opts.status_keep, days = opts.status_days })
+    if not store then
+      return nil, err
+    end
   end
   return setmetatable({
     path = path, config = cfg, store = store, threads = opts.threads, status_dir = status_dir,
@@ -133,6 +135,9 @@ function Instance:_start(req, row)
   if not set then
     return nil, err
   end
+  if set.async then   -- SETTINGS async = 1 is ClickHouse's other spelling of ASYNC
+    req.async = true
+  end
   local dest
   dest, err = config.resolve(self.config, req.destination)
   if not dest then
@@ -182,6 +187,7 @@ function Operation:_run()
     end
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
+      self.internal = true -- a bug, not an expected failure
     else
       counters, err, code = res, rerr, rcode
     end
@@ -218,13 +224,14 @@ function Operation:poll()
 end
 
 
---- Runs the operation to its end. Returns {id=, status=, error=}.
+--- Runs the operation to its end. Returns {id=, status=, error=}, with
+-- internal = true when the error is a bug (a Lua error the operation caught).
 function Operation:wait()
   while not self:poll() do
     -- the runner yields while the C job works; nothing else to do here
     assert(true)
   end
-  return { id = self.id, status = self.final, error = self.error }
+  return { id = self.id, status = self.final, error = self.error, internal = self.internal }
 end
 
 
@@ -242,7 +249,8 @@ end
 
 --- Executes SQL text (one or more statements) or one request table.
 -- opts.on_result(r) is called as each statement ends (the CLI prints there);
--- opts.on_async(op) takes over ASYNC operations. Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
+-- opts.on_start(op) as each BACKUP or RESTORE starts; opts.on_async(op)
+-- takes over ASYNC operations. Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
 -- ({id=, status=} with ASYNC, the operation left to `async` handling),
 -- {text=} for SELECT. Stops at the first failure: nil, err.
 function Instance:execute(statements, opts)
@@ -271,6 +279,9 @@ function Instance:execute(statements, opts)
       local op, serr = self:start(req)
       if not op then
         return nil, serr
+      end
+      if opts.on_start then
+        opts.on_start(op)
       end
       local r
       if req.async and opts.on_async then
@@ -333,6 +344,22 @@ function Instance:chain(backup_name, opts)
     return nil, err
   end
   return inspect.chain(b)
+end
+
+
+--- Verifies a backup in place (chbackup.check): returns its report
+-- ({ok=, steps={ {name=, ok=, detail=} }}), or nil, err when the backup
+-- cannot be opened. opts: read_data, password.
+function Instance:check(backup_name, opts)
+  opts = opts or {}
+  local b, err = self:_open_backup(backup_name, opts)
+  if not b and err:find(" is corrupt", 1, true) then
+    -- a damaged manifest is what a check is for: reported as its finding
+    return { ok = false, steps = { { name = "manifest", ok = false, detail = err } } }
+  elseif not b then
+    return nil, err
+  end
+  return require("chbackup.check").run(b, { read_data = opts.read_data, threads = self.threads })
 end
 
 

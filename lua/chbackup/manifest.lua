@@ -118,9 +118,11 @@ function manifest.from_string(text, what)
 end
 
 
-local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;" }
+-- Element text needs only these; quotes stay as they are, as ClickHouse
+-- writes them (`<base_backup>Disk('backups', 'a')</base_backup>`).
+local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;" }
 local function esc(s)
-  return (tostring(s):gsub("[&<>\"']", XML_ESCAPES))
+  return (tostring(s):gsub("[&<>]", XML_ESCAPES))
 end
 
 
@@ -131,6 +133,10 @@ function manifest.serialize(m, write)
     m.deduplicate_files or 1, "</deduplicate_files><timestamp>", esc(m.timestamp),
     "</timestamp><uuid>", esc(m.uuid), "</uuid>",
   }
+  if m.data_file_name_generator then
+    -- (ClickHouse writes it here, before base_backup)
+    out[#out + 1] = "<data_file_name_generator>" .. esc(m.data_file_name_generator) .. "</data_file_name_generator>"
+  end
   if m.base_backup then
     out[#out + 1] = "<base_backup>" .. esc(m.base_backup) .. "</base_backup><base_backup_uuid>"
       .. esc(m.base_backup_uuid) .. "</base_backup_uuid>"

@@ -14,9 +14,11 @@ local lfs = require("lfs")
 local core = require("chbackup.core")
 local catalog_mod = require("chbackup.catalog")
 local chain = require("chbackup.chain")
+local contents = require("chbackup.contents")
 local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
 local names = require("chbackup.names")
+local part_check = require("chbackup.part_check")
 local plan = require("chbackup.plan")
 local renaming = require("chbackup.renaming")
 local runner = require("chbackup.runner")
@@ -25,37 +27,6 @@ local uuid = require("chbackup.uuid")
 local restore = {}
 
 local DEFAULT_DATABASE = "default"
-
-
--- The backup's contents grouped by database and table.
-local function index_backup(m)
-  local dbs = {}
-  local function db_entry(esc)
-    local name = names.unescape_file(esc)
-    dbs[name] = dbs[name] or { name = name, escaped = esc, tables = {} }
-    return dbs[name]
-  end
-  local function tbl_entry(esc_db, esc_t)
-    local db = db_entry(esc_db)
-    local name = names.unescape_file(esc_t)
-    db.tables[name] = db.tables[name] or { name = name, escaped = esc_t, data = {} }
-    return db.tables[name]
-  end
-  for _, f in ipairs(m.files) do
-    local esc_db = f.name:match("^metadata/([^/]+)%.sql$")
-    local mdb, mt = f.name:match("^metadata/([^/]+)/([^/]+)%.sql$")
-    local ddb, dt, rest = f.name:match("^data/([^/]+)/([^/]+)/(.+)$")
-    if esc_db then
-      db_entry(esc_db).metadata = f
-    elseif mdb then
-      tbl_entry(mdb, mt).metadata = f
-    elseif ddb then
-      local t = tbl_entry(ddb, dt)
-      t.data[#t.data + 1] = { rel = rest, file = f }
-    end
-  end
-  return dbs
-end
 
 
 -- Which tables of the backup the elements select:
@@ -95,6 +66,14 @@ local function select_tables(backup_dbs, elements, backup_name)
     return true
   end
   for _, el in ipairs(elements) do
+    local from = el.type == "table" and (el.database or DEFAULT_DATABASE) or el.type == "database" and el.name
+    local to = el.type == "table" and el.new_database or el.type == "database" and el.new_name
+    for _, db_name in ipairs({ from or "", to or "" }) do
+      if catalog_mod.SYSTEM_DATABASES[db_name] then
+        return nil, "database " .. names.quote_identifier(db_name)
+          .. " belongs to the server: chbackup does not restore into or from it"
+      end
+    end
     if el.type == "table" then
       local db_name = el.database or DEFAULT_DATABASE
       local db = backup_dbs[db_name]
@@ -134,7 +113,9 @@ local function select_tables(backup_dbs, elements, backup_name)
       end
       table.sort(list, function(a, b) return a.name < b.name end)
       for _, db in ipairs(list) do
-        if not except_db[db.name] then
+        -- ClickHouse's BACKUP ALL holds the metadata of system,
+        -- information_schema, …: databases of the server, never restored
+        if not except_db[db.name] and not catalog_mod.SYSTEM_DATABASES[db.name] then
           local ok, err = add_db(db, db.name, nil)
           if not ok then
             return nil, err
@@ -195,7 +176,11 @@ function restore.run(ctx, req)
     return nil, err
   end
   local m = b.manifest
-  local backup_dbs = index_backup(m)
+  local backup_dbs
+  backup_dbs, err = contents.index(m, src.name)
+  if not backup_dbs then
+    return nil, err
+  end
   local selected, db_creates = select_tables(backup_dbs, req.elements, src.name)
   if not selected then
     return nil, db_creates
@@ -224,7 +209,14 @@ function restore.run(ctx, req)
           return nil, rerr
         end
         local info = ddl.parse_create(text)
-        if info and ddl.engine(info.body) == "Atomic" then
+        if not info then
+          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name
+        end
+        local ok, nerr = contents.check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
+        if not ok then
+          return nil, nerr
+        end
+        if ddl.engine(info.body) == "Atomic" then
           body = info.body
         end
       end
@@ -248,6 +240,10 @@ function restore.run(ctx, req)
     local info = ddl.parse_create(text)
     if not info then
       return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
+    end
+    local named, nerr = contents.check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
+    if not named then
+      return nil, nerr
     end
     -- views and dictionaries follow the tables and databases renamed with them
     info.body = renaming.apply(info.body, map)
@@ -320,52 +316,72 @@ function restore.run(ctx, req)
   local empty_files, copies = {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
+    if not settings.structure_only and t.family == "none" and #t.sel.tbl.data > 0 then
+      job:close()
+      return nil, "cannot restore the data of " .. t.qname .. " (" .. tostring(t.engine or t.object)
+        .. ") from backup " .. src.name .. ": chbackup does not restore data of this engine"
+        .. " (SETTINGS structure_only=true restores its definition only)"
+    end
     if not settings.structure_only and t.family ~= "none" then
-      local parts = {}
-      for _, d in ipairs(t.sel.tbl.data) do
-        local part_name, file = d.rel:match("^([^/]+)/(.+)$")
-        if t.family == "log" then
-          part_name, file = nil, d.rel
+      local data, derr = contents.table_data(t.sel.tbl, t.family, src.name)
+      if not data then
+        job:close()
+        return nil, derr
+      end
+      -- Every part (or Log table) is checked as ClickHouse will load it
+      -- before a byte is copied.
+      local function read(e)
+        return chain.read(b, e)
+      end
+      local function add_file(dst, f)
+        if f.size == 0 then
+          empty_files[#empty_files + 1] = dst   -- no bytes in the backup
+        else
+          local pieces, perr = chain.pieces(b, f)
+          if not pieces then
+            return nil, perr
+          end
+          copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
         end
-        local part = part_name and catalog_mod.parse_part_name(part_name)
-        if t.family == "mergetree" and not part then
-          job:close()
-          return nil, "backup " .. src.name .. " has an unexpected file " .. d.file.name
-        end
-        if not (part and t.sel.partitions and not t.sel.partitions[part.partition_id]) then
-          local dst
-          if part then
-            if not parts[part_name] then
-              local final = part_name
-              if next_block then
-                next_block = next_block + 1
-                final = string.format("%s_%d_%d_%d", part.partition_id, next_block, next_block, part.level)
-              end
-              parts[part_name] = { tmp = t.data_dir .. "/tmp_restore_" .. final, final = t.data_dir .. "/" .. final }
-              renames[#renames + 1] = parts[part_name]
+        counters.num_files = counters.num_files + 1
+        counters.total_size = counters.total_size + f.size
+        return true
+      end
+      local ok, ferr = true, nil
+      for _, p in ipairs(data.parts) do
+        if ok and not (t.sel.partitions and not t.sel.partitions[p.info.partition_id]) then
+          ok, ferr = part_check.check(p.where, p.files, read)
+          local final = p.name
+          if next_block then
+            next_block = next_block + 1
+            final = string.format("%s_%d_%d_%d", p.info.partition_id, next_block, next_block, p.info.level)
+          end
+          local r = { tmp = t.data_dir .. "/tmp_restore_" .. final, final = t.data_dir .. "/" .. final }
+          renames[#renames + 1] = r
+          for _, x in ipairs(p.list) do
+            if ok then
+              ok, ferr = add_file(r.tmp .. "/" .. x.rel, x.file)
             end
-            dst = parts[part_name].tmp .. "/" .. file
-          elseif t.existing then
+          end
+        end
+      end
+      if ok and t.family == "log" then
+        ok, ferr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, data.files, read)
+        for _, x in ipairs(data.list) do
+          local dst = t.data_dir .. "/" .. x.rel
+          if ok and t.existing then
             -- an empty existing Log table: new files beside, then renamed over
-            dst = t.data_dir .. "/tmp_restore_" .. file
-            renames[#renames + 1] = { tmp = dst, final = t.data_dir .. "/" .. file }
-          else
-            dst = t.data_dir .. "/" .. file
+            dst = t.data_dir .. "/tmp_restore_" .. x.rel
+            renames[#renames + 1] = { tmp = dst, final = t.data_dir .. "/" .. x.rel }
           end
-          local f = d.file
-          if f.size == 0 then
-            empty_files[#empty_files + 1] = dst   -- no bytes in the backup
-          else
-            local pieces, perr = chain.pieces(b, f)
-            if not pieces then
-              job:close()
-              return nil, perr
-            end
-            copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
+          if ok then
+            ok, ferr = add_file(dst, x.file)
           end
-          counters.num_files = counters.num_files + 1
-          counters.total_size = counters.total_size + f.size
         end
+      end
+      if not ok then
+        job:close()
+        return nil, ferr
       end
     end
   end
