@@ -25,7 +25,8 @@
   X(CHB_INVALID, "INVALID") \
   X(CHB_LZ4, "LZ4_ERROR")  \
   X(CHB_AUTH, "AUTH")      \
-  X(CHB_CRYPTO, "CRYPTO")
+  X(CHB_CRYPTO, "CRYPTO") \
+  X(CHB_LOCKED, "LOCKED")
 
 typedef enum {
 #define CHB_ENUM(code, name) code,

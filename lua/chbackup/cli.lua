@@ -33,6 +33,9 @@ options:
                      plus its config.d/*.xml)
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
                      also $CHBACKUP_STATUS_DIR)
+  --status-keep N    finished operations kept in the status directory: the
+                     newest N (default 1000; 0: no limit)
+  --status-days D    ... and none older than D days (default 30; 0: no limit)
   --threads N        worker threads (default: number of cores, at least 8)
   --read-data        check: read every byte back and compare every checksum
   --password-file F  show, chain, diff, check: the password of encrypted backups, the
@@ -58,6 +61,7 @@ local function parse_args(argv)
     elseif name == "read-data" and not value then
       opts.read_data = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
+        or name == "status-keep" or name == "status-days"
         or name == "run-operation" or name == "password-file" then
       if not value then
         i = i + 1
@@ -65,6 +69,9 @@ local function parse_args(argv)
       end
       if not value then
         return nil, "option --" .. name .. " needs a value"
+      end
+      if (name == "status-keep" or name == "status-days") and not (tonumber(value) and tonumber(value) >= 0) then
+        return nil, "option --" .. name .. " needs a number >= 0 (0: no limit), got '" .. value .. "'"
       end
       opts[name:gsub("%-", "_")] = value
     elseif name then
@@ -88,6 +95,7 @@ local function open(opts, inspect)
   return chbackup.open({
     path = opts.path, config = opts.config or config.default_path,
     status_dir = status_dir, threads = tonumber(opts.threads),
+    status_keep = tonumber(opts.status_keep), status_days = tonumber(opts.status_days),
   })
 end
 
@@ -187,7 +195,7 @@ end
 -- process of this same program runs it and records its end.
 local function spawn_async(opts, op, statement)
   local argv = table.move(cli.launcher, 1, #cli.launcher, 1, {})
-  for _, k in ipairs({ "path", "config", "status_dir", "threads" }) do
+  for _, k in ipairs({ "path", "config", "status_dir", "threads", "status_keep", "status_days" }) do
     if opts[k] then
       argv[#argv + 1] = "--" .. k:gsub("_", "-")
       argv[#argv + 1] = tostring(opts[k])

@@ -292,6 +292,24 @@ function restore.run(ctx, req)
     targets[#targets + 1] = t
   end
 
+  -- What this run creates is noted in the data path's lock file first, so
+  -- that the next RESTORE removes it if this one is killed (chbackup.lock).
+  if ctx.lock then
+    local dirs, dbs = {}, {}
+    for _, t in ipairs(targets) do
+      if not t.existing and t.family ~= "none" then
+        dirs[#dirs + 1] = t.data_dir
+      end
+    end
+    for _, db in ipairs(new_dbs) do
+      dbs[#dbs + 1] = { escaped = names.escape_file(db.name), uuid = db.uuid }
+    end
+    local noted, nerr = ctx.lock:note(dirs, dbs)
+    if not noted then
+      return nil, nerr
+    end
+  end
+
   -- Phase 2: plan the copies into temporary names.
   local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
