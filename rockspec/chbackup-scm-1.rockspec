@@ -76,6 +76,7 @@ build = {
       ["chbackup.fsutil"] = "lua/chbackup/fsutil.lua",
       ["chbackup.inspect"] = "lua/chbackup/inspect.lua",
       ["chbackup.lock"] = "lua/chbackup/lock.lua",
+      ["chbackup.listing"] = "lua/chbackup/listing.lua",
       ["chbackup.manifest"] = "lua/chbackup/manifest.lua",
       ["chbackup.names"] = "lua/chbackup/names.lua",
       ["chbackup.part_check"] = "lua/chbackup/part_check.lua",

@@ -363,6 +363,14 @@ function Instance:check(backup_name, opts)
 end
 
 
+--- The backups at a destination (chbackup.listing): dest_name is a backup
+-- name with a prefix path, e.g. "Disk('backups', '')"; opts.password opens
+-- encrypted ones. Returns rows or nil, err.
+function Instance:list(dest_name, opts)
+  return require("chbackup.listing").run(self.config, dest_name, { password = opts and opts.password })
+end
+
+
 --- What changed between two backups (see chbackup.inspect.diff);
 -- opts.password opens encrypted backups (the same password for both).
 function Instance:diff(from_name, to_name, opts)
