@@ -174,11 +174,15 @@ function plan.backup_files(selection)
     }
     local prefix = "data/" .. esc_db .. "/" .. esc_t .. "/"
     if t.family == "mergetree" then
-      for _, part in ipairs(catalog_mod.active_parts(t)) do
+      local parts, perr = catalog_mod.active_parts(t)
+      if not parts then
+        return nil, "table " .. qualified(t.database, t.name) .. ": " .. perr
+      end
+      for _, part in ipairs(parts) do
         if not s.partitions or s.partitions[part.partition_id] then
           local files, err = catalog_mod.part_files(part.dir)
           if not files then
-            return nil, err
+            return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
           end
           for _, f in ipairs(files) do
             data[#data + 1] = {
@@ -195,7 +199,7 @@ function plan.backup_files(selection)
       end
       local files, err = catalog_mod.log_files(t)
       if not files then
-        return nil, err
+        return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
       end
       for _, f in ipairs(files) do
         data[#data + 1] = { name = prefix .. f.name, path = f.path, size = f.size }

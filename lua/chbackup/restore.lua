@@ -152,9 +152,14 @@ end
 -- True when a table of the data path holds data.
 local function table_has_data(t)
   if t.family == "mergetree" then
-    return #catalog_mod.active_parts(t) > 0
+    local parts = catalog_mod.active_parts(t)
+    return parts == nil or #parts > 0   -- unreadable: not known to be empty
   elseif t.family == "log" then
-    for _, f in ipairs(catalog_mod.log_files(t) or {}) do
+    local files = catalog_mod.log_files(t)
+    if not files then
+      return true
+    end
+    for _, f in ipairs(files) do
       if f.size > 0 and f.name:match("%.bin$") then
         return true
       end

@@ -150,7 +150,11 @@ function counter.from_data_path(path)
     s.engine = t.engine
     if t.family == "mergetree" then
       s.total, s.partitions = 0, {}
-      for _, part in ipairs(catalog.active_parts(t)) do
+      local parts, perr = catalog.active_parts(t)
+      if not parts then
+        return nil, perr
+      end
+      for _, part in ipairs(parts) do
         local text = fsutil.read_file(part.dir .. "/count.txt")
         local n = math.tointeger(tonumber(text and text:match("^%s*(%d+)")))
         if not n then
