@@ -11,6 +11,7 @@
 local backup_archive = require("chbackup.backup_archive")
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
 local plan = require("chbackup.plan")
@@ -134,6 +135,15 @@ function backup.run(ctx, req)
       return fail("backup " .. dest.name .. ": " .. text)
     end
     ok, err = fsutil.write_file(dest.path .. "/" .. chain.ENCRYPTION_FILE, text)
+    if not ok then
+      return fail(err)
+    end
+  end
+
+  -- Which disk each part was on, when not the default one (disks.RECORD_FILE).
+  local record = disks.record(files.data)
+  if record then
+    ok, err = fsutil.write_file(dest.path .. "/" .. disks.RECORD_FILE, record)
     if not ok then
       return fail(err)
     end

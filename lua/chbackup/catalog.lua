@@ -8,6 +8,7 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local ddl = require("chbackup.ddl")
+local disks = require("chbackup.disks")
 local names = require("chbackup.names")
 
 local catalog = {}
@@ -74,8 +75,10 @@ function catalog.engine_family(object, engine)
 end
 
 
---- Opens a data path. Returns a Catalog or nil, err.
-function catalog.open(path)
+--- Opens a data path. cfg (chbackup.config) gives the disks and storage
+-- policies tables may use; the default disk is the data path.
+-- Returns a Catalog or nil, err.
+function catalog.open(path, cfg)
   path = path:gsub("/+$", "")
   if path == "" then
     path = "/"
@@ -86,7 +89,7 @@ function catalog.open(path)
   if not is_dir(path .. "/metadata") then
     return nil, "'" .. path .. "' is not a ClickHouse data path (no metadata/ directory)"
   end
-  return setmetatable({ path = path, _dbs = nil }, Catalog)
+  return setmetatable({ path = path, config = cfg, _dbs = nil }, Catalog)
 end
 
 
@@ -209,6 +212,7 @@ function Catalog:tables(db_name)
     if inner then
       t.inner = inner
       t.family, t.data_dir, t.engine = inner.family, inner.data_dir, inner.engine
+      t.table_body = inner.body
     end
     if not t.name:match("^%.inner") then
       visible[#visible + 1] = t
@@ -230,6 +234,38 @@ function Catalog:table(db_name, table_name)
     end
   end
   return nil, "table " .. names.qualified(db_name, table_name) .. " does not exist in " .. self.path
+end
+
+
+--- Finds where a table's data lives on the disks of its storage policy:
+-- sets `t.locations` (list of {disk=, dir=}; a Log-family table on another
+-- disk gets that disk's dir as data_dir). Refuses, naming table and disk, a
+-- policy or disk the configuration lacks, a disk that is not local, and
+-- parts of the table on a local disk outside its policy (ClickHouse does
+-- not load such a table). Returns true or nil, err.
+function Catalog:place(t)
+  if t.family == "none" or t.locations then
+    return true
+  end
+  local locations, rel = disks.locations(self.config, self.path, t)
+  if not locations then
+    return nil, rel
+  end
+  if t.family == "log" then
+    if #locations ~= 1 then
+      return nil, "table " .. names.qualified(t.database, t.name) .. " (" .. t.engine
+        .. ") is on a storage policy of " .. #locations .. " disks; Log-family tables use one"
+    end
+    t.data_dir = locations[1].dir
+  end
+  local stray = disks.stray(self.config, self.path, locations, rel,
+    function(e) return catalog.parse_part_name(e) ~= nil end)
+  if stray then
+    return nil, string.format("table %s has part %s on disk '%s' (%s), which is not in its storage policy",
+      names.qualified(t.database, t.name), stray.part, stray.disk, stray.dir)
+  end
+  t.locations = locations
+  return true
 end
 
 
@@ -280,10 +316,12 @@ end
 -- checksums.txt); a part on two disks, a part-named entry that is not a
 -- directory, or a directory that cannot be read is an error: nothing is
 -- skipped silently. Sorted by partition, then block range.
--- Returns list of {name=, partition_id=, …, dir=, disk=} or nil, err.
+-- Returns list of {name=, partition_id=, …, dir=, disk=} and the set of
+-- disks whose table directory was read (or found absent), or nil, err.
 function catalog.active_parts(tbl)
-  local parts, by_name = {}, {}
+  local parts, by_name, visited = {}, {}, {}
   for _, loc in ipairs(catalog.locations(tbl)) do
+    visited[loc.disk] = true
     local mode = lfs.attributes(loc.dir, "mode")
     if mode and mode ~= "directory" then
       return nil, "data directory " .. loc.dir .. " of table "
@@ -336,7 +374,7 @@ function catalog.active_parts(tbl)
     end
     return a.min_block < b.min_block
   end)
-  return active
+  return active, visited
 end
 
 

@@ -238,6 +238,50 @@ function ddl.engine(body)
 end
 
 
+--- A table setting's value from the body's top-level SETTINGS clause:
+-- `SETTINGS storage_policy = 'hot_cold'` gives "hot_cold". A quoted value
+-- comes back unquoted; an unquoted one (a number, `disk(…)`) comes back as
+-- written with `raw` = true. nil when the setting is not there.
+function ddl.setting(body, name)
+  local segs = segments(body)
+  local depth, in_settings = 0, false
+  for i, seg in ipairs(segs) do
+    if not seg.quoted then
+      local text = seg.text
+      local pos = 1
+      while pos <= #text do
+        local c = text:sub(pos, pos)
+        if c == "(" then
+          depth = depth + 1
+        elseif c == ")" then
+          depth = depth - 1
+        elseif depth == 0 then
+          local word = text:match("^[%a_][%w_]*", pos)
+          if word and (pos == 1 or not text:sub(pos - 1, pos - 1):match("[%w_]")) then
+            if word:upper() == "SETTINGS" then
+              in_settings = true
+            elseif in_settings and word == name then
+              local rest = text:sub(pos + #word)
+              if rest:match("^%s*=%s*$") and segs[i + 1] and segs[i + 1].quoted then
+                local v = segs[i + 1].text
+                return (v:sub(2, -2):gsub("\\(.)", "%1"):gsub("''", "'"))
+              end
+              local raw = rest:match("^%s*=%s*(.-)%s*,") or rest:match("^%s*=%s*(.-)%s*$")
+              if raw then
+                return raw, true
+              end
+            end
+            pos = pos + #word - 1
+          end
+        end
+        pos = pos + 1
+      end
+    end
+  end
+  return nil
+end
+
+
 --- A materialized view's inner table: `TO INNER UUID '…'` at the start of
 -- its body. Returns the inner table's uuid and the body without that clause.
 function ddl.inner_uuid(body)

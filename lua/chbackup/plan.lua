@@ -60,6 +60,11 @@ function plan.select_for_backup(cat, elements)
       return nil, "table " .. qualified(target_db, target_name) .. " is selected twice"
     end
     seen[key] = true
+    -- every disk of the table's storage policy, or a clear refusal
+    local placed, perr = cat:place(tbl)
+    if not placed then
+      return nil, perr
+    end
     selected[#selected + 1] = {
       table = tbl, target_db = target_db, target_name = target_name, partitions = partitions,
     }
@@ -174,9 +179,16 @@ function plan.backup_files(selection)
     }
     local prefix = "data/" .. esc_db .. "/" .. esc_t .. "/"
     if t.family == "mergetree" then
-      local parts, perr = catalog_mod.active_parts(t)
+      local parts, visited = catalog_mod.active_parts(t)
       if not parts then
-        return nil, "table " .. qualified(t.database, t.name) .. ": " .. perr
+        return nil, "table " .. qualified(t.database, t.name) .. ": " .. visited
+      end
+      -- completeness: the table's directory on every disk of its policy was read
+      for _, loc in ipairs(catalog_mod.locations(t)) do
+        if not visited[loc.disk] then
+          return nil, "table " .. qualified(t.database, t.name) .. ": its directory on disk '"
+            .. loc.disk .. "' (" .. loc.dir .. ") was not read"
+        end
       end
       for _, part in ipairs(parts) do
         if not s.partitions or s.partitions[part.partition_id] then
@@ -186,7 +198,7 @@ function plan.backup_files(selection)
           end
           for _, f in ipairs(files) do
             data[#data + 1] = {
-              name = prefix .. part.name .. "/" .. f.name, path = f.path,
+              name = prefix .. part.name .. "/" .. f.name, path = f.path, disk = part.disk,
               size = f.size, checksum = f.checksum,
             }
           end

@@ -13,6 +13,7 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local catalog_mod = require("chbackup.catalog")
+local disks = require("chbackup.disks")
 local chain = require("chbackup.chain")
 local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
@@ -169,18 +170,34 @@ local function table_has_data(t)
 end
 
 
--- Highest block number used by a table's parts (outdated ones included).
+-- Highest block number used by a table's parts (outdated ones included),
+-- on every disk of its policy.
 local function max_block(t)
   local max = 0
-  if fsutil.is_dir(t.data_dir) then
-    for entry in lfs.dir(t.data_dir) do
-      local p = catalog_mod.parse_part_name(entry:gsub("^tmp_restore_", ""))
-      if p and p.max_block > max then
-        max = p.max_block
+  for _, loc in ipairs(catalog_mod.locations(t)) do
+    if fsutil.is_dir(loc.dir) then
+      for entry in lfs.dir(loc.dir) do
+        local p = catalog_mod.parse_part_name(entry:gsub("^tmp_restore_", ""))
+        if p and p.max_block > max then
+          max = p.max_block
+        end
       end
     end
   end
   return max
+end
+
+
+-- Free bytes on the file system that holds path (or its nearest parent).
+local function disk_free(path)
+  while path ~= "" do
+    local free = core.disk_free(path)
+    if free then
+      return free
+    end
+    path = path:match("^(.*)/[^/]*$") or ""
+  end
+  return 0
 end
 
 
@@ -281,7 +298,12 @@ function restore.run(ctx, req)
         return nil, "cannot restore into table " .. qname .. " (" .. existing.engine
           .. "): adding data to a non-empty Log-family table is not supported"
       end
+      local placed, perr = cat:place(existing)
+      if not placed then
+        return nil, perr
+      end
       t.existing, t.uuid, t.data_dir = existing, existing.uuid, existing.data_dir
+      t.locations = existing.locations
     else
       t.uuid = uuid.new()
       local data_uuid = t.uuid
@@ -297,18 +319,66 @@ function restore.run(ctx, req)
       end
       t.data_uuid = data_uuid
       t.data_dir = cat.path .. "/store/" .. data_uuid:sub(1, 3) .. "/" .. data_uuid
+      if t.family ~= "none" then
+        -- the disks of the target's storage policy; a missing or non-local
+        -- disk is refused here, before anything is written
+        local tdisks, derr2 = disks.for_body(ctx.config, cat.path,
+          t.inner_body or t.body, "table " .. qname)
+        if not tdisks then
+          return nil, derr2
+        end
+        local rel = "store/" .. data_uuid:sub(1, 3) .. "/" .. data_uuid
+        t.locations = {}
+        for _, d in ipairs(tdisks) do
+          t.locations[#t.locations + 1] = { disk = d.name, dir = d.path .. "/" .. rel, disk_path = d.path }
+        end
+        if t.family == "log" then
+          if #t.locations ~= 1 then
+            return nil, "table " .. qname .. " (" .. tostring(engine)
+              .. ") is on a storage policy of " .. #t.locations .. " disks; Log-family tables use one"
+          end
+          t.data_dir = t.locations[1].dir
+        end
+      end
     end
     targets[#targets + 1] = t
   end
 
-  -- Phase 2: plan the copies into temporary names.
+  -- Phase 2: plan the copies into temporary names. A part goes to the disk
+  -- it was on when the target's policy has a disk of that name, else to the
+  -- policy's first disk with room for it.
+  local reserved, was_on = {}, disks.read_record(b) or {}
+  local function place_part(t, part_name, size, from_disk)
+    local locs = t.locations or catalog_mod.locations(t)
+    for _, loc in ipairs(locs) do
+      if from_disk and loc.disk == from_disk then
+        return loc
+      end
+    end
+    for _, loc in ipairs(locs) do
+      local key = loc.disk_path or loc.dir
+      local free = disk_free(key) - (reserved[key] or 0)
+      if free >= size then
+        reserved[key] = (reserved[key] or 0) + size
+        return loc
+      end
+    end
+    return nil, string.format("no disk of table %s's storage policy has room for part %s (%d bytes)",
+      t.qname, part_name, size)
+  end
   local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
   local empty_files, copies = {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
     if not settings.structure_only and t.family ~= "none" then
-      local parts = {}
+      local parts, part_size = {}, {}
+      for _, d in ipairs(t.sel.tbl.data) do
+        local pn = d.rel:match("^([^/]+)/")
+        if pn then
+          part_size[pn] = (part_size[pn] or 0) + d.file.size
+        end
+      end
       for _, d in ipairs(t.sel.tbl.data) do
         local part_name, file = d.rel:match("^([^/]+)/(.+)$")
         if t.family == "log" then
@@ -328,7 +398,13 @@ function restore.run(ctx, req)
                 next_block = next_block + 1
                 final = string.format("%s_%d_%d_%d", part.partition_id, next_block, next_block, part.level)
               end
-              parts[part_name] = { tmp = t.data_dir .. "/tmp_restore_" .. final, final = t.data_dir .. "/" .. final }
+              local loc, perr = place_part(t, part_name, part_size[part_name],
+                was_on[d.file.name:match("^(data/[^/]+/[^/]+/[^/]+)/") or ""])
+              if not loc then
+                job:close()
+                return nil, perr
+              end
+              parts[part_name] = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final }
               renames[#renames + 1] = parts[part_name]
             end
             dst = parts[part_name].tmp .. "/" .. file
@@ -377,12 +453,25 @@ function restore.run(ctx, req)
   end
   for _, t in ipairs(targets) do
     if not t.existing and t.family ~= "none" then
-      created[#created + 1] = t.data_dir
-      local ok, merr = fsutil.mkdir_p(t.data_dir)
-      if ok and t.family == "mergetree" then
-        ok, merr = fsutil.mkdir_p(t.data_dir .. "/detached")
-        if ok then
-          ok, merr = fsutil.write_file(t.data_dir .. "/format_version.txt", "1")
+      local dirs = { t.data_dir }
+      if t.family == "mergetree" then
+        dirs = {}
+        for _, loc in ipairs(t.locations) do
+          dirs[#dirs + 1] = loc.dir
+        end
+      end
+      local ok, merr = true, nil
+      for i, dir in ipairs(dirs) do
+        created[#created + 1] = dir
+        ok, merr = fsutil.mkdir_p(dir)
+        if ok and t.family == "mergetree" then
+          ok, merr = fsutil.mkdir_p(dir .. "/detached")
+          if ok and i == 1 then
+            ok, merr = fsutil.write_file(dir .. "/format_version.txt", "1")
+          end
+        end
+        if not ok then
+          break
         end
       end
       if not ok then

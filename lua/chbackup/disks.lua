@@ -1,0 +1,217 @@
+--- Disks and storage policies of a data path, read offline.
+--
+-- A MergeTree table's parts live on the disks of its storage policy
+-- (`SETTINGS storage_policy = 'p'`; `SETTINGS disk = 'd'` is a policy of one
+-- disk; without either, the policy `default`, whose one disk is `default`).
+-- On every disk the table's directory has the same relative path as on the
+-- default disk (`store/<uuid3>/<uuid>/`, or `data/<db>/<t>/` in Ordinary
+-- databases). The default disk is the data path chbackup was given.
+-- Only local disks can be read offline: any other type (s3, s3_plain,
+-- azure_blob_storage, web, cache, encrypted, …) is refused, naming the
+-- table and the disk.
+-- @module chbackup.disks
+local ddl = require("chbackup.ddl")
+local names = require("chbackup.names")
+
+local disks = {}
+
+
+local function trim_slash(p)
+  p = p:gsub("/+$", "")
+  return p == "" and "/" or p
+end
+
+
+--- A disk of the configuration by name: {name=, type=, path=} with path
+-- without a trailing slash. The default disk is the data path. nil, err
+-- when the config has no such disk.
+function disks.disk(cfg, data_path, name)
+  local d = cfg and cfg.disks and cfg.disks[name]
+  if name == "default" and (not d or d.type == "local") then
+    return { name = "default", type = "local", path = trim_slash(data_path) }
+  end
+  if not d then
+    return nil
+  end
+  return { name = d.name or name, type = d.type, path = d.path and trim_slash(d.path) }
+end
+
+
+--- The storage policy a table's body names: policy name, or nil, err.
+-- `disk = 'd'` gives a policy of that one disk, named "disk 'd'".
+function disks.policy_of(body)
+  local disk, raw = ddl.setting(body, "disk")
+  if disk then
+    if raw then
+      return nil, "its SETTINGS disk = " .. disk .. " (a disk defined in the query) cannot be read offline"
+    end
+    return { disk = disk }
+  end
+  local policy = ddl.setting(body, "storage_policy")
+  return { policy = policy or "default" }
+end
+
+
+--- The disks of the storage policy a table body names, in the policy's
+-- order (volumes in order, disks of a volume in order): list of
+-- {name=, type=, path=, volume=} or nil, err naming `what`, the policy
+-- and the disk. Every disk must be local.
+function disks.for_body(cfg, data_path, body, what)
+  local p, err = disks.policy_of(body)
+  if not p then
+    return nil, what .. ": " .. err
+  end
+  local list_names, pname = {}, nil
+  if p.disk then
+    list_names = { { p.disk, "" } }
+  else
+    pname = p.policy
+    local policy = cfg and cfg.policies and cfg.policies[pname]
+    if not policy and pname == "default" then
+      list_names = { { "default", "default" } }
+    elseif not policy then
+      return nil, string.format("%s uses storage policy '%s', which is not in the configuration (%s)",
+        what, pname, cfg and cfg.source or "no configuration")
+    else
+      for _, v in ipairs(policy.volumes) do
+        for _, d in ipairs(v.disks) do
+          list_names[#list_names + 1] = { d, v.name }
+        end
+      end
+      if #list_names == 0 then
+        return nil, string.format("%s uses storage policy '%s', which has no disks (%s)",
+          what, pname, policy.source or cfg.source)
+      end
+    end
+  end
+  local out, seen = {}, {}
+  for _, nd in ipairs(list_names) do
+    local name = nd[1]
+    local d = disks.disk(cfg, data_path, name)
+    local via = pname and (" (storage policy '" .. pname .. "')") or ""
+    if not d then
+      return nil, string.format("%s uses disk '%s'%s, which is not in the configuration (%s)",
+        what, name, via, cfg and cfg.source or "no configuration")
+    end
+    if d.type ~= "local" then
+      return nil, string.format("%s uses disk '%s'%s of type %s: chbackup reads local disks only",
+        what, name, via, d.type)
+    end
+    if not seen[name] then
+      seen[name] = true
+      d.volume = nd[2]
+      out[#out + 1] = d
+    end
+  end
+  return out
+end
+
+
+--- A table's directory on each disk of its policy: list of {disk=, dir=}
+-- (the table's data_dir rebased from the data path onto each disk's path),
+-- or nil, err naming the table and the disk.
+function disks.locations(cfg, data_path, tbl)
+  local what = "table " .. names.qualified(tbl.database, tbl.name)
+  local list, err = disks.for_body(cfg, data_path, tbl.table_body or tbl.body, what)
+  if not list then
+    return nil, err
+  end
+  local root = trim_slash(data_path)
+  local rel = tbl.data_dir:sub(#root + 2)
+  if tbl.data_dir:sub(1, #root + 1) ~= root .. "/" or rel == "" then
+    return nil, what .. ": its data directory " .. tbl.data_dir .. " is not inside " .. root
+  end
+  local out = {}
+  for _, d in ipairs(list) do
+    out[#out + 1] = { disk = d.name, dir = d.path .. "/" .. rel, disk_path = d.path }
+  end
+  return out, rel
+end
+
+
+--- Local disks of the configuration that are not in `locations` but hold
+-- the table's directory with part-named entries: ClickHouse refuses to
+-- load such a table ("found on disk … which is not defined in the storage
+-- policy"), so a backup must not pretend the table is whole. Returns the
+-- first such {disk=, dir=} or nil.
+function disks.stray(cfg, data_path, locations, rel, is_part_name)
+  local used = {}
+  for _, l in ipairs(locations) do
+    used[l.disk] = true
+  end
+  local lfs = require("lfs")
+  local list = {}
+  for name in pairs(cfg and cfg.disks or {}) do
+    list[#list + 1] = name
+  end
+  table.sort(list)
+  for _, name in ipairs(list) do
+    local d = disks.disk(cfg, data_path, name)
+    if not used[name] and d and d.type == "local" and d.path then
+      local dir = d.path .. "/" .. rel
+      local ok, iter, state = pcall(lfs.dir, dir)
+      if ok and lfs.attributes(dir, "mode") == "directory" then
+        local found = {}
+        for entry in iter, state do
+          if is_part_name(entry) then
+            found[#found + 1] = entry
+          end
+        end
+        table.sort(found)
+        if found[1] then
+          return { disk = name, dir = dir, part = found[1] }
+        end
+      end
+    end
+  end
+  return nil
+end
+
+
+--- chbackup's own record, in a directory backup, of the disk each part
+-- was on (only parts not on the default disk): JSON
+-- `{"data/<db>/<t>/<part>": "<disk>", …}`. Not listed in `.backup` (like
+-- `.chbackup-encryption`); ClickHouse ignores it. RESTORE puts a part back
+-- on that disk when the target's policy has a disk of that name.
+disks.RECORD_FILE = ".chbackup-disks"
+
+
+--- The record's text for a backup's data entries ({name=, disk=}), or nil
+-- when every part is on the default disk.
+function disks.record(data)
+  local map, any = {}, false
+  for _, d in ipairs(data) do
+    local part = d.disk and d.disk ~= "default" and d.name:match("^(data/[^/]+/[^/]+/[^/]+)/")
+    if part then
+      map[part] = d.disk
+      any = true
+    end
+  end
+  if not any then
+    return nil
+  end
+  return require("cjson").encode(map)
+end
+
+
+--- The record of an opened directory backup (chain.open) as a map part
+-- prefix -> disk, or nil when it has none.
+function disks.read_record(b)
+  if not b or b.dest.archive then
+    return nil
+  end
+  local f = io.open(b.dest.path .. "/" .. disks.RECORD_FILE, "rb")
+  if not f then
+    return nil
+  end
+  local text = f:read("a")
+  f:close()
+  local ok, map = pcall(require("cjson").decode, text or "")
+  if not ok or type(map) ~= "table" then
+    return nil
+  end
+  return map
+end
+
+
+return disks

@@ -1,0 +1,207 @@
+-- Production data paths (issue 11): a MergeTree table on a storage policy
+-- of two local disks (`hot` = the default disk, the data path, and `cold`),
+-- parts moved with ALTER TABLE … MOVE PARTITION … TO DISK 'cold', and a
+-- dictionary. The data path is made by real ClickHouse at test time; both
+-- ways of interop are checked with ClickHouse's own counts and checksums.
+local h = require("spec.helpers")
+local manifest = require("chbackup.manifest")
+local q = h.quote
+
+local function sh(cmd)
+  assert(os.execute(cmd), cmd)
+end
+
+-- A config with disks `backups` and `cold` (each path given) and the policy
+-- hot_cold (volume hot: default, volume cold: cold). extra: more XML inside
+-- <disks>, or replace_cold = XML for the cold disk.
+local function write_config(path, backups, cold, opts)
+  opts = opts or {}
+  local cold_xml = opts.cold_xml or ("<cold><type>local</type><path>" .. cold .. "/</path></cold>")
+  local policies = opts.policies or [[
+    <policies><hot_cold><volumes>
+      <hot><disk>default</disk></hot>
+      <cold><disk>cold</disk></cold>
+    </volumes></hot_cold></policies>]]
+  h.write(path, ([[
+<clickhouse>
+  <timezone>UTC</timezone>
+  <storage_configuration>
+    <disks>
+      <backups><type>local</type><path>%s/</path></backups>
+      %s%s
+    </disks>
+    %s
+  </storage_configuration>
+  <backups><allowed_disk>backups</allowed_disk><allowed_path>%s/</allowed_path></backups>
+</clickhouse>
+]]):format(backups, cold_xml, opts.extra_disks or "", policies, backups))
+  return path
+end
+
+-- A place: data path, its cold disk, its config; all share one backups dir.
+local function place(root, name, backups, opts)
+  local p = { data = root .. "/" .. name, cold = root .. "/" .. name .. "-cold",
+    config = root .. "/" .. name .. ".xml", status = root .. "/" .. name .. "-status",
+    backups = backups }
+  sh("mkdir -p " .. q(p.cold))
+  write_config(p.config, backups, p.cold, opts)
+  return p
+end
+
+local function ch(p, stmts)
+  return h.clickhouse(p.data, stmts, p.config)
+end
+
+local function chb(p, statement)
+  local chbackup = require("chbackup")
+  local inst = assert(chbackup.open({ path = p.data, config = p.config, status_dir = p.status }))
+  return inst:execute(statement)
+end
+
+local DIGEST = {
+  "SELECT 'db.t', count(), sum(cityHash64(tuple(*))) FROM db.t",
+  "SELECT 'db.src', count(), sum(cityHash64(tuple(*))) FROM db.src",
+  "SELECT 'db.logt', count(), sum(cityHash64(tuple(*))) FROM db.logt",
+}
+
+-- Manifest entries keyed by name: size, checksum.
+local function entries(dir)
+  local m = assert(manifest.read(dir .. "/.backup"))
+  local out = {}
+  for _, f in ipairs(m.files) do
+    out[f.name] = { f.size, f.checksum }
+  end
+  return out
+end
+
+local function disks_of(p)
+  return ch(p, { "SELECT disk_name, count() FROM system.parts WHERE database = 'db' AND table = 't'"
+    .. " AND active GROUP BY disk_name ORDER BY disk_name" })
+end
+
+
+describe("storage policies", function()
+  local root, backups, src, expected
+  setup(function()
+    root = h.tmpdir("production")
+    backups = root .. "/backups"
+    sh("mkdir -p " .. q(backups))
+    src = place(root, "src", backups)
+    ch(src, {
+      "CREATE DATABASE db",
+      "CREATE TABLE db.t (d Date, id UInt64, s String) ENGINE = MergeTree PARTITION BY toYYYYMM(d)"
+        .. " ORDER BY id SETTINGS storage_policy = 'hot_cold', min_parts_to_merge_at_once = 1000,"
+        .. " old_parts_lifetime = 1000000000",
+      "INSERT INTO db.t SELECT toDate('2024-01-01') + number % 90, number, toString(number) FROM numbers(3000)",
+      "INSERT INTO db.t SELECT toDate('2024-01-01') + number % 40, number, 'x' FROM numbers(500)",
+      "ALTER TABLE db.t MOVE PARTITION 202401 TO DISK 'cold'",
+      "ALTER TABLE db.t MOVE PARTITION 202403 TO DISK 'cold'",
+      "CREATE TABLE db.src (k UInt64, v String) ENGINE = MergeTree ORDER BY k",
+      "INSERT INTO db.src SELECT number, 'v' || toString(number) FROM numbers(10)",
+      "CREATE TABLE db.logt (a UInt32) ENGINE = Log",
+      "INSERT INTO db.logt SELECT number FROM numbers(7)",
+      "BACKUP DATABASE db TO Disk('backups', 'ch')",
+    })
+    expected = ch(src, DIGEST)
+    assert.equal("cold\t3\ndefault\t2\n", disks_of(src))
+  end)
+
+  it("the source has parts on both disks", function()
+    assert.is_truthy(expected:find("db.t\t3500\t", 1, true), expected)
+  end)
+
+  it("BACKUP reads every disk of the policy: its backup equals ClickHouse's", function()
+    local r = assert(chb(src, "BACKUP DATABASE db TO Disk('backups', 'ours')"))
+    assert.equal("BACKUP_CREATED", r[1].status)
+    local ours, theirs = entries(backups .. "/ours"), entries(backups .. "/ch")
+    local cold_files = 0
+    for name, e in pairs(theirs) do
+      local generated = name:match("^data/db/logt/columns%.txt$") or name:match("^data/db/logt/count%.txt$")
+      if not generated then
+        assert.same(e, ours[name], name)
+      end
+      if name:match("^data/db/t/202401_") or name:match("^data/db/t/202403_") then
+        cold_files = cold_files + 1
+      end
+    end
+    assert.is_true(cold_files >= 20, "parts on the cold disk are in the backups")
+    for name in pairs(ours) do
+      assert.is_not_nil(theirs[name], "not in ClickHouse's backup: " .. name)
+    end
+  end)
+
+  it("ClickHouse RESTOREs chbackup's backup: same rows, same checksums", function()
+    local p = place(root, "ch_restores_ours", backups)
+    ch(p, { "RESTORE DATABASE db FROM Disk('backups', 'ours')" })
+    assert.equal(expected, ch(p, DIGEST))
+  end)
+
+  it("chbackup restores ClickHouse's backup onto the policy's disks; ClickHouse opens it", function()
+    local p = place(root, "ours_restores_ch", backups)
+    local r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')"))
+    assert.equal("RESTORED", r[1].status)
+    assert.equal(expected, ch(p, DIGEST))
+    -- a backup made by ClickHouse does not say which disk a part was on:
+    -- every part goes to the policy's first disk with room, as ClickHouse's RESTORE does
+    assert.equal("default\t5\n", disks_of(p))
+  end)
+
+  it("chbackup restores its own backup: parts go back to the disk they were on", function()
+    local p = place(root, "ours_restores_ours", backups)
+    local r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ours')"))
+    assert.equal("RESTORED", r[1].status)
+    assert.equal(expected, ch(p, DIGEST))
+    assert.equal("cold\t3\ndefault\t2\n", disks_of(p))
+    -- and it backs up again whole, equal to the first backup
+    r = assert(chb(p, "BACKUP DATABASE db TO Disk('backups', 'again')"))
+    assert.equal("BACKUP_CREATED", r[1].status)
+    local a, b = entries(backups .. "/ours"), entries(backups .. "/again")
+    for name, e in pairs(a) do
+      if name:match("^data/") then
+        assert.same(e, b[name], name)
+      end
+    end
+  end)
+
+  it("RESTORE refuses a target policy or disk the configuration lacks, before writing", function()
+    local p = place(root, "no_policy", backups, { policies = "" })
+    local _, err = chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')")
+    assert.is_truthy(err and err:find("table db.t uses storage policy 'hot_cold', which is not in the configuration", 1, true), err)
+    assert.is_false(h.exists(p.data .. "/metadata/db.sql"))
+    local p2 = place(root, "no_cold", backups, { cold_xml = "" })
+    _, err = chb(p2, "RESTORE DATABASE db FROM Disk('backups', 'ch')")
+    assert.is_truthy(err and err:find(
+      "table db.t uses disk 'cold' (storage policy 'hot_cold'), which is not in the configuration", 1, true), err)
+    assert.is_false(h.exists(p2.data .. "/metadata/db.sql"))
+    assert.same({}, h.tree(p2.data .. "/store"))
+  end)
+
+  it("BACKUP refuses a policy not in the config, a disk it cannot read offline, parts outside the policy", function()
+    local function copy(name, opts)
+      local p = place(root, name, backups, opts)
+      sh("rm -rf " .. q(p.data) .. " " .. q(p.cold) .. " && cp -a " .. q(src.data) .. " " .. q(p.data)
+        .. " && cp -a " .. q(src.cold) .. " " .. q(p.cold))
+      return p
+    end
+    local p = copy("b_no_policy", { policies = "" })
+    local _, err = chb(p, "BACKUP DATABASE db TO Disk('backups', 'x1')")
+    assert.is_truthy(err and err:find("table db.t uses storage policy 'hot_cold', which is not in the configuration", 1, true), err)
+    assert.is_false(h.exists(backups .. "/x1"))
+    -- BACKUP TABLE of another table of the database still works
+    local r = assert(chb(p, "BACKUP TABLE db.src TO Disk('backups', 'x1src')"))
+    assert.equal("BACKUP_CREATED", r[1].status)
+
+    p = copy("b_s3", { cold_xml = "<cold><type>s3</type><endpoint>http://localhost/b/</endpoint></cold>" })
+    _, err = chb(p, "BACKUP TABLE db.t TO Disk('backups', 'x2')")
+    assert.is_truthy(err and err:find("table db.t uses disk 'cold' (storage policy 'hot_cold') of type s3", 1, true), err)
+    assert.is_false(h.exists(backups .. "/x2"))
+
+    -- parts on a local disk that the table's policy does not name
+    p = copy("b_stray", { policies = [[
+      <policies><hot_cold><volumes><hot><disk>default</disk></hot></volumes></hot_cold></policies>]] })
+    _, err = chb(p, "BACKUP TABLE db.t TO Disk('backups', 'x3')")
+    assert.is_truthy(err and err:find("table db.t has part 202401_1_1_0 on disk 'cold'", 1, true), err)
+    assert.is_truthy(err:find("not in its storage policy", 1, true), err)
+    assert.is_false(h.exists(backups .. "/x3"))
+  end)
+end)
