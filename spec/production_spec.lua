@@ -62,6 +62,8 @@ local DIGEST = {
   "SELECT 'db.t', count(), sum(cityHash64(tuple(*))) FROM db.t",
   "SELECT 'db.src', count(), sum(cityHash64(tuple(*))) FROM db.src",
   "SELECT 'db.logt', count(), sum(cityHash64(tuple(*))) FROM db.logt",
+  "SELECT 'dict', sum(cityHash64(dictGet('db.dict', 'v', number))) FROM numbers(20)",
+  "SELECT 'dict_count', count() FROM db.dict",
 }
 
 -- Manifest entries keyed by name: size, checksum.
@@ -80,7 +82,7 @@ local function disks_of(p)
 end
 
 
-describe("storage policies", function()
+describe("storage policies and dictionaries", function()
   local root, backups, src, expected
   setup(function()
     root = h.tmpdir("production")
@@ -100,14 +102,17 @@ describe("storage policies", function()
       "INSERT INTO db.src SELECT number, 'v' || toString(number) FROM numbers(10)",
       "CREATE TABLE db.logt (a UInt32) ENGINE = Log",
       "INSERT INTO db.logt SELECT number FROM numbers(7)",
+      "CREATE DICTIONARY db.dict (k UInt64, v String DEFAULT 'none') PRIMARY KEY k"
+        .. " SOURCE(CLICKHOUSE(TABLE 'src' DB 'db')) LIFETIME(0) LAYOUT(HASHED())",
       "BACKUP DATABASE db TO Disk('backups', 'ch')",
     })
     expected = ch(src, DIGEST)
     assert.equal("cold\t3\ndefault\t2\n", disks_of(src))
   end)
 
-  it("the source has parts on both disks", function()
+  it("the source has parts on both disks and a dictionary that answers", function()
     assert.is_truthy(expected:find("db.t\t3500\t", 1, true), expected)
+    assert.is_truthy(expected:find("dict_count\t10", 1, true), expected)
   end)
 
   it("BACKUP reads every disk of the policy: its backup equals ClickHouse's", function()
@@ -128,9 +133,11 @@ describe("storage policies", function()
     for name in pairs(ours) do
       assert.is_not_nil(theirs[name], "not in ClickHouse's backup: " .. name)
     end
+    -- the dictionary's metadata is byte for byte ClickHouse's
+    assert.equal(h.read(backups .. "/ch/metadata/db/dict.sql"), h.read(backups .. "/ours/metadata/db/dict.sql"))
   end)
 
-  it("ClickHouse RESTOREs chbackup's backup: same rows, same checksums", function()
+  it("ClickHouse RESTOREs chbackup's backup: same rows, same checksums, dictGet works", function()
     local p = place(root, "ch_restores_ours", backups)
     ch(p, { "RESTORE DATABASE db FROM Disk('backups', 'ours')" })
     assert.equal(expected, ch(p, DIGEST))
@@ -140,6 +147,9 @@ describe("storage policies", function()
     local p = place(root, "ours_restores_ch", backups)
     local r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')"))
     assert.equal("RESTORED", r[1].status)
+    -- the dictionary is written as ClickHouse writes it into a data path
+    local dict = h.read(p.data .. "/metadata/db/dict.sql")
+    assert.is_truthy(dict:match("^CREATE DICTIONARY _ UUID '[%x%-]+' "), dict)
     assert.equal(expected, ch(p, DIGEST))
     -- a backup made by ClickHouse does not say which disk a part was on:
     -- every part goes to the policy's first disk with room, as ClickHouse's RESTORE does
@@ -161,6 +171,27 @@ describe("storage policies", function()
         assert.same(e, b[name], name)
       end
     end
+  end)
+
+  it("a dictionary restored under another database name reads that database's table", function()
+    local p = place(root, "renamed", backups)
+    local r = assert(chb(p, "RESTORE DATABASE db AS db2 FROM Disk('backups', 'ch')"))
+    assert.equal("RESTORED", r[1].status)
+    local dict = h.read(p.data .. "/metadata/db2/dict.sql")
+    assert.is_truthy(dict:find("DB 'db2'", 1, true), dict)
+    assert.equal("dict\t" .. expected:match("\ndict\t(%d+)") .. "\n", ch(p, {
+      "SELECT 'dict', sum(cityHash64(dictGet('db2.dict', 'v', number))) FROM numbers(20)" }))
+  end)
+
+  it("dictionary metadata of a data path is read and written as ClickHouse keeps it", function()
+    local ddl = require("chbackup.ddl")
+    local text = h.read(src.data .. "/metadata/db/dict.sql")
+    assert.is_truthy(text:match("^CREATE DICTIONARY _ UUID "), text)   -- ClickHouse's own form
+    local info = assert(ddl.parse_attach(text))
+    assert.equal("DICTIONARY", info.object)
+    assert.equal(ddl.one_line(text), ddl.one_line(ddl.attach_statement(info.object, info.uuid, info.body)))
+    -- the older `ATTACH DICTIONARY _` form is still read
+    assert.equal("DICTIONARY", ddl.parse_attach((text:gsub("^CREATE", "ATTACH"))).object)
   end)
 
   it("RESTORE refuses a target policy or disk the configuration lacks, before writing", function()

@@ -145,12 +145,16 @@ local function read_uuid(s, i)
 end
 
 
---- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path.
+--- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path
+-- (dictionaries are kept as `CREATE DICTIONARY _ UUID '…' …`).
 -- Returns {object=, uuid=|nil, body=} or nil, err.
 function ddl.parse_attach(sql)
   local object, i = read_head(sql, "ATTACH")
   if not object then
-    return nil, "not an ATTACH statement"
+    object, i = read_head(sql, "CREATE")
+    if object ~= "DICTIONARY" then
+      return nil, "not an ATTACH statement"
+    end
   end
   local _, j = read_identifier(sql, i)
   if not j then
@@ -203,9 +207,11 @@ function ddl.create_statement(object, database, name, uuid, body)
 end
 
 
---- The ATTACH statement a data path stores for an object.
+--- The statement a data path stores for an object: `ATTACH <object> _ …`,
+-- but `CREATE DICTIONARY _ …` for dictionaries, as ClickHouse writes them
+-- (it cannot parse `ATTACH DICTIONARY _` with a definition at start-up).
 function ddl.attach_statement(object, uuid, body)
-  local parts = { "ATTACH", object, "_" }
+  local parts = { object == "DICTIONARY" and "CREATE" or "ATTACH", object, "_" }
   if uuid then
     parts[#parts + 1] = "UUID '" .. uuid .. "'"
   end
