@@ -236,3 +236,69 @@ describe("storage policies and dictionaries", function()
     assert.is_false(h.exists(backups .. "/x3"))
   end)
 end)
+
+
+describe("engines chbackup cannot read offline", function()
+  local root, backups, src
+  setup(function()
+    root = h.tmpdir("engines")
+    backups = root .. "/backups"
+    sh("mkdir -p " .. q(backups))
+    src = place(root, "src", backups)
+    ch(src, {
+      "CREATE DATABASE d2",
+      "CREATE TABLE d2.mem (a UInt32) ENGINE = Memory",
+      "INSERT INTO d2.mem VALUES (1), (2)",
+      "CREATE TABLE d2.target (a UInt32) ENGINE = MergeTree ORDER BY a",
+      "INSERT INTO d2.target VALUES (3)",
+      "CREATE TABLE d2.buf (a UInt32) ENGINE = Buffer(d2, target, 1, 10, 100, 10000, 1000000, 10000000, 100000000)",
+      "CREATE TABLE d2.st (a UInt32) ENGINE = Set",
+      "INSERT INTO d2.st VALUES (7)",
+      "CREATE TABLE d2.nul (a UInt32) ENGINE = Null",
+      "BACKUP DATABASE d2 TO Disk('backups', 'ch')",
+    })
+  end)
+
+  local function refused(statement, patterns)
+    local _, err = chb(src, statement)
+    assert.is_string(err, statement)
+    for _, p in ipairs(patterns) do
+      assert.is_truthy(err:find(p, 1, true), "error does not name '" .. p .. "': " .. err)
+    end
+  end
+
+  it("Memory and Buffer tables are refused by name, never skipped", function()
+    refused("BACKUP DATABASE d2 TO Disk('backups', 'x')", { "table d2.buf (Buffer) keeps its data in the server's memory" })
+    refused("BACKUP TABLE d2.mem TO Disk('backups', 'x')", { "table d2.mem (Memory)", "structure_only" })
+    assert.is_false(h.exists(backups .. "/x"))
+  end)
+
+  it("an engine that keeps files chbackup does not back up is refused (Set)", function()
+    refused("BACKUP DATABASE d2 EXCEPT TABLES buf, mem TO Disk('backups', 'x')",
+      { "table d2.st (Set) keeps data chbackup cannot back up", "/1.bin" })
+    assert.is_false(h.exists(backups .. "/x"))
+  end)
+
+  it("excluded, they are left out; structure_only backs up every definition", function()
+    local r = assert(chb(src, "BACKUP DATABASE d2 EXCEPT TABLES buf, mem, st TO Disk('backups', 'rest')"))
+    assert.equal("BACKUP_CREATED", r[1].status)
+    r = assert(chb(src, "BACKUP DATABASE d2 TO Disk('backups', 'struct') SETTINGS structure_only = true"))
+    assert.equal("BACKUP_CREATED", r[1].status)
+    for name in pairs(entries(backups .. "/struct")) do
+      assert.is_truthy(name:match("^metadata/"), name)
+    end
+    local p = place(root, "ch_restores_struct", backups)
+    ch(p, { "RESTORE DATABASE d2 FROM Disk('backups', 'struct')" })
+    assert.equal("buf\nmem\nnul\nst\ntarget\n",
+      ch(p, { "SELECT name FROM system.tables WHERE database = 'd2' ORDER BY name" }))
+  end)
+
+  it("RESTORE of a Memory table's rows is refused offline; structure_only creates it empty", function()
+    local p = place(root, "ours_restores_mem", backups)
+    local _, err = chb(p, "RESTORE TABLE d2.mem FROM Disk('backups', 'ch')")
+    assert.is_truthy(err and err:find("table d2.mem (Memory) has data in backup", 1, true), err)
+    local r = assert(chb(p, "RESTORE TABLE d2.mem FROM Disk('backups', 'ch') SETTINGS structure_only = true"))
+    assert.equal("RESTORED", r[1].status)
+    assert.equal("0\n", ch(p, { "SELECT count() FROM d2.mem" }))
+  end)
+end)

@@ -93,7 +93,7 @@ function backup.run(ctx, req)
     return nil, err
   end
   local files
-  files, err = plan.backup_files(selection)
+  files, err = plan.backup_files(selection, { structure_only = settings.structure_only })
   if not files then
     return nil, err
   end

@@ -60,7 +60,10 @@ end
 
 
 --- Engine family: what chbackup does with a table's data.
---   "mergetree": parts; "log": a flat directory of files; "none": no data.
+--   "mergetree": parts; "log": a flat directory of files; "memory": data in
+--   the server's memory (Memory, Buffer), which cannot be read offline;
+--   "none": no data chbackup knows of (views, dictionaries, engines over
+--   external data; a data directory holding files is checked by the plan).
 function catalog.engine_family(object, engine)
   if object ~= "TABLE" or not engine then
     return "none"
@@ -71,7 +74,29 @@ function catalog.engine_family(object, engine)
   if engine == "Log" or engine == "TinyLog" or engine == "StripeLog" then
     return "log"
   end
+  if engine == "Memory" or engine == "Buffer" then
+    return "memory"
+  end
   return "none"
+end
+
+
+--- The first regular file under dir (recursively), or nil: a table of an
+-- engine chbackup does not back up must keep no data there.
+function catalog.first_file(dir)
+  local mode = lfs.symlinkattributes(dir, "mode")
+  if mode == "file" then
+    return dir
+  elseif mode ~= "directory" then
+    return nil
+  end
+  for _, entry in ipairs(catalog.list_dir(dir) or {}) do
+    local found = catalog.first_file(dir .. "/" .. entry)
+    if found then
+      return found
+    end
+  end
+  return nil
 end
 
 
@@ -244,7 +269,7 @@ end
 -- parts of the table on a local disk outside its policy (ClickHouse does
 -- not load such a table). Returns true or nil, err.
 function Catalog:place(t)
-  if t.family == "none" or t.locations then
+  if (t.family ~= "mergetree" and t.family ~= "log") or t.locations then
     return true
   end
   local locations, rel = disks.locations(self.config, self.path, t)

@@ -227,7 +227,8 @@ function ddl.engine(body)
   local depth, flat = 0, {}
   for _, seg in ipairs(segments(body)) do
     if seg.quoted then
-      flat[#flat + 1] = depth == 0 and " '' " or ""
+      -- a quoted identifier may be the engine's name (ENGINE = `Null`)
+      flat[#flat + 1] = depth == 0 and (seg.text:match('^[`"]([%a_][%w_]*)[`"]$') or " '' ") or ""
     else
       for c in seg.text:gmatch(".") do
         if c == "(" then

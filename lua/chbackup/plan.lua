@@ -157,10 +157,13 @@ function plan.select_for_backup(cat, elements)
 end
 
 
---- The files a backup of the selection holds.
--- Returns { metadata = { {name=, content=} }, data = { {name=, path=,
--- size=, checksum=|nil} } } or nil, err. Data sizes come from the data path.
-function plan.backup_files(selection)
+--- The files a backup of the selection holds. opts.structure_only: metadata
+-- only. Returns { metadata = { {name=, content=} }, data = { {name=, path=,
+-- size=, checksum=|nil, disk=} } } or nil, err. Data sizes come from the
+-- data path. A table whose data chbackup cannot read (Memory, Buffer, an
+-- engine it does not know that keeps files) is refused, never skipped.
+function plan.backup_files(selection, opts)
+  local structure_only = opts and opts.structure_only
   local metadata, data = {}, {}
   for _, d in ipairs(selection.databases) do
     local db = d.database
@@ -178,7 +181,18 @@ function plan.backup_files(selection)
         renaming.apply(t.body, selection.renaming)),
     }
     local prefix = "data/" .. esc_db .. "/" .. esc_t .. "/"
-    if t.family == "mergetree" then
+    local what = qualified(t.database, t.name) .. " (" .. tostring(t.engine) .. ")"
+    local way_out = ": exclude it (… EXCEPT TABLES …) or use SETTINGS structure_only = true"
+    local family = structure_only and "metadata only" or t.family
+    if family == "memory" then
+      return nil, "table " .. what .. " keeps its data in the server's memory; chbackup reads"
+        .. " data paths offline and cannot back it up" .. way_out
+    elseif family == "none" and (t.inner or t.object == "TABLE") and t.data_dir then
+      local file = catalog_mod.first_file(t.data_dir)
+      if file then
+        return nil, "table " .. what .. " keeps data chbackup cannot back up (" .. file .. ")" .. way_out
+      end
+    elseif family == "mergetree" then
       local parts, visited = catalog_mod.active_parts(t)
       if not parts then
         return nil, "table " .. qualified(t.database, t.name) .. ": " .. visited
@@ -204,7 +218,7 @@ function plan.backup_files(selection)
           end
         end
       end
-    elseif t.family == "log" then
+    elseif family == "log" then
       if s.partitions then
         return nil, "table " .. qualified(t.database, t.name) .. " (" .. t.engine
           .. ") has no partitions: PARTITIONS cannot be used with it"

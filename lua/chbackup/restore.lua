@@ -285,6 +285,17 @@ function restore.run(ctx, req)
       family = catalog_mod.engine_family(has_inner and "TABLE" or info.object, engine),
       engine = engine, has_inner = has_inner,
     }
+    if t.family == "memory" then
+      -- Memory/Buffer: ClickHouse's backup may hold a Memory table's rows,
+      -- which only a running server can load; offline, the table is created
+      -- empty only when asked for the structure alone.
+      if #s.tbl.data > 0 and not settings.structure_only then
+        return nil, "table " .. qname .. " (" .. engine .. ") has data in backup " .. src.name
+          .. " that only a running server can load into memory; use SETTINGS structure_only = true"
+          .. " or exclude it"
+      end
+      t.family = "none"
+    end
     if existing then
       if ddl.structure(existing.body) ~= ddl.structure(info.body) or existing.object ~= info.object then
         return nil, "table " .. qname .. " already exists with a different structure"

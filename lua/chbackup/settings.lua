@@ -10,6 +10,7 @@ local BACKUP = {
   compression_level = "integer",
   password = "string",
   deduplicate_files = "boolean",
+  structure_only = "boolean",
   -- chbackup's own: worker threads and fsync of every written file
   threads = "integer",
   fsync = "boolean",
