@@ -173,6 +173,49 @@ describe("storage policies and dictionaries", function()
     end
   end)
 
+  it("a zip backup records the disks too; a policy without the recorded disk gets the part on its first disk", function()
+    local r = assert(chb(src, "BACKUP DATABASE db TO Disk('backups', 'ours.zip')"))
+    assert.equal("BACKUP_CREATED", r[1].status)
+    local p = place(root, "ours_restores_zip", backups)
+    r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ours.zip')"))
+    assert.equal("RESTORED", r[1].status)
+    assert.equal(expected, ch(p, DIGEST))
+    assert.equal("cold\t3\ndefault\t2\n", disks_of(p))
+    -- the target's hot_cold has no disk 'cold': every part goes to 'default'
+    local p2 = place(root, "hot_only", backups, { policies = [[
+      <policies><hot_cold><volumes><hot><disk>default</disk></hot></volumes></hot_cold></policies>]] })
+    r = assert(chb(p2, "RESTORE DATABASE db FROM Disk('backups', 'ours')"))
+    assert.equal("RESTORED", r[1].status)
+    assert.equal(expected, ch(p2, DIGEST))
+    assert.equal("default\t5\n", disks_of(p2))
+  end)
+
+  it("a part goes to the next disk of the policy when the first has no room", function()
+    local small = root .. "/small"
+    sh("mkdir -p " .. q(small))
+    if not os.execute("mount -t tmpfs -o size=256k tmpfs " .. q(small) .. " 2>/dev/null") then
+      pending("cannot mount a small tmpfs here (needs root)")
+      return
+    end
+    local ok, err = pcall(function()
+      -- fill it but 40 KiB: room for the table's directories, not for a part
+      -- (13 files, at least one 4 KiB block each)
+      os.execute("dd if=/dev/zero of=" .. q(small .. "/fill") .. " bs=4k count=54 2>/dev/null")
+      local p = place(root, "full_first", backups, {
+        extra_disks = "<small><type>local</type><path>" .. small .. "/</path></small>",
+        policies = [[
+      <policies><hot_cold><volumes>
+        <hot><disk>small</disk></hot><cold><disk>cold</disk></cold>
+      </volumes></hot_cold></policies>]] })
+      local r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')"))
+      assert.equal("RESTORED", r[1].status)
+      assert.equal(expected, ch(p, DIGEST))
+      assert.equal("cold\t5\n", disks_of(p))
+    end)
+    os.execute("umount " .. q(small))
+    assert(ok, err)
+  end)
+
   it("a dictionary restored under another database name reads that database's table", function()
     local p = place(root, "renamed", backups)
     local r = assert(chb(p, "RESTORE DATABASE db AS db2 FROM Disk('backups', 'ch')"))

@@ -168,7 +168,8 @@ function disks.stray(cfg, data_path, locations, rel, is_part_name)
 end
 
 
---- chbackup's own record, in a directory backup, of the disk each part
+--- chbackup's own record, in a backup (a file of a directory backup, an
+-- entry of a zip), of the disk each part
 -- was on (only parts not on the default disk): JSON
 -- `{"data/<db>/<t>/<part>": "<disk>", …}`. Not listed in `.backup` (like
 -- `.chbackup-encryption`); ClickHouse ignores it. RESTORE puts a part back
@@ -194,18 +195,26 @@ function disks.record(data)
 end
 
 
---- The record of an opened directory backup (chain.open) as a map part
+--- The record of an opened backup (chain.open; directory or zip) as a map part
 -- prefix -> disk, or nil when it has none.
 function disks.read_record(b)
-  if not b or b.dest.archive then
+  if not b then
     return nil
   end
-  local f = io.open(b.dest.path .. "/" .. disks.RECORD_FILE, "rb")
-  if not f then
-    return nil
+  local text
+  if b.dest.archive then
+    if not (b.entries and b.entries[disks.RECORD_FILE] and b.reader) then
+      return nil
+    end
+    text = b.reader:read(disks.RECORD_FILE)
+  else
+    local f = io.open(b.dest.path .. "/" .. disks.RECORD_FILE, "rb")
+    if not f then
+      return nil
+    end
+    text = f:read("a")
+    f:close()
   end
-  local text = f:read("a")
-  f:close()
   local ok, map = pcall(require("cjson").decode, text or "")
   if not ok or type(map) ~= "table" then
     return nil

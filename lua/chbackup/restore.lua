@@ -387,7 +387,8 @@ function restore.run(ctx, req)
       for _, d in ipairs(t.sel.tbl.data) do
         local pn = d.rel:match("^([^/]+)/")
         if pn then
-          part_size[pn] = (part_size[pn] or 0) + d.file.size
+          -- room it takes: whole 4 KiB blocks per file and one for the directory
+          part_size[pn] = (part_size[pn] or 4096) + (d.file.size + 4095) // 4096 * 4096
         end
       end
       for _, d in ipairs(t.sel.tbl.data) do
