@@ -216,6 +216,33 @@ describe("storage policies and dictionaries", function()
     assert(ok, err)
   end)
 
+  it("policy verify restores into scratch: a policy's other disks are moved there, never written in place", function()
+    local verify = require("chbackup.policy.verify")
+    local counter = require("chbackup.policy.counter")
+    local config = require("chbackup.config")
+    local cfg = assert(config.load(src.config))
+    local scratch = root .. "/verify-scratch"
+    local scfg = verify.scratch_config(cfg, scratch)
+    assert.equal(scratch .. "/disks/cold/", scfg.disks.cold.path)
+    assert.equal(cfg.disks.backups.path, scfg.disks.backups.path)   -- the backups stay where they are
+    local before = h.tree(src.cold)
+    local chbackup = require("chbackup")
+    local inst = assert(chbackup.open({ path = scratch .. "/data", config = scfg, status_dir = scratch .. "/status" }))
+    local r = assert(inst:execute("RESTORE ALL FROM Disk('backups', 'ours')"))
+    assert.equal("RESTORED", r[1].status)
+    assert.same(before, h.tree(src.cold))
+    local cold_parts = 0
+    for _, f in ipairs(h.tree(scratch .. "/disks/cold/store")) do
+      if f:match("^[^/]+/[^/]+/[^/]+/checksums%.txt$") then
+        cold_parts = cold_parts + 1
+      end
+    end
+    assert.equal(3, cold_parts)
+    -- rows counted from the parts on both disks
+    local rows = assert(counter.from_data_path(scratch .. "/data", scfg))
+    assert.equal(3500, rows.db.t.total)
+  end)
+
   it("a dictionary restored under another database name reads that database's table", function()
     local p = place(root, "renamed", backups)
     local r = assert(chb(p, "RESTORE DATABASE db AS db2 FROM Disk('backups', 'ch')"))

@@ -10,7 +10,8 @@
 --       backup (read through its chain, each file checked against its
 --       checksum): exact for MergeTree tables, reads no data file, needs no
 --       server; Log-family tables are not counted.
---   counter.from_data_path(path)           the same, from a data path's active parts.
+--   counter.from_data_path(path[, cfg])    the same, from a data path's active parts (cfg: on
+--                                          every disk of each table's storage policy).
 --   counter.with_clickhouse(run, path, o)  real ClickHouse (embedded) on a
 --       data path: rows per partition from system.parts, count() and, with
 --       o.digest, sum(cityHash64(tuple(*))) — a full read of every column.
@@ -114,8 +115,8 @@ end
 
 -- The tables of a data path that hold data, outside the system databases:
 -- list of {db = name, t = catalog table}, or nil, err.
-local function data_tables(path)
-  local cat, err = catalog.open(path)
+local function data_tables(path, cfg)
+  local cat, err = catalog.open(path, cfg)
   if not cat then
     return nil, err
   end
@@ -128,6 +129,12 @@ local function data_tables(path)
       end
       for _, t in ipairs(list) do
         if t.family ~= "none" then
+          if cfg then   -- the table's parts on every disk of its storage policy
+            local ok, perr = cat:place(t)
+            if not ok then
+              return nil, perr
+            end
+          end
           out[#out + 1] = { db = db.name, t = t }
         end
       end
@@ -138,8 +145,8 @@ end
 
 
 --- Counts rows of a data path from its active parts' count.txt.
-function counter.from_data_path(path)
-  local tables, err = data_tables(path)
+function counter.from_data_path(path, cfg)
+  local tables, err = data_tables(path, cfg)
   if not tables then
     return nil, err
   end

@@ -94,10 +94,40 @@ function verify.checksums(b, threads)
 end
 
 
+-- The configuration a scratch restore uses: the source's, with every local
+-- disk other than the default one and the backup disks moved into the
+-- scratch directory, so that parts restored onto a storage policy's other
+-- disks (`cold`, …) land in scratch, never on the production disks.
+function verify.scratch_config(cfg, scratch)
+  local out = {}
+  for k, v in pairs(cfg) do
+    out[k] = v
+  end
+  local keep = {}
+  for _, name in ipairs(cfg.allowed_disks or {}) do
+    keep[name] = true
+  end
+  out.disks = {}
+  for name, d in pairs(cfg.disks or {}) do
+    if d.type == "local" and name ~= "default" and not keep[name] then
+      local copy = {}
+      for k, v in pairs(d) do
+        copy[k] = v
+      end
+      copy.path = scratch .. "/disks/" .. name .. "/"
+      out.disks[name] = copy
+    else
+      out.disks[name] = d
+    end
+  end
+  return out
+end
+
+
 local function default_restore(ctx, data, point)
   local chbackup = require("chbackup")
-  local inst, err = chbackup.open({ path = data, config = ctx.cfg, status_dir = data:gsub("/data$", "") .. "/status",
-    threads = ctx.threads })
+  local inst, err = chbackup.open({ path = data, config = verify.scratch_config(ctx.cfg, data:gsub("/data$", "")),
+    status_dir = data:gsub("/data$", "") .. "/status", threads = ctx.threads })
   if not inst then
     return nil, err
   end
@@ -233,7 +263,7 @@ function verify.backup(ctx, point)
       restored_rows, rerr = counter.with_clickhouse(ctx.clickhouse, data, { digest = true })
       how = "read with " .. (ctx.clickhouse_name or "ClickHouse")
     else
-      restored_rows, rerr = counter.from_data_path(data)
+      restored_rows, rerr = counter.from_data_path(data, verify.scratch_config(ctx.cfg, scratch))
       how = "from the restored parts' count.txt (no ClickHouse: " .. tostring(ctx.clickhouse_why) .. ")"
     end
     if not restored_rows then
