@@ -264,6 +264,21 @@ describe("storage policies and dictionaries", function()
     assert.equal("DICTIONARY", ddl.parse_attach((text:gsub("^CREATE", "ATTACH"))).object)
   end)
 
+  it("RESTORE with allow_non_empty_tables numbers new parts past the blocks on every disk", function()
+    local p = place(root, "non_empty", backups)
+    assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ours')"))
+    local r = assert(chb(p, "RESTORE TABLE db.t FROM Disk('backups', 'ours') SETTINGS allow_non_empty_tables = true"))
+    assert.equal("RESTORED", r[1].status)
+    local n = expected:match("db%.t\t(%d+)\t")
+    -- every row of the source exactly twice
+    assert.equal(string.format("%d\t0\n", 2 * tonumber(n)), ch(p, {
+      "SELECT (SELECT count() FROM db.t), (SELECT count() FROM (SELECT d, id, s, count() AS c FROM db.t"
+        .. " GROUP BY d, id, s HAVING c != 2))" }))
+    assert.equal("cold\t6\ndefault\t4\n", disks_of(p))
+    -- block numbers: ten distinct parts, none reused
+    assert.equal("10\n", ch(p, { "SELECT uniqExact(min_block_number) FROM system.parts WHERE table = 't' AND active" }))
+  end)
+
   it("RESTORE refuses a target policy or disk the configuration lacks, before writing", function()
     local p = place(root, "no_policy", backups, { policies = "" })
     local _, err = chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')")
@@ -296,6 +311,25 @@ describe("storage policies and dictionaries", function()
     _, err = chb(p, "BACKUP TABLE db.t TO Disk('backups', 'x2')")
     assert.is_truthy(err and err:find("table db.t uses disk 'cold' (storage policy 'hot_cold') of type s3", 1, true), err)
     assert.is_false(h.exists(backups .. "/x2"))
+
+    -- the cold disk's directory is gone (not mounted): not "no parts there"
+    p = copy("b_unmounted")
+    sh("rm -rf " .. q(p.cold))
+    _, err = chb(p, "BACKUP TABLE db.t TO Disk('backups', 'x4')")
+    assert.is_truthy(err and err:find("table db.t: disk 'cold' of its storage policy has no directory", 1, true), err)
+    assert.is_false(h.exists(backups .. "/x4"))
+
+    -- the same part on both disks (a move interrupted half way)
+    p = copy("b_twice")
+    local listed, out = h.run("ls -d " .. q(p.cold) .. "/store/*/*")
+    assert.is_truthy(listed, out)
+    local dir = out:match("[^\n]+")
+    local hot = p.data .. dir:sub(#p.cold + 1)
+    sh("cp -a " .. q(dir .. "/202401_1_1_0") .. " " .. q(hot .. "/202401_1_1_0"))
+    _, err = chb(p, "BACKUP TABLE db.t TO Disk('backups', 'x5')")
+    assert.is_truthy(err and err:find("part 202401_1_1_0 of table db.t is on disk 'default'", 1, true), err)
+    assert.is_truthy(err:find("and on disk 'cold'", 1, true), err)
+    assert.is_false(h.exists(backups .. "/x5"))
 
     -- parts on a local disk that the table's policy does not name
     p = copy("b_stray", { policies = [[

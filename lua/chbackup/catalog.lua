@@ -283,6 +283,13 @@ function Catalog:place(t)
     end
     t.data_dir = locations[1].dir
   end
+  for _, loc in ipairs(locations) do
+    -- a disk whose path is gone (not mounted?) would look like a disk without parts
+    if lfs.attributes(loc.disk_path, "mode") ~= "directory" then
+      return nil, string.format("table %s: disk '%s' of its storage policy has no directory %s (not mounted?)",
+        names.qualified(t.database, t.name), loc.disk, loc.disk_path)
+    end
+  end
   local stray = disks.stray(self.config, self.path, locations, rel,
     function(e) return catalog.parse_part_name(e) ~= nil end)
   if stray then
