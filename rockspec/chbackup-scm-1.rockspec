@@ -71,6 +71,7 @@ build = {
       ["chbackup.cli"] = "lua/chbackup/cli.lua",
       ["chbackup.config"] = "lua/chbackup/config.lua",
       ["chbackup.ddl"] = "lua/chbackup/ddl.lua",
+      ["chbackup.disks"] = "lua/chbackup/disks.lua",
       ["chbackup.fsutil"] = "lua/chbackup/fsutil.lua",
       ["chbackup.inspect"] = "lua/chbackup/inspect.lua",
       ["chbackup.manifest"] = "lua/chbackup/manifest.lua",
