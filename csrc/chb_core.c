@@ -105,7 +105,9 @@ static int core_job(lua_State *L) {
  * (length -1: to the end of the file); a piece with `entry=` reads that
  * entry of the zip archive `path` (`password=` if encrypted); a piece with
  * `key=` (32 bytes) and `aad=` (its name in its backup) is a file of an
- * encrypted directory backup, offset and length counting plain bytes.
+ * encrypted directory backup, offset and length counting plain bytes; a
+ * piece with `root=` (a prefix of its path) is opened confined below that
+ * directory: a symbolic link there is refused, not followed.
  * `name`: dst is written encrypted with the job's key as that file of its
  * backup (the job needs a key).
  */
@@ -155,7 +157,11 @@ static int job_add(lua_State *L) {
       pieces[k - 1].aad = lua_tostring(L, -1);
       luaL_argcheck(L, !pieces[k - 1].key || (pieces[k - 1].aad && !pieces[k - 1].entry), 2,
                     "an encrypted piece needs aad= and no entry=");
-      lua_pop(L, 8);                                        /* .., buf */
+      /* root=: the backup's directory; path is opened confined below it */
+      lua_getfield(L, -8, "root");                          /* .., key, aad, root */
+      luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, 2, "a piece's root must be a string");
+      pieces[k - 1].root = lua_tostring(L, -1);
+      lua_pop(L, 9);                                        /* .., buf */
     }
     i = chb_job_add_pieces(job, pieces, (size_t)n, dst, (int64_t)size, hp, &err);
   } else {
@@ -293,6 +299,48 @@ static int core_checksum(lua_State *L) {
   return 1;
 }
 
+/*
+ * core.read_file(path, root|nil, offset|nil, length|nil) -> bytes | fail:
+ * reads a small file of a backup (length bytes from offset; nil: to the end),
+ * confined below `root` as job pieces are (chb_fs_open_beneath).
+ */
+static int core_read_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char *root = luaL_optstring(L, 2, NULL);
+  lua_Integer offset = luaL_optinteger(L, 3, 0);
+  lua_Integer length = luaL_optinteger(L, 4, -1);
+  luaL_argcheck(L, offset >= 0, 3, "offset must be >= 0");
+  size_t root_len = root ? strlen(root) : 0;
+  luaL_argcheck(L, !root || strncmp(path, root, root_len) == 0, 2, "root must be a prefix of path");
+  chb_error err;
+  int fd = chb_fs_open_beneath(path, root_len, &err);
+  if (fd < 0) return chb_push_fail(L, &err);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  uint64_t pos = (uint64_t)offset;
+  for (;;) {
+    size_t want = LUAL_BUFFERSIZE;
+    if (length >= 0 && (uint64_t)length - (pos - (uint64_t)offset) < want)
+      want = (size_t)((uint64_t)length - (pos - (uint64_t)offset));
+    if (want == 0) break;
+    char *dst = luaL_prepbuffsize(&b, want);
+    ssize_t n = pread(fd, dst, want, (off_t)pos);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int saved = errno;
+      close(fd);
+      chb_error_errno(&err, saved, "cannot read", path);
+      return chb_push_fail(L, &err);
+    }
+    if (n == 0) break;
+    luaL_addsize(&b, (size_t)n);
+    pos += (uint64_t)n;
+  }
+  close(fd);
+  luaL_pushresult(&b);
+  return 1;
+}
+
 /* core.checksum_file(path) -> checksum, size | fail: hashes a file in place */
 static int core_checksum_file(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -305,15 +353,11 @@ static int core_checksum_file(lua_State *L) {
   return 2;
 }
 
-/* core.read_checksums(path) -> { [name] = {size=, checksum=, ...} } | fail */
-static int core_read_checksums(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  chb_checksums c;
-  chb_error err;
-  if (chb_checksums_read(path, &c, &err) != 0) return chb_push_fail(L, &err);
-  lua_createtable(L, 0, (int)c.count);       /* t */
-  for (size_t i = 0; i < c.count; i++) {
-    const chb_part_file *f = &c.files[i];
+/* The table core.read_checksums returns, from c (freed). */
+static void push_checksums(lua_State *L, chb_checksums *c) {
+  lua_createtable(L, 0, (int)c->count);      /* t */
+  for (size_t i = 0; i < c->count; i++) {
+    const chb_part_file *f = &c->files[i];
     lua_createtable(L, 0, 5);                /* t, f */
     lua_pushinteger(L, (lua_Integer)f->file_size);
     lua_setfield(L, -2, "size");
@@ -329,7 +373,29 @@ static int core_read_checksums(lua_State *L) {
     }
     lua_setfield(L, -2, f->name);            /* t */
   }
-  chb_checksums_free(&c);
+  chb_checksums_free(c);
+}
+
+/* core.read_checksums(path) -> { [name] = {size=, checksum=, ...} } | fail */
+static int core_read_checksums(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  chb_checksums c;
+  chb_error err;
+  if (chb_checksums_read(path, &c, &err) != 0) return chb_push_fail(L, &err);
+  push_checksums(L, &c);
+  return 1;
+}
+
+/* core.parse_checksums(text, what) -> the same | fail: a checksums.txt held
+ * in a string (read from a backup); `what` names it in errors. */
+static int core_parse_checksums(lua_State *L) {
+  size_t len;
+  const char *text = luaL_checklstring(L, 1, &len);
+  const char *what = luaL_checkstring(L, 2);
+  chb_checksums c;
+  chb_error err;
+  if (chb_checksums_parse(what, (const unsigned char *)text, len, &c, &err) != 0) return chb_push_fail(L, &err);
+  push_checksums(L, &c);
   return 1;
 }
 
@@ -506,7 +572,9 @@ static const luaL_Reg core_funcs[] = {
     {"cityhash128", core_cityhash128},
     {"checksum", core_checksum},
     {"checksum_file", core_checksum_file},
+    {"read_file", core_read_file},
     {"read_checksums", core_read_checksums},
+    {"parse_checksums", core_parse_checksums},
     {"now_us", core_now_us},
     {"getpid", core_getpid},
     {"fsync", core_fsync},

@@ -76,6 +76,7 @@ build = {
       ["chbackup.inspect"] = "lua/chbackup/inspect.lua",
       ["chbackup.manifest"] = "lua/chbackup/manifest.lua",
       ["chbackup.names"] = "lua/chbackup/names.lua",
+      ["chbackup.part_check"] = "lua/chbackup/part_check.lua",
       ["chbackup.plan"] = "lua/chbackup/plan.lua",
       ["chbackup.policy"] = "lua/chbackup/policy/init.lua",
       ["chbackup.policy.cli"] = "lua/chbackup/policy/cli.lua",

@@ -434,21 +434,15 @@ static int parse_text(const char *path, const unsigned char *body, size_t len,
 
 /* ---- entry point ---- */
 
-int chb_checksums_read(const char *path, chb_checksums *out, chb_error *err) {
+int chb_checksums_parse(const char *path, const unsigned char *data, size_t len, chb_checksums *out,
+                        chb_error *err) {
   out->count = 0;
   out->files = NULL;
-  unsigned char *data = NULL;
-  size_t len = 0;
-  if (read_whole(path, &data, &len, err) != 0)
-    return -1;
-
   cursor c = {data, data + len};
   uint64_t version;
-  if (expect(&c, header_prefix) != 0 || get_dec(&c, &version) != 0 || expect(&c, "\n") != 0) {
-    free(data);
+  if (expect(&c, header_prefix) != 0 || get_dec(&c, &version) != 0 || expect(&c, "\n") != 0)
     return chb_error_set(err, CHB_CORRUPT, "checksums file %s: missing \"%sN\" header line", path,
                          header_prefix);
-  }
   int rc;
   switch (version) {
   case 2:
@@ -471,6 +465,17 @@ int chb_checksums_read(const char *path, chb_checksums *out, chb_error *err) {
                        "checksums file %s: unsupported checksums format version %llu (2, 3 and 4 are read)",
                        path, (unsigned long long)version);
   }
+  return rc;
+}
+
+int chb_checksums_read(const char *path, chb_checksums *out, chb_error *err) {
+  out->count = 0;
+  out->files = NULL;
+  unsigned char *data = NULL;
+  size_t len = 0;
+  if (read_whole(path, &data, &len, err) != 0)
+    return -1;
+  int rc = chb_checksums_parse(path, data, len, out, err);
   free(data);
   return rc;
 }

@@ -30,6 +30,10 @@ typedef struct chb_checksums {
 
 /* Returns 0, or -1 with err set (ENOENT, CORRUPT naming `path`). */
 int chb_checksums_read(const char *path, chb_checksums *out, chb_error *err);
+/* The same from a buffer holding the file (e.g. read from a backup);
+ * `path` names it in errors. */
+int chb_checksums_parse(const char *path, const unsigned char *data, size_t len, chb_checksums *out,
+                        chb_error *err);
 void chb_checksums_free(chb_checksums *c);
 
 #endif

@@ -1,5 +1,6 @@
 /* Per-file AES-256-GCM of encrypted directory backups; see chb_cipher.h. */
 #include "chb_cipher.h"
+#include "chb_fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -253,7 +254,7 @@ static ssize_t pread_all(int fd, unsigned char *buf, size_t n, uint64_t off) {
   return (ssize_t)got;
 }
 
-chb_opener *chb_opener_open(const char *path, const unsigned char key[CHB_CIPHER_KEY_LEN],
+chb_opener *chb_opener_open(const char *path, size_t root_len, const unsigned char key[CHB_CIPHER_KEY_LEN],
                             const char *name, chb_error *err) {
   chb_opener *o = calloc(1, sizeof *o);
   if (!o) {
@@ -268,9 +269,10 @@ chb_opener *chb_opener_open(const char *path, const unsigned char key[CHB_CIPHER
     goto fail;
   }
   if (gcm_init(&o->g, key, name, 0, err) != 0) goto fail;
-  o->fd = open(path, O_RDONLY | O_CLOEXEC);
+  o->fd = chb_fs_open_beneath(path, root_len, err);
+  if (o->fd < 0) goto fail;
   struct stat st;
-  if (o->fd < 0 || fstat(o->fd, &st) != 0) {
+  if (fstat(o->fd, &st) != 0) {
     chb_error_errno(err, errno, "cannot open", path);
     goto fail;
   }

@@ -72,8 +72,9 @@ void chb_sealer_free(chb_sealer *s);
 
 typedef struct chb_opener chb_opener;
 
-/* Opens `path` (the file named `name` in its backup; both copied). */
-chb_opener *chb_opener_open(const char *path, const unsigned char key[CHB_CIPHER_KEY_LEN],
+/* Opens `path` (the file named `name` in its backup; both copied), confined
+ * below its first root_len bytes as chb_fs_open_beneath does (0: not). */
+chb_opener *chb_opener_open(const char *path, size_t root_len, const unsigned char key[CHB_CIPHER_KEY_LEN],
                             const char *name, chb_error *err);
 /* Plaintext size, from the file's size. */
 uint64_t chb_opener_size(const chb_opener *o);

@@ -38,6 +38,81 @@ int chb_fs_mkdir_parents(const char *path, chb_error *err) {
   return 0;
 }
 
+/* Why a component below the root was refused, or NULL if it may be walked. */
+static const char *bad_component(const char *c, size_t n) {
+  if (n == 0) return "an empty path component";
+  if ((n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.')) return "a '.' or '..' component";
+  return NULL;
+}
+
+int chb_fs_open_beneath(const char *path, size_t root_len, chb_error *err) {
+  if (root_len == 0) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) chb_error_errno(err, errno, "cannot open", path);
+    return fd;
+  }
+  size_t len = strlen(path);
+  if (root_len >= len || path[root_len] != '/' || root_len >= PATH_MAX) {
+    chb_error_set(err, CHB_INVALID, "%s is not below its backup's directory", path);
+    return -1;
+  }
+  char root[PATH_MAX];
+  memcpy(root, path, root_len);
+  root[root_len] = '\0';
+  int dir = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return chb_error_errno(err, errno, "cannot open", root);
+  const char *c = path + root_len + 1;
+  for (;;) {
+    const char *slash = strchr(c, '/');
+    size_t n = slash ? (size_t)(slash - c) : strlen(c);
+    const char *why = bad_component(c, n);
+    if (why) {
+      close(dir);
+      chb_error_set(err, CHB_INVALID, "refusing %s: it has %s", path, why);
+      return -1;
+    }
+    char name[NAME_MAX + 1];
+    if (n > NAME_MAX) {
+      close(dir);
+      chb_error_set(err, CHB_INVALID, "refusing %s: a path component is too long", path);
+      return -1;
+    }
+    memcpy(name, c, n);
+    name[n] = '\0';
+    int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (slash ? O_DIRECTORY : O_NONBLOCK);
+    int fd = openat(dir, name, flags);
+    int saved = errno;
+    close(dir);
+    if (fd < 0) {
+      /* O_NOFOLLOW on a symbolic link: ELOOP (last component) or ENOTDIR. */
+      struct stat st;
+      if ((saved == ELOOP || saved == ENOTDIR) && fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+          S_ISLNK(st.st_mode)) {
+        chb_error_set(err, CHB_INVALID, "refusing %s: it is a symbolic link", path);
+        return -1;
+      }
+      if (saved == ELOOP || saved == ENOTDIR) {
+        chb_error_set(err, CHB_INVALID, "refusing %s: a symbolic link or a file is on its path", path);
+        return -1;
+      }
+      return chb_error_errno(err, saved, "cannot open", path);
+    }
+    if (!slash) {
+      struct stat st;
+      if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        chb_error_set(err, CHB_INVALID, "refusing %s: it is not a regular file", path);
+        return -1;
+      }
+      /* O_NONBLOCK kept a FIFO from blocking the open; reads stay blocking. */
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+      return fd;
+    }
+    dir = fd;
+    c = slash + 1;
+  }
+}
+
 int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return chb_error_errno(err, errno, "cannot open", path);

@@ -17,6 +17,16 @@ const char *chb_fs_split_dir(const char *path, char *dir, size_t n);
 /* Creates every missing parent directory of `path` (mode 0755). */
 int chb_fs_mkdir_parents(const char *path, chb_error *err);
 
+/*
+ * Opens `path` read-only, confined below its first `root_len` bytes (the
+ * root, trusted as given): every component after the root is walked with
+ * openat(O_NOFOLLOW) from the directory before it, so a symbolic link, an
+ * empty, "." or ".." component anywhere below the root is refused (CHB_INVALID,
+ * naming the path) instead of followed; the file must be a regular file.
+ * root_len 0: a plain open(2). Returns the descriptor, or -1 with err set.
+ */
+int chb_fs_open_beneath(const char *path, size_t root_len, chb_error *err);
+
 /* ClickHouse's checksum of a whole file, read on the calling thread. */
 int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err);
 

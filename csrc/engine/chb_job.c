@@ -25,6 +25,7 @@ typedef struct chb_src {
   char *password;             /* for the entry; NULL: none */
   unsigned char *key;         /* set: a file of an encrypted directory backup */
   char *aad;                  /* with key: its name in that backup */
+  size_t root_len;            /* > 0: opened confined below path[0..root_len) */
 } chb_src;
 
 typedef struct chb_entry {
@@ -134,6 +135,13 @@ long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
       chb_error_set(err, CHB_INVALID, "an encrypted piece needs its name (aad) and no zip entry");
       return -1;
     }
+    size_t r = pieces[i].root ? strlen(pieces[i].root) : 0;
+    if (pieces[i].root && (pieces[i].entry || strncmp(pieces[i].path, pieces[i].root, r) != 0 ||
+                           pieces[i].path[r] != '/')) {
+      chb_error_set(err, CHB_INVALID, "piece %s is not a file below its root %s", pieces[i].path,
+                    pieces[i].root);
+      return -1;
+    }
   }
   if (job->count == job->cap) {
     size_t cap = job->cap ? job->cap * 2 : 64;
@@ -153,6 +161,7 @@ long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
     e->pieces[i].path = strdup(pieces[i].path);
     e->pieces[i].offset = pieces[i].offset;
     e->pieces[i].length = pieces[i].length;
+    e->pieces[i].root_len = pieces[i].root ? strlen(pieces[i].root) : 0;
     e->npieces = i + 1;
     oom = e->pieces[i].path == NULL;
     if (!oom && pieces[i].entry) oom = (e->pieces[i].entry = strdup(pieces[i].entry)) == NULL;
@@ -344,7 +353,7 @@ static int run_sealed_piece(chb_job *job, const chb_src *piece, chb_out *out,
                             chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
   if (*holding)
     return chb_error_set(err, CHB_INVALID, "a base prefix cannot be read from encrypted %s", piece->path);
-  chb_opener *o = chb_opener_open(piece->path, piece->key, piece->aad, err);
+  chb_opener *o = chb_opener_open(piece->path, piece->root_len, piece->key, piece->aad, err);
   if (!o) return -1;
   int rc = -1;
   if (chb_opener_seek(o, piece->offset, err) != 0) goto done;
@@ -381,8 +390,8 @@ static int run_piece(chb_job *job, chb_entry *e, const chb_src *piece, chb_out *
                      chb_hash *h, int *holding, unsigned char *buf, chb_error *err) {
   if (piece->entry) return run_zip_piece(job, piece, out, h, holding, buf, err);
   if (piece->key) return run_sealed_piece(job, piece, out, h, holding, buf, err);
-  int in = open(piece->path, O_RDONLY | O_CLOEXEC);
-  if (in < 0) return chb_error_errno(err, errno, "cannot open", piece->path);
+  int in = chb_fs_open_beneath(piece->path, piece->root_len, err);
+  if (in < 0) return -1;
   int rc = -1;
   if (piece->offset && lseek(in, (off_t)piece->offset, SEEK_SET) < 0) {
     chb_error_errno(err, errno, "cannot seek in", piece->path);

@@ -77,6 +77,9 @@ typedef struct chb_piece {
   const char *password;       /* NULL: none */
   const unsigned char *key;   /* NULL: not encrypted */
   const char *aad;            /* with key: the file's name in its backup */
+  const char *root;           /* set: `path` is below this directory and is
+                                 opened confined there (chb_fs_open_beneath):
+                                 no symbolic link below it is followed */
 } chb_piece;
 
 /* Like chb_job_add, with the source given as pieces read in order. */

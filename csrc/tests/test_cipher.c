@@ -74,7 +74,7 @@ static int seal_file(const char *path, const char *name, const unsigned char *da
 /* Reads path back from offset with the opener: the plaintext or NULL. */
 static unsigned char *open_file(const char *path, const unsigned char *key, const char *name,
                                 uint64_t offset, size_t *len, chb_error *err) {
-  chb_opener *o = chb_opener_open(path, key, name, err);
+  chb_opener *o = chb_opener_open(path, 0, key, name, err);
   if (!o) return NULL;
   size_t cap = chb_opener_size(o) + 1, n = 0;
   unsigned char *p = malloc(cap);

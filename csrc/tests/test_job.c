@@ -537,6 +537,62 @@ static void test_pieces(void) {
   free(db);
 }
 
+/* Pieces with a root are read confined below it: a symbolic link, a ".."
+ * or an empty component anywhere below the root is refused, not followed. */
+static void test_confined(void) {
+  char dir[256], sub[512], file[512], link[512], dirlink[512], via[512], dst[512];
+  chb_error err;
+  unsigned char *data = gen_random(41, 3000);
+  path_of(dir, sizeof dir, "confined%s-%d", "", 0);
+  mkdir(dir, 0755);
+  snprintf(sub, sizeof sub, "%s/sub", dir);
+  mkdir(sub, 0755);
+  snprintf(file, sizeof file, "%s/sub/f", dir);
+  spit(file, data, 3000);
+  snprintf(link, sizeof link, "%s/sub/l", dir);
+  CHECK(symlink(file, link) == 0, "symlink %s", link);
+  snprintf(dirlink, sizeof dirlink, "%s/dl", dir);
+  CHECK(symlink(sub, dirlink) == 0, "symlink %s", dirlink);
+  snprintf(via, sizeof via, "%s/dl/f", dir);
+  chb_u128 h = hash_of(data, 3000);
+  struct {
+    const char *path, *why;
+    int ok;
+  } cases[] = {
+      {file, "a file below the root", 1},
+      {link, "symbolic link", 0},
+      {via, "symbolic link", 0},
+      {NULL, "'..'", 0},
+      {NULL, "empty", 0},
+  };
+  char dotdot[600], empty[600];
+  snprintf(dotdot, sizeof dotdot, "%s/sub/../sub/f", dir);
+  snprintf(empty, sizeof empty, "%s/sub//f", dir);
+  cases[3].path = dotdot;
+  cases[4].path = empty;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    path_of(dst, sizeof dst, "confined-out%s-%d", "", (int)i);
+    chb_piece p = {cases[i].path, 0, -1, NULL, NULL, NULL, NULL, dir};
+    chb_job *job = new_job(1, 0);
+    chb_job_add_pieces(job, &p, 1, dst, 3000, &h, &err);
+    chb_job_state s = run(job, &err);
+    if (cases[i].ok)
+      CHECK(s == CHB_JOB_DONE, "confined: %s is read (%s)", cases[i].why, err.msg);
+    else
+      CHECK(s == CHB_JOB_FAILED && err.code == CHB_INVALID && strstr(err.msg, cases[i].why) &&
+                !exists(dst),
+            "confined: %s is refused: %s", cases[i].why, err.msg);
+    chb_job_free(job);
+  }
+  /* A root that is not a prefix of the path is misuse. */
+  chb_piece outside = {file, 0, -1, NULL, NULL, NULL, NULL, "/nonexistent-root"};
+  chb_job *job = new_job(1, 0);
+  CHECK(chb_job_add_pieces(job, &outside, 1, dst, -1, NULL, &err) < 0 && err.code == CHB_INVALID,
+        "a piece outside its root is refused at add: %s", err.msg);
+  chb_job_free(job);
+  free(data);
+}
+
 static void test_offset(void) {
   char src[512], dst[512];
   chb_error err;
@@ -626,6 +682,7 @@ int main(void) {
   test_poll_entry();
   test_base();
   test_pieces();
+  test_confined();
   test_empty_and_fsync();
   test_wait_timeout();
   test_cancel();

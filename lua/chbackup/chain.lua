@@ -278,7 +278,9 @@ function chain.pieces(b, e, depth)
     end
     return chain.pieces(b, primary, depth)
   end
-  local stored = { b.dest.path .. "/" .. e.name, 0, e.size - base_size }
+  -- root: read confined below the backup's directory (no symbolic link in
+  -- it is followed: a backup is untrusted input)
+  local stored = { b.dest.path .. "/" .. e.name, 0, e.size - base_size, root = b.dest.path }
   if b.key_err then
     return nil, b.key_err
   elseif b.key then
@@ -309,7 +311,9 @@ local function piece_source_size(p, backups_by_path)
     local e = b and b.entries and b.entries[p.entry]
     return e and e.size
   end
-  local size = lfs.attributes(p[1], "size")
+  -- a symbolic link is no file of the backup (RESTORE refuses to follow it)
+  local attr = lfs.symlinkattributes(p[1])
+  local size = attr and attr.mode == "file" and attr.size or nil
   if size and p.key then
     return core.plain_size(size)
   end
@@ -386,25 +390,21 @@ function chain.read(b, e)
       parts[#parts + 1] = whole:sub(p[2] + 1, p[2] + p[3])
     elseif p.key then
       -- a small file of an encrypted backup: decrypted (and verified) whole
-      local f, oerr = io.open(p[1], "rb")
-      if not f then
-        return nil, "cannot read " .. p[1] .. ": " .. tostring(oerr)
+      local sealed, rerr = core.read_file(p[1], p.root)
+      if not sealed then
+        return nil, "cannot read " .. p[1] .. ": " .. rerr
       end
-      local sealed = f:read("a") or ""
-      f:close()
       local whole, derr = core.decrypt(p.key, p.aad, sealed, p[1])
       if not whole then
         return nil, "cannot read " .. p[1] .. ": " .. derr
       end
       parts[#parts + 1] = whole:sub(p[2] + 1, p[2] + p[3])
     else
-      local f, oerr = io.open(p[1], "rb")
-      if not f then
-        return nil, "cannot read " .. p[1] .. ": " .. tostring(oerr)
+      local bytes, rerr = core.read_file(p[1], p.root, p[2], p[3])
+      if not bytes then
+        return nil, rerr
       end
-      f:seek("set", p[2])
-      parts[#parts + 1] = f:read(p[3]) or ""
-      f:close()
+      parts[#parts + 1] = bytes
     end
   end
   local text = table.concat(parts)

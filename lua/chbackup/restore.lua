@@ -18,6 +18,7 @@ local chain = require("chbackup.chain")
 local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
 local names = require("chbackup.names")
+local part_check = require("chbackup.part_check")
 local plan = require("chbackup.plan")
 local renaming = require("chbackup.renaming")
 local runner = require("chbackup.runner")
@@ -28,8 +29,11 @@ local restore = {}
 local DEFAULT_DATABASE = "default"
 
 
--- The backup's contents grouped by database and table.
-local function index_backup(m)
+-- The backup's contents grouped by database and table. Every data file
+-- must belong to a table whose metadata the backup holds: a name damaged in
+-- `.backup` would otherwise leave its data behind unnoticed.
+-- Returns dbs or nil, err.
+local function index_backup(m, backup_name)
   local dbs = {}
   local function db_entry(esc)
     local name = names.unescape_file(esc)
@@ -53,9 +57,46 @@ local function index_backup(m)
     elseif ddb then
       local t = tbl_entry(ddb, dt)
       t.data[#t.data + 1] = { rel = rest, file = f }
+    else
+      -- Everything ClickHouse writes into a backup is under metadata/ or
+      -- data/; anything else is a damaged name whose file would be lost.
+      return nil, "backup " .. backup_name .. " is corrupt: it lists " .. f.name
+        .. ", which is no file of a database or table"
+    end
+  end
+  for _, db in pairs(dbs) do
+    for _, t in pairs(db.tables) do
+      -- (data/system/… holds what ClickHouse backs up of the server itself,
+      -- access entities and functions, without table metadata)
+      if not t.metadata and db.name ~= "system" then
+        return nil, "backup " .. backup_name .. " is corrupt: it lists " .. t.data[1].file.name
+          .. " but has no metadata of table " .. names.qualified(db.name, t.name)
+      end
     end
   end
   return dbs
+end
+
+
+-- Checks that a metadata file of the backup holds the statement its name
+-- says: a database's for metadata/<db>.sql, a table's (view's,
+-- dictionary's) for metadata/<db>/<t>.sql, named as the file is.
+local function check_metadata_name(info, entry, db_name, table_name, backup_name)
+  local want = table_name and "a table" or "database " .. names.quote_identifier(db_name)
+  local ok
+  if table_name then
+    ok = info.object ~= "DATABASE" and info.name == table_name
+      and (info.database == nil or info.database == db_name)
+  else
+    ok = info.object == "DATABASE" and info.name == db_name and info.database == nil
+  end
+  if not ok then
+    return nil, string.format("backup %s is corrupt: %s holds CREATE %s %s, not the statement of %s",
+      backup_name, entry.name, info.object,
+      info.database and names.qualified(info.database, info.name) or names.quote_identifier(info.name),
+      table_name and names.qualified(db_name, table_name) or want)
+  end
+  return true
 end
 
 
@@ -217,7 +258,11 @@ function restore.run(ctx, req)
     return nil, err
   end
   local m = b.manifest
-  local backup_dbs = index_backup(m)
+  local backup_dbs
+  backup_dbs, err = index_backup(m, src.name)
+  if not backup_dbs then
+    return nil, err
+  end
   local selected, db_creates = select_tables(backup_dbs, req.elements, src.name)
   if not selected then
     return nil, db_creates
@@ -246,7 +291,14 @@ function restore.run(ctx, req)
           return nil, rerr
         end
         local info = ddl.parse_create(text)
-        if info and ddl.engine(info.body) == "Atomic" then
+        if not info then
+          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name
+        end
+        local ok, nerr = check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
+        if not ok then
+          return nil, nerr
+        end
+        if ddl.engine(info.body) == "Atomic" then
           body = info.body
         end
       end
@@ -270,6 +322,10 @@ function restore.run(ctx, req)
     local info = ddl.parse_create(text)
     if not info then
       return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
+    end
+    local named, nerr = check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
+    if not named then
+      return nil, nerr
     end
     -- views and dictionaries follow the tables and databases renamed with them
     info.body = renaming.apply(info.body, map)
@@ -382,8 +438,14 @@ function restore.run(ctx, req)
   local empty_files, copies = {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
+    if not settings.structure_only and t.family == "none" and #t.sel.tbl.data > 0 then
+      job:close()
+      return nil, "cannot restore the data of " .. t.qname .. " (" .. tostring(t.engine or t.object)
+        .. ") from backup " .. src.name .. ": chbackup does not restore data of this engine"
+        .. " (SETTINGS structure_only=true restores its definition only)"
+    end
     if not settings.structure_only and t.family ~= "none" then
-      local parts, part_size = {}, {}
+      local parts, part_order, part_size = {}, {}, {}
       for _, d in ipairs(t.sel.tbl.data) do
         local pn = d.rel:match("^([^/]+)/")
         if pn then
@@ -397,9 +459,10 @@ function restore.run(ctx, req)
           part_name, file = nil, d.rel
         end
         local part = part_name and catalog_mod.parse_part_name(part_name)
-        if t.family == "mergetree" and not part then
+        if (t.family == "mergetree" and not part) or (t.family == "log" and file:find("/", 1, true)) then
           job:close()
           return nil, "backup " .. src.name .. " has an unexpected file " .. d.file.name
+            .. " (not a file of a " .. t.family .. " table)"
         end
         if not (part and t.sel.partitions and not t.sel.partitions[part.partition_id]) then
           local dst
@@ -416,9 +479,12 @@ function restore.run(ctx, req)
                 job:close()
                 return nil, perr
               end
-              parts[part_name] = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final }
+              parts[part_name] = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final,
+                files = {}, where = "backup " .. src.name .. ": part " .. d.file.name:sub(1, -#file - 2) }
               renames[#renames + 1] = parts[part_name]
+              part_order[#part_order + 1] = parts[part_name]
             end
+            parts[part_name].files[file] = d.file
             dst = parts[part_name].tmp .. "/" .. file
           elseif t.existing then
             -- an empty existing Log table: new files beside, then renamed over
@@ -440,6 +506,29 @@ function restore.run(ctx, req)
           end
           counters.num_files = counters.num_files + 1
           counters.total_size = counters.total_size + f.size
+        end
+      end
+      -- Every part (or Log table) as ClickHouse will load it, before a byte
+      -- is copied.
+      local function read(e)
+        return chain.read(b, e)
+      end
+      for _, p in ipairs(part_order) do
+        local ok, perr = part_check.check(p.where, p.files, read)
+        if not ok then
+          job:close()
+          return nil, perr
+        end
+      end
+      if t.family == "log" then
+        local files = {}
+        for _, d in ipairs(t.sel.tbl.data) do
+          files[d.rel] = d.file
+        end
+        local ok, lerr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, files, read)
+        if not ok then
+          job:close()
+          return nil, lerr
         end
       end
     end
