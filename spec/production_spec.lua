@@ -64,6 +64,7 @@ local DIGEST = {
   "SELECT 'db.logt', count(), sum(cityHash64(tuple(*))) FROM db.logt",
   "SELECT 'db.on_cold', count(), sum(cityHash64(tuple(*))) FROM db.on_cold",
   "SELECT 'db.logc', count(), sum(cityHash64(tuple(*))) FROM db.logc",
+  "SELECT 'db.mv', count(), sum(cityHash64(tuple(*))) FROM db.mv",
   "SELECT 'dict', sum(cityHash64(dictGet('db.dict', 'v', number))) FROM numbers(20)",
   "SELECT 'dict_count', count() FROM db.dict",
 }
@@ -101,7 +102,11 @@ describe("storage policies and dictionaries", function()
       "ALTER TABLE db.t MOVE PARTITION 202401 TO DISK 'cold'",
       "ALTER TABLE db.t MOVE PARTITION 202403 TO DISK 'cold'",
       "CREATE TABLE db.src (k UInt64, v String) ENGINE = MergeTree ORDER BY k",
+      -- a materialized view whose inner table is on the policy, one partition moved
+      "CREATE MATERIALIZED VIEW db.mv ENGINE = MergeTree PARTITION BY k % 2 ORDER BY k"
+        .. " SETTINGS storage_policy = 'hot_cold' AS SELECT k, v FROM db.src",
       "INSERT INTO db.src SELECT number, 'v' || toString(number) FROM numbers(10)",
+      "ALTER TABLE db.mv MOVE PARTITION 1 TO DISK 'cold'",
       "CREATE TABLE db.logt (a UInt32) ENGINE = Log",
       "INSERT INTO db.logt SELECT number FROM numbers(7)",
       -- a table on one disk other than the default one
@@ -244,7 +249,7 @@ describe("storage policies and dictionaries", function()
         cold_parts = cold_parts + 1
       end
     end
-    assert.equal(4, cold_parts)   -- db.t's three, db.on_cold's one
+    assert.equal(5, cold_parts)   -- db.t's three, db.on_cold's one, db.mv's one
     -- rows counted from the parts on both disks
     local rows = assert(counter.from_data_path(scratch .. "/data", scfg))
     assert.equal(3500, rows.db.t.total)
@@ -290,7 +295,7 @@ describe("storage policies and dictionaries", function()
   it("RESTORE refuses a target policy or disk the configuration lacks, before writing", function()
     local p = place(root, "no_policy", backups, { policies = "" })
     local _, err = chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')")
-    assert.is_truthy(err and err:find("table db.t uses storage policy 'hot_cold', which is not in the configuration", 1, true), err)
+    assert.is_truthy(err and err:find("uses storage policy 'hot_cold', which is not in the configuration", 1, true), err)
     assert.is_false(h.exists(p.data .. "/metadata/db.sql"))
     local p2 = place(root, "no_cold", backups, { cold_xml = "" })
     _, err = chb(p2, "RESTORE DATABASE db FROM Disk('backups', 'ch')")
@@ -309,7 +314,7 @@ describe("storage policies and dictionaries", function()
     end
     local p = copy("b_no_policy", { policies = "" })
     local _, err = chb(p, "BACKUP DATABASE db TO Disk('backups', 'x1')")
-    assert.is_truthy(err and err:find("table db.t uses storage policy 'hot_cold', which is not in the configuration", 1, true), err)
+    assert.is_truthy(err and err:find("uses storage policy 'hot_cold', which is not in the configuration", 1, true), err)
     assert.is_false(h.exists(backups .. "/x1"))
     -- BACKUP TABLE of another table of the database still works
     local r = assert(chb(p, "BACKUP TABLE db.src TO Disk('backups', 'x1src')"))
