@@ -92,6 +92,24 @@ describe("BACKUP completeness", function()
     end, { "p_status.proj/fifo is a named pipe" })
   end)
 
+  it("a part directory the process cannot read (chmod 000, run as an unprivileged user)", function()
+    local _, uid = h.run("id -u")
+    if uid ~= "0\n" or not os.execute("setpriv --version >/dev/null 2>&1") then
+      pending("needs root and setpriv to run the CLI as another user")
+      return
+    end
+    local w = h.world("unreadable")
+    sh("chown -R 65534:65534 " .. q(w.dir) .. " && chmod 000 " .. q(part(w, "202404_6_6_0")))
+    local ok, out = h.run("setpriv --reuid=65534 --regid=65534 --clear-groups "
+      .. string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s %s", h.ROOT, q(w.data),
+        q(w.config), q(w.status), q(ORDERS)))
+    assert.is_falsy(ok, out)
+    assert.is_truthy(out:find("table shop.orders", 1, true), out)
+    assert.is_truthy(out:find("202404_6_6_0", 1, true), out)
+    assert.is_truthy(out:find("Permission denied", 1, true), out)
+    assert.is_false(h.exists(w.backups .. "/b"))
+  end)
+
   it("a part-named entry that is not a directory is refused", function()
     refused("partfile", ORDERS, function(w)
       sh("touch " .. q(part(w, "202405_9_9_0")))

@@ -393,9 +393,10 @@ function catalog.active_parts(tbl)
       end
     end
     if not covered then
-      if lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode") ~= "file" then
+      local mode, why = lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode")
+      if mode ~= "file" then
         return nil, "part " .. a.dir .. " of table " .. names.qualified(tbl.database, tbl.name)
-          .. " has no readable checksums.txt (missing or not a regular file)"
+          .. " has no readable checksums.txt (" .. (mode and ("it is a " .. mode) or tostring(why)) .. ")"
       end
       active[#active + 1] = a
     end
