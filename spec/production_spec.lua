@@ -163,6 +163,11 @@ describe("storage policies and dictionaries", function()
     local dict = h.read(p.data .. "/metadata/db/dict.sql")
     assert.is_truthy(dict:match("^CREATE DICTIONARY _ UUID '[%x%-]+' "), dict)
     assert.equal(expected, ch(p, DIGEST))
+    -- data/<db>/<table> links to the table's directory on its policy's first disk, as ClickHouse's
+    assert.equal("../../store/", require("lfs").symlinkattributes(p.data .. "/data/db/t", "target"):sub(1, 12))
+    assert.equal("../../../ours_restores_ch-cold/store/",
+      require("lfs").symlinkattributes(p.data .. "/data/db/on_cold", "target"):sub(1, 37))
+    assert.equal("directory", require("lfs").attributes(p.data .. "/data/db/on_cold", "mode"))
     -- a backup made by ClickHouse does not say which disk a part was on:
     -- every part goes to the policy's first disk with room, as ClickHouse's RESTORE does
     assert.equal("default\t5\n", disks_of(p))

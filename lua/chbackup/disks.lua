@@ -107,6 +107,31 @@ function disks.for_body(cfg, data_path, body, what)
 end
 
 
+--- The relative path from directory `from` to `to` (both absolute, no
+-- trailing slash): how ClickHouse writes a table's `data/<db>/<t>` link.
+function disks.relative(from, to)
+  local a, b = {}, {}
+  for c in from:gmatch("[^/]+") do
+    a[#a + 1] = c
+  end
+  for c in to:gmatch("[^/]+") do
+    b[#b + 1] = c
+  end
+  local i = 1
+  while a[i] and b[i] and a[i] == b[i] do
+    i = i + 1
+  end
+  local out = {}
+  for _ = i, #a do
+    out[#out + 1] = ".."
+  end
+  for j = i, #b do
+    out[#out + 1] = b[j]
+  end
+  return table.concat(out, "/")
+end
+
+
 --- A table's directory on each disk of its policy: list of {disk=, dir=}
 -- (the table's data_dir rebased from the data path onto each disk's path),
 -- or nil, err naming the table and the disk.

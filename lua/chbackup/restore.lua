@@ -656,7 +656,10 @@ function restore.run(ctx, req)
       end
       if t.family ~= "none" then
         fsutil.mkdir_p(cat.path .. "/data/" .. esc_db)
-        lfs.link("../../store/" .. t.data_uuid:sub(1, 3) .. "/" .. t.data_uuid,
+        -- to the table's directory on the first disk of its policy, as ClickHouse links it
+        local first = t.locations and t.locations[1]
+        lfs.link(first and disks.relative(cat.path .. "/data/" .. esc_db, first.dir)
+          or ("../../store/" .. t.data_uuid:sub(1, 3) .. "/" .. t.data_uuid),
           cat.path .. "/data/" .. esc_db .. "/" .. esc_t, true)
       end
     end
