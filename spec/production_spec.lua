@@ -261,6 +261,37 @@ describe("storage policies and dictionaries", function()
     assert.equal(100, rows.db.on_cold.total)
   end)
 
+  it("policy run and verify on a hot/cold data path: the drill restores and counts with ClickHouse", function()
+    local pcli = require("chbackup.policy.cli")
+    local file = root .. "/hc.lua"
+    h.write(file, string.format([[
+return {
+  name = "hc",
+  source = { path = %q, config = %q },
+  selection = { databases = { "db" } },
+  destination = { disk = "backups", name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}" },
+  schedule = { full = "0 2 * * *" },
+  verification = { scratch = %q },
+}
+]], src.data, src.config, root))
+    local function run(...)
+      local out = {}
+      local io_ = {
+        stdout = { write = function(_, x) out[#out + 1] = x end, flush = function() end },
+        stderr = { write = function(_, x) out[#out + 1] = x end },
+      }
+      local code = pcli.main({ "policy", ... }, { path = src.data, config = src.config, status_dir = src.status }, io_)
+      return code, table.concat(out)
+    end
+    local before = h.tree(src.cold)
+    local code, out = run("run", file, "now=2026-05-01T02:00:00Z")
+    assert.equal(0, code, out)
+    code, out = run("verify", file, "now=2026-05-01T02:30:00Z")
+    assert.equal(0, code, out)
+    assert.is_truthy(out:find("read with", 1, true), out)   -- counted by ClickHouse
+    assert.same(before, h.tree(src.cold))   -- nothing restored onto the source's cold disk
+  end)
+
   it("a dictionary restored under another database name reads that database's table", function()
     local p = place(root, "renamed", backups)
     local r = assert(chb(p, "RESTORE DATABASE db AS db2 FROM Disk('backups', 'ch')"))

@@ -193,6 +193,51 @@ function disks.stray(cfg, data_path, locations, rel, is_part_name)
 end
 
 
+local function xml_text(v)
+  return (tostring(v):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
+end
+
+
+--- A ClickHouse XML config holding the local disks (but `default`) and
+-- the storage policies of cfg, for running ClickHouse on a data path whose
+-- tables use them; nil when cfg has neither.
+function disks.clickhouse_config(cfg)
+  local dnames, pnames = {}, {}
+  for name, d in pairs(cfg.disks or {}) do
+    if name ~= "default" and d.type == "local" and d.path then
+      dnames[#dnames + 1] = name
+    end
+  end
+  for name in pairs(cfg.policies or {}) do
+    pnames[#pnames + 1] = name
+  end
+  if #dnames == 0 and #pnames == 0 then
+    return nil
+  end
+  table.sort(dnames)
+  table.sort(pnames)
+  local out = { "<clickhouse><storage_configuration><disks>" }
+  for _, name in ipairs(dnames) do
+    out[#out + 1] = string.format("<%s><type>local</type><path>%s</path></%s>", name,
+      xml_text(trim_slash(cfg.disks[name].path) .. "/"), name)
+  end
+  out[#out + 1] = "</disks><policies>"
+  for _, name in ipairs(pnames) do
+    out[#out + 1] = "<" .. name .. "><volumes>"
+    for i, v in ipairs(cfg.policies[name].volumes) do
+      out[#out + 1] = "<v" .. i .. ">"
+      for _, d in ipairs(v.disks) do
+        out[#out + 1] = "<disk>" .. xml_text(d) .. "</disk>"
+      end
+      out[#out + 1] = "</v" .. i .. ">"
+    end
+    out[#out + 1] = "</volumes></" .. name .. ">"
+  end
+  out[#out + 1] = "</policies></storage_configuration></clickhouse>\n"
+  return table.concat(out)
+end
+
+
 --- chbackup's own record, in a backup (a file of a directory backup, an
 -- entry of a zip), of the disk each part
 -- was on (only parts not on the default disk): JSON

@@ -274,8 +274,11 @@ function counter.find_clickhouse(spec)
   if not fsutil.exists(lib) then
     return nil, "ClickHouse library not found (" .. lib .. "; run scripts/get-clickhouse or set CHDB_LIB)"
   end
-  local function run(path, statements)
+  local function run(path, statements, config_file)
     local cmd = { q(chq), "--lib", q(lib), "--path", q(path) }
+    if config_file then   -- disks and storage policies the data path's tables use
+      cmd[#cmd + 1] = "--config " .. q(config_file)
+    end
     for _, s in ipairs(statements) do
       cmd[#cmd + 1] = q(s)
     end

@@ -19,6 +19,7 @@
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local counter = require("chbackup.policy.counter")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
 local runner = require("chbackup.runner")
 local store_mod = require("chbackup.policy.store")
@@ -254,13 +255,23 @@ function verify.backup(ctx, point)
   end)
   result.scratch = scratch
 
+  -- ClickHouse on the scratch data path needs the disks and storage
+  -- policies its tables use (moved into scratch, as the restore used them)
+  local clickhouse = ctx.clickhouse
+  local ch_xml = ctx.clickhouse and disks.clickhouse_config(verify.scratch_config(ctx.cfg, scratch))
+  if ch_xml and fsutil.write_file(scratch .. "/clickhouse-config.xml", ch_xml) then
+    clickhouse = function(path, statements)
+      return ctx.clickhouse(path, statements, scratch .. "/clickhouse-config.xml")
+    end
+  end
+
   local restored_rows
   step("row_counts", function()
     local recorded = point.record and point.record.rows
     local how
     local rerr
     if ctx.clickhouse then
-      restored_rows, rerr = counter.with_clickhouse(ctx.clickhouse, data, { digest = true })
+      restored_rows, rerr = counter.with_clickhouse(clickhouse, data, { digest = true })
       how = "read with " .. (ctx.clickhouse_name or "ClickHouse")
     else
       restored_rows, rerr = counter.from_data_path(data, verify.scratch_config(ctx.cfg, scratch))
@@ -297,7 +308,7 @@ function verify.backup(ctx, point)
           if not ctx.clickhouse then
             error("no ClickHouse to query the restored data with: " .. tostring(ctx.clickhouse_why), 2)
           end
-          local out, err = ctx.clickhouse(data, { text })
+          local out, err = clickhouse(data, { text })
           if not out then
             error(err, 2)
           end
