@@ -70,6 +70,7 @@ build = {
       ["chbackup.chain"] = "lua/chbackup/chain.lua",
       ["chbackup.cli"] = "lua/chbackup/cli.lua",
       ["chbackup.config"] = "lua/chbackup/config.lua",
+      ["chbackup.contents"] = "lua/chbackup/contents.lua",
       ["chbackup.ddl"] = "lua/chbackup/ddl.lua",
       ["chbackup.disks"] = "lua/chbackup/disks.lua",
       ["chbackup.fsutil"] = "lua/chbackup/fsutil.lua",

@@ -1,5 +1,17 @@
 -- The command line, run as a separate process like an operator would.
 local h = require("spec.helpers")
+local lfs = require("lfs")
+local cli = require("chbackup.cli")
+
+-- A file-like object collecting what is written into list t.
+local function sink(t)
+  return { write = function(self, ...)
+    for _, v in ipairs({ ... }) do
+      t[#t + 1] = v
+    end
+    return self
+  end, flush = function() end }
+end
 
 describe("chbackup CLI", function()
   local w
@@ -138,5 +150,115 @@ describe("chbackup CLI", function()
     assert.is_nil(ok)
     assert.equal(1, code)
     assert.truthy(out:find("--password-file: " .. w.dir .. "/empty is empty", 1, true), out)
+  end)
+
+
+  it("refuses a --path that does not exist or is not a data path, and creates nothing", function()
+    local typo = w.dir .. "/dta"
+    local ok, out, code = h.cli(w, "RESTORE TABLE shop.customers FROM Disk('backups', 'c1')", { path = typo })
+    assert.is_nil(ok)
+    assert.equal(1, code)
+    assert.equal("chbackup: --path '" .. typo .. "' does not exist (to RESTORE into a new data path, "
+      .. "create it as an empty directory first)\n", out)
+    assert.is_false(h.exists(typo))
+    -- SELECT keeps its status under the data path unless --status-dir says otherwise
+    local e = {}
+    assert.equal(1, cli.main({ "--path", typo, "--config", w.config, "SELECT * FROM system.backups" },
+      { stdout = sink({}), stderr = sink(e) }))
+    assert.equal("chbackup: --path '" .. typo .. "' does not exist\n", table.concat(e))
+    assert.is_false(h.exists(typo))
+    -- show, chain and diff read backups only: no status directory either
+    local o = {}
+    assert.equal(0, cli.main({ "--path", typo, "--config", w.config, "show", "Disk('backups', 'c1')" },
+      { stdout = sink(o), stderr = sink({}) }))
+    assert.matches("^backup\tDisk%('backups', 'c1'%)\n", table.concat(o))
+    assert.is_false(h.exists(typo))
+    -- a directory that is not a ClickHouse data path: its parent
+    ok, out = h.cli(w, "BACKUP TABLE shop.customers TO Disk('backups', 'np')", { path = w.dir })
+    assert.is_nil(ok)
+    assert.equal("chbackup: --path '" .. w.dir .. "' is not a ClickHouse data path (no metadata/ directory); "
+      .. "give ClickHouse's data path with --path DIR\n", out)
+    ok, out = h.cli(w, "RESTORE TABLE shop.customers FROM Disk('backups', 'c1')", { path = w.config })
+    assert.is_nil(ok)
+    assert.equal("chbackup: --path '" .. w.config .. "' is not a directory\n", out)
+    -- an empty directory is a new data path for RESTORE
+    local fresh = w.dir .. "/fresh"
+    assert(lfs.mkdir(fresh))
+    ok, out = h.cli(w, "RESTORE TABLE shop.customers FROM Disk('backups', 'c1')", { path = fresh })
+    assert.is_true(ok, out)
+    assert.matches("\tRESTORED\n$", out)
+    assert.is_true(h.exists(fresh .. "/metadata/shop/customers.sql"))
+  end)
+
+  it("names --path and --config when the defaults are not there", function()
+    local chbackup, config = require("chbackup"), require("chbackup.config")
+    local saved_path, saved_config = chbackup.DEFAULT_PATH, config.default_path
+    local function run(argv)
+      local o, e = {}, {}
+      local code = cli.main(argv, { stdout = sink(o), stderr = sink(e) })
+      return code, table.concat(o), table.concat(e)
+    end
+    finally(function()
+      chbackup.DEFAULT_PATH, config.default_path = saved_path, saved_config
+    end)
+    chbackup.DEFAULT_PATH, config.default_path = w.dir .. "/no-clickhouse", w.dir .. "/no-config.xml"
+    local code, _, err = run({ "--path", w.data, "SELECT * FROM system.backups" })
+    assert.equal(1, code)
+    assert.equal("chbackup: configuration file " .. w.dir .. "/no-config.xml does not exist (the default; "
+      .. "give ClickHouse's config with --config FILE)\n", err)
+    code, _, err = run({ "--path", w.data, "--config", w.dir .. "/cnfig.xml", "SELECT * FROM system.backups" })
+    assert.equal(1, code)
+    assert.equal("chbackup: --config: configuration file " .. w.dir .. "/cnfig.xml does not exist\n", err)
+    code, _, err = run({ "--config", w.config, "BACKUP ALL TO Disk('backups', 'd1')" })
+    assert.equal(1, code)
+    assert.equal("chbackup: data path '" .. w.dir .. "/no-clickhouse' does not exist (the default; "
+      .. "give ClickHouse's data path with --path DIR)\n", err)
+    chbackup.DEFAULT_PATH = w.dir
+    code, _, err = run({ "--config", w.config, "BACKUP ALL TO Disk('backups', 'd1')" })
+    assert.equal(1, code)
+    assert.equal("chbackup: data path '" .. w.dir .. "' is not a ClickHouse data path (no metadata/ directory) "
+      .. "(the default; give ClickHouse's data path with --path DIR)\n", err)
+    assert.is_false(h.exists(w.dir .. "/no-clickhouse"))
+  end)
+
+  it("says destination arguments must be quoted, and lists the disks for a misspelt one", function()
+    local ok, out = h.cli(w, "BACKUP TABLE shop.customers TO Disk(backups, m1)")
+    assert.is_nil(ok)
+    assert.truthy(out:find("the arguments of a backup destination must be quoted strings, "
+      .. "as in Disk('backups', '1')", 1, true), out)
+    ok, out = h.cli(w, "BACKUP TABLE shop.customers TO Disk('backup', 'm1')")
+    assert.is_nil(ok)
+    assert.equal("chbackup: unknown disk 'backup': the configured disks are 'backups' "
+      .. "(storage_configuration.disks in " .. w.config .. ")\n", out)
+  end)
+
+  it("prints one line for an internal error (a bug), no traceback, exit 1", function()
+    -- a broken module injected through package.loaded before the launcher runs
+    local inject = "package.loaded['chbackup.query'] = { run = function() local t; return t.x end }"
+    local ok, out, code, err = h.run(string.format("lua5.4 -e %s %s/scripts/chbackup --path %s --config %s "
+      .. "--status-dir %s %s", h.quote(inject), h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status),
+      h.quote("SELECT * FROM system.backups")))
+    assert.is_nil(ok)
+    assert.equal(1, code)
+    assert.equal("chbackup: internal error in SELECT: (command line):1: attempt to index a nil value "
+      .. "(local 't') — this is a bug, please report it\n", out)
+    assert.equal(out, err) -- nothing else: no traceback
+    -- a bug inside an operation: the line names the operation and its id
+    local backup = require("chbackup.backup")
+    local saved = backup.run
+    finally(function() backup.run = saved end)
+    backup.run = function() error("injected bug", 0) end
+    local o, e = {}, {}
+    code = cli.main({ "--path", w.data, "--config", w.config, "--status-dir", w.status,
+      "BACKUP TABLE shop.customers TO Disk('backups', 'bug1') SETTINGS id = 'bug-1'" },
+      { stdout = sink(o), stderr = sink(e) })
+    assert.equal(1, code)
+    assert.equal("", table.concat(o))
+    assert.equal("chbackup: internal error in BACKUP (bug-1): injected bug — this is a bug, please report it\n",
+      table.concat(e))
+    local row = require("chbackup").open({ path = w.data, config = w.config, status_dir = w.status })
+      .store:get("bug-1")
+    assert.equal("BACKUP_FAILED", row.status)
+    assert.equal("internal error: injected bug", row.error)
   end)
 end)

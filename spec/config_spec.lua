@@ -381,8 +381,15 @@ describe("chbackup.config", function()
     it("refuses an unknown disk", function()
       local r, err = config.resolve(cfg, disk("ghost", "1.zip"))
       assert.is_nil(r)
-      assert.equal("unknown disk 'ghost' (storage_configuration.disks in "
-        .. "lua table)", err)
+      assert.equal("unknown disk 'ghost': the configured disks are 'backups', 'other', 'remote' "
+        .. "(storage_configuration.disks in lua table)", err)
+    end)
+
+    it("names an unknown disk as unknown even when it is not allowed either (a misspelt name)", function()
+      local r, err = config.resolve(cfg, disk("backup", "1"))
+      assert.is_nil(r)
+      assert.equal("unknown disk 'backup': the configured disks are 'backups', 'other', 'remote' "
+        .. "(storage_configuration.disks in lua table)", err)
     end)
 
     it("refuses a disk not in allowed_disk", function()
@@ -502,6 +509,13 @@ describe("chbackup.config", function()
       assert.matches("'File' requires 1 argument (path)", err, 1, true)
       _, err = config.resolve(cfg, { engine = "File" })
       assert.matches("'File' requires 1 argument", err, 1, true)
+    end)
+
+    it("says that the arguments must be quoted strings when the first is a bare word", function()
+      -- Disk(backups, '1') parses as a named collection `backups`
+      local _, err = config.resolve(cfg, { engine = "Disk", collection = "backups", args = { "1" } })
+      assert.equal("backup engine 'Disk': its arguments must be quoted strings (backups is not quoted; "
+        .. "named collections are not supported): Disk('backups', '1')", err)
     end)
 
     it("quotes the canonical name like ClickHouse", function()

@@ -24,20 +24,74 @@ end
 local q = helpers.quote
 
 
+local TMP = ROOT .. "/spec/.tmp"
+local stderr_seq = 0
+
+--- Runs a shell command. Returns ok, out, code, stderr: out is its stdout
+-- followed by chbackup's own stderr lines (those starting "chbackup"), so
+-- that a child's warnings (embedded ClickHouse's, 7-Zip's) never get into
+-- what specs compare; stderr is all of it, for assertion messages.
 function helpers.run(cmd)
-  local p = io.popen(cmd .. " 2>&1")
+  stderr_seq = stderr_seq + 1
+  assert(sh("mkdir -p " .. q(TMP)))
+  local errfile = string.format("%s/%d-stderr-%d", TMP, helpers.pid(), stderr_seq)
+  local p = io.popen("(" .. cmd .. ") 2>" .. q(errfile))
   local out = p:read("a")
   local ok, _, code = p:close()
-  return ok, out, code
+  local f = io.open(errfile, "rb")
+  local err = f and f:read("a") or ""
+  if f then
+    f:close()
+  end
+  os.remove(errfile)
+  for line in err:gmatch("[^\n]*\n?") do
+    if line:match("^chbackup[%s:]") then
+      out = out .. line
+    end
+  end
+  return ok, out, code, err
+end
+
+
+-- Scratch directories: spec/.tmp/<pid>-<n>-<name>. Each copy of this module
+-- (busted loads it once per spec file) removes the directories it made when
+-- the Lua state closes, and, when loaded, those that a process no longer
+-- running left (a run that was killed). CHBACKUP_KEEP_SPEC_TMP=1 keeps them.
+local made = {}
+local keep = os.getenv("CHBACKUP_KEEP_SPEC_TMP") == "1"
+
+local function remove_made()
+  for _, dir in ipairs(made) do
+    os.execute("rm -rf " .. q(dir))
+  end
+  made = {}
+end
+
+if not keep then
+  -- a value whose finalizer runs when the module is collected or the state closes
+  helpers._cleanup = setmetatable({}, { __gc = remove_made })
+  if lfs.attributes(TMP, "mode") == "directory" then
+    for entry in lfs.dir(TMP) do
+      local pid = entry:match("^(%d+)%-")
+      if pid and not lfs.attributes("/proc/" .. pid) then
+        os.execute("rm -rf " .. q(TMP .. "/" .. entry))
+      end
+    end
+  end
 end
 
 
 local counter = 0
---- A fresh scratch directory under spec/.tmp (removed at the next run).
+--- A fresh scratch directory under spec/.tmp, removed when this run ends.
 function helpers.tmpdir(name)
-  counter = counter + 1
-  local dir = string.format("%s/spec/.tmp/%d-%d-%s", ROOT, helpers.pid(), counter, name or "t")
-  assert(sh("rm -rf " .. q(dir) .. " && mkdir -p " .. q(dir)))
+  assert(sh("mkdir -p " .. q(TMP)))
+  local dir
+  repeat
+    -- busted loads this module once per spec file, each with its own counter
+    counter = counter + 1
+    dir = string.format("%s/%d-%d-%s", TMP, helpers.pid(), counter, name or "t")
+  until lfs.mkdir(dir)
+  made[#made + 1] = dir
   return dir
 end
 
@@ -153,8 +207,9 @@ function helpers.clickhouse(path, statements, config)
   for _, s in ipairs(statements) do
     cmd[#cmd + 1] = q(s)
   end
-  local ok, out = helpers.run(table.concat(cmd, " "))
-  assert(ok, "ClickHouse failed: " .. out)
+  -- stdout only: ClickHouse's warnings on stderr are not results
+  local ok, out, _, err = helpers.run(table.concat(cmd, " "))
+  assert(ok, "ClickHouse failed: " .. out .. err)
   return out
 end
 

@@ -156,3 +156,26 @@ describe("RESTORE of a crafted directory backup", function()
     assert.equal(a, b)
   end)
 end)
+
+
+describe("RESTORE of ClickHouse's BACKUP ALL", function()
+  it("restores the user databases and leaves the server's own (system, information_schema) alone", function()
+    local w = h.world("all-system")
+    h.clickhouse(w.data, { "BACKUP ALL TO Disk('backups', 'all')" }, w.config)
+    local m = manifest.read(w.backups .. "/all/.backup")
+    assert.is_truthy(m.by_name["metadata/system.sql"] or m.by_name["metadata/information_schema.sql"])
+    local target = w.dir .. "/restored"
+    assert(os.execute("mkdir -p " .. q(target .. "/metadata")))
+    h.sql(w, "RESTORE ALL FROM Disk('backups', 'all')", target)
+    for _, db in ipairs({ "system", "information_schema", "INFORMATION_SCHEMA" }) do
+      assert.is_false(h.exists(target .. "/metadata/" .. db .. ".sql"), db)
+      assert.is_false(h.exists(target .. "/metadata/" .. db), db)
+    end
+    local tables = h.expected()
+    assert.equal(h.digest_text(tables), h.table_digests(target, tables))
+    local err = h.sql_refused(w, "RESTORE DATABASE system FROM Disk('backups', 'all')", target)
+    assert.matches("database system belongs to the server", err)
+    err = h.sql_refused(w, "RESTORE TABLE shop.orders AS system.orders FROM Disk('backups', 'all')", target)
+    assert.matches("database system belongs to the server", err)
+  end)
+end)

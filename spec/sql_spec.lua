@@ -480,6 +480,14 @@ describe("chbackup.sql", function()
       fails_at("BACKUP TABLE t TO Null /* x", 24, "unterminated comment")
     end)
 
+    it("says that destination arguments must be quoted strings (Disk(backups, m1))", function()
+      local err = fails_at("BACKUP TABLE t TO Disk(backups, m1)", 33)
+      assert.equal("Syntax error at position 33 (line 1, column 33): the arguments of a backup destination "
+        .. "must be quoted strings, as in Disk('backups', '1') near 'm1)'", err)
+      fails_at("BACKUP TABLE t TO Disk('backups', m1)", 35, "must be quoted strings")
+      fails_at("BACKUP TABLE t TO Null SETTINGS base_backup = Disk('b', `x`)", 57, "must be quoted strings")
+    end)
+
     it("reports a missing setting value", function()
       local err = fails_at("RESTORE TABLE t FROM Disk('a', 'b') SETTINGS x =", 49)
       assert.equal("Syntax error at position 49 (line 1, column 49): "

@@ -97,8 +97,27 @@ function backup.run(ctx, req)
   if not files then
     return nil, err
   end
+  if settings.structure_only then   -- CREATE statements only, as ClickHouse's
+    files.data = {}
+  end
+  if dest.archive and settings.data_file_name_generator == "checksum" then
+    return nil, "data_file_name_generator = 'checksum' is supported for directory backups, not for archive "
+      .. dest.name .. " (ClickHouse's zip, the reference, is not available to test it against here)"
+  end
   if dest.archive then
     return backup_archive.run(ctx, files)
+  end
+  -- data_file_name_generator = 'checksum' (ClickHouse's): every file is
+  -- stored once under a name made of its checksum, `abc/def…` with a
+  -- prefix of data_file_name_prefix_length characters (default 3).
+  local layout = settings.data_file_name_generator == "checksum" and (settings.data_file_name_prefix_length or 3)
+  local function stored_name(e)
+    if not layout then
+      return e.name
+    elseif layout == 0 then
+      return e.checksum
+    end
+    return e.checksum:sub(1, layout) .. "/" .. e.checksum:sub(layout + 1)
   end
 
   local created = not fsutil.exists(dest.path)
@@ -155,16 +174,22 @@ function backup.run(ctx, req)
     return base and e.checksum and base.by_content[chain.content_key(e.size, e.checksum)]
   end
   local entries, hashed_files, hashed_bytes = {}, 0, 0
+  local written = {}
   for _, m in ipairs(files.metadata) do
     local e = { name = m.name, size = #m.content, checksum = core.checksum(m.content) }
     if in_base(e) then
       e.use_base = true
+    elseif layout and written[stored_name(e)] then
+      e.data_file = stored_name(e)
     else
-      local path = dest.path .. "/" .. m.name
+      local name = stored_name(e)
+      written[name] = true
+      e.data_file = layout and name or nil
+      local path = dest.path .. "/" .. name
       ok, err = fsutil.mkdir_p(path:match("^(.*)/[^/]*$"))
       local content = m.content
       if ok and enc_key then
-        content, err = core.encrypt(enc_key, m.name, content)
+        content, err = core.encrypt(enc_key, name, content)
         ok = content ~= nil
       end
       if ok then
@@ -196,6 +221,20 @@ function backup.run(ctx, req)
     entries[#entries + 1] = e
   end
   table.sort(entries, function(a, b) return a.name < b.name end)
+  if layout then
+    -- a file's name in the backup comes from its checksum: know them all first
+    local data_entries = {}
+    for _, e in ipairs(entries) do
+      if e.src then
+        data_entries[#data_entries + 1] = e
+      end
+    end
+    local n, bytes_or_err, hcode = backup_archive.hash_unknown(ctx, data_entries, nil)
+    if not n then
+      return fail("backup " .. dest.name .. " failed: " .. bytes_or_err, hcode)
+    end
+    hashed_files, hashed_bytes = hashed_files + n, hashed_bytes + bytes_or_err
+  end
 
   -- Decide each file: in the base (use_base), a copy of a file stored
   -- earlier (data_file), or stored; a file that may have grown since the
@@ -210,11 +249,17 @@ function backup.run(ctx, req)
       e.use_base = true
     elseif e.src then
       local key = e.checksum and chain.content_key(e.size, e.checksum)
-      if key and first[key] then
+      if layout and written[stored_name(e)] then
+        e.data_file = stored_name(e)
+      elseif key and first[key] then
         e.data_file = first[key]
       else
         if key then
-          first[key] = e.name
+          first[key] = stored_name(e)
+        end
+        if layout then
+          written[stored_name(e)] = true
+          e.data_file = stored_name(e)
         end
         e.stored = true
         to_copy[#to_copy + 1] = e
@@ -230,8 +275,8 @@ function backup.run(ctx, req)
   end)
   for _, e in ipairs(to_copy) do
     -- read exactly `size` bytes (a Log file may hold uncommitted bytes)
-    e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. e.name, e.size, e.checksum,
-      nil, enc_key and e.name)
+    e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. stored_name(e), e.size, e.checksum,
+      nil, enc_key and stored_name(e))
     local be = base and not e.checksum and base.manifest.by_name[e.name]
     if be and be.size > 0 and be.size < e.size then
       job:set_base(e.job_index, be.size, be.checksum)
@@ -275,13 +320,17 @@ function backup.run(ctx, req)
     local key = chain.content_key(e.size, e.checksum)
     counters.num_files = counters.num_files + 1
     counters.total_size = counters.total_size + e.size
-    if e.stored and not e.base_size and first[key] and first[key] ~= e.name then
-      os.remove(dest.path .. "/" .. e.name)
-      e.stored, e.data_file = false, first[key]
-    elseif e.stored and not e.base_size then
-      first[key] = first[key] or e.name
-    elseif e.size > 0 and not e.use_base and not e.base_size then
-      e.data_file = first[key] or e.data_file
+    -- (with a checksum layout every checksum was known before copying:
+    -- nothing to undo)
+    if not layout then
+      if e.stored and not e.base_size and first[key] and first[key] ~= e.name then
+        os.remove(dest.path .. "/" .. e.name)
+        e.stored, e.data_file = false, first[key]
+      elseif e.stored and not e.base_size then
+        first[key] = first[key] or e.name
+      elseif e.size > 0 and not e.use_base and not e.base_size then
+        e.data_file = first[key] or e.data_file
+      end
     end
     if e.stored then
       counters.num_entries = counters.num_entries + 1
@@ -290,7 +339,8 @@ function backup.run(ctx, req)
   end
 
   local m
-  m, err = chain.new_manifest(ctx, entries, base, nil, enc_key)
+  m, err = chain.new_manifest(ctx, entries, base,
+    { key = enc_key, data_file_name_generator = layout and "checksum" or nil })
   if not m then
     return fail(err)
   end

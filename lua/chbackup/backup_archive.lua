@@ -19,9 +19,10 @@ local runner = require("chbackup.runner")
 local backup_archive = {}
 
 
--- Hashes what is not known yet: whole files without a checksum, and the
--- prefixes that may match a base file of the same name.
-local function hash_unknown(ctx, entries, base)
+--- Hashes what is not known yet: whole files without a checksum, and the
+-- prefixes that may match a base file of the same name (base may be nil).
+-- Returns files hashed, bytes read; or nil, err, code.
+function backup_archive.hash_unknown(ctx, entries, base)
   local job = core.job({ threads = ctx.threads })
   local asked = {}
   for _, e in ipairs(entries) do
@@ -73,7 +74,7 @@ function backup_archive.run(ctx, files)
     entries[#entries + 1] = { name = d.name, size = d.size, checksum = d.checksum, src = d.path }
   end
   table.sort(entries, function(a, b) return a.name < b.name end)
-  local hashed_files, hashed_bytes, code = hash_unknown(ctx, entries, base)
+  local hashed_files, hashed_bytes, code = backup_archive.hash_unknown(ctx, entries, base)
   if not hashed_files then
     return nil, "backup " .. dest.name .. " failed: " .. hashed_bytes, code
   end
@@ -151,7 +152,7 @@ function backup_archive.run(ctx, files)
   end
 
   -- the files this archive stores are not in it yet: check only the base
-  local m, merr2 = chain.new_manifest(ctx, entries, base, { only_base = true })
+  local m, merr2 = chain.new_manifest(ctx, entries, base, { check = { only_base = true } })
   if not m then
     return fail(merr2)
   end

@@ -270,23 +270,31 @@ function chain.pieces(b, e, depth)
     end
     return chain.pieces(base, be, depth)
   end
+  -- The name the bytes are stored under: the entry's own, another entry's
+  -- (a duplicate stored once), or, in a backup made with ClickHouse's
+  -- data_file_name_generator = 'checksum', a name derived from the
+  -- checksum that no entry has (`abc/def…`).
+  local name = e.name
   if e.data_file and e.data_file ~= e.name then
     local primary = b.manifest.by_name[e.data_file]
-    if not primary then
+    if primary then
+      return chain.pieces(b, primary, depth)
+    end
+    if b.manifest.data_file_name_generator ~= "checksum" then
       return nil, "backup " .. b.dest.name .. " is corrupt: " .. e.name .. " refers to "
         .. e.data_file .. ", which it does not list"
     end
-    return chain.pieces(b, primary, depth)
+    name = e.data_file
   end
   -- root: read confined below the backup's directory (no symbolic link in
   -- it is followed: a backup is untrusted input)
-  local stored = { b.dest.path .. "/" .. e.name, 0, e.size - base_size, root = b.dest.path }
+  local stored = { b.dest.path .. "/" .. name, 0, e.size - base_size, root = b.dest.path }
   if b.key_err then
     return nil, b.key_err
   elseif b.key then
-    stored.key, stored.aad = b.key, e.name
+    stored.key, stored.aad = b.key, name
   elseif b.dest.archive then
-    stored = { b.dest.path, 0, e.size - base_size, entry = e.name, password = b.password }
+    stored = { b.dest.path, 0, e.size - base_size, entry = name, password = b.password }
   end
   if base_size > 0 then
     local base, be, err = find_content(b, base_size, base_checksum, b.dest.name .. ": " .. e.name)
@@ -338,7 +346,7 @@ function chain.check(b, opts)
         return nil, err
       end
       for _, p in ipairs(pieces) do
-        local own = p[1] == b.dest.path or p[1] == b.dest.path .. "/" .. e.name
+        local own = p[1] == b.dest.path or p[1]:sub(1, #b.dest.path + 1) == b.dest.path .. "/"
         if not (opts.only_base and own) then
           local size = piece_source_size(p, by_path)
           local where = p.entry and (p[1] .. ":" .. p.entry) or p[1]
@@ -418,21 +426,23 @@ end
 --- The manifest of a backup being made from its entries (sorted by
 -- name), on `base` or none. An incremental is checked against its chain
 -- first: it is recorded as created only once every file it relies on is
--- there (ClickHouse reports success on a broken base). check_opts go to
--- chain.check; key opens an encrypted directory backup being written.
+-- there (ClickHouse reports success on a broken base). opts: check (for
+-- chain.check), key (opens an encrypted directory backup being written),
+-- data_file_name_generator ("checksum": files stored under checksum names).
 -- Returns the manifest or nil, err.
-function chain.new_manifest(ctx, entries, base, check_opts, key)
+function chain.new_manifest(ctx, entries, base, opts)
+  opts = opts or {}
   local m = {
     version = 1, deduplicate_files = 1, timestamp = os.date("%Y-%m-%d %H:%M:%S"), uuid = ctx.op_uuid,
-    files = entries, by_name = {},
+    files = entries, by_name = {}, data_file_name_generator = opts.data_file_name_generator,
     base_backup = base and base.dest.name, base_backup_uuid = base and base.manifest.uuid,
   }
   if base then
     for _, e in ipairs(entries) do
       m.by_name[e.name] = e
     end
-    local ok, err = chain.check({ dest = ctx.dest, manifest = m, cfg = ctx.config, base = base, key = key },
-      check_opts)
+    local ok, err = chain.check({ dest = ctx.dest, manifest = m, cfg = ctx.config, base = base, key = opts.key },
+      opts.check)
     if not ok then
       return nil, err
     end

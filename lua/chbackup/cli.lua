@@ -25,7 +25,8 @@ clickhouse-local does, against a ClickHouse data path read offline.
   SELECT status, error FROM system.backups FORMAT Vertical
 
 options:
-  --path DIR         ClickHouse data path (default /var/lib/clickhouse)
+  --path DIR         ClickHouse data path (default /var/lib/clickhouse); RESTORE
+                     into a new data path takes an empty directory
   --config FILE      ClickHouse config (default /etc/clickhouse-server/config.xml,
                      plus its config.d/*.xml)
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
@@ -72,11 +73,108 @@ local function parse_args(argv)
 end
 
 
-local function open(opts)
+-- inspect: show, chain and diff read backups only; they create no status
+-- directory (nor a data path's .chbackup)
+local function open(opts, inspect)
+  local status_dir = opts.status_dir
+  if status_dir == nil and inspect then
+    status_dir = false
+  end
   return chbackup.open({
     path = opts.path, config = opts.config or config.default_path,
-    status_dir = opts.status_dir, threads = tonumber(opts.threads),
+    status_dir = status_dir, threads = tonumber(opts.threads),
   })
+end
+
+
+-- The config file must exist; a message about the default names --config.
+local function check_config(opts)
+  local file = opts.config or config.default_path
+  if fsutil.exists(file) then
+    return true
+  end
+  if opts.config then
+    return nil, "--config: configuration file " .. file .. " does not exist"
+  end
+  return nil, "configuration file " .. file .. " does not exist (the default; give ClickHouse's config "
+    .. "with --config FILE)"
+end
+
+
+-- The data path must be one: a misspelt --path must not become a new data
+-- path (nor get a status directory). `kinds` says what will run: "backup",
+-- "restore" (which may start from an empty directory), "status" (SELECT,
+-- wait, cancel: the status directory is under the data path).
+local function check_path(opts, kinds)
+  local path = opts.path or chbackup.DEFAULT_PATH
+  local named = opts.path and ("--path '" .. path .. "'") or ("data path '" .. path .. "'")
+  local hint = opts.path and "" or " (the default; give ClickHouse's data path with --path DIR)"
+  if not fsutil.exists(path) then
+    return nil, named .. " does not exist" .. hint .. (kinds.restore and opts.path
+      and " (to RESTORE into a new data path, create it as an empty directory first)" or "")
+  end
+  if not fsutil.is_dir(path) then
+    return nil, named .. " is not a directory" .. hint
+  end
+  if fsutil.is_dir(path .. "/metadata") then
+    return true
+  end
+  local empty = true
+  for entry in require("lfs").dir(path) do
+    if entry ~= "." and entry ~= ".." and entry ~= ".chbackup" then
+      empty = false
+      break
+    end
+  end
+  if empty and not kinds.backup then
+    return true -- a fresh data path for RESTORE; or where status is kept
+  end
+  return nil, named .. " is not a ClickHouse data path (no metadata/ directory)"
+    .. (opts.path and "; give ClickHouse's data path with --path DIR" or hint)
+end
+
+
+-- What a command will do with the data path (nil: nothing to check;
+-- false, err: a syntax error).
+local function path_use(opts, rest)
+  local explicit_status = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
+  local sub = rest[1]
+  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" then
+    return nil
+  end
+  if sub == "wait" or sub == "cancel" then
+    return not explicit_status and { status = true } or nil
+  end
+  local reqs, err = chbackup.parse(sub)
+  if not reqs then
+    return false, err -- reported before anything is opened
+  end
+  local kinds = {}
+  for _, req in ipairs(reqs) do
+    kinds[req.kind == "select" and "status" or req.kind] = true
+  end
+  if kinds.status and explicit_status and not kinds.backup and not kinds.restore then
+    return nil
+  end
+  return kinds
+end
+
+
+-- The one line an escaped Lua error (a bug) prints; exit status 1.
+local function internal_error(errout, what, op, message, id)
+  if op then
+    id = op.id
+    what = op.request and op.request.kind and op.request.kind:upper() or what
+    -- best effort: record the operation failed rather than leave it running
+    pcall(function()
+      op.instance.store:finish(op.id, op.request.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED",
+        "internal error: " .. message)
+    end)
+  end
+  message = tostring(message):gsub("%s*\n%s*", " ")
+  errout:write(string.format("chbackup: internal error in %s%s: %s — this is a bug, please report it\n",
+    what, id and (" (" .. id .. ")") or "", message))
+  return 1
 end
 
 
@@ -169,10 +267,25 @@ local function cmd_wait(inst, id, out)
 end
 
 
---- Runs the CLI. io_ = {stdout=, stderr=} for tests.
+local run
+
+
+--- Runs the CLI. io_ = {stdout=, stderr=} for tests. Expected failures
+-- print their message (exit 1); a Lua error that escapes is a bug and
+-- prints one line naming the operation (exit 1), never a traceback.
 function cli.main(argv, io_)
   local out = io_ and io_.stdout or io.stdout
   local errout = io_ and io_.stderr or io.stderr
+  local state = {}
+  local ok, code = pcall(run, argv, out, errout, state)
+  if ok then
+    return code
+  end
+  return internal_error(errout, state.what or "chbackup", state.op, code)
+end
+
+
+function run(argv, out, errout, state)
   local opts, rest = parse_args(argv)
   if not opts then
     errout:write("chbackup: " .. rest .. "\n" .. USAGE)
@@ -188,7 +301,19 @@ function cli.main(argv, io_)
   end
   if rest[1] == "policy" then
     -- policy as code: its own sub-commands (chbackup.policy.cli)
+    state.what = "policy " .. tostring(rest[2])
     return require("chbackup.policy.cli").main(rest, opts, { stdout = out, stderr = errout })
+  end
+  local sub = rest[1]
+  if sub == "show" or sub == "chain" or sub == "diff" or sub == "wait" or sub == "cancel" then
+    state.what = sub
+  else
+    state.what = (sub:match("^%s*(%a+)") or "statement"):upper()
+  end
+  local arity = { show = 2, chain = 2, diff = 3, cancel = 2, wait = 2 }
+  if #rest > 1 and arity[sub] ~= #rest then
+    errout:write("chbackup: give statements as one argument, separated by ';'\n")
+    return 2
   end
   local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff"
   if opts.password_file and not inspecting then
@@ -206,7 +331,19 @@ function cli.main(argv, io_)
     end
     secret = { password = secret }
   end
-  local inst, err = open(opts)
+  local kinds, cerr = path_use(opts, rest)
+  local checked = kinds ~= false
+  if checked then
+    checked, cerr = check_config(opts)
+  end
+  if checked and kinds then
+    checked, cerr = check_path(opts, kinds)
+  end
+  if not checked then
+    errout:write("chbackup: " .. cerr .. "\n")
+    return 1
+  end
+  local inst, err = open(opts, inspecting)
   if not inst then
     errout:write("chbackup: " .. err .. "\n")
     return 1
@@ -229,15 +366,25 @@ function cli.main(argv, io_)
     errout:write("chbackup: give statements as one argument, separated by ';'\n")
     return 2
   elseif opts.run_operation then
-    ok, err = cli.run_operation(inst, opts.run_operation, rest[1])
+    ok, err = cli.run_operation(inst, opts.run_operation, rest[1], state)
   else
-    ok, err = inst:execute(rest[1], {
+    local r
+    ok, err, r = inst:execute(rest[1], {
+      on_start = function(op) state.op = op end,
       on_async = function(op) return spawn_async(opts, op, op.request.text) end,
-      on_result = function(r)
-        out:write(r.text or (r.id .. "\t" .. r.status .. "\n"))
+      on_result = function(res)
+        state.op = nil
+        out:write(res.text or (res.id .. "\t" .. res.status .. "\n"))
         out:flush()
       end,
     })
+    if not ok and r and r.internal then
+      -- a bug inside the operation, caught and recorded by it
+      local op = state.op
+      state.op = nil
+      return internal_error(errout, op and op.request.kind:upper() or state.what, nil,
+        tostring(err):gsub("^internal error: ", ""), r.id)
+    end
   end
   if not ok then
     err = tostring(err)
@@ -253,7 +400,7 @@ end
 
 --- The detached half of an ASYNC operation: runs the statement under the
 -- id its parent registered.
-function cli.run_operation(inst, id, statement)
+function cli.run_operation(inst, id, statement, state)
   local reqs, err = chbackup.parse(statement)
   if not reqs then
     inst.store:finish(id, "BACKUP_FAILED", err)
@@ -265,6 +412,9 @@ function cli.run_operation(inst, id, statement)
       if not op then
         inst.store:finish(id, req.kind == "backup" and "BACKUP_FAILED" or "RESTORE_FAILED", serr)
         return nil, serr
+      end
+      if state then
+        state.op = op
       end
       local r = op:wait()
       if r.error and r.error ~= "" then

@@ -843,9 +843,9 @@ end
 
 local function args_error(engine)
   if engine == "Disk" then
-    return "backup engine 'Disk' requires 2 arguments (disk_name, path)"
+    return "backup engine 'Disk' requires 2 arguments (disk_name, path), quoted strings: Disk('backups', '1')"
   end
-  return "backup engine 'File' requires 1 argument (path)"
+  return "backup engine 'File' requires 1 argument (path), a quoted string: File('/backups/1')"
 end
 
 
@@ -910,15 +910,22 @@ local function resolve_disk(cfg, args)
       .. "cannot use the 'Disk' backup engine",
       cfg.backups_source or cfg.source)
   end
+  local disk = cfg.disks[disk_name]
+  if not disk then
+    -- most often a misspelt name: say which disks there are
+    local known = {}
+    for name in pairs(cfg.disks) do
+      known[#known + 1] = quote(name)
+    end
+    table.sort(known)
+    return nil, string.format("unknown disk %s: the configured disks are %s "
+      .. "(storage_configuration.disks in %s)", quote(disk_name),
+      #known > 0 and table.concat(known, ", ") or "none", cfg.source)
+  end
   if not index_of(cfg.allowed_disks, disk_name) then
     return nil, string.format("disk %s is not allowed for backups "
       .. "(backups.allowed_disk in %s)", quote(disk_name),
       cfg.backups_source or cfg.source)
-  end
-  local disk = cfg.disks[disk_name]
-  if not disk then
-    return nil, string.format("unknown disk %s (storage_configuration.disks "
-      .. "in %s)", quote(disk_name), cfg.source)
   end
   if disk.type ~= "local" then
     return nil, string.format("disk %s has type %s; only local disks are "
@@ -1034,6 +1041,12 @@ function config.resolve(cfg, dest)
   local engine = dest.engine
   if type(engine) ~= "string" then
     return nil, "config.resolve: destination has no engine name"
+  end
+  if dest.collection and (engine == "Disk" or engine == "File") then
+    -- Disk(backups, '1'): ClickHouse would read a named collection
+    return nil, string.format("backup engine %s: its arguments must be quoted strings "
+      .. "(%s is not quoted; named collections are not supported): %s",
+      quote(engine), dest.collection, engine == "Disk" and "Disk('backups', '1')" or "File('/backups/1')")
   end
   if engine == "Disk" then
     local ok, err = check_args(engine, dest.args, 2)

@@ -39,7 +39,8 @@ chbackup.DEFAULT_PATH = "/var/lib/clickhouse"
 --         config = XML file path | Lua table | loaded config (default
 --                  /etc/clickhouse-server/config.xml),
 --         status_dir = where operations are recorded (default
---                  <path>/.chbackup/status), threads = workers (default: cores) }
+--                  <path>/.chbackup/status; false: none, for chain, diff and
+--                  inspecting only), threads = workers (default: cores) }
 function chbackup.open(opts)
   opts = opts or {}
   local path = opts.path or chbackup.DEFAULT_PATH
@@ -54,12 +55,13 @@ function chbackup.open(opts)
   if not cfg then
     return nil, err
   end
-  local status_dir = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
-    or (path:gsub("/+$", "") .. "/.chbackup/status")
-  local store
-  store, err = status.open(status_dir)
-  if not store then
-    return nil, err
+  local status_dir, store = opts.status_dir, nil
+  if status_dir ~= false then -- false: inspecting backups only, no status table
+    status_dir = status_dir or os.getenv("CHBACKUP_STATUS_DIR") or (path:gsub("/+$", "") .. "/.chbackup/status")
+    store, err = status.open(status_dir)
+    if not store then
+      return nil, err
+    end
   end
   return setmetatable({
     path = path, config = cfg, store = store, threads = opts.threads, status_dir = status_dir,
@@ -130,6 +132,9 @@ function Instance:_start(req, row)
   if not set then
     return nil, err
   end
+  if set.async then   -- SETTINGS async = 1 is ClickHouse's other spelling of ASYNC
+    req.async = true
+  end
   local dest
   dest, err = config.resolve(self.config, req.destination)
   if not dest then
@@ -175,6 +180,7 @@ function Operation:_run()
     local ok, res, rerr, rcode = pcall(run, ctx, req)
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
+      self.internal = true -- a bug, not an expected failure
     else
       counters, err, code = res, rerr, rcode
     end
@@ -211,13 +217,14 @@ function Operation:poll()
 end
 
 
---- Runs the operation to its end. Returns {id=, status=, error=}.
+--- Runs the operation to its end. Returns {id=, status=, error=}, with
+-- internal = true when the error is a bug (a Lua error the operation caught).
 function Operation:wait()
   while not self:poll() do
     -- the runner yields while the C job works; nothing else to do here
     assert(true)
   end
-  return { id = self.id, status = self.final, error = self.error }
+  return { id = self.id, status = self.final, error = self.error, internal = self.internal }
 end
 
 
@@ -235,7 +242,8 @@ end
 
 --- Executes SQL text (one or more statements) or one request table.
 -- opts.on_result(r) is called as each statement ends (the CLI prints there);
--- opts.on_async(op) takes over ASYNC operations. Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
+-- opts.on_start(op) as each BACKUP or RESTORE starts; opts.on_async(op)
+-- takes over ASYNC operations. Returns a list of results: {id=, status=, error=} for BACKUP/RESTORE
 -- ({id=, status=} with ASYNC, the operation left to `async` handling),
 -- {text=} for SELECT. Stops at the first failure: nil, err.
 function Instance:execute(statements, opts)
@@ -264,6 +272,9 @@ function Instance:execute(statements, opts)
       local op, serr = self:start(req)
       if not op then
         return nil, serr
+      end
+      if opts.on_start then
+        opts.on_start(op)
       end
       local r
       if req.async and opts.on_async then

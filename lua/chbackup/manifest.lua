@@ -131,6 +131,10 @@ function manifest.serialize(m, write)
     m.deduplicate_files or 1, "</deduplicate_files><timestamp>", esc(m.timestamp),
     "</timestamp><uuid>", esc(m.uuid), "</uuid>",
   }
+  if m.data_file_name_generator then
+    -- (ClickHouse writes it here, before base_backup)
+    out[#out + 1] = "<data_file_name_generator>" .. esc(m.data_file_name_generator) .. "</data_file_name_generator>"
+  end
   if m.base_backup then
     out[#out + 1] = "<base_backup>" .. esc(m.base_backup) .. "</base_backup><base_backup_uuid>"
       .. esc(m.base_backup_uuid) .. "</base_backup_uuid>"

@@ -15,6 +15,7 @@ local core = require("chbackup.core")
 local catalog_mod = require("chbackup.catalog")
 local disks = require("chbackup.disks")
 local chain = require("chbackup.chain")
+local contents = require("chbackup.contents")
 local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
 local names = require("chbackup.names")
@@ -27,77 +28,6 @@ local uuid = require("chbackup.uuid")
 local restore = {}
 
 local DEFAULT_DATABASE = "default"
-
-
--- The backup's contents grouped by database and table. Every data file
--- must belong to a table whose metadata the backup holds: a name damaged in
--- `.backup` would otherwise leave its data behind unnoticed.
--- Returns dbs or nil, err.
-local function index_backup(m, backup_name)
-  local dbs = {}
-  local function db_entry(esc)
-    local name = names.unescape_file(esc)
-    dbs[name] = dbs[name] or { name = name, escaped = esc, tables = {} }
-    return dbs[name]
-  end
-  local function tbl_entry(esc_db, esc_t)
-    local db = db_entry(esc_db)
-    local name = names.unescape_file(esc_t)
-    db.tables[name] = db.tables[name] or { name = name, escaped = esc_t, data = {} }
-    return db.tables[name]
-  end
-  for _, f in ipairs(m.files) do
-    local esc_db = f.name:match("^metadata/([^/]+)%.sql$")
-    local mdb, mt = f.name:match("^metadata/([^/]+)/([^/]+)%.sql$")
-    local ddb, dt, rest = f.name:match("^data/([^/]+)/([^/]+)/(.+)$")
-    if esc_db then
-      db_entry(esc_db).metadata = f
-    elseif mdb then
-      tbl_entry(mdb, mt).metadata = f
-    elseif ddb then
-      local t = tbl_entry(ddb, dt)
-      t.data[#t.data + 1] = { rel = rest, file = f }
-    else
-      -- Everything ClickHouse writes into a backup is under metadata/ or
-      -- data/; anything else is a damaged name whose file would be lost.
-      return nil, "backup " .. backup_name .. " is corrupt: it lists " .. f.name
-        .. ", which is no file of a database or table"
-    end
-  end
-  for _, db in pairs(dbs) do
-    for _, t in pairs(db.tables) do
-      -- (data/system/… holds what ClickHouse backs up of the server itself,
-      -- access entities and functions, without table metadata)
-      if not t.metadata and db.name ~= "system" then
-        return nil, "backup " .. backup_name .. " is corrupt: it lists " .. t.data[1].file.name
-          .. " but has no metadata of table " .. names.qualified(db.name, t.name)
-      end
-    end
-  end
-  return dbs
-end
-
-
--- Checks that a metadata file of the backup holds the statement its name
--- says: a database's for metadata/<db>.sql, a table's (view's,
--- dictionary's) for metadata/<db>/<t>.sql, named as the file is.
-local function check_metadata_name(info, entry, db_name, table_name, backup_name)
-  local want = table_name and "a table" or "database " .. names.quote_identifier(db_name)
-  local ok
-  if table_name then
-    ok = info.object ~= "DATABASE" and info.name == table_name
-      and (info.database == nil or info.database == db_name)
-  else
-    ok = info.object == "DATABASE" and info.name == db_name and info.database == nil
-  end
-  if not ok then
-    return nil, string.format("backup %s is corrupt: %s holds CREATE %s %s, not the statement of %s",
-      backup_name, entry.name, info.object,
-      info.database and names.qualified(info.database, info.name) or names.quote_identifier(info.name),
-      table_name and names.qualified(db_name, table_name) or want)
-  end
-  return true
-end
 
 
 -- Which tables of the backup the elements select:
@@ -137,6 +67,14 @@ local function select_tables(backup_dbs, elements, backup_name)
     return true
   end
   for _, el in ipairs(elements) do
+    local from = el.type == "table" and (el.database or DEFAULT_DATABASE) or el.type == "database" and el.name
+    local to = el.type == "table" and el.new_database or el.type == "database" and el.new_name
+    for _, db_name in ipairs({ from or "", to or "" }) do
+      if catalog_mod.SYSTEM_DATABASES[db_name] then
+        return nil, "database " .. names.quote_identifier(db_name)
+          .. " belongs to the server: chbackup does not restore into or from it"
+      end
+    end
     if el.type == "table" then
       local db_name = el.database or DEFAULT_DATABASE
       local db = backup_dbs[db_name]
@@ -176,7 +114,9 @@ local function select_tables(backup_dbs, elements, backup_name)
       end
       table.sort(list, function(a, b) return a.name < b.name end)
       for _, db in ipairs(list) do
-        if not except_db[db.name] then
+        -- ClickHouse's BACKUP ALL holds the metadata of system,
+        -- information_schema, …: databases of the server, never restored
+        if not except_db[db.name] and not catalog_mod.SYSTEM_DATABASES[db.name] then
           local ok, err = add_db(db, db.name, nil)
           if not ok then
             return nil, err
@@ -259,7 +199,7 @@ function restore.run(ctx, req)
   end
   local m = b.manifest
   local backup_dbs
-  backup_dbs, err = index_backup(m, src.name)
+  backup_dbs, err = contents.index(m, src.name)
   if not backup_dbs then
     return nil, err
   end
@@ -294,7 +234,7 @@ function restore.run(ctx, req)
         if not info then
           return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name
         end
-        local ok, nerr = check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
+        local ok, nerr = contents.check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
         if not ok then
           return nil, nerr
         end
@@ -323,7 +263,7 @@ function restore.run(ctx, req)
     if not info then
       return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
     end
-    local named, nerr = check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
+    local named, nerr = contents.check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
     if not named then
       return nil, nerr
     end
@@ -445,91 +385,76 @@ function restore.run(ctx, req)
         .. " (SETTINGS structure_only=true restores its definition only)"
     end
     if not settings.structure_only and t.family ~= "none" then
-      local parts, part_order, part_size = {}, {}, {}
-      for _, d in ipairs(t.sel.tbl.data) do
-        local pn = d.rel:match("^([^/]+)/")
-        if pn then
-          -- room it takes: whole 4 KiB blocks per file and one for the directory
-          part_size[pn] = (part_size[pn] or 4096) + (d.file.size + 4095) // 4096 * 4096
-        end
+      local data, derr = contents.table_data(t.sel.tbl, t.family, src.name)
+      if not data then
+        job:close()
+        return nil, derr
       end
-      for _, d in ipairs(t.sel.tbl.data) do
-        local part_name, file = d.rel:match("^([^/]+)/(.+)$")
-        if t.family == "log" then
-          part_name, file = nil, d.rel
-        end
-        local part = part_name and catalog_mod.parse_part_name(part_name)
-        if (t.family == "mergetree" and not part) or (t.family == "log" and file:find("/", 1, true)) then
-          job:close()
-          return nil, "backup " .. src.name .. " has an unexpected file " .. d.file.name
-            .. " (not a file of a " .. t.family .. " table)"
-        end
-        if not (part and t.sel.partitions and not t.sel.partitions[part.partition_id]) then
-          local dst
-          if part then
-            if not parts[part_name] then
-              local final = part_name
-              if next_block then
-                next_block = next_block + 1
-                final = string.format("%s_%d_%d_%d", part.partition_id, next_block, next_block, part.level)
-              end
-              local loc, perr = place_part(t, part_name, part_size[part_name],
-                was_on[d.file.name:match("^(data/[^/]+/[^/]+/[^/]+)/") or ""])
-              if not loc then
-                job:close()
-                return nil, perr
-              end
-              parts[part_name] = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final,
-                files = {}, where = "backup " .. src.name .. ": part " .. d.file.name:sub(1, -#file - 2) }
-              renames[#renames + 1] = parts[part_name]
-              part_order[#part_order + 1] = parts[part_name]
-            end
-            parts[part_name].files[file] = d.file
-            dst = parts[part_name].tmp .. "/" .. file
-          elseif t.existing then
-            -- an empty existing Log table: new files beside, then renamed over
-            dst = t.data_dir .. "/tmp_restore_" .. file
-            renames[#renames + 1] = { tmp = dst, final = t.data_dir .. "/" .. file }
-          else
-            dst = t.data_dir .. "/" .. file
-          end
-          local f = d.file
-          if f.size == 0 then
-            empty_files[#empty_files + 1] = dst   -- no bytes in the backup
-          else
-            local pieces, perr = chain.pieces(b, f)
-            if not pieces then
-              job:close()
-              return nil, perr
-            end
-            copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
-          end
-          counters.num_files = counters.num_files + 1
-          counters.total_size = counters.total_size + f.size
-        end
-      end
-      -- Every part (or Log table) as ClickHouse will load it, before a byte
-      -- is copied.
+      -- Every part (or Log table) is checked as ClickHouse will load it
+      -- before a byte is copied.
       local function read(e)
         return chain.read(b, e)
       end
-      for _, p in ipairs(part_order) do
-        local ok, perr = part_check.check(p.where, p.files, read)
-        if not ok then
-          job:close()
-          return nil, perr
+      local function add_file(dst, f)
+        if f.size == 0 then
+          empty_files[#empty_files + 1] = dst   -- no bytes in the backup
+        else
+          local pieces, perr = chain.pieces(b, f)
+          if not pieces then
+            return nil, perr
+          end
+          copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
+        end
+        counters.num_files = counters.num_files + 1
+        counters.total_size = counters.total_size + f.size
+        return true
+      end
+      local ok, ferr = true, nil
+      for _, p in ipairs(data.parts) do
+        if ok and not (t.sel.partitions and not t.sel.partitions[p.info.partition_id]) then
+          ok, ferr = part_check.check(p.where, p.files, read)
+          local final = p.name
+          if next_block then
+            next_block = next_block + 1
+            final = string.format("%s_%d_%d_%d", p.info.partition_id, next_block, next_block, p.info.level)
+          end
+          -- room the part takes: whole 4 KiB blocks per file and one for its directory
+          local size, from = 4096, nil
+          for _, x in ipairs(p.list) do
+            size = size + (x.file.size + 4095) // 4096 * 4096
+            from = from or was_on[x.file.name:match("^(data/[^/]+/[^/]+/[^/]+)/") or ""]
+          end
+          local loc, perr = place_part(t, p.name, size, from)
+          if not loc then
+            job:close()
+            return nil, perr
+          end
+          local r = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final }
+          renames[#renames + 1] = r
+          for _, x in ipairs(p.list) do
+            if ok then
+              ok, ferr = add_file(r.tmp .. "/" .. x.rel, x.file)
+            end
+          end
         end
       end
-      if t.family == "log" then
-        local files = {}
-        for _, d in ipairs(t.sel.tbl.data) do
-          files[d.rel] = d.file
+      if ok and t.family == "log" then
+        ok, ferr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, data.files, read)
+        for _, x in ipairs(data.list) do
+          local dst = t.data_dir .. "/" .. x.rel
+          if ok and t.existing then
+            -- an empty existing Log table: new files beside, then renamed over
+            dst = t.data_dir .. "/tmp_restore_" .. x.rel
+            renames[#renames + 1] = { tmp = dst, final = t.data_dir .. "/" .. x.rel }
+          end
+          if ok then
+            ok, ferr = add_file(dst, x.file)
+          end
         end
-        local ok, lerr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, files, read)
-        if not ok then
-          job:close()
-          return nil, lerr
-        end
+      end
+      if not ok then
+        job:close()
+        return nil, ferr
       end
     end
   end

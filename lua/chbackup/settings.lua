@@ -11,6 +11,14 @@ local BACKUP = {
   password = "string",
   deduplicate_files = "boolean",
   structure_only = "boolean",
+  async = "boolean",
+  data_file_name_generator = "string",
+  data_file_name_prefix_length = "integer",
+  check_parts = "boolean",
+  check_projection_parts = "boolean",
+  -- the chain's backups share one password: true or false, the base is
+  -- opened with the statement's password
+  use_same_password_for_base_backup = "boolean",
   -- chbackup's own: worker threads and fsync of every written file
   threads = "integer",
   fsync = "boolean",
@@ -21,14 +29,61 @@ local RESTORE = {
   password = "string",
   allow_non_empty_tables = "boolean",
   structure_only = "boolean",
+  async = "boolean",
+  use_same_password_for_base_backup = "boolean",
   threads = "integer",
   fsync = "boolean",
 }
 
--- Known to ClickHouse, delivered by later work: refused by name.
-local NOT_YET = {
-  use_same_s3_credentials_for_base_backup = true,
-  async = true, allow_different_table_def = true,
+-- ClickHouse's other BACKUP/RESTORE settings (src/Backups/BackupSettings.h,
+-- RestoreSettings.h): none is ignored; each is refused by name, saying why.
+local S3 = "S3 destinations are not supported yet"
+local CLUSTER = "chbackup runs on one server's data path; ON CLUSTER plumbing does not apply"
+local ACCESS = "access entities and functions are not restored yet"
+local REFUSED = {
+  backup = {
+    s3_storage_class = S3, s3_storage_class_name = S3,
+    use_same_s3_credentials_for_base_backup = S3, allow_s3_native_copy = S3,
+    allow_azure_native_copy = "Azure is not supported",
+    azure_attempt_to_create_container = "Azure is not supported",
+    read_from_filesystem_cache = "chbackup reads local disks only (no filesystem cache)",
+    allow_checksums_from_remote_paths = "chbackup reads local disks only (no remote paths)",
+    experimental_lightweight_snapshot = "SharedMergeTree object keys are not backed up",
+    decrypt_files_from_encrypted_disks = "files of encrypted disks are copied as they lie",
+    allow_backup_broken_projections = "chbackup refuses a part it cannot back up whole",
+    write_access_entities_dependents = ACCESS,
+    backup_data_from_refreshable_materialized_view_targets =
+      "refreshable materialized view targets are not singled out",
+    shard_num = CLUSTER, replica_num = CLUSTER, internal = CLUSTER, host_id = CLUSTER,
+    cluster_host_ids = CLUSTER, backup_uuid = CLUSTER,
+  },
+  restore = {
+    base_backup = "the base recorded in the backup is used (it is checked by uuid)",
+    create_table = "tables are created when missing and used when equal (if-not-exists)",
+    create_database = "databases are created when missing and used when they exist (if-not-exists)",
+    allow_different_table_def = "a table that exists with another definition is refused",
+    allow_different_database_def = "a database that exists with another definition is used as it is",
+    create_access = ACCESS, skip_unresolved_access_dependencies = ACCESS,
+    allow_unresolved_access_dependencies = ACCESS, restore_access_entities_with_current_grants = ACCESS,
+    update_access_entities_dependents = ACCESS, create_function = ACCESS,
+    allow_s3_native_copy = S3, use_same_s3_credentials_for_base_backup = S3,
+    allow_azure_native_copy = "Azure is not supported",
+    restore_broken_parts_as_detached = "a part that fails its checks is refused, never restored",
+    storage_policy = "parts are placed on the disks of the target table's own policy",
+    shard_num = CLUSTER, replica_num = CLUSTER, shard_num_in_backup = CLUSTER,
+    replica_num_in_backup = CLUSTER, internal = CLUSTER, host_id = CLUSTER,
+    cluster_host_ids = CLUSTER, restore_uuid = CLUSTER,
+  },
+}
+
+-- Values of settings chbackup takes only in the form it implements.
+local VALUES = {
+  data_file_name_generator = { first_file_name = true, checksum = true },
+}
+-- Settings chbackup always honours: turning them off is refused.
+local ALWAYS_ON = {
+  check_parts = "chbackup always verifies every part's checksums",
+  check_projection_parts = "chbackup always verifies every projection's checksums",
 }
 
 
@@ -69,8 +124,9 @@ function settings.check(kind, given)
   local known = kind == "backup" and BACKUP or RESTORE
   local out = {}
   for name, value in pairs(given or {}) do
-    if NOT_YET[name] and not known[name] then
-      return nil, string.format("setting '%s' is not supported yet", name)
+    local why = REFUSED[kind][name]
+    if why then
+      return nil, string.format("setting '%s' is not supported by chbackup's %s: %s", name, kind:upper(), why)
     end
     local t = known[name]
     if not t then
@@ -88,7 +144,25 @@ function settings.check(kind, given)
         t == "integer" and "an integer" or t == "destination" and "a backup such as Disk('backups', 'a')"
         or "a " .. t, tostring(value))
     end
+    if VALUES[name] and not VALUES[name][v] then
+      local list = {}
+      for k in pairs(VALUES[name]) do
+        list[#list + 1] = "'" .. k .. "'"
+      end
+      table.sort(list)
+      return nil, string.format("setting '%s' must be one of %s, got '%s'", name, table.concat(list, ", "), v)
+    end
+    if ALWAYS_ON[name] and v == false then
+      return nil, string.format("setting '%s' cannot be turned off: %s", name, ALWAYS_ON[name])
+    end
     out[name] = v
+  end
+  if out.data_file_name_prefix_length and (out.data_file_name_prefix_length < 0
+      or out.data_file_name_prefix_length > 31) then
+    return nil, "setting 'data_file_name_prefix_length' must be between 0 and 31"
+  end
+  if out.data_file_name_prefix_length and out.data_file_name_generator ~= "checksum" then
+    return nil, "setting 'data_file_name_prefix_length' needs data_file_name_generator = 'checksum'"
   end
   return out
 end

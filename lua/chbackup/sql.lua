@@ -352,9 +352,13 @@ end
 local collection_arg = first_identifier / function(name)
   return { collection = name }
 end
+-- Disk(backups, m1): a bare word where only a literal may be; no statement
+-- can parse on from here, so say what is wrong instead of "expected '='".
+local bare_arg = #any_identifier * fail_hard("the arguments of a backup destination must be "
+  .. "quoted strings, as in Disk('backups', '1')")
 local destination_args = Ct((
   ws * (option_arg + literal_arg + collection_arg + fail("argument"))
-  * (sym(",") * ws * (option_arg + literal_arg + fail("argument"))) ^ 0
+  * (sym(",") * ws * (option_arg + literal_arg + bare_arg + fail("argument"))) ^ 0
 ) ^ -1)
 
 local function make_destination(engine, items)

@@ -1,0 +1,121 @@
+--- What a backup holds, as ClickHouse lays it out: databases, tables and
+-- their data files, indexed from the manifest and checked for shape (every
+-- data file belongs to a table with metadata; each metadata file holds the
+-- statement its name says). RESTORE and `check` read backups through it.
+-- @module chbackup.contents
+local catalog = require("chbackup.catalog")
+local names = require("chbackup.names")
+
+local contents = {}
+
+
+--- The backup's contents grouped by database and table:
+-- { [db] = {name=, escaped=, metadata=<entry>, tables = { [t] = {name=,
+-- escaped=, metadata=<entry>, data = { {rel=, file=<entry>} } } } } }. Every data file
+-- must belong to a table whose metadata the backup holds: a name damaged in
+-- `.backup` would otherwise leave its data behind unnoticed.
+-- Returns dbs or nil, err.
+function contents.index(m, backup_name)
+  local dbs = {}
+  local function db_entry(esc)
+    local name = names.unescape_file(esc)
+    dbs[name] = dbs[name] or { name = name, escaped = esc, tables = {} }
+    return dbs[name]
+  end
+  local function tbl_entry(esc_db, esc_t)
+    local db = db_entry(esc_db)
+    local name = names.unescape_file(esc_t)
+    db.tables[name] = db.tables[name] or { name = name, escaped = esc_t, data = {} }
+    return db.tables[name]
+  end
+  for _, f in ipairs(m.files) do
+    local esc_db = f.name:match("^metadata/([^/]+)%.sql$")
+    local mdb, mt = f.name:match("^metadata/([^/]+)/([^/]+)%.sql$")
+    local ddb, dt, rest = f.name:match("^data/([^/]+)/([^/]+)/(.+)$")
+    if esc_db then
+      db_entry(esc_db).metadata = f
+    elseif mdb then
+      tbl_entry(mdb, mt).metadata = f
+    elseif ddb then
+      local t = tbl_entry(ddb, dt)
+      t.data[#t.data + 1] = { rel = rest, file = f }
+    else
+      -- Everything ClickHouse writes into a backup is under metadata/ or
+      -- data/; anything else is a damaged name whose file would be lost.
+      return nil, "backup " .. backup_name .. " is corrupt: it lists " .. f.name
+        .. ", which is no file of a database or table"
+    end
+  end
+  for _, db in pairs(dbs) do
+    for _, t in pairs(db.tables) do
+      -- (data/system/… holds what ClickHouse backs up of the server itself,
+      -- access entities and functions, without table metadata)
+      if not t.metadata and db.name ~= "system" then
+        return nil, "backup " .. backup_name .. " is corrupt: it lists " .. t.data[1].file.name
+          .. " but has no metadata of table " .. names.qualified(db.name, t.name)
+      end
+    end
+  end
+  return dbs
+end
+
+
+--- Checks that a metadata file of the backup holds the statement its name
+-- says: a database's for metadata/<db>.sql, a table's (view's,
+-- dictionary's) for metadata/<db>/<t>.sql, named as the file is.
+function contents.check_metadata_name(info, entry, db_name, table_name, backup_name)
+  local want = table_name and "a table" or "database " .. names.quote_identifier(db_name)
+  local ok
+  if table_name then
+    ok = info.object ~= "DATABASE" and info.name == table_name
+      and (info.database == nil or info.database == db_name)
+  else
+    ok = info.object == "DATABASE" and info.name == db_name and info.database == nil
+  end
+  if not ok then
+    return nil, string.format("backup %s is corrupt: %s holds CREATE %s %s, not the statement of %s",
+      backup_name, entry.name, info.object,
+      info.database and names.qualified(info.database, info.name) or names.quote_identifier(info.name),
+      table_name and names.qualified(db_name, table_name) or want)
+  end
+  return true
+end
+
+
+--- A table's data files in the backup, shaped by its engine family:
+-- "mergetree": { parts = { {name=, info=<parsed part name>, where=,
+-- files = {[rel] = entry}, list = { {rel=, file=} } } } } sorted by part name;
+-- "log": { files = {[name] = entry}, list = { {rel=, file=} } }.
+-- A file that is not where that family keeps files (outside a part
+-- directory, in a subdirectory of a Log table) is an error naming it.
+function contents.table_data(t, family, backup_name)
+  local out = { parts = {}, files = {}, list = {} }
+  local by_part = {}
+  for _, d in ipairs(t.data) do
+    local part_name, rel = d.rel:match("^([^/]+)/(.+)$")
+    local info = part_name and catalog.parse_part_name(part_name)
+    if (family == "mergetree" and not info) or (family == "log" and d.rel:find("/", 1, true)) then
+      return nil, "backup " .. backup_name .. " has an unexpected file " .. d.file.name
+        .. " (not a file of a " .. family .. " table)"
+    end
+    if family == "mergetree" then
+      local p = by_part[part_name]
+      if not p then
+        p = { name = part_name, info = info, files = {}, list = {},
+          where = "backup " .. backup_name .. ": part " .. d.file.name:sub(1, -#rel - 2) }
+        by_part[part_name] = p
+        out.parts[#out.parts + 1] = p
+      end
+      p.files[rel] = d.file
+      p.list[#p.list + 1] = { rel = rel, file = d.file }
+    else
+      out.files[d.rel] = d.file
+      out.list[#out.list + 1] = { rel = d.rel, file = d.file }
+    end
+  end
+  table.sort(out.parts, function(a, b) return a.name < b.name end)
+  return out
+end
+
+
+return contents
