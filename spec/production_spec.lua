@@ -207,6 +207,29 @@ describe("storage policies and dictionaries", function()
     assert.equal("default\t5\n", disks_of(p2))
   end)
 
+  it("a volume's max_data_part_size_bytes and a disk's keep_free_space_bytes send parts on", function()
+    local p = place(root, "max_part", backups, { policies = [[
+      <policies><hot_cold><volumes>
+        <hot><disk>default</disk><max_data_part_size_bytes>8192</max_data_part_size_bytes></hot>
+        <cold><disk>cold</disk></cold>
+      </volumes></hot_cold></policies>]] })
+    local r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')"))
+    assert.equal("RESTORED", r[1].status)
+    assert.equal(expected, ch(p, DIGEST))
+    assert.equal("cold\t5\n", disks_of(p))
+    -- the default disk keeps more free than any disk has: nothing fits there
+    local p2 = place(root, "keep_free", backups, {
+      extra_disks = "<default><keep_free_space_bytes>1000000000000000</keep_free_space_bytes></default>" })
+    local _, err = chb(p2, "RESTORE DATABASE db FROM Disk('backups', 'ch')")
+    assert.is_truthy(err and err:find("no disk of table db.src's storage policy has room for part all_1_1_0", 1, true),
+      err)   -- db.src has only the default disk
+    assert.is_false(h.exists(p2.data .. "/metadata/db.sql"))
+    r = assert(chb(p2, "RESTORE TABLE db.t FROM Disk('backups', 'ch')"))
+    assert.equal("RESTORED", r[1].status)
+    assert.equal(expected:match("db%.t\t[^\n]*\n"), ch(p2, { DIGEST[1] }))
+    assert.equal("cold\t5\n", disks_of(p2))
+  end)
+
   it("a part goes to the next disk of the policy when the first has no room", function()
     local small = root .. "/small"
     sh("mkdir -p " .. q(small))

@@ -551,6 +551,14 @@ local function from_document(doc, path, files, ignored)
       if not disk then
         return nil, err
       end
+      local keep = first_child(node, "keep_free_space_bytes")
+      if keep then
+        disk.keep_free_space_bytes = math.tointeger(tonumber(inner_text(keep)))
+        if not disk.keep_free_space_bytes then
+          return nil, string.format("disk '%s' in %s: keep_free_space_bytes '%s' is not a number of bytes",
+            node.name, where, inner_text(keep))
+        end
+      end
       cfg.disks[node.name] = disk
     end
   end
@@ -563,7 +571,16 @@ local function from_document(doc, path, files, ignored)
       local vols = first_child(node, "volumes")
       for _, v in ipairs(vols and vols.children or {}) do
         if v.name then
-          volumes[#volumes + 1] = { name = v.name, disks = child_values(v, "disk") }
+          local vol = { name = v.name, disks = child_values(v, "disk") }
+          local max = first_child(v, "max_data_part_size_bytes")
+          if max then
+            vol.max_data_part_size_bytes = math.tointeger(tonumber(inner_text(max)))
+            if not vol.max_data_part_size_bytes then
+              return nil, string.format("policy '%s' volume '%s' in %s:%d: max_data_part_size_bytes '%s'"
+                .. " is not a number of bytes", node.name, v.name, v.file, v.line, inner_text(max))
+            end
+          end
+          volumes[#volumes + 1] = vol
         end
       end
       cfg.policies[node.name] = {

@@ -28,12 +28,14 @@ end
 function disks.disk(cfg, data_path, name)
   local d = cfg and cfg.disks and cfg.disks[name]
   if name == "default" and (not d or d.type == "local") then
-    return { name = "default", type = "local", path = trim_slash(data_path) }
+    return { name = "default", type = "local", path = trim_slash(data_path),
+      keep_free = d and d.keep_free_space_bytes }
   end
   if not d then
     return nil
   end
-  return { name = d.name or name, type = d.type, path = d.path and trim_slash(d.path) }
+  return { name = d.name or name, type = d.type, path = d.path and trim_slash(d.path),
+    keep_free = d.keep_free_space_bytes }
 end
 
 
@@ -75,7 +77,7 @@ function disks.for_body(cfg, data_path, body, what)
     else
       for _, v in ipairs(policy.volumes) do
         for _, d in ipairs(v.disks) do
-          list_names[#list_names + 1] = { d, v.name }
+          list_names[#list_names + 1] = { d, v.name, v.max_data_part_size_bytes }
         end
       end
       if #list_names == 0 then
@@ -99,7 +101,7 @@ function disks.for_body(cfg, data_path, body, what)
     end
     if not seen[name] then
       seen[name] = true
-      d.volume = nd[2]
+      d.volume, d.max_part = nd[2], nd[3]
       out[#out + 1] = d
     end
   end
@@ -148,7 +150,8 @@ function disks.locations(cfg, data_path, tbl)
   end
   local out = {}
   for _, d in ipairs(list) do
-    out[#out + 1] = { disk = d.name, dir = d.path .. "/" .. rel, disk_path = d.path }
+    out[#out + 1] = { disk = d.name, dir = d.path .. "/" .. rel, disk_path = d.path,
+      keep_free = d.keep_free, max_part = d.max_part }
   end
   return out, rel
 end

@@ -337,7 +337,8 @@ function restore.run(ctx, req)
         local rel = "store/" .. data_uuid:sub(1, 3) .. "/" .. data_uuid
         t.locations = {}
         for _, d in ipairs(tdisks) do
-          t.locations[#t.locations + 1] = { disk = d.name, dir = d.path .. "/" .. rel, disk_path = d.path }
+          t.locations[#t.locations + 1] = { disk = d.name, dir = d.path .. "/" .. rel, disk_path = d.path,
+            keep_free = d.keep_free, max_part = d.max_part }
         end
         if t.family == "log" then
           if #t.locations ~= 1 then
@@ -353,7 +354,8 @@ function restore.run(ctx, req)
 
   -- Phase 2: plan the copies into temporary names. A part goes to the disk
   -- it was on when the target's policy has a disk of that name, else to the
-  -- policy's first disk with room for it.
+  -- policy's first disk with room for it (its volume's max_data_part_size_bytes
+  -- and the disk's keep_free_space_bytes counted).
   local reserved, was_on = {}, disks.read_record(b) or {}
   local function place_part(t, part_name, size, from_disk)
     local locs = t.locations or catalog_mod.locations(t)
@@ -363,9 +365,11 @@ function restore.run(ctx, req)
       end
     end
     for _, loc in ipairs(locs) do
+      -- as ClickHouse reserves: a volume takes parts up to its max_data_part_size_bytes,
+      -- a disk keeps its keep_free_space_bytes free
       local key = loc.disk_path or loc.dir
-      local free = disk_free(key) - (reserved[key] or 0)
-      if free >= size then
+      local free = disk_free(key) - (loc.keep_free or 0) - (reserved[key] or 0)
+      if free >= size and not (loc.max_part and loc.max_part > 0 and size > loc.max_part) then
         reserved[key] = (reserved[key] or 0) + size
         return loc
       end
