@@ -82,7 +82,8 @@ end
 
 
 --- The first regular file under dir (recursively), or nil: a table of an
--- engine chbackup does not back up must keep no data there.
+-- engine chbackup does not back up must keep no data there. A directory
+-- that cannot be read is nil, err.
 function catalog.first_file(dir)
   local mode = lfs.symlinkattributes(dir, "mode")
   if mode == "file" then
@@ -90,10 +91,14 @@ function catalog.first_file(dir)
   elseif mode ~= "directory" then
     return nil
   end
-  for _, entry in ipairs(catalog.list_dir(dir) or {}) do
-    local found = catalog.first_file(dir .. "/" .. entry)
-    if found then
-      return found
+  local entries, err = catalog.list_dir(dir)
+  if not entries then
+    return nil, err
+  end
+  for _, entry in ipairs(entries) do
+    local found, ferr = catalog.first_file(dir .. "/" .. entry)
+    if found or ferr then
+      return found, ferr
     end
   end
   return nil
@@ -292,7 +297,9 @@ function Catalog:place(t)
   end
   local stray = disks.stray(self.config, self.path, locations, rel,
     function(e) return catalog.parse_part_name(e) ~= nil end)
-  if stray then
+  if stray and stray.error then
+    return nil, "table " .. names.qualified(t.database, t.name) .. ": " .. stray.error
+  elseif stray then
     return nil, string.format("table %s has part %s on disk '%s' (%s), which is not in its storage policy",
       names.qualified(t.database, t.name), stray.part, stray.disk, stray.dir)
   end

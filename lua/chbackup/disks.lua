@@ -177,8 +177,12 @@ function disks.stray(cfg, data_path, locations, rel, is_part_name)
     local d = disks.disk(cfg, data_path, name)
     if not used[name] and d and d.type == "local" and d.path then
       local dir = d.path .. "/" .. rel
+      local is_dir = lfs.attributes(dir, "mode") == "directory"
       local ok, iter, state = pcall(lfs.dir, dir)
-      if ok and lfs.attributes(dir, "mode") == "directory" then
+      if is_dir and not ok then
+        return { disk = name, dir = dir, error = "cannot read directory " .. dir .. ": " .. tostring(iter) }
+      end
+      if ok and is_dir then
         local found = {}
         for entry in iter, state do
           if is_part_name(entry) then

@@ -188,7 +188,10 @@ function plan.backup_files(selection, opts)
       return nil, "table " .. what .. " keeps its data in the server's memory; chbackup reads"
         .. " data paths offline and cannot back it up" .. way_out
     elseif family == "none" and (t.inner or t.object == "TABLE") and t.data_dir then
-      local file = catalog_mod.first_file(t.data_dir)
+      local file, ferr = catalog_mod.first_file(t.data_dir)
+      if ferr then
+        return nil, "table " .. what .. ": " .. ferr
+      end
       if file then
         return nil, "table " .. what .. " keeps data chbackup cannot back up (" .. file .. ")" .. way_out
       end
