@@ -68,6 +68,7 @@ build = {
       ["chbackup.catalog"] = "lua/chbackup/catalog.lua",
       ["chbackup.backup_archive"] = "lua/chbackup/backup_archive.lua",
       ["chbackup.chain"] = "lua/chbackup/chain.lua",
+      ["chbackup.check"] = "lua/chbackup/check.lua",
       ["chbackup.cli"] = "lua/chbackup/cli.lua",
       ["chbackup.config"] = "lua/chbackup/config.lua",
       ["chbackup.contents"] = "lua/chbackup/contents.lua",

@@ -1,4 +1,5 @@
---- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage).
+--- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage,
+-- 3 `check` found a problem in a backup).
 -- @module chbackup.cli
 local chbackup = require("chbackup")
 local config = require("chbackup.config")
@@ -12,6 +13,7 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] show BACKUP        list a backup's tables and files
        chbackup [options] chain BACKUP       list the backups an incremental relies on
        chbackup [options] diff BACKUP1 BACKUP2   parts added, removed, changed
+       chbackup [options] check BACKUP [--read-data]   verify a backup in place
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -32,7 +34,8 @@ options:
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
                      also $CHBACKUP_STATUS_DIR)
   --threads N        worker threads (default: number of cores, at least 8)
-  --password-file F  show, chain, diff: the password of encrypted backups, the
+  --read-data        check: read every byte back and compare every checksum
+  --password-file F  show, chain, diff, check: the password of encrypted backups, the
                      text of file F without its final line end (BACKUP and
                      RESTORE take SETTINGS password = '…' as ClickHouse does)
 ]]
@@ -52,6 +55,8 @@ local function parse_args(argv)
     name = name or a:match("^%-%-([%w%-]+)$")
     if name == "help" or a == "-h" then
       opts.help = true
+    elseif name == "read-data" and not value then
+      opts.read_data = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
         or name == "run-operation" or name == "password-file" then
       if not value then
@@ -139,7 +144,7 @@ end
 local function path_use(opts, rest)
   local explicit_status = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
   local sub = rest[1]
-  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" then
+  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" or sub == "check" then
     return nil
   end
   if sub == "wait" or sub == "cancel" then
@@ -305,20 +310,24 @@ function run(argv, out, errout, state)
     return require("chbackup.policy.cli").main(rest, opts, { stdout = out, stderr = errout })
   end
   local sub = rest[1]
-  if sub == "show" or sub == "chain" or sub == "diff" or sub == "wait" or sub == "cancel" then
+  if sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "wait" or sub == "cancel" then
     state.what = sub
   else
     state.what = (sub:match("^%s*(%a+)") or "statement"):upper()
   end
-  local arity = { show = 2, chain = 2, diff = 3, cancel = 2, wait = 2 }
+  local arity = { show = 2, chain = 2, diff = 3, check = 2, cancel = 2, wait = 2 }
   if #rest > 1 and arity[sub] ~= #rest then
     errout:write("chbackup: give statements as one argument, separated by ';'\n")
     return 2
   end
-  local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff"
+  local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
   if opts.password_file and not inspecting then
-    errout:write("chbackup: --password-file applies to show, chain and diff; give BACKUP and RESTORE "
+    errout:write("chbackup: --password-file applies to show, chain, diff and check; give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
+    return 2
+  end
+  if opts.read_data and rest[1] ~= "check" then
+    errout:write("chbackup: --read-data applies to check\n")
     return 2
   end
   local secret
@@ -355,6 +364,20 @@ function run(argv, out, errout, state)
     ok, err = cmd_chain(inst, rest[2], out, secret)
   elseif rest[1] == "diff" and #rest == 3 then
     ok, err = cmd_diff(inst, rest[2], rest[3], out, secret)
+  elseif rest[1] == "check" and #rest == 2 then
+    local report
+    report, err = inst:check(rest[2], { read_data = opts.read_data, password = secret and secret.password })
+    if report then
+      for _, st in ipairs(report.steps) do
+        out:write(string.format("%s\t%s\t%s\n", st.ok and "ok" or "PROBLEM", st.name, st.detail))
+      end
+      if not report.ok then
+        errout:write("chbackup: backup " .. rest[2] .. " failed its check: " .. report.steps[#report.steps].detail
+          .. "\n")
+        return 3
+      end
+      ok = true
+    end
   elseif rest[1] == "cancel" and #rest == 2 then
     ok, err = inst:cancel(rest[2])
     if ok then

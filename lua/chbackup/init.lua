@@ -340,6 +340,22 @@ function Instance:chain(backup_name, opts)
 end
 
 
+--- Verifies a backup in place (chbackup.check): returns its report
+-- ({ok=, steps={ {name=, ok=, detail=} }}), or nil, err when the backup
+-- cannot be opened. opts: read_data, password.
+function Instance:check(backup_name, opts)
+  opts = opts or {}
+  local b, err = self:_open_backup(backup_name, opts)
+  if not b and err:find(" is corrupt", 1, true) then
+    -- a damaged manifest is what a check is for: reported as its finding
+    return { ok = false, steps = { { name = "manifest", ok = false, detail = err } } }
+  elseif not b then
+    return nil, err
+  end
+  return require("chbackup.check").run(b, { read_data = opts.read_data, threads = self.threads })
+end
+
+
 --- What changed between two backups (see chbackup.inspect.diff);
 -- opts.password opens encrypted backups (the same password for both).
 function Instance:diff(from_name, to_name, opts)

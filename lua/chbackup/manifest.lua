@@ -118,9 +118,11 @@ function manifest.from_string(text, what)
 end
 
 
-local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&apos;" }
+-- Element text needs only these; quotes stay as they are, as ClickHouse
+-- writes them (`<base_backup>Disk('backups', 'a')</base_backup>`).
+local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;" }
 local function esc(s)
-  return (tostring(s):gsub("[&<>\"']", XML_ESCAPES))
+  return (tostring(s):gsub("[&<>]", XML_ESCAPES))
 end
 
 
