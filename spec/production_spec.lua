@@ -145,6 +145,11 @@ describe("storage policies and dictionaries", function()
     for name in pairs(ours) do
       assert.is_not_nil(theirs[name], "not in ClickHouse's backup: " .. name)
     end
+    -- `chbackup check` finds it whole, reading every byte
+    local chbackup = require("chbackup")
+    local inst = assert(chbackup.open({ path = src.data, config = src.config, status_dir = src.status }))
+    local report = assert(inst:check("Disk('backups', 'ours')", { read_data = true }))
+    assert.is_true(report.ok)
     -- the dictionary's metadata is byte for byte ClickHouse's
     assert.equal(h.read(backups .. "/ch/metadata/db/dict.sql"), h.read(backups .. "/ours/metadata/db/dict.sql"))
   end)
