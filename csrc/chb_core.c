@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -637,6 +638,20 @@ static int core_getpid(lua_State *L) {
   return 1;
 }
 
+/* core.disk_free(path) -> bytes an unprivileged writer may still use on the
+   file system holding path | fail (statvfs: f_bavail * f_frsize) */
+static int core_disk_free(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct statvfs st;
+  if (statvfs(path, &st) != 0) {
+    chb_error err;
+    chb_error_errno(&err, errno, "cannot statvfs", path);
+    return chb_push_fail(L, &err);
+  }
+  lua_pushinteger(L, (lua_Integer)((unsigned long long)st.f_bavail * st.f_frsize));
+  return 1;
+}
+
 /* core.fsync(path) -> true | fail: flush a file or a directory to disk */
 static int core_fsync(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -688,6 +703,7 @@ static const luaL_Reg core_funcs[] = {
     {"now_us", core_now_us},
     {"getpid", core_getpid},
     {"fsync", core_fsync},
+    {"disk_free", core_disk_free},
     {"spawn_detached", core_spawn_detached},
     {"derive_key", core_derive_key},
     {"random_hex", core_random_hex},

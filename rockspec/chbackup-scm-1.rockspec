@@ -73,6 +73,7 @@ build = {
       ["chbackup.config"] = "lua/chbackup/config.lua",
       ["chbackup.contents"] = "lua/chbackup/contents.lua",
       ["chbackup.ddl"] = "lua/chbackup/ddl.lua",
+      ["chbackup.disks"] = "lua/chbackup/disks.lua",
       ["chbackup.fsutil"] = "lua/chbackup/fsutil.lua",
       ["chbackup.inspect"] = "lua/chbackup/inspect.lua",
       ["chbackup.lock"] = "lua/chbackup/lock.lua",

@@ -11,6 +11,7 @@
 local backup_archive = require("chbackup.backup_archive")
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
 local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
@@ -155,7 +156,7 @@ function backup.run(ctx, req)
     return nil, err
   end
   local files
-  files, err = plan.backup_files(selection)
+  files, err = plan.backup_files(selection, { structure_only = settings.structure_only })
   if not files then
     return nil, err
   end
@@ -208,6 +209,15 @@ function backup.run(ctx, req)
       return fail("backup " .. dest.name .. ": " .. text)
     end
     ok, err = fsutil.write_file(dest.path .. "/" .. chain.ENCRYPTION_FILE, text)
+    if not ok then
+      return fail(err)
+    end
+  end
+
+  -- Which disk each part was on, when not the default one (disks.RECORD_FILE).
+  local record = disks.record(files.data)
+  if record then
+    ok, err = fsutil.write_file(dest.path .. "/" .. disks.RECORD_FILE, record)
     if not ok then
       return fail(err)
     end

@@ -11,6 +11,7 @@
 -- @module chbackup.backup_archive
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
 local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
@@ -164,6 +165,15 @@ function write_archive(ctx, files)
     end
     counters.num_entries = counters.num_entries + 1
     counters.uncompressed_size = counters.uncompressed_size + e.size - (e.base_size or 0)
+  end
+
+  -- which disk each part was on, when not the default one (disks.RECORD_FILE)
+  local record = disks.record(files.data)
+  if record then
+    local ok, aerr, acode = writer:add_bytes(disks.RECORD_FILE, record)
+    if not ok then
+      return fail("backup " .. dest.name .. ": " .. aerr, acode)
+    end
   end
 
   -- the files this archive stores are not in it yet: check only the base

@@ -226,9 +226,10 @@ local function single(sql, verb)
 end
 
 
---- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path,
--- the only statement of its text (a final ";" is dropped). Returns
--- {object=, uuid=|nil, body=} or nil, err.
+--- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path
+-- (dictionaries are kept as `CREATE DICTIONARY _ UUID '…' …`), the only
+-- statement of its text (a final ";" is dropped). Returns {object=,
+-- uuid=|nil, body=} or nil, err.
 function ddl.parse_attach(text)
   local sql, err = single(text, "ATTACH")
   if not sql then
@@ -236,7 +237,10 @@ function ddl.parse_attach(text)
   end
   local object, i = read_head(sql, "ATTACH")
   if not object then
-    return nil, "not an ATTACH statement"
+    object, i = read_head(sql, "CREATE")
+    if object ~= "DICTIONARY" then
+      return nil, "not an ATTACH statement"
+    end
   end
   local _, j = read_identifier(sql, i)
   if not j then
@@ -295,9 +299,11 @@ function ddl.create_statement(object, database, name, uuid, body)
 end
 
 
---- The ATTACH statement a data path stores for an object.
+--- The statement a data path stores for an object: `ATTACH <object> _ …`,
+-- but `CREATE DICTIONARY _ …` for dictionaries, as ClickHouse writes them
+-- (it cannot parse `ATTACH DICTIONARY _` with a definition at start-up).
 function ddl.attach_statement(object, uuid, body)
-  local parts = { "ATTACH", object, "_" }
+  local parts = { object == "DICTIONARY" and "CREATE" or "ATTACH", object, "_" }
   if uuid then
     parts[#parts + 1] = "UUID '" .. uuid .. "'"
   end
@@ -313,7 +319,8 @@ function ddl.engine(body)
   local depth, flat = 0, {}
   for _, seg in ipairs(segments(body)) do
     if seg.quoted then
-      flat[#flat + 1] = depth == 0 and " '' " or ""
+      -- a quoted identifier may be the engine's name (ENGINE = `Null`)
+      flat[#flat + 1] = depth == 0 and (seg.text:match('^[`"]([%a_][%w_]*)[`"]$') or " '' ") or ""
     else
       for c in seg.text:gmatch(".") do
         if c == "(" then
@@ -327,6 +334,50 @@ function ddl.engine(body)
     end
   end
   return table.concat(flat):match("ENGINE%s*=%s*([%a_][%w_]*)")
+end
+
+
+--- A table setting's value from the body's top-level SETTINGS clause:
+-- `SETTINGS storage_policy = 'hot_cold'` gives "hot_cold". A quoted value
+-- comes back unquoted; an unquoted one (a number, `disk(…)`) comes back as
+-- written with `raw` = true. nil when the setting is not there.
+function ddl.setting(body, name)
+  local segs = segments(body)
+  local depth, in_settings = 0, false
+  for i, seg in ipairs(segs) do
+    if not seg.quoted then
+      local text = seg.text
+      local pos = 1
+      while pos <= #text do
+        local c = text:sub(pos, pos)
+        if c == "(" then
+          depth = depth + 1
+        elseif c == ")" then
+          depth = depth - 1
+        elseif depth == 0 then
+          local word = text:match("^[%a_][%w_]*", pos)
+          if word and (pos == 1 or not text:sub(pos - 1, pos - 1):match("[%w_]")) then
+            if word:upper() == "SETTINGS" then
+              in_settings = true
+            elseif in_settings and word == name then
+              local rest = text:sub(pos + #word)
+              if rest:match("^%s*=%s*$") and segs[i + 1] and segs[i + 1].quoted then
+                local v = segs[i + 1].text
+                return (v:sub(2, -2):gsub("\\(.)", "%1"):gsub("''", "'"))
+              end
+              local raw = rest:match("^%s*=%s*(.-)%s*,") or rest:match("^%s*=%s*(.-)%s*$")
+              if raw then
+                return raw, true
+              end
+            end
+            pos = pos + #word - 1
+          end
+        end
+        pos = pos + 1
+      end
+    end
+  end
+  return nil
 end
 
 

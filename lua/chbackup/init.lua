@@ -85,7 +85,7 @@ end
 
 -- Opens the catalog for an operation; RESTORE may start a fresh data path.
 function Instance:_catalog(kind)
-  local cat, err = catalog.open(self.path)
+  local cat, err = catalog.open(self.path, self.config)
   if cat or kind ~= "restore" then
     return cat, err
   end
@@ -104,7 +104,7 @@ function Instance:_catalog(kind)
   if not ok then
     return nil, merr
   end
-  return catalog.open(self.path)
+  return catalog.open(self.path, self.config)
 end
 
 

@@ -85,9 +85,10 @@ end
 
 -- RESTORE -------------------------------------------------------------------
 
--- The store directories of an Atomic data path's tables, from metadata.
+-- The uuids of the store directories an Atomic data path's tables use,
+-- from metadata (the same uuid names a table's directory on every disk).
 -- Returns nil when the metadata cannot be read (then nothing is removed).
-local function referenced_dirs(path)
+local function referenced_uuids(path)
   local cat = require("chbackup.catalog").open(path)
   if not cat then
     return nil
@@ -96,8 +97,9 @@ local function referenced_dirs(path)
     local dirs = {}
     for _, db in ipairs(cat:databases()) do
       for _, t in ipairs(assert(cat:tables(db.name))) do
-        if t.data_dir then
-          dirs[t.data_dir] = true
+        local uuid = t.data_dir and t.data_dir:match("/store/%x%x%x/([%x%-]+)$")
+        if uuid then
+          dirs[uuid] = true
         end
       end
     end
@@ -109,14 +111,17 @@ end
 
 -- Removes what a killed RESTORE noted in its lock file and did not finish:
 -- table directories no metadata refers to, databases without metadata.
-local function remove_noted(path, prev, removed)
+local function remove_noted(path, prev, removed, roots)
   local refs
   for dir in prev:gmatch("\ntable_dir ([^\n]+)") do
-    if fsutil.exists(dir) and dir:sub(1, #path + 7) == path .. "/store/" then
+    -- only a table directory (store/<xyz>/<uuid>) below the data path or
+    -- another local disk of the config
+    local root, uuid = dir:match("^(.+)/store/%x%x%x/([%x%-]+)$")
+    if fsutil.exists(dir) and root and roots[root] then
       if refs == nil then
-        refs = referenced_dirs(path) or false
+        refs = referenced_uuids(path) or false
       end
-      if refs and not refs[dir] then
+      if refs and not refs[uuid] then
         fsutil.remove_tree(dir)
         removed[#removed + 1] = dir
       end
@@ -145,10 +150,11 @@ local function remove_noted(path, prev, removed)
 end
 
 
--- Removes every `tmp_restore_*` entry of the data path's table directories
--- (store/<xyz>/<uuid>/): under the data path's lock, none is a live one.
-local function remove_tmp_restore(path, removed)
-  local store = path .. "/store"
+-- Removes every `tmp_restore_*` entry of the table directories
+-- (store/<xyz>/<uuid>/) below root (the data path or another of its local
+-- disks): under the data path's lock, none is a live one.
+local function remove_tmp_restore(root, removed)
+  local store = root .. "/store"
   if not fsutil.is_dir(store) then
     return
   end
@@ -190,10 +196,15 @@ end
 
 
 --- Takes a data path's RESTORE lock for operation op_id and removes what
--- killed RESTOREs left there (logged on stderr). Returns a guard
--- {lk=, removed = {paths}} (guard:note, guard:release) or nil, message.
-function lock.restore(path, op_id)
+-- killed RESTOREs left there and on the other local disks `disk_paths`
+-- (logged on stderr). Returns a guard {lk=, removed = {paths}}
+-- (guard:note, guard:release) or nil, message.
+function lock.restore(path, op_id, disk_paths)
   path = path:gsub("/+$", "")
+  local roots = { [path] = true }
+  for _, d in ipairs(disk_paths or {}) do
+    roots[d:gsub("/+$", "")] = true
+  end
   local ok, err = fsutil.mkdir_p(path .. "/.chbackup")
   if not ok then
     return nil, err
@@ -208,9 +219,11 @@ function lock.restore(path, op_id)
   end
   local removed = {}
   if prev then
-    remove_noted(path, "\n" .. prev, removed)
+    remove_noted(path, "\n" .. prev, removed, roots)
   end
-  remove_tmp_restore(path, removed)
+  for root in pairs(roots) do
+    remove_tmp_restore(root, removed)
+  end
   -- a database link without its .sql (a RESTORE killed between the two, by
   -- a version that did not note it): ClickHouse skips it, but a RESTORE
   -- creating that database would write its .sql beside a link elsewhere
@@ -238,7 +251,14 @@ end
 --- Runs a RESTORE (run(ctx, req)) under its data path's lock: ctx.lock is
 -- the guard. Returns what run returns.
 function lock.run_restore(run, ctx, req)
-  local guard, err = lock.restore(ctx.catalog.path, ctx.op_id)
+  local disk_paths = {}
+  for name, d in pairs(ctx.config and ctx.config.disks or {}) do
+    local disk = d.type == "local" and require("chbackup.disks").disk(ctx.config, ctx.catalog.path, name)
+    if disk and disk.path then
+      disk_paths[#disk_paths + 1] = disk.path
+    end
+  end
+  local guard, err = lock.restore(ctx.catalog.path, ctx.op_id, disk_paths)
   if not guard then
     return nil, err
   end

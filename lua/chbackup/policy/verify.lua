@@ -19,6 +19,7 @@
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local counter = require("chbackup.policy.counter")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
 local leftovers = require("chbackup.policy.leftovers")
 local lock = require("chbackup.lock")
@@ -96,10 +97,40 @@ function verify.checksums(b, threads)
 end
 
 
+-- The configuration a scratch restore uses: the source's, with every local
+-- disk other than the default one and the backup disks moved into the
+-- scratch directory, so that parts restored onto a storage policy's other
+-- disks (`cold`, …) land in scratch, never on the production disks.
+function verify.scratch_config(cfg, scratch)
+  local out = {}
+  for k, v in pairs(cfg) do
+    out[k] = v
+  end
+  local keep = {}
+  for _, name in ipairs(cfg.allowed_disks or {}) do
+    keep[name] = true
+  end
+  out.disks = {}
+  for name, d in pairs(cfg.disks or {}) do
+    if d.type == "local" and name ~= "default" and not keep[name] then
+      local copy = {}
+      for k, v in pairs(d) do
+        copy[k] = v
+      end
+      copy.path = scratch .. "/disks/" .. name .. "/"
+      out.disks[name] = copy
+    else
+      out.disks[name] = d
+    end
+  end
+  return out
+end
+
+
 local function default_restore(ctx, data, point)
   local chbackup = require("chbackup")
-  local inst, err = chbackup.open({ path = data, config = ctx.cfg, status_dir = data:gsub("/data$", "") .. "/status",
-    threads = ctx.threads })
+  local inst, err = chbackup.open({ path = data, config = verify.scratch_config(ctx.cfg, data:gsub("/data$", "")),
+    status_dir = data:gsub("/data$", "") .. "/status", threads = ctx.threads })
   if not inst then
     return nil, err
   end
@@ -234,16 +265,26 @@ function verify.backup(ctx, point)
   end)
   result.scratch = scratch
 
+  -- ClickHouse on the scratch data path needs the disks and storage
+  -- policies its tables use (moved into scratch, as the restore used them)
+  local clickhouse = ctx.clickhouse
+  local ch_xml = ctx.clickhouse and disks.clickhouse_config(verify.scratch_config(ctx.cfg, scratch))
+  if ch_xml and fsutil.write_file(scratch .. "/clickhouse-config.xml", ch_xml) then
+    clickhouse = function(path, statements)
+      return ctx.clickhouse(path, statements, scratch .. "/clickhouse-config.xml")
+    end
+  end
+
   local restored_rows
   step("row_counts", function()
     local recorded = point.record and point.record.rows
     local how
     local rerr
     if ctx.clickhouse then
-      restored_rows, rerr = counter.with_clickhouse(ctx.clickhouse, data, { digest = true })
+      restored_rows, rerr = counter.with_clickhouse(clickhouse, data, { digest = true })
       how = "read with " .. (ctx.clickhouse_name or "ClickHouse")
     else
-      restored_rows, rerr = counter.from_data_path(data)
+      restored_rows, rerr = counter.from_data_path(data, verify.scratch_config(ctx.cfg, scratch))
       how = "from the restored parts' count.txt (no ClickHouse: " .. tostring(ctx.clickhouse_why) .. ")"
     end
     if not restored_rows then
@@ -285,7 +326,7 @@ function verify.backup(ctx, point)
           if not ctx.clickhouse then
             error("no ClickHouse to query the restored data with: " .. tostring(ctx.clickhouse_why), 2)
           end
-          local out, err = ctx.clickhouse(data, { text })
+          local out, err = clickhouse(data, { text })
           if not out then
             error(err, 2)
           end
