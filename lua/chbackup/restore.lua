@@ -305,9 +305,9 @@ function restore.run(ctx, req)
         return nil, "cannot restore into table " .. qname .. " (" .. existing.engine
           .. "): adding data to a non-empty Log-family table is not supported"
       end
-      local placed, perr = cat:place(existing)
+      local placed, place_err = cat:place(existing)
       if not placed then
-        return nil, perr
+        return nil, place_err
       end
       t.existing, t.uuid, t.data_dir = existing, existing.uuid, existing.data_dir
       t.locations = existing.locations
