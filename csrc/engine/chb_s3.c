@@ -365,6 +365,7 @@ struct chb_s3 {
   int max_retries;
   long retry_base_ms, connect_timeout_ms, low_speed_time_s, request_timeout_ms;
   int sign_payload, no_etag_check;
+  int bucket_seen;    /* the bucket answered once: a bodiless 404 is a missing key */
   char curl_err[CURL_ERROR_SIZE];
 };
 
@@ -496,6 +497,7 @@ typedef struct s3_req {
   char amz_code[64];        /* x-amz-error-code header (s3rver, HEAD) */
   sbuf errbody;
   uint64_t delivered;       /* GET bytes handed to the sink */
+  uint64_t range_from;      /* this attempt's Range start (0: none or from 0) */
   /* per attempt */
   uint64_t pos;             /* body bytes read */
   EVP_MD_CTX *md5;
@@ -540,6 +542,12 @@ static size_t on_write(char *buf, size_t size, size_t n, void *ud) {
     return len;
   }
   if (r->sink) {
+    if (r->status == 200 && r->range_from > 0) {
+      chb_error_set(r->e, CHB_EIO, "S3 GET of key %s: the server ignored the Range header (HTTP 200)",
+                    r->key ? r->key : "");
+      r->local_fail = 1;
+      return 0;
+    }
     if (!r->first_etag[0]) snprintf(r->first_etag, sizeof r->first_etag, "%s", r->etag);
     if (r->sink(r->sink_ctx, buf, len, r->e) != 0) {
       r->local_fail = 1;
@@ -717,6 +725,7 @@ static CURLcode attempt(chb_s3 *s, s3_req *r, const char *url, const char *cquer
   const char *payload = r->payload_hash ? r->payload_hash : EMPTY_SHA256;
   char range[64];
   char ifmatch[96];
+  r->range_from = 0;
   chb_s3_header h[12];
   size_t nh = 0;
   h[nh++] = (chb_s3_header){"host", s->host};
@@ -725,6 +734,7 @@ static CURLcode attempt(chb_s3 *s, s3_req *r, const char *url, const char *cquer
   for (size_t i = 0; i < r->nhdr; i++) h[nh++] = r->hdr[i];
   if (r->ranged || (r->sink && r->delivered)) {
     uint64_t from = r->get_off + r->delivered;
+    r->range_from = from;
     if (r->get_len >= 0)
       snprintf(range, sizeof range, "bytes=%" PRIu64 "-%" PRIu64, from,
                r->get_off + (uint64_t)r->get_len - 1);
@@ -1076,11 +1086,25 @@ int chb_s3_head(chb_s3 *s, const char *key, chb_s3_stat *st, chb_error *e) {
       /* A HEAD answer has no body, so no <Code>: ask a 1-byte GET why
        * (a wrong secret and a denied access are different fixes). */
       chb_error ge;
-      s3_req g = {.method = "GET", .key = key, .sink = discard_sink, .ranged = 1, .get_len = 1};
+      char what[600];
+      snprintf(what, sizeof what, "s3://%s/%s (asking why a HEAD was refused)", s->bucket, key);
+      s3_req g = {.method = "GET", .key = key, .what = what, .sink = discard_sink, .ranged = 1,
+                  .get_len = 1};
       if (perform(s, &g, &ge) != 0 && ge.sys == 403) *e = ge;
+    } else if (e->code == CHB_ENOENT && !r.amz_code[0] && !s->bucket_seen) {
+      /* Nor can a 404 say NoSuchBucket from NoSuchKey: list the bucket
+       * once per client to tell (a missing bucket is not a missing file). */
+      chb_error le;
+      const char *q[] = {"list-type", "2", "max-keys", "1"};
+      s3_req g = {.method = "GET", .what = "(bucket check)", .query = q, .nquery = 2};
+      if (perform(s, &g, &le) == 0) s->bucket_seen = 1;
+      else if (le.code == CHB_NOBUCKET)
+        chb_error_set(e, CHB_NOBUCKET, "S3 HEAD s3://%s/%s: NoSuchBucket (HTTP 404): bucket '%s' does not exist at %s",
+                      s->bucket, key, s->bucket, s->endpoint);
     }
     return -1;
   }
+  s->bucket_seen = 1;
   st->size = r.have_clen ? r.clen : 0;
   snprintf(st->etag, sizeof st->etag, "%s", r.etag);
   return 0;
@@ -1097,6 +1121,16 @@ int chb_s3_put_if_absent(chb_s3 *s, const char *key, const void *data, size_t le
   if (put_common(s, key, &src, data ? data : "", "*", e) == 0) return 0;
   if (e->sys == 501)   /* NotImplemented: a server without conditional PUT that says so */
     return put_common(s, key, &src, data ? data : "", NULL, e);
+  if (e->code == CHB_EEXIST && len <= 4096) {
+    /* A retry after a dropped answer may meet our own first write: the
+     * object then holds exactly our bytes. */
+    chb_error ge;
+    unsigned char have[4097];
+    size_t got = 0;
+    if (chb_s3_get_buf(s, key, 0, -1, have, sizeof have, &got, &ge) == 0 && got == len &&
+        memcmp(have, data, len) == 0)
+      return 0;
+  }
   return -1;
 }
 

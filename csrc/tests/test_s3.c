@@ -18,8 +18,12 @@
 #include "chb_s3.h"
 #include "test_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -206,6 +210,113 @@ static chb_s3 *client(const char *bucket, const char *secret, int path_style, co
   chb_s3 *s = chb_s3_new(&cfg, &e);
   if (!s) printf("chb_s3_new: %s\n", e.msg);
   return s;
+}
+
+/* ---- a scripted HTTP server: what s3rver cannot be made to do ---------- */
+
+typedef struct fake_resp {
+  const char *text;      /* status line, headers, body */
+  size_t send;           /* bytes of text sent before closing (0: all) */
+} fake_resp;
+
+typedef struct fake {
+  int lfd, port, n;
+  const fake_resp *resp;
+  char req[8][2048];     /* the request heads received */
+} fake;
+
+static void *fake_run(void *arg) {
+  fake *f = arg;
+  for (int i = 0; i < f->n; i++) {
+    int c = accept(f->lfd, NULL, NULL);
+    if (c < 0) break;
+    struct timeval tv = {10, 0};
+    setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    size_t got = 0;
+    while (got < sizeof f->req[i] - 1) {
+      ssize_t r = recv(c, f->req[i] + got, sizeof f->req[i] - 1 - got, 0);
+      if (r <= 0) break;
+      got += (size_t)r;
+      f->req[i][got] = '\0';
+      if (strstr(f->req[i], "\r\n\r\n")) break;
+    }
+    const char *t = f->resp[i].text;
+    size_t len = f->resp[i].send ? f->resp[i].send : strlen(t);
+    if (send(c, t, len, MSG_NOSIGNAL) < 0) perror("fake send");
+    close(c);
+  }
+  return NULL;
+}
+
+static int fake_start(fake *f, pthread_t *th) {
+  f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  /* accept() and recv() give up after 10 s: a test that goes wrong ends */
+  struct timeval tv = {10, 0};
+  setsockopt(f->lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t al = sizeof a;
+  if (bind(f->lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(f->lfd, 4) != 0 ||
+      getsockname(f->lfd, (struct sockaddr *)&a, &al) != 0)
+    return -1;
+  f->port = ntohs(a.sin_port);
+  return pthread_create(th, NULL, fake_run, f);
+}
+
+#define XML_ERR(code, msg) \
+  "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>" code "</Code><Message>" msg "</Message></Error>"
+
+static void test_scripted(void) {
+  static const char skew[] = XML_ERR("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.");
+  static const char slow[] = XML_ERR("SlowDown", "Please reduce your request rate.");
+  static const char denied[] = XML_ERR("AccessDenied", "Access Denied");
+  char r2[512], r4[512], r5[512];
+  snprintf(r2, sizeof r2, "HTTP/1.1 503 Slow Down\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+           strlen(slow), slow);
+  snprintf(r4, sizeof r4, "HTTP/1.1 403 Forbidden\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+           strlen(skew), skew);
+  snprintf(r5, sizeof r5, "HTTP/1.1 403 Forbidden\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+           strlen(denied), denied);
+  static const char r0[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: \"abc\"\r\nConnection: close\r\n\r\n0123456789";
+  fake_resp resp[] = {
+      {r0, sizeof r0 - 1 - 5},   /* the body dropped after 5 of 10 bytes */
+      {"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 5-9/10\r\n"
+       "ETag: \"abc\"\r\nConnection: close\r\n\r\n56789", 0},
+      {r2, 0},
+      {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", 0},
+      {r4, 0},
+      {r5, 0},
+  };
+  fake f = {.n = 6, .resp = resp};
+  pthread_t th;
+  if (fake_start(&f, &th) != 0) {
+    CHECK(0, "scripted server");
+    return;
+  }
+  char ep[64];
+  snprintf(ep, sizeof ep, "http://127.0.0.1:%d", f.port);
+  chb_s3 *s = client(BUCKET, "S3RVER", 1, ep);
+  chb_error e;
+  char buf[32];
+  size_t got = 0;
+  int rc = chb_s3_get_buf(s, "resume", 0, -1, buf, sizeof buf, &got, &e);
+  CHECK(rc == 0 && got == 10 && memcmp(buf, "0123456789", 10) == 0,
+        "GET dropped after 5 bytes resumes with Range: %s", rc ? e.msg : "0123456789");
+  CHECK(strcasestr(f.req[1], "range: bytes=5-\r\n") && strcasestr(f.req[1], "if-match: \"abc\"\r\n"),
+        "the resumed GET asks bytes=5- if-match \"abc\"");
+  rc = chb_s3_get_buf(s, "slow", 0, -1, buf, sizeof buf, &got, &e);
+  CHECK(rc == 0 && got == 2 && memcmp(buf, "ok", 2) == 0, "503 SlowDown retried, then ok: %s",
+        rc ? e.msg : "ok");
+  rc = chb_s3_put(s, "skewed", "x", 1, &e);
+  CHECK(rc != 0 && e.code == CHB_CLOCK_SKEW && strstr(e.msg, "RequestTimeTooSkewed") &&
+            strstr(e.msg, "clock"),
+        "RequestTimeTooSkewed: CLOCK_SKEW, not retried: %s", e.msg);
+  rc = chb_s3_put(s, "denied", "x", 1, &e);
+  CHECK(rc != 0 && e.code == CHB_EACCES && strstr(e.msg, "AccessDenied"), "AccessDenied: EACCES: %s",
+        e.msg);
+  chb_s3_free(s);
+  pthread_join(th, NULL);
+  close(f.lfd);
 }
 
 typedef struct hash_sink {
@@ -432,6 +543,9 @@ static void test_errors(void) {
   chb_s3_free(unknown);
 
   chb_s3 *nob = client("no-such-bucket", "S3RVER", 1, NULL);
+  rc = chb_s3_head(nob, "x", &st, &e);
+  CHECK(rc != 0 && e.code == CHB_NOBUCKET && strstr(e.msg, "no-such-bucket"),
+        "HEAD in a missing bucket: NO_BUCKET, not ENOENT: %s", e.msg);
   rc = chb_s3_put(nob, "x", "x", 1, &e);
   CHECK(rc != 0 && e.code == CHB_NOBUCKET && strstr(e.msg, "NoSuchBucket") &&
             strstr(e.msg, "no-such-bucket"),
@@ -519,6 +633,7 @@ int main(void) {
     test_put_if_absent(s);
     test_errors();
     test_virtual_hosted();
+    test_scripted();
     test_server_gone(s);
     chb_s3_free(s);
   }
