@@ -90,6 +90,19 @@ describe("core.s3_client", function()
     assert.is_true(c:delete("many/01")) -- a missing key deletes fine
   end)
 
+  it("lists more than 1000 keys (two pages) and deletes them in two batches", function()
+    local keys = {}
+    for i = 1, 1001 do
+      keys[i] = string.format("thousand/%04d", i)
+      assert.is_true(c:put(keys[i], ""))
+    end
+    local listed = assert(c:list("thousand/"))
+    assert.are.equal(1001, #listed)
+    assert.are.equal("thousand/1001", listed[1001].key)
+    assert.is_true(c:delete_many(keys))
+    assert.are.same({}, c:list("thousand/"))
+  end)
+
   it("put_if_absent writes once, then refuses with EEXIST", function()
     assert.is_true(c:put_if_absent("bk/.lock", "first"))
     local ok, msg, code = c:put_if_absent("bk/.lock", "second")
