@@ -7,7 +7,7 @@
  *
  *   local c = core.s3_client{endpoint = "http://127.0.0.1:9000", bucket = "b",
  *                            region = "us-east-1", key_id = "...", secret = "...",
- *                            path_style = true}
+ *                            path_style = true, session_token = nil, storage_class = nil}
  *   c:put(key, data)                    c:put_if_absent(key, data)
  *   c:put_file(key, path[, offset[, length]])
  *   c:upload_file(key, path)            -- one PUT up to 32 MiB, else multipart
@@ -77,7 +77,7 @@ static int opt_bool(lua_State *L, int t, const char *name, int dflt) {
 static int s3_client(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   static const char *const known[] = {"endpoint", "bucket", "region", "key_id", "secret",
-                                      "path_style", "max_retries", "retry_base_ms",
+                                      "session_token", "storage_class", "path_style", "max_retries", "retry_base_ms",
                                       "connect_timeout_ms", "low_speed_time_s",
                                       "request_timeout_ms", "sign_payload", "no_etag_check", NULL};
   lua_pushnil(L);
@@ -97,6 +97,8 @@ static int s3_client(lua_State *L) {
       .region = opt_string(L, 1, "region", 0),
       .key_id = opt_string(L, 1, "key_id", 1),
       .secret = opt_string(L, 1, "secret", 1),
+      .session_token = opt_string(L, 1, "session_token", 0),
+      .storage_class = opt_string(L, 1, "storage_class", 0),
       .path_style = opt_bool(L, 1, "path_style", 1),
       .max_retries = (int)opt_int(L, 1, "max_retries", -1),
       .retry_base_ms = (long)opt_int(L, 1, "retry_base_ms", 0),

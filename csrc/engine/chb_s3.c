@@ -362,6 +362,8 @@ struct chb_s3 {
   char *uri_prefix;   /* canonical path prefix: "/bucket" or "" */
   char *host;         /* the Host header */
   char *endpoint, *bucket, *region, *key_id, *secret;
+  char *token;        /* NULL or the session token */
+  char *storage_class;
   int max_retries;
   long retry_base_ms, connect_timeout_ms, low_speed_time_s, request_timeout_ms;
   int sign_payload, no_etag_check;
@@ -434,6 +436,8 @@ chb_s3 *chb_s3_new(const chb_s3_config *cfg, chb_error *e) {
   s->region = dup_or(cfg->region, "us-east-1");
   s->key_id = strdup(cfg->key_id);
   s->secret = strdup(cfg->secret);
+  s->token = cfg->session_token && *cfg->session_token ? strdup(cfg->session_token) : NULL;
+  s->storage_class = cfg->storage_class && *cfg->storage_class ? strdup(cfg->storage_class) : NULL;
   s->max_retries = cfg->max_retries < 0 ? 4 : cfg->max_retries;
   s->retry_base_ms = cfg->retry_base_ms > 0 ? cfg->retry_base_ms : 200;
   s->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 10000;
@@ -443,7 +447,8 @@ chb_s3 *chb_s3_new(const chb_s3_config *cfg, chb_error *e) {
   s->no_etag_check = cfg->no_etag_check;
   s->curl = curl_easy_init();
   if (!s->url_base || !s->host || !s->uri_prefix || !s->endpoint || !s->bucket || !s->region ||
-      !s->key_id || !s->secret || !s->curl) {
+      !s->key_id || !s->secret || !s->curl || (cfg->session_token && *cfg->session_token && !s->token) ||
+      (cfg->storage_class && *cfg->storage_class && !s->storage_class)) {
     chb_s3_free(s);
     chb_error_set(e, CHB_ENOMEM, "S3: out of memory");
     return NULL;
@@ -463,6 +468,9 @@ void chb_s3_free(chb_s3 *s) {
   free(s->region);
   free(s->key_id);
   free(s->secret);
+  if (s->token) OPENSSL_cleanse(s->token, strlen(s->token));
+  free(s->token);
+  free(s->storage_class);
   free(s);
 }
 
@@ -732,6 +740,7 @@ static CURLcode attempt(chb_s3 *s, s3_req *r, const char *url, const char *cquer
   h[nh++] = (chb_s3_header){"x-amz-content-sha256", payload};
   h[nh++] = (chb_s3_header){"x-amz-date", amz_date};
   for (size_t i = 0; i < r->nhdr; i++) h[nh++] = r->hdr[i];
+  if (s->token) h[nh++] = (chb_s3_header){"x-amz-security-token", s->token};
   if (r->ranged || (r->sink && r->delivered)) {
     uint64_t from = r->get_off + r->delivered;
     r->range_from = from;
@@ -1006,6 +1015,7 @@ static int put_common(chb_s3 *s, const char *key, const chb_s3_source *src, cons
     r.md5_etag = 1;
   }
   if (if_none_match) r.hdr[r.nhdr++] = (chb_s3_header){"if-none-match", if_none_match};
+  if (s->storage_class) r.hdr[r.nhdr++] = (chb_s3_header){"x-amz-storage-class", s->storage_class};
   if (perform(s, &r, e) != 0) return -1;
   if (r.md5) return check_md5_etag(s, &r, e);
   return 0;
@@ -1441,6 +1451,7 @@ int chb_s3_mpu_create(chb_s3 *s, const char *key, char **upload_id, chb_error *e
   sbuf resp = {0};
   const char *q[] = {"uploads", ""};
   s3_req r = {.method = "POST", .key = key, .query = q, .nquery = 1, .resp = &resp};
+  if (s->storage_class) r.hdr[r.nhdr++] = (chb_s3_header){"x-amz-storage-class", s->storage_class};
   *upload_id = NULL;
   if (perform(s, &r, e) != 0) {
     sb_free(&resp);

@@ -44,6 +44,8 @@ typedef struct chb_s3_config {
   const char *region;       /* NULL: "us-east-1" */
   const char *key_id;
   const char *secret;
+  const char *session_token; /* NULL, or STS credentials' token (x-amz-security-token) */
+  const char *storage_class; /* NULL, or x-amz-storage-class of objects written (STANDARD, ...) */
   int path_style;           /* 1: endpoint/bucket/key; 0: bucket.endpoint/key (virtual-hosted) */
   int max_retries;          /* retries after the first attempt; < 0: default 4 */
   long retry_base_ms;       /* first backoff, doubled each retry (capped at 10 s); 0: 200 */
