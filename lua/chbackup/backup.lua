@@ -12,6 +12,7 @@ local backup_archive = require("chbackup.backup_archive")
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
 local plan = require("chbackup.plan")
 local runner = require("chbackup.runner")
@@ -25,6 +26,8 @@ backup.MARKER = ".chbackup-incomplete"
 local SMALL_FILE = 1024 * 1024
 
 
+-- Read-only checks before any work; the destination is locked later, when
+-- it is created (take_destination).
 local function check_destination(dest)
   local path = dest.path
   if fsutil.exists(path .. "/" .. manifest.FILE) then
@@ -34,15 +37,70 @@ local function check_destination(dest)
     if not fsutil.is_dir(path) then
       return nil, "backup destination " .. dest.name .. " (" .. path .. ") exists and is not a directory"
     end
-    if fsutil.exists(path .. "/" .. backup.MARKER) then
-      return nil, "an unfinished backup is at " .. dest.name .. " (" .. path
-        .. "), left by a failed or killed run; remove it first"
+    local marker = path .. "/" .. backup.MARKER
+    local held, holder = lock.held(marker)
+    if held then
+      return nil, "backup " .. dest.name .. " is being written by " .. holder .. " (" .. marker .. ")"
     end
-    if not fsutil.is_empty_dir(path) then
+    if held == nil and not fsutil.is_empty_dir(path) then
       return nil, "backup destination " .. dest.name .. " (" .. path .. ") is not empty"
     end
   end
   return true
+end
+
+
+-- Every entry of a backup directory but its marker.
+local function remove_all_but_marker(path)
+  for entry in require("lfs").dir(path) do
+    if entry ~= "." and entry ~= ".." and entry ~= backup.MARKER then
+      fsutil.remove_tree(path .. "/" .. entry)
+    end
+  end
+end
+
+
+-- Creates the destination directory and takes its marker as the lock of
+-- this run (held until `.backup` is written, its text naming the
+-- operation). A marker nobody holds was left by a killed run: what that
+-- run wrote is removed first (logged). Returns lk, created or nil, err.
+local function take_destination(dest, op_id)
+  local path = dest.path
+  local created = not fsutil.exists(path)
+  local ok, err = fsutil.mkdir_p(path)
+  if not ok then
+    return nil, err
+  end
+  local marker = path .. "/" .. backup.MARKER
+  local lk, prev, made = lock.take(marker, op_id, function(holder)
+    return "backup " .. dest.name .. " is being written by " .. holder .. " (" .. marker .. ")"
+  end)
+  if not lk then
+    return nil, prev
+  end
+  local function refuse(msg)
+    lk:release(made)
+    if created then
+      require("lfs").rmdir(path)
+    end
+    return nil, msg
+  end
+  if fsutil.exists(path .. "/" .. manifest.FILE) then
+    return refuse("backup " .. dest.name .. " already exists")
+  end
+  if prev or not made then
+    -- a marker nobody holds: a killed (or failed) run's; take its place
+    remove_all_but_marker(path)
+    lock.log("removed what a killed BACKUP (" .. lock.who(prev) .. ") left in backup " .. dest.name
+      .. " (" .. path .. ")")
+  else
+    for entry in require("lfs").dir(path) do
+      if entry ~= "." and entry ~= ".." and entry ~= backup.MARKER then
+        return refuse("backup destination " .. dest.name .. " (" .. path .. ") is not empty")
+      end
+    end
+  end
+  return lk, created
 end
 
 
@@ -55,6 +113,11 @@ function backup.run(ctx, req)
   if dest.archive then
     if require("lfs").attributes(dest.path) then
       return nil, "backup " .. dest.name .. " already exists"
+    end
+    local held, holder = lock.held(lock.archive_lock(dest.path))
+    if held then
+      return nil, "backup " .. dest.name .. " is being written by " .. holder .. " ("
+        .. lock.archive_lock(dest.path) .. ")"
     end
   else
     if settings.compression_method or settings.compression_level then
@@ -119,29 +182,21 @@ function backup.run(ctx, req)
     return e.checksum:sub(1, layout) .. "/" .. e.checksum:sub(layout + 1)
   end
 
-  local created = not fsutil.exists(dest.path)
-  ok, err = fsutil.mkdir_p(dest.path)
-  if not ok then
-    return nil, err
+  local lk, created = take_destination(dest, ctx.op_id)
+  if not lk then
+    return nil, created
   end
+  -- What this run wrote goes first, its marker (the lock) last.
   local function cleanup()
+    remove_all_but_marker(dest.path)
+    lk:release(true)
     if created then
-      fsutil.remove_tree(dest.path)
-    else
-      for entry in require("lfs").dir(dest.path) do
-        if entry ~= "." and entry ~= ".." then
-          fsutil.remove_tree(dest.path .. "/" .. entry)
-        end
-      end
+      require("lfs").rmdir(dest.path)
     end
   end
   local function fail(msg, code)
     cleanup()
     return nil, msg, code
-  end
-  ok, err = fsutil.write_file(dest.path .. "/" .. backup.MARKER, "chbackup " .. ctx.op_id .. "\n")
-  if not ok then
-    return fail(err)
   end
   -- SETTINGS password: every stored file is encrypted (chain.ENCRYPTION_FILE,
   -- README "Encrypted directory backups"); `.backup` keeps plain checksums.
@@ -339,7 +394,7 @@ function backup.run(ctx, req)
   if not size then
     return fail(err)
   end
-  os.remove(dest.path .. "/" .. backup.MARKER)
+  lk:release(true)   -- removes the marker: the backup is complete
   counters.num_entries = counters.num_entries + 1
   counters.uncompressed_size = counters.uncompressed_size + size
   counters.compressed_size = counters.uncompressed_size

@@ -12,6 +12,7 @@
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
 local runner = require("chbackup.runner")
 
@@ -57,9 +58,33 @@ function backup_archive.hash_unknown(ctx, entries, base)
 end
 
 
+local write_archive
+
 --- Runs a BACKUP into an archive. files: plan.backup_files' result.
+-- Holds the archive's lock (`<archive>.lock`, chbackup.lock) throughout.
 -- Returns the status counters, or nil, err, code.
 function backup_archive.run(ctx, files)
+  local lk, err = lock.archive(ctx.dest, ctx.op_id)
+  if not lk then
+    return nil, err
+  end
+  local res
+  if require("lfs").attributes(ctx.dest.path) then
+    res = { nil, "backup " .. ctx.dest.name .. " already exists" }
+  else
+    res = table.pack(pcall(write_archive, ctx, files))
+    if not res[1] then
+      lk:release(true)
+      error(res[2], 0)
+    end
+    table.remove(res, 1)
+  end
+  lk:release(true)
+  return res[1], res[2], res[3]
+end
+
+
+function write_archive(ctx, files)
   local dest, base, settings = ctx.dest, ctx.base, ctx.settings
   if ctx.dest.archive_kind ~= "zip" then
     return nil, "backup " .. dest.name .. ": only .zip archives are supported"

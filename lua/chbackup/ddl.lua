@@ -145,9 +145,95 @@ local function read_uuid(s, i)
 end
 
 
---- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path.
--- Returns {object=, uuid=|nil, body=} or nil, err.
-function ddl.parse_attach(sql)
+-- What one_statement looks for: quotes, comment starts, ";" and "$".
+local SPECIAL = "[`'\"#/;%$%-]"
+
+-- The length of the one statement sql holds, without a final ";" and what
+-- follows it (white space and comments only), or nil, err. Reads sql as
+-- ClickHouse's lexer (src/Parsers/Lexer.cpp) does: '…' strings, `…` and
+-- "…" identifiers (backslash escapes, doubled quotes), comments (--, //,
+-- "# " and "#!" to the line end, /* … */ nested) hold no statement end. A
+-- "$" outside them (a heredoc $tag$…$tag$, which ClickHouse never writes
+-- into metadata) is refused: read as code, its text could hide a ";".
+local function one_statement(sql)
+  local i, n, stop = 1, #sql, nil
+  while true do
+    i = sql:find(stop and "%S" or SPECIAL, i)
+    if not i then
+      break
+    end
+    local c, c2 = sql:sub(i, i), sql:sub(i + 1, i + 1)
+    if stop and c ~= "-" and c ~= "#" and c ~= "/" then
+      return nil, "more than one statement"
+    end
+    if c == "'" or c == "`" or c == '"' then
+      local j = i + 1
+      while true do
+        local d = sql:sub(j, j)
+        if d == "" then
+          return nil, "unterminated quoted text"
+        elseif d == "\\" then
+          j = j + 2
+        elseif d == c and sql:sub(j + 1, j + 1) == c then
+          j = j + 2
+        elseif d == c then
+          break
+        else
+          j = sql:find("[\\" .. c .. "]", j + 1) or n + 1
+        end
+      end
+      i = j + 1
+    elseif (c == "-" and c2 == "-") or (c == "/" and c2 == "/") or (c == "#" and (c2 == " " or c2 == "!")) then
+      i = (sql:find("\n", i, true) or n) + 1
+    elseif c == "/" and c2 == "*" then
+      local depth, j = 1, i + 2
+      while depth > 0 do
+        j = sql:find("[/*]", j)
+        if not j then
+          return nil, "unterminated comment"
+        end
+        local two = sql:sub(j, j + 1)
+        if two == "/*" then
+          depth, j = depth + 1, j + 2
+        elseif two == "*/" then
+          depth, j = depth - 1, j + 2
+        else
+          j = j + 1
+        end
+      end
+      i = j
+    elseif stop then
+      return nil, "more than one statement"
+    elseif c == ";" then
+      stop, i = i, i + 1
+    elseif c == "$" then
+      return nil, "unexpected $ outside quotes"
+    else
+      i = i + 1
+    end
+  end
+  return stop and stop - 1 or n
+end
+
+
+-- The one statement of a metadata file (see one_statement), or nil, err.
+local function single(sql, verb)
+  local len, err = one_statement(sql)
+  if not len then
+    return nil, err .. " (a metadata file holds one " .. verb .. " statement)"
+  end
+  return sql:sub(1, len)
+end
+
+
+--- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path,
+-- the only statement of its text (a final ";" is dropped). Returns
+-- {object=, uuid=|nil, body=} or nil, err.
+function ddl.parse_attach(text)
+  local sql, err = single(text, "ATTACH")
+  if not sql then
+    return nil, err
+  end
   local object, i = read_head(sql, "ATTACH")
   if not object then
     return nil, "not an ATTACH statement"
@@ -162,8 +248,14 @@ end
 
 
 --- Parses a `CREATE <object> [db.]name [UUID '…'] …` statement (a
--- backup's metadata). Returns {object=, database=|nil, name=, uuid=|nil, body=}.
-function ddl.parse_create(sql)
+-- backup's metadata), the only statement of its text (a final ";" is
+-- dropped). Returns {object=, database=|nil, name=, uuid=|nil, body=} or
+-- nil, err.
+function ddl.parse_create(text)
+  local sql, err = single(text, "CREATE")
+  if not sql then
+    return nil, err
+  end
   local object, i = read_head(sql, "CREATE")
   if not object then
     return nil, "not a CREATE statement"

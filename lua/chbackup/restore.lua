@@ -208,9 +208,9 @@ function restore.run(ctx, req)
         if not text then
           return nil, rerr
         end
-        local info = ddl.parse_create(text)
+        local info, perr = ddl.parse_create(text)
         if not info then
-          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name
+          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name .. ": " .. perr
         end
         local ok, nerr = contents.check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
         if not ok then
@@ -237,9 +237,9 @@ function restore.run(ctx, req)
     if not text then
       return nil, rerr
     end
-    local info = ddl.parse_create(text)
+    local info, perr = ddl.parse_create(text)
     if not info then
-      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
+      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name .. ": " .. perr
     end
     local named, nerr = contents.check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
     if not named then
@@ -290,6 +290,24 @@ function restore.run(ctx, req)
       t.data_dir = cat.path .. "/store/" .. data_uuid:sub(1, 3) .. "/" .. data_uuid
     end
     targets[#targets + 1] = t
+  end
+
+  -- What this run creates is noted in the data path's lock file first, so
+  -- that the next RESTORE removes it if this one is killed (chbackup.lock).
+  if ctx.lock then
+    local dirs, dbs = {}, {}
+    for _, t in ipairs(targets) do
+      if not t.existing and t.family ~= "none" then
+        dirs[#dirs + 1] = t.data_dir
+      end
+    end
+    for _, db in ipairs(new_dbs) do
+      dbs[#dbs + 1] = { escaped = names.escape_file(db.name), uuid = db.uuid }
+    end
+    local noted, nerr = ctx.lock:note(dirs, dbs)
+    if not noted then
+      return nil, nerr
+    end
   end
 
   -- Phase 2: plan the copies into temporary names.

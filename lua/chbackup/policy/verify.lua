@@ -20,6 +20,8 @@ local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local counter = require("chbackup.policy.counter")
 local fsutil = require("chbackup.fsutil")
+local leftovers = require("chbackup.policy.leftovers")
+local lock = require("chbackup.lock")
 local runner = require("chbackup.runner")
 local store_mod = require("chbackup.policy.store")
 
@@ -207,10 +209,18 @@ function verify.backup(ctx, point)
     scratch_counter)
   local data = scratch .. "/data"
   local restored_ok = false
+  local scratch_lock
   local rc = step("restore", function()
     store_mod.remove_tree(scratch)
     local ok, err = fsutil.mkdir_p(scratch)
     if not ok then
+      return false, err
+    end
+    -- held while the scratch data path is in use: one nobody holds is a
+    -- killed verification's, removed by the policy's next run
+    scratch_lock, err = lock.take(scratch .. "/" .. leftovers.VERIFY_LOCK, "verify " .. point.name,
+      function(holder) return scratch .. " is in use by " .. holder end)
+    if not scratch_lock then
       return false, err
     end
     local t0 = core.now_us()
@@ -238,6 +248,14 @@ function verify.backup(ctx, point)
     end
     if not restored_rows then
       return false, "cannot count the restored rows: " .. tostring(rerr)
+    end
+    if type(recorded) ~= "table" and ctx.policy.verification.row_counts and point.record
+        and not point.record.rows_error then
+      -- the policy counts rows at backup time: a run killed before it
+      -- recorded them (and no later run could) leaves nothing to compare
+      return false, "no row counts were recorded for " .. point.name .. " (policy record "
+        .. tostring(point.record.name or point.name) .. ".chbackup.json has none; the run that made it was "
+        .. "interrupted and they could not be counted since); restored data " .. how
     end
     if type(recorded) ~= "table" then
       return "no row counts were recorded at backup time; restored data " .. how
@@ -286,8 +304,11 @@ function verify.backup(ctx, point)
     counter.close(b)
   end
   if not ctx.keep_scratch and (restored_ok or rc.ok ~= nil) then
-    store_mod.remove_tree(scratch)
+    leftovers.remove_tree(scratch, leftovers.VERIFY_LOCK)
     result.scratch = nil
+  end
+  if scratch_lock then
+    scratch_lock:release(true)
   end
   result.duration = seconds_since(started)
   return result
