@@ -41,6 +41,8 @@ external_dependencies = {
   LZ4 = { header = "lz4.h", library = "lz4" },
   ZSTD = { header = "zstd.h", library = "zstd" },
   LIBDEFLATE = { header = "libdeflate.h", library = "deflate" },
+  CURL = { header = "curl/curl.h", library = "curl" },   -- the S3 client (chb_s3.c)
+  EXPAT = { header = "expat.h", library = "expat" },     -- its XML answers
 }
 
 test_dependencies = { "busted" }
@@ -57,7 +59,7 @@ build = {
     CMAKE_BUILD_TYPE = "Release",
     CMAKE_C_FLAGS = "$(CFLAGS)",
     CMAKE_MODULE_LINKER_FLAGS = "$(LIBFLAG)",
-    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR);$(LIBDEFLATE_DIR)",
+    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR);$(LIBDEFLATE_DIR);$(CURL_DIR);$(EXPAT_DIR)",
     LUA_INCDIR = "$(LUA_INCDIR)",
     CHB_LIBDIR = "$(LIBDIR)",
   },
