@@ -73,6 +73,7 @@ build = {
       ["chbackup.check"] = "lua/chbackup/check.lua",
       ["chbackup.cli"] = "lua/chbackup/cli.lua",
       ["chbackup.config"] = "lua/chbackup/config.lua",
+      ["chbackup.erase"] = "lua/chbackup/erase.lua",
       ["chbackup.contents"] = "lua/chbackup/contents.lua",
       ["chbackup.ddl"] = "lua/chbackup/ddl.lua",
       ["chbackup.disks"] = "lua/chbackup/disks.lua",

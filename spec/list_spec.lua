@@ -70,3 +70,45 @@ describe("chbackup list", function()
     assert.matches("destination Disk%('backups', 'nope'%) .* is not a directory", out)
   end)
 end)
+
+
+describe("chbackup delete", function()
+  local function run(w, args)
+    return h.run(string.format("%s/scripts/chbackup --config %s %s", h.ROOT, q(w.config), args))
+  end
+
+  it("refuses a base while an incremental relies on it, then deletes each whole", function()
+    local w = h.world("delete")
+    h.sql(w, "BACKUP TABLE shop.customers TO Disk('backups', 'base')")
+    h.sql(w, "BACKUP TABLE shop.customers TO Disk('backups', 'inc') SETTINGS base_backup = Disk('backups', 'base')")
+    h.sql(w, "BACKUP TABLE shop.customers TO Disk('backups', 'z.zip')")
+    local ok, out = run(w, "delete " .. q("Disk('backups', 'base')"))
+    assert.is_nil(ok)
+    assert.matches("backup Disk%('backups', 'base'%) is the base of Disk%('backups', 'inc'%); delete that one first", out)
+    assert.is_truthy(h.read(w.backups .. "/base/.backup"))
+    for _, name in ipairs({ "inc", "base", "z.zip" }) do
+      ok, out = run(w, "delete " .. q("Disk('backups', '" .. name .. "')"))
+      assert.is_true(ok, out)
+      assert.equal("deleted\tDisk('backups', '" .. name .. "')\n", out)
+      assert.is_false(h.exists(w.backups .. "/" .. name))
+    end
+    ok, out = list(w, "Disk('backups', '')")
+    assert.is_true(ok, out)
+    assert.equal(1, select(2, out:gsub("\n", "")))   -- the header only
+    ok, out = run(w, "delete " .. q("Disk('backups', 'base')"))
+    assert.is_nil(ok)
+    assert.matches("backup Disk%('backups', 'base'%) not found", out)
+  end)
+
+  it("finishes a deletion that was cut short", function()
+    local w = h.world("delete-cut")
+    h.sql(w, "BACKUP TABLE shop.customers TO Disk('backups', 'half')")
+    assert(os.rename(w.backups .. "/half/.backup", w.backups .. "/half/.backup.deleting"))
+    local _, out = list(w, "Disk('backups', '')")
+    assert.matches("being deleted", out)
+    local ok
+    ok, out = run(w, "delete " .. q("Disk('backups', 'half')"))
+    assert.is_true(ok, out)
+    assert.is_false(h.exists(w.backups .. "/half"))
+  end)
+end)

@@ -16,6 +16,7 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] diff BACKUP1 BACKUP2   parts added, removed, changed
        chbackup [options] check BACKUP [--read-data]   verify a backup in place
        chbackup [options] list DEST          the backups at a destination, e.g. "Disk('backups', '')"
+       chbackup [options] delete BACKUP      remove a backup whole (refused while another relies on it)
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -157,7 +158,8 @@ end
 local function path_use(opts, rest)
   local explicit_status = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
   local sub = rest[1]
-  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "list" then
+  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "list"
+      or sub == "delete" then
     return nil
   end
   if sub == "wait" or sub == "cancel" then
@@ -350,18 +352,18 @@ function run(argv, out, errout, state)
   end
   local sub = rest[1]
   if sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "list" or sub == "wait"
-      or sub == "cancel" then
+      or sub == "cancel" or sub == "delete" then
     state.what = sub
   else
     state.what = (sub:match("^%s*(%a+)") or "statement"):upper()
   end
-  local arity = { show = 2, chain = 2, diff = 3, check = 2, list = 2, cancel = 2, wait = 2 }
+  local arity = { show = 2, chain = 2, diff = 3, check = 2, list = 2, delete = 2, cancel = 2, wait = 2 }
   if #rest > 1 and arity[sub] ~= #rest then
     errout:write("chbackup: give statements as one argument, separated by ';'\n")
     return 2
   end
   local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
-    or rest[1] == "list"
+    or rest[1] == "list" or rest[1] == "delete"
   if opts.password_file and not inspecting then
     errout:write("chbackup: --password-file applies to show, chain, diff and check; give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
@@ -426,6 +428,11 @@ function run(argv, out, errout, state)
         return 3
       end
       ok = true
+    end
+  elseif rest[1] == "delete" and #rest == 2 then
+    ok, err = inst:delete(rest[2], secret)
+    if ok then
+      out:write("deleted\t" .. rest[2] .. "\n")
     end
   elseif rest[1] == "list" and #rest == 2 then
     ok, err = cmd_list(inst, rest[2], out, secret, opts.json)

@@ -41,21 +41,41 @@ function fsutil.is_empty_dir(path)
 end
 
 
---- Removes a tree that chbackup itself created (never follows symlinks).
-function fsutil.remove_tree(path)
+--- Removes a tree without following symlinks (a link is removed as a
+-- link); `last`, a name inside the directory (its marker), goes after
+-- everything else, so that a removal cut short still carries it. Returns
+-- true or nil, err naming the first thing it could not remove.
+function fsutil.remove_tree(path, last)
   local attr = lfs.symlinkattributes(path)
   if not attr then
     return true
   end
   if attr.mode == "directory" then
     for entry in lfs.dir(path) do
-      if entry ~= "." and entry ~= ".." then
-        fsutil.remove_tree(path .. "/" .. entry)
+      if entry ~= "." and entry ~= ".." and entry ~= last then
+        local ok, err = fsutil.remove_tree(path .. "/" .. entry)
+        if not ok then
+          return nil, err
+        end
       end
     end
-    return lfs.rmdir(path)
+    if last then
+      local ok, err = fsutil.remove_tree(path .. "/" .. last)
+      if not ok then
+        return nil, err
+      end
+    end
+    local ok, err = lfs.rmdir(path)
+    if not ok then
+      return nil, "cannot remove " .. path .. ": " .. tostring(err)
+    end
+    return true
   end
-  return os.remove(path)
+  local ok, err = os.remove(path)
+  if not ok then
+    return nil, "cannot remove " .. path .. ": " .. tostring(err)
+  end
+  return true
 end
 
 

@@ -371,6 +371,13 @@ function Instance:list(dest_name, opts)
 end
 
 
+--- Deletes a backup whole, refusing while another backup at its
+-- destination relies on it (chbackup.listing.delete). Returns true or nil, err.
+function Instance:delete(backup_name, opts)
+  return require("chbackup.listing").delete(self.config, backup_name, { password = opts and opts.password })
+end
+
+
 --- What changed between two backups (see chbackup.inspect.diff);
 -- opts.password opens encrypted backups (the same password for both).
 function Instance:diff(from_name, to_name, opts)

@@ -139,4 +139,45 @@ function listing.run(cfg, dest_name, opts)
 end
 
 
+--- Deletes backup `name` (chbackup.erase) unless a backup below its
+-- destination's root (the disk, or a File backup's directory) relies on it
+-- as its base; that one is named. Returns true or nil, err.
+function listing.delete(cfg, name, opts)
+  opts = opts or {}
+  local dest, err = chain.parse_name(name)
+  if not dest then
+    return nil, err
+  end
+  local target
+  target, err = config.resolve(cfg, dest)
+  if not target then
+    return nil, err
+  end
+  local kind = lfs.symlinkattributes(target.path, "mode")
+  local is_backup = target.archive and kind == "file"
+    or kind == "directory" and (lfs.symlinkattributes(target.path .. "/" .. manifest.FILE)
+      or lfs.symlinkattributes(target.path .. "/" .. manifest.FILE .. ".deleting"))
+  if not is_backup then
+    return nil, "backup " .. name .. " not found (" .. target.path .. ")"
+  end
+  local root_name
+  if dest.engine == "Disk" then
+    root_name = "Disk(" .. sql.quote_string(dest.args[1]) .. ", '')"
+  else
+    root_name = "File(" .. sql.quote_string((dest.args[1]:gsub("/+$", ""):match("^(.*)/[^/]*$") or "/")) .. ")"
+  end
+  local rows = listing.run(cfg, root_name, opts) or {}
+  for _, r in ipairs(rows) do
+    local base = r.base_backup and chain.parse_name(r.base_backup)
+    local resolved = base and config.resolve(cfg, base)
+    if resolved and resolved.path == target.path then
+      return nil, "backup " .. name .. " is the base of " .. r.name .. "; delete that one first"
+        .. " (or keep both: RESTORE of " .. r.name .. " reads from " .. name .. ")"
+    end
+  end
+  return require("chbackup.erase").backup(target.path, { archive = target.archive, name = name,
+    finish = kind == "directory" and not lfs.symlinkattributes(target.path .. "/" .. manifest.FILE) })
+end
+
+
 return listing

@@ -20,6 +20,7 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local lock = require("chbackup.lock")
+local fsutil = require("chbackup.fsutil")
 local store = require("chbackup.policy.store")
 
 local leftovers = {}
@@ -37,8 +38,7 @@ local function mode(path)
 end
 
 
-local remove_tree = store.remove_tree
-leftovers.remove_tree = remove_tree
+local remove_tree = fsutil.remove_tree
 
 
 -- A directory matching the pattern with no `.backup`: what is it?

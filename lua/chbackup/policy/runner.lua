@@ -161,7 +161,7 @@ local function acquire(ctx, what)
     if pid and fsutil.exists("/proc/" .. pid) and pid ~= core.getpid() then
       return nil, string.format("another run of policy %s is in progress (pid %d, lock %s)", ctx.pol.name, pid, path)
     end
-    store_mod.remove_tree(path)
+    fsutil.remove_tree(path)
   end
   local lk, err = lock.take(path, "policy " .. ctx.pol.name .. " " .. what, function(holder)
     return string.format("another run of policy %s is in progress (%s, lock %s)", ctx.pol.name, holder, path)

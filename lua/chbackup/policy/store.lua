@@ -23,6 +23,7 @@ local cjson = require("cjson")
 local chain = require("chbackup.chain")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
+local erase = require("chbackup.erase")
 local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
@@ -296,45 +297,6 @@ local function timestamp_time(s)
   return os.time({ year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h),
     min = tonumber(mi), sec = tonumber(se) })
 end
-
-
--- Removes a tree without following symlinks (a link is removed as a link);
--- `last`, a name inside the directory (its marker), goes after everything
--- else, so that a removal cut short still carries it.
--- Returns true or nil, err naming the first thing it could not remove.
-local function remove_tree(path, last)
-  local attr = lfs.symlinkattributes(path)
-  if not attr then
-    return true
-  end
-  if attr.mode == "directory" then
-    for entry in lfs.dir(path) do
-      if entry ~= "." and entry ~= ".." and entry ~= last then
-        local ok, err = remove_tree(path .. "/" .. entry)
-        if not ok then
-          return nil, err
-        end
-      end
-    end
-    if last then
-      local ok, err = remove_tree(path .. "/" .. last)
-      if not ok then
-        return nil, err
-      end
-    end
-    local ok, err = lfs.rmdir(path)
-    if not ok then
-      return nil, "cannot remove " .. path .. ": " .. tostring(err)
-    end
-    return true
-  end
-  local ok, err = os.remove(path)
-  if not ok then
-    return nil, "cannot remove " .. path .. ": " .. tostring(err)
-  end
-  return true
-end
-store.remove_tree = remove_tree
 
 
 local function parent_dir(path)
@@ -804,84 +766,22 @@ function DiskStore:_remove_empty_parents(path)
 end
 
 
--- Deletes a zip backup: `<name>` is renamed to `<name>.deleting` (from then
--- on it is not a restore point), then that file is removed, then the
--- policy record. p.deleting: finish a deletion a run started.
-function DiskStore:_delete_archive(p)
-  local zip = self:path_of(p.name)
-  local deleting = zip .. ".deleting"
-  if not p.deleting then
-    local attr = lfs.symlinkattributes(zip)
-    if not attr then
-      return nil, "backup " .. p.name .. " is gone already"
-    end
-    if attr.mode ~= "file" then
-      return nil, "backup " .. p.name .. " (" .. zip .. ") is a " .. tostring(attr.mode)
-        .. "; chbackup deletes only zip files it can see are backups and never follows symlinks"
-    end
-    local ok, err = os.rename(zip, deleting)
-    if not ok then
-      return nil, "cannot invalidate " .. zip .. ": " .. tostring(err) .. " (nothing was deleted)"
-    end
-    core.fsync(parent_dir(zip))
-  end
-  local attr = lfs.symlinkattributes(deleting)
-  if not attr then
-    return nil, "backup " .. p.name .. " is gone already (no " .. deleting .. ")"
-  end
-  if attr.mode ~= "file" then
-    return nil, deleting .. " is a " .. tostring(attr.mode) .. "; chbackup removes only a zip file it renamed"
-  end
-  local ok, err = os.remove(deleting)
+--- Deletes a backup (chbackup.erase: invalidated first, removed without
+-- following symlinks, its marker last), then its policy record. Returns
+-- true or nil, err; after a failure past the invalidation the next run
+-- finishes the deletion (p.deleting: finish it now).
+function DiskStore:delete(p)
+  local archive = p.archive or store.archive_kind(p.name) ~= nil
+  local path = archive and self:path_of(p.name) or p.path
+  local ok, err = erase.backup(path, { archive = archive, finish = p.deleting, name = p.name })
   if not ok then
-    return nil, "cannot remove " .. deleting .. ": " .. tostring(err)
-      .. " (the backup is invalidated; the next run finishes the deletion)"
+    return nil, err
   end
-  core.fsync(parent_dir(zip))
   -- A zip made since under the same name keeps its record.
-  if not lfs.symlinkattributes(zip) then
+  if not (archive and lfs.symlinkattributes(path)) then
     os.remove(self:record_path(p.name))
   end
-  self:_remove_empty_parents(zip)
-  return true
-end
-
-
---- Deletes a backup: `.backup` is renamed to `.backup.deleting` first (from
--- then on it is not a restore point), then the tree is removed without
--- following symlinks, then its policy record; a zip backup is renamed to
--- `<name>.deleting`, then removed. Returns true or nil, err; after a
--- failure past the rename the next run finishes the deletion (p.deleting:
--- finish it now).
-function DiskStore:delete(p)
-  if p.archive or store.archive_kind(p.name) then
-    return self:_delete_archive(p)
-  end
-  local attr = lfs.symlinkattributes(p.path)
-  if not attr then
-    return nil, "backup " .. p.name .. " is gone already"
-  end
-  if attr.mode ~= "directory" then
-    return nil, "backup " .. p.name .. " (" .. p.path .. ") is a " .. tostring(attr.mode)
-      .. "; chbackup deletes only directories it can see are backups and never follows symlinks"
-  end
-  if lfs.attributes(p.path .. "/.backup", "mode") == "file" then
-    local ok, err = os.rename(p.path .. "/.backup", p.path .. "/.backup.deleting")
-    if not ok then
-      return nil, "cannot invalidate " .. p.path .. "/.backup: " .. tostring(err) .. " (nothing was deleted)"
-    end
-    core.fsync(p.path)
-  elseif not lfs.symlinkattributes(p.path .. "/.backup.deleting") then
-    return nil, "backup " .. p.name .. " has neither .backup nor .backup.deleting; not deleting it"
-  end
-  -- `.backup.deleting` goes last: a deletion cut short is still recognised
-  local ok, err = remove_tree(p.path, ".backup.deleting")
-  if not ok then
-    return nil, err .. " (the backup is invalidated; the next run finishes the deletion)"
-  end
-  core.fsync(parent_dir(p.path))
-  os.remove(self:record_path(p.name))
-  self:_remove_empty_parents(p.path)
+  self:_remove_empty_parents(path)
   return true
 end
 

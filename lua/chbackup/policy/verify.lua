@@ -24,7 +24,6 @@ local fsutil = require("chbackup.fsutil")
 local leftovers = require("chbackup.policy.leftovers")
 local lock = require("chbackup.lock")
 local runner = require("chbackup.runner")
-local store_mod = require("chbackup.policy.store")
 
 local verify = {}
 
@@ -242,7 +241,7 @@ function verify.backup(ctx, point)
   local restored_ok = false
   local scratch_lock
   local rc = step("restore", function()
-    store_mod.remove_tree(scratch)
+    fsutil.remove_tree(scratch)
     local ok, err = fsutil.mkdir_p(scratch)
     if not ok then
       return false, err
@@ -345,7 +344,7 @@ function verify.backup(ctx, point)
     counter.close(b)
   end
   if not ctx.keep_scratch and (restored_ok or rc.ok ~= nil) then
-    leftovers.remove_tree(scratch, leftovers.VERIFY_LOCK)
+    fsutil.remove_tree(scratch, leftovers.VERIFY_LOCK)
     result.scratch = nil
   end
   if scratch_lock then
