@@ -613,6 +613,20 @@ function restore.run(ctx, req)
       end
     end
   end
+  -- Replicated* tables (issue 11): their parts are restored like any
+  -- MergeTree's, but the replica is not registered in Keeper (nothing offline
+  -- can). ClickHouse opens such a table read-only (rows visible, INSERT
+  -- refused); SYSTEM RESTORE REPLICA, run once the server is up with Keeper,
+  -- writes the replica's metadata from its parts and makes it live again.
+  -- One notice per table on stderr, as lock.log does.
+  for _, t in ipairs(targets) do
+    if t.family ~= "none" and tostring(t.engine):match("^Replicated") then
+      local q = names.quote_identifier(t.sel.target_db) .. "." .. names.quote_identifier(t.sel.target_name)
+      require("chbackup.lock").log("restored " .. t.engine .. " table " .. q
+        .. " offline: its replica is not registered in Keeper; ClickHouse opens it read-only"
+        .. " until SYSTEM RESTORE REPLICA " .. q .. " is run once the server is up with Keeper")
+    end
+  end
   counters.num_entries = counters.num_files
   counters.uncompressed_size = counters.total_size
   counters.compressed_size = counters.total_size
