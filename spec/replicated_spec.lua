@@ -195,4 +195,17 @@ describe("Replicated* tables", function()
     assert.is_falsy(ok)
     assert.matches("REPLICA_ALREADY_EXISTS", err)
   end)
+
+  it("with Keeper, before the replica is active, ClickHouse shows no rows; the parts stay on disk", function()
+    -- db.t's replica r1 is registered since (c) (without parts), db.r's is
+    -- not: both show 0 rows in embedded ClickHouse, where no replica becomes
+    -- active; a server runs SYSTEM RESTORE REPLICA here (README)
+    local dst = dir .. "/restored"
+    local out = ch_ok(dst, zk, {
+      "SELECT count() FROM db.t", "SELECT count() FROM db.r",
+      "SELECT table, is_readonly FROM system.replicas ORDER BY table" }, 30)
+    assert.equal("0\n0\nr\t1\nt\t1\n", out)
+    -- the parts stay on disk: without Keeper the rows are back
+    assert.equal(source_digests, digests(dst, nozk))
+  end)
 end)
