@@ -211,3 +211,31 @@ describe("Replicated* tables", function()
     assert.equal(source_digests, digests(dst, nozk))
   end)
 end)
+
+
+describe("KeeperMap tables", function()
+  -- rows in Keeper, none in the data path: offline, BACKUP refuses them by name
+  local w
+  setup(function()
+    w = h.world("keepermap")
+    h.write(w.data .. "/metadata/shop/km.sql", "ATTACH TABLE _ UUID '5a1e0000-0000-4000-8000-00000000abcd'\n"
+      .. "(\n    `k` UInt64,\n    `v` String\n)\nENGINE = KeeperMap('/km/shop')\nPRIMARY KEY k\n")
+  end)
+
+  it("are refused by BACKUP, naming the table, in a database or alone", function()
+    for _, stmt in ipairs({ "BACKUP DATABASE shop TO Disk('backups', 'k1')", "BACKUP TABLE shop.km TO Disk('backups', 'k2')" }) do
+      local err = h.sql_refused(w, stmt)
+      assert.matches("table shop%.km %(KeeperMap%) keeps its data in Keeper; chbackup reads data paths offline"
+        .. " and cannot back it up: exclude it", err)
+    end
+    assert.is_falsy(h.exists(w.backups .. "/k1/.backup"))
+  end)
+
+  it("back up excluded or as structure only", function()
+    h.sql(w, "BACKUP DATABASE shop EXCEPT TABLES shop.km TO Disk('backups', 'k3')")
+    h.sql(w, "BACKUP TABLE shop.km TO Disk('backups', 'k4') SETTINGS structure_only = true")
+    local m = assert(manifest.read(w.backups .. "/k4/.backup"))
+    assert.equal(1, #m.files)
+    assert.equal("metadata/shop/km.sql", m.files[1].name)
+  end)
+end)

@@ -187,6 +187,11 @@ function plan.backup_files(selection, opts)
     if family == "memory" then
       return nil, "table " .. what .. " keeps its data in the server's memory; chbackup reads"
         .. " data paths offline and cannot back it up" .. way_out
+    elseif family == "none" and t.engine == "KeeperMap" then
+      -- its rows live in Keeper, not in the data path (ClickHouse's BACKUP
+      -- reads them from Keeper): offline there is nothing to copy them from
+      return nil, "table " .. what .. " keeps its data in Keeper; chbackup reads"
+        .. " data paths offline and cannot back it up" .. way_out
     elseif family == "none" and (t.inner or t.object == "TABLE") and t.data_dir then
       local file, ferr = catalog_mod.first_file(t.data_dir)
       if ferr then
