@@ -8,6 +8,7 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local ddl = require("chbackup.ddl")
+local fsutil = require("chbackup.fsutil")
 local disks = require("chbackup.disks")
 local names = require("chbackup.names")
 
@@ -38,24 +39,6 @@ end
 
 local function is_dir(path)
   return lfs.attributes(path, "mode") == "directory"
-end
-
-
---- The entries of a directory (sorted, without . and ..), or nil, err
--- naming it when it cannot be read.
-function catalog.list_dir(dir)
-  local ok, iter, state = pcall(lfs.dir, dir)
-  if not ok then
-    return nil, "cannot read directory " .. dir .. ": " .. tostring(iter)
-  end
-  local out = {}
-  for entry in iter, state do
-    if entry ~= "." and entry ~= ".." then
-      out[#out + 1] = entry
-    end
-  end
-  table.sort(out)
-  return out
 end
 
 
@@ -91,7 +74,7 @@ function catalog.first_file(dir)
   elseif mode ~= "directory" then
     return nil
   end
-  local entries, err = catalog.list_dir(dir)
+  local entries, err = fsutil.list_dir(dir)
   if not entries then
     return nil, err
   end
@@ -198,7 +181,7 @@ function Catalog:tables(db_name)
   if not is_dir(db.metadata_dir) then
     return list
   end
-  local entries, lerr = catalog.list_dir(db.metadata_dir)
+  local entries, lerr = fsutil.list_dir(db.metadata_dir)
   if not entries then
     return nil, lerr
   end
@@ -367,7 +350,7 @@ function catalog.active_parts(tbl)
         .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
     end
     if mode then
-      local entries, err = catalog.list_dir(loc.dir)
+      local entries, err = fsutil.list_dir(loc.dir)
       if not entries then
         return nil, err
       end
@@ -422,7 +405,7 @@ end
 -- Anything but regular files and directories (symlinks, sockets, …) is
 -- refused, naming it: ClickHouse puts none in parts or table dirs.
 local function walk(dir, prefix, out)
-  local entries, err = catalog.list_dir(dir)
+  local entries, err = fsutil.list_dir(dir)
   if not entries then
     return nil, err
   end
