@@ -172,3 +172,63 @@ describe("exit codes", function()
     end
   end)
 end)
+
+describe("did you mean", function()
+  local names = require("chbackup.names")
+  local w
+  setup(function()
+    w = h.world("ops-suggest")
+    h.sql(w, "BACKUP DATABASE shop TO Disk('backups', 's1')")
+  end)
+
+  it("counts edits, a swap of neighbours as one", function()
+    assert.equal(0, names.distance("orders", "orders"))
+    assert.equal(1, names.distance("ordrs", "orders"))
+    assert.equal(1, names.distance("odrers", "orders"))
+    assert.equal(2, names.distance("compresion_metod", "compression_method"))
+    assert.equal(6, names.distance("", "orders"))
+  end)
+
+  it("suggests only what is close enough, case aside", function()
+    assert.equal("orders", names.closest("ordrs", { "customers", "orders", "order_items" }))
+    assert.equal("shop", names.closest("Shop", { "default", "shop" }))
+    assert.is_nil(names.closest("zzzzzz", { "customers", "orders" }))
+    assert.is_nil(names.closest("ab", { "xy" }))
+    assert.equal("", names.did_you_mean("nothing", {}))
+  end)
+
+  local function err_of(statement)
+    local ok, out, code = h.cli(w, statement)
+    assert.is_nil(ok)
+    assert.equal(1, code)
+    return out
+  end
+
+  it("names the closest table or database in BACKUP", function()
+    assert.equal("chbackup: table shop.ordrs does not exist in " .. w.data .. " (did you mean shop.orders?)\n",
+      err_of("BACKUP TABLE shop.ordrs TO Disk('backups', 'x')"))
+    assert.equal("chbackup: database shpo does not exist in " .. w.data .. " (did you mean shop?)\n",
+      err_of("BACKUP TABLE shpo.orders TO Disk('backups', 'x')"))
+    assert.equal("chbackup: database Shop does not exist in " .. w.data .. " (did you mean shop?)\n",
+      err_of("BACKUP DATABASE Shop TO Disk('backups', 'x')"))
+    assert.equal("chbackup: table shop.zzzzzz does not exist in " .. w.data .. "\n",
+      err_of("BACKUP TABLE shop.zzzzzz TO Disk('backups', 'x')"))
+  end)
+
+  it("names the closest table or database of the backup in RESTORE", function()
+    assert.equal("chbackup: table shop.ordres is not in backup Disk('backups', 's1') (did you mean shop.orders?)\n",
+      err_of("RESTORE TABLE shop.ordres AS shop.o2 FROM Disk('backups', 's1')"))
+    assert.equal("chbackup: table shpo.orders is not in backup Disk('backups', 's1') (did you mean shop.orders?)\n",
+      err_of("RESTORE TABLE shpo.orders AS shop.o2 FROM Disk('backups', 's1')"))
+    assert.equal("chbackup: database shpo is not in backup Disk('backups', 's1') (did you mean shop?)\n",
+      err_of("RESTORE DATABASE shpo AS shop2 FROM Disk('backups', 's1')"))
+  end)
+
+  it("names the closest setting", function()
+    assert.matches("^chbackup: unknown backup setting 'compresion_method' %(known: [^)]*%) "
+      .. "%(did you mean compression_method%?%)\n$",
+      err_of("BACKUP TABLE shop.orders TO Disk('backups', 'x') SETTINGS compresion_method = 'lz4'"))
+    assert.matches("%(did you mean allow_non_empty_tables%?%)\n$",
+      err_of("RESTORE TABLE shop.orders FROM Disk('backups', 's1') SETTINGS allow_non_empty_table = 1"))
+  end)
+end)
