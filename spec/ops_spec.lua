@@ -232,3 +232,17 @@ describe("did you mean", function()
       err_of("RESTORE TABLE shop.orders FROM Disk('backups', 's1') SETTINGS allow_non_empty_table = 1"))
   end)
 end)
+
+describe("the rock's embedded-ClickHouse runner", function()
+  it("is installed beside chbackup/core.so, where policy verify looks for it", function()
+    local cmake = h.read(h.ROOT .. "/CMakeLists.txt")
+    assert.truthy(cmake:find("install(TARGETS chq RUNTIME DESTINATION ${CHB_LIBDIR}/chbackup)", 1, true))
+    local counter = require("chbackup.policy.counter")
+    assert.equal(h.ROOT .. "/build/chbackup/chq", counter.installed_chq())
+    local saved = package.cpath
+    package.cpath = "/nonexistent/?.so"
+    local none = counter.installed_chq()
+    package.cpath = saved
+    assert.is_nil(none)
+  end)
+end)
