@@ -107,6 +107,8 @@ describe("--json and --quiet", function()
     assert.same({ "BACKUP_CREATED", "BACKUP_CREATED", "RESTORED" }, { rows[1].status, rows[2].status, rows[3].status })
     assert.matches("^[%x%-]+$", rows[1].id)
     assert.equal("", rows[3].error)
+    -- fields in the same order every time
+    assert.matches('^{"id":"[%x%-]+","status":"BACKUP_CREATED","error":""}\n', out)
   end)
 
   it("prints show, chain, diff and delete as objects with stable fields", function()
@@ -137,6 +139,10 @@ describe("--json and --quiet", function()
     ok, out = h.run(chbackup(w, "--json delete " .. q("Disk('backups', 'j2')")))
     assert.is_true(ok, out)
     assert.same({ { deleted = "Disk('backups', 'j2')" } }, json_lines(out))
+    ok, out = h.run(chbackup(w, "--json chain " .. q("Disk('backups', 'j1')")))
+    assert.is_true(ok, out)
+    assert.matches('^{"name":"Disk%(\'backups\', \'j1\'%)","uuid":"[%x%-]+","timestamp":"[^"]+","base_backup":null,'
+      .. '"files":%d+,"total_size":%d+,"stored_files":%d+,"stored_bytes":%d+}\n$', out)
   end)
 
   it("prints wait's result as an object", function()

@@ -241,8 +241,32 @@ local function js(v)
 end
 
 
+-- The order of the fields of a JSON line (the same for every run; fields
+-- not named here follow, sorted).
+local FIELD_ORDER = {}
+for i, k in ipairs({ "id", "status", "error", "backup", "name", "file", "database", "table", "partition", "part",
+  "change", "bytes", "uuid", "timestamp", "kind", "base_backup", "files", "size", "checksum", "data_file", "use_base",
+  "total_size", "restored_bytes", "stored_files", "stored_bytes", "chain", "problem", "ok", "steps", "totals",
+  "deleted" }) do
+  FIELD_ORDER[k] = i
+end
+
 local function json_line(out, t)
-  out:write(cjson.encode(t) .. "\n")
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys, function(a, b)
+    local ia, ib = FIELD_ORDER[a] or math.huge, FIELD_ORDER[b] or math.huge
+    if ia ~= ib then
+      return ia < ib
+    end
+    return a < b
+  end)
+  for i, k in ipairs(keys) do
+    keys[i] = cjson.encode(k) .. ":" .. cjson.encode(t[k])
+  end
+  out:write("{" .. table.concat(keys, ",") .. "}\n")
 end
 
 
@@ -341,7 +365,7 @@ local function cmd_list(inst, dest, out, secret, json)
       for _, c in ipairs(LIST_COLUMNS) do
         r[c] = js(r[c])
       end
-      out:write(cjson.encode(r) .. "\n")
+      json_line(out, r)
     else
       local cells = {}
       for i, c in ipairs(LIST_COLUMNS) do
@@ -497,7 +521,7 @@ function run(argv, out, errout, state)
     local report
     report, err = inst:check(rest[2], { read_data = opts.read_data, password = secret and secret.password })
     if report and opts.json then
-      out:write(cjson.encode({ backup = rest[2], ok = report.ok, steps = report.steps }) .. "\n")
+      json_line(out, { backup = rest[2], ok = report.ok, steps = report.steps })
     elseif report then
       for _, st in ipairs(report.steps) do
         out:write(string.format("%s\t%s\t%s\n", st.ok and "ok" or "PROBLEM", st.name, st.detail))
