@@ -114,6 +114,8 @@ describe("--json and --quiet", function()
   it("prints show, chain, diff and delete as objects with stable fields", function()
     local ok, out = h.run(chbackup(w, "--json show " .. q("Disk('backups', 'j2')")))
     assert.is_true(ok, out)
+    assert.matches('^{"backup":"Disk%(\'backups\', \'j2\'%)","uuid":"[%x%-]+","timestamp":"[^"]+","files":%d+,'
+      .. '"base_backup":"Disk%(\'backups\', \'j1\'%)"}\n{"file":"[^"]+","size":%d+,"checksum":', out)
     local rows = json_lines(out)
     assert.equal("Disk('backups', 'j2')", rows[1].backup)
     assert.equal("Disk('backups', 'j1')", rows[1].base_backup)
@@ -141,8 +143,8 @@ describe("--json and --quiet", function()
     assert.same({ { deleted = "Disk('backups', 'j2')" } }, json_lines(out))
     ok, out = h.run(chbackup(w, "--json chain " .. q("Disk('backups', 'j1')")))
     assert.is_true(ok, out)
-    assert.matches('^{"name":"Disk%(\'backups\', \'j1\'%)","uuid":"[%x%-]+","timestamp":"[^"]+","base_backup":null,'
-      .. '"files":%d+,"total_size":%d+,"stored_files":%d+,"stored_bytes":%d+}\n$', out)
+    assert.matches('^{"name":"Disk%(\'backups\', \'j1\'%)","uuid":"[%x%-]+","timestamp":"[^"]+",'
+      .. '"files":%d+,"total_size":%d+,"stored_files":%d+,"stored_bytes":%d+,"base_backup":null}\n$', out)
   end)
 
   it("prints wait's result as an object", function()

@@ -245,19 +245,20 @@ end
 -- not named here follow, sorted).
 local FIELD_ORDER = {}
 for i, k in ipairs({ "id", "status", "error", "backup", "name", "file", "database", "table", "partition", "part",
-  "change", "bytes", "uuid", "timestamp", "kind", "base_backup", "files", "size", "checksum", "data_file", "use_base",
-  "total_size", "restored_bytes", "stored_files", "stored_bytes", "chain", "problem", "ok", "steps", "totals",
+  "change", "bytes", "uuid", "timestamp", "kind", "files", "size", "checksum", "data_file", "use_base",
+  "total_size", "restored_bytes", "stored_files", "stored_bytes", "base_backup", "ok", "steps", "totals",
   "deleted" }) do
   FIELD_ORDER[k] = i
 end
 
-local function json_line(out, t)
+local function json_line(out, t, order)
+  order = order or FIELD_ORDER
   local keys = {}
   for k in pairs(t) do
     keys[#keys + 1] = k
   end
   table.sort(keys, function(a, b)
-    local ia, ib = FIELD_ORDER[a] or math.huge, FIELD_ORDER[b] or math.huge
+    local ia, ib = order[a] or math.huge, order[b] or math.huge
     if ia ~= ib then
       return ia < ib
     end
@@ -352,6 +353,11 @@ end
 local LIST_COLUMNS = { "name", "timestamp", "kind", "base_backup", "files", "restored_bytes", "stored_bytes",
   "status", "problem" }
 
+local LIST_ORDER = {}
+for i, c in ipairs(LIST_COLUMNS) do
+  LIST_ORDER[c] = i
+end
+
 local function cmd_list(inst, dest, out, secret, json)
   local rows, err = inst:list(dest, secret)
   if not rows then
@@ -365,7 +371,7 @@ local function cmd_list(inst, dest, out, secret, json)
       for _, c in ipairs(LIST_COLUMNS) do
         r[c] = js(r[c])
       end
-      json_line(out, r)
+      json_line(out, r, LIST_ORDER)
     else
       local cells = {}
       for i, c in ipairs(LIST_COLUMNS) do
