@@ -146,6 +146,18 @@ function Catalog:_load_databases()
 end
 
 
+--- " (did you mean db?)" for a database name not in the data path, or "".
+function Catalog:database_hint(name)
+  local list = {}
+  for _, db in ipairs(self:databases()) do
+    if not db.system then
+      list[#list + 1] = db.name
+    end
+  end
+  return names.did_you_mean(name, list, names.quote_identifier)
+end
+
+
 --- All databases (sorted by name), system ones included but flagged.
 function Catalog:databases()
   self:_load_databases()
@@ -173,6 +185,7 @@ function Catalog:tables(db_name)
   local db = self:database(db_name)
   if not db then
     return nil, "database " .. names.quote_identifier(db_name) .. " does not exist in " .. self.path
+      .. self:database_hint(db_name)
   end
   if db.error then
     return nil, db.error
@@ -241,12 +254,15 @@ function Catalog:table(db_name, table_name)
   if not list then
     return nil, err
   end
+  local known = {}
   for _, t in ipairs(list) do
     if t.name == table_name then
       return t
     end
+    known[#known + 1] = t.name
   end
   return nil, "table " .. names.qualified(db_name, table_name) .. " does not exist in " .. self.path
+    .. names.did_you_mean(table_name, known, function(n) return names.qualified(db_name, n) end)
 end
 
 

@@ -97,6 +97,7 @@ function plan.select_for_backup(cat, elements)
       local db = el.database or DEFAULT_DATABASE
       if not cat:database(db) then
         return nil, "database " .. names.quote_identifier(db) .. " does not exist in " .. cat.path
+          .. cat:database_hint(db)
       end
       local t, err = cat:table(db, el.name)
       if not t then
@@ -114,6 +115,7 @@ function plan.select_for_backup(cat, elements)
       local db = cat:database(el.name)
       if not db then
         return nil, "database " .. names.quote_identifier(el.name) .. " does not exist in " .. cat.path
+          .. cat:database_hint(el.name)
       end
       local except = {}
       for _, t in ipairs(el.except_tables or {}) do
