@@ -340,7 +340,9 @@ function chain.check(b, opts)
     x = x.base or nil
   end
   for _, e in ipairs(b.manifest.files) do
-    if not opts.only_base or e.use_base or e.base_size then
+    -- (part_in_base: a file of a part found unchanged since the base by its
+    -- checksums.txt, whose own entry is checked: backup.lua)
+    if (not opts.only_base or e.use_base or e.base_size) and not e.part_in_base then
       local pieces, err = chain.pieces(b, e)
       if not pieces then
         return nil, err

@@ -177,7 +177,11 @@ function Operation:_run()
       return self.cancel_requested or fsutil.exists(cancel_file)
     end
     local run = req.kind == "backup" and backup.run or restore.run
+    -- Generational GC while planning: a backup's per-file tables and
+    -- strings are mostly short-lived, and collected young (issue 14).
+    local gc_mode = collectgarbage("generational")
     local ok, res, rerr, rcode = pcall(run, ctx, req)
+    collectgarbage(gc_mode)
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
       self.internal = true -- a bug, not an expected failure

@@ -155,7 +155,11 @@ end
 --- The files a backup of the selection holds.
 -- Returns { metadata = { {name=, content=} }, data = { {name=, path=,
 -- size=, checksum=|nil} } } or nil, err. Data sizes come from the data path.
-function plan.backup_files(selection)
+-- opts.from_base(prefix, part_dir), for an incremental: the entries of a
+-- part known unchanged since the base (`prefix` is the part's name in the
+-- backup, ending in "/"), each final (no path), or nil to read the part.
+function plan.backup_files(selection, opts)
+  local from_base = opts and opts.from_base
   local metadata, data = {}, {}
   for _, d in ipairs(selection.databases) do
     local db = d.database
@@ -164,7 +168,13 @@ function plan.backup_files(selection)
       content = ddl.create_statement("DATABASE", nil, d.target_db, db.uuid, db.body),
     }
   end
-  for _, s in ipairs(selection.tables) do
+  -- tables in the order of their names in the backup (`data/<db>/<t>/…`)
+  local tables = table.move(selection.tables, 1, #selection.tables, 1, {})
+  for _, s in ipairs(tables) do
+    s.data_prefix = "data/" .. names.escape_file(s.target_db) .. "/" .. names.escape_file(s.target_name) .. "/"
+  end
+  table.sort(tables, function(a, b) return a.data_prefix < b.data_prefix end)
+  for _, s in ipairs(tables) do
     local t = s.table
     local esc_db, esc_t = names.escape_file(s.target_db), names.escape_file(s.target_name)
     metadata[#metadata + 1] = {
@@ -172,19 +182,28 @@ function plan.backup_files(selection)
       content = ddl.create_statement(t.object, s.target_db, s.target_name, t.uuid,
         renaming.apply(t.body, selection.renaming)),
     }
-    local prefix = "data/" .. esc_db .. "/" .. esc_t .. "/"
+    local prefix = s.data_prefix
     if t.family == "mergetree" then
-      for _, part in ipairs(catalog_mod.active_parts(t)) do
+      -- by name, the order of the backup's entries (.backup lists them sorted)
+      local parts = catalog_mod.active_parts(t)
+      table.sort(parts, function(a, b) return a.name < b.name end)
+      for _, part in ipairs(parts) do
         if not s.partitions or s.partitions[part.partition_id] then
-          local files, err = catalog_mod.part_files(part.dir)
-          if not files then
-            return nil, err
-          end
-          for _, f in ipairs(files) do
-            data[#data + 1] = {
-              name = prefix .. part.name .. "/" .. f.name, path = f.path,
-              size = f.size, checksum = f.checksum,
-            }
+          local part_prefix = prefix .. part.name .. "/"
+          local reused = from_base and from_base(part_prefix, part.dir)
+          if reused then
+            table.move(reused, 1, #reused, #data + 1, data)
+          else
+            local files, err = catalog_mod.part_files(part.dir)
+            if not files then
+              return nil, err
+            end
+            for _, f in ipairs(files) do
+              data[#data + 1] = {
+                name = part_prefix .. f.name, path = f.path,
+                size = f.size, checksum = f.checksum,
+              }
+            end
           end
         end
       end
