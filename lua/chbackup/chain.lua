@@ -441,7 +441,9 @@ function chain.new_manifest(ctx, entries, base, opts)
   }
   if base then
     for _, e in ipairs(entries) do
-      m.by_name[e.name] = e
+      if not e.part_in_base then   -- (chain.check does not look them up)
+        m.by_name[e.name] = e
+      end
     end
     local ok, err = chain.check({ dest = ctx.dest, manifest = m, cfg = ctx.config, base = base, key = opts.key },
       opts.check)

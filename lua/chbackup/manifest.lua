@@ -27,21 +27,24 @@ local NUMERIC = { size = true, base_size = true, version = true, deduplicate_fil
 -- base_checksum=}, … }, by_name = {} } or nil, err.
 function manifest.parse(next_chunk, what)
   local m = { files = {}, by_name = {} }
-  local stack, text, file = {}, {}, nil
+  -- (one text buffer, reused: no table per element of a manifest that may
+  -- list hundreds of thousands of files)
+  local stack, text, ntext, file = {}, {}, 0, nil
   local parser = lxp.new({
     StartElement = function(_, name)
       stack[#stack + 1] = name
-      text = {}
+      ntext = 0
       if name == "file" and stack[#stack - 1] == "contents" then
         file = {}
       end
     end,
     CharacterData = function(_, s)
-      text[#text + 1] = s
+      ntext = ntext + 1
+      text[ntext] = s
     end,
     EndElement = function(_, name)
-      local value = table.concat(text)
-      text = {}
+      local value = ntext == 1 and text[1] or table.concat(text, "", 1, ntext)
+      ntext = 0
       stack[#stack] = nil
       local parent = stack[#stack]
       if name == "file" and file then

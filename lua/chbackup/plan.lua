@@ -198,11 +198,9 @@ function plan.backup_files(selection, opts)
             if not files then
               return nil, err
             end
-            for _, f in ipairs(files) do
-              data[#data + 1] = {
-                name = part_prefix .. f.name, path = f.path,
-                size = f.size, checksum = f.checksum,
-              }
+            for _, f in ipairs(files) do   -- (catalog's tables, reused)
+              f.name = part_prefix .. f.name
+              data[#data + 1] = f
             end
           end
         end
