@@ -171,13 +171,29 @@ function chain.open(cfg, dest, opts)
       end
     end
   end
-  local by_content = {}
+  -- by_content[content_key(size, checksum)]: the first file of that
+  -- content. Indexed by checksum (a string the entry holds already), the
+  -- size checked on lookup: no key string made per file (issue 14).
+  local by_checksum, other_sizes = {}, {}
   for _, f in ipairs(m.files) do
     if f.size > 0 then
-      local key = content_key(f.size, f.checksum)
-      by_content[key] = by_content[key] or f
+      local first = by_checksum[f.checksum]
+      if not first then
+        by_checksum[f.checksum] = f
+      elseif first.size ~= f.size then   -- (a checksum of two sizes: never, in practice)
+        local key = content_key(f.size, f.checksum)
+        other_sizes[key] = other_sizes[key] or f
+      end
     end
   end
+  local by_content = setmetatable({}, { __index = function(_, key)
+    local size, checksum = key:match("^(%d+):(.*)$")
+    local f = by_checksum[checksum]
+    if f and f.size == math.tointeger(tonumber(size)) then
+      return f
+    end
+    return other_sizes[key]
+  end })
   return {
     dest = resolved, manifest = m, by_content = by_content, cfg = cfg,
     reader = reader, entries = entries, password = opts.password,

@@ -35,7 +35,7 @@ function manifest.parse(next_chunk, what)
       stack[#stack + 1] = name
       ntext = 0
       if name == "file" and stack[#stack - 1] == "contents" then
-        file = {}
+        file = { name = nil, size = nil, checksum = nil }   -- (sized for these three)
       end
     end,
     CharacterData = function(_, s)
@@ -125,7 +125,11 @@ end
 -- writes them (`<base_backup>Disk('backups', 'a')</base_backup>`).
 local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;" }
 local function esc(s)
-  return (tostring(s):gsub("[&<>]", XML_ESCAPES))
+  s = tostring(s)
+  if not s:find("[&<>]") then   -- (most names: no new string)
+    return s
+  end
+  return (s:gsub("[&<>]", XML_ESCAPES))
 end
 
 
@@ -146,32 +150,39 @@ function manifest.serialize(m, write)
   end
   out[#out + 1] = "<contents>"
   write(table.concat(out))
-  local buf = {}
+  -- Pieces gathered in one buffer, written every few hundred files: no
+  -- string made per file (a manifest may list hundreds of thousands).
+  local buf, n = {}, 0
+  local function add(a, b, c)
+    buf[n + 1], buf[n + 2], buf[n + 3] = a, b, c
+    n = n + 3
+  end
   for _, e in ipairs(m.files) do
-    buf[#buf + 1] = "<file><name>" .. esc(e.name) .. "</name><size>" .. e.size .. "</size>"
+    add("<file><name>", esc(e.name), "</name><size>")
+    add(e.size, "</size>", "")
     if e.size > 0 then
-      buf[#buf + 1] = "<checksum>" .. e.checksum .. "</checksum>"
+      add("<checksum>", e.checksum, "</checksum>")
     end
     -- As ClickHouse writes them: use_base for a file whose bytes (all, or
     -- the first base_size of them) are in the base backup.
     if e.use_base or e.base_size then
-      buf[#buf + 1] = "<use_base>true</use_base>"
+      add("<use_base>true</use_base>", "", "")
     end
     if e.base_size and e.base_size < e.size then
-      buf[#buf + 1] = "<base_size>" .. e.base_size .. "</base_size><base_checksum>"
-        .. e.base_checksum .. "</base_checksum>"
+      add("<base_size>", e.base_size, "</base_size><base_checksum>")
+      add(e.base_checksum, "</base_checksum>", "")
     end
     if e.data_file and e.data_file ~= e.name then
-      buf[#buf + 1] = "<data_file>" .. esc(e.data_file) .. "</data_file>"
+      add("<data_file>", esc(e.data_file), "</data_file>")
     end
-    buf[#buf + 1] = "</file>"
-    if #buf >= 512 then
-      write(table.concat(buf))
-      buf = {}
+    add("</file>", "", "")
+    if n >= 6000 then
+      write(table.concat(buf, "", 1, n))
+      n = 0
     end
   end
-  buf[#buf + 1] = "</contents></config>"
-  write(table.concat(buf))
+  add("</contents></config>", "", "")
+  write(table.concat(buf, "", 1, n))
 end
 
 
