@@ -22,14 +22,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/time.h>
 #include <unistd.h>
 
 #define CHB_EXPORT __attribute__((visibility("default")))
 #define CHB_JOB_MT "chbackup.Job"
+#define CHB_LOCK_MT "chbackup.Lock"
 
 int luaopen_chbackup_core(lua_State *L);
 void chb_open_zip(lua_State *L); /* chb_zip_lua.c */
+void chb_open_s3(lua_State *L);  /* chb_s3_lua.c */
 
 
 static void push_hex(lua_State *L, chb_u128 v) {
@@ -270,6 +274,129 @@ static const luaL_Reg job_methods[] = {
 
 static const luaL_Reg job_meta[] = {
     {"__gc", job_close}, {"__close", job_close}, {NULL, NULL}};
+
+
+/* ---- chbackup.Lock (chb_fs_lock) ---------------------------------------- */
+
+typedef struct lock_box {
+  int fd;                 /* -1 once released */
+  char path[PATH_MAX];
+} lock_box;
+
+#define LOCK_TEXT_MAX 4096
+
+/* The text of a lock file (its holder's description), at most 4 KiB. */
+static void push_lock_text(lua_State *L, int fd) {
+  char buf[LOCK_TEXT_MAX];
+  ssize_t n = pread(fd, buf, sizeof buf, 0);
+  lua_pushlstring(L, buf, n > 0 ? (size_t)n : 0);
+}
+
+/* core.lock(path) -> lock, previous_text, created | nil, message, code[, holder_text]
+ * Takes path's exclusive flock(2) without waiting (the file is created if
+ * missing). previous_text: what the file held (a killed holder's text, or
+ * "" for a new file). Held by another open file: code "LOCKED" and the
+ * holder's text. */
+static int core_lock(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  luaL_argcheck(L, len < PATH_MAX, 1, "path too long");
+  lock_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* path, ud */
+  b->fd = -1;
+  memcpy(b->path, path, len + 1);
+  luaL_setmetatable(L, CHB_LOCK_MT);
+  chb_error err;
+  int created = 0;
+  b->fd = chb_fs_lock(path, &created, &err);
+  if (b->fd < 0) {
+    int n = chb_push_fail(L, &err);
+    if (err.code == CHB_LOCKED) {
+      int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+      if (fd >= 0) {
+        push_lock_text(L, fd);
+        close(fd);
+        n++;
+      }
+    }
+    return n;
+  }
+  push_lock_text(L, b->fd);
+  lua_pushboolean(L, created);
+  return 3;
+}
+
+static lock_box *check_lock(lua_State *L) {
+  lock_box *b = luaL_checkudata(L, 1, CHB_LOCK_MT);
+  if (b->fd < 0) luaL_error(L, "attempt to use a released " CHB_LOCK_MT " (%s)", b->path);
+  return b;
+}
+
+/* lock:write(text) -> true | fail: replaces the lock file's text (fsynced) */
+static int lock_write(lua_State *L) {
+  lock_box *b = check_lock(L);
+  size_t len;
+  const char *text = luaL_checklstring(L, 2, &len);
+  chb_error err;
+  if (ftruncate(b->fd, 0) != 0 || pwrite(b->fd, text, len, 0) != (ssize_t)len || fsync(b->fd) != 0) {
+    chb_error_errno(&err, errno ? errno : EIO, "cannot write lock file", b->path);
+    return chb_push_fail(L, &err);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* lock:release([unlink]) -> true: unlink (if asked, and if the name is
+ * still this file) while held, then unlock; idempotent. */
+static int lock_release(lua_State *L) {
+  lock_box *b = luaL_checkudata(L, 1, CHB_LOCK_MT);
+  if (b->fd >= 0) {
+    struct stat held, named;
+    if (lua_toboolean(L, 2) && fstat(b->fd, &held) == 0 && lstat(b->path, &named) == 0 &&
+        held.st_dev == named.st_dev && held.st_ino == named.st_ino)
+      unlink(b->path);
+    close(b->fd);
+    b->fd = -1;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* __gc, __close: unlock (the file stays, as a killed holder's would). */
+static int lock_gc(lua_State *L) {
+  lock_box *b = luaL_checkudata(L, 1, CHB_LOCK_MT);
+  if (b->fd >= 0) close(b->fd);
+  b->fd = -1;
+  return 0;
+}
+
+static int lock_path(lua_State *L) {
+  lock_box *b = luaL_checkudata(L, 1, CHB_LOCK_MT);
+  lua_pushstring(L, b->path);
+  return 1;
+}
+
+static const luaL_Reg lock_methods[] = {
+    {"write", lock_write}, {"release", lock_release}, {"path", lock_path}, {NULL, NULL}};
+
+static const luaL_Reg lock_meta[] = {{"__gc", lock_gc}, {"__close", lock_gc}, {NULL, NULL}};
+
+/* core.lock_held(path) -> true, holder_text | false | nil (no such file) */
+static int core_lock_held(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  chb_error err;
+  int held = chb_fs_lock_held(path, &err);
+  if (held < 0) {
+    luaL_pushfail(L);
+    return 1;
+  }
+  lua_pushboolean(L, held);
+  if (!held) return 1;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return 1;
+  push_lock_text(L, fd);
+  close(fd);
+  return 2;
+}
 
 /* ---- functions --------------------------------------------------------- */
 
@@ -512,6 +639,20 @@ static int core_getpid(lua_State *L) {
   return 1;
 }
 
+/* core.disk_free(path) -> bytes an unprivileged writer may still use on the
+   file system holding path | fail (statvfs: f_bavail * f_frsize) */
+static int core_disk_free(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct statvfs st;
+  if (statvfs(path, &st) != 0) {
+    chb_error err;
+    chb_error_errno(&err, errno, "cannot statvfs", path);
+    return chb_push_fail(L, &err);
+  }
+  lua_pushinteger(L, (lua_Integer)((unsigned long long)st.f_bavail * st.f_frsize));
+  return 1;
+}
+
 /* core.fsync(path) -> true | fail: flush a file or a directory to disk */
 static int core_fsync(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -563,12 +704,15 @@ static const luaL_Reg core_funcs[] = {
     {"now_us", core_now_us},
     {"getpid", core_getpid},
     {"fsync", core_fsync},
+    {"disk_free", core_disk_free},
     {"spawn_detached", core_spawn_detached},
     {"derive_key", core_derive_key},
     {"random_hex", core_random_hex},
     {"encrypt", core_encrypt},
     {"decrypt", core_decrypt},
     {"plain_size", core_plain_size},
+    {"lock", core_lock},
+    {"lock_held", core_lock_held},
     {NULL, NULL}};
 
 CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {
@@ -577,8 +721,14 @@ CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {
   luaL_newlib(L, job_methods);        /* mt, methods */
   lua_setfield(L, -2, "__index");     /* mt */
   lua_pop(L, 1);
+  luaL_newmetatable(L, CHB_LOCK_MT);  /* mt */
+  luaL_setfuncs(L, lock_meta, 0);
+  luaL_newlib(L, lock_methods);       /* mt, methods */
+  lua_setfield(L, -2, "__index");     /* mt */
+  lua_pop(L, 1);
   luaL_newlib(L, core_funcs);         /* core */
   chb_open_zip(L);                    /* core (+ zip_writer, zip_reader, zip_methods) */
+  chb_open_s3(L);                     /* core (+ s3_client) */
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");
   return 1;

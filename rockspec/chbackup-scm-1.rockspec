@@ -41,6 +41,8 @@ external_dependencies = {
   LZ4 = { header = "lz4.h", library = "lz4" },
   ZSTD = { header = "zstd.h", library = "zstd" },
   LIBDEFLATE = { header = "libdeflate.h", library = "deflate" },
+  CURL = { header = "curl/curl.h", library = "curl" },   -- the S3 client (chb_s3.c)
+  EXPAT = { header = "expat.h", library = "expat" },     -- its XML answers
 }
 
 test_dependencies = { "busted" }
@@ -57,7 +59,7 @@ build = {
     CMAKE_BUILD_TYPE = "Release",
     CMAKE_C_FLAGS = "$(CFLAGS)",
     CMAKE_MODULE_LINKER_FLAGS = "$(LIBFLAG)",
-    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR);$(LIBDEFLATE_DIR)",
+    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR);$(LIBDEFLATE_DIR);$(CURL_DIR);$(EXPAT_DIR)",
     LUA_INCDIR = "$(LUA_INCDIR)",
     CHB_LIBDIR = "$(LIBDIR)",
   },
@@ -73,8 +75,11 @@ build = {
       ["chbackup.config"] = "lua/chbackup/config.lua",
       ["chbackup.contents"] = "lua/chbackup/contents.lua",
       ["chbackup.ddl"] = "lua/chbackup/ddl.lua",
+      ["chbackup.disks"] = "lua/chbackup/disks.lua",
       ["chbackup.fsutil"] = "lua/chbackup/fsutil.lua",
       ["chbackup.inspect"] = "lua/chbackup/inspect.lua",
+      ["chbackup.lock"] = "lua/chbackup/lock.lua",
+      ["chbackup.listing"] = "lua/chbackup/listing.lua",
       ["chbackup.manifest"] = "lua/chbackup/manifest.lua",
       ["chbackup.names"] = "lua/chbackup/names.lua",
       ["chbackup.part_check"] = "lua/chbackup/part_check.lua",
@@ -82,6 +87,7 @@ build = {
       ["chbackup.policy"] = "lua/chbackup/policy/init.lua",
       ["chbackup.policy.cli"] = "lua/chbackup/policy/cli.lua",
       ["chbackup.policy.junit"] = "lua/chbackup/policy/junit.lua",
+      ["chbackup.policy.leftovers"] = "lua/chbackup/policy/leftovers.lua",
       ["chbackup.policy.runner"] = "lua/chbackup/policy/runner.lua",
       ["chbackup.policy.counter"] = "lua/chbackup/policy/counter.lua",
       ["chbackup.policy.retention"] = "lua/chbackup/policy/retention.lua",

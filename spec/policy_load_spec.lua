@@ -108,6 +108,7 @@ describe("policy.check names the field of a wrong policy", function()
     { with({ timezone = "Mars" }), "timezone: unknown time zone 'Mars'" },
     { with({ ["source.path"] = "relative/path" }), "source.path: expected an absolute data path" },
     { with({ ["source.port"] = 9000 }), "source.port: unknown field" },
+    { with({ ["source.status_dir"] = "status" }), "source.status_dir: expected an absolute directory" },
     { with({ ["selection.tables"] = { "no_dot" } }), "selection.tables[1]: 'no_dot' is not \"database.table\"" },
     { with({ ["selection.databases"] = { "shop*" } }), "selection.databases[1]: give a database name" },
     { with({ ["selection.include"] = {} }), "selection.include: unknown field" },

@@ -325,7 +325,7 @@ describe("policy simulation: a real destination directory", function()
     assert.same({ "base of nightly/20260501-0600-incr" }, plan.retention.keep["nightly/20260501-0200-full"])
   end)
 
-  it("finishes a deletion an earlier run left half done, never follows a symlink, leaves unfinished backups", function()
+  it("finishes a deletion an earlier run left half done, never follows a symlink, removes killed backups", function()
     simulate(pol, env, "2026-05-01T02:00:00", "2026-05-01T02:00:00")
     local dir = w.backups .. "/nightly"
     -- a half-deleted backup, an unfinished one, a symlink that matches the pattern
@@ -344,13 +344,14 @@ describe("policy simulation: a real destination directory", function()
     local report = assert(policy.run(pol, T("2026-05-01T06:00:00"), env))
     assert.is_true(report.ok)
     assert.is_nil(lfs.symlinkattributes(dir .. "/20260101-0000-full"))
-    assert.truthy(lfs.attributes(dir .. "/20260102-0000-full/.chbackup-incomplete"))
+    assert.is_nil(lfs.symlinkattributes(dir .. "/20260102-0000-full"))
     assert.equal("link", lfs.symlinkattributes(dir .. "/20200101-0000-full", "mode"))
     assert.equal("x", h.read(outside .. "/keep-me"))
     local text = table.concat(log, "\n")
     assert.truthy(text:find("deleted nightly/20260101-0000-full: finished a deletion an earlier run started", 1, true))
-    assert.truthy(text:find("problem nightly/20260102-0000-full: unfinished (.chbackup-incomplete, no .backup); "
-      .. "left alone", 1, true))
+    assert.truthy(text:find("cleaned nightly/20260102-0000-full: removed " .. dir .. "/20260102-0000-full: an "
+      .. "unfinished backup of a killed BACKUP (operation unknown; .chbackup-incomplete that no process holds)", 1,
+      true), text)
     assert.truthy(text:find("problem nightly/20200101-0000-full: is a symbolic link; chbackup does not follow it", 1,
       true))
   end)
@@ -469,7 +470,20 @@ describe("policy simulation: a real destination directory", function()
     assert.is_nil(table.concat(said, "\n"):find("s3cret", 1, true))
   end)
 
-  it("one run at a time: a live lock refuses the run", function()
+  it("one run at a time: a live lock refuses the run, naming it; a killed run's is taken over", function()
+    local core = require("chbackup.core")
+    local lk = assert(core.lock(w.backups .. "/.chbackup-policy-nightly.lock"))
+    assert(lk:write("operation policy nightly run\npid 4242\n"))
+    local report, err = policy.run(pol, T("2026-05-01T02:00:00"), env)
+    assert.is_nil(report)
+    assert.truthy(err:find("another run of policy nightly is in progress (operation policy nightly run (pid 4242), "
+      .. "lock " .. w.backups .. "/.chbackup-policy-nightly.lock)", 1, true), err)
+    lk:release()   -- as when its process is killed: the file stays, nobody holds it
+    assert.is_true(assert(policy.run(pol, T("2026-05-01T02:00:00"), env)).ok)
+    assert.is_nil(lfs.attributes(w.backups .. "/.chbackup-policy-nightly.lock"))
+  end)
+
+  it("one run at a time: an older version's lock directory is honoured while its process lives", function()
     assert(os.execute("mkdir -p " .. h.quote(w.backups .. "/.chbackup-policy-nightly.lock")))
     h.write(w.backups .. "/.chbackup-policy-nightly.lock/owner", "1 0\n")
     local report, err = policy.run(pol, T("2026-05-01T02:00:00"), env)
@@ -583,16 +597,16 @@ describe("policy simulation: zip backups, made for real", function()
     for _, p in ipairs(report.deleted) do deleted[#deleted + 1] = p.name end
     -- inside a chain, newest first: never a zip whose base is gone
     assert.same({ ZIP_DAY[5], ZIP_DAY[4], ZIP_DAY[3], ZIP_DAY[2], ZIP_DAY[1] }, deleted)
-    assert.same({ "nightly/20260430-0300-incr.zip.tmp-4242", "nightly/20260502-0200-full.zip",
-      "nightly/20260502-0200-full.zip.chbackup.json" }, files(w.backups))
+    assert.same({ "nightly/20260502-0200-full.zip", "nightly/20260502-0200-full.zip.chbackup.json" },
+      files(w.backups))
     text = table.concat(log, "\n")
     assert.truthy(text:find("deleted nightly/20260430-0200-full.zip: finished a deletion an earlier run started", 1,
       true), text)
     assert.truthy(text:find("problem nightly/20260430-0200-full.zip: deletion was started and not finished "
       .. "(20260430-0200-full.zip.deleting); the next run finishes it", 1, true), text)
-    assert.truthy(text:find("problem nightly/20260430-0300-incr.zip.tmp-4242: unfinished zip "
-      .. "(20260430-0300-incr.zip.tmp-4242: the temporary file of a BACKUP that is running or was interrupted; "
-      .. "not a backup); left alone (not a restore point)", 1, true), text)
+    assert.truthy(text:find("cleaned nightly/20260430-0300-incr.zip.tmp-4242: removed " .. dir
+      .. "/20260430-0300-incr.zip.tmp-4242: the temporary archive of a killed zip BACKUP (no process holds its lock)",
+      1, true), text)
     assert.truthy(text:find("deleted " .. ZIP_DAY[1] .. ": removed whole (renamed to .deleting first", 1, true), text)
   end)
 

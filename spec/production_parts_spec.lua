@@ -62,7 +62,7 @@ local TABLES = { { "prod", "events" }, { "prod", "docs" }, { "prod", "merged" } 
 
 
 describe("parts as production makes them", function()
-  local w, source
+  local w, source, outdated
   setup(function()
     w = h.world("prod")
     source = w.dir .. "/source"
@@ -71,6 +71,14 @@ describe("parts as production makes them", function()
       .. "AND active ORDER BY max_block_number DESC LIMIT 1 FORMAT TSV" }):match("^(%S+)\n$")
     h.clickhouse(source, { "ALTER TABLE prod.merged DETACH PART '" .. last .. "'" }, w.config)
     h.clickhouse(source, { "BACKUP DATABASE prod TO Disk('backups', 'theirs')" }, w.config)
+    -- ClickHouse removes outdated parts soon after it opens a data path, so
+    -- one is planted for chbackup's BACKUP: a copy of the merged part under
+    -- the name of a part it covers
+    local merged = h.clickhouse(source, { "SELECT path FROM system.parts WHERE database = 'prod' "
+      .. "AND table = 'merged' AND active AND level > 0 ORDER BY name LIMIT 1 FORMAT TSV" }):match("^(%S+)/\n$")
+    outdated = merged:gsub("_(%d+)_(%d+)_(%d+)$", "_%1_%1_0")
+    assert(merged ~= outdated)
+    assert(os.execute("cp -a " .. q(merged) .. " " .. q(outdated)))
     h.sql(w, "BACKUP DATABASE prod TO Disk('backups', 'ours')", source)
   end)
 
@@ -90,9 +98,7 @@ describe("parts as production makes them", function()
     for _, what in ipairs({ "_row_exists.bin", "by_site.proj/", "ttl.txt", "j.", "d.", "var." }) do
       assert.is_true(found[what], what)
     end
-    local outdated = h.clickhouse(source, { "SELECT count() FROM system.parts WHERE database = 'prod' "
-      .. "AND table = 'merged' AND NOT active FORMAT TSV" })
-    assert.is_true(tonumber(outdated) > 0, "outdated parts left by the merge")
+    assert.is_truthy(outdated:match("/all_(%d+)_%1_0$"), outdated)
   end)
 
   it("writes the entries and checksums ClickHouse's own BACKUP writes", function()

@@ -370,4 +370,37 @@ describe("status", function()
     assert.equal("r1\tRESTORING\t1970-01-01 00:00:00.000000\n"
       .. "b1\tBACKUP_CREATED\t2026-11-25 07:30:59.561697\n", text)
   end)
+
+  it("prunes finished rows beyond the newest `keep` and older than `days`; never a running one", function()
+    local store = assert(status.open(dir, { keep = 0, days = 0 }))
+    local now = os.time()
+    for i = 1, 6 do
+      assert(store:begin({ kind = "backup", id = "b" .. i }))
+      assert(store:finish("b" .. i, "BACKUP_CREATED"))
+      -- b1 is 40 days old, b2..b6 one hour apart up to now
+      lfs.touch(store:path("b" .. i), i == 1 and now - 40 * 86400 or now - (6 - i) * 3600)
+    end
+    assert(store:begin({ kind = "restore", id = "running", pid = my_pid() }))
+    lfs.touch(store:path("running"), now - 90 * 86400)
+    write(dir .. "/x.json.tmp.999999999", "{")
+    lfs.touch(dir .. "/x.json.tmp.999999999", now - 7200)
+    assert.equal(0, store:prune())
+    -- the default: 30 days
+    store = assert(status.open(dir))
+    assert.equal(status.DEFAULT_KEEP, store.keep)
+    assert.equal(1, store:prune())
+    assert.same({ "b2.json", "b3.json", "b4.json", "b5.json", "b6.json", "running.json" }, list_dir(dir))
+    -- keep the newest 3 finished, as an operation finishes
+    store = assert(status.open(dir, { keep = 3 }))
+    assert(store:begin({ kind = "backup", id = "b7" }))
+    assert(store:finish("b7", "BACKUP_CREATED"))
+    assert.same({ "b5.json", "b6.json", "b7.json", "running.json" }, list_dir(dir))
+    assert.equal("RESTORING", store:get("running").status)
+  end)
+
+  it("refuses a negative keep or days", function()
+    local store, err = status.open(dir, { keep = -1 })
+    assert.is_nil(store)
+    assert.matches("keep must be a number >= 0", err)
+  end)
 end)

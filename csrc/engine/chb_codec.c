@@ -87,12 +87,22 @@ static chb_codec *codec_alloc(int id, int encode, chb_error *err) {
   return c;
 }
 
+/*
+ * Memory one LZMA or xz decoder may take. Its dictionary size comes from
+ * the (untrusted) stream header: without a limit a 500-byte zip entry asks
+ * for 4 GiB. xz -9 and 7-Zip's ultra level need 65 MiB.
+ */
+#define LZMA_DECODER_MEMLIMIT ((uint64_t)128 << 20)
+
 static int lzma_fail(chb_error *err, lzma_ret r, const char *what) {
   const char *name = "LZMA_PROG_ERROR";
   chb_code code = CHB_INVALID;
   switch (r) {
   case LZMA_MEM_ERROR: name = "LZMA_MEM_ERROR"; code = CHB_ENOMEM; break;
-  case LZMA_MEMLIMIT_ERROR: name = "LZMA_MEMLIMIT_ERROR"; code = CHB_ENOMEM; break;
+  case LZMA_MEMLIMIT_ERROR:
+    name = "LZMA_MEMLIMIT_ERROR, the stream needs more than the 128 MiB a decoder may use";
+    code = CHB_CORRUPT;
+    break;
   case LZMA_FORMAT_ERROR: name = "LZMA_FORMAT_ERROR"; code = CHB_CORRUPT; break;
   case LZMA_OPTIONS_ERROR: name = "LZMA_OPTIONS_ERROR"; code = CHB_CORRUPT; break;
   case LZMA_DATA_ERROR: name = "LZMA_DATA_ERROR"; code = CHB_CORRUPT; break;
@@ -263,7 +273,7 @@ chb_codec *chb_codec_decoder(int id, uint64_t size, chb_error *err) {
     c->hdr_len = 4;           /* then the property bytes it announces */
     break;
   case CHB_CODEC_XZ: {
-    lzma_ret r = lzma_stream_decoder(&c->lz, UINT64_MAX, 0);
+    lzma_ret r = lzma_stream_decoder(&c->lz, LZMA_DECODER_MEMLIMIT, 0);
     if (r != LZMA_OK) {
       lzma_fail(err, r, "xz: cannot start the decompressor");
       goto fail;
@@ -296,6 +306,11 @@ static int lzma_start_decoder(chb_codec *c, chb_error *err) {
   o.ext_flags = LZMA_LZMA1EXT_ALLOW_EOPM;
   lzma_set_ext_size(o, c->size);
   lzma_filter f[2] = {{LZMA_FILTER_LZMA1EXT, &o}, {LZMA_VLI_UNKNOWN, NULL}};
+  uint64_t need = lzma_raw_decoder_memusage(f);
+  if (need == UINT64_MAX || need > LZMA_DECODER_MEMLIMIT)
+    return chb_error_set(err, CHB_CORRUPT,
+                         "lzma: a dictionary of %u bytes needs more than the %u MiB a decoder may use",
+                         (unsigned)o.dict_size, (unsigned)(LZMA_DECODER_MEMLIMIT >> 20));
   lzma_ret r = lzma_raw_decoder(&c->lz, f);
   if (r != LZMA_OK) return lzma_fail(err, r, "lzma: cannot start the decompressor");
   c->inited = 1;

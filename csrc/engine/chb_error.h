@@ -25,7 +25,10 @@
   X(CHB_INVALID, "INVALID") \
   X(CHB_LZ4, "LZ4_ERROR")  \
   X(CHB_AUTH, "AUTH")      \
-  X(CHB_CRYPTO, "CRYPTO")
+  X(CHB_CRYPTO, "CRYPTO")  \
+  X(CHB_LOCKED, "LOCKED")  \
+  X(CHB_NOBUCKET, "NO_BUCKET") \
+  X(CHB_CLOCK_SKEW, "CLOCK_SKEW")
 
 typedef enum {
 #define CHB_ENUM(code, name) code,

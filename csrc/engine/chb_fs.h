@@ -30,4 +30,22 @@ int chb_fs_open_beneath(const char *path, size_t root_len, chb_error *err);
 /* ClickHouse's checksum of a whole file, read on the calling thread. */
 int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err);
 
+/*
+ * Locks: a file held under an exclusive flock(2) for as long as its holder
+ * runs; the kernel releases it when the holder dies, so a lock file nobody
+ * holds is one a killed run left.
+ *
+ * chb_fs_lock opens `path` (creating it, mode 0644; never through a
+ * symlink) and takes the lock without waiting. Returns the descriptor, or
+ * -1 with err set: code CHB_LOCKED when another open file holds it (in
+ * this process or another). A holder may unlink its file before closing
+ * it: the lock is retaken when the file under the name is not the one
+ * locked. *created says whether this call created the file.
+ */
+int chb_fs_lock(const char *path, int *created, chb_error *err);
+
+/* 1 when another open file holds path's lock, 0 when nobody does, -1 when
+ * there is no such file (or it cannot be opened: err set). */
+int chb_fs_lock_held(const char *path, chb_error *err);
+
 #endif

@@ -11,7 +11,10 @@
 local backup_archive = require("chbackup.backup_archive")
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
+local lfs = require("lfs")
+local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
 local plan = require("chbackup.plan")
 local runner = require("chbackup.runner")
@@ -28,6 +31,8 @@ local SMALL_FILE = 1024 * 1024
 local BIG_FILE = 1024 * 1024
 
 
+-- Read-only checks before any work; the destination is locked later, when
+-- it is created (take_destination).
 local function check_destination(dest)
   local path = dest.path
   if fsutil.exists(path .. "/" .. manifest.FILE) then
@@ -37,11 +42,12 @@ local function check_destination(dest)
     if not fsutil.is_dir(path) then
       return nil, "backup destination " .. dest.name .. " (" .. path .. ") exists and is not a directory"
     end
-    if fsutil.exists(path .. "/" .. backup.MARKER) then
-      return nil, "an unfinished backup is at " .. dest.name .. " (" .. path
-        .. "), left by a failed or killed run; remove it first"
+    local marker = path .. "/" .. backup.MARKER
+    local held, holder = lock.held(marker)
+    if held then
+      return nil, "backup " .. dest.name .. " is being written by " .. holder .. " (" .. marker .. ")"
     end
-    if not fsutil.is_empty_dir(path) then
+    if held == nil and not fsutil.is_empty_dir(path) then
       return nil, "backup destination " .. dest.name .. " (" .. path .. ") is not empty"
     end
   end
@@ -73,13 +79,16 @@ local function sort_by_name(list)
 end
 
 
--- opts.from_base of plan.backup_files for an incremental on `base`: a part
--- whose checksums.txt has the size and checksum of the base's checksums.txt
--- of the part of the same name is that part unchanged (checksums.txt lists
--- every file's size and checksum; ClickHouse never changes a part in
--- place): its files are the base's entries under the part's name, all
--- use_base, without a stat or a read of any other file. Costs per part one
--- read of checksums.txt and a binary search in the base's entries.
+-- Every entry of a backup directory but its marker.
+local function remove_all_but_marker(path)
+  for entry in require("lfs").dir(path) do
+    if entry ~= "." and entry ~= ".." and entry ~= backup.MARKER then
+      fsutil.remove_tree(path .. "/" .. entry)
+    end
+  end
+end
+
+
 -- Entries of part_from_base: use_base; part_in_base: chain.check trusts
 -- the base for them (the part's checksums.txt, checked, stands for its
 -- files). Shared through a metatable: three fields a file, not five, where
@@ -87,6 +96,15 @@ end
 local IN_BASE = { __index = { use_base = true, part_in_base = true } }
 local EMPTY_IN_BASE = { __index = { part_in_base = true } }
 
+
+-- opts.from_base of plan.backup_files for an incremental on `base`: a part
+-- whose checksums.txt has the size and checksum of the base's checksums.txt
+-- of the part of the same name is that part unchanged (checksums.txt lists
+-- every file's size and checksum; ClickHouse never changes a part in
+-- place): its files are the base's entries under the part's name, all
+-- use_base, without a stat or a read of any other file. Costs per part one
+-- stat and one read of checksums.txt, and a binary search in the base's
+-- entries.
 local function part_from_base(base, read)
   local files = base.manifest.files
   for i = 2, #files do
@@ -102,7 +120,11 @@ local function part_from_base(base, read)
     if not sums or sums.size == 0 then
       return nil
     end
-    local sum, size = core.checksum_file(part_dir .. "/checksums.txt")
+    local path = part_dir .. "/checksums.txt"
+    if lfs.symlinkattributes(path, "mode") ~= "file" then   -- (catalog.part_files says why)
+      return nil
+    end
+    local sum, size = core.checksum_file(path)
     if sum then
       read.files, read.bytes = read.files + 1, read.bytes + size
     end
@@ -135,6 +157,50 @@ local function part_from_base(base, read)
 end
 
 
+-- Creates the destination directory and takes its marker as the lock of
+-- this run (held until `.backup` is written, its text naming the
+-- operation). A marker nobody holds was left by a killed run: what that
+-- run wrote is removed first (logged). Returns lk, created or nil, err.
+local function take_destination(dest, op_id)
+  local path = dest.path
+  local created = not fsutil.exists(path)
+  local ok, err = fsutil.mkdir_p(path)
+  if not ok then
+    return nil, err
+  end
+  local marker = path .. "/" .. backup.MARKER
+  local lk, prev, made = lock.take(marker, op_id, function(holder)
+    return "backup " .. dest.name .. " is being written by " .. holder .. " (" .. marker .. ")"
+  end)
+  if not lk then
+    return nil, prev
+  end
+  local function refuse(msg)
+    lk:release(made)
+    if created then
+      require("lfs").rmdir(path)
+    end
+    return nil, msg
+  end
+  if fsutil.exists(path .. "/" .. manifest.FILE) then
+    return refuse("backup " .. dest.name .. " already exists")
+  end
+  if prev or not made then
+    -- a marker nobody holds: a killed (or failed) run's; take its place
+    remove_all_but_marker(path)
+    lock.log("removed what a killed BACKUP (" .. lock.who(prev) .. ") left in backup " .. dest.name
+      .. " (" .. path .. ")")
+  else
+    for entry in require("lfs").dir(path) do
+      if entry ~= "." and entry ~= ".." and entry ~= backup.MARKER then
+        return refuse("backup destination " .. dest.name .. " (" .. path .. ") is not empty")
+      end
+    end
+  end
+  return lk, created
+end
+
+
 --- Runs a BACKUP request.
 -- ctx: {catalog=, store=, op_id=, threads=, settings=, dest=<resolved>}
 -- Returns the status counters table, or nil, err.
@@ -144,6 +210,11 @@ function backup.run(ctx, req)
   if dest.archive then
     if require("lfs").attributes(dest.path) then
       return nil, "backup " .. dest.name .. " already exists"
+    end
+    local held, holder = lock.held(lock.archive_lock(dest.path))
+    if held then
+      return nil, "backup " .. dest.name .. " is being written by " .. holder .. " ("
+        .. lock.archive_lock(dest.path) .. ")"
     end
   else
     if settings.compression_method or settings.compression_level then
@@ -183,6 +254,7 @@ function backup.run(ctx, req)
   local files
   local base_read = { files = 0, bytes = 0 }   -- checksums.txt read by part_from_base
   files, err = plan.backup_files(selection, {
+    structure_only = settings.structure_only,
     from_base = ctx.base and not dest.archive and part_from_base(ctx.base, base_read) or nil,
   })
   if not files then
@@ -211,29 +283,21 @@ function backup.run(ctx, req)
     return e.checksum:sub(1, layout) .. "/" .. e.checksum:sub(layout + 1)
   end
 
-  local created = not fsutil.exists(dest.path)
-  ok, err = fsutil.mkdir_p(dest.path)
-  if not ok then
-    return nil, err
+  local lk, created = take_destination(dest, ctx.op_id)
+  if not lk then
+    return nil, created
   end
+  -- What this run wrote goes first, its marker (the lock) last.
   local function cleanup()
+    remove_all_but_marker(dest.path)
+    lk:release(true)
     if created then
-      fsutil.remove_tree(dest.path)
-    else
-      for entry in require("lfs").dir(dest.path) do
-        if entry ~= "." and entry ~= ".." then
-          fsutil.remove_tree(dest.path .. "/" .. entry)
-        end
-      end
+      require("lfs").rmdir(dest.path)
     end
   end
   local function fail(msg, code)
     cleanup()
     return nil, msg, code
-  end
-  ok, err = fsutil.write_file(dest.path .. "/" .. backup.MARKER, "chbackup " .. ctx.op_id .. "\n")
-  if not ok then
-    return fail(err)
   end
   -- SETTINGS password: every stored file is encrypted (chain.ENCRYPTION_FILE,
   -- README "Encrypted directory backups"); `.backup` keeps plain checksums.
@@ -245,6 +309,15 @@ function backup.run(ctx, req)
       return fail("backup " .. dest.name .. ": " .. text)
     end
     ok, err = fsutil.write_file(dest.path .. "/" .. chain.ENCRYPTION_FILE, text)
+    if not ok then
+      return fail(err)
+    end
+  end
+
+  -- Which disk each part was on, when not the default one (disks.RECORD_FILE).
+  local record = disks.record(files.data)
+  if record then
+    ok, err = fsutil.write_file(dest.path .. "/" .. disks.RECORD_FILE, record)
     if not ok then
       return fail(err)
     end
@@ -450,7 +523,7 @@ function backup.run(ctx, req)
   if not size then
     return fail(err)
   end
-  os.remove(dest.path .. "/" .. backup.MARKER)
+  lk:release(true)   -- removes the marker: the backup is complete
   counters.num_entries = counters.num_entries + 1
   counters.uncompressed_size = counters.uncompressed_size + size
   counters.compressed_size = counters.uncompressed_size

@@ -11,7 +11,9 @@
 -- @module chbackup.backup_archive
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
+local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
 local runner = require("chbackup.runner")
 
@@ -57,9 +59,33 @@ function backup_archive.hash_unknown(ctx, entries, base)
 end
 
 
+local write_archive
+
 --- Runs a BACKUP into an archive. files: plan.backup_files' result.
+-- Holds the archive's lock (`<archive>.lock`, chbackup.lock) throughout.
 -- Returns the status counters, or nil, err, code.
 function backup_archive.run(ctx, files)
+  local lk, err = lock.archive(ctx.dest, ctx.op_id)
+  if not lk then
+    return nil, err
+  end
+  local res
+  if require("lfs").attributes(ctx.dest.path) then
+    res = { nil, "backup " .. ctx.dest.name .. " already exists" }
+  else
+    res = table.pack(pcall(write_archive, ctx, files))
+    if not res[1] then
+      lk:release(true)
+      error(res[2], 0)
+    end
+    table.remove(res, 1)
+  end
+  lk:release(true)
+  return res[1], res[2], res[3]
+end
+
+
+function write_archive(ctx, files)
   local dest, base, settings = ctx.dest, ctx.base, ctx.settings
   if ctx.dest.archive_kind ~= "zip" then
     return nil, "backup " .. dest.name .. ": only .zip archives are supported"
@@ -139,6 +165,15 @@ function backup_archive.run(ctx, files)
     end
     counters.num_entries = counters.num_entries + 1
     counters.uncompressed_size = counters.uncompressed_size + e.size - (e.base_size or 0)
+  end
+
+  -- which disk each part was on, when not the default one (disks.RECORD_FILE)
+  local record = disks.record(files.data)
+  if record then
+    local ok, aerr, acode = writer:add_bytes(disks.RECORD_FILE, record)
+    if not ok then
+      return fail("backup " .. dest.name .. ": " .. aerr, acode)
+    end
   end
 
   -- the files this archive stores are not in it yet: check only the base

@@ -8,6 +8,7 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local ddl = require("chbackup.ddl")
+local disks = require("chbackup.disks")
 local names = require("chbackup.names")
 
 local catalog = {}
@@ -21,6 +22,10 @@ catalog.SYSTEM_DATABASES = {
 
 
 local function read_file(path)
+  local mode = lfs.attributes(path, "mode")
+  if mode ~= "file" then
+    return nil, mode and ("is a " .. mode) or "does not exist"
+  end
   local f, err = io.open(path, "rb")
   if not f then
     return nil, err
@@ -36,8 +41,29 @@ local function is_dir(path)
 end
 
 
+--- The entries of a directory (sorted, without . and ..), or nil, err
+-- naming it when it cannot be read.
+function catalog.list_dir(dir)
+  local ok, iter, state = pcall(lfs.dir, dir)
+  if not ok then
+    return nil, "cannot read directory " .. dir .. ": " .. tostring(iter)
+  end
+  local out = {}
+  for entry in iter, state do
+    if entry ~= "." and entry ~= ".." then
+      out[#out + 1] = entry
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+
 --- Engine family: what chbackup does with a table's data.
---   "mergetree": parts; "log": a flat directory of files; "none": no data.
+--   "mergetree": parts; "log": a flat directory of files; "memory": data in
+--   the server's memory (Memory, Buffer), which cannot be read offline;
+--   "none": no data chbackup knows of (views, dictionaries, engines over
+--   external data; a data directory holding files is checked by the plan).
 function catalog.engine_family(object, engine)
   if object ~= "TABLE" or not engine then
     return "none"
@@ -48,12 +74,41 @@ function catalog.engine_family(object, engine)
   if engine == "Log" or engine == "TinyLog" or engine == "StripeLog" then
     return "log"
   end
+  if engine == "Memory" or engine == "Buffer" then
+    return "memory"
+  end
   return "none"
 end
 
 
---- Opens a data path. Returns a Catalog or nil, err.
-function catalog.open(path)
+--- The first regular file under dir (recursively), or nil: a table of an
+-- engine chbackup does not back up must keep no data there. A directory
+-- that cannot be read is nil, err.
+function catalog.first_file(dir)
+  local mode = lfs.symlinkattributes(dir, "mode")
+  if mode == "file" then
+    return dir
+  elseif mode ~= "directory" then
+    return nil
+  end
+  local entries, err = catalog.list_dir(dir)
+  if not entries then
+    return nil, err
+  end
+  for _, entry in ipairs(entries) do
+    local found, ferr = catalog.first_file(dir .. "/" .. entry)
+    if found or ferr then
+      return found, ferr
+    end
+  end
+  return nil
+end
+
+
+--- Opens a data path. cfg (chbackup.config) gives the disks and storage
+-- policies tables may use; the default disk is the data path.
+-- Returns a Catalog or nil, err.
+function catalog.open(path, cfg)
   path = path:gsub("/+$", "")
   if path == "" then
     path = "/"
@@ -64,7 +119,7 @@ function catalog.open(path)
   if not is_dir(path .. "/metadata") then
     return nil, "'" .. path .. "' is not a ClickHouse data path (no metadata/ directory)"
   end
-  return setmetatable({ path = path, _dbs = nil }, Catalog)
+  return setmetatable({ path = path, config = cfg, _dbs = nil }, Catalog)
 end
 
 
@@ -79,13 +134,21 @@ function Catalog:_load_databases()
       local name = names.unescape_file(esc)
       local file = self.path .. "/metadata/" .. entry
       local text, err = read_file(file)
+      local info
       if not text then
-        error("cannot read " .. file .. ": " .. tostring(err))
+        err = "cannot read database metadata " .. file .. ": " .. tostring(err)
+      else
+        info = ddl.parse_attach(text)
+        if not info or info.object ~= "DATABASE" then
+          info, err = nil, "cannot parse database metadata " .. file
+            .. ": not an ATTACH DATABASE statement"
+        end
       end
-      local info = ddl.parse_attach(text) or { object = "DATABASE", body = "" }
+      info = info or { object = "DATABASE", body = "" }
       local db = {
         name = name, escaped = esc, uuid = info.uuid, body = info.body,
-        engine = ddl.engine(info.body) or "Atomic",
+        engine = err and "unknown" or ddl.engine(info.body) or "Atomic",
+        error = err,   -- metadata that cannot be read: no table of it is listed
         metadata_file = file,
         metadata_dir = self.path .. "/metadata/" .. esc,
         system = catalog.SYSTEM_DATABASES[name] or false,
@@ -128,20 +191,33 @@ function Catalog:tables(db_name)
   if not db then
     return nil, "database " .. names.quote_identifier(db_name) .. " does not exist in " .. self.path
   end
+  if db.error then
+    return nil, db.error
+  end
   local list = {}
   if not is_dir(db.metadata_dir) then
     return list
   end
-  for entry in lfs.dir(db.metadata_dir) do
+  local entries, lerr = catalog.list_dir(db.metadata_dir)
+  if not entries then
+    return nil, lerr
+  end
+  for _, entry in ipairs(entries) do
     local esc = entry:match("^(.+)%.sql$")
     if esc then
       local file = db.metadata_dir .. "/" .. entry
-      local text = read_file(file)
-      local info = text and ddl.parse_attach(text)
-      if not info then
-        return nil, "cannot parse table metadata " .. file
+      local text, rerr = read_file(file)
+      if not text then
+        return nil, "cannot read table metadata " .. file .. ": " .. tostring(rerr)
+      end
+      local info, perr = ddl.parse_attach(text)
+      if not info or info.object == "DATABASE" then
+        return nil, "cannot parse table metadata " .. file .. ": " .. (perr or "a DATABASE statement")
       end
       local engine = ddl.engine(info.body)
+      if info.object == "TABLE" and not engine then
+        return nil, "cannot parse table metadata " .. file .. ": no ENGINE"
+      end
       list[#list + 1] = {
         database = db_name, name = names.unescape_file(esc), escaped = esc,
         object = info.object, uuid = info.uuid, body = info.body,
@@ -166,6 +242,7 @@ function Catalog:tables(db_name)
     if inner then
       t.inner = inner
       t.family, t.data_dir, t.engine = inner.family, inner.data_dir, inner.engine
+      t.table_body = inner.body
     end
     if not t.name:match("^%.inner") then
       visible[#visible + 1] = t
@@ -187,6 +264,47 @@ function Catalog:table(db_name, table_name)
     end
   end
   return nil, "table " .. names.qualified(db_name, table_name) .. " does not exist in " .. self.path
+end
+
+
+--- Finds where a table's data lives on the disks of its storage policy:
+-- sets `t.locations` (list of {disk=, dir=}; a Log-family table on another
+-- disk gets that disk's dir as data_dir). Refuses, naming table and disk, a
+-- policy or disk the configuration lacks, a disk that is not local, and
+-- parts of the table on a local disk outside its policy (ClickHouse does
+-- not load such a table). Returns true or nil, err.
+function Catalog:place(t)
+  if (t.family ~= "mergetree" and t.family ~= "log") or t.locations then
+    return true
+  end
+  local locations, rel = disks.locations(self.config, self.path, t)
+  if not locations then
+    return nil, rel
+  end
+  if t.family == "log" then
+    if #locations ~= 1 then
+      return nil, "table " .. names.qualified(t.database, t.name) .. " (" .. t.engine
+        .. ") is on a storage policy of " .. #locations .. " disks; Log-family tables use one"
+    end
+    t.data_dir = locations[1].dir
+  end
+  for _, loc in ipairs(locations) do
+    -- a disk whose path is gone (not mounted?) would look like a disk without parts
+    if lfs.attributes(loc.disk_path, "mode") ~= "directory" then
+      return nil, string.format("table %s: disk '%s' of its storage policy has no directory %s (not mounted?)",
+        names.qualified(t.database, t.name), loc.disk, loc.disk_path)
+    end
+  end
+  local stray = disks.stray(self.config, self.path, locations, rel,
+    function(e) return catalog.parse_part_name(e) ~= nil end)
+  if stray and stray.error then
+    return nil, "table " .. names.qualified(t.database, t.name) .. ": " .. stray.error
+  elseif stray then
+    return nil, string.format("table %s has part %s on disk '%s' (%s), which is not in its storage policy",
+      names.qualified(t.database, t.name), stray.part, stray.disk, stray.dir)
+  end
+  t.locations = locations
+  return true
 end
 
 
@@ -223,20 +341,53 @@ local function covers(b, a)
 end
 
 
---- The active parts of a MergeTree table: every complete part not covered
--- by another one on disk (outdated parts left by merges are skipped, so is
--- detached/). Sorted by partition, then block range.
+--- The directories a table's data lives in: list of {disk=, dir=}. A
+-- table placed on several disks (a storage policy) has set
+-- `tbl.locations`; otherwise its one data_dir is on the default disk.
+function catalog.locations(tbl)
+  return tbl.locations or { { disk = "default", dir = tbl.data_dir } }
+end
+
+
+--- The active parts of a MergeTree table on every disk it uses: every part
+-- not covered by another one (outdated parts left by merges are skipped,
+-- so is detached/). An active part must be complete (a readable
+-- checksums.txt); a part on two disks, a part-named entry that is not a
+-- directory, or a directory that cannot be read is an error: nothing is
+-- skipped silently. Sorted by partition, then block range.
+-- Returns list of {name=, partition_id=, …, dir=, disk=} and the set of
+-- disks whose table directory was read (or found absent), or nil, err.
 function catalog.active_parts(tbl)
-  local parts = {}
-  if not is_dir(tbl.data_dir) then
-    return parts
-  end
-  for entry in lfs.dir(tbl.data_dir) do
-    local info = catalog.parse_part_name(entry)
-    local dir = tbl.data_dir .. "/" .. entry
-    if info and is_dir(dir) and lfs.attributes(dir .. "/checksums.txt", "mode") == "file" then
-      info.dir = dir
-      parts[#parts + 1] = info
+  local parts, by_name, visited = {}, {}, {}
+  for _, loc in ipairs(catalog.locations(tbl)) do
+    visited[loc.disk] = true
+    local mode = lfs.attributes(loc.dir, "mode")
+    if mode and mode ~= "directory" then
+      return nil, "data directory " .. loc.dir .. " of table "
+        .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
+    end
+    if mode then
+      local entries, err = catalog.list_dir(loc.dir)
+      if not entries then
+        return nil, err
+      end
+      for _, entry in ipairs(entries) do
+        local info = catalog.parse_part_name(entry)
+        if info then
+          local dir = loc.dir .. "/" .. entry
+          if lfs.symlinkattributes(dir, "mode") ~= "directory" then
+            return nil, "part " .. dir .. " is not a directory (ClickHouse makes no such entries)"
+          end
+          local other = by_name[entry]
+          if other then
+            return nil, string.format("part %s of table %s is on disk '%s' (%s) and on disk '%s' (%s)",
+              entry, names.qualified(tbl.database, tbl.name), other.disk, other.dir, loc.disk, dir)
+          end
+          info.dir, info.disk = dir, loc.disk
+          by_name[entry] = info
+          parts[#parts + 1] = info
+        end
+      end
     end
   end
   local active = {}
@@ -249,6 +400,11 @@ function catalog.active_parts(tbl)
       end
     end
     if not covered then
+      local mode, why = lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode")
+      if mode ~= "file" then
+        return nil, "part " .. a.dir .. " of table " .. names.qualified(tbl.database, tbl.name)
+          .. " has no readable checksums.txt (" .. (mode and ("it is a " .. mode) or tostring(why)) .. ")"
+      end
       active[#active + 1] = a
     end
   end
@@ -258,64 +414,99 @@ function catalog.active_parts(tbl)
     end
     return a.min_block < b.min_block
   end)
-  return active
+  return active, visited
 end
 
 
 -- Adds the files of a directory tree to `out` (name relative to `base`).
+-- Anything but regular files and directories (symlinks, sockets, …) is
+-- refused, naming it: ClickHouse puts none in parts or table dirs.
 local function walk(dir, prefix, out)
-  local entries = {}
-  for entry in lfs.dir(dir) do
-    if entry ~= "." and entry ~= ".." then
-      entries[#entries + 1] = entry
-    end
+  local entries, err = catalog.list_dir(dir)
+  if not entries then
+    return nil, err
   end
-  table.sort(entries)
   for _, entry in ipairs(entries) do
     local path = dir .. "/" .. entry
     local attr = lfs.symlinkattributes(path)
     if attr and attr.mode == "directory" then
-      walk(path, prefix .. entry .. "/", out)
+      local ok, werr = walk(path, prefix .. entry .. "/", out)
+      if not ok then
+        return nil, werr
+      end
     elseif attr and attr.mode == "file" then
       out[#out + 1] = { name = prefix .. entry, path = path, size = attr.size }
+    else
+      return nil, string.format("%s is a %s, not a regular file: refusing to back it up",
+        path, attr and attr.mode or "vanished entry")
     end
   end
+  return true
 end
 
 
 --- The files of a part with the checksums its checksums.txt records
 -- (projection files from the projection's own checksums.txt). Files not
--- listed there (checksums.txt itself) have checksum nil.
+-- listed there (checksums.txt itself) have checksum nil. Every file
+-- checksums.txt lists must be there, a regular file of the listed size.
 -- Returns list of {name=, path=, size=, checksum=} or nil, err.
 function catalog.part_files(part_dir)
   local files = {}
-  walk(part_dir, "", files)
-  local known = {}
-  local function load(sub)
-    local path = part_dir .. "/" .. sub .. "checksums.txt"
-    local sums, err = core.read_checksums(path)
-    if not sums then
-      return nil, err
-    end
-    for name, f in pairs(sums) do
-      known[sub .. name] = f
-    end
-    return true
-  end
-  local ok, err = load("")
+  local ok, err = walk(part_dir, "", files)
   if not ok then
     return nil, err
   end
+  local known, order = {}, {}
+  local function load(sub)
+    local path = part_dir .. "/" .. sub .. "checksums.txt"
+    if lfs.symlinkattributes(path, "mode") ~= "file" then
+      return nil, "part " .. part_dir .. ": " .. sub .. "checksums.txt is missing or not a regular file"
+    end
+    local sums, serr = core.read_checksums(path)
+    if not sums then
+      return nil, serr
+    end
+    for name, f in pairs(sums) do
+      known[sub .. name] = f
+      order[#order + 1] = sub .. name
+    end
+    return true
+  end
+  ok, err = load("")
+  if not ok then
+    return nil, err
+  end
+  local loaded = { [""] = true }
   for _, f in ipairs(files) do
     local sub = f.name:match("^(.-/)checksums%.txt$")
-    if sub and not known[f.name] then
+    if sub and not loaded[sub] then
+      loaded[sub] = true
       ok, err = load(sub)
       if not ok then
         return nil, err
       end
     end
   end
+  -- projections listed by their part but not on disk (or without checksums.txt)
+  local i = 1
+  while i <= #order do
+    local name = order[i]
+    if name:match("%.proj$") and not loaded[name .. "/"] then
+      loaded[name .. "/"] = true
+      if lfs.symlinkattributes(part_dir .. "/" .. name, "mode") ~= "directory" then
+        return nil, "part " .. part_dir .. ": projection " .. name
+          .. " is listed in checksums.txt but is not a directory on disk"
+      end
+      ok, err = load(name .. "/")
+      if not ok then
+        return nil, err
+      end
+    end
+    i = i + 1
+  end
+  local by_name = {}
   for _, f in ipairs(files) do
+    by_name[f.name] = f
     local k = known[f.name]
     if k then
       if k.size ~= f.size then
@@ -325,6 +516,14 @@ function catalog.part_files(part_dir)
       f.checksum = k.checksum
     end
   end
+  table.sort(order)
+  for _, name in ipairs(order) do
+    if not by_name[name] and not name:match("%.proj$") then
+      local mode = lfs.symlinkattributes(part_dir .. "/" .. name, "mode")
+      return nil, string.format("part file %s/%s is listed in checksums.txt but %s",
+        part_dir, name, mode and ("is a " .. mode .. ", not a regular file") or "is missing")
+    end
+  end
   return files
 end
 
@@ -332,30 +531,59 @@ end
 --- The files of a Log-family table (a flat directory). sizes.json records
 -- how many bytes of each data file are committed; bytes past that (left by
 -- an interrupted insert) are not part of the table, so `size` is capped
--- there, as ClickHouse's own backup does. Returns list or nil, err.
+-- there, as ClickHouse's own backup does. A file sizes.json lists that is
+-- missing or shorter is an error. Returns list or nil, err.
 function catalog.log_files(tbl)
   local files = {}
-  if not is_dir(tbl.data_dir) then
+  local mode = lfs.attributes(tbl.data_dir, "mode")
+  if not mode then
     return files
   end
-  walk(tbl.data_dir, "", files)
+  if mode ~= "directory" then
+    return nil, "data directory " .. tbl.data_dir .. " of table "
+      .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
+  end
+  local ok, err = walk(tbl.data_dir, "", files)
+  if not ok then
+    return nil, err
+  end
   local sizes_path = tbl.data_dir .. "/sizes.json"
   local text = read_file(sizes_path)
   if not text then
     return files
   end
-  local ok, doc = pcall(require("cjson").decode, text)
-  if not ok or type(doc) ~= "table" or type(doc.clickhouse) ~= "table" then
+  local dok, doc = pcall(require("cjson").decode, text)
+  if not dok or type(doc) ~= "table" or type(doc.clickhouse) ~= "table" then
     return nil, "cannot read " .. sizes_path .. ": not the sizes.json ClickHouse writes"
   end
   local committed = {}
   for name, v in pairs(doc.clickhouse) do
-    committed[names.unescape_file(name)] = math.tointeger(tonumber(type(v) == "table" and v.size))
+    local size = math.tointeger(tonumber(type(v) == "table" and v.size))
+    if not size then
+      return nil, "cannot read " .. sizes_path .. ": no size for " .. name
+    end
+    committed[names.unescape_file(name)] = size
   end
+  local present = {}
   for _, f in ipairs(files) do
+    present[f.name] = true
     local limit = committed[f.name]
     if limit and limit < f.size then
       f.size = limit
+    elseif limit and limit > f.size then
+      return nil, string.format("Log file %s/%s has %d bytes but sizes.json says %d",
+        tbl.data_dir, f.name, f.size, limit)
+    end
+  end
+  local listed = {}
+  for name in pairs(committed) do
+    listed[#listed + 1] = name
+  end
+  table.sort(listed)
+  for _, name in ipairs(listed) do
+    if not present[name] and committed[name] > 0 then
+      return nil, string.format("Log file %s/%s is listed in sizes.json (%d bytes) but is missing",
+        tbl.data_dir, name, committed[name])
     end
   end
   return files

@@ -62,13 +62,25 @@ local function open_encryption(resolved, password)
   end
   local ok, p = pcall(require("cjson").decode, text or "")
   if not ok or type(p) ~= "table" or p.format ~= 1 or p.cipher ~= "AES-256-GCM" or p.kdf ~= "scrypt"
-      or type(p.salt) ~= "string" or type(p.check) ~= "string" or not p.check:match("^%x+$") then
+      or type(p.salt) ~= "string" or not p.salt:match("^%x+$") or #p.salt % 2 ~= 0 or #p.salt > 128
+      or type(p.check) ~= "string" or not p.check:match("^%x+$") or #p.check % 2 ~= 0 then
     return nil, "backup " .. resolved.name .. " is corrupt: cannot read " .. path, "CORRUPT"
+  end
+  -- scrypt's cost comes from the (untrusted) file: bounded by what a reader
+  -- accepts to spend, 8 times what chbackup writes (chain.SCRYPT)
+  local n, r, pp = math.tointeger(p.n), math.tointeger(p.r), math.tointeger(p.p)
+  if not (n and r and pp) or n < 2 or r < 1 or pp < 1 or n > 2 ^ 20 or r > 64 or pp > 16
+      or 128 * r * n > 8 * 128 * chain.SCRYPT.r * chain.SCRYPT.n then
+    local function shown(x)
+      return tostring(math.tointeger(x) or x)
+    end
+    return nil, string.format("backup %s is corrupt: %s asks for scrypt n=%s r=%s p=%s (integers, at most "
+      .. "n=2^20, r=64, p=16 and 256 MiB)", resolved.name, path, shown(p.n), shown(p.r), shown(p.p)), "CORRUPT"
   end
   if not password then
     return nil, "backup " .. resolved.name .. " is encrypted: give SETTINGS password = '…'", "AUTH"
   end
-  local key, err, code = core.derive_key(password, p.salt, { n = p.n, r = p.r, p = p.p })
+  local key, err, code = core.derive_key(password, p.salt, { n = n, r = r, p = pp })
   if not key then
     return nil, "backup " .. resolved.name .. ": " .. err, code
   end
@@ -228,6 +240,17 @@ function chain.base(b)
       m.base_backup, b.dest.name, tostring(base.manifest.uuid), b.dest.name, m.base_backup_uuid)
     return nil, b.base_err
   end
+  -- a chain that comes back to one of its own backups would never end
+  local x = b
+  while x do
+    if x.dest.path == base.dest.path then
+      b.base, b.base_err = false, "backup chain of " .. b.dest.name .. " loops: its base "
+        .. m.base_backup .. " is already in the chain"
+      return nil, b.base_err
+    end
+    x = x.child
+  end
+  base.child = b
   b.base = base
   return base
 end

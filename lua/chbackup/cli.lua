@@ -1,6 +1,7 @@
 --- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage,
 -- 3 `check` found a problem in a backup).
 -- @module chbackup.cli
+local cjson = require("cjson")
 local chbackup = require("chbackup")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
@@ -14,6 +15,7 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] chain BACKUP       list the backups an incremental relies on
        chbackup [options] diff BACKUP1 BACKUP2   parts added, removed, changed
        chbackup [options] check BACKUP [--read-data]   verify a backup in place
+       chbackup [options] list DEST          the backups at a destination, e.g. "Disk('backups', '')"
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -33,8 +35,12 @@ options:
                      plus its config.d/*.xml)
   --status-dir DIR   where operations are recorded (default <path>/.chbackup/status;
                      also $CHBACKUP_STATUS_DIR)
+  --status-keep N    finished operations kept in the status directory: the
+                     newest N (default 1000; 0: no limit)
+  --status-days D    ... and none older than D days (default 30; 0: no limit)
   --threads N        worker threads (default: number of cores, at least 8)
   --read-data        check: read every byte back and compare every checksum
+  --json             list, check: one JSON object per line instead of text
   --password-file F  show, chain, diff, check: the password of encrypted backups, the
                      text of file F without its final line end (BACKUP and
                      RESTORE take SETTINGS password = '…' as ClickHouse does)
@@ -57,7 +63,10 @@ local function parse_args(argv)
       opts.help = true
     elseif name == "read-data" and not value then
       opts.read_data = true
+    elseif name == "json" and not value then
+      opts.json = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
+        or name == "status-keep" or name == "status-days"
         or name == "run-operation" or name == "password-file" then
       if not value then
         i = i + 1
@@ -65,6 +74,9 @@ local function parse_args(argv)
       end
       if not value then
         return nil, "option --" .. name .. " needs a value"
+      end
+      if (name == "status-keep" or name == "status-days") and not (tonumber(value) and tonumber(value) >= 0) then
+        return nil, "option --" .. name .. " needs a number >= 0 (0: no limit), got '" .. value .. "'"
       end
       opts[name:gsub("%-", "_")] = value
     elseif name then
@@ -88,6 +100,7 @@ local function open(opts, inspect)
   return chbackup.open({
     path = opts.path, config = opts.config or config.default_path,
     status_dir = status_dir, threads = tonumber(opts.threads),
+    status_keep = tonumber(opts.status_keep), status_days = tonumber(opts.status_days),
   })
 end
 
@@ -144,7 +157,7 @@ end
 local function path_use(opts, rest)
   local explicit_status = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
   local sub = rest[1]
-  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" or sub == "check" then
+  if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "list" then
     return nil
   end
   if sub == "wait" or sub == "cancel" then
@@ -187,7 +200,7 @@ end
 -- process of this same program runs it and records its end.
 local function spawn_async(opts, op, statement)
   local argv = table.move(cli.launcher, 1, #cli.launcher, 1, {})
-  for _, k in ipairs({ "path", "config", "status_dir", "threads" }) do
+  for _, k in ipairs({ "path", "config", "status_dir", "threads", "status_keep", "status_days" }) do
     if opts[k] then
       argv[#argv + 1] = "--" .. k:gsub("_", "-")
       argv[#argv + 1] = tostring(opts[k])
@@ -254,6 +267,32 @@ local function cmd_diff(inst, a, b, out, secret)
 end
 
 
+local LIST_COLUMNS = { "name", "timestamp", "kind", "base_backup", "files", "restored_bytes", "stored_bytes",
+  "status", "problem" }
+
+local function cmd_list(inst, dest, out, secret, json)
+  local rows, err = inst:list(dest, secret)
+  if not rows then
+    return nil, err
+  end
+  if not json then
+    out:write(table.concat(LIST_COLUMNS, "\t") .. "\n")
+  end
+  for _, r in ipairs(rows) do
+    if json then
+      out:write(cjson.encode(r) .. "\n")
+    else
+      local cells = {}
+      for i, c in ipairs(LIST_COLUMNS) do
+        cells[i] = r[c] == nil and "" or tostring(r[c]):gsub("[\t\n]", " ")
+      end
+      out:write(table.concat(cells, "\t") .. "\n")
+    end
+  end
+  return true
+end
+
+
 local function cmd_wait(inst, id, out)
   while true do
     local row = inst.store:get(id)
@@ -310,17 +349,19 @@ function run(argv, out, errout, state)
     return require("chbackup.policy.cli").main(rest, opts, { stdout = out, stderr = errout })
   end
   local sub = rest[1]
-  if sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "wait" or sub == "cancel" then
+  if sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "list" or sub == "wait"
+      or sub == "cancel" then
     state.what = sub
   else
     state.what = (sub:match("^%s*(%a+)") or "statement"):upper()
   end
-  local arity = { show = 2, chain = 2, diff = 3, check = 2, cancel = 2, wait = 2 }
+  local arity = { show = 2, chain = 2, diff = 3, check = 2, list = 2, cancel = 2, wait = 2 }
   if #rest > 1 and arity[sub] ~= #rest then
     errout:write("chbackup: give statements as one argument, separated by ';'\n")
     return 2
   end
   local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
+    or rest[1] == "list"
   if opts.password_file and not inspecting then
     errout:write("chbackup: --password-file applies to show, chain, diff and check; give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
@@ -328,6 +369,10 @@ function run(argv, out, errout, state)
   end
   if opts.read_data and rest[1] ~= "check" then
     errout:write("chbackup: --read-data applies to check\n")
+    return 2
+  end
+  if opts.json and rest[1] ~= "check" and rest[1] ~= "list" then
+    errout:write("chbackup: --json applies to list and check\n")
     return 2
   end
   local secret
@@ -367,10 +412,14 @@ function run(argv, out, errout, state)
   elseif rest[1] == "check" and #rest == 2 then
     local report
     report, err = inst:check(rest[2], { read_data = opts.read_data, password = secret and secret.password })
-    if report then
+    if report and opts.json then
+      out:write(cjson.encode({ backup = rest[2], ok = report.ok, steps = report.steps }) .. "\n")
+    elseif report then
       for _, st in ipairs(report.steps) do
         out:write(string.format("%s\t%s\t%s\n", st.ok and "ok" or "PROBLEM", st.name, st.detail))
       end
+    end
+    if report then
       if not report.ok then
         errout:write("chbackup: backup " .. rest[2] .. " failed its check: " .. report.steps[#report.steps].detail
           .. "\n")
@@ -378,6 +427,8 @@ function run(argv, out, errout, state)
       end
       ok = true
     end
+  elseif rest[1] == "list" and #rest == 2 then
+    ok, err = cmd_list(inst, rest[2], out, secret, opts.json)
   elseif rest[1] == "cancel" and #rest == 2 then
     ok, err = inst:cancel(rest[2])
     if ok then

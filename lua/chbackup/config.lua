@@ -15,6 +15,8 @@
 -- A configuration (cfg) is:
 --   {
 --     disks = { [name] = { name =, type =, path = "/abs/dir/", source = } },
+--     policies = { [name] = { name =, volumes = { { name =, disks = { "d1", … } }, … },
+--                             source = } },   -- <storage_configuration><policies>
 --     allowed_disks = { "backups", ... },  -- every <allowed_disk>, in order
 --     allowed_paths = { "/backups/", ... }, -- every <allowed_path>, in order
 --     data_path = "/var/lib/clickhouse/",  -- <path>: the `default` disk
@@ -549,7 +551,42 @@ local function from_document(doc, path, files, ignored)
       if not disk then
         return nil, err
       end
+      local keep = first_child(node, "keep_free_space_bytes")
+      if keep then
+        disk.keep_free_space_bytes = math.tointeger(tonumber(inner_text(keep)))
+        if not disk.keep_free_space_bytes then
+          return nil, string.format("disk '%s' in %s: keep_free_space_bytes '%s' is not a number of bytes",
+            node.name, where, inner_text(keep))
+        end
+      end
       cfg.disks[node.name] = disk
+    end
+  end
+
+  cfg.policies = {}
+  local policies = first_child(first_child(doc, "storage_configuration"), "policies")
+  for _, node in ipairs(policies and policies.children or {}) do
+    if node.name and not cfg.policies[node.name] then
+      local volumes = {}
+      local vols = first_child(node, "volumes")
+      for _, v in ipairs(vols and vols.children or {}) do
+        if v.name then
+          local vol = { name = v.name, disks = child_values(v, "disk") }
+          local max = first_child(v, "max_data_part_size_bytes")
+          if max then
+            vol.max_data_part_size_bytes = math.tointeger(tonumber(inner_text(max)))
+            if not vol.max_data_part_size_bytes then
+              return nil, string.format("policy '%s' volume '%s' in %s:%d: max_data_part_size_bytes '%s'"
+                .. " is not a number of bytes", node.name, v.name, v.file, v.line, inner_text(max))
+            end
+          end
+          volumes[#volumes + 1] = vol
+        end
+      end
+      cfg.policies[node.name] = {
+        name = node.name, volumes = volumes,
+        source = string.format("%s:%d", node.file, node.line),
+      }
     end
   end
 
@@ -650,6 +687,7 @@ end
 
 --- Builds a configuration from a Lua table:
 -- `{ disks = { name = { type = "local", path = "/dir/" } },
+--    policies = { name = { volumes = { { "disk1" }, { "disk2", "disk3" } } } },
 --    backups = { allowed_disk = { ... }, allowed_path = { ... } },
 --    data_path = "/var/lib/clickhouse/" }` (every key optional).
 -- @treturn[1] table cfg
@@ -661,7 +699,7 @@ function config.from_table(t)
     return nil, "config table must be a table, got " .. type(t)
   end
   local ok, err = check_keys(t, { disks = true, backups = true,
-    data_path = true }, "config table")
+    data_path = true, policies = true }, "config table")
   if not ok then
     return nil, err
   end
@@ -669,6 +707,7 @@ function config.from_table(t)
     disks = {},
     allowed_disks = {},
     allowed_paths = {},
+    policies = {},
     source = where,
     backups_source = where,
     files = {},
@@ -705,6 +744,26 @@ function config.from_table(t)
       return nil, derr
     end
     cfg.disks[name] = disk
+  end
+
+  local policies = t.policies or {}
+  if type(policies) ~= "table" then
+    return nil, "policies in config table must be a table"
+  end
+  for name, p in pairs(policies) do
+    local what = "policy '" .. tostring(name) .. "'"
+    if type(name) ~= "string" or type(p) ~= "table" or type(p.volumes) ~= "table" then
+      return nil, what .. " in config table must be a name and { volumes = { { disk, … }, … } }"
+    end
+    local volumes = {}
+    for i, v in ipairs(p.volumes) do
+      local list, lerr = string_list(v, what .. " volume " .. i)
+      if not list then
+        return nil, lerr
+      end
+      volumes[#volumes + 1] = { name = tostring(i), disks = list }
+    end
+    cfg.policies[name] = { name = name, volumes = volumes, source = where }
   end
 
   local backups = t.backups or {}

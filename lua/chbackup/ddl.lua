@@ -145,12 +145,102 @@ local function read_uuid(s, i)
 end
 
 
---- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path.
--- Returns {object=, uuid=|nil, body=} or nil, err.
-function ddl.parse_attach(sql)
+-- What one_statement looks for: quotes, comment starts, ";" and "$".
+local SPECIAL = "[`'\"#/;%$%-]"
+
+-- The length of the one statement sql holds, without a final ";" and what
+-- follows it (white space and comments only), or nil, err. Reads sql as
+-- ClickHouse's lexer (src/Parsers/Lexer.cpp) does: '…' strings, `…` and
+-- "…" identifiers (backslash escapes, doubled quotes), comments (--, //,
+-- "# " and "#!" to the line end, /* … */ nested) hold no statement end. A
+-- "$" outside them (a heredoc $tag$…$tag$, which ClickHouse never writes
+-- into metadata) is refused: read as code, its text could hide a ";".
+local function one_statement(sql)
+  local i, n, stop = 1, #sql, nil
+  while true do
+    i = sql:find(stop and "%S" or SPECIAL, i)
+    if not i then
+      break
+    end
+    local c, c2 = sql:sub(i, i), sql:sub(i + 1, i + 1)
+    if stop and c ~= "-" and c ~= "#" and c ~= "/" then
+      return nil, "more than one statement"
+    end
+    if c == "'" or c == "`" or c == '"' then
+      local j = i + 1
+      while true do
+        local d = sql:sub(j, j)
+        if d == "" then
+          return nil, "unterminated quoted text"
+        elseif d == "\\" then
+          j = j + 2
+        elseif d == c and sql:sub(j + 1, j + 1) == c then
+          j = j + 2
+        elseif d == c then
+          break
+        else
+          j = sql:find("[\\" .. c .. "]", j + 1) or n + 1
+        end
+      end
+      i = j + 1
+    elseif (c == "-" and c2 == "-") or (c == "/" and c2 == "/") or (c == "#" and (c2 == " " or c2 == "!")) then
+      i = (sql:find("\n", i, true) or n) + 1
+    elseif c == "/" and c2 == "*" then
+      local depth, j = 1, i + 2
+      while depth > 0 do
+        j = sql:find("[/*]", j)
+        if not j then
+          return nil, "unterminated comment"
+        end
+        local two = sql:sub(j, j + 1)
+        if two == "/*" then
+          depth, j = depth + 1, j + 2
+        elseif two == "*/" then
+          depth, j = depth - 1, j + 2
+        else
+          j = j + 1
+        end
+      end
+      i = j
+    elseif stop then
+      return nil, "more than one statement"
+    elseif c == ";" then
+      stop, i = i, i + 1
+    elseif c == "$" then
+      return nil, "unexpected $ outside quotes"
+    else
+      i = i + 1
+    end
+  end
+  return stop and stop - 1 or n
+end
+
+
+-- The one statement of a metadata file (see one_statement), or nil, err.
+local function single(sql, verb)
+  local len, err = one_statement(sql)
+  if not len then
+    return nil, err .. " (a metadata file holds one " .. verb .. " statement)"
+  end
+  return sql:sub(1, len)
+end
+
+
+--- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path
+-- (dictionaries are kept as `CREATE DICTIONARY _ UUID '…' …`), the only
+-- statement of its text (a final ";" is dropped). Returns {object=,
+-- uuid=|nil, body=} or nil, err.
+function ddl.parse_attach(text)
+  local sql, err = single(text, "ATTACH")
+  if not sql then
+    return nil, err
+  end
   local object, i = read_head(sql, "ATTACH")
   if not object then
-    return nil, "not an ATTACH statement"
+    object, i = read_head(sql, "CREATE")
+    if object ~= "DICTIONARY" then
+      return nil, "not an ATTACH statement"
+    end
   end
   local _, j = read_identifier(sql, i)
   if not j then
@@ -162,8 +252,14 @@ end
 
 
 --- Parses a `CREATE <object> [db.]name [UUID '…'] …` statement (a
--- backup's metadata). Returns {object=, database=|nil, name=, uuid=|nil, body=}.
-function ddl.parse_create(sql)
+-- backup's metadata), the only statement of its text (a final ";" is
+-- dropped). Returns {object=, database=|nil, name=, uuid=|nil, body=} or
+-- nil, err.
+function ddl.parse_create(text)
+  local sql, err = single(text, "CREATE")
+  if not sql then
+    return nil, err
+  end
   local object, i = read_head(sql, "CREATE")
   if not object then
     return nil, "not a CREATE statement"
@@ -203,9 +299,11 @@ function ddl.create_statement(object, database, name, uuid, body)
 end
 
 
---- The ATTACH statement a data path stores for an object.
+--- The statement a data path stores for an object: `ATTACH <object> _ …`,
+-- but `CREATE DICTIONARY _ …` for dictionaries, as ClickHouse writes them
+-- (it cannot parse `ATTACH DICTIONARY _` with a definition at start-up).
 function ddl.attach_statement(object, uuid, body)
-  local parts = { "ATTACH", object, "_" }
+  local parts = { object == "DICTIONARY" and "CREATE" or "ATTACH", object, "_" }
   if uuid then
     parts[#parts + 1] = "UUID '" .. uuid .. "'"
   end
@@ -221,7 +319,8 @@ function ddl.engine(body)
   local depth, flat = 0, {}
   for _, seg in ipairs(segments(body)) do
     if seg.quoted then
-      flat[#flat + 1] = depth == 0 and " '' " or ""
+      -- a quoted identifier may be the engine's name (ENGINE = `Null`)
+      flat[#flat + 1] = depth == 0 and (seg.text:match('^[`"]([%a_][%w_]*)[`"]$') or " '' ") or ""
     else
       for c in seg.text:gmatch(".") do
         if c == "(" then
@@ -235,6 +334,50 @@ function ddl.engine(body)
     end
   end
   return table.concat(flat):match("ENGINE%s*=%s*([%a_][%w_]*)")
+end
+
+
+--- A table setting's value from the body's top-level SETTINGS clause:
+-- `SETTINGS storage_policy = 'hot_cold'` gives "hot_cold". A quoted value
+-- comes back unquoted; an unquoted one (a number, `disk(…)`) comes back as
+-- written with `raw` = true. nil when the setting is not there.
+function ddl.setting(body, name)
+  local segs = segments(body)
+  local depth, in_settings = 0, false
+  for i, seg in ipairs(segs) do
+    if not seg.quoted then
+      local text = seg.text
+      local pos = 1
+      while pos <= #text do
+        local c = text:sub(pos, pos)
+        if c == "(" then
+          depth = depth + 1
+        elseif c == ")" then
+          depth = depth - 1
+        elseif depth == 0 then
+          local word = text:match("^[%a_][%w_]*", pos)
+          if word and (pos == 1 or not text:sub(pos - 1, pos - 1):match("[%w_]")) then
+            if word:upper() == "SETTINGS" then
+              in_settings = true
+            elseif in_settings and word == name then
+              local rest = text:sub(pos + #word)
+              if rest:match("^%s*=%s*$") and segs[i + 1] and segs[i + 1].quoted then
+                local v = segs[i + 1].text
+                return (v:sub(2, -2):gsub("\\(.)", "%1"):gsub("''", "'"))
+              end
+              local raw = rest:match("^%s*=%s*(.-)%s*,") or rest:match("^%s*=%s*(.-)%s*$")
+              if raw then
+                return raw, true
+              end
+            end
+            pos = pos + #word - 1
+          end
+        end
+        pos = pos + 1
+      end
+    end
+  end
+  return nil
 end
 
 

@@ -16,6 +16,7 @@ local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
 local inspect = require("chbackup.inspect")
+local lock = require("chbackup.lock")
 local query = require("chbackup.query")
 local restore = require("chbackup.restore")
 local settings_mod = require("chbackup.settings")
@@ -40,7 +41,9 @@ chbackup.DEFAULT_PATH = "/var/lib/clickhouse"
 --                  /etc/clickhouse-server/config.xml),
 --         status_dir = where operations are recorded (default
 --                  <path>/.chbackup/status; false: none, for chain, diff and
---                  inspecting only), threads = workers (default: cores) }
+--                  inspecting only), threads = workers (default: cores),
+--         status_keep, status_days = finished operations kept: the newest
+--                  1000, none older than 30 days (0: no limit) }
 function chbackup.open(opts)
   opts = opts or {}
   local path = opts.path or chbackup.DEFAULT_PATH
@@ -58,7 +61,7 @@ function chbackup.open(opts)
   local status_dir, store = opts.status_dir, nil
   if status_dir ~= false then -- false: inspecting backups only, no status table
     status_dir = status_dir or os.getenv("CHBACKUP_STATUS_DIR") or (path:gsub("/+$", "") .. "/.chbackup/status")
-    store, err = status.open(status_dir)
+    store, err = status.open(status_dir, { keep = opts.status_keep, days = opts.status_days })
     if not store then
       return nil, err
     end
@@ -82,7 +85,7 @@ end
 
 -- Opens the catalog for an operation; RESTORE may start a fresh data path.
 function Instance:_catalog(kind)
-  local cat, err = catalog.open(self.path)
+  local cat, err = catalog.open(self.path, self.config)
   if cat or kind ~= "restore" then
     return cat, err
   end
@@ -101,7 +104,7 @@ function Instance:_catalog(kind)
   if not ok then
     return nil, merr
   end
-  return catalog.open(self.path)
+  return catalog.open(self.path, self.config)
 end
 
 
@@ -176,11 +179,15 @@ function Operation:_run()
     ctx.cancelled = function()
       return self.cancel_requested or fsutil.exists(cancel_file)
     end
-    local run = req.kind == "backup" and backup.run or restore.run
-    -- Generational GC while planning: a backup's per-file tables and
+    -- Generational GC while an operation runs: its per-file tables and
     -- strings are mostly short-lived, and collected young (issue 14).
     local gc_mode = collectgarbage("generational")
-    local ok, res, rerr, rcode = pcall(run, ctx, req)
+    local ok, res, rerr, rcode
+    if req.kind == "backup" then
+      ok, res, rerr, rcode = pcall(backup.run, ctx, req)
+    else   -- under the data path's lock (chbackup.lock)
+      ok, res, rerr, rcode = pcall(lock.run_restore, restore.run, ctx, req)
+    end
     collectgarbage(gc_mode)
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
@@ -357,6 +364,14 @@ function Instance:check(backup_name, opts)
     return nil, err
   end
   return require("chbackup.check").run(b, { read_data = opts.read_data, threads = self.threads })
+end
+
+
+--- The backups at a destination (chbackup.listing): dest_name is a backup
+-- name with a prefix path, e.g. "Disk('backups', '')"; opts.password opens
+-- encrypted ones. Returns rows or nil, err.
+function Instance:list(dest_name, opts)
+  return require("chbackup.listing").run(self.config, dest_name, { password = opts and opts.password })
 end
 
 

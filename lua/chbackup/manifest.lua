@@ -17,80 +17,307 @@ local manifest = {}
 manifest.FILE = ".backup"
 local CHUNK = 64 * 1024
 
-local NUMERIC = { size = true, base_size = true, version = true, deduplicate_files = true }
+-- Scalar fields of <config> and of a <file>; anything else is ignored
+-- (what later ClickHouse versions may add), with its subtree.
+local CONFIG_FIELDS = {
+  version = true, deduplicate_files = true, timestamp = true, uuid = true,
+  base_backup = true, base_backup_uuid = true, data_file_name_generator = true,
+}
+local FILE_FIELDS = {
+  name = true, size = true, checksum = true, data_file = true, use_base = true,
+  base_size = true, base_checksum = true, encrypted_by_disk = true,
+}
+local BOOLEANS = { ["true"] = true, ["1"] = true, ["false"] = false, ["0"] = false }
+local SUPPORTED_VERSION = 1
+
+
+-- A non-negative integer written in decimal digits, or nil.
+local function count_of(s)
+  if not s:match("^%d+$") then
+    return nil
+  end
+  local n = math.tointeger(tonumber(s))
+  return n and n >= 0 and n or nil
+end
+
+
+local function is_checksum(s)
+  return #s == 32 and s:match("^%x+$") ~= nil
+end
+
+
+--- Whether name is a safe relative path inside a backup: not empty, not
+-- absolute, no empty, "." or ".." component, no NUL or control character.
+function manifest.safe_name(name)
+  if type(name) ~= "string" or name == "" or name:find("[%z\1-\31\127]") then
+    return false
+  end
+  for part in (name .. "/"):gmatch("([^/]*)/") do
+    if part == "" or part == "." or part == ".." then
+      return false
+    end
+  end
+  return true
+end
+
+
+-- A value as shown in an error: quoted, at most 64 bytes of it.
+local function shown(s)
+  if #s > 64 then
+    s = s:sub(1, 64) .. "..."
+  end
+  return (string.format("%q", s):gsub("\\\n", "\\n"))
+end
+
+
+-- Reads the document through lxp: returns the raw manifest (every value a
+-- string) or nil, err. Never raises: lxp's close() raises on a document
+-- that ended in the middle, so it runs under pcall.
+local function read_xml(next_chunk)
+  local m = { files = {} }
+  local bad                  -- the first problem the callbacks found
+  local stack = {}           -- open elements, the root first
+  local ignored              -- depth of an unknown element being skipped
+  local field, text          -- the scalar element being read, its text
+  local file                 -- the <file> being read
+  local have_contents = false
+  local parser
+  local function fail(msg)
+    if not bad then
+      bad = msg
+      parser:stop()
+    end
+  end
+  parser = lxp.new({
+    StartElement = function(_, name)
+      if bad then
+        return
+      end
+      stack[#stack + 1] = name
+      local depth, parent = #stack, stack[#stack - 1]
+      if ignored then
+        return
+      elseif field then
+        fail("<" .. parent .. "> holds an element <" .. name .. ">")
+      elseif depth == 1 then
+        if name ~= "config" then
+          fail("its root element is <" .. name .. ">, not <config>")
+        end
+      elseif depth == 2 then
+        if CONFIG_FIELDS[name] then
+          if m[name] ~= nil then
+            fail("<" .. name .. "> appears twice")
+          end
+          field, text = name, {}
+        elseif name == "contents" then
+          if have_contents then
+            fail("<contents> appears twice")
+          end
+          have_contents = true
+        else
+          ignored = depth
+        end
+      elseif depth == 3 then
+        if name ~= "file" then
+          fail("<contents> holds an element <" .. name .. ">")
+        end
+        file = {}
+      elseif FILE_FIELDS[name] then
+        if file[name] ~= nil then
+          fail((file.name and ("file " .. file.name) or ("file entry " .. (#m.files + 1)))
+            .. " has two <" .. name .. ">")
+        end
+        field, text = name, {}
+      else
+        ignored = depth
+      end
+    end,
+    CharacterData = function(_, s)
+      if field and not bad then
+        text[#text + 1] = s
+      end
+    end,
+    EndElement = function(_, name)
+      if bad then
+        return
+      end
+      local depth = #stack
+      stack[depth] = nil
+      if ignored then
+        if depth == ignored then
+          ignored = nil
+        end
+      elseif field then
+        if depth == 2 then
+          m[name] = table.concat(text)
+        else
+          file[name] = table.concat(text)
+        end
+        field, text = nil, nil
+      elseif depth == 3 then
+        m.files[#m.files + 1] = file
+        file = nil
+      end
+    end,
+  })
+  local ok, res, err, line = true, true, nil, nil
+  while ok and res and not bad do
+    local chunk = next_chunk()
+    if chunk then
+      ok, res, err, line = pcall(parser.parse, parser, chunk)
+    else
+      ok, res, err, line = pcall(parser.parse, parser)
+      break
+    end
+  end
+  pcall(parser.close, parser)
+  if bad then
+    return nil, bad
+  elseif not ok then
+    return nil, tostring(res)
+  elseif not res then
+    return nil, tostring(err) .. (line and (" at line " .. tostring(line)) or "")
+  end
+  return m
+end
+
+
+-- Checks and converts the values of one file entry (i-th); returns the
+-- entry or nil, err.
+local function check_file(raw, i)
+  local name = raw.name
+  if name == nil then
+    return nil, "file entry " .. i .. " has no <name>"
+  end
+  if not manifest.safe_name(name) then
+    return nil, "file entry " .. i .. " has a name that is not a safe relative path: " .. shown(name)
+  end
+  local function bad(msg)
+    return nil, "file " .. name .. ": " .. msg
+  end
+  local e = { name = name }
+  if raw.size == nil then
+    return bad("no <size>")
+  end
+  e.size = count_of(raw.size)
+  if not e.size then
+    return bad("size " .. shown(raw.size) .. " is not a non-negative integer")
+  end
+  for _, k in ipairs({ "checksum", "base_checksum" }) do
+    if raw[k] ~= nil then
+      if not is_checksum(raw[k]) then
+        return bad(k .. " " .. shown(raw[k]) .. " is not 32 hexadecimal digits")
+      end
+      e[k] = raw[k]:lower()
+    end
+  end
+  if e.size > 0 and not e.checksum then
+    return bad("no <checksum>")
+  end
+  for _, k in ipairs({ "use_base", "encrypted_by_disk" }) do
+    if raw[k] ~= nil then
+      e[k] = BOOLEANS[raw[k]]
+      if e[k] == nil then
+        return bad(k .. " " .. shown(raw[k]) .. " is not true or false")
+      end
+    end
+  end
+  if raw.base_size ~= nil then
+    e.base_size = count_of(raw.base_size)
+    if not e.base_size then
+      return bad("base_size " .. shown(raw.base_size) .. " is not a non-negative integer")
+    elseif e.base_size > e.size then
+      return bad("base_size " .. e.base_size .. " is larger than its size " .. e.size)
+    elseif not e.use_base then
+      return bad("base_size without <use_base>true</use_base>")
+    elseif e.base_size > 0 and e.base_size < e.size and not e.base_checksum then
+      return bad("base_size " .. e.base_size .. " without <base_checksum>")
+    end
+    if e.base_size == 0 then
+      -- nothing from the base (as ClickHouse reads it): all stored here
+      e.base_size, e.base_checksum, e.use_base = nil, nil, false
+    end
+  elseif e.base_checksum then
+    return bad("base_checksum without <base_size>")
+  end
+  if raw.data_file ~= nil then
+    if not manifest.safe_name(raw.data_file) then
+      return bad("data_file is not a safe relative path: " .. shown(raw.data_file))
+    end
+    e.data_file = raw.data_file
+  end
+  return e
+end
 
 
 --- Parses a manifest from a chunk source: next_chunk() returns the next
 -- piece of text or nil at the end; `what` names it in errors. Returns
 -- {version=, timestamp=, uuid=, base_backup=, base_backup_uuid=, files = {
 -- {name=, size=, checksum=, data_file=, use_base=, base_size=,
--- base_checksum=}, … }, by_name = {} } or nil, err.
+-- base_checksum=}, … }, by_name = {} } or nil, "backup manifest <what> is
+-- corrupt: …" naming the entry. Untrusted input: never raises.
 function manifest.parse(next_chunk, what)
-  local m = { files = {}, by_name = {} }
-  -- (one text buffer, reused: no table per element of a manifest that may
-  -- list hundreds of thousands of files)
-  local stack, text, ntext, file = {}, {}, 0, nil
-  local parser = lxp.new({
-    StartElement = function(_, name)
-      stack[#stack + 1] = name
-      ntext = 0
-      if name == "file" and stack[#stack - 1] == "contents" then
-        file = { name = nil, size = nil, checksum = nil }   -- (sized for these three)
+  local raw, err = read_xml(next_chunk)
+  local function corrupt(msg)
+    return nil, "backup manifest " .. tostring(what) .. " is corrupt: " .. msg
+  end
+  if not raw then
+    return corrupt(err)
+  end
+  if raw.version == nil then
+    return corrupt("no <version>")
+  end
+  local m = {
+    version = count_of(raw.version), timestamp = raw.timestamp, uuid = raw.uuid,
+    base_backup = raw.base_backup, base_backup_uuid = raw.base_backup_uuid,
+    data_file_name_generator = raw.data_file_name_generator,
+    files = {}, by_name = {},
+  }
+  if m.data_file_name_generator and m.data_file_name_generator ~= "checksum"
+      and m.data_file_name_generator ~= "first_file_name" then
+    return corrupt("data_file_name_generator " .. shown(m.data_file_name_generator) .. " is not known")
+  end
+  if m.version ~= SUPPORTED_VERSION then
+    return corrupt("version " .. shown(raw.version) .. " is not supported (only " .. SUPPORTED_VERSION .. ")")
+  end
+  if m.base_backup_uuid and not m.base_backup then
+    return corrupt("<base_backup_uuid> without <base_backup>")
+  end
+  if raw.deduplicate_files ~= nil then
+    m.deduplicate_files = count_of(raw.deduplicate_files)
+    if not m.deduplicate_files then
+      return corrupt("deduplicate_files " .. shown(raw.deduplicate_files) .. " is not a non-negative integer")
+    end
+  end
+  for i, r in ipairs(raw.files) do
+    local e, ferr = check_file(r, i)
+    if not e then
+      return corrupt(ferr)
+    end
+    if m.by_name[e.name] then
+      return corrupt("file " .. e.name .. " is listed twice")
+    end
+    m.files[i] = e
+    m.by_name[e.name] = e
+  end
+  -- A copy (data_file) names the entry of this backup that stores the same
+  -- bytes, itself not a copy; with data_file_name_generator = 'checksum'
+  -- (ClickHouse's), a name derived from the checksum that no entry has.
+  local checksum_names = m.data_file_name_generator == "checksum"
+  for _, e in ipairs(m.files) do
+    if e.data_file == e.name then
+      e.data_file = nil
+    elseif e.data_file and (m.by_name[e.data_file] or not checksum_names) then
+      local primary = m.by_name[e.data_file]
+      if not primary then
+        return corrupt("file " .. e.name .. " refers to data_file " .. e.data_file .. ", which it does not list")
+      elseif primary.size ~= e.size or primary.checksum ~= e.checksum then
+        return corrupt("file " .. e.name .. " refers to data_file " .. e.data_file .. " of another size or checksum")
+      elseif primary.data_file and primary.data_file ~= primary.name then
+        return corrupt("file " .. e.name .. " refers to data_file " .. e.data_file
+          .. ", which is itself a copy of " .. primary.data_file)
       end
-    end,
-    CharacterData = function(_, s)
-      ntext = ntext + 1
-      text[ntext] = s
-    end,
-    EndElement = function(_, name)
-      local value = ntext == 1 and text[1] or table.concat(text, "", 1, ntext)
-      ntext = 0
-      stack[#stack] = nil
-      local parent = stack[#stack]
-      if name == "file" and file then
-        m.files[#m.files + 1] = file
-        file = nil
-      elseif file and parent == "file" then
-        if NUMERIC[name] then
-          file[name] = math.tointeger(tonumber(value))
-        elseif name == "use_base" or name == "encrypted_by_disk" then
-          file[name] = value == "true" or value == "1"
-        else
-          file[name] = value
-        end
-      elseif parent == "config" and name ~= "contents" then
-        m[name] = NUMERIC[name] and math.tointeger(tonumber(value)) or value
-      end
-    end,
-  })
-  while true do
-    local chunk = next_chunk()
-    if not chunk then
-      break
     end
-    local ok, err, line = parser:parse(chunk)
-    if not ok then
-      parser:close()
-      return nil, string.format("backup manifest %s is corrupt: %s at line %s",
-        what, tostring(err), tostring(line))
-    end
-  end
-  local ok, err = parser:parse()
-  parser:close()
-  if not ok then
-    return nil, "backup manifest " .. what .. " is corrupt: " .. tostring(err)
-  end
-  if m.version == nil then
-    return nil, "backup manifest " .. what .. " is corrupt: no <version>"
-  end
-  for i, entry in ipairs(m.files) do
-    if not entry.name or not entry.size then
-      return nil, string.format("backup manifest %s is corrupt: file entry %d has no name or size", what, i)
-    end
-    if entry.size > 0 and not entry.checksum then
-      return nil, "backup manifest " .. what .. " is corrupt: no checksum for " .. entry.name
-    end
-    m.by_name[entry.name] = entry
   end
   return m
 end
@@ -121,15 +348,19 @@ function manifest.from_string(text, what)
 end
 
 
--- Element text needs only these; quotes stay as they are, as ClickHouse
--- writes them (`<base_backup>Disk('backups', 'a')</base_backup>`).
-local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;" }
+-- Element text needs only &, < and > escaped; quotes stay as they are, as
+-- ClickHouse writes them (`<base_backup>Disk('backups', 'a')</base_backup>`).
+-- Line ends and tabs as character references: XML reads a raw CR as LF.
+local XML_ESCAPES = {
+  ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
+  ["\t"] = "&#9;", ["\n"] = "&#10;", ["\r"] = "&#13;",
+}
 local function esc(s)
   s = tostring(s)
-  if not s:find("[&<>]") then   -- (most names: no new string)
+  if not s:find("[&<>\t\n\r]") then   -- (most names: no new string)
     return s
   end
-  return (s:gsub("[&<>]", XML_ESCAPES))
+  return (s:gsub("[&<>\t\n\r]", XML_ESCAPES))
 end
 
 

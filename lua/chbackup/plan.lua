@@ -60,6 +60,11 @@ function plan.select_for_backup(cat, elements)
       return nil, "table " .. qualified(target_db, target_name) .. " is selected twice"
     end
     seen[key] = true
+    -- every disk of the table's storage policy, or a clear refusal
+    local placed, perr = cat:place(tbl)
+    if not placed then
+      return nil, perr
+    end
     selected[#selected + 1] = {
       table = tbl, target_db = target_db, target_name = target_name, partitions = partitions,
     }
@@ -152,13 +157,16 @@ function plan.select_for_backup(cat, elements)
 end
 
 
---- The files a backup of the selection holds.
--- Returns { metadata = { {name=, content=} }, data = { {name=, path=,
--- size=, checksum=|nil} } } or nil, err. Data sizes come from the data path.
+--- The files a backup of the selection holds. opts.structure_only: metadata
+-- only. Returns { metadata = { {name=, content=} }, data = { {name=, path=,
+-- size=, checksum=|nil, disk=} } } or nil, err. Data sizes come from the
+-- data path. A table whose data chbackup cannot read (Memory, Buffer, an
+-- engine it does not know that keeps files) is refused, never skipped.
 -- opts.from_base(prefix, part_dir), for an incremental: the entries of a
 -- part known unchanged since the base (`prefix` is the part's name in the
 -- backup, ending in "/"), each final (no path), or nil to read the part.
 function plan.backup_files(selection, opts)
+  local structure_only = opts and opts.structure_only
   local from_base = opts and opts.from_base
   local metadata, data = {}, {}
   for _, d in ipairs(selection.databases) do
@@ -183,36 +191,63 @@ function plan.backup_files(selection, opts)
         renaming.apply(t.body, selection.renaming)),
     }
     local prefix = s.data_prefix
-    if t.family == "mergetree" then
+    local what = qualified(t.database, t.name) .. " (" .. tostring(t.engine) .. ")"
+    local way_out = ": exclude it (… EXCEPT TABLES …) or use SETTINGS structure_only = true"
+    local family = structure_only and "metadata only" or t.family
+    if family == "memory" then
+      return nil, "table " .. what .. " keeps its data in the server's memory; chbackup reads"
+        .. " data paths offline and cannot back it up" .. way_out
+    elseif family == "none" and (t.inner or t.object == "TABLE") and t.data_dir then
+      local file, ferr = catalog_mod.first_file(t.data_dir)
+      if ferr then
+        return nil, "table " .. what .. ": " .. ferr
+      end
+      if file then
+        return nil, "table " .. what .. " keeps data chbackup cannot back up (" .. file .. ")" .. way_out
+      end
+    elseif family == "mergetree" then
+      local parts, visited = catalog_mod.active_parts(t)
+      if not parts then
+        return nil, "table " .. qualified(t.database, t.name) .. ": " .. visited
+      end
+      -- completeness: the table's directory on every disk of its policy was read
+      for _, loc in ipairs(catalog_mod.locations(t)) do
+        if not visited[loc.disk] then
+          return nil, "table " .. qualified(t.database, t.name) .. ": its directory on disk '"
+            .. loc.disk .. "' (" .. loc.dir .. ") was not read"
+        end
+      end
       -- by name, the order of the backup's entries (.backup lists them sorted)
-      local parts = catalog_mod.active_parts(t)
       table.sort(parts, function(a, b) return a.name < b.name end)
       for _, part in ipairs(parts) do
         if not s.partitions or s.partitions[part.partition_id] then
           local part_prefix = prefix .. part.name .. "/"
           local reused = from_base and from_base(part_prefix, part.dir)
           if reused then
+            if reused[1] then   -- (disks.record: one file of the part tells its disk)
+              reused[1].disk = part.disk
+            end
             table.move(reused, 1, #reused, #data + 1, data)
           else
             local files, err = catalog_mod.part_files(part.dir)
             if not files then
-              return nil, err
+              return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
             end
             for _, f in ipairs(files) do   -- (catalog's tables, reused)
-              f.name = part_prefix .. f.name
+              f.name, f.disk = part_prefix .. f.name, part.disk
               data[#data + 1] = f
             end
           end
         end
       end
-    elseif t.family == "log" then
+    elseif family == "log" then
       if s.partitions then
         return nil, "table " .. qualified(t.database, t.name) .. " (" .. t.engine
           .. ") has no partitions: PARTITIONS cannot be used with it"
       end
       local files, err = catalog_mod.log_files(t)
       if not files then
-        return nil, err
+        return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
       end
       for _, f in ipairs(files) do
         data[#data + 1] = { name = prefix .. f.name, path = f.path, size = f.size }

@@ -13,6 +13,7 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local catalog_mod = require("chbackup.catalog")
+local disks = require("chbackup.disks")
 local chain = require("chbackup.chain")
 local contents = require("chbackup.contents")
 local ddl = require("chbackup.ddl")
@@ -133,9 +134,14 @@ end
 -- True when a table of the data path holds data.
 local function table_has_data(t)
   if t.family == "mergetree" then
-    return #catalog_mod.active_parts(t) > 0
+    local parts = catalog_mod.active_parts(t)
+    return parts == nil or #parts > 0   -- unreadable: not known to be empty
   elseif t.family == "log" then
-    for _, f in ipairs(catalog_mod.log_files(t) or {}) do
+    local files = catalog_mod.log_files(t)
+    if not files then
+      return true
+    end
+    for _, f in ipairs(files) do
       if f.size > 0 and f.name:match("%.bin$") then
         return true
       end
@@ -145,18 +151,34 @@ local function table_has_data(t)
 end
 
 
--- Highest block number used by a table's parts (outdated ones included).
+-- Highest block number used by a table's parts (outdated ones included),
+-- on every disk of its policy.
 local function max_block(t)
   local max = 0
-  if fsutil.is_dir(t.data_dir) then
-    for entry in lfs.dir(t.data_dir) do
-      local p = catalog_mod.parse_part_name(entry:gsub("^tmp_restore_", ""))
-      if p and p.max_block > max then
-        max = p.max_block
+  for _, loc in ipairs(catalog_mod.locations(t)) do
+    if fsutil.is_dir(loc.dir) then
+      for entry in lfs.dir(loc.dir) do
+        local p = catalog_mod.parse_part_name(entry:gsub("^tmp_restore_", ""))
+        if p and p.max_block > max then
+          max = p.max_block
+        end
       end
     end
   end
   return max
+end
+
+
+-- Free bytes on the file system that holds path (or its nearest parent).
+local function disk_free(path)
+  while path ~= "" do
+    local free = core.disk_free(path)
+    if free then
+      return free
+    end
+    path = path:match("^(.*)/[^/]*$") or ""
+  end
+  return 0
 end
 
 
@@ -208,9 +230,9 @@ function restore.run(ctx, req)
         if not text then
           return nil, rerr
         end
-        local info = ddl.parse_create(text)
+        local info, perr = ddl.parse_create(text)
         if not info then
-          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name
+          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name .. ": " .. perr
         end
         local ok, nerr = contents.check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
         if not ok then
@@ -237,9 +259,9 @@ function restore.run(ctx, req)
     if not text then
       return nil, rerr
     end
-    local info = ddl.parse_create(text)
+    local info, perr = ddl.parse_create(text)
     if not info then
-      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name
+      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name .. ": " .. perr
     end
     local named, nerr = contents.check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
     if not named then
@@ -259,6 +281,17 @@ function restore.run(ctx, req)
       family = catalog_mod.engine_family(has_inner and "TABLE" or info.object, engine),
       engine = engine, has_inner = has_inner,
     }
+    if t.family == "memory" then
+      -- Memory/Buffer: ClickHouse's backup may hold a Memory table's rows,
+      -- which only a running server can load; offline, the table is created
+      -- empty only when asked for the structure alone.
+      if #s.tbl.data > 0 and not settings.structure_only then
+        return nil, "table " .. qname .. " (" .. engine .. ") has data in backup " .. src.name
+          .. " that only a running server can load into memory; use SETTINGS structure_only = true"
+          .. " or exclude it"
+      end
+      t.family = "none"
+    end
     if existing then
       if ddl.structure(existing.body) ~= ddl.structure(info.body) or existing.object ~= info.object then
         return nil, "table " .. qname .. " already exists with a different structure"
@@ -272,7 +305,12 @@ function restore.run(ctx, req)
         return nil, "cannot restore into table " .. qname .. " (" .. existing.engine
           .. "): adding data to a non-empty Log-family table is not supported"
       end
+      local placed, place_err = cat:place(existing)
+      if not placed then
+        return nil, place_err
+      end
       t.existing, t.uuid, t.data_dir = existing, existing.uuid, existing.data_dir
+      t.locations = existing.locations
     else
       t.uuid = uuid.new()
       local data_uuid = t.uuid
@@ -288,11 +326,77 @@ function restore.run(ctx, req)
       end
       t.data_uuid = data_uuid
       t.data_dir = cat.path .. "/store/" .. data_uuid:sub(1, 3) .. "/" .. data_uuid
+      if t.family ~= "none" then
+        -- the disks of the target's storage policy; a missing or non-local
+        -- disk is refused here, before anything is written
+        local tdisks, derr2 = disks.for_body(ctx.config, cat.path,
+          t.inner_body or t.body, "table " .. qname)
+        if not tdisks then
+          return nil, derr2
+        end
+        local rel = "store/" .. data_uuid:sub(1, 3) .. "/" .. data_uuid
+        t.locations = {}
+        for _, d in ipairs(tdisks) do
+          t.locations[#t.locations + 1] = { disk = d.name, dir = d.path .. "/" .. rel, disk_path = d.path,
+            keep_free = d.keep_free, max_part = d.max_part }
+        end
+        if t.family == "log" then
+          if #t.locations ~= 1 then
+            return nil, "table " .. qname .. " (" .. tostring(engine)
+              .. ") is on a storage policy of " .. #t.locations .. " disks; Log-family tables use one"
+          end
+          t.data_dir = t.locations[1].dir
+        end
+      end
     end
     targets[#targets + 1] = t
   end
 
-  -- Phase 2: plan the copies into temporary names.
+  -- What this run creates is noted in the data path's lock file first, so
+  -- that the next RESTORE removes it if this one is killed (chbackup.lock).
+  if ctx.lock then
+    local dirs, dbs = {}, {}
+    for _, t in ipairs(targets) do
+      if not t.existing and t.family ~= "none" then
+        for _, loc in ipairs(t.locations or { { dir = t.data_dir } }) do
+          dirs[#dirs + 1] = loc.dir
+        end
+      end
+    end
+    for _, db in ipairs(new_dbs) do
+      dbs[#dbs + 1] = { escaped = names.escape_file(db.name), uuid = db.uuid }
+    end
+    local noted, nerr = ctx.lock:note(dirs, dbs)
+    if not noted then
+      return nil, nerr
+    end
+  end
+
+  -- Phase 2: plan the copies into temporary names. A part goes to the disk
+  -- it was on when the target's policy has a disk of that name, else to the
+  -- policy's first disk with room for it (its volume's max_data_part_size_bytes
+  -- and the disk's keep_free_space_bytes counted).
+  local reserved, was_on = {}, disks.read_record(b) or {}
+  local function place_part(t, part_name, size, from_disk)
+    local locs = t.locations or catalog_mod.locations(t)
+    for _, loc in ipairs(locs) do
+      if from_disk and loc.disk == from_disk then
+        return loc
+      end
+    end
+    for _, loc in ipairs(locs) do
+      -- as ClickHouse reserves: a volume takes parts up to its max_data_part_size_bytes,
+      -- a disk keeps its keep_free_space_bytes free
+      local key = loc.disk_path or loc.dir
+      local free = disk_free(key) - (loc.keep_free or 0) - (reserved[key] or 0)
+      if free >= size and not (loc.max_part and loc.max_part > 0 and size > loc.max_part) then
+        reserved[key] = (reserved[key] or 0) + size
+        return loc
+      end
+    end
+    return nil, string.format("no disk of table %s's storage policy has room for part %s (%d bytes)",
+      t.qname, part_name, size)
+  end
   local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
   local empty_files, copies = {}, {}
@@ -338,7 +442,18 @@ function restore.run(ctx, req)
             next_block = next_block + 1
             final = string.format("%s_%d_%d_%d", p.info.partition_id, next_block, next_block, p.info.level)
           end
-          local r = { tmp = t.data_dir .. "/tmp_restore_" .. final, final = t.data_dir .. "/" .. final }
+          -- room the part takes: whole 4 KiB blocks per file and one for its directory
+          local size, from = 4096, nil
+          for _, x in ipairs(p.list) do
+            size = size + (x.file.size + 4095) // 4096 * 4096
+            from = from or was_on[x.file.name:match("^(data/[^/]+/[^/]+/[^/]+)/") or ""]
+          end
+          local loc, perr = place_part(t, p.name, size, from)
+          if not loc then
+            job:close()
+            return nil, perr
+          end
+          local r = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final }
           renames[#renames + 1] = r
           for _, x in ipairs(p.list) do
             if ok then
@@ -388,12 +503,25 @@ function restore.run(ctx, req)
   end
   for _, t in ipairs(targets) do
     if not t.existing and t.family ~= "none" then
-      created[#created + 1] = t.data_dir
-      local ok, merr = fsutil.mkdir_p(t.data_dir)
-      if ok and t.family == "mergetree" then
-        ok, merr = fsutil.mkdir_p(t.data_dir .. "/detached")
-        if ok then
-          ok, merr = fsutil.write_file(t.data_dir .. "/format_version.txt", "1")
+      local dirs = { t.data_dir }
+      if t.family == "mergetree" then
+        dirs = {}
+        for _, loc in ipairs(t.locations) do
+          dirs[#dirs + 1] = loc.dir
+        end
+      end
+      local ok, merr = true, nil
+      for i, dir in ipairs(dirs) do
+        created[#created + 1] = dir
+        ok, merr = fsutil.mkdir_p(dir)
+        if ok and t.family == "mergetree" then
+          ok, merr = fsutil.mkdir_p(dir .. "/detached")
+          if ok and i == 1 then
+            ok, merr = fsutil.write_file(dir .. "/format_version.txt", "1")
+          end
+        end
+        if not ok then
+          break
         end
       end
       if not ok then
@@ -477,7 +605,10 @@ function restore.run(ctx, req)
       end
       if t.family ~= "none" then
         fsutil.mkdir_p(cat.path .. "/data/" .. esc_db)
-        lfs.link("../../store/" .. t.data_uuid:sub(1, 3) .. "/" .. t.data_uuid,
+        -- to the table's directory on the first disk of its policy, as ClickHouse links it
+        local first = t.locations and t.locations[1]
+        lfs.link(first and disks.relative(cat.path .. "/data/" .. esc_db, first.dir)
+          or ("../../store/" .. t.data_uuid:sub(1, 3) .. "/" .. t.data_uuid),
           cat.path .. "/data/" .. esc_db .. "/" .. esc_t, true)
       end
     end

@@ -340,9 +340,18 @@ end
 
 -- Store --------------------------------------------------------------------
 
+--- How many finished operations a store keeps, and for how long (as
+-- ClickHouse's system.backup_log TTL): a finished row older than `days`
+-- or not among the newest `keep` is removed (0: no limit).
+status.DEFAULT_KEEP = 1000
+status.DEFAULT_DAYS = 30
+
+
 --- Opens (creating it if needed) the operations log in `dir`.
 -- `options.clock`: a function returning microseconds since the epoch
 -- (default: `chbackup.core.now_us` when loadable, else whole seconds).
+-- `options.keep`, `options.days`: pruning of finished rows (above), done
+-- as operations finish (default status.DEFAULT_KEEP, DEFAULT_DAYS).
 -- @treturn[1] store
 -- @treturn[2] nil, message
 function status.open(dir, options)
@@ -357,9 +366,17 @@ function status.open(dir, options)
   if not ok then
     return nil, err
   end
+  for _, k in ipairs({ "keep", "days" }) do
+    local v = options[k]
+    if v ~= nil and (type(v) ~= "number" or v < 0) then
+      return nil, string.format("status %s must be a number >= 0 (0: no limit), got %s", k, tostring(v))
+    end
+  end
   return setmetatable({
     dir = dir:gsub("(.)/+$", "%1"),
     clock = options.clock or default_clock(),
+    keep = math.tointeger(options.keep) or math.floor(options.keep or status.DEFAULT_KEEP),
+    days = options.days or status.DEFAULT_DAYS,
   }, Store)
 end
 
@@ -579,7 +596,81 @@ function Store:finish(id, final_status, err_text)
   row.status = final_status
   row.error = err_text or ""
   row.end_time = now(self)
-  return write_atomic(self:path(id), encode_row(row))
+  local ok, werr = write_atomic(self:path(id), encode_row(row))
+  if ok then
+    self:prune()
+  end
+  return ok, werr
+end
+
+
+--- Removes finished rows older than the store's `days` or beyond its newest
+-- `keep` (by the time each file was last written, its end), and temporary
+-- or cancel files left by processes that died. A running row is never
+-- removed. Returns the number of rows removed.
+function Store:prune()
+  local keep, days = self.keep, self.days
+  local ok, iter, state, first, closer = pcall(lfs.dir, self.dir)
+  if not ok then
+    return 0
+  end
+  local files, now_s = {}, os.time()
+  for entry in iter, state, first, closer do
+    local path = self.dir .. "/" .. entry
+    if entry:match("%.json$") then
+      local mtime = lfs.attributes(path, "modification")
+      if mtime then
+        files[#files + 1] = { path = path, mtime = mtime, name = entry }
+      end
+    else
+      local pid = entry:match("%.tmp%.(%d+)$")
+      local old = (lfs.attributes(path, "modification") or now_s) < now_s - 3600
+      if (pid and old and process_ended(math.tointeger(tonumber(pid)), nil))
+          or (entry:match("%.cancel$") and old) then
+        os.remove(path)
+      end
+    end
+  end
+  local limit = days > 0 and (now_s - days * 86400) or nil
+  if (keep == 0 or #files <= keep) and not limit then
+    return 0
+  end
+  -- newest first: by the file's time (seconds), rows written in the same
+  -- second as the keep-th by their own end time (microseconds)
+  local by_time = function(a, b)
+    if a.t ~= b.t then
+      return a.t > b.t
+    end
+    return a.name > b.name
+  end
+  for _, f in ipairs(files) do
+    f.t = f.mtime * 1000000
+  end
+  table.sort(files, by_time)
+  if keep > 0 and #files > keep then
+    local edge = files[keep].mtime
+    for _, f in ipairs(files) do
+      if f.mtime == edge then
+        local text = read_file(f.path)
+        local row = text and decode_row(text, f.path)
+        f.t = row and math.max(row.end_time, row.start_time) or f.t
+      end
+    end
+    table.sort(files, by_time)
+  end
+  local removed = 0
+  for i, f in ipairs(files) do
+    if (keep > 0 and i > keep) or (limit and f.mtime < limit) then
+      local text = read_file(f.path)
+      local row = text and decode_row(text, f.path)
+      if row and report(row).status ~= RUNNING[row.kind] then
+        if os.remove(f.path) then
+          removed = removed + 1
+        end
+      end
+    end
+  end
+  return removed
 end
 
 

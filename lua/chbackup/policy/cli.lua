@@ -86,6 +86,7 @@ end
 local function env_for(opts, pol, out, quiet)
   return {
     path = opts.path, config = opts.config, status_dir = opts.status_dir, threads = opts.threads,
+    status_keep = tonumber(opts.status_keep), status_days = tonumber(opts.status_days),
     log = function(rec)
       if not quiet or rec.level ~= "info" then
         out:write(line(rec, pol.zone))

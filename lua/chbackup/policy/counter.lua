@@ -10,7 +10,8 @@
 --       backup (read through its chain, each file checked against its
 --       checksum): exact for MergeTree tables, reads no data file, needs no
 --       server; Log-family tables are not counted.
---   counter.from_data_path(path)           the same, from a data path's active parts.
+--   counter.from_data_path(path[, cfg])    the same, from a data path's active parts (cfg: on
+--                                          every disk of each table's storage policy).
 --   counter.with_clickhouse(run, path, o)  real ClickHouse (embedded) on a
 --       data path: rows per partition from system.parts, count() and, with
 --       o.digest, sum(cityHash64(tuple(*))) — a full read of every column.
@@ -114,8 +115,8 @@ end
 
 -- The tables of a data path that hold data, outside the system databases:
 -- list of {db = name, t = catalog table}, or nil, err.
-local function data_tables(path)
-  local cat, err = catalog.open(path)
+local function data_tables(path, cfg)
+  local cat, err = catalog.open(path, cfg)
   if not cat then
     return nil, err
   end
@@ -128,6 +129,12 @@ local function data_tables(path)
       end
       for _, t in ipairs(list) do
         if t.family ~= "none" then
+          if cfg then   -- the table's parts on every disk of its storage policy
+            local ok, perr = cat:place(t)
+            if not ok then
+              return nil, perr
+            end
+          end
           out[#out + 1] = { db = db.name, t = t }
         end
       end
@@ -138,8 +145,8 @@ end
 
 
 --- Counts rows of a data path from its active parts' count.txt.
-function counter.from_data_path(path)
-  local tables, err = data_tables(path)
+function counter.from_data_path(path, cfg)
+  local tables, err = data_tables(path, cfg)
   if not tables then
     return nil, err
   end
@@ -150,7 +157,11 @@ function counter.from_data_path(path)
     s.engine = t.engine
     if t.family == "mergetree" then
       s.total, s.partitions = 0, {}
-      for _, part in ipairs(catalog.active_parts(t)) do
+      local parts, perr = catalog.active_parts(t)
+      if not parts then
+        return nil, perr
+      end
+      for _, part in ipairs(parts) do
         local text = fsutil.read_file(part.dir .. "/count.txt")
         local n = math.tointeger(tonumber(text and text:match("^%s*(%d+)")))
         if not n then
@@ -263,8 +274,11 @@ function counter.find_clickhouse(spec)
   if not fsutil.exists(lib) then
     return nil, "ClickHouse library not found (" .. lib .. "; run scripts/get-clickhouse or set CHDB_LIB)"
   end
-  local function run(path, statements)
+  local function run(path, statements, config_file)
     local cmd = { q(chq), "--lib", q(lib), "--path", q(path) }
+    if config_file then   -- disks and storage policies the data path's tables use
+      cmd[#cmd + 1] = "--config " .. q(config_file)
+    end
     for _, s in ipairs(statements) do
       cmd[#cmd + 1] = q(s)
     end

@@ -17,6 +17,7 @@
 -- table `env` (every field optional):
 --   log(record)        called for every decision: {time=, event=, backup=, reason=, level=}
 --   path, config, status_dir, threads   override the policy's source (the CLI's options)
+--   status_keep, status_days   pruning of the status directory (chbackup.open)
 --   store              a store (chbackup.policy.store.memory() for simulations)
 --   execute(sql)       runs a BACKUP statement (default: chbackup's Lua API)
 --   counter(info)      row counts at backup time (overrides verification.counter)
@@ -74,7 +75,7 @@ local function check_source(t)
   if not ok then
     return nil, err
   end
-  ok, err = known_keys(t, { "path", "config" }, "source.")
+  ok, err = known_keys(t, { "path", "config", "status_dir" }, "source.")
   if not ok then
     return nil, err
   end
@@ -84,7 +85,11 @@ local function check_source(t)
   if t.config ~= nil and type(t.config) ~= "string" and type(t.config) ~= "table" then
     return nil, "source.config: expected a config file path or a config table, got " .. type(t.config)
   end
-  return { path = t.path, config = t.config }
+  if t.status_dir ~= nil and (type(t.status_dir) ~= "string" or t.status_dir:sub(1, 1) ~= "/") then
+    return nil, "source.status_dir: expected an absolute directory like \"/var/lib/chbackup/status\", got "
+      .. tostring(t.status_dir)
+  end
+  return { path = t.path, config = t.config, status_dir = t.status_dir }
 end
 
 

@@ -16,8 +16,10 @@ local chain = require("chbackup.chain")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local lock = require("chbackup.lock")
 local sql = require("chbackup.sql")
 local counter = require("chbackup.policy.counter")
+local leftovers = require("chbackup.policy.leftovers")
 local retention = require("chbackup.policy.retention")
 local schedule = require("chbackup.policy.schedule")
 local selection = require("chbackup.policy.selection")
@@ -90,7 +92,8 @@ local function instance(ctx)
   if not ctx.instance then
     local chbackup = require("chbackup")
     local inst, err = chbackup.open({ path = ctx.source_path, config = ctx.cfg,
-      status_dir = ctx.env.status_dir, threads = tonumber(ctx.env.threads) })
+      status_dir = ctx.env.status_dir or ctx.pol.source.status_dir, threads = tonumber(ctx.env.threads),
+      status_keep = ctx.env.status_keep, status_days = ctx.env.status_days })
     if not inst then
       return nil, err
     end
@@ -128,8 +131,10 @@ local function on_error(ctx, step, name, err)
 end
 
 
--- Locking: one run of a policy at a time, per destination. A lock whose
--- process is gone is taken over.
+-- Locking: one run of a policy at a time, per destination: an flock(2) on
+-- `<root>/.chbackup-policy-<name>.lock` (chbackup.lock), released by the
+-- kernel if the run is killed. (Older versions made the lock a directory
+-- with the owner's pid: one whose process is gone is taken over.)
 local function lock_path(ctx)
   local st = ctx.store
   if not st.root then
@@ -139,7 +144,7 @@ local function lock_path(ctx)
 end
 
 
-local function acquire(ctx)
+local function acquire(ctx, what)
   local path = lock_path(ctx)
   if not path or ctx.env.lock == false then
     return true
@@ -150,12 +155,7 @@ local function acquire(ctx)
       return nil, err
     end
   end
-  for _ = 1, 2 do
-    if lfs.mkdir(path) then
-      fsutil.write_file(path .. "/owner", string.format("%d %d\n", core.getpid(), ctx.now))
-      ctx.lock = path
-      return true
-    end
+  if lfs.symlinkattributes(path, "mode") == "directory" then
     local owner = fsutil.read_file(path .. "/owner") or ""
     local pid = tonumber(owner:match("^(%d+)"))
     if pid and fsutil.exists("/proc/" .. pid) and pid ~= core.getpid() then
@@ -163,13 +163,20 @@ local function acquire(ctx)
     end
     store_mod.remove_tree(path)
   end
-  return nil, "cannot take the lock " .. path
+  local lk, err = lock.take(path, "policy " .. ctx.pol.name .. " " .. what, function(holder)
+    return string.format("another run of policy %s is in progress (%s, lock %s)", ctx.pol.name, holder, path)
+  end)
+  if not lk then
+    return nil, err
+  end
+  ctx.lock = lk
+  return true
 end
 
 
 local function release(ctx)
   if ctx.lock then
-    store_mod.remove_tree(ctx.lock)
+    ctx.lock:release(true)
     ctx.lock = nil
   end
 end
@@ -456,6 +463,13 @@ end
 
 -- Verification ------------------------------------------------------------
 
+-- Where verifications make their scratch data paths.
+local function scratch_root(ctx)
+  return ctx.pol.verification.scratch or ctx.env.scratch or os.getenv("TMPDIR") or "/var/tmp"
+end
+
+
+
 local function choose(ctx, points, opts)
   local pol = ctx.pol
   if opts and opts.backup then
@@ -538,7 +552,7 @@ local function verify_points(ctx, chosen)
         ctx.log("verify", p.name, "restoring into a scratch data path and checking it")
         local vctx = {
           cfg = ctx.cfg, policy = pol, now = ctx.now, threads = tonumber(ctx.env.threads),
-          scratch = pol.verification.scratch or ctx.env.scratch or os.getenv("TMPDIR") or "/var/tmp",
+          scratch = scratch_root(ctx),
           keep_scratch = pol.verification.keep_scratch, password = pw,
           clickhouse = clickhouse(ctx), clickhouse_why = ctx.clickhouse_why, clickhouse_name = ctx.clickhouse_name,
           log = function(msg) ctx.log("check", p.name, tostring(msg)) end,
@@ -572,6 +586,52 @@ local function verify_points(ctx, chosen)
     end
   end
   return results
+end
+
+
+-- What killed runs left --------------------------------------------------
+
+-- Removes what killed runs of this policy left (chbackup.policy.leftovers)
+-- and records the row counts a run killed after its backup did not.
+local function finish_killed_runs(ctx)
+  local found, alone = leftovers.find(ctx.store, ctx.pol, scratch_root(ctx))
+  for _, x in ipairs(alone) do
+    ctx.log("leftover", x.name, x.why .. "; left alone", "warn")
+  end
+  local _, errors = leftovers.clean(ctx.store, found, function(name, msg, level)
+    if level == "error" then
+      ctx.fail("cleanup", name, msg)
+    else
+      ctx.log("cleaned", name, msg)
+    end
+  end)
+  local pol = ctx.pol
+  local can_count = ctx.cfg or ctx.env.counter or type(pol.verification.counter) == "function"
+  if not (pol.verification.row_counts and can_count) then
+    return errors
+  end
+  for _, p in ipairs(ctx.store:list().points) do
+    local r = p.record
+    if r and r.statement and not r.rows and not r.rows_error then
+      -- a run killed between its backup and its row counts: count the
+      -- backup itself now (the source has moved on since)
+      local dest = chain.parse_name(p.destination)
+      local rows, how = nil, "cannot parse " .. tostring(p.destination)
+      if dest then
+        rows, how = counter.from_backup(ctx.cfg, dest, { password = (store_mod.password(pol)) })
+      end
+      if rows then
+        r.rows, r.counted_by = rows, "count.txt of every part in the backup (recorded by a later run: the run "
+          .. "that made it was interrupted before it counted)"
+        ctx.store:write_record(p.name, r)
+        ctx.log("count", p.name, "row counts recorded a killed run did not (count.txt of every part in the backup)")
+      else
+        ctx.log("count", p.name, "row counts a killed run did not record cannot be counted: " .. tostring(how)
+          .. "; its verification fails", "warn")
+      end
+    end
+  end
+  return errors
 end
 
 
@@ -718,6 +778,13 @@ function runner._plan(pol, now, env)
   end
   local listing = ctx.store:list()
   listing_problems(ctx, listing)
+  local found, alone = leftovers.find(ctx.store, pol, scratch_root(ctx))
+  for _, x in ipairs(found) do
+    ctx.log("leftover", x.name, x.path .. ": " .. x.why .. "; the next run removes it", "warn")
+  end
+  for _, x in ipairs(alone) do
+    ctx.log("leftover", x.name, x.why .. "; left alone", "warn")
+  end
   local due = runner.decide(pol, listing.points, now)
   if due.kind then
     local name = store_mod.format_name(pol.destination.compiled, now, pol.zone, due.kind)
@@ -749,7 +816,8 @@ function runner._plan(pol, now, env)
   end
   return {
     policy = pol.name, now = now, due = due, verify = { due = vdue, reason = vwhy }, next = next_runs,
-    points = listing.points, listing = listing, retention = res, log = ctx.records, ok = #ctx.errors == 0,
+    points = listing.points, listing = listing, leftovers = found, retention = res, log = ctx.records,
+    ok = #ctx.errors == 0,
     errors = ctx.errors,
   }
 end
@@ -764,7 +832,7 @@ local function locked(pol, now, env, report, body)
   if not ok then
     return nil, err
   end
-  ok, err = acquire(ctx)
+  ok, err = acquire(ctx, report.results and "verify" or "run")
   if not ok then
     return nil, err
   end
@@ -785,6 +853,7 @@ end
 function runner.run(pol, now, env)
   local report = { policy = pol.name, now = now, verified = {}, deleted = {} }
   return locked(pol, now, env, report, function(ctx)
+    finish_killed_runs(ctx)
     local listing = ctx.store:list()
     listing_problems(ctx, listing)
     finish_deletions(ctx, listing)
@@ -829,6 +898,7 @@ end
 function runner.verify(pol, now, env, opts)
   local report = { policy = pol.name, now = now, results = {}, suite = {} }
   return locked(pol, now, env, report, function(ctx)
+    finish_killed_runs(ctx)
     local listing = ctx.store:list()
     listing_problems(ctx, listing)
     local points = listing.points

@@ -298,20 +298,28 @@ local function timestamp_time(s)
 end
 
 
--- Removes a tree without following symlinks (a link is removed as a link).
+-- Removes a tree without following symlinks (a link is removed as a link);
+-- `last`, a name inside the directory (its marker), goes after everything
+-- else, so that a removal cut short still carries it.
 -- Returns true or nil, err naming the first thing it could not remove.
-local function remove_tree(path)
+local function remove_tree(path, last)
   local attr = lfs.symlinkattributes(path)
   if not attr then
     return true
   end
   if attr.mode == "directory" then
     for entry in lfs.dir(path) do
-      if entry ~= "." and entry ~= ".." then
+      if entry ~= "." and entry ~= ".." and entry ~= last then
         local ok, err = remove_tree(path .. "/" .. entry)
         if not ok then
           return nil, err
         end
+      end
+    end
+    if last then
+      local ok, err = remove_tree(path .. "/" .. last)
+      if not ok then
+        return nil, err
       end
     end
     local ok, err = lfs.rmdir(path)
@@ -866,7 +874,8 @@ function DiskStore:delete(p)
   elseif not lfs.symlinkattributes(p.path .. "/.backup.deleting") then
     return nil, "backup " .. p.name .. " has neither .backup nor .backup.deleting; not deleting it"
   end
-  local ok, err = remove_tree(p.path)
+  -- `.backup.deleting` goes last: a deletion cut short is still recognised
+  local ok, err = remove_tree(p.path, ".backup.deleting")
   if not ok then
     return nil, err .. " (the backup is invalidated; the next run finishes the deletion)"
   end

@@ -19,7 +19,10 @@
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local counter = require("chbackup.policy.counter")
+local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
+local leftovers = require("chbackup.policy.leftovers")
+local lock = require("chbackup.lock")
 local runner = require("chbackup.runner")
 local store_mod = require("chbackup.policy.store")
 
@@ -94,10 +97,40 @@ function verify.checksums(b, threads)
 end
 
 
+-- The configuration a scratch restore uses: the source's, with every local
+-- disk other than the default one and the backup disks moved into the
+-- scratch directory, so that parts restored onto a storage policy's other
+-- disks (`cold`, …) land in scratch, never on the production disks.
+function verify.scratch_config(cfg, scratch)
+  local out = {}
+  for k, v in pairs(cfg) do
+    out[k] = v
+  end
+  local keep = {}
+  for _, name in ipairs(cfg.allowed_disks or {}) do
+    keep[name] = true
+  end
+  out.disks = {}
+  for name, d in pairs(cfg.disks or {}) do
+    if d.type == "local" and name ~= "default" and not keep[name] then
+      local copy = {}
+      for k, v in pairs(d) do
+        copy[k] = v
+      end
+      copy.path = scratch .. "/disks/" .. name .. "/"
+      out.disks[name] = copy
+    else
+      out.disks[name] = d
+    end
+  end
+  return out
+end
+
+
 local function default_restore(ctx, data, point)
   local chbackup = require("chbackup")
-  local inst, err = chbackup.open({ path = data, config = ctx.cfg, status_dir = data:gsub("/data$", "") .. "/status",
-    threads = ctx.threads })
+  local inst, err = chbackup.open({ path = data, config = verify.scratch_config(ctx.cfg, data:gsub("/data$", "")),
+    status_dir = data:gsub("/data$", "") .. "/status", threads = ctx.threads })
   if not inst then
     return nil, err
   end
@@ -207,10 +240,18 @@ function verify.backup(ctx, point)
     scratch_counter)
   local data = scratch .. "/data"
   local restored_ok = false
+  local scratch_lock
   local rc = step("restore", function()
     store_mod.remove_tree(scratch)
     local ok, err = fsutil.mkdir_p(scratch)
     if not ok then
+      return false, err
+    end
+    -- held while the scratch data path is in use: one nobody holds is a
+    -- killed verification's, removed by the policy's next run
+    scratch_lock, err = lock.take(scratch .. "/" .. leftovers.VERIFY_LOCK, "verify " .. point.name,
+      function(holder) return scratch .. " is in use by " .. holder end)
+    if not scratch_lock then
       return false, err
     end
     local t0 = core.now_us()
@@ -224,20 +265,38 @@ function verify.backup(ctx, point)
   end)
   result.scratch = scratch
 
+  -- ClickHouse on the scratch data path needs the disks and storage
+  -- policies its tables use (moved into scratch, as the restore used them)
+  local clickhouse = ctx.clickhouse
+  local ch_xml = ctx.clickhouse and disks.clickhouse_config(verify.scratch_config(ctx.cfg, scratch))
+  if ch_xml and fsutil.write_file(scratch .. "/clickhouse-config.xml", ch_xml) then
+    clickhouse = function(path, statements)
+      return ctx.clickhouse(path, statements, scratch .. "/clickhouse-config.xml")
+    end
+  end
+
   local restored_rows
   step("row_counts", function()
     local recorded = point.record and point.record.rows
     local how
     local rerr
     if ctx.clickhouse then
-      restored_rows, rerr = counter.with_clickhouse(ctx.clickhouse, data, { digest = true })
+      restored_rows, rerr = counter.with_clickhouse(clickhouse, data, { digest = true })
       how = "read with " .. (ctx.clickhouse_name or "ClickHouse")
     else
-      restored_rows, rerr = counter.from_data_path(data)
+      restored_rows, rerr = counter.from_data_path(data, verify.scratch_config(ctx.cfg, scratch))
       how = "from the restored parts' count.txt (no ClickHouse: " .. tostring(ctx.clickhouse_why) .. ")"
     end
     if not restored_rows then
       return false, "cannot count the restored rows: " .. tostring(rerr)
+    end
+    if type(recorded) ~= "table" and ctx.policy.verification.row_counts and point.record
+        and not point.record.rows_error then
+      -- the policy counts rows at backup time: a run killed before it
+      -- recorded them (and no later run could) leaves nothing to compare
+      return false, "no row counts were recorded for " .. point.name .. " (policy record "
+        .. tostring(point.record.name or point.name) .. ".chbackup.json has none; the run that made it was "
+        .. "interrupted and they could not be counted since); restored data " .. how
     end
     if type(recorded) ~= "table" then
       return "no row counts were recorded at backup time; restored data " .. how
@@ -267,7 +326,7 @@ function verify.backup(ctx, point)
           if not ctx.clickhouse then
             error("no ClickHouse to query the restored data with: " .. tostring(ctx.clickhouse_why), 2)
           end
-          local out, err = ctx.clickhouse(data, { text })
+          local out, err = clickhouse(data, { text })
           if not out then
             error(err, 2)
           end
@@ -286,8 +345,11 @@ function verify.backup(ctx, point)
     counter.close(b)
   end
   if not ctx.keep_scratch and (restored_ok or rc.ok ~= nil) then
-    store_mod.remove_tree(scratch)
+    leftovers.remove_tree(scratch, leftovers.VERIFY_LOCK)
     result.scratch = nil
+  end
+  if scratch_lock then
+    scratch_lock:release(true)
   end
   result.duration = seconds_since(started)
   return result

@@ -1,0 +1,142 @@
+--- `list`: the backups at a destination (restic's `snapshots`,
+-- clickhouse-backup's `list`, pgBackRest's `info`).
+--
+-- A destination is a directory given as a backup name with a prefix path:
+-- `Disk('backups', '')` (the whole disk), `Disk('backups', 'nightly')`,
+-- `File('/backups')`. Below it, a directory holding `.backup` is a backup
+-- (not descended into), a `*.zip` file is an archive backup; a directory
+-- with chbackup's `.chbackup-incomplete` marker, or `.backup.deleting`, is
+-- listed as what it is, so that nothing half-made looks like a backup.
+-- @module chbackup.listing
+local lfs = require("lfs")
+local chain = require("chbackup.chain")
+local config = require("chbackup.config")
+local manifest = require("chbackup.manifest")
+local sql = require("chbackup.sql")
+
+local listing = {}
+
+local MARKER = ".chbackup-incomplete"
+
+
+-- The backup name of `rel` below the destination dest (a parsed name).
+local function name_of(dest, rel)
+  local args = dest.args
+  if dest.engine == "Disk" then
+    local prefix = args[2]:gsub("/+$", "")
+    local path = prefix == "" and rel or (prefix .. "/" .. rel)
+    return "Disk(" .. sql.quote_string(args[1]) .. ", " .. sql.quote_string(path) .. ")"
+  end
+  return "File(" .. sql.quote_string(args[1]:gsub("/+$", "") .. "/" .. rel) .. ")"
+end
+
+
+-- Bytes the backup stores itself: its own files (a directory), or the
+-- archive's size.
+local function stored_bytes(b)
+  if b.dest.archive then
+    return lfs.attributes(b.dest.path, "size") or 0
+  end
+  local n = 0
+  for _, e in ipairs(b.manifest.files) do
+    if not (e.data_file and e.data_file ~= e.name and b.manifest.by_name[e.data_file]) then
+      n = n + e.size - (e.base_size or (e.use_base and e.size) or 0)
+    end
+  end
+  return n
+end
+
+
+-- One row for a backup found at rel.
+local function row_of(cfg, dest, rel, opts)
+  local name = name_of(dest, rel)
+  local row = { name = name, path = rel }
+  local parsed = chain.parse_name(name)
+  local b, err = chain.open(cfg, parsed, { password = opts.password })
+  if not b then
+    row.status = "unreadable"
+    row.problem = err
+    return row
+  end
+  local m = b.manifest
+  row.timestamp, row.uuid = m.timestamp, m.uuid
+  row.kind = m.base_backup and "incremental" or "full"
+  row.base_backup = m.base_backup
+  row.files = #m.files
+  local total = 0
+  for _, e in ipairs(m.files) do
+    total = total + e.size
+  end
+  row.restored_bytes = total
+  row.stored_bytes = stored_bytes(b)
+  local bases, berr = chain.list(b)
+  if bases then
+    row.status, row.chain = "ok", #bases
+  else
+    row.status, row.problem = "broken chain", berr
+  end
+  return row
+end
+
+
+--- The backups below the destination named `dest_name` (a backup name such
+-- as "Disk('backups', '')"). opts.password opens encrypted backups.
+-- Returns rows sorted by timestamp then name: {name=, path=, timestamp=,
+-- uuid=, kind=, base_backup=, files=, restored_bytes=, stored_bytes=,
+-- chain=, status= ("ok" | "broken chain" | "unreadable" | "incomplete" |
+-- "being deleted"), problem=}; or nil, err.
+function listing.run(cfg, dest_name, opts)
+  opts = opts or {}
+  local dest, err = chain.parse_name(dest_name)
+  if not dest then
+    return nil, err
+  end
+  local root
+  root, err = config.resolve(cfg, dest)
+  if not root then
+    return nil, err
+  end
+  if lfs.attributes(root.path, "mode") ~= "directory" then
+    return nil, "destination " .. dest_name .. " (" .. root.path .. ") is not a directory"
+  end
+  local rows = {}
+  local function walk(dir, rel)
+    local entries = {}
+    for e in lfs.dir(dir) do
+      if e ~= "." and e ~= ".." then
+        entries[#entries + 1] = e
+      end
+    end
+    table.sort(entries)
+    for _, e in ipairs(entries) do
+      local path, r = dir .. "/" .. e, rel == "" and e or (rel .. "/" .. e)
+      local mode = lfs.symlinkattributes(path, "mode")
+      if mode == "directory" then
+        if lfs.symlinkattributes(path .. "/" .. MARKER) then
+          rows[#rows + 1] = { name = name_of(dest, r), path = r, status = "incomplete",
+            problem = "an unfinished backup (" .. MARKER .. ")" }
+        elseif lfs.symlinkattributes(path .. "/" .. manifest.FILE .. ".deleting") then
+          rows[#rows + 1] = { name = name_of(dest, r), path = r, status = "being deleted",
+            problem = "its deletion was started and not finished" }
+        elseif lfs.symlinkattributes(path .. "/" .. manifest.FILE) then
+          rows[#rows + 1] = row_of(cfg, dest, r, opts)
+        else
+          walk(path, r)
+        end
+      elseif mode == "file" and e:match("%.zip$") then
+        rows[#rows + 1] = row_of(cfg, dest, r, opts)
+      end
+    end
+  end
+  walk(root.path, "")
+  table.sort(rows, function(a, b)
+    if (a.timestamp or "") ~= (b.timestamp or "") then
+      return (a.timestamp or "") < (b.timestamp or "")
+    end
+    return a.name < b.name
+  end)
+  return rows
+end
+
+
+return listing
