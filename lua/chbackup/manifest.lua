@@ -52,10 +52,12 @@ function manifest.safe_name(name)
   if type(name) ~= "string" or name == "" or name:find("[%z\1-\31\127]") then
     return false
   end
-  for part in (name .. "/"):gmatch("([^/]*)/") do
-    if part == "" or part == "." or part == ".." then
-      return false
-    end
+  -- (no string made per component: a manifest may list many files)
+  if name:byte(1) == 47 or name:byte(-1) == 47 or name:find("//", 1, true) then
+    return false   -- an empty component
+  end
+  if name:find("^%.%.?/") or name:find("^%.%.?$") or name:find("/%.%.?/") or name:find("/%.%.?$") then
+    return false   -- "." or ".."
   end
   return true
 end
@@ -78,7 +80,8 @@ local function read_xml(next_chunk)
   local bad                  -- the first problem the callbacks found
   local stack = {}           -- open elements, the root first
   local ignored              -- depth of an unknown element being skipped
-  local field, text          -- the scalar element being read, its text
+  local field                -- the scalar element being read
+  local text, ntext = {}, 0  -- its text, in pieces (one buffer, reused)
   local file                 -- the <file> being read
   local have_contents = false
   local parser
@@ -108,7 +111,7 @@ local function read_xml(next_chunk)
           if m[name] ~= nil then
             fail("<" .. name .. "> appears twice")
           end
-          field, text = name, {}
+          field, ntext = name, 0
         elseif name == "contents" then
           if have_contents then
             fail("<contents> appears twice")
@@ -127,14 +130,15 @@ local function read_xml(next_chunk)
           fail((file.name and ("file " .. file.name) or ("file entry " .. (#m.files + 1)))
             .. " has two <" .. name .. ">")
         end
-        field, text = name, {}
+        field, ntext = name, 0
       else
         ignored = depth
       end
     end,
     CharacterData = function(_, s)
       if field and not bad then
-        text[#text + 1] = s
+        ntext = ntext + 1
+        text[ntext] = s
       end
     end,
     EndElement = function(_, name)
@@ -148,12 +152,13 @@ local function read_xml(next_chunk)
           ignored = nil
         end
       elseif field then
+        local value = ntext == 1 and text[1] or table.concat(text, "", 1, ntext)
         if depth == 2 then
-          m[name] = table.concat(text)
+          m[name] = value
         else
-          file[name] = table.concat(text)
+          file[name] = value
         end
-        field, text = nil, nil
+        field, ntext = nil, 0
       elseif depth == 3 then
         m.files[#m.files + 1] = file
         file = nil
@@ -182,6 +187,10 @@ local function read_xml(next_chunk)
 end
 
 
+local CHECKSUM_FIELDS = { "checksum", "base_checksum" }
+local BOOLEAN_FIELDS = { "use_base", "encrypted_by_disk" }
+
+
 -- Checks and converts the values of one file entry (i-th); returns the
 -- entry or nil, err.
 local function check_file(raw, i)
@@ -203,18 +212,19 @@ local function check_file(raw, i)
   if not e.size then
     return bad("size " .. shown(raw.size) .. " is not a non-negative integer")
   end
-  for _, k in ipairs({ "checksum", "base_checksum" }) do
-    if raw[k] ~= nil then
-      if not is_checksum(raw[k]) then
-        return bad(k .. " " .. shown(raw[k]) .. " is not 32 hexadecimal digits")
+  for _, k in ipairs(CHECKSUM_FIELDS) do
+    local v = raw[k]
+    if v ~= nil then
+      if not is_checksum(v) then
+        return bad(k .. " " .. shown(v) .. " is not 32 hexadecimal digits")
       end
-      e[k] = raw[k]:lower()
+      e[k] = v:find("[A-F]") and v:lower() or v
     end
   end
   if e.size > 0 and not e.checksum then
     return bad("no <checksum>")
   end
-  for _, k in ipairs({ "use_base", "encrypted_by_disk" }) do
+  for _, k in ipairs(BOOLEAN_FIELDS) do
     if raw[k] ~= nil then
       e[k] = BOOLEANS[raw[k]]
       if e[k] == nil then
