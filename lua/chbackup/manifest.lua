@@ -124,7 +124,7 @@ local function read_xml(next_chunk)
         if name ~= "file" then
           fail("<contents> holds an element <" .. name .. ">")
         end
-        file = {}
+        file = { name = nil, size = nil, checksum = nil }   -- (sized for these three)
       elseif FILE_FIELDS[name] then
         if file[name] ~= nil then
           fail((file.name and ("file " .. file.name) or ("file entry " .. (#m.files + 1)))
@@ -193,6 +193,13 @@ local BOOLEAN_FIELDS = { "use_base", "encrypted_by_disk" }
 
 -- Checks and converts the values of one file entry (i-th); returns the
 -- entry or nil, err.
+local function bad(name, msg)
+  return nil, "file " .. name .. ": " .. msg
+end
+
+
+-- (converted in place: the raw table, holding only FILE_FIELDS, becomes
+-- the entry; no second table and no closure per file)
 local function check_file(raw, i)
   local name = raw.name
   if name == nil then
@@ -201,60 +208,57 @@ local function check_file(raw, i)
   if not manifest.safe_name(name) then
     return nil, "file entry " .. i .. " has a name that is not a safe relative path: " .. shown(name)
   end
-  local function bad(msg)
-    return nil, "file " .. name .. ": " .. msg
+  local e = raw
+  local size = raw.size
+  if size == nil then
+    return bad(name, "no <size>")
   end
-  local e = { name = name }
-  if raw.size == nil then
-    return bad("no <size>")
-  end
-  e.size = count_of(raw.size)
+  e.size = count_of(size)
   if not e.size then
-    return bad("size " .. shown(raw.size) .. " is not a non-negative integer")
+    return bad(name, "size " .. shown(size) .. " is not a non-negative integer")
   end
   for _, k in ipairs(CHECKSUM_FIELDS) do
     local v = raw[k]
     if v ~= nil then
       if not is_checksum(v) then
-        return bad(k .. " " .. shown(v) .. " is not 32 hexadecimal digits")
+        return bad(name, k .. " " .. shown(v) .. " is not 32 hexadecimal digits")
       end
       e[k] = v:find("[A-F]") and v:lower() or v
     end
   end
   if e.size > 0 and not e.checksum then
-    return bad("no <checksum>")
+    return bad(name, "no <checksum>")
   end
   for _, k in ipairs(BOOLEAN_FIELDS) do
-    if raw[k] ~= nil then
-      e[k] = BOOLEANS[raw[k]]
+    local v = raw[k]
+    if v ~= nil then
+      e[k] = BOOLEANS[v]
       if e[k] == nil then
-        return bad(k .. " " .. shown(raw[k]) .. " is not true or false")
+        return bad(name, k .. " " .. shown(v) .. " is not true or false")
       end
     end
   end
-  if raw.base_size ~= nil then
-    e.base_size = count_of(raw.base_size)
+  local base_size = raw.base_size
+  if base_size ~= nil then
+    e.base_size = count_of(base_size)
     if not e.base_size then
-      return bad("base_size " .. shown(raw.base_size) .. " is not a non-negative integer")
+      return bad(name, "base_size " .. shown(base_size) .. " is not a non-negative integer")
     elseif e.base_size > e.size then
-      return bad("base_size " .. e.base_size .. " is larger than its size " .. e.size)
+      return bad(name, "base_size " .. e.base_size .. " is larger than its size " .. e.size)
     elseif not e.use_base then
-      return bad("base_size without <use_base>true</use_base>")
+      return bad(name, "base_size without <use_base>true</use_base>")
     elseif e.base_size > 0 and e.base_size < e.size and not e.base_checksum then
-      return bad("base_size " .. e.base_size .. " without <base_checksum>")
+      return bad(name, "base_size " .. e.base_size .. " without <base_checksum>")
     end
     if e.base_size == 0 then
       -- nothing from the base (as ClickHouse reads it): all stored here
       e.base_size, e.base_checksum, e.use_base = nil, nil, false
     end
   elseif e.base_checksum then
-    return bad("base_checksum without <base_size>")
+    return bad(name, "base_checksum without <base_size>")
   end
-  if raw.data_file ~= nil then
-    if not manifest.safe_name(raw.data_file) then
-      return bad("data_file is not a safe relative path: " .. shown(raw.data_file))
-    end
-    e.data_file = raw.data_file
+  if raw.data_file ~= nil and not manifest.safe_name(raw.data_file) then
+    return bad(name, "data_file is not a safe relative path: " .. shown(raw.data_file))
   end
   return e
 end
