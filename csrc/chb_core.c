@@ -634,6 +634,13 @@ static int core_now_us(lua_State *L) {
   return 1;
 }
 
+/* core.isatty(fd) -> whether file descriptor fd is a terminal */
+static int core_isatty(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  lua_pushboolean(L, fd >= 0 && fd <= 1024 && isatty((int)fd) == 1);
+  return 1;
+}
+
 static int core_getpid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)getpid());
   return 1;
@@ -703,6 +710,7 @@ static const luaL_Reg core_funcs[] = {
     {"parse_checksums", core_parse_checksums},
     {"now_us", core_now_us},
     {"getpid", core_getpid},
+    {"isatty", core_isatty},
     {"fsync", core_fsync},
     {"disk_free", core_disk_free},
     {"spawn_detached", core_spawn_detached},

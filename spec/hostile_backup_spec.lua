@@ -107,6 +107,14 @@ describe("RESTORE of a crafted directory backup", function()
     end, "202401_1_1_0 has no customer%.bin, which its checksums%.txt lists")
   end)
 
+  it("refuses a part whose columns_substreams.txt entry was removed (ClickHouse would detach it)", function()
+    refused(function(dir)
+      -- a part's copy of it (data_file): removing the stored one is refused by the manifest already
+      edit_manifest(dir, "<file><name>data/shop/orders/[^<]*/columns_substreams%.txt</name><size>%d+</size>"
+        .. "<checksum>%x+</checksum><data_file>[^<]*</data_file></file>", "")
+    end, "part data/shop/orders/[^ ]+ has no columns_substreams%.txt, which ClickHouse needs")
+  end)
+
   it("refuses a data file whose table name was changed in .backup", function()
     refused(function(dir)
       edit_manifest(dir, "<name>data/shop/orders/", "<name>data/shop/ordars/")

@@ -96,6 +96,44 @@ describe("incremental backups made by chbackup", function()
     assert.is_true(row.bytes_read < row.total_size / 2, row.bytes_read .. " of " .. row.total_size)
   end)
 
+  it("reads only checksums.txt of a part unchanged since the base, and records what reading every file records", function()
+    local function backup(statement)
+      run(w, statement)
+      local rows = h.open(w):status_rows()
+      return rows[#rows]
+    end
+    -- by name, each part is found in the base; renamed (AS), none is, and
+    -- every file is matched by its content (its small files hashed)
+    local same = backup("BACKUP TABLE shop.orders TO Disk('backups', 'orders-same')"
+      .. " SETTINGS base_backup = Disk('backups', 'inc2')")
+    local renamed = backup("BACKUP TABLE shop.orders AS shop.orders_renamed TO Disk('backups', 'orders-renamed')"
+      .. " SETTINGS base_backup = Disk('backups', 'inc2')")
+    local function data_entries(name, prefix)
+      local m = assert(manifest.read(w.backups .. "/" .. name .. "/.backup"))
+      local out, n, parts = {}, 0, 0
+      for _, f in ipairs(m.files) do
+        local rel = f.name:sub(1, #prefix) == prefix and f.name:sub(#prefix + 1)
+        if rel then
+          out[rel] = { size = f.size, checksum = f.checksum, use_base = f.use_base, data_file = f.data_file }
+          n = n + 1
+          parts = parts + (rel:match("^[^/]+/checksums%.txt$") and 1 or 0)
+        end
+      end
+      return out, n, parts
+    end
+    local a, n, parts = data_entries("orders-same", "data/shop/orders/")
+    local b = data_entries("orders-renamed", "data/shop/orders_renamed/")
+    assert.is_true(parts > 1 and n > parts * 5, n .. " files in " .. parts .. " parts")
+    assert.same(b, a)
+    for rel, f in pairs(a) do
+      assert.is_true(f.size == 0 or f.use_base == true, rel)
+    end
+    -- one file read per part: its checksums.txt
+    assert.equal(parts, same.files_read)
+    assert.is_true(renamed.files_read > parts, renamed.files_read .. " files read")
+    assert.same({ ".backup" }, h.tree(w.backups .. "/orders-same"))
+  end)
+
   it("lists a backup's chain and what changed between two backups", function()
     local ch = h.open(w)
     local rows = assert(ch:chain("Disk('backups', 'inc2')"))

@@ -100,6 +100,31 @@ describe("status", function()
     assert.same({}, (store:rows()))
   end)
 
+  it("writes a record under the status directory's lock, one process at a time", function()
+    -- An ASYNC parent records its child's pid while the child records its
+    -- progress and its end: each writer reads, changes and writes the whole
+    -- record, so a writer must wait for another's write to end, or its stale
+    -- copy could put back a running status ("ended without finishing").
+    local core = require("chbackup.core")
+    local store = assert(status.open(dir))
+    local row = assert(store:begin({ kind = "backup", name = "Disk('backups', 'r')" }))
+    local held = assert(core.lock(dir .. "/.records.lock"))
+    local cmd = string.format([[lua5.4 -e 'package.path = %q; package.cpath = %q
+      assert(require("chbackup.status").open(%q):update(%q, { bytes_read = 7 }))' &]],
+      package.path, package.cpath, dir, row.id)
+    assert(os.execute(cmd))
+    os.execute("sleep 0.5")
+    assert.equal(0, status.open(dir):get(row.id).bytes_read)   -- waiting for the lock
+    held:release(true)
+    for _ = 1, 50 do
+      if status.open(dir):get(row.id).bytes_read == 7 then
+        break
+      end
+      os.execute("sleep 0.1")
+    end
+    assert.equal(7, status.open(dir):get(row.id).bytes_read)
+  end)
+
   it("refuses a directory it cannot create", function()
     lfs.mkdir(dir)
     write(dir .. "/file", "x")

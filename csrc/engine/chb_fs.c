@@ -9,6 +9,8 @@
 #include <sys/file.h>
 #include <time.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <linux/openat2.h>
 
 const char *chb_fs_split_dir(const char *path, char *dir, size_t n) {
   const char *slash = strrchr(path, '/');
@@ -47,6 +49,72 @@ static const char *bad_component(const char *c, size_t n) {
   return NULL;
 }
 
+/* The final check of a file opened below a root: a regular file, in
+ * blocking mode (O_NONBLOCK kept a FIFO from blocking the open). */
+static int regular_or_refuse(int fd, const char *path, chb_error *err) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    chb_error_set(err, CHB_INVALID, "refusing %s: it is not a regular file", path);
+    return -1;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
+static int walk_only;   /* chb_fs_beneath_walk_only: tests of the fallback */
+
+void chb_fs_beneath_walk_only(int on) { walk_only = on; }
+
+/* One openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) from the root: -2 when
+ * the kernel (or a seccomp filter) does not offer it, so the caller walks. */
+static int open_beneath_openat2(int root, const char *path, const char *rel, chb_error *err) {
+  if (walk_only) return -2;
+#ifdef SYS_openat2
+  struct open_how how;
+  memset(&how, 0, sizeof how);
+  how.flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  int fd = (int)syscall(SYS_openat2, root, rel, &how, sizeof how);
+  if (fd >= 0) return regular_or_refuse(fd, path, err);
+  if (errno == ENOSYS || errno == EPERM || errno == E2BIG) return -2;
+  if (errno == ELOOP || errno == EXDEV) {
+    chb_error_set(err, CHB_INVALID, "refusing %s: a symbolic link is on its path", path);
+    return -1;
+  }
+  return chb_error_errno(err, errno, "cannot open", path);
+#else
+  (void)root, (void)path, (void)rel, (void)err;
+  return -2;
+#endif
+}
+
+/* The same by walking: openat(O_NOFOLLOW) one component at a time. */
+static int open_beneath_walk(int dir, const char *path, const char *c, chb_error *err) {
+  for (;;) {
+    const char *slash = strchr(c, '/');
+    size_t n = slash ? (size_t)(slash - c) : strlen(c);
+    char name[NAME_MAX + 1];
+    memcpy(name, c, n);
+    name[n] = '\0';
+    int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (slash ? O_DIRECTORY : O_NONBLOCK);
+    int fd = openat(dir, name, flags);
+    int saved = errno;
+    close(dir);
+    if (fd < 0) {
+      /* O_NOFOLLOW on a symbolic link: ELOOP (last component) or ENOTDIR. */
+      if (saved == ELOOP || saved == ENOTDIR) {
+        chb_error_set(err, CHB_INVALID, "refusing %s: a symbolic link is on its path", path);
+        return -1;
+      }
+      return chb_error_errno(err, saved, "cannot open", path);
+    }
+    if (!slash) return regular_or_refuse(fd, path, err);
+    dir = fd;
+    c = slash + 1;
+  }
+}
+
 int chb_fs_open_beneath(const char *path, size_t root_len, chb_error *err) {
   if (root_len == 0) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -58,61 +126,31 @@ int chb_fs_open_beneath(const char *path, size_t root_len, chb_error *err) {
     chb_error_set(err, CHB_INVALID, "%s is not below its backup's directory", path);
     return -1;
   }
+  /* No empty, "." or ".." component below the root, whatever resolves it. */
+  const char *rel = path + root_len + 1;
+  for (const char *c = rel;;) {
+    const char *slash = strchr(c, '/');
+    size_t n = slash ? (size_t)(slash - c) : strlen(c);
+    const char *why = bad_component(c, n);
+    if (!why && n > NAME_MAX) why = "a component longer than NAME_MAX";
+    if (why) {
+      chb_error_set(err, CHB_INVALID, "refusing %s: it has %s", path, why);
+      return -1;
+    }
+    if (!slash) break;
+    c = slash + 1;
+  }
   char root[PATH_MAX];
   memcpy(root, path, root_len);
   root[root_len] = '\0';
   int dir = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir < 0) return chb_error_errno(err, errno, "cannot open", root);
-  const char *c = path + root_len + 1;
-  for (;;) {
-    const char *slash = strchr(c, '/');
-    size_t n = slash ? (size_t)(slash - c) : strlen(c);
-    const char *why = bad_component(c, n);
-    if (why) {
-      close(dir);
-      chb_error_set(err, CHB_INVALID, "refusing %s: it has %s", path, why);
-      return -1;
-    }
-    char name[NAME_MAX + 1];
-    if (n > NAME_MAX) {
-      close(dir);
-      chb_error_set(err, CHB_INVALID, "refusing %s: a path component is too long", path);
-      return -1;
-    }
-    memcpy(name, c, n);
-    name[n] = '\0';
-    int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (slash ? O_DIRECTORY : O_NONBLOCK);
-    int fd = openat(dir, name, flags);
-    int saved = errno;
+  int fd = open_beneath_openat2(dir, path, rel, err);
+  if (fd != -2) {
     close(dir);
-    if (fd < 0) {
-      /* O_NOFOLLOW on a symbolic link: ELOOP (last component) or ENOTDIR. */
-      struct stat st;
-      if ((saved == ELOOP || saved == ENOTDIR) && fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-          S_ISLNK(st.st_mode)) {
-        chb_error_set(err, CHB_INVALID, "refusing %s: it is a symbolic link", path);
-        return -1;
-      }
-      if (saved == ELOOP || saved == ENOTDIR) {
-        chb_error_set(err, CHB_INVALID, "refusing %s: a symbolic link or a file is on its path", path);
-        return -1;
-      }
-      return chb_error_errno(err, saved, "cannot open", path);
-    }
-    if (!slash) {
-      struct stat st;
-      if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        chb_error_set(err, CHB_INVALID, "refusing %s: it is not a regular file", path);
-        return -1;
-      }
-      /* O_NONBLOCK kept a FIFO from blocking the open; reads stay blocking. */
-      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-      return fd;
-    }
-    dir = fd;
-    c = slash + 1;
+    return fd;
   }
+  return open_beneath_walk(dir, path, rel, err);   /* closes dir */
 }
 
 int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err) {

@@ -26,6 +26,9 @@ int chb_fs_mkdir_parents(const char *path, chb_error *err);
  * root_len 0: a plain open(2). Returns the descriptor, or -1 with err set.
  */
 int chb_fs_open_beneath(const char *path, size_t root_len, chb_error *err);
+/* For tests: 1 makes chb_fs_open_beneath walk component by component, as
+ * it does where the kernel has no openat2(2) (one call otherwise). */
+void chb_fs_beneath_walk_only(int on);
 
 /* ClickHouse's checksum of a whole file, read on the calling thread. */
 int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err);

@@ -1065,7 +1065,7 @@ static int64_t range_read_at(void *ctx, uint64_t off, void *buf, size_t len, chb
 int chb_s3_put_file(chb_s3 *s, const char *key, const char *path, uint64_t offset,
                     int64_t length, chb_error *e) {
   range_src r = {.base = offset};
-  uint64_t size;
+  uint64_t size = 0; /* set by open_file; 0 keeps gcc -O2 -Werror quiet */
   if (open_file(path, offset, length, &r.f, &size, e) != 0) return -1;
   chb_s3_source src = {range_read_at, &r, size};
   int rc = put_common(s, key, &src, NULL, NULL, e);
@@ -1075,7 +1075,7 @@ int chb_s3_put_file(chb_s3 *s, const char *key, const char *path, uint64_t offse
 
 int chb_s3_upload_file(chb_s3 *s, const char *key, const char *path, chb_error *e) {
   range_src r = {.base = 0};
-  uint64_t size;
+  uint64_t size = 0; /* set by open_file; 0 keeps gcc -O2 -Werror quiet */
   if (open_file(path, 0, -1, &r.f, &size, e) != 0) return -1;
   chb_s3_source src = {range_read_at, &r, size};
   int rc = size <= CHB_S3_SINGLE_PUT_MAX ? put_common(s, key, &src, NULL, NULL, e)

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #endif
 #include "chb_job.h"
+#include "chb_fs.h"
 #include "test_util.h"
 
 #include <errno.h>
@@ -570,20 +571,23 @@ static void test_confined(void) {
   snprintf(empty, sizeof empty, "%s/sub//f", dir);
   cases[3].path = dotdot;
   cases[4].path = empty;
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    path_of(dst, sizeof dst, "confined-out%s-%d", "", (int)i);
+  for (size_t k = 0; k < 2 * (sizeof cases / sizeof cases[0]); k++) {
+    size_t i = k % (sizeof cases / sizeof cases[0]);
+    chb_fs_beneath_walk_only(k >= sizeof cases / sizeof cases[0]);   /* openat2, then the walk */
+    path_of(dst, sizeof dst, "confined-out%s-%d", "", (int)k);
     chb_piece p = {cases[i].path, 0, -1, NULL, NULL, NULL, NULL, dir};
     chb_job *job = new_job(1, 0);
     chb_job_add_pieces(job, &p, 1, dst, 3000, &h, &err);
     chb_job_state s = run(job, &err);
     if (cases[i].ok)
-      CHECK(s == CHB_JOB_DONE, "confined: %s is read (%s)", cases[i].why, err.msg);
+      CHECK(s == CHB_JOB_DONE, "confined (walk %d): %s is read (%s)", k >= 5, cases[i].why, err.msg);
     else
       CHECK(s == CHB_JOB_FAILED && err.code == CHB_INVALID && strstr(err.msg, cases[i].why) &&
                 !exists(dst),
-            "confined: %s is refused: %s", cases[i].why, err.msg);
+            "confined (walk %d): %s is refused: %s", k >= 5, cases[i].why, err.msg);
     chb_job_free(job);
   }
+  chb_fs_beneath_walk_only(0);
   /* A root that is not a prefix of the path is misuse. */
   chb_piece outside = {file, 0, -1, NULL, NULL, NULL, NULL, "/nonexistent-root"};
   chb_job *job = new_job(1, 0);

@@ -13,6 +13,7 @@ local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local disks = require("chbackup.disks")
 local fsutil = require("chbackup.fsutil")
+local lfs = require("lfs")
 local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
 local plan = require("chbackup.plan")
@@ -25,6 +26,9 @@ backup.MARKER = ".chbackup-incomplete"
 -- Files up to this size that checksums.txt does not list are hashed while
 -- planning an incremental backup, so that they can match the base.
 local SMALL_FILE = 1024 * 1024
+
+-- Files the job copies first, largest first (the rest: in name order).
+local BIG_FILE = 1024 * 1024
 
 
 -- Read-only checks before any work; the destination is locked later, when
@@ -51,12 +55,104 @@ local function check_destination(dest)
 end
 
 
+-- Entries sorted by name, as `.backup` lists them. They come mostly in
+-- order (plan.backup_files emits tables and parts by name): checked in one
+-- pass, sorted only if needed, by name without a Lua comparator.
+local function sort_by_name(list)
+  for i = 2, #list do
+    if list[i - 1].name >= list[i].name then
+      local by_name, sorted = {}, {}
+      for j, e in ipairs(list) do
+        if by_name[e.name] then   -- (never: names are unique)
+          table.sort(list, function(a, b) return a.name < b.name end)
+          return
+        end
+        by_name[e.name], sorted[j] = e, e.name
+      end
+      table.sort(sorted)
+      for j, name in ipairs(sorted) do
+        list[j] = by_name[name]
+      end
+      return
+    end
+  end
+end
+
+
 -- Every entry of a backup directory but its marker.
 local function remove_all_but_marker(path)
   for entry in require("lfs").dir(path) do
     if entry ~= "." and entry ~= ".." and entry ~= backup.MARKER then
       fsutil.remove_tree(path .. "/" .. entry)
     end
+  end
+end
+
+
+-- Entries of part_from_base: use_base; part_in_base: chain.check trusts
+-- the base for them (the part's checksums.txt, checked, stands for its
+-- files). Shared through a metatable: three fields a file, not five, where
+-- an unchanged incremental has hundreds of thousands of them.
+local IN_BASE = { __index = { use_base = true, part_in_base = true } }
+local EMPTY_IN_BASE = { __index = { part_in_base = true } }
+
+
+-- opts.from_base of plan.backup_files for an incremental on `base`: a part
+-- whose checksums.txt has the size and checksum of the base's checksums.txt
+-- of the part of the same name is that part unchanged (checksums.txt lists
+-- every file's size and checksum; ClickHouse never changes a part in
+-- place): its files are the base's entries under the part's name, all
+-- use_base, without a stat or a read of any other file. Costs per part one
+-- stat and one read of checksums.txt, and a binary search in the base's
+-- entries.
+local function part_from_base(base, read)
+  local files = base.manifest.files
+  for i = 2, #files do
+    if files[i - 1].name >= files[i].name then   -- (chbackup and ClickHouse write them sorted)
+      files = table.move(files, 1, #files, 1, {})
+      table.sort(files, function(a, b) return a.name < b.name end)
+      break
+    end
+  end
+  local by_name = base.manifest.by_name
+  return function(prefix, part_dir)
+    local sums = by_name[prefix .. "checksums.txt"]
+    if not sums or sums.size == 0 then
+      return nil
+    end
+    local path = part_dir .. "/checksums.txt"
+    if lfs.symlinkattributes(path, "mode") ~= "file" then   -- (catalog.part_files says why)
+      return nil
+    end
+    local sum, size = core.checksum_file(path)
+    if sum then
+      read.files, read.bytes = read.files + 1, read.bytes + size
+    end
+    if sum ~= sums.checksum or size ~= sums.size then
+      return nil
+    end
+    local lo, hi = 1, #files + 1
+    while lo < hi do
+      local mid = (lo + hi) // 2
+      if files[mid].name < prefix then
+        lo = mid + 1
+      else
+        hi = mid
+      end
+    end
+    local out, f = {}, files[lo]
+    while f and f.name:find(prefix, 1, true) == 1 do
+      if f == sums then
+        out[#out + 1] = { name = f.name, size = f.size, checksum = f.checksum, use_base = true }
+      elseif f.size > 0 then
+        out[#out + 1] = setmetatable({ name = f.name, size = f.size, checksum = f.checksum }, IN_BASE)
+      else
+        out[#out + 1] = setmetatable({ name = f.name, size = 0 }, EMPTY_IN_BASE)
+      end
+      lo = lo + 1
+      f = files[lo]
+    end
+    return out
   end
 end
 
@@ -156,7 +252,11 @@ function backup.run(ctx, req)
     return nil, err
   end
   local files
-  files, err = plan.backup_files(selection, { structure_only = settings.structure_only })
+  local base_read = { files = 0, bytes = 0 }   -- checksums.txt read by part_from_base
+  files, err = plan.backup_files(selection, {
+    structure_only = settings.structure_only,
+    from_base = ctx.base and not dest.archive and part_from_base(ctx.base, base_read) or nil,
+  })
   if not files then
     return nil, err
   end
@@ -228,7 +328,7 @@ function backup.run(ctx, req)
   local function in_base(e)
     return base and e.checksum and base.by_content[chain.content_key(e.size, e.checksum)]
   end
-  local entries, hashed_files, hashed_bytes = {}, 0, 0
+  local meta_entries, entries, hashed_files, hashed_bytes = {}, {}, base_read.files, base_read.bytes
   local written = {}
   for _, m in ipairs(files.metadata) do
     local e = { name = m.name, size = #m.content, checksum = core.checksum(m.content) }
@@ -255,16 +355,21 @@ function backup.run(ctx, req)
       end
       e.stored = true
     end
-    entries[#entries + 1] = e
+    meta_entries[#meta_entries + 1] = e
   end
   for _, d in ipairs(files.data) do
-    local e = { name = d.name, size = d.size, checksum = d.checksum, src = d.path }
+    if not d.path then   -- a file of a part unchanged since the base, decided
+      entries[#entries + 1] = d
+      goto next_file
+    end
+    local e = d   -- (the plan's table, reused: one table a file)
+    e.src, e.path = d.path, nil
     local grown = base and base.manifest.by_name[e.name]
     grown = grown and grown.size > 0 and grown.size < e.size
     if base and not e.checksum and e.size > 0 and e.size <= SMALL_FILE and not grown then
       -- Small files that checksums.txt does not list (checksums.txt itself,
       -- columns.txt, …): hashing them now lets them match the base.
-      local sum, size_or_err = core.checksum_file(d.path)
+      local sum, size_or_err = core.checksum_file(e.src)
       if not sum then
         return fail(size_or_err)
       end
@@ -274,8 +379,13 @@ function backup.run(ctx, req)
       end
     end
     entries[#entries + 1] = e
+    ::next_file::
   end
-  table.sort(entries, function(a, b) return a.name < b.name end)
+  files = nil   -- luacheck: ignore (free the plan's per-file tables early)
+  -- ("data/…" sorts before "metadata/…")
+  table.move(meta_entries, 1, #meta_entries, #entries + 1, entries)
+  meta_entries = nil   -- luacheck: ignore
+  sort_by_name(entries)
   if layout then
     -- a file's name in the backup comes from its checksum: know them all first
     local data_entries = {}
@@ -321,13 +431,22 @@ function backup.run(ctx, req)
       end
     end
   end
-  -- Largest files first, so that no big file is left for one thread at the end.
-  table.sort(to_copy, function(a, b)
+  -- Largest files first, so that no big file is left for one thread at the
+  -- end; files under BIG_FILE (most of them, with many small parts) after
+  -- them in name order, unsorted.
+  local big, small = {}, {}
+  for _, e in ipairs(to_copy) do
+    local list = e.size >= BIG_FILE and big or small
+    list[#list + 1] = e
+  end
+  table.sort(big, function(a, b)
     if a.size ~= b.size then
       return a.size > b.size
     end
     return a.name < b.name
   end)
+  to_copy = table.move(small, 1, #small, #big + 1, big)
+  big, small = nil, nil   -- luacheck: ignore
   for _, e in ipairs(to_copy) do
     -- read exactly `size` bytes (a Log file may hold uncommitted bytes)
     e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. stored_name(e), e.size, e.checksum,
@@ -372,18 +491,18 @@ function backup.run(ctx, req)
     bytes_read = hashed_bytes + job_progress.bytes_done,
   }
   for _, e in ipairs(entries) do
-    local key = chain.content_key(e.size, e.checksum)
     counters.num_files = counters.num_files + 1
     counters.total_size = counters.total_size + e.size
     -- (with a checksum layout every checksum was known before copying:
     -- nothing to undo)
-    if not layout then
-      if e.stored and not e.base_size and first[key] and first[key] ~= e.name then
+    if not layout and not e.base_size and (e.stored or (e.size > 0 and not e.use_base)) then
+      local key = chain.content_key(e.size, e.checksum)
+      if e.stored and first[key] and first[key] ~= e.name then
         os.remove(dest.path .. "/" .. e.name)
         e.stored, e.data_file = false, first[key]
-      elseif e.stored and not e.base_size then
+      elseif e.stored then
         first[key] = first[key] or e.name
-      elseif e.size > 0 and not e.use_base and not e.base_size then
+      else
         e.data_file = first[key] or e.data_file
       end
     end

@@ -8,6 +8,7 @@
 local lfs = require("lfs")
 local core = require("chbackup.core")
 local ddl = require("chbackup.ddl")
+local fsutil = require("chbackup.fsutil")
 local disks = require("chbackup.disks")
 local names = require("chbackup.names")
 
@@ -38,24 +39,6 @@ end
 
 local function is_dir(path)
   return lfs.attributes(path, "mode") == "directory"
-end
-
-
---- The entries of a directory (sorted, without . and ..), or nil, err
--- naming it when it cannot be read.
-function catalog.list_dir(dir)
-  local ok, iter, state = pcall(lfs.dir, dir)
-  if not ok then
-    return nil, "cannot read directory " .. dir .. ": " .. tostring(iter)
-  end
-  local out = {}
-  for entry in iter, state do
-    if entry ~= "." and entry ~= ".." then
-      out[#out + 1] = entry
-    end
-  end
-  table.sort(out)
-  return out
 end
 
 
@@ -91,7 +74,7 @@ function catalog.first_file(dir)
   elseif mode ~= "directory" then
     return nil
   end
-  local entries, err = catalog.list_dir(dir)
+  local entries, err = fsutil.list_dir(dir)
   if not entries then
     return nil, err
   end
@@ -163,6 +146,18 @@ function Catalog:_load_databases()
 end
 
 
+--- " (did you mean db?)" for a database name not in the data path, or "".
+function Catalog:database_hint(name)
+  local list = {}
+  for _, db in ipairs(self:databases()) do
+    if not db.system then
+      list[#list + 1] = db.name
+    end
+  end
+  return names.did_you_mean(name, list, names.quote_identifier)
+end
+
+
 --- All databases (sorted by name), system ones included but flagged.
 function Catalog:databases()
   self:_load_databases()
@@ -190,6 +185,7 @@ function Catalog:tables(db_name)
   local db = self:database(db_name)
   if not db then
     return nil, "database " .. names.quote_identifier(db_name) .. " does not exist in " .. self.path
+      .. self:database_hint(db_name)
   end
   if db.error then
     return nil, db.error
@@ -198,7 +194,7 @@ function Catalog:tables(db_name)
   if not is_dir(db.metadata_dir) then
     return list
   end
-  local entries, lerr = catalog.list_dir(db.metadata_dir)
+  local entries, lerr = fsutil.list_dir(db.metadata_dir)
   if not entries then
     return nil, lerr
   end
@@ -258,12 +254,15 @@ function Catalog:table(db_name, table_name)
   if not list then
     return nil, err
   end
+  local known = {}
   for _, t in ipairs(list) do
     if t.name == table_name then
       return t
     end
+    known[#known + 1] = t.name
   end
   return nil, "table " .. names.qualified(db_name, table_name) .. " does not exist in " .. self.path
+    .. names.did_you_mean(table_name, known, function(n) return names.qualified(db_name, n) end)
 end
 
 
@@ -367,7 +366,7 @@ function catalog.active_parts(tbl)
         .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
     end
     if mode then
-      local entries, err = catalog.list_dir(loc.dir)
+      local entries, err = fsutil.list_dir(loc.dir)
       if not entries then
         return nil, err
       end
@@ -422,7 +421,7 @@ end
 -- Anything but regular files and directories (symlinks, sockets, …) is
 -- refused, naming it: ClickHouse puts none in parts or table dirs.
 local function walk(dir, prefix, out)
-  local entries, err = catalog.list_dir(dir)
+  local entries, err = fsutil.list_dir(dir)
   if not entries then
     return nil, err
   end

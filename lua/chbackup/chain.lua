@@ -183,13 +183,29 @@ function chain.open(cfg, dest, opts)
       end
     end
   end
-  local by_content = {}
+  -- by_content[content_key(size, checksum)]: the first file of that
+  -- content. Indexed by checksum (a string the entry holds already), the
+  -- size checked on lookup: no key string made per file (issue 14).
+  local by_checksum, other_sizes = {}, {}
   for _, f in ipairs(m.files) do
     if f.size > 0 then
-      local key = content_key(f.size, f.checksum)
-      by_content[key] = by_content[key] or f
+      local first = by_checksum[f.checksum]
+      if not first then
+        by_checksum[f.checksum] = f
+      elseif first.size ~= f.size then   -- (a checksum of two sizes: never, in practice)
+        local key = content_key(f.size, f.checksum)
+        other_sizes[key] = other_sizes[key] or f
+      end
     end
   end
+  local by_content = setmetatable({}, { __index = function(_, key)
+    local size, checksum = key:match("^(%d+):(.*)$")
+    local f = by_checksum[checksum]
+    if f and f.size == math.tointeger(tonumber(size)) then
+      return f
+    end
+    return other_sizes[key]
+  end })
   return {
     dest = resolved, manifest = m, by_content = by_content, cfg = cfg,
     reader = reader, entries = entries, password = opts.password,
@@ -363,7 +379,9 @@ function chain.check(b, opts)
     x = x.base or nil
   end
   for _, e in ipairs(b.manifest.files) do
-    if not opts.only_base or e.use_base or e.base_size then
+    -- (part_in_base: a file of a part found unchanged since the base by its
+    -- checksums.txt, whose own entry is checked: backup.lua)
+    if (not opts.only_base or e.use_base or e.base_size) and not e.part_in_base then
       local pieces, err = chain.pieces(b, e)
       if not pieces then
         return nil, err
@@ -462,7 +480,9 @@ function chain.new_manifest(ctx, entries, base, opts)
   }
   if base then
     for _, e in ipairs(entries) do
-      m.by_name[e.name] = e
+      if not e.part_in_base then   -- (chain.check does not look them up)
+        m.by_name[e.name] = e
+      end
     end
     local ok, err = chain.check({ dest = ctx.dest, manifest = m, cfg = ctx.config, base = base, key = opts.key },
       opts.check)

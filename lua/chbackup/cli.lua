@@ -6,6 +6,8 @@ local chbackup = require("chbackup")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local progress = require("chbackup.progress")
+local runner = require("chbackup.runner")
 
 local cli = {}
 
@@ -41,10 +43,17 @@ options:
   --status-days D    ... and none older than D days (default 30; 0: no limit)
   --threads N        worker threads (default: number of cores, at least 8)
   --read-data        check: read every byte back and compare every checksum
-  --json             list, check: one JSON object per line instead of text
+  --json             one JSON object per result line instead of text (BACKUP,
+                     RESTORE, show, chain, diff, list, check, delete, wait,
+                     cancel; SELECT prints in its FORMAT)
+  --quiet, -q        nothing on stdout, no progress line; errors still go to
+                     stderr and the exit status says the rest
   --password-file F  show, chain, diff, check: the password of encrypted backups, the
                      text of file F without its final line end (BACKUP and
                      RESTORE take SETTINGS password = '…' as ClickHouse does)
+
+exit status: 0 ok, 1 failed (the message on stderr names what), 2 usage,
+             3 verification found a problem (check; policy verify exits 1)
 ]]
 
 
@@ -62,6 +71,8 @@ local function parse_args(argv)
     name = name or a:match("^%-%-([%w%-]+)$")
     if name == "help" or a == "-h" then
       opts.help = true
+    elseif (name == "quiet" and not value) or a == "-q" then
+      opts.quiet = true
     elseif name == "read-data" and not value then
       opts.read_data = true
     elseif name == "json" and not value then
@@ -221,12 +232,60 @@ local function spawn_async(opts, op, statement)
 end
 
 
-local function cmd_show(inst, target, out, secret)
+-- A value for a JSON field that is always there: null when absent.
+local function js(v)
+  if v == nil then
+    return cjson.null
+  end
+  return v
+end
+
+
+-- The order of the fields of a JSON line (the same for every run; fields
+-- not named here follow, sorted).
+local FIELD_ORDER = {}
+for i, k in ipairs({ "id", "status", "error", "backup", "name", "file", "database", "table", "partition", "part",
+  "change", "bytes", "uuid", "timestamp", "kind", "files", "size", "checksum", "data_file", "use_base",
+  "total_size", "restored_bytes", "stored_files", "stored_bytes", "base_backup", "ok", "steps", "totals",
+  "deleted" }) do
+  FIELD_ORDER[k] = i
+end
+
+local function json_line(out, t, order)
+  order = order or FIELD_ORDER
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys, function(a, b)
+    local ia, ib = order[a] or math.huge, order[b] or math.huge
+    if ia ~= ib then
+      return ia < ib
+    end
+    return a < b
+  end)
+  for i, k in ipairs(keys) do
+    keys[i] = cjson.encode(k) .. ":" .. cjson.encode(t[k])
+  end
+  out:write("{" .. table.concat(keys, ",") .. "}\n")
+end
+
+
+local function cmd_show(inst, target, out, secret, json)
   local b, err = inst:_open_backup(target, secret)
   if not b then
     return nil, err
   end
   local m = b.manifest
+  if json then
+    json_line(out, { backup = b.dest.name, uuid = js(m.uuid), timestamp = js(m.timestamp), files = #m.files,
+      base_backup = js(m.base_backup) })
+    for _, f in ipairs(m.files) do
+      json_line(out, { file = f.name, size = f.size, checksum = js(f.checksum), data_file = js(f.data_file),
+        use_base = f.use_base and true or false })
+    end
+    return true
+  end
   out:write(string.format("backup\t%s\nuuid\t%s\ntimestamp\t%s\nfiles\t%d\n", b.dest.name,
     tostring(m.uuid), tostring(m.timestamp), #m.files))
   if m.base_backup then
@@ -240,10 +299,23 @@ local function cmd_show(inst, target, out, secret)
 end
 
 
-local function cmd_chain(inst, name, out, secret)
+local CHAIN_COLUMNS = { "name", "uuid", "timestamp", "num_files", "total_size", "stored_files", "stored_bytes",
+  "base_backup" }
+
+local function cmd_chain(inst, name, out, secret, json)
   local rows, err = inst:chain(name, secret)
   if not rows then
     return nil, err
+  end
+  if json then
+    for _, r in ipairs(rows) do
+      local t = {}
+      for _, c in ipairs(CHAIN_COLUMNS) do
+        t[c == "num_files" and "files" or c] = js(r[c])
+      end
+      json_line(out, t)
+    end
+    return true
   end
   out:write("name\tuuid\ttimestamp\tfiles\ttotal_size\tstored_files\tstored_bytes\tbase_backup\n")
   for _, r in ipairs(rows) do
@@ -254,10 +326,19 @@ local function cmd_chain(inst, name, out, secret)
 end
 
 
-local function cmd_diff(inst, a, b, out, secret)
+local function cmd_diff(inst, a, b, out, secret, json)
   local rows, totals = inst:diff(a, b, secret)
   if not rows then
     return nil, totals
+  end
+  if json then
+    for _, r in ipairs(rows) do
+      json_line(out, { database = r.database, table = r.table, partition = r.partition, part = r.part,
+        change = r.change, bytes = r.bytes })
+    end
+    json_line(out, { totals = { added = totals.added, added_bytes = totals.added_bytes, removed = totals.removed,
+      removed_bytes = totals.removed_bytes, changed = totals.changed, changed_bytes = totals.changed_bytes } })
+    return true
   end
   out:write("database\ttable\tpartition\tpart\tchange\tbytes\n")
   for _, r in ipairs(rows) do
@@ -272,6 +353,11 @@ end
 local LIST_COLUMNS = { "name", "timestamp", "kind", "base_backup", "files", "restored_bytes", "stored_bytes",
   "status", "problem" }
 
+local LIST_ORDER = {}
+for i, c in ipairs(LIST_COLUMNS) do
+  LIST_ORDER[c] = i
+end
+
 local function cmd_list(inst, dest, out, secret, json)
   local rows, err = inst:list(dest, secret)
   if not rows then
@@ -282,7 +368,10 @@ local function cmd_list(inst, dest, out, secret, json)
   end
   for _, r in ipairs(rows) do
     if json then
-      out:write(cjson.encode(r) .. "\n")
+      for _, c in ipairs(LIST_COLUMNS) do
+        r[c] = js(r[c])
+      end
+      json_line(out, r, LIST_ORDER)
     else
       local cells = {}
       for i, c in ipairs(LIST_COLUMNS) do
@@ -295,14 +384,18 @@ local function cmd_list(inst, dest, out, secret, json)
 end
 
 
-local function cmd_wait(inst, id, out)
+local function cmd_wait(inst, id, out, json)
   while true do
     local row = inst.store:get(id)
     if not row then
       return nil, "no operation with id '" .. id .. "'"
     end
     if row.status ~= "CREATING_BACKUP" and row.status ~= "RESTORING" then
-      out:write(row.id .. "\t" .. row.status .. "\n")
+      if json then
+        json_line(out, { id = row.id, status = row.status, error = row.error or "" })
+      else
+        out:write(row.id .. "\t" .. row.status .. "\n")
+      end
       if row.error ~= "" and not row.status:match("CANCELLED$") then
         return nil, row.error
       end
@@ -324,6 +417,10 @@ function cli.main(argv, io_)
   local errout = io_ and io_.stderr or io.stderr
   local state = {}
   local ok, code = pcall(run, argv, out, errout, state)
+  if state.meter then
+    runner.observe(nil)
+    state.meter:clear()
+  end
   if ok then
     return code
   end
@@ -340,6 +437,9 @@ function run(argv, out, errout, state)
   if opts.help then
     out:write(USAGE)
     return 0
+  end
+  if opts.quiet then
+    out = { write = function(self) return self end, flush = function() end }
   end
   if #rest == 0 then
     errout:write("chbackup: no statement given\n" .. USAGE)
@@ -373,9 +473,21 @@ function run(argv, out, errout, state)
     errout:write("chbackup: --read-data applies to check\n")
     return 2
   end
-  if opts.json and rest[1] ~= "check" and rest[1] ~= "list" then
-    errout:write("chbackup: --json applies to list and check\n")
-    return 2
+  -- The progress line: on a terminal only, for what reads data.
+  local meter
+  if not opts.quiet and errout == io.stderr and core.isatty(2) and (opts.read_data or not inspecting) then
+    meter = progress.meter(errout, rest[1] == "check" and "check" or state.what)
+    runner.observe(function(event, p) meter:observe(event, p) end)
+    state.meter = meter
+    -- whatever else is written first erases the line
+    local function erasing(stream)
+      return { write = function(self, ...)
+        meter:clear()
+        stream:write(...)
+        return self
+      end, flush = function() stream:flush() end }
+    end
+    out, errout = erasing(out), erasing(errout)
   end
   local secret
   if opts.password_file then
@@ -406,16 +518,16 @@ function run(argv, out, errout, state)
   end
   local ok
   if rest[1] == "show" and #rest == 2 then
-    ok, err = cmd_show(inst, rest[2], out, secret)
+    ok, err = cmd_show(inst, rest[2], out, secret, opts.json)
   elseif rest[1] == "chain" and #rest == 2 then
-    ok, err = cmd_chain(inst, rest[2], out, secret)
+    ok, err = cmd_chain(inst, rest[2], out, secret, opts.json)
   elseif rest[1] == "diff" and #rest == 3 then
-    ok, err = cmd_diff(inst, rest[2], rest[3], out, secret)
+    ok, err = cmd_diff(inst, rest[2], rest[3], out, secret, opts.json)
   elseif rest[1] == "check" and #rest == 2 then
     local report
     report, err = inst:check(rest[2], { read_data = opts.read_data, password = secret and secret.password })
     if report and opts.json then
-      out:write(cjson.encode({ backup = rest[2], ok = report.ok, steps = report.steps }) .. "\n")
+      json_line(out, { backup = rest[2], ok = report.ok, steps = report.steps })
     elseif report then
       for _, st in ipairs(report.steps) do
         out:write(string.format("%s\t%s\t%s\n", st.ok and "ok" or "PROBLEM", st.name, st.detail))
@@ -431,7 +543,9 @@ function run(argv, out, errout, state)
     end
   elseif rest[1] == "delete" and #rest == 2 then
     ok, err = inst:delete(rest[2], secret)
-    if ok then
+    if ok and opts.json then
+      json_line(out, { deleted = rest[2] })
+    elseif ok then
       out:write("deleted\t" .. rest[2] .. "\n")
     end
   elseif rest[1] == "list" and #rest == 2 then
@@ -439,10 +553,10 @@ function run(argv, out, errout, state)
   elseif rest[1] == "cancel" and #rest == 2 then
     ok, err = inst:cancel(rest[2])
     if ok then
-      ok, err = cmd_wait(inst, rest[2], out)
+      ok, err = cmd_wait(inst, rest[2], out, opts.json)
     end
   elseif rest[1] == "wait" and #rest == 2 then
-    ok, err = cmd_wait(inst, rest[2], out)
+    ok, err = cmd_wait(inst, rest[2], out, opts.json)
   elseif #rest > 1 then
     errout:write("chbackup: give statements as one argument, separated by ';'\n")
     return 2
@@ -451,11 +565,20 @@ function run(argv, out, errout, state)
   else
     local r
     ok, err, r = inst:execute(rest[1], {
-      on_start = function(op) state.op = op end,
+      on_start = function(op)
+        state.op = op
+        if meter then
+          meter.what = op.request.kind:upper()
+        end
+      end,
       on_async = function(op) return spawn_async(opts, op, op.request.text) end,
       on_result = function(res)
         state.op = nil
-        out:write(res.text or (res.id .. "\t" .. res.status .. "\n"))
+        if res.text or not opts.json then
+          out:write(res.text or (res.id .. "\t" .. res.status .. "\n"))
+        else
+          json_line(out, { id = res.id, status = res.status, error = res.error or "" })
+        end
         out:flush()
       end,
     })

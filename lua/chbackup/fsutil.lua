@@ -31,6 +31,24 @@ function fsutil.mkdir_p(path)
 end
 
 
+--- The entries of a directory (sorted, without . and ..), or nil, err
+-- naming it when it cannot be read.
+function fsutil.list_dir(dir)
+  local ok, iter, state = pcall(lfs.dir, dir)
+  if not ok then
+    return nil, "cannot read directory " .. dir .. ": " .. tostring(iter)
+  end
+  local out = {}
+  for entry in iter, state do
+    if entry ~= "." and entry ~= ".." then
+      out[#out + 1] = entry
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+
 function fsutil.is_empty_dir(path)
   for entry in lfs.dir(path) do
     if entry ~= "." and entry ~= ".." then

@@ -179,12 +179,16 @@ function Operation:_run()
     ctx.cancelled = function()
       return self.cancel_requested or fsutil.exists(cancel_file)
     end
+    -- Generational GC while an operation runs: its per-file tables and
+    -- strings are mostly short-lived, and collected young (issue 14).
+    local gc_mode = collectgarbage("generational")
     local ok, res, rerr, rcode
     if req.kind == "backup" then
       ok, res, rerr, rcode = pcall(backup.run, ctx, req)
     else   -- under the data path's lock (chbackup.lock)
       ok, res, rerr, rcode = pcall(lock.run_restore, restore.run, ctx, req)
     end
+    collectgarbage(gc_mode)
     if not ok then
       counters, err = nil, "internal error: " .. tostring(res)
       self.internal = true -- a bug, not an expected failure

@@ -11,6 +11,7 @@
 local lfs = require("lfs")
 local chain = require("chbackup.chain")
 local config = require("chbackup.config")
+local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 
@@ -101,14 +102,7 @@ function listing.run(cfg, dest_name, opts)
   end
   local rows = {}
   local function walk(dir, rel)
-    local entries = {}
-    for e in lfs.dir(dir) do
-      if e ~= "." and e ~= ".." then
-        entries[#entries + 1] = e
-      end
-    end
-    table.sort(entries)
-    for _, e in ipairs(entries) do
+    for _, e in ipairs(fsutil.list_dir(dir) or {}) do
       local path, r = dir .. "/" .. e, rel == "" and e or (rel .. "/" .. e)
       local mode = lfs.symlinkattributes(path, "mode")
       if mode == "directory" then

@@ -52,10 +52,12 @@ function manifest.safe_name(name)
   if type(name) ~= "string" or name == "" or name:find("[%z\1-\31\127]") then
     return false
   end
-  for part in (name .. "/"):gmatch("([^/]*)/") do
-    if part == "" or part == "." or part == ".." then
-      return false
-    end
+  -- (no string made per component: a manifest may list many files)
+  if name:byte(1) == 47 or name:byte(-1) == 47 or name:find("//", 1, true) then
+    return false   -- an empty component
+  end
+  if name:find("^%.%.?/") or name:find("^%.%.?$") or name:find("/%.%.?/") or name:find("/%.%.?$") then
+    return false   -- "." or ".."
   end
   return true
 end
@@ -78,7 +80,8 @@ local function read_xml(next_chunk)
   local bad                  -- the first problem the callbacks found
   local stack = {}           -- open elements, the root first
   local ignored              -- depth of an unknown element being skipped
-  local field, text          -- the scalar element being read, its text
+  local field                -- the scalar element being read
+  local text, ntext = {}, 0  -- its text, in pieces (one buffer, reused)
   local file                 -- the <file> being read
   local have_contents = false
   local parser
@@ -108,7 +111,7 @@ local function read_xml(next_chunk)
           if m[name] ~= nil then
             fail("<" .. name .. "> appears twice")
           end
-          field, text = name, {}
+          field, ntext = name, 0
         elseif name == "contents" then
           if have_contents then
             fail("<contents> appears twice")
@@ -121,20 +124,21 @@ local function read_xml(next_chunk)
         if name ~= "file" then
           fail("<contents> holds an element <" .. name .. ">")
         end
-        file = {}
+        file = { name = nil, size = nil, checksum = nil }   -- (sized for these three)
       elseif FILE_FIELDS[name] then
         if file[name] ~= nil then
           fail((file.name and ("file " .. file.name) or ("file entry " .. (#m.files + 1)))
             .. " has two <" .. name .. ">")
         end
-        field, text = name, {}
+        field, ntext = name, 0
       else
         ignored = depth
       end
     end,
     CharacterData = function(_, s)
       if field and not bad then
-        text[#text + 1] = s
+        ntext = ntext + 1
+        text[ntext] = s
       end
     end,
     EndElement = function(_, name)
@@ -148,12 +152,13 @@ local function read_xml(next_chunk)
           ignored = nil
         end
       elseif field then
+        local value = ntext == 1 and text[1] or table.concat(text, "", 1, ntext)
         if depth == 2 then
-          m[name] = table.concat(text)
+          m[name] = value
         else
-          file[name] = table.concat(text)
+          file[name] = value
         end
-        field, text = nil, nil
+        field, ntext = nil, 0
       elseif depth == 3 then
         m.files[#m.files + 1] = file
         file = nil
@@ -182,8 +187,19 @@ local function read_xml(next_chunk)
 end
 
 
+local CHECKSUM_FIELDS = { "checksum", "base_checksum" }
+local BOOLEAN_FIELDS = { "use_base", "encrypted_by_disk" }
+
+
 -- Checks and converts the values of one file entry (i-th); returns the
 -- entry or nil, err.
+local function bad(name, msg)
+  return nil, "file " .. name .. ": " .. msg
+end
+
+
+-- (converted in place: the raw table, holding only FILE_FIELDS, becomes
+-- the entry; no second table and no closure per file)
 local function check_file(raw, i)
   local name = raw.name
   if name == nil then
@@ -192,59 +208,57 @@ local function check_file(raw, i)
   if not manifest.safe_name(name) then
     return nil, "file entry " .. i .. " has a name that is not a safe relative path: " .. shown(name)
   end
-  local function bad(msg)
-    return nil, "file " .. name .. ": " .. msg
+  local e = raw
+  local size = raw.size
+  if size == nil then
+    return bad(name, "no <size>")
   end
-  local e = { name = name }
-  if raw.size == nil then
-    return bad("no <size>")
-  end
-  e.size = count_of(raw.size)
+  e.size = count_of(size)
   if not e.size then
-    return bad("size " .. shown(raw.size) .. " is not a non-negative integer")
+    return bad(name, "size " .. shown(size) .. " is not a non-negative integer")
   end
-  for _, k in ipairs({ "checksum", "base_checksum" }) do
-    if raw[k] ~= nil then
-      if not is_checksum(raw[k]) then
-        return bad(k .. " " .. shown(raw[k]) .. " is not 32 hexadecimal digits")
+  for _, k in ipairs(CHECKSUM_FIELDS) do
+    local v = raw[k]
+    if v ~= nil then
+      if not is_checksum(v) then
+        return bad(name, k .. " " .. shown(v) .. " is not 32 hexadecimal digits")
       end
-      e[k] = raw[k]:lower()
+      e[k] = v:find("[A-F]") and v:lower() or v
     end
   end
   if e.size > 0 and not e.checksum then
-    return bad("no <checksum>")
+    return bad(name, "no <checksum>")
   end
-  for _, k in ipairs({ "use_base", "encrypted_by_disk" }) do
-    if raw[k] ~= nil then
-      e[k] = BOOLEANS[raw[k]]
+  for _, k in ipairs(BOOLEAN_FIELDS) do
+    local v = raw[k]
+    if v ~= nil then
+      e[k] = BOOLEANS[v]
       if e[k] == nil then
-        return bad(k .. " " .. shown(raw[k]) .. " is not true or false")
+        return bad(name, k .. " " .. shown(v) .. " is not true or false")
       end
     end
   end
-  if raw.base_size ~= nil then
-    e.base_size = count_of(raw.base_size)
+  local base_size = raw.base_size
+  if base_size ~= nil then
+    e.base_size = count_of(base_size)
     if not e.base_size then
-      return bad("base_size " .. shown(raw.base_size) .. " is not a non-negative integer")
+      return bad(name, "base_size " .. shown(base_size) .. " is not a non-negative integer")
     elseif e.base_size > e.size then
-      return bad("base_size " .. e.base_size .. " is larger than its size " .. e.size)
+      return bad(name, "base_size " .. e.base_size .. " is larger than its size " .. e.size)
     elseif not e.use_base then
-      return bad("base_size without <use_base>true</use_base>")
+      return bad(name, "base_size without <use_base>true</use_base>")
     elseif e.base_size > 0 and e.base_size < e.size and not e.base_checksum then
-      return bad("base_size " .. e.base_size .. " without <base_checksum>")
+      return bad(name, "base_size " .. e.base_size .. " without <base_checksum>")
     end
     if e.base_size == 0 then
       -- nothing from the base (as ClickHouse reads it): all stored here
       e.base_size, e.base_checksum, e.use_base = nil, nil, false
     end
   elseif e.base_checksum then
-    return bad("base_checksum without <base_size>")
+    return bad(name, "base_checksum without <base_size>")
   end
-  if raw.data_file ~= nil then
-    if not manifest.safe_name(raw.data_file) then
-      return bad("data_file is not a safe relative path: " .. shown(raw.data_file))
-    end
-    e.data_file = raw.data_file
+  if raw.data_file ~= nil and not manifest.safe_name(raw.data_file) then
+    return bad(name, "data_file is not a safe relative path: " .. shown(raw.data_file))
   end
   return e
 end
@@ -356,7 +370,11 @@ local XML_ESCAPES = {
   ["\t"] = "&#9;", ["\n"] = "&#10;", ["\r"] = "&#13;",
 }
 local function esc(s)
-  return (tostring(s):gsub("[&<>\t\n\r]", XML_ESCAPES))
+  s = tostring(s)
+  if not s:find("[&<>\t\n\r]") then   -- (most names: no new string)
+    return s
+  end
+  return (s:gsub("[&<>\t\n\r]", XML_ESCAPES))
 end
 
 
@@ -377,32 +395,39 @@ function manifest.serialize(m, write)
   end
   out[#out + 1] = "<contents>"
   write(table.concat(out))
-  local buf = {}
+  -- Pieces gathered in one buffer, written every few hundred files: no
+  -- string made per file (a manifest may list hundreds of thousands).
+  local buf, n = {}, 0
+  local function add(a, b, c)
+    buf[n + 1], buf[n + 2], buf[n + 3] = a, b, c
+    n = n + 3
+  end
   for _, e in ipairs(m.files) do
-    buf[#buf + 1] = "<file><name>" .. esc(e.name) .. "</name><size>" .. e.size .. "</size>"
+    add("<file><name>", esc(e.name), "</name><size>")
+    add(e.size, "</size>", "")
     if e.size > 0 then
-      buf[#buf + 1] = "<checksum>" .. e.checksum .. "</checksum>"
+      add("<checksum>", e.checksum, "</checksum>")
     end
     -- As ClickHouse writes them: use_base for a file whose bytes (all, or
     -- the first base_size of them) are in the base backup.
     if e.use_base or e.base_size then
-      buf[#buf + 1] = "<use_base>true</use_base>"
+      add("<use_base>true</use_base>", "", "")
     end
     if e.base_size and e.base_size < e.size then
-      buf[#buf + 1] = "<base_size>" .. e.base_size .. "</base_size><base_checksum>"
-        .. e.base_checksum .. "</base_checksum>"
+      add("<base_size>", e.base_size, "</base_size><base_checksum>")
+      add(e.base_checksum, "</base_checksum>", "")
     end
     if e.data_file and e.data_file ~= e.name then
-      buf[#buf + 1] = "<data_file>" .. esc(e.data_file) .. "</data_file>"
+      add("<data_file>", esc(e.data_file), "</data_file>")
     end
-    buf[#buf + 1] = "</file>"
-    if #buf >= 512 then
-      write(table.concat(buf))
-      buf = {}
+    add("</file>", "", "")
+    if n >= 6000 then
+      write(table.concat(buf, "", 1, n))
+      n = 0
     end
   end
-  buf[#buf + 1] = "</contents></config>"
-  write(table.concat(buf))
+  add("</contents></config>", "", "")
+  write(table.concat(buf, "", 1, n))
 end
 
 

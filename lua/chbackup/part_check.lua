@@ -30,6 +30,40 @@ part_check.UNLISTED = {
 local REQUIRED = { "checksums.txt", "columns.txt" }
 
 
+--- columns_substreams.txt is not listed in checksums.txt, so a part
+-- without it cannot be told damaged from its checksums alone. ClickHouse
+-- 26 writes it into every part and cannot load a part whose String columns
+-- use the separate-sizes serialization (serialization.json:
+-- "types_serialization_versions": {"string": 1}) without it (it detaches
+-- the part as broken); parts of numeric columns, or of single-stream
+-- strings, load without it (checked with ClickHouse 26.5). So such a part
+-- must have it. Returns true or nil, err.
+function part_check.substreams_present(where, prefix, files, read)
+  local sj, cols = files[prefix .. "serialization.json"], files[prefix .. "columns.txt"]
+  if files[prefix .. "columns_substreams.txt"] or not sj or not cols then
+    return true
+  end
+  local sj_text, err = read(sj)
+  if not sj_text then
+    return nil, err
+  end
+  local versions = sj_text:match('"types_serialization_versions"%s*:%s*(%b{})')
+  if not (versions and versions:match('"string"%s*:%s*1[^%d]')) then
+    return true
+  end
+  local cols_text
+  cols_text, err = read(cols)
+  if not cols_text then
+    return nil, err
+  end
+  if cols_text:match("String") then
+    return nil, where .. " has no " .. prefix .. "columns_substreams.txt, which ClickHouse needs to read "
+      .. "its String columns (serialization.json has string serialization version 1)"
+  end
+  return true
+end
+
+
 --- Checks one part. `where` names it in messages ("backup b: part
 -- data/db/t/all_1_1_0"); `files` maps each file's name relative to the part
 -- directory to its manifest entry; read(entry) returns the entry's bytes,
@@ -89,6 +123,12 @@ function part_check.check(where, files, read)
   local ok, err = check_dir("")
   if not ok then
     return nil, err
+  end
+  for dir in pairs(dirs) do
+    ok, err = part_check.substreams_present(where, dir, files, read)
+    if not ok then
+      return nil, err
+    end
   end
   local unexpected = {}
   for rel in pairs(files) do

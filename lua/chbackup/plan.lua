@@ -97,6 +97,7 @@ function plan.select_for_backup(cat, elements)
       local db = el.database or DEFAULT_DATABASE
       if not cat:database(db) then
         return nil, "database " .. names.quote_identifier(db) .. " does not exist in " .. cat.path
+          .. cat:database_hint(db)
       end
       local t, err = cat:table(db, el.name)
       if not t then
@@ -114,6 +115,7 @@ function plan.select_for_backup(cat, elements)
       local db = cat:database(el.name)
       if not db then
         return nil, "database " .. names.quote_identifier(el.name) .. " does not exist in " .. cat.path
+          .. cat:database_hint(el.name)
       end
       local except = {}
       for _, t in ipairs(el.except_tables or {}) do
@@ -162,8 +164,12 @@ end
 -- size=, checksum=|nil, disk=} } } or nil, err. Data sizes come from the
 -- data path. A table whose data chbackup cannot read (Memory, Buffer, an
 -- engine it does not know that keeps files) is refused, never skipped.
+-- opts.from_base(prefix, part_dir), for an incremental: the entries of a
+-- part known unchanged since the base (`prefix` is the part's name in the
+-- backup, ending in "/"), each final (no path), or nil to read the part.
 function plan.backup_files(selection, opts)
   local structure_only = opts and opts.structure_only
+  local from_base = opts and opts.from_base
   local metadata, data = {}, {}
   for _, d in ipairs(selection.databases) do
     local db = d.database
@@ -172,7 +178,13 @@ function plan.backup_files(selection, opts)
       content = ddl.create_statement("DATABASE", nil, d.target_db, db.uuid, db.body),
     }
   end
-  for _, s in ipairs(selection.tables) do
+  -- tables in the order of their names in the backup (`data/<db>/<t>/…`)
+  local tables = table.move(selection.tables, 1, #selection.tables, 1, {})
+  for _, s in ipairs(tables) do
+    s.data_prefix = "data/" .. names.escape_file(s.target_db) .. "/" .. names.escape_file(s.target_name) .. "/"
+  end
+  table.sort(tables, function(a, b) return a.data_prefix < b.data_prefix end)
+  for _, s in ipairs(tables) do
     local t = s.table
     local esc_db, esc_t = names.escape_file(s.target_db), names.escape_file(s.target_name)
     metadata[#metadata + 1] = {
@@ -180,7 +192,7 @@ function plan.backup_files(selection, opts)
       content = ddl.create_statement(t.object, s.target_db, s.target_name, t.uuid,
         renaming.apply(t.body, selection.renaming)),
     }
-    local prefix = "data/" .. esc_db .. "/" .. esc_t .. "/"
+    local prefix = s.data_prefix
     local what = qualified(t.database, t.name) .. " (" .. tostring(t.engine) .. ")"
     local way_out = ": exclude it (… EXCEPT TABLES …) or use SETTINGS structure_only = true"
     local family = structure_only and "metadata only" or t.family
@@ -212,17 +224,26 @@ function plan.backup_files(selection, opts)
             .. loc.disk .. "' (" .. loc.dir .. ") was not read"
         end
       end
+      -- by name, the order of the backup's entries (.backup lists them sorted)
+      table.sort(parts, function(a, b) return a.name < b.name end)
       for _, part in ipairs(parts) do
         if not s.partitions or s.partitions[part.partition_id] then
-          local files, err = catalog_mod.part_files(part.dir)
-          if not files then
-            return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
-          end
-          for _, f in ipairs(files) do
-            data[#data + 1] = {
-              name = prefix .. part.name .. "/" .. f.name, path = f.path, disk = part.disk,
-              size = f.size, checksum = f.checksum,
-            }
+          local part_prefix = prefix .. part.name .. "/"
+          local reused = from_base and from_base(part_prefix, part.dir)
+          if reused then
+            if reused[1] then   -- (disks.record: one file of the part tells its disk)
+              reused[1].disk = part.disk
+            end
+            table.move(reused, 1, #reused, #data + 1, data)
+          else
+            local files, err = catalog_mod.part_files(part.dir)
+            if not files then
+              return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
+            end
+            for _, f in ipairs(files) do   -- (catalog's tables, reused)
+              f.name, f.disk = part_prefix .. f.name, part.disk
+              data[#data + 1] = f
+            end
           end
         end
       end

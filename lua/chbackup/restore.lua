@@ -80,7 +80,16 @@ local function select_tables(backup_dbs, elements, backup_name)
       local db = backup_dbs[db_name]
       local t = db and db.tables[el.name]
       if not t or not t.metadata then
+        local known = {}
+        for _, bdb in pairs(backup_dbs) do
+          for _, bt in pairs(bdb.tables) do
+            if bt.metadata then
+              known[#known + 1] = names.qualified(bdb.name, bt.name)
+            end
+          end
+        end
         return nil, "table " .. names.qualified(db_name, el.name) .. " is not in backup " .. backup_name
+          .. names.did_you_mean(names.qualified(db_name, el.name), known)
       end
       local parts, perr = plan.partition_ids(el.partitions, names.qualified(db_name, el.name))
       if perr then
@@ -93,7 +102,12 @@ local function select_tables(backup_dbs, elements, backup_name)
     elseif el.type == "database" then
       local db = backup_dbs[el.name]
       if not db then
+        local known = {}
+        for name in pairs(backup_dbs) do
+          known[#known + 1] = name
+        end
         return nil, "database " .. names.quote_identifier(el.name) .. " is not in backup " .. backup_name
+          .. names.did_you_mean(el.name, known, names.quote_identifier)
       end
       local except = {}
       for _, t in ipairs(el.except_tables or {}) do

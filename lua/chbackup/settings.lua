@@ -1,6 +1,7 @@
 --- BACKUP/RESTORE settings: which exist, their types, and which are not
 -- delivered yet (refused by name rather than silently ignored).
 -- @module chbackup.settings
+local names = require("chbackup.names")
 local settings = {}
 
 local BACKUP = {
@@ -135,8 +136,8 @@ function settings.check(kind, given)
         list[#list + 1] = k
       end
       table.sort(list)
-      return nil, string.format("unknown %s setting '%s' (known: %s)", kind, name,
-        table.concat(list, ", "))
+      return nil, string.format("unknown %s setting '%s' (known: %s)%s", kind, name,
+        table.concat(list, ", "), names.did_you_mean(name, list))
     end
     local v = coerce(t, value)
     if v == nil then

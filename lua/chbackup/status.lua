@@ -551,6 +551,40 @@ function Store:update(id, fields)
       error(string.format("update: unknown field '%s'", tostring(name)), 2)
     end
   end
+  return self:_locked(function() return self:_update(id, fields) end)
+end
+
+
+-- Writers of a record read it, change it and write it whole; between
+-- processes (an ASYNC parent records its child's pid while the child
+-- records progress, or already its end) that must be one step, or a stale
+-- copy overwrites the end: the status directory's lock makes it one.
+local WRITE_LOCK = ".records.lock"
+function Store:_locked(fn)
+  local ok, core = pcall(require, "chbackup.core")
+  if not (ok and type(core) == "table" and core.lock) then
+    return fn()
+  end
+  local lk, err, code
+  for _ = 1, 100 do   -- each try rides out 100 ms of another writer's hold
+    lk, err, code = core.lock(self.dir .. "/" .. WRITE_LOCK)
+    if lk or code ~= "LOCKED" then
+      break
+    end
+  end
+  if not lk then
+    return nil, "cannot lock the status directory " .. self.dir .. ": " .. tostring(err)
+  end
+  local res = table.pack(pcall(fn))
+  lk:release(true)   -- unlinked: a waiter that opened it retries on the new file
+  if not res[1] then
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+
+
+function Store:_update(id, fields)
   local row, err = read_running(self, id)
   if not row then
     return nil, err
@@ -585,6 +619,15 @@ function Store:finish(id, final_status, err_text)
   if not kind then
     return nil, string.format("'%s' is not a final status", tostring(final_status))
   end
+  local ok, werr = self:_locked(function() return self:_finish(id, kind, final_status, err_text) end)
+  if ok then
+    self:prune()
+  end
+  return ok, werr
+end
+
+
+function Store:_finish(id, kind, final_status, err_text)
   local row, err = read_running(self, id)
   if not row then
     return nil, err
@@ -596,11 +639,7 @@ function Store:finish(id, final_status, err_text)
   row.status = final_status
   row.error = err_text or ""
   row.end_time = now(self)
-  local ok, werr = write_atomic(self:path(id), encode_row(row))
-  if ok then
-    self:prune()
-  end
-  return ok, werr
+  return write_atomic(self:path(id), encode_row(row))
 end
 
 

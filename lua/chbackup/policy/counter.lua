@@ -248,6 +248,14 @@ local function checkout_root()
 end
 
 
+--- The runner an installed rock puts beside chbackup/core.so (CMake
+-- installs chq there), or nil.
+function counter.installed_chq()
+  local core_so = package.searchpath("chbackup.core", package.cpath)
+  return core_so and core_so:gsub("core%.so$", "chq") or nil
+end
+
+
 --- Finds real ClickHouse to read data paths with. spec: nil or "auto"
 -- (CHBACKUP_CHQ / CHDB_LIB, else the checkout's build/chq with the library
 -- scripts/get-clickhouse caches), false (none), {chq=, lib=}, or a function
@@ -265,7 +273,7 @@ function counter.find_clickhouse(spec)
     chq, lib = spec.chq, spec.lib
   end
   local root = checkout_root()
-  chq = chq or os.getenv("CHBACKUP_CHQ") or (root and root .. "/build/chq")
+  chq = chq or os.getenv("CHBACKUP_CHQ") or (root and root .. "/build/chq") or counter.installed_chq()
   local cache = os.getenv("CHBACKUP_CACHE") or ((os.getenv("HOME") or "/root") .. "/.cache/chbackup")
   lib = lib or os.getenv("CHDB_LIB") or (cache .. "/chdb/package/libchdb.so")
   if not chq or not fsutil.exists(chq) then

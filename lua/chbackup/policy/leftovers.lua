@@ -74,14 +74,7 @@ local function walk(st, fn)
     if mode(dir) ~= "directory" then
       return
     end
-    local entries = {}
-    for e in lfs.dir(dir) do
-      if e ~= "." and e ~= ".." then
-        entries[#entries + 1] = e
-      end
-    end
-    table.sort(entries)
-    for _, e in ipairs(entries) do
+    for _, e in ipairs(fsutil.list_dir(dir) or {}) do
       if i < #segs then
         if e:match(segs[i].match) and mode(dir .. "/" .. e) == "directory" then
           go(dir .. "/" .. e, rel .. e .. "/", i + 1)
