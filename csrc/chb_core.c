@@ -660,6 +660,20 @@ static int core_disk_free(lua_State *L) {
   return 1;
 }
 
+/* core.exchange(a, b) -> true | fail: swaps two paths atomically
+ * (renameat2 RENAME_EXCHANGE): at no moment is either name missing. */
+static int core_exchange(lua_State *L) {
+  const char *a = luaL_checkstring(L, 1);
+  const char *b = luaL_checkstring(L, 2);
+  if (renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0) {
+    chb_error err;
+    chb_error_errno(&err, errno, "cannot exchange", a);
+    return chb_push_fail(L, &err);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* core.fsync(path) -> true | fail: flush a file or a directory to disk */
 static int core_fsync(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -712,6 +726,7 @@ static const luaL_Reg core_funcs[] = {
     {"getpid", core_getpid},
     {"isatty", core_isatty},
     {"fsync", core_fsync},
+    {"exchange", core_exchange},
     {"disk_free", core_disk_free},
     {"spawn_detached", core_spawn_detached},
     {"derive_key", core_derive_key},

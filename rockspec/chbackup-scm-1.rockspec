@@ -94,6 +94,7 @@ build = {
       ["chbackup.names"] = "lua/chbackup/names.lua",
       ["chbackup.part_check"] = "lua/chbackup/part_check.lua",
       ["chbackup.plan"] = "lua/chbackup/plan.lua",
+      ["chbackup.rebase"] = "lua/chbackup/rebase.lua",
       ["chbackup.progress"] = "lua/chbackup/progress.lua",
       ["chbackup.policy"] = "lua/chbackup/policy/init.lua",
       ["chbackup.policy.cli"] = "lua/chbackup/policy/cli.lua",

@@ -19,6 +19,7 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] check BACKUP [--read-data]   verify a backup in place
        chbackup [options] list DEST          the backups at a destination, e.g. "Disk('backups', '')"
        chbackup [options] delete BACKUP      remove a backup whole (refused while another relies on it)
+       chbackup [options] rebase BACKUP      make an incremental standalone (its bases can then go)
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -170,7 +171,7 @@ local function path_use(opts, rest)
   local explicit_status = opts.status_dir or os.getenv("CHBACKUP_STATUS_DIR")
   local sub = rest[1]
   if opts.run_operation or sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "list"
-      or sub == "delete" then
+      or sub == "delete" or sub == "rebase" then
     return nil
   end
   if sub == "wait" or sub == "cancel" then
@@ -452,18 +453,19 @@ function run(argv, out, errout, state)
   end
   local sub = rest[1]
   if sub == "show" or sub == "chain" or sub == "diff" or sub == "check" or sub == "list" or sub == "wait"
-      or sub == "cancel" or sub == "delete" then
+      or sub == "cancel" or sub == "delete" or sub == "rebase" then
     state.what = sub
   else
     state.what = (sub:match("^%s*(%a+)") or "statement"):upper()
   end
-  local arity = { show = 2, chain = 2, diff = 3, check = 2, list = 2, delete = 2, cancel = 2, wait = 2 }
+  local arity = { show = 2, chain = 2, diff = 3, check = 2, list = 2, delete = 2, rebase = 2, cancel = 2,
+    wait = 2 }
   if #rest > 1 and arity[sub] ~= #rest then
     errout:write("chbackup: give statements as one argument, separated by ';'\n")
     return 2
   end
   local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
-    or rest[1] == "list" or rest[1] == "delete"
+    or rest[1] == "list" or rest[1] == "delete" or rest[1] == "rebase"
   if opts.password_file and not inspecting then
     errout:write("chbackup: --password-file applies to show, chain, diff and check; give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
@@ -547,6 +549,15 @@ function run(argv, out, errout, state)
       json_line(out, { deleted = rest[2] })
     elseif ok then
       out:write("deleted\t" .. rest[2] .. "\n")
+    end
+  elseif rest[1] == "rebase" and #rest == 2 then
+    local bytes
+    bytes, err = inst:rebase(rest[2], secret)
+    ok = bytes ~= nil
+    if ok and opts.json then
+      json_line(out, { rebased = rest[2], bytes_written = bytes })
+    elseif ok then
+      out:write("rebased\t" .. rest[2] .. "\t" .. bytes .. " bytes written\n")
     end
   elseif rest[1] == "list" and #rest == 2 then
     ok, err = cmd_list(inst, rest[2], out, secret, opts.json)

@@ -382,6 +382,14 @@ function Instance:delete(backup_name, opts)
 end
 
 
+--- Turns an incremental backup into a standalone one (chbackup.rebase).
+-- Returns the bytes written or nil, err.
+function Instance:rebase(backup_name, opts)
+  return require("chbackup.rebase").run(self.config, backup_name,
+    { password = opts and opts.password, threads = self.threads })
+end
+
+
 --- What changed between two backups (see chbackup.inspect.diff);
 -- opts.password opens encrypted backups (the same password for both).
 function Instance:diff(from_name, to_name, opts)
