@@ -34,28 +34,19 @@ local function check_tables(b)
   for _, db in pairs(dbs) do
     counts.databases = counts.databases + 1
     if db.metadata then
-      local text, rerr = read(db.metadata)
-      local info = text and ddl.parse_create(text)
+      local info, ierr = contents.statement(read, db.metadata, db.name, nil, b.dest.name)
       if not info then
-        return nil, rerr or ("cannot parse " .. db.metadata.name .. " in backup " .. b.dest.name)
-      end
-      local ok, nerr = contents.check_metadata_name(info, db.metadata, db.name, nil, b.dest.name)
-      if not ok then
-        return nil, nerr
+        return nil, ierr
       end
     end
     for _, t in pairs(db.tables) do
       if t.metadata then
         counts.tables = counts.tables + 1
-        local text, rerr = read(t.metadata)
-        local info = text and ddl.parse_create(text)
+        local info, ierr = contents.statement(read, t.metadata, db.name, t.name, b.dest.name)
         if not info then
-          return nil, rerr or ("cannot parse " .. t.metadata.name .. " in backup " .. b.dest.name)
+          return nil, ierr
         end
-        local ok, nerr = contents.check_metadata_name(info, t.metadata, db.name, t.name, b.dest.name)
-        if not ok then
-          return nil, nerr
-        end
+        local ok
         local has_inner = info.object == "MATERIALIZED VIEW" and ddl.inner_uuid(info.body) ~= nil
         local family = catalog.engine_family(has_inner and "TABLE" or info.object, ddl.engine(info.body))
         if family ~= "none" then

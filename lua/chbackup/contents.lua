@@ -4,6 +4,7 @@
 -- statement its name says). RESTORE and `check` read backups through it.
 -- @module chbackup.contents
 local catalog = require("chbackup.catalog")
+local ddl = require("chbackup.ddl")
 local names = require("chbackup.names")
 
 local contents = {}
@@ -60,10 +61,10 @@ function contents.index(m, backup_name)
 end
 
 
---- Checks that a metadata file of the backup holds the statement its name
+-- Checks that a metadata file of the backup holds the statement its name
 -- says: a database's for metadata/<db>.sql, a table's (view's,
 -- dictionary's) for metadata/<db>/<t>.sql, named as the file is.
-function contents.check_metadata_name(info, entry, db_name, table_name, backup_name)
+local function check_metadata_name(info, entry, db_name, table_name, backup_name)
   local want = table_name and "a table" or "database " .. names.quote_identifier(db_name)
   local ok
   if table_name then
@@ -79,6 +80,27 @@ function contents.check_metadata_name(info, entry, db_name, table_name, backup_n
       table_name and names.qualified(db_name, table_name) or want)
   end
   return true
+end
+
+
+--- The statement of a metadata entry of the backup: read(entry) gives its
+-- bytes (verified), it must parse as one CREATE and be the statement of
+-- database db_name (table_name nil) or of table db_name.table_name.
+-- Returns ddl.parse_create's info or nil, err naming the file.
+function contents.statement(read, entry, db_name, table_name, backup_name)
+  local text, err = read(entry)
+  if not text then
+    return nil, err
+  end
+  local info, perr = ddl.parse_create(text)
+  if not info then
+    return nil, "cannot parse " .. entry.name .. " in backup " .. backup_name .. ": " .. perr
+  end
+  local ok, nerr = check_metadata_name(info, entry, db_name, table_name, backup_name)
+  if not ok then
+    return nil, nerr
+  end
+  return info
 end
 
 

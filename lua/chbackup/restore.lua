@@ -212,6 +212,10 @@ function restore.run(ctx, req)
     return nil, err
   end
   local m = b.manifest
+  -- a small file of the backup, read whole through the chain and verified
+  local function read(e)
+    return chain.read(b, e)
+  end
   local backup_dbs
   backup_dbs, err = contents.index(m, src.name)
   if not backup_dbs then
@@ -240,17 +244,9 @@ function restore.run(ctx, req)
     if not new_dbs[name] then
       local body = "ENGINE = Atomic"
       if from_backup and from_backup.metadata then
-        local text, rerr = chain.read(b, from_backup.metadata)
-        if not text then
-          return nil, rerr
-        end
-        local info, perr = ddl.parse_create(text)
+        local info, ierr = contents.statement(read, from_backup.metadata, from_backup.name, nil, src.name)
         if not info then
-          return nil, "cannot parse " .. from_backup.metadata.name .. " in backup " .. src.name .. ": " .. perr
-        end
-        local ok, nerr = contents.check_metadata_name(info, from_backup.metadata, from_backup.name, nil, src.name)
-        if not ok then
-          return nil, nerr
+          return nil, ierr
         end
         if ddl.engine(info.body) == "Atomic" then
           body = info.body
@@ -269,17 +265,9 @@ function restore.run(ctx, req)
   end
   for _, s in ipairs(selected) do
     local qname = names.qualified(s.target_db, s.target_name)
-    local text, rerr = chain.read(b, s.tbl.metadata)
-    if not text then
-      return nil, rerr
-    end
-    local info, perr = ddl.parse_create(text)
+    local info, ierr = contents.statement(read, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
     if not info then
-      return nil, "cannot parse " .. s.tbl.metadata.name .. " in backup " .. src.name .. ": " .. perr
-    end
-    local named, nerr = contents.check_metadata_name(info, s.tbl.metadata, s.db.name, s.tbl.name, src.name)
-    if not named then
-      return nil, nerr
+      return nil, ierr
     end
     -- views and dictionaries follow the tables and databases renamed with them
     info.body = renaming.apply(info.body, map)
@@ -430,9 +418,6 @@ function restore.run(ctx, req)
       end
       -- Every part (or Log table) is checked as ClickHouse will load it
       -- before a byte is copied.
-      local function read(e)
-        return chain.read(b, e)
-      end
       local function add_file(dst, f)
         if f.size == 0 then
           empty_files[#empty_files + 1] = dst   -- no bytes in the backup
