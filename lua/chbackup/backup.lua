@@ -1,58 +1,25 @@
 --- BACKUP: a data path's tables -> a backup in ClickHouse's format.
 --
--- Order of work, so that nothing looks finished until it is:
---   1. refuse an existing destination; create it with a marker file;
---   2. write metadata; copy data files with the C job (checksums from
---      checksums.txt verified while streaming, others computed);
---   3. store identical files once (data_file), as ClickHouse does;
---   4. write `.backup` last, atomically; remove the marker.
+-- One pipeline for every container (chbackup.store: a directory, a zip):
+--   1. read-only checks: the destination is new, the base opens;
+--   2. select (plan.select_for_backup) and list the files (plan.backup_files;
+--      parts unchanged since the base come from its manifest);
+--   3. decide every file before a byte moves (chbackup.file_plan): in the
+--      base, a duplicate, a grown file's tail, or stored;
+--   4. the container writer stores the files (C job or zip writer,
+--      verifying sizes and checksums while streaming) and writes `.backup`
+--      last; until then nothing there looks like a backup.
 -- A failure removes what this run created.
 -- @module chbackup.backup
-local backup_archive = require("chbackup.backup_archive")
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local disks = require("chbackup.disks")
-local fsutil = require("chbackup.fsutil")
+local file_plan = require("chbackup.file_plan")
 local lfs = require("lfs")
-local lock = require("chbackup.lock")
-local manifest = require("chbackup.manifest")
 local plan = require("chbackup.plan")
-local runner = require("chbackup.runner")
+local store = require("chbackup.store")
 
 local backup = {}
-
-backup.MARKER = ".chbackup-incomplete"
-
--- Files up to this size that checksums.txt does not list are hashed while
--- planning an incremental backup, so that they can match the base.
-local SMALL_FILE = 1024 * 1024
-
--- Files the job copies first, largest first (the rest: in name order).
-local BIG_FILE = 1024 * 1024
-
-
--- Read-only checks before any work; the destination is locked later, when
--- it is created (take_destination).
-local function check_destination(dest)
-  local path = dest.path
-  if fsutil.exists(path .. "/" .. manifest.FILE) then
-    return nil, "backup " .. dest.name .. " already exists"
-  end
-  if fsutil.exists(path) then
-    if not fsutil.is_dir(path) then
-      return nil, "backup destination " .. dest.name .. " (" .. path .. ") exists and is not a directory"
-    end
-    local marker = path .. "/" .. backup.MARKER
-    local held, holder = lock.held(marker)
-    if held then
-      return nil, "backup " .. dest.name .. " is being written by " .. holder .. " (" .. marker .. ")"
-    end
-    if held == nil and not fsutil.is_empty_dir(path) then
-      return nil, "backup destination " .. dest.name .. " (" .. path .. ") is not empty"
-    end
-  end
-  return true
-end
 
 
 -- Entries sorted by name, as `.backup` lists them. They come mostly in
@@ -74,16 +41,6 @@ local function sort_by_name(list)
         list[j] = by_name[name]
       end
       return
-    end
-  end
-end
-
-
--- Every entry of a backup directory but its marker.
-local function remove_all_but_marker(path)
-  for entry in require("lfs").dir(path) do
-    if entry ~= "." and entry ~= ".." and entry ~= backup.MARKER then
-      fsutil.remove_tree(path .. "/" .. entry)
     end
   end
 end
@@ -157,47 +114,62 @@ local function part_from_base(base, read)
 end
 
 
--- Creates the destination directory and takes its marker as the lock of
--- this run (held until `.backup` is written, its text naming the
--- operation). A marker nobody holds was left by a killed run: what that
--- run wrote is removed first (logged). Returns lk, created or nil, err.
-local function take_destination(dest, op_id)
-  local path = dest.path
-  local created = not fsutil.exists(path)
-  local ok, err = fsutil.mkdir_p(path)
-  if not ok then
-    return nil, err
+
+
+-- The base of an incremental (SETTINGS base_backup): opened, its whole
+-- chain readable. Returns it or nil, err.
+local function open_base(ctx, dest)
+  local settings = ctx.settings
+  local base, err = chain.open(ctx.config, settings.base_backup, { password = settings.password })
+  if not base then
+    return nil, "base_backup: " .. err
   end
-  local marker = path .. "/" .. backup.MARKER
-  local lk, prev, made = lock.take(marker, op_id, function(holder)
-    return "backup " .. dest.name .. " is being written by " .. holder .. " (" .. marker .. ")"
-  end)
-  if not lk then
-    return nil, prev
+  local bases
+  bases, err = chain.list(base)
+  if not bases then
+    return nil, "base_backup: " .. err
   end
-  local function refuse(msg)
-    lk:release(made)
-    if created then
-      require("lfs").rmdir(path)
-    end
-    return nil, msg
+  if base.dest.path == dest.path then
+    return nil, "base_backup " .. base.dest.name .. " is the backup being made"
   end
-  if fsutil.exists(path .. "/" .. manifest.FILE) then
-    return refuse("backup " .. dest.name .. " already exists")
-  end
-  if prev or not made then
-    -- a marker nobody holds: a killed (or failed) run's; take its place
-    remove_all_but_marker(path)
-    lock.log("removed what a killed BACKUP (" .. lock.who(prev) .. ") left in backup " .. dest.name
-      .. " (" .. path .. ")")
-  else
-    for entry in require("lfs").dir(path) do
-      if entry ~= "." and entry ~= ".." and entry ~= backup.MARKER then
-        return refuse("backup destination " .. dest.name .. " (" .. path .. ") is not empty")
-      end
+  for _, b in ipairs(bases) do
+    if b.store.key_err then   -- an encrypted base: the chain needs its password
+      return nil, "base_backup: " .. b.store.key_err
     end
   end
-  return lk, created
+  return base
+end
+
+
+-- Read-only checks of a BACKUP's settings against its destination.
+local function check_settings(dest, settings)
+  if not dest.archive and (settings.compression_method or settings.compression_level) then
+    return nil, "compression_method and compression_level apply to archive destinations"
+      .. " (a name ending in .zip), not to directory backup " .. dest.name
+  end
+  if dest.archive and settings.data_file_name_generator == "checksum" then
+    return nil, "data_file_name_generator = 'checksum' is supported for directory backups, not for archive "
+      .. dest.name .. " (ClickHouse's zip, the reference, is not available to test it against here)"
+  end
+  return true
+end
+
+
+-- Every entry of the new manifest, sorted by name: the metadata (bytes
+-- given) and the data files (read from the data path, or decided already
+-- as unchanged since the base).
+local function entries_of(files)
+  local entries = {}
+  for _, m in ipairs(files.metadata) do
+    entries[#entries + 1] = { name = m.name, size = #m.content, checksum = core.checksum(m.content),
+      content = m.content }
+  end
+  for _, d in ipairs(files.data) do   -- (the plan's tables, reused: one table a file)
+    d.src, d.path = d.path, nil
+    entries[#entries + 1] = d
+  end
+  sort_by_name(entries)
+  return entries
 end
 
 
@@ -205,49 +177,23 @@ end
 -- ctx: {catalog=, store=, op_id=, threads=, settings=, dest=<resolved>}
 -- Returns the status counters table, or nil, err.
 function backup.run(ctx, req)
-  local dest, cat, settings = ctx.dest, ctx.catalog, ctx.settings
-  local ok, err
-  if dest.archive then
-    if require("lfs").attributes(dest.path) then
-      return nil, "backup " .. dest.name .. " already exists"
-    end
-    local held, holder = lock.held(lock.archive_lock(dest.path))
-    if held then
-      return nil, "backup " .. dest.name .. " is being written by " .. holder .. " ("
-        .. lock.archive_lock(dest.path) .. ")"
-    end
-  else
-    if settings.compression_method or settings.compression_level then
-      return nil, "compression_method and compression_level apply to archive destinations"
-        .. " (a name ending in .zip), not to directory backup " .. dest.name
-    end
-    ok, err = check_destination(dest)
-    if not ok then
+  local dest, settings = ctx.dest, ctx.settings
+  local ok, err = check_settings(dest, settings)
+  if ok then
+    ok, err = store.check_new(dest)
+  end
+  if not ok then
+    return nil, err
+  end
+  if settings.base_backup then
+    ctx.base, err = open_base(ctx, dest)
+    if not ctx.base then
       return nil, err
     end
   end
-  if settings.base_backup then
-    local base, berr = chain.open(ctx.config, settings.base_backup, { password = settings.password })
-    if not base then
-      return nil, "base_backup: " .. berr
-    end
-    local bases
-    bases, berr = chain.list(base)
-    if not bases then
-      return nil, "base_backup: " .. berr
-    end
-    if base.dest.path == dest.path then
-      return nil, "base_backup " .. base.dest.name .. " is the backup being made"
-    end
-    for _, b in ipairs(bases) do
-      if b.key_err then   -- an encrypted base: the chain needs its password
-        return nil, "base_backup: " .. b.key_err
-      end
-    end
-    ctx.base = base
-  end
+  local base = ctx.base
   local selection
-  selection, err = plan.select_for_backup(cat, req.elements)
+  selection, err = plan.select_for_backup(ctx.catalog, req.elements)
   if not selection then
     return nil, err
   end
@@ -255,7 +201,7 @@ function backup.run(ctx, req)
   local base_read = { files = 0, bytes = 0 }   -- checksums.txt read by part_from_base
   files, err = plan.backup_files(selection, {
     structure_only = settings.structure_only,
-    from_base = ctx.base and not dest.archive and part_from_base(ctx.base, base_read) or nil,
+    from_base = base and part_from_base(base, base_read) or nil,
   })
   if not files then
     return nil, err
@@ -263,270 +209,59 @@ function backup.run(ctx, req)
   if settings.structure_only then   -- CREATE statements only, as ClickHouse's
     files.data = {}
   end
-  if dest.archive and settings.data_file_name_generator == "checksum" then
-    return nil, "data_file_name_generator = 'checksum' is supported for directory backups, not for archive "
-      .. dest.name .. " (ClickHouse's zip, the reference, is not available to test it against here)"
+  -- which disk each part was on, when not the default one (disks.RECORD_FILE)
+  local record = disks.record(files.data)
+  local entries = entries_of(files)
+  files = nil   -- luacheck: ignore (free the plan's lists early)
+
+  local hashed_files, hashed_bytes, code = file_plan.hash_unknown(ctx, entries, base)
+  if not hashed_files then
+    return nil, "backup " .. dest.name .. " failed: " .. hashed_bytes, code
   end
-  if dest.archive then
-    return backup_archive.run(ctx, files)
-  end
+  hashed_files, hashed_bytes = hashed_files + base_read.files, hashed_bytes + base_read.bytes
   -- data_file_name_generator = 'checksum' (ClickHouse's): every file is
   -- stored once under a name made of its checksum, `abc/def…` with a
   -- prefix of data_file_name_prefix_length characters (default 3).
   local layout = settings.data_file_name_generator == "checksum" and (settings.data_file_name_prefix_length or 3)
-  local function stored_name(e)
-    if not layout then
-      return e.name
-    elseif layout == 0 then
-      return e.checksum
-    end
-    return e.checksum:sub(1, layout) .. "/" .. e.checksum:sub(layout + 1)
-  end
+  local to_store, counters = file_plan.decide(entries, base, layout)
 
-  local lk, created = take_destination(dest, ctx.op_id)
-  if not lk then
-    return nil, created
+  local writer
+  writer, err, code = store.begin_write(dest, {
+    op_id = ctx.op_id, threads = ctx.threads, fsync = settings.fsync, password = settings.password,
+    compression_method = settings.compression_method, compression_level = settings.compression_level,
+  })
+  if not writer then
+    return nil, err, code
   end
-  -- What this run wrote goes first, its marker (the lock) last.
-  local function cleanup()
-    remove_all_but_marker(dest.path)
-    lk:release(true)
-    if created then
-      require("lfs").rmdir(dest.path)
-    end
+  ok, err, code = file_plan.put_all(writer, to_store)
+  if ok and record then
+    ok, err, code = writer:put_extra(disks.RECORD_FILE, record)
   end
-  local function fail(msg, code)
-    cleanup()
-    return nil, msg, code
-  end
-  -- SETTINGS password: every stored file is encrypted (chain.ENCRYPTION_FILE,
-  -- README "Encrypted directory backups"); `.backup` keeps plain checksums.
-  local enc_key
-  if settings.password then
-    local text
-    enc_key, text = chain.new_encryption(settings.password)
-    if not enc_key then
-      return fail("backup " .. dest.name .. ": " .. text)
-    end
-    ok, err = fsutil.write_file(dest.path .. "/" .. chain.ENCRYPTION_FILE, text)
-    if not ok then
-      return fail(err)
-    end
-  end
-
-  -- Which disk each part was on, when not the default one (disks.RECORD_FILE).
-  local record = disks.record(files.data)
-  if record then
-    ok, err = fsutil.write_file(dest.path .. "/" .. disks.RECORD_FILE, record)
-    if not ok then
-      return fail(err)
-    end
-  end
-
-  -- Every entry of the manifest, sorted by name as ClickHouse lists them.
-  local base = ctx.base
-  local function in_base(e)
-    return base and e.checksum and base.by_content[chain.content_key(e.size, e.checksum)]
-  end
-  local meta_entries, entries, hashed_files, hashed_bytes = {}, {}, base_read.files, base_read.bytes
-  local written = {}
-  for _, m in ipairs(files.metadata) do
-    local e = { name = m.name, size = #m.content, checksum = core.checksum(m.content) }
-    if in_base(e) then
-      e.use_base = true
-    elseif layout and written[stored_name(e)] then
-      e.data_file = stored_name(e)
-    else
-      local name = stored_name(e)
-      written[name] = true
-      e.data_file = layout and name or nil
-      local path = dest.path .. "/" .. name
-      ok, err = fsutil.mkdir_p(path:match("^(.*)/[^/]*$"))
-      local content = m.content
-      if ok and enc_key then
-        content, err = core.encrypt(enc_key, name, content)
-        ok = content ~= nil
-      end
-      if ok then
-        ok, err = fsutil.write_file(path, content)
-      end
-      if not ok then
-        return fail(err)
-      end
-      e.stored = true
-    end
-    meta_entries[#meta_entries + 1] = e
-  end
-  for _, d in ipairs(files.data) do
-    if not d.path then   -- a file of a part unchanged since the base, decided
-      entries[#entries + 1] = d
-      goto next_file
-    end
-    local e = d   -- (the plan's table, reused: one table a file)
-    e.src, e.path = d.path, nil
-    local grown = base and base.manifest.by_name[e.name]
-    grown = grown and grown.size > 0 and grown.size < e.size
-    if base and not e.checksum and e.size > 0 and e.size <= SMALL_FILE and not grown then
-      -- Small files that checksums.txt does not list (checksums.txt itself,
-      -- columns.txt, …): hashing them now lets them match the base.
-      local sum, size_or_err = core.checksum_file(e.src)
-      if not sum then
-        return fail(size_or_err)
-      end
-      hashed_files, hashed_bytes = hashed_files + 1, hashed_bytes + size_or_err
-      if size_or_err == e.size then   -- else uncommitted bytes: the job hashes e.size
-        e.checksum = sum
-      end
-    end
-    entries[#entries + 1] = e
-    ::next_file::
-  end
-  files = nil   -- luacheck: ignore (free the plan's per-file tables early)
-  -- ("data/…" sorts before "metadata/…")
-  table.move(meta_entries, 1, #meta_entries, #entries + 1, entries)
-  meta_entries = nil   -- luacheck: ignore
-  sort_by_name(entries)
-  if layout then
-    -- a file's name in the backup comes from its checksum: know them all first
-    local data_entries = {}
-    for _, e in ipairs(entries) do
-      if e.src then
-        data_entries[#data_entries + 1] = e
-      end
-    end
-    local n, bytes_or_err, hcode = backup_archive.hash_unknown(ctx, data_entries, nil)
-    if not n then
-      return fail("backup " .. dest.name .. " failed: " .. bytes_or_err, hcode)
-    end
-    hashed_files, hashed_bytes = hashed_files + n, hashed_bytes + bytes_or_err
-  end
-
-  -- Decide each file: in the base (use_base), a copy of a file stored
-  -- earlier (data_file), or stored; a file that may have grown since the
-  -- base (Log-family tables append) is stored tail only if its prefix matches.
-  local first, to_copy = {}, {}
-  local job = core.job({ threads = ctx.threads, fsync = ctx.settings.fsync, key = enc_key })
-  for _, e in ipairs(entries) do
-    if e.src and e.size == 0 then
-      -- ClickHouse stores no bytes (and no checksum) for an empty file
-      e.checksum = nil
-    elseif e.src and in_base(e) then
-      e.use_base = true
-    elseif e.src then
-      local key = e.checksum and chain.content_key(e.size, e.checksum)
-      if layout and written[stored_name(e)] then
-        e.data_file = stored_name(e)
-      elseif key and first[key] then
-        e.data_file = first[key]
-      else
-        if key then
-          first[key] = stored_name(e)
-        end
-        if layout then
-          written[stored_name(e)] = true
-          e.data_file = stored_name(e)
-        end
-        e.stored = true
-        to_copy[#to_copy + 1] = e
-      end
-    end
-  end
-  -- Largest files first, so that no big file is left for one thread at the
-  -- end; files under BIG_FILE (most of them, with many small parts) after
-  -- them in name order, unsorted.
-  local big, small = {}, {}
-  for _, e in ipairs(to_copy) do
-    local list = e.size >= BIG_FILE and big or small
-    list[#list + 1] = e
-  end
-  table.sort(big, function(a, b)
-    if a.size ~= b.size then
-      return a.size > b.size
-    end
-    return a.name < b.name
-  end)
-  to_copy = table.move(small, 1, #small, #big + 1, big)
-  big, small = nil, nil   -- luacheck: ignore
-  for _, e in ipairs(to_copy) do
-    -- read exactly `size` bytes (a Log file may hold uncommitted bytes)
-    e.job_index = job:add({ { e.src, 0, e.size } }, dest.path .. "/" .. stored_name(e), e.size, e.checksum,
-      nil, enc_key and stored_name(e))
-    local be = base and not e.checksum and base.manifest.by_name[e.name]
-    if be and be.size > 0 and be.size < e.size then
-      job:set_base(e.job_index, be.size, be.checksum)
-      e.prefix_of = be
-    end
-  end
-  local store, op_id = ctx.store, ctx.op_id
-  local code
-  ok, err, code = runner.run(job, function(p)
-    store:update(op_id, {
-      files_read = hashed_files + p.files_done, bytes_read = hashed_bytes + p.bytes_done,
-    })
-  end, ctx.cancelled)
-  if not ok then
-    job:close()
-    return fail("backup " .. dest.name .. " failed: " .. err, code)
-  end
-  for _, e in ipairs(entries) do
-    if e.job_index then
-      local _, sum, tail_only = job:entry(e.job_index)
-      e.checksum = e.checksum or sum
-      if tail_only then
-        e.base_size, e.base_checksum = e.prefix_of.size, e.prefix_of.checksum
-      elseif in_base(e) then
-        os.remove(dest.path .. "/" .. e.name)
-        e.stored, e.use_base = false, true
-      end
-    end
-  end
-  local job_progress = job:progress()
-  job:close()
-
-  -- Final dedup pass over files hashed while copying.
-  first = {}
-  local counters = {
-    num_files = 0, total_size = 0, num_entries = 0, uncompressed_size = 0,
-    files_read = hashed_files + job_progress.files_done,
-    bytes_read = hashed_bytes + job_progress.bytes_done,
-  }
-  for _, e in ipairs(entries) do
-    counters.num_files = counters.num_files + 1
-    counters.total_size = counters.total_size + e.size
-    -- (with a checksum layout every checksum was known before copying:
-    -- nothing to undo)
-    if not layout and not e.base_size and (e.stored or (e.size > 0 and not e.use_base)) then
-      local key = chain.content_key(e.size, e.checksum)
-      if e.stored and first[key] and first[key] ~= e.name then
-        os.remove(dest.path .. "/" .. e.name)
-        e.stored, e.data_file = false, first[key]
-      elseif e.stored then
-        first[key] = first[key] or e.name
-      else
-        e.data_file = first[key] or e.data_file
-      end
-    end
-    if e.stored then
-      counters.num_entries = counters.num_entries + 1
-      counters.uncompressed_size = counters.uncompressed_size + e.size - (e.base_size or 0)
-    end
-  end
-
+  to_store = nil   -- luacheck: ignore
   local m
-  m, err = chain.new_manifest(ctx, entries, base,
-    { key = enc_key, data_file_name_generator = layout and "checksum" or nil })
-  if not m then
-    return fail(err)
+  if ok then
+    -- the files this backup stores are verified while written: check the base
+    m, err = chain.new_manifest(ctx, entries, base, { writer = writer,
+      data_file_name_generator = layout and "checksum" or nil })
+    ok = m ~= nil
   end
-  local size
-  size, err = manifest.write(dest.path, m)
-  if not size then
-    return fail(err)
+  if not ok then
+    writer:abort()
+    return nil, err, code
   end
-  lk:release(true)   -- removes the marker: the backup is complete
+  local status, op_id = ctx.store, ctx.op_id
+  local done
+  done, err, code = writer:commit(m, function(p)
+    status:update(op_id, { files_read = hashed_files + p.files_done, bytes_read = hashed_bytes + p.bytes_done })
+  end, ctx.cancelled)
+  if not done then
+    return nil, err, code
+  end
+  counters.files_read = hashed_files + done.files_done
+  counters.bytes_read = hashed_bytes + done.bytes_done
   counters.num_entries = counters.num_entries + 1
-  counters.uncompressed_size = counters.uncompressed_size + size
-  counters.compressed_size = counters.uncompressed_size
+  counters.uncompressed_size = counters.uncompressed_size + done.manifest_size
+  counters.compressed_size = done.stored_size or counters.uncompressed_size
   return counters
 end
 

@@ -278,20 +278,7 @@ function disks.read_record(b)
   if not b then
     return nil
   end
-  local text
-  if b.dest.archive then
-    if not (b.entries and b.entries[disks.RECORD_FILE] and b.reader) then
-      return nil
-    end
-    text = b.reader:read(disks.RECORD_FILE)
-  else
-    local f = io.open(b.dest.path .. "/" .. disks.RECORD_FILE, "rb")
-    if not f then
-      return nil
-    end
-    text = f:read("a")
-    f:close()
-  end
+  local text = b.store:read_extra(disks.RECORD_FILE)
   local ok, map = pcall(require("cjson").decode, text or "")
   if not ok or type(map) ~= "table" then
     return nil

@@ -49,9 +49,10 @@ function fsutil.list_dir(dir)
 end
 
 
-function fsutil.is_empty_dir(path)
+--- Is the directory empty (but for the name `except`, if given)?
+function fsutil.is_empty_dir(path, except)
   for entry in lfs.dir(path) do
-    if entry ~= "." and entry ~= ".." then
+    if entry ~= "." and entry ~= ".." and entry ~= except then
       return false
     end
   end

@@ -14,10 +14,11 @@ local config = require("chbackup.config")
 local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
+local store = require("chbackup.store")
 
 local listing = {}
 
-local MARKER = ".chbackup-incomplete"
+local MARKER = require("chbackup.store.dir").MARKER
 
 
 -- The backup name of `rel` below the destination dest (a parsed name).
@@ -29,22 +30,6 @@ local function name_of(dest, rel)
     return "Disk(" .. sql.quote_string(args[1]) .. ", " .. sql.quote_string(path) .. ")"
   end
   return "File(" .. sql.quote_string(args[1]:gsub("/+$", "") .. "/" .. rel) .. ")"
-end
-
-
--- Bytes the backup stores itself: its own files (a directory), or the
--- archive's size.
-local function stored_bytes(b)
-  if b.dest.archive then
-    return lfs.attributes(b.dest.path, "size") or 0
-  end
-  local n = 0
-  for _, e in ipairs(b.manifest.files) do
-    if not (e.data_file and e.data_file ~= e.name and b.manifest.by_name[e.data_file]) then
-      n = n + e.size - (e.base_size or (e.use_base and e.size) or 0)
-    end
-  end
-  return n
 end
 
 
@@ -69,7 +54,7 @@ local function row_of(cfg, dest, rel, opts)
     total = total + e.size
   end
   row.restored_bytes = total
-  row.stored_bytes = stored_bytes(b)
+  row.stored_bytes = b.store:stored_bytes()
   local bases, berr = chain.list(b)
   if bases then
     row.status, row.chain = "ok", #bases
@@ -133,7 +118,7 @@ function listing.run(cfg, dest_name, opts)
 end
 
 
---- Deletes backup `name` (chbackup.erase) unless a backup below its
+--- Deletes backup `name` (chbackup.store) unless a backup below its
 -- destination's root (the disk, or a File backup's directory) relies on it
 -- as its base; that one is named. Returns true or nil, err.
 function listing.delete(cfg, name, opts)
@@ -169,7 +154,7 @@ function listing.delete(cfg, name, opts)
         .. " (or keep both: RESTORE of " .. r.name .. " reads from " .. name .. ")"
     end
   end
-  return require("chbackup.erase").backup(target.path, { archive = target.archive, name = name,
+  return store.remove(target, { name = name,
     finish = kind == "directory" and not lfs.symlinkattributes(target.path .. "/" .. manifest.FILE) })
 end
 

@@ -11,14 +11,15 @@
 -- @module chbackup.rebase
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
-local erase = require("chbackup.erase")
+local file_plan = require("chbackup.file_plan")
 local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
 local runner = require("chbackup.runner")
+local store = require("chbackup.store")
 
 local rebase = {}
 
-local MARKER = ".chbackup-incomplete"
+local MARKER = require("chbackup.store.dir").MARKER
 
 
 --- Rebases backup `name` (a directory backup, not encrypted) onto no base.
@@ -39,7 +40,7 @@ function rebase.run(cfg, name, opts)
   if not m.base_backup then
     return nil, "backup " .. name .. " has no base: it is standalone already"
   end
-  if b.dest.archive or b.key or b.key_err then
+  if b.store.kind ~= "dir" or b.store.encrypted then
     return nil, "backup " .. name .. ": rebase of zip and encrypted backups is not supported yet"
   end
   local bases
@@ -68,7 +69,7 @@ function rebase.run(cfg, name, opts)
   for i, e in ipairs(m.files) do
     local f = { name = e.name, size = e.size, checksum = e.checksum }
     files[i] = f
-    local key = e.size > 0 and chain.content_key(e.size, e.checksum)
+    local key = e.size > 0 and file_plan.content_key(e.size, e.checksum)
     if not key then
       local dir = (tmp .. "/" .. e.name):match("^(.*)/[^/]*$")
       ok, err = fsutil.mkdir_p(dir)
@@ -110,7 +111,7 @@ function rebase.run(cfg, name, opts)
     return fail("cannot put the rebased backup in place of " .. name .. ": " .. err)
   end
   -- tmp now holds the incremental: deleted whole, its .backup invalidated first
-  ok, err = erase.backup(tmp, { name = name .. " (before its rebase)" })
+  ok, err = store.remove({ path = tmp, name = name .. " (before its rebase)" })
   if not ok then
     return nil, "backup " .. name .. " is rebased; the old copy at " .. tmp .. " could not be removed: " .. err
   end

@@ -46,10 +46,7 @@ end
 function counter.close(b)
   local x = b
   while x do
-    if x.reader then
-      x.reader:close()
-      x.reader = nil
-    end
+    x.store:close()
     x = x.base or nil
   end
 end

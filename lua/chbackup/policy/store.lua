@@ -23,7 +23,7 @@ local cjson = require("cjson")
 local chain = require("chbackup.chain")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
-local erase = require("chbackup.erase")
+local backups = require("chbackup.store")
 local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
@@ -766,14 +766,15 @@ function DiskStore:_remove_empty_parents(path)
 end
 
 
---- Deletes a backup (chbackup.erase: invalidated first, removed without
+--- Deletes a backup (chbackup.store: invalidated first, removed without
 -- following symlinks, its marker last), then its policy record. Returns
 -- true or nil, err; after a failure past the invalidation the next run
 -- finishes the deletion (p.deleting: finish it now).
 function DiskStore:delete(p)
   local archive = p.archive or store.archive_kind(p.name) ~= nil
   local path = archive and self:path_of(p.name) or p.path
-  local ok, err = erase.backup(path, { archive = archive, finish = p.deleting, name = p.name })
+  local ok, err = backups.remove({ path = path, name = p.name, archive = archive,
+    archive_kind = archive and (store.archive_kind(p.name) or "zip") }, { finish = p.deleting })
   if not ok then
     return nil, err
   end

@@ -1,0 +1,99 @@
+--- Where backups live and in which container: the one place that knows.
+--
+-- A destination (`Disk('backups', 'x')`, `File('/b/x.zip')`) is resolved
+-- by its location engine to a place (today the local engines Disk and
+-- File, through config.resolve: a path below an allowed disk or path);
+-- the container its name asks for (a directory, or the archive kind its
+-- name ends in) reads, writes and deletes the backup there. Every
+-- container module has the same shape:
+--
+--   open(resolved, {password=})        -> reader: dest, manifest, kind,
+--       piece(name, length), stored_size(name), read_piece(p),
+--       read_extra(name), stored_bytes(), close()
+--   check_new(resolved)                -> true | nil, err   (read-only)
+--   begin_write(resolved, opts)        -> writer: put_bytes(name, bytes),
+--       put_extra(name, bytes),
+--       put(name, pieces, size, checksum), piece(name, length),
+--       commit(manifest, progress, cancelled), abort()
+--   remove(path, {name=, finish=})     -> true | nil, err
+--
+-- A new container (tar) is one module and one line in CONTAINERS; a new
+-- location (S3) is one resolver in LOCATIONS and containers that take its
+-- places (docs/s3.md).
+-- @module chbackup.store
+local config = require("chbackup.config")
+
+local store = {}
+
+-- archive kind (config.resolve's archive_kind; nil: a directory) -> module
+local CONTAINERS = {
+  dir = "chbackup.store.dir",
+  zip = "chbackup.store.zip",
+}
+
+-- location engine -> resolver(cfg, dest) -> resolved or nil, err
+local LOCATIONS = {
+  Disk = config.resolve,
+  File = config.resolve,
+}
+
+
+--- Resolves a parsed destination ({engine=, args=}) to its place.
+-- Returns config.resolve's table or nil, err.
+function store.resolve(cfg, dest)
+  if dest.path then   -- resolved already
+    return dest
+  end
+  local resolver = LOCATIONS[dest.engine] or config.resolve   -- (which names the engine it refuses)
+  return resolver(cfg, dest)
+end
+
+
+--- The container module of a resolved destination, or nil, err naming it.
+function store.container(resolved)
+  local kind = resolved.archive and resolved.archive_kind or "dir"
+  local name = CONTAINERS[kind]
+  if not name then
+    return nil, "backup " .. resolved.name .. ": only .zip archives are supported"
+  end
+  return require(name)
+end
+
+
+-- Calls container method `fn` for a resolved destination.
+local function call(resolved, fn, ...)
+  local c, err = store.container(resolved)
+  if not c then
+    return nil, err
+  end
+  return c[fn](...)
+end
+
+
+--- Opens an existing backup for reading (see the module's reader shape).
+function store.open(resolved, opts)
+  return call(resolved, "open", resolved, opts or {})
+end
+
+
+--- Read-only checks that a new backup may be made at resolved.
+function store.check_new(resolved)
+  return call(resolved, "check_new", resolved)
+end
+
+
+--- Starts writing a new backup at resolved (see the writer shape).
+function store.begin_write(resolved, opts)
+  return call(resolved, "begin_write", resolved, opts)
+end
+
+
+--- Deletes the backup at resolved. opts: name, finish.
+function store.remove(resolved, opts)
+  opts = opts or {}
+  opts.name = opts.name or resolved.name
+  return call(resolved, "remove", resolved.path, opts)
+end
+
+
+return store
