@@ -130,6 +130,18 @@ local function strip_prefix(parts, base)
 end
 
 
+--- The archive kind a file name says ("zip", "tar"), or nil: a directory
+-- (ClickHouse's list of archive extensions).
+function config.archive_kind(name)
+  for _, ext in ipairs(ARCHIVE_EXTENSIONS) do
+    if ends_with(name, ext[1]) then
+      return ext[2]
+    end
+  end
+  return nil
+end
+
+
 -- The last raw segment is a file name (not "", "." or ".."), so a path like
 -- "1.zip/" is a directory, as in ClickHouse where the trailing slash
 -- survives lexically_normal and defeats ends_with(".zip").
@@ -138,13 +150,7 @@ local function archive_kind(raw, parts)
   if last_raw == "" or last_raw == "." or last_raw == ".." or #parts == 0 then
     return nil
   end
-  local name = parts[#parts]
-  for _, ext in ipairs(ARCHIVE_EXTENSIONS) do
-    if ends_with(name, ext[1]) then
-      return ext[2]
-    end
-  end
-  return nil
+  return config.archive_kind(parts[#parts])
 end
 
 

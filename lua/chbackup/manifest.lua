@@ -473,4 +473,34 @@ function manifest.write(dir, m)
 end
 
 
+
+local XML_UNESCAPES = { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'" }
+local HEADER_FIELDS = { "timestamp", "uuid", "base_backup", "base_backup_uuid" }
+
+
+--- The header fields of a `.backup` (timestamp, uuid, base_backup,
+-- base_backup_uuid) from its text, reading the fields before `<contents>`
+-- only (listings of many backups do not parse every file list); the whole
+-- text parsed strictly when the fields are not found that way. `what`
+-- names the file in errors. Returns table or nil, err.
+function manifest.header(text, what)
+  local head = text:sub(1, 65536)
+  local cut = head:find("<contents>", 1, true)
+  if cut and head:find("^%s*<config>") then
+    head = head:sub(1, cut)
+    local h = {}
+    for _, k in ipairs(HEADER_FIELDS) do
+      local v = head:match("<" .. k .. ">(.-)</" .. k .. ">")
+      h[k] = v and v:gsub("&(%a+);", XML_UNESCAPES) or nil
+    end
+    return h
+  end
+  local m, err = manifest.from_string(text, what)
+  if not m then
+    return nil, err
+  end
+  return { timestamp = m.timestamp, uuid = m.uuid, base_backup = m.base_backup,
+    base_backup_uuid = m.base_backup_uuid }
+end
+
 return manifest

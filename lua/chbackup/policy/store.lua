@@ -22,8 +22,9 @@ local lfs = require("lfs")
 local cjson = require("cjson")
 local chain = require("chbackup.chain")
 local config = require("chbackup.config")
-local core = require("chbackup.core")
 local backups = require("chbackup.store")
+local dir_store = require("chbackup.store.dir")
+local zip_store = require("chbackup.store.zip")
 local fsutil = require("chbackup.fsutil")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
@@ -152,21 +153,8 @@ end
 
 -- ClickHouse's archive extensions (config.lua's list): a backup named so
 -- is one file. chbackup reads and writes the zip ones.
-local ARCHIVE_EXTENSIONS = {
-  { ".zip", "zip" }, { ".zipx", "zip" }, { ".tar", "tar" }, { ".tar.gz", "tar" }, { ".tgz", "tar" },
-  { ".tar.bz2", "tar" }, { ".tar.lzma", "tar" }, { ".tar.zst", "tar" }, { ".tzst", "tar" }, { ".tar.xz", "tar" },
-}
-
-
 --- The archive kind a backup name says ("zip", "tar"), or nil: a directory.
-function store.archive_kind(name)
-  for _, ext in ipairs(ARCHIVE_EXTENSIONS) do
-    if #name > #ext[1] and name:sub(-#ext[1]) == ext[1] then
-      return ext[2]
-    end
-  end
-  return nil
-end
+store.archive_kind = config.archive_kind
 
 
 --- The policy's password, read at run time from its environment variable
@@ -192,87 +180,6 @@ end
 
 
 -- Manifest header --------------------------------------------------------
-
-local XML_UNESCAPES = { amp = "&", lt = "<", gt = ">", quot = '"', apos = "'" }
-local function xml_unescape(s)
-  return (s:gsub("&(%a+);", XML_UNESCAPES))
-end
-
-
-local HEADER_FIELDS = { "timestamp", "uuid", "base_backup", "base_backup_uuid" }
-
-
--- The header fields of a `.backup` text, or nil when it has no `<contents>`.
-local function header_of(head)
-  local cut = head:find("<contents>", 1, true)
-  if not cut or not head:find("^%s*<config>") then
-    return nil
-  end
-  head = head:sub(1, cut)
-  local h = {}
-  for _, k in ipairs(HEADER_FIELDS) do
-    local v = head:match("<" .. k .. ">(.-)</" .. k .. ">")
-    h[k] = v and xml_unescape(v) or nil
-  end
-  return h
-end
-
-
-local function header_of_manifest(m)
-  return { timestamp = m.timestamp, uuid = m.uuid, base_backup = m.base_backup,
-    base_backup_uuid = m.base_backup_uuid }
-end
-
-
---- The header fields of a `.backup` (timestamp, uuid, base_backup,
--- base_backup_uuid) without reading its file list. Returns table or nil, err.
-function store.read_header(path)
-  local f, err = io.open(path, "rb")
-  if not f then
-    return nil, "cannot read " .. path .. ": " .. tostring(err)
-  end
-  local head = f:read(65536) or ""
-  f:close()
-  local h = header_of(head)
-  if h then
-    return h
-  end
-  local m, merr = manifest.read(path)
-  if not m then
-    return nil, merr
-  end
-  return header_of_manifest(m)
-end
-
-
---- The header fields of a zip backup's `.backup`, read with password (nil:
--- none). Returns table or nil, err, code ("AUTH": a password problem).
-function store.read_zip_header(path, password)
-  local reader, err, code = core.zip_reader(path, password)
-  if not reader then
-    return nil, "cannot read " .. path .. ": " .. tostring(err), code
-  end
-  local text
-  text, err, code = reader:read(manifest.FILE)
-  reader:close()
-  if not text then
-    if code == "AUTH" then
-      return nil, tostring(err) .. (password and " (the policy's password does not open this zip)"
-        or " (the zip is password-protected and the policy has no password)"), code
-    end
-    return nil, "cannot read " .. manifest.FILE .. " of " .. path .. ": " .. tostring(err), code
-  end
-  local h = header_of(text:sub(1, 65536))
-  if h then
-    return h
-  end
-  local m, merr = manifest.from_string(text, path .. ":" .. manifest.FILE)
-  if not m then
-    return nil, merr
-  end
-  return header_of_manifest(m)
-end
-
 
 -- Policy records ----------------------------------------------------------
 
@@ -413,10 +320,10 @@ end
 -- The header of the backup at path: a zip (archive true) or a directory.
 function DiskStore:_header(path, archive)
   if not archive then
-    return store.read_header(path .. "/" .. manifest.FILE)
+    return dir_store.read_header(path)
   end
   local pw, pw_err = self:_password()
-  local h, err, code = store.read_zip_header(path, pw)
+  local h, err, code = zip_store.read_header(path, pw, "the policy")
   if not h and code == "AUTH" and pw_err then
     err = err .. "; " .. pw_err
   end
@@ -686,15 +593,15 @@ function DiskStore:foreign_dependents(points)
         if mode == "directory" then
           if lfs.attributes(path .. "/.backup", "mode") == "file" then
             if not ours[path] then
-              note(path, store.read_header(path .. "/.backup"))
+              note(path, dir_store.read_header(path))
             end
           elseif not lfs.symlinkattributes(path .. "/.chbackup-incomplete") then
             walk(path, depth + 1)
           end
         elseif mode == "file" and not ours[path] and store.archive_kind(e) == "zip" then
-          local h, _, code = store.read_zip_header(path, (self:_password()))
+          local h, _, code = zip_store.read_header(path, (self:_password()), "the policy")
           if not h and code == "AUTH" then
-            h = store.read_zip_header(path, nil)
+            h = zip_store.read_header(path, nil, "the policy")
           end
           note(path, h)
         end

@@ -128,6 +128,18 @@ function Reader.close()
 end
 
 
+--- The header fields of the directory backup at path (manifest.header).
+-- Returns table or nil, err.
+function dir.read_header(path)
+  local file = path .. "/" .. manifest.FILE
+  local text, err = fsutil.read_file(file)
+  if not text then
+    return nil, "cannot read " .. file .. ": " .. tostring(err)
+  end
+  return manifest.header(text, file)
+end
+
+
 -- Writing ----------------------------------------------------------------------
 
 -- Every entry of a backup directory but its marker.

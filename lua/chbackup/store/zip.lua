@@ -121,6 +121,30 @@ function Reader:close()
 end
 
 
+--- The header fields of the zip backup at path (manifest.header), read
+-- with password (nil: none), which `whose` gave ("the policy"; default
+-- "the statement"). Returns table or nil, err, code ("AUTH": a password
+-- problem).
+function zip.read_header(path, password, whose)
+  whose = whose or "the statement"
+  local reader, err, code = core.zip_reader(path, password)
+  if not reader then
+    return nil, "cannot read " .. path .. ": " .. tostring(err), code
+  end
+  local text
+  text, err, code = reader:read(manifest.FILE)
+  reader:close()
+  if not text then
+    if code == "AUTH" then
+      return nil, tostring(err) .. (password and (" (" .. whose .. "'s password does not open this zip)")
+        or (" (the zip is password-protected and " .. whose .. " has no password)")), code
+    end
+    return nil, "cannot read " .. manifest.FILE .. " of " .. path .. ": " .. tostring(err), code
+  end
+  return manifest.header(text, path .. ":" .. manifest.FILE)
+end
+
+
 -- Writing ----------------------------------------------------------------------
 
 --- Read-only checks before any work. Returns true or nil, err.
