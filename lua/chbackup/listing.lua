@@ -89,21 +89,22 @@ function listing.run(cfg, dest_name, opts)
   local function walk(dir, rel)
     for _, e in ipairs(fsutil.list_dir(dir) or {}) do
       local path, r = dir .. "/" .. e, rel == "" and e or (rel .. "/" .. e)
-      local mode = lfs.symlinkattributes(path, "mode")
-      if mode == "directory" then
-        if lfs.symlinkattributes(path .. "/" .. MARKER) then
-          rows[#rows + 1] = { name = name_of(dest, r), path = r, status = "incomplete",
-            problem = "an unfinished backup (" .. MARKER .. ")" }
-        elseif lfs.symlinkattributes(path .. "/" .. manifest.FILE .. ".deleting") then
-          rows[#rows + 1] = { name = name_of(dest, r), path = r, status = "being deleted",
-            problem = "its deletion was started and not finished" }
-        elseif lfs.symlinkattributes(path .. "/" .. manifest.FILE) then
-          rows[#rows + 1] = row_of(cfg, dest, r, opts)
-        else
-          walk(path, r)
-        end
-      elseif mode == "file" and e:match("%.zip$") then
+      local c = store.classify(path)
+      local what = c and c.what
+      if what == "directory" then
+        walk(path, r)
+      elseif what == "backup" then
         rows[#rows + 1] = row_of(cfg, dest, r, opts)
+      elseif what == "incomplete" then
+        rows[#rows + 1] = { name = name_of(dest, r), path = r, status = "incomplete",
+          problem = "an unfinished backup (" .. MARKER .. ")" }
+      elseif what == "deleting" then
+        local shown = c.base and (rel == "" and c.base or (rel .. "/" .. c.base)) or r
+        rows[#rows + 1] = { name = name_of(dest, shown), path = shown, status = "being deleted",
+          problem = "its deletion was started and not finished" }
+      elseif what == "temp" then
+        rows[#rows + 1] = { name = name_of(dest, r), path = r, status = "incomplete",
+          problem = "the temporary file of a zip BACKUP that is running or was interrupted" }
       end
     end
   end

@@ -262,10 +262,10 @@ function DiskStore:record_path(name)
 end
 
 
--- Walks the pattern's segments; calls fn(rel, path, attr, what) for each
--- last-segment entry: what is nil for a name matching the pattern,
--- "deleting" for a zip backup's `<name>.deleting` and "temp" for a zip
--- writer's `<name>.tmp-<pid>` (rel is then the matching name).
+-- Walks the pattern's segments; calls fn(rel, path) for each last-segment
+-- entry matching the pattern, and for a zip backup's `<name>.deleting` or a
+-- zip writer's `<name>.tmp-<pid>` (rel is then the matching name).
+-- What each is says chbackup.store.classify.
 function DiskStore:_walk(fn)
   local segs = self.compiled.segments
   local function walk(dir, rel, i)
@@ -299,7 +299,7 @@ function DiskStore:_walk(fn)
           walk(path, name, i + 1)
         end
       elseif attr then
-        fn(name, path, attr, x[3])
+        fn(name, path)
       end
     end
   end
@@ -409,59 +409,28 @@ function DiskStore:list()
   local function unreadable(name, path, why)
     out.unreadable[#out.unreadable + 1] = { name = name, path = path, why = why }
   end
-  self:_walk(function(name, path, attr, what)
+  self:_walk(function(name, path)
+    local c = backups.classify(path)
     local file = path:match("[^/]*$")
-    if what == "deleting" then
-      if attr.mode == "file" then
-        out.deleting[#out.deleting + 1] = { name = name, path = path, archive = true,
-          why = "deletion was started and not finished (" .. file .. ")" }
-      else
-        unreadable(name, path, file .. " is a " .. tostring(attr.mode) .. ", not a zip backup being deleted; "
-          .. "left alone")
-      end
+    if not c then
       return
-    elseif what == "temp" then
+    elseif c.what == "refused" then
+      unreadable(name, path, c.why)
+    elseif c.what == "temp" then
       out.incomplete[#out.incomplete + 1] = { name = (name:match("^(.*/)") or "") .. file, path = path,
         why = "unfinished zip (" .. file .. ": the temporary file of a BACKUP that is running or was interrupted; "
           .. "not a backup)" }
-      return
-    end
-    if attr.mode == "link" then
-      unreadable(name, path, "is a symbolic link; chbackup does not follow it")
-      return
-    end
-    local kind = store.archive_kind(name)
-    if kind and kind ~= "zip" then
-      unreadable(name, path, "is a " .. kind .. " archive; chbackup reads only .zip archives")
-      return
-    elseif kind then
-      if attr.mode ~= "file" then
-        unreadable(name, path, "is a " .. tostring(attr.mode) .. ", not a zip archive (a name ending in .zip is "
-          .. "an archive)")
-        return
-      end
-      local p, err = self:_point(name, path, true)
+    elseif c.what == "backup" then
+      local p, err = self:_point(name, path, c.archive)
       if p then
         out.points[#out.points + 1] = p
       else
         unreadable(name, path, err)
       end
-      return
-    elseif attr.mode ~= "directory" then
-      unreadable(name, path, "is a " .. tostring(attr.mode) .. ", not a backup directory (a zip backup's name "
-        .. "ends in .zip)")
-      return
-    end
-    if lfs.attributes(path .. "/.backup", "mode") == "file" then
-      local p, err = self:_point(name, path)
-      if p then
-        out.points[#out.points + 1] = p
-      else
-        unreadable(name, path, err)
-      end
-    elseif lfs.symlinkattributes(path .. "/.backup.deleting") then
-      out.deleting[#out.deleting + 1] = { name = name, path = path, why = "deletion was started and not finished" }
-    elseif lfs.symlinkattributes(path .. "/.chbackup-incomplete") then
+    elseif c.what == "deleting" then
+      out.deleting[#out.deleting + 1] = { name = name, path = path, archive = c.archive or nil,
+        why = "deletion was started and not finished" .. (c.archive and (" (" .. file .. ")") or "") }
+    elseif c.what == "incomplete" then
       out.incomplete[#out.incomplete + 1] = { name = name, path = path,
         why = "unfinished (.chbackup-incomplete, no .backup)" }
     else
@@ -589,16 +558,13 @@ function DiskStore:foreign_dependents(points)
     for e in lfs.dir(dir) do
       if e ~= "." and e ~= ".." then
         local path = dir .. "/" .. e
-        local mode = lfs.symlinkattributes(path, "mode")
-        if mode == "directory" then
-          if lfs.attributes(path .. "/.backup", "mode") == "file" then
-            if not ours[path] then
-              note(path, dir_store.read_header(path))
-            end
-          elseif not lfs.symlinkattributes(path .. "/.chbackup-incomplete") then
-            walk(path, depth + 1)
-          end
-        elseif mode == "file" and not ours[path] and store.archive_kind(e) == "zip" then
+        local c = backups.classify(path)
+        local what = c and c.what
+        if what == "directory" then
+          walk(path, depth + 1)
+        elseif what == "backup" and not ours[path] and not c.archive then
+          note(path, dir_store.read_header(path))
+        elseif what == "backup" and not ours[path] then
           local h, _, code = zip_store.read_header(path, (self:_password()), "the policy")
           if not h and code == "AUTH" then
             h = zip_store.read_header(path, nil, "the policy")

@@ -22,6 +22,8 @@
 -- places (docs/s3.md).
 -- @module chbackup.store
 local config = require("chbackup.config")
+local lfs = require("lfs")
+local manifest = require("chbackup.manifest")
 
 local store = {}
 
@@ -95,5 +97,61 @@ function store.remove(resolved, opts)
   return call(resolved, "remove", resolved.path, opts)
 end
 
+
+
+--- What the entry at `path` of a destination is, as far as backups go,
+-- looked at without following a symbolic link:
+--   {what = "backup", archive = bool}        a backup (a zip, or a directory
+--                                            with `.backup`)
+--   {what = "deleting", archive = bool}      its deletion was started
+--   {what = "incomplete"}                    a directory BACKUP being written
+--                                            or killed (its marker)
+--   {what = "temp", base = <name>}           a zip writer's `<name>.tmp-<pid>`
+--   {what = "directory"}                     a directory that is none of these
+--   {what = "refused", why = …}              not something chbackup reads
+-- or nil when nothing is there.
+function store.classify(path)
+  local attr = lfs.symlinkattributes(path)
+  if not attr then
+    return nil
+  end
+  local file = path:match("[^/]*$")
+  if attr.mode == "link" then
+    return { what = "refused", why = "is a symbolic link; chbackup does not follow it" }
+  end
+  local deleting = file:match("^(.+)%.deleting$")
+  if deleting and config.archive_kind(deleting) == "zip" then
+    if attr.mode ~= "file" then
+      return { what = "refused", why = file .. " is a " .. tostring(attr.mode)
+        .. ", not a zip backup being deleted; left alone" }
+    end
+    return { what = "deleting", archive = true, base = deleting }
+  end
+  local temp = file:match("^(.+)%.tmp%-%d+$")
+  if temp and config.archive_kind(temp) == "zip" then
+    return { what = "temp", base = temp }
+  end
+  local kind = config.archive_kind(file)
+  if kind and not CONTAINERS[kind] then
+    return { what = "refused", why = "is a " .. kind .. " archive; chbackup reads only .zip archives" }
+  elseif kind then
+    if attr.mode ~= "file" then
+      return { what = "refused", why = "is a " .. tostring(attr.mode) .. ", not a zip archive (a name ending in "
+        .. ".zip is an archive)" }
+    end
+    return { what = "backup", archive = true }
+  elseif attr.mode ~= "directory" then
+    return { what = "refused", why = "is a " .. tostring(attr.mode) .. ", not a backup directory (a zip "
+      .. "backup's name ends in .zip)" }
+  end
+  if lfs.attributes(path .. "/" .. manifest.FILE, "mode") == "file" then
+    return { what = "backup", archive = false }
+  elseif lfs.symlinkattributes(path .. "/" .. manifest.FILE .. ".deleting") then
+    return { what = "deleting", archive = false }
+  elseif lfs.symlinkattributes(path .. "/" .. require("chbackup.store.dir").MARKER) then
+    return { what = "incomplete" }
+  end
+  return { what = "directory" }
+end
 
 return store
