@@ -52,8 +52,8 @@ function contents.index(m, backup_name)
     for _, t in pairs(db.tables) do
       -- data/system/functions/ and data/system/<users|roles|…>/ hold what
       -- ClickHouse backs up of the server itself (functions, access
-      -- entities), without table metadata: only the files its RESTORE reads
-      if not t.metadata and db.name == "system" then
+      -- entities): only the files its RESTORE reads
+      if db.name == "system" and server_objects.is_server_table(t.escaped) then
         for _, d in ipairs(t.data) do
           if not server_objects.entry_kind(t.escaped, d.rel) then
             return nil, "backup " .. backup_name .. " is corrupt: it lists " .. d.file.name

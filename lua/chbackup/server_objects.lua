@@ -66,8 +66,13 @@ function server_objects.backup_entries(cat)
 end
 
 
---- Which file of a backup's `data/system/<t>/` (a system table without
--- metadata) ClickHouse's RESTORE reads: "function" for
+--- True for the system tables whose backup data is functions or access entities.
+function server_objects.is_server_table(tbl)
+  return tbl == "functions" or access.BY_TABLE[tbl] ~= nil
+end
+
+
+--- Which file of a backup's `data/system/<t>/` ClickHouse's RESTORE reads: "function" for
 -- functions/<escaped name>.sql, "access" for <access table>/access*.txt,
 -- nil for anything else.
 function server_objects.entry_kind(tbl, rel)
@@ -93,13 +98,11 @@ function server_objects.prepare(cat, dbs, elements, read, settings, backup_name)
   end
   local fn_files, access_files = {}, {}
   for tname, t in pairs(sys.tables) do
-    if not t.metadata then
-      for _, d in ipairs(t.data) do
-        local kind = server_objects.entry_kind(tname, d.rel)
-        local list = kind == "function" and fn_files or kind == "access" and access_files
-        if list then
-          list[#list + 1] = d
-        end
+    for _, d in ipairs(t.data) do
+      local kind = server_objects.entry_kind(tname, d.rel)
+      local list = kind == "function" and fn_files or kind == "access" and access_files
+      if list then
+        list[#list + 1] = d
       end
     end
   end
