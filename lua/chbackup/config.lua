@@ -600,6 +600,20 @@ local function from_document(doc, path, files, ignored)
   cfg.allowed_disks = child_values(backups, "allowed_disk")
   cfg.allowed_paths = child_values(backups, "allowed_path")
   cfg.backups_source = backups and backups.file or path
+
+  -- Where the server keeps SQL functions and access entities (issue 11
+  -- item 5): nil paths mean the defaults under the data path.
+  local ud = first_child(doc, "user_directories")
+  local local_dir = first_child(first_child(ud, "local_directory"), "path")
+  local acp = first_child(doc, "access_control_path")
+  local udp = first_child(doc, "user_defined_path")
+  cfg.server_objects = {
+    user_directories = ud ~= nil and ud.file or nil,
+    access_path = local_dir and inner_text(local_dir) or acp and inner_text(acp) or nil,
+    access_replicated = first_child(ud, "replicated") ~= nil,
+    user_defined_path = udp and inner_text(udp) or nil,
+    user_defined_in_keeper = first_child(doc, "user_defined_zookeeper_path") ~= nil,
+  }
   return cfg
 end
 

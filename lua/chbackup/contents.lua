@@ -6,6 +6,7 @@
 local catalog = require("chbackup.catalog")
 local ddl = require("chbackup.ddl")
 local names = require("chbackup.names")
+local server_objects = require("chbackup.server_objects")
 
 local contents = {}
 
@@ -49,9 +50,17 @@ function contents.index(m, backup_name)
   end
   for _, db in pairs(dbs) do
     for _, t in pairs(db.tables) do
-      -- (data/system/… holds what ClickHouse backs up of the server itself,
-      -- access entities and functions, without table metadata)
-      if not t.metadata and db.name ~= "system" then
+      -- data/system/functions/ and data/system/<users|roles|…>/ hold what
+      -- ClickHouse backs up of the server itself (functions, access
+      -- entities): only the files its RESTORE reads
+      if db.name == "system" and server_objects.is_server_table(t.escaped) then
+        for _, d in ipairs(t.data) do
+          if not server_objects.entry_kind(t.escaped, d.rel) then
+            return nil, "backup " .. backup_name .. " is corrupt: it lists " .. d.file.name
+              .. ", which is no file of a function or of access entities"
+          end
+        end
+      elseif not t.metadata then
         return nil, "backup " .. backup_name .. " is corrupt: it lists " .. t.data[1].file.name
           .. " but has no metadata of table " .. names.qualified(db.name, t.name)
       end

@@ -226,6 +226,11 @@ local function single(sql, verb)
 end
 
 
+-- (for other readers of ClickHouse's statements: chbackup.udf, chbackup.access)
+ddl.read_identifier = read_identifier
+ddl.single = single
+
+
 --- Parses an `ATTACH <object> _ [UUID '…'] …` statement of a data path
 -- (dictionaries are kept as `CREATE DICTIONARY _ UUID '…' …`), the only
 -- statement of its text (a final ";" is dropped). Returns {object=,

@@ -120,6 +120,23 @@ function fsutil.write_file(path, content)
 end
 
 
+--- A directory of the server that the configuration may name (configured,
+-- or nil for `<data path>/<default>`): one under the configuration's data
+-- path is taken under cat.path, the data path being worked on; a relative
+-- one is relative to it.
+function fsutil.server_dir(cat, configured, default)
+  if not configured or configured == "" then
+    return cat.path .. "/" .. default
+  end
+  local p = configured:gsub("/+$", "")
+  local cfg_data = (cat.config and cat.config.data_path or ""):gsub("/+$", "")
+  if cfg_data ~= "" and p:sub(1, #cfg_data + 1) == cfg_data .. "/" then
+    return cat.path .. p:sub(#cfg_data + 1)
+  end
+  return p:sub(1, 1) == "/" and p or cat.path .. "/" .. p
+end
+
+
 function fsutil.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then

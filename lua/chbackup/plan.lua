@@ -155,7 +155,9 @@ function plan.select_for_backup(cat, elements)
       return nil, "BACKUP of " .. tostring(el.type) .. " is not supported"
     end
   end
-  return { tables = selected, databases = databases, renaming = map }
+  -- BACKUP ALL also takes the server's functions and access entities
+  local server = require("chbackup.server_objects").selected(elements) and cat or nil
+  return { tables = selected, databases = databases, renaming = map, server = server }
 end
 
 
@@ -260,6 +262,13 @@ function plan.backup_files(selection, opts)
         data[#data + 1] = { name = prefix .. f.name, path = f.path, size = f.size }
       end
     end
+  end
+  if selection.server and not structure_only then
+    local extra, err = require("chbackup.server_objects").backup_entries(selection.server)
+    if not extra then
+      return nil, err
+    end
+    table.move(extra, 1, #extra, #metadata + 1, metadata)
   end
   return { metadata = metadata, data = data }
 end

@@ -23,6 +23,7 @@ local part_check = require("chbackup.part_check")
 local plan = require("chbackup.plan")
 local renaming = require("chbackup.renaming")
 local runner = require("chbackup.runner")
+local server_objects = require("chbackup.server_objects")
 local uuid = require("chbackup.uuid")
 
 local restore = {}
@@ -228,6 +229,11 @@ function restore.run(ctx, req)
   local map, map_err = renaming.map(req.elements, DEFAULT_DATABASE)
   if not map then
     return nil, map_err
+  end
+  -- RESTORE ALL: the backup's functions and access entities, checked now
+  local server_plan, sp_err = server_objects.prepare(cat, backup_dbs, req.elements, read, settings, src.name)
+  if not server_plan then
+    return nil, sp_err
   end
 
   -- Phase 1: decide every target; nothing is written yet.
@@ -625,6 +631,10 @@ function restore.run(ctx, req)
         .. " offline: its replica is not registered in Keeper; ClickHouse opens it read-only"
         .. " until SYSTEM RESTORE REPLICA " .. q .. " is run once the server is up with Keeper")
     end
+  end
+  local sok, serr = server_objects.write(server_plan)
+  if not sok then
+    return nil, serr
   end
   counters.num_entries = counters.num_files
   counters.uncompressed_size = counters.total_size

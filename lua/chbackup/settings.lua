@@ -23,6 +23,7 @@ local BACKUP = {
   -- chbackup's own: worker threads and fsync of every written file
   threads = "integer",
   fsync = "boolean",
+  write_access_entities_dependents = "boolean",
 }
 
 local RESTORE = {
@@ -34,13 +35,18 @@ local RESTORE = {
   use_same_password_for_base_backup = "boolean",
   threads = "integer",
   fsync = "boolean",
+  -- RESTORE ALL's functions and access entities (chbackup.udf, chbackup.access)
+  create_function = "string",
+  create_access = "string",
+  skip_unresolved_access_dependencies = "boolean",
+  allow_unresolved_access_dependencies = "boolean",   -- its old name
+  update_access_entities_dependents = "boolean",
 }
 
 -- ClickHouse's other BACKUP/RESTORE settings (src/Backups/BackupSettings.h,
 -- RestoreSettings.h): none is ignored; each is refused by name, saying why.
 local S3 = "S3 destinations are not supported yet"
 local CLUSTER = "chbackup runs on one server's data path; ON CLUSTER plumbing does not apply"
-local ACCESS = "access entities and functions are not restored yet"
 local REFUSED = {
   backup = {
     s3_storage_class = S3, s3_storage_class_name = S3,
@@ -52,7 +58,6 @@ local REFUSED = {
     experimental_lightweight_snapshot = "SharedMergeTree object keys are not backed up",
     decrypt_files_from_encrypted_disks = "files of encrypted disks are copied as they lie",
     allow_backup_broken_projections = "chbackup refuses a part it cannot back up whole",
-    write_access_entities_dependents = ACCESS,
     backup_data_from_refreshable_materialized_view_targets =
       "refreshable materialized view targets are not singled out",
     shard_num = CLUSTER, replica_num = CLUSTER, internal = CLUSTER, host_id = CLUSTER,
@@ -64,9 +69,8 @@ local REFUSED = {
     create_database = "databases are created when missing and used when they exist (if-not-exists)",
     allow_different_table_def = "a table that exists with another definition is refused",
     allow_different_database_def = "a database that exists with another definition is used as it is",
-    create_access = ACCESS, skip_unresolved_access_dependencies = ACCESS,
-    allow_unresolved_access_dependencies = ACCESS, restore_access_entities_with_current_grants = ACCESS,
-    update_access_entities_dependents = ACCESS, create_function = ACCESS,
+    restore_access_entities_with_current_grants = "an offline RESTORE runs as no user whose grants"
+      .. " could cap the restored ones: grants are restored as the backup has them",
     allow_s3_native_copy = S3, use_same_s3_credentials_for_base_backup = S3,
     allow_azure_native_copy = "Azure is not supported",
     restore_broken_parts_as_detached = "a part that fails its checks is refused, never restored",
@@ -78,10 +82,19 @@ local REFUSED = {
 }
 
 -- Values of settings chbackup takes only in the form it implements.
+local CREATE_MODES = { create = true, ["if-not-exists"] = true, replace = true }
 local VALUES = {
   data_file_name_generator = { first_file_name = true, checksum = true },
+  create_function = CREATE_MODES,
+  create_access = CREATE_MODES,
 }
 -- Settings chbackup always honours: turning them off is refused.
+-- Settings chbackup honours only turned off (ClickHouse's default is on).
+local ONLY_OFF = {
+  write_access_entities_dependents = "chbackup does not write the DEPENDENTS section of access files"
+    .. " (used only by a RESTORE of some access entities without those that refer to them):"
+    .. " its backups are ClickHouse's with write_access_entities_dependents = false",
+}
 local ALWAYS_ON = {
   check_parts = "chbackup always verifies every part's checksums",
   check_projection_parts = "chbackup always verifies every projection's checksums",
@@ -155,6 +168,10 @@ function settings.check(kind, given)
     end
     if ALWAYS_ON[name] and v == false then
       return nil, string.format("setting '%s' cannot be turned off: %s", name, ALWAYS_ON[name])
+    end
+    if ONLY_OFF[name] and v == true then
+      return nil, string.format("setting '%s' is not supported by chbackup's %s: only false is: %s",
+        name, kind:upper(), ONLY_OFF[name])
     end
     out[name] = v
   end
