@@ -6,6 +6,7 @@
 -- @module chbackup.plan
 local catalog_mod = require("chbackup.catalog")
 local ddl = require("chbackup.ddl")
+local logfamily = require("chbackup.logfamily")
 local names = require("chbackup.names")
 local renaming = require("chbackup.renaming")
 
@@ -252,13 +253,13 @@ function plan.backup_files(selection, opts)
         return nil, "table " .. qualified(t.database, t.name) .. " (" .. t.engine
           .. ") has no partitions: PARTITIONS cannot be used with it"
       end
-      local files, err = catalog_mod.log_files(t)
+      -- as ClickHouse's backupData: committed bytes, columns.txt, count.txt
+      local files, generated = logfamily.backup_entries(t, prefix)
       if not files then
-        return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
+        return nil, "table " .. qualified(t.database, t.name) .. ": " .. generated
       end
-      for _, f in ipairs(files) do
-        data[#data + 1] = { name = prefix .. f.name, path = f.path, size = f.size }
-      end
+      table.move(files, 1, #files, #data + 1, data)
+      table.move(generated, 1, #generated, #metadata + 1, metadata)
     end
   end
   return { metadata = metadata, data = data }

@@ -18,6 +18,7 @@ local chain = require("chbackup.chain")
 local contents = require("chbackup.contents")
 local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
+local logfamily = require("chbackup.logfamily")
 local names = require("chbackup.names")
 local part_check = require("chbackup.part_check")
 local plan = require("chbackup.plan")
@@ -303,10 +304,6 @@ function restore.run(ctx, req)
         return nil, "cannot restore table " .. qname .. ": it is not empty"
           .. " (use SETTINGS allow_non_empty_tables=true to add the backup's data to it)"
       end
-      if existing.family == "log" and table_has_data(existing) then
-        return nil, "cannot restore into table " .. qname .. " (" .. existing.engine
-          .. "): adding data to a non-empty Log-family table is not supported"
-      end
       local placed, place_err = cat:place(existing)
       if not placed then
         return nil, place_err
@@ -401,7 +398,7 @@ function restore.run(ctx, req)
   end
   local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
-  local empty_files, copies = {}, {}
+  local empty_files, copies, appends = {}, {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
     if not settings.structure_only and t.family == "none" and #t.sel.tbl.data > 0 then
@@ -463,16 +460,9 @@ function restore.run(ctx, req)
       end
       if ok and t.family == "log" then
         ok, ferr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, data.files, read)
-        for _, x in ipairs(data.list) do
-          local dst = t.data_dir .. "/" .. x.rel
-          if ok and t.existing then
-            -- an empty existing Log table: new files beside, then renamed over
-            dst = t.data_dir .. "/tmp_restore_" .. x.rel
-            renames[#renames + 1] = { tmp = dst, final = t.data_dir .. "/" .. x.rel }
-          end
-          if ok then
-            ok, ferr = add_file(dst, x.file)
-          end
+        if ok then
+          -- an existing table is appended to, as ClickHouse's restoreDataImpl does
+          ok, ferr = logfamily.plan_restore(t, data, read, add_file, appends, src.name)
         end
       end
       if not ok then
@@ -493,6 +483,7 @@ function restore.run(ctx, req)
   end
 
   local function cleanup()
+    logfamily.discard(appends)
     for _, r in ipairs(renames) do
       fsutil.remove_tree(r.tmp)
     end
@@ -552,7 +543,14 @@ function restore.run(ctx, req)
     return nil, "restore from backup " .. src.name .. " failed: " .. jerr, jcode
   end
 
-  -- Phase 3: into place. Parts first, then databases, then table metadata.
+  -- Phase 3: into place. Log-family tables appended to, parts, then
+  -- databases, then table metadata.
+  local appended, aerr, acode = logfamily.finish(appends,
+    { threads = ctx.threads, fsync = settings.fsync, cancelled = ctx.cancelled })
+  if not appended then
+    cleanup()
+    return nil, "restore from backup " .. src.name .. " failed: " .. aerr, acode
+  end
   for _, r in ipairs(renames) do
     if fsutil.exists(r.final) and fsutil.is_dir(r.final) then
       cleanup()
