@@ -160,6 +160,16 @@ function plan.select_for_backup(cat, elements)
 end
 
 
+-- Why a table of these engines with data is refused (ClickHouse 26.5's own
+-- BACKUP keeps only their definitions, so its RESTORE makes them empty).
+local NOT_BACKED_UP = {
+  Set = ": ClickHouse's BACKUP keeps no rows of a Set table either",
+  Join = ": ClickHouse's BACKUP keeps no rows of a Join table either",
+  EmbeddedRocksDB = ": its rows are in a RocksDB directory, consistent only while no server has it open,"
+    .. " that only RocksDB reads (ClickHouse's BACKUP keeps no rows of it either)",
+}
+
+
 --- The files a backup of the selection holds. opts.structure_only: metadata
 -- only. Returns { metadata = { {name=, content=} }, data = { {name=, path=,
 -- size=, checksum=|nil, disk=} } } or nil, err. Data sizes come from the
@@ -211,7 +221,8 @@ function plan.backup_files(selection, opts)
         return nil, "table " .. what .. ": " .. ferr
       end
       if file then
-        return nil, "table " .. what .. " keeps data chbackup cannot back up (" .. file .. ")" .. way_out
+        return nil, "table " .. what .. " keeps data chbackup cannot back up (" .. file .. ")"
+          .. (NOT_BACKED_UP[t.engine] or "") .. way_out
       end
     elseif family == "mergetree" then
       local parts, visited = catalog_mod.active_parts(t)

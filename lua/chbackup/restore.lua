@@ -30,6 +30,10 @@ local restore = {}
 
 local DEFAULT_DATABASE = "default"
 
+-- Engines that keep files in their table directory without a chbackup family
+-- (their rows are not in backups, as in ClickHouse's): restored empty.
+local OWN_DIRECTORY = { EmbeddedRocksDB = true, Set = true, Join = true }
+
 
 -- Which tables of the backup the elements select:
 -- list of {db=<backup db>, tbl=<backup table>, target_db=, target_name=, partitions=}
@@ -522,6 +526,19 @@ function restore.run(ctx, req)
     end
   end
 
+  -- tables whose engines open their directory at ATTACH without making its
+  -- parent (EmbeddedRocksDB: "Failed to open rocksdb path"): it is made here
+  for _, t in ipairs(targets) do
+    if not t.existing and t.family == "none" and OWN_DIRECTORY[t.engine] and not t.has_inner then
+      created[#created + 1] = t.data_dir
+      local ok, merr = fsutil.mkdir_p(t.data_dir)
+      if not ok then
+        cleanup()
+        job:close()
+        return nil, merr
+      end
+    end
+  end
   for _, path in ipairs(empty_files) do
     local ok, eerr = fsutil.mkdir_p(path:match("^(.*)/[^/]*$"))
     if ok then
