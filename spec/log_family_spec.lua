@@ -7,9 +7,7 @@ local h = require("spec.helpers")
 local manifest = require("chbackup.manifest")
 local q = h.quote
 
-local function sh(cmd)
-  assert(os.execute(cmd), cmd)
-end
+local sh, ch, chb = h.sh, h.ch, h.chb
 
 local LOG_TABLES = { "l", "tl", "sl", "nested", "el", "etl", "esl" }
 
@@ -64,16 +62,6 @@ local function place(root, name, backups)
     status = root .. "/" .. name .. "-status" }
   h.write_config(p.config, backups)
   return p
-end
-
-local function ch(p, stmts)
-  return h.clickhouse(p.data, stmts, p.config)
-end
-
-local function chb(p, statement)
-  local chbackup = require("chbackup")
-  local inst = assert(chbackup.open({ path = p.data, config = p.config, status_dir = p.status }))
-  return inst:execute(statement)
 end
 
 -- Entries of a backup under data/: name -> "size checksum".

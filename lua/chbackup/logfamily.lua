@@ -34,9 +34,10 @@ logfamily.GENERATED = GENERATED
 
 -- Column list ------------------------------------------------------------------
 
--- Splits s at top-level `sep` characters (outside quotes and brackets).
-local function split_top(s, sep)
-  local out, depth, start, i, n = {}, 0, 1, 1, #s
+-- Walks s outside quotes: visit(i, c) for each character not quoted;
+-- visit returning true stops the walk.
+local function walk_unquoted(s, visit)
+  local i, n = 1, #s
   while i <= n do
     local c = s:sub(i, i)
     if c == "'" or c == "`" or c == '"' then
@@ -44,16 +45,27 @@ local function split_top(s, sep)
       while i <= n and s:sub(i, i) ~= c do
         i = i + (s:sub(i, i) == "\\" and 2 or 1)
       end
-    elseif c == "(" or c == "[" then
-      depth = depth + 1
-    elseif c == ")" or c == "]" then
-      depth = depth - 1
-    elseif depth == 0 and s:sub(i, i + #sep - 1) == sep then
-      out[#out + 1] = s:sub(start, i - 1)
-      start = i + #sep
+    elseif visit(i, c) then
+      return
     end
     i = i + 1
   end
+end
+
+
+-- Splits s at top-level `sep` characters (outside quotes and brackets).
+local function split_top(s, sep)
+  local out, depth, start = {}, 0, 1
+  walk_unquoted(s, function(i, c)
+    if c == "(" or c == "[" then
+      depth = depth + 1
+    elseif c == ")" or c == "]" then
+      depth = depth - 1
+    elseif depth == 0 and c == sep then
+      out[#out + 1] = s:sub(start, i - 1)
+      start = i + 1
+    end
+  end)
   out[#out + 1] = s:sub(start)
   return out
 end
@@ -61,26 +73,20 @@ end
 
 -- The text inside the first top-level parentheses of body, or nil.
 local function column_list(body)
-  local i, n, depth, open = 1, #body, 0, nil
-  while i <= n do
-    local c = body:sub(i, i)
-    if c == "'" or c == "`" or c == '"' then
-      i = i + 1
-      while i <= n and body:sub(i, i) ~= c do
-        i = i + (body:sub(i, i) == "\\" and 2 or 1)
-      end
-    elseif c == "(" then
+  local depth, open, list = 0, nil, nil
+  walk_unquoted(body, function(i, c)
+    if c == "(" then
       depth = depth + 1
       open = open or i
     elseif c == ")" then
       depth = depth - 1
       if depth == 0 then
-        return body:sub(open + 1, i - 1)
+        list = body:sub(open + 1, i - 1)
+        return true
       end
     end
-    i = i + 1
-  end
-  return nil
+  end)
+  return list
 end
 
 
@@ -296,17 +302,22 @@ end
 -- LZ4 block decompression (the format ClickHouse's LZ4 codec writes).
 local function lz4_decompress(src, dsize)
   local out, o, i, n = {}, 0, 1, #src
+  -- a length of 15 goes on in the next bytes, each 255 meaning more
+  local function length(v, pos)
+    if v == 15 then
+      repeat
+        local b = src:byte(pos) or 0
+        pos = pos + 1
+        v = v + b
+      until b ~= 255 or pos > n
+    end
+    return v, pos
+  end
   while i <= n do
     local token = src:byte(i)
     i = i + 1
-    local lit = token >> 4
-    if lit == 15 then
-      repeat
-        local b = src:byte(i) or 0
-        i = i + 1
-        lit = lit + b
-      until b ~= 255 or i > n
-    end
+    local lit
+    lit, i = length(token >> 4, i)
     if o + lit > dsize or i + lit - 1 > n then
       return nil
     end
@@ -322,14 +333,8 @@ local function lz4_decompress(src, dsize)
     end
     local off = src:byte(i) | (src:byte(i + 1) << 8)
     i = i + 2
-    local ml = token & 15
-    if ml == 15 then
-      repeat
-        local b = src:byte(i) or 0
-        i = i + 1
-        ml = ml + b
-      until b ~= 255 or i > n
-    end
+    local ml
+    ml, i = length(token & 15, i)
     ml = ml + 4
     if off == 0 or off > o or o + ml > dsize then
       return nil

@@ -496,7 +496,9 @@ function restore.run(ctx, req)
     end
   end
   for _, t in ipairs(targets) do
-    if not t.existing and t.family ~= "none" then
+    -- (EmbeddedRocksDB opens its directory at ATTACH without making its
+    -- parent: "Failed to open rocksdb path"; it is made here, empty)
+    if not t.existing and (t.family ~= "none" or OWN_DIRECTORY[t.engine] and not t.has_inner) then
       local dirs = { t.data_dir }
       if t.family == "mergetree" then
         dirs = {}
@@ -526,19 +528,6 @@ function restore.run(ctx, req)
     end
   end
 
-  -- tables whose engines open their directory at ATTACH without making its
-  -- parent (EmbeddedRocksDB: "Failed to open rocksdb path"): it is made here
-  for _, t in ipairs(targets) do
-    if not t.existing and t.family == "none" and OWN_DIRECTORY[t.engine] and not t.has_inner then
-      created[#created + 1] = t.data_dir
-      local ok, merr = fsutil.mkdir_p(t.data_dir)
-      if not ok then
-        cleanup()
-        job:close()
-        return nil, merr
-      end
-    end
-  end
   for _, path in ipairs(empty_files) do
     local ok, eerr = fsutil.mkdir_p(path:match("^(.*)/[^/]*$"))
     if ok then
