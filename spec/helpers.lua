@@ -214,6 +214,26 @@ function helpers.clickhouse(path, statements, config)
 end
 
 
+--- A shell command that must succeed.
+function helpers.sh(cmd)
+  assert(os.execute(cmd), cmd)
+end
+
+
+--- A place {data=, config=, status=}: statements run by embedded ClickHouse
+-- on it (output, raises on failure), or by chbackup's Lua API (its results,
+-- or nil, err).
+function helpers.ch(p, stmts)
+  return helpers.clickhouse(p.data, stmts, p.config)
+end
+
+function helpers.chb(p, statement)
+  local chbackup = require("chbackup")
+  local inst = assert(chbackup.open({ path = p.data, config = p.config, status_dir = p.status }))
+  return inst:execute(statement)
+end
+
+
 --- count() and sum(cityHash64(tuple(*))) of each table, as "db\ttable\tcount\thash" lines.
 function helpers.table_digests(path, tables)
   local stmts = {}

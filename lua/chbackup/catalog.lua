@@ -531,7 +531,8 @@ end
 -- how many bytes of each data file are committed; bytes past that (left by
 -- an interrupted insert) are not part of the table, so `size` is capped
 -- there, as ClickHouse's own backup does. A file sizes.json lists that is
--- missing or shorter is an error. Returns list or nil, err.
+-- missing or shorter is an error. Returns list, committed (name -> size
+-- from sizes.json, nil without one) or nil, err.
 function catalog.log_files(tbl)
   local files = {}
   local mode = lfs.attributes(tbl.data_dir, "mode")
@@ -585,7 +586,7 @@ function catalog.log_files(tbl)
         tbl.data_dir, name, committed[name])
     end
   end
-  return files
+  return files, committed
 end
 
 

@@ -6,6 +6,7 @@
 -- @module chbackup.plan
 local catalog_mod = require("chbackup.catalog")
 local ddl = require("chbackup.ddl")
+local logfamily = require("chbackup.logfamily")
 local names = require("chbackup.names")
 local renaming = require("chbackup.renaming")
 
@@ -161,6 +162,16 @@ function plan.select_for_backup(cat, elements)
 end
 
 
+-- Why a table of these engines with data is refused (ClickHouse 26.5's own
+-- BACKUP keeps only their definitions, so its RESTORE makes them empty).
+local NOT_BACKED_UP = {
+  Set = ": ClickHouse's BACKUP keeps no rows of a Set table either",
+  Join = ": ClickHouse's BACKUP keeps no rows of a Join table either",
+  EmbeddedRocksDB = ": its rows are in a RocksDB directory, consistent only while no server has it open,"
+    .. " that only RocksDB reads (ClickHouse's BACKUP keeps no rows of it either)",
+}
+
+
 --- The files a backup of the selection holds. opts.structure_only: metadata
 -- only. Returns { metadata = { {name=, content=} }, data = { {name=, path=,
 -- size=, checksum=|nil, disk=} } } or nil, err. Data sizes come from the
@@ -212,7 +223,8 @@ function plan.backup_files(selection, opts)
         return nil, "table " .. what .. ": " .. ferr
       end
       if file then
-        return nil, "table " .. what .. " keeps data chbackup cannot back up (" .. file .. ")" .. way_out
+        return nil, "table " .. what .. " keeps data chbackup cannot back up (" .. file .. ")"
+          .. (NOT_BACKED_UP[t.engine] or "") .. way_out
       end
     elseif family == "mergetree" then
       local parts, visited = catalog_mod.active_parts(t)
@@ -254,13 +266,13 @@ function plan.backup_files(selection, opts)
         return nil, "table " .. qualified(t.database, t.name) .. " (" .. t.engine
           .. ") has no partitions: PARTITIONS cannot be used with it"
       end
-      local files, err = catalog_mod.log_files(t)
+      -- as ClickHouse's backupData: committed bytes, columns.txt, count.txt
+      local files, generated = logfamily.backup_entries(t, prefix)
       if not files then
-        return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
+        return nil, "table " .. qualified(t.database, t.name) .. ": " .. generated
       end
-      for _, f in ipairs(files) do
-        data[#data + 1] = { name = prefix .. f.name, path = f.path, size = f.size }
-      end
+      table.move(files, 1, #files, #data + 1, data)
+      table.move(generated, 1, #generated, #metadata + 1, metadata)
     end
   end
   if selection.server and not structure_only then

@@ -18,6 +18,7 @@ local chain = require("chbackup.chain")
 local contents = require("chbackup.contents")
 local ddl = require("chbackup.ddl")
 local fsutil = require("chbackup.fsutil")
+local logfamily = require("chbackup.logfamily")
 local names = require("chbackup.names")
 local part_check = require("chbackup.part_check")
 local plan = require("chbackup.plan")
@@ -29,6 +30,10 @@ local uuid = require("chbackup.uuid")
 local restore = {}
 
 local DEFAULT_DATABASE = "default"
+
+-- Engines that keep files in their table directory without a chbackup family
+-- (their rows are not in backups, as in ClickHouse's): restored empty.
+local OWN_DIRECTORY = { EmbeddedRocksDB = true, Set = true, Join = true }
 
 
 -- Which tables of the backup the elements select:
@@ -309,10 +314,6 @@ function restore.run(ctx, req)
         return nil, "cannot restore table " .. qname .. ": it is not empty"
           .. " (use SETTINGS allow_non_empty_tables=true to add the backup's data to it)"
       end
-      if existing.family == "log" and table_has_data(existing) then
-        return nil, "cannot restore into table " .. qname .. " (" .. existing.engine
-          .. "): adding data to a non-empty Log-family table is not supported"
-      end
       local placed, place_err = cat:place(existing)
       if not placed then
         return nil, place_err
@@ -407,7 +408,7 @@ function restore.run(ctx, req)
   end
   local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
-  local empty_files, copies = {}, {}
+  local empty_files, copies, appends = {}, {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
     if not settings.structure_only and t.family == "none" and #t.sel.tbl.data > 0 then
@@ -469,16 +470,9 @@ function restore.run(ctx, req)
       end
       if ok and t.family == "log" then
         ok, ferr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, data.files, read)
-        for _, x in ipairs(data.list) do
-          local dst = t.data_dir .. "/" .. x.rel
-          if ok and t.existing then
-            -- an empty existing Log table: new files beside, then renamed over
-            dst = t.data_dir .. "/tmp_restore_" .. x.rel
-            renames[#renames + 1] = { tmp = dst, final = t.data_dir .. "/" .. x.rel }
-          end
-          if ok then
-            ok, ferr = add_file(dst, x.file)
-          end
+        if ok then
+          -- an existing table is appended to, as ClickHouse's restoreDataImpl does
+          ok, ferr = logfamily.plan_restore(t, data, read, add_file, appends, src.name)
         end
       end
       if not ok then
@@ -499,6 +493,7 @@ function restore.run(ctx, req)
   end
 
   local function cleanup()
+    logfamily.discard(appends)
     for _, r in ipairs(renames) do
       fsutil.remove_tree(r.tmp)
     end
@@ -507,7 +502,9 @@ function restore.run(ctx, req)
     end
   end
   for _, t in ipairs(targets) do
-    if not t.existing and t.family ~= "none" then
+    -- (EmbeddedRocksDB opens its directory at ATTACH without making its
+    -- parent: "Failed to open rocksdb path"; it is made here, empty)
+    if not t.existing and (t.family ~= "none" or OWN_DIRECTORY[t.engine] and not t.has_inner) then
       local dirs = { t.data_dir }
       if t.family == "mergetree" then
         dirs = {}
@@ -558,7 +555,14 @@ function restore.run(ctx, req)
     return nil, "restore from backup " .. src.name .. " failed: " .. jerr, jcode
   end
 
-  -- Phase 3: into place. Parts first, then databases, then table metadata.
+  -- Phase 3: into place. Log-family tables appended to, parts, then
+  -- databases, then table metadata.
+  local appended, aerr, acode = logfamily.finish(appends,
+    { threads = ctx.threads, fsync = settings.fsync, cancelled = ctx.cancelled })
+  if not appended then
+    cleanup()
+    return nil, "restore from backup " .. src.name .. " failed: " .. aerr, acode
+  end
   for _, r in ipairs(renames) do
     if fsutil.exists(r.final) and fsutil.is_dir(r.final) then
       cleanup()
