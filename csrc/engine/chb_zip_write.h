@@ -1,15 +1,18 @@
 /*
  * Zip archives, the writing half (the one owner of libzip's writing).
  *
- * Writer. A zip backup holds the same tree as a directory backup. The
- * archive is written to `path.tmp-<pid>`, held under flock(2) while
- * written, and renamed to `path` (never replacing an existing file) only
- * when finish succeeds; anything else removes the temporary files. finish
- * first removes what killed writers of `path` left: unlocked
- * `path.tmp-<pid>` files and their companions `path.tmp-<pid>.spool/` and
- * `path.tmp-<pid>.backup` (a name callers may use for a file they add). Entries are added by name, from source
- * pieces (chb_piece, read through chb_source.h: plain files, entries of other
- * zip archives, files of encrypted directory backups) or from a memory buffer. finish():
+ * A zip backup holds the same tree as a directory backup. The archive is
+ * written to `path.tmp-<pid>`, held under flock(2) while written, and
+ * renamed to `path` (never replacing an existing file) only when finish
+ * succeeds; anything else removes the temporary files (creation, fsync and
+ * rename are the directory store's, chb_store.h). finish first removes what
+ * killed writers of `path` left: unlocked `path.tmp-<pid>` files and their
+ * companions `path.tmp-<pid>.spool/` and `path.tmp-<pid>.backup` (a name
+ * callers may use for a file they add). Entries are added by name, from
+ * source pieces (chb_piece, read through chb_source.h: plain files, entries
+ * of other zip archives, files of encrypted directory backups) or from a
+ * memory buffer. The run-state (wait, cancel, progress, result) is
+ * chb_run.h's. finish():
  *   - compressed methods: N worker threads each compress (and encrypt)
  *     whole files, in entry order, into a spool (memory up to one buffer,
  *     then a file in `path.tmp-<pid>.spool/`), at most a few entries ahead
