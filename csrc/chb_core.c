@@ -12,6 +12,7 @@
 #include "chb_hash.h"
 #include "chb_job.h"
 #include "chb_proc.h"
+#include "chb_source.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -439,30 +440,27 @@ static int core_read_file(lua_State *L) {
   size_t root_len = root ? strlen(root) : 0;
   luaL_argcheck(L, !root || strncmp(path, root, root_len) == 0, 2, "root must be a prefix of path");
   chb_error err;
-  int fd = chb_fs_open_beneath(path, root_len, &err);
-  if (fd < 0) return chb_push_fail(L, &err);
+  /* Read to the end and stopped at `length`: a file shorter than that
+   * gives what it has, no error. Length 0 still opens it (checked). */
+  chb_piece piece = {path, (uint64_t)offset, length == 0 ? 0 : -1, NULL, NULL, NULL, NULL, root};
+  chb_source *src = chb_source_open(&piece, 1, &err);
+  if (!src) return chb_push_fail(L, &err);
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  uint64_t pos = (uint64_t)offset;
-  for (;;) {
+  for (uint64_t got = 0;;) {
     size_t want = LUAL_BUFFERSIZE;
-    if (length >= 0 && (uint64_t)length - (pos - (uint64_t)offset) < want)
-      want = (size_t)((uint64_t)length - (pos - (uint64_t)offset));
+    if (length > 0 && (uint64_t)length - got < want) want = (size_t)((uint64_t)length - got);
     if (want == 0) break;
-    char *dst = luaL_prepbuffsize(&b, want);
-    ssize_t n = pread(fd, dst, want, (off_t)pos);
-    if (n < 0 && errno == EINTR) continue;
+    ssize_t n = chb_source_read(src, luaL_prepbuffsize(&b, want), want, &err);
     if (n < 0) {
-      int saved = errno;
-      close(fd);
-      chb_error_errno(&err, saved, "cannot read", path);
+      chb_source_close(src);
       return chb_push_fail(L, &err);
     }
     if (n == 0) break;
     luaL_addsize(&b, (size_t)n);
-    pos += (uint64_t)n;
+    got += (uint64_t)n;
   }
-  close(fd);
+  chb_source_close(src);
   luaL_pushresult(&b);
   return 1;
 }

@@ -147,19 +147,6 @@ struct chb_sealer {
   unsigned char buf[CHB_CIPHER_CHUNK + CHB_CIPHER_TAG_LEN];
 };
 
-static int write_all(int fd, const unsigned char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 chb_sealer *chb_sealer_new(const unsigned char key[CHB_CIPHER_KEY_LEN], const char *name,
                            int fd, const char *what, chb_error *err) {
   chb_sealer *s = calloc(1, sizeof *s);
@@ -192,13 +179,13 @@ static int sealer_flush(chb_sealer *s, int final, chb_error *err) {
     unsigned char header[CHB_CIPHER_HEADER_LEN];
     memcpy(header, CHB_CIPHER_MAGIC, 8);
     memcpy(header + 8, s->g.nonce, CHB_CIPHER_NONCE_LEN);
-    if (write_all(s->fd, header, sizeof header) != 0)
+    if (chb_fs_write_all(s->fd, header, sizeof header) != 0)
       return chb_error_errno(err, errno, "cannot write", s->what);
     s->header_done = 1;
   }
   if (gcm_chunk(&s->g, s->idx, final, 1, s->buf, s->fill, s->buf + s->fill, s->what, err) != 0)
     return -1;
-  if (write_all(s->fd, s->buf, s->fill + CHB_CIPHER_TAG_LEN) != 0)
+  if (chb_fs_write_all(s->fd, s->buf, s->fill + CHB_CIPHER_TAG_LEN) != 0)
     return chb_error_errno(err, errno, "cannot write", s->what);
   s->idx++;
   s->fill = 0;

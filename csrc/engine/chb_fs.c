@@ -20,6 +20,20 @@ const char *chb_fs_split_dir(const char *path, char *dir, size_t n) {
   return slash ? slash + 1 : path;
 }
 
+int chb_fs_write_all(int fd, const void *buf, size_t n) {
+  const unsigned char *p = buf;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
 int chb_fs_mkdir_parents(const char *path, chb_error *err) {
   char buf[PATH_MAX];
   size_t n = strlen(path);

@@ -14,6 +14,9 @@
  */
 const char *chb_fs_split_dir(const char *path, char *dir, size_t n);
 
+/* Writes all n bytes (retrying short writes and EINTR): 0, or -1 with errno. */
+int chb_fs_write_all(int fd, const void *p, size_t n);
+
 /* Creates every missing parent directory of `path` (mode 0755). */
 int chb_fs_mkdir_parents(const char *path, chb_error *err);
 

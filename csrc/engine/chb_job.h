@@ -9,6 +9,9 @@
  * Progress counters are atomics readable at any time; the first failure
  * (or a cancel) stops every worker between two buffers.
  *
+ * Entries are read only through chb_source.h and written only through
+ * sinks of a directory store (chb_store.h); the run-state is chb_run.h's.
+ *
  * The job never touches Lua: all strings are copied in at add time and
  * results are read back by the caller after the job ends.
  */
@@ -18,17 +21,10 @@
 #include "chb_cipher.h"
 #include "chb_error.h"
 #include "chb_hash.h"
+#include "chb_run.h"
+#include "chb_source.h"
 
-#include <pthread.h>
 #include <stdint.h>
-
-typedef enum {
-  CHB_JOB_NEW,
-  CHB_JOB_RUNNING,
-  CHB_JOB_DONE,
-  CHB_JOB_FAILED,
-  CHB_JOB_CANCELLED
-} chb_job_state;
 
 typedef struct chb_job_opts {
   int threads;          /* workers; <= 0: the number of cores, at least 8 */
@@ -37,12 +33,6 @@ typedef struct chb_job_opts {
   int has_key;          /* key set: entries marked with chb_job_seal_entry are */
   unsigned char key[CHB_CIPHER_KEY_LEN]; /* written encrypted (chb_cipher.h) */
 } chb_job_opts;
-
-typedef struct chb_job_progress {
-  chb_job_state state;
-  uint64_t files_total, files_done;
-  uint64_t bytes_total, bytes_done;   /* bytes_total counts known sizes only */
-} chb_job_progress;
 
 typedef struct chb_job chb_job;
 
@@ -58,30 +48,9 @@ long chb_job_add(chb_job *job, const char *src, const char *dst,
                  uint64_t src_offset, int64_t expect_size,
                  const chb_u128 *expect_hash, chb_error *err);
 
-/*
- * One piece of an entry's source: `length` bytes (< 0: to the end of the
- * file) of `path` from `offset`. An entry made of several pieces restores a
- * file whose bytes live in several backups of an incremental chain.
- * With `entry` set, `path` is a zip archive and the bytes are those of that
- * entry, decrypted with `password` (may be NULL) and decompressed while
- * streaming (chb_zip.h); zero-initialise both for a plain file.
- * With `key` set (CHB_CIPHER_KEY_LEN bytes, copied), `path` is a file of an
- * encrypted directory backup named `aad` there: offset and length count
- * plaintext bytes, each chunk is authenticated as it is read (chb_cipher.h).
- */
-typedef struct chb_piece {
-  const char *path;
-  uint64_t offset;
-  int64_t length;
-  const char *entry;          /* NULL: a plain file */
-  const char *password;       /* NULL: none */
-  const unsigned char *key;   /* NULL: not encrypted */
-  const char *aad;            /* with key: the file's name in its backup */
-  const char *root;           /* set: `path` is below this directory and is
-                                 opened confined there (chb_fs_open_beneath):
-                                 no symbolic link below it is followed */
-} chb_piece;
-
+/* An entry's source may be given as pieces (chb_piece, chb_source.h): plain
+ * files (confined below a root when set), byte ranges, zip entries, files of
+ * encrypted directory backups. */
 /* Like chb_job_add, with the source given as pieces read in order. */
 long chb_job_add_pieces(chb_job *job, const chb_piece *pieces, size_t npieces,
                         const char *dst, int64_t expect_size,
@@ -120,16 +89,5 @@ int chb_job_entry_result(const chb_job *job, size_t i, uint64_t *size, chb_u128 
 void chb_job_free(chb_job *job);
 
 const char *chb_job_state_name(chb_job_state s);
-
-/*
- * The ending shared by jobs and zip writers (state under a mutex, a condvar
- * signalled when the state leaves RUNNING). With `lock` held: waits while
- * *state is RUNNING, up to timeout_ms (< 0: until it ends).
- */
-void chb_wait_while_running(pthread_cond_t *ended, pthread_mutex_t *lock,
-                            const chb_job_state *state, long timeout_ms);
-/* With the lock held: 0 if DONE, else -1 with `error` (or "has not ended",
- * naming `what`) copied to err. */
-int chb_ended_result(chb_job_state s, const chb_error *error, const char *what, chb_error *err);
 
 #endif

@@ -97,4 +97,26 @@ static inline int rm_one(const char *path, const struct stat *st, int flag, stru
 /* Removes a test's temporary tree. */
 static inline void rm_tree(const char *root) { nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
 
+/* A test program's temporary tree (a mkdtemp template); exits 2 if it
+ * cannot be made. */
+static inline void test_begin(char *tmpl) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (!mkdtemp(tmpl)) {
+    perror("mkdtemp");
+    exit(2);
+  }
+}
+
+/* Removes the tree and reports: main's exit status. */
+static inline int test_end(const char *tmp) {
+  rm_tree(tmp);
+  CHECK(!exists(tmp), "temp dir %s removed", tmp);
+  if (failures) {
+    printf("%d FAILED\n", failures);
+    return 1;
+  }
+  printf("all ok\n");
+  return 0;
+}
+
 #endif

@@ -1,15 +1,17 @@
-/* Zip archives, the one owner of libzip; see chb_zip.h. */
-#include "chb_zip.h"
+/* Zip archives, the writing half; see chb_zip_write.h. */
+#include "chb_zip_write.h"
 #include "chb_aes.h"
 #include "chb_codec.h"
 #include "chb_fs.h"
+#include "chb_store.h"
+#include "chb_zip_common.h"
+#include "chb_zip_read.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +24,6 @@
 #include <zip.h>
 
 #define AES_STRENGTH 3                  /* we write AES-256 */
-#define RAW_BUF (256 * 1024)            /* reader: compressed bytes per read */
 #define MAX_AHEAD 4096                  /* writer: entries prepared ahead of libzip */
 #define STREAM_QUEUE 4                  /* writer: chunks queued per stored entry */
 #define SPARE_CHUNKS 8                  /* writer: chunk buffers kept for reuse */
@@ -38,538 +39,7 @@
  */
 #define CM_PLACEHOLDER 0xfffe
 
-/* ---- errors and names -------------------------------------------------- */
-
-/* Fills err from a libzip error: "<what> <path>: <libzip text>". */
-static int zip_fail(chb_error *err, zip_error_t *ze, const char *what, const char *path) {
-  int zc = zip_error_code_zip(ze), sys = zip_error_code_system(ze);
-  int is_sys = zip_error_system_type(ze) == ZIP_ET_SYS;
-  chb_code code;
-  switch (zc) {
-  case ZIP_ER_NOENT: code = CHB_ENOENT; break;
-  case ZIP_ER_EXISTS: code = CHB_EEXIST; break;
-  case ZIP_ER_MEMORY: code = CHB_ENOMEM; break;
-  case ZIP_ER_NOZIP: case ZIP_ER_INCONS: case ZIP_ER_CRC: case ZIP_ER_EOF:
-  case ZIP_ER_COMPNOTSUPP: case ZIP_ER_ZLIB:
-    code = CHB_CORRUPT; break;
-  case ZIP_ER_CANCELLED: code = CHB_CANCELLED; break;
-  case ZIP_ER_NOPASSWD: case ZIP_ER_WRONGPASSWD: code = CHB_AUTH; break;
-  case ZIP_ER_INVAL: case ZIP_ER_ENCRNOTSUPP: case ZIP_ER_RDONLY: code = CHB_INVALID; break;
-  default:
-    code = CHB_EIO;
-    if (is_sys && sys) {
-      chb_error tmp;
-      chb_error_errno(&tmp, sys, what, path);
-      code = tmp.code;
-    }
-  }
-  const char *text = zip_error_strerror(ze);
-  if (zc == ZIP_ER_NOZIP)
-    text = "not a zip archive, or a truncated one (no end of central directory)";
-  chb_error_set(err, code, "%s %s: %s", what, path, text);
-  err->sys = is_sys ? sys : zc;
-  return -1;
-}
-
-int chb_zip_name_ok(const char *name) {
-  if (!name || !*name || name[0] == '/' || strchr(name, '\\')) return 0;
-  for (const char *p = name;;) {
-    const char *slash = strchr(p, '/');
-    size_t n = slash ? (size_t)(slash - p) : strlen(p);
-    if (n == 2 && p[0] == '.' && p[1] == '.') return 0;
-    if (!slash) return 1;
-    p = slash + 1;
-  }
-}
-
-static char *dup_or_null(const char *s, int *oom) {
-  if (!s) return NULL;
-  char *d = strdup(s);
-  if (!d) *oom = 1;
-  return d;
-}
-
-static void free_secret(char *s) {
-  if (!s) return;
-  volatile char *p = s;
-  while (*p) *p++ = 0;
-  free(s);
-}
-
-static int write_all(int fd, const unsigned char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* ---- reader ------------------------------------------------------------ */
-
-struct chb_zip_reader {
-  zip_t *za;
-  char *path;
-  char *password;             /* NULL: none */
-  size_t count;
-  chb_zip_file *open_file;
-};
-
-struct chb_zip_file {
-  chb_zip_reader *r;
-  zip_file_t *zf;
-  char *name;
-  uint64_t size, comp_size, produced, raw_left;
-  int method, strength, check_crc;
-  uint32_t crc_expect, crc;
-  chb_codec *codec;           /* NULL: stored */
-  chb_aes *aes;               /* NULL: not encrypted */
-  unsigned char *in;
-  size_t in_pos, in_len;
-  int raw_done, codec_done, ended, broken;
-  chb_error broken_err;
-};
-
-chb_zip_reader *chb_zip_reader_open(const char *path, const char *password, chb_error *err) {
-  chb_zip_reader *r = calloc(1, sizeof *r);
-  int oom = r == NULL;
-  if (r) {
-    r->path = dup_or_null(path, &oom);
-    if (password && *password) r->password = dup_or_null(password, &oom);
-  }
-  if (oom) {
-    chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", path);
-    chb_zip_reader_close(r);
-    return NULL;
-  }
-  int zerr = 0;
-  r->za = zip_open(path, ZIP_RDONLY, &zerr);
-  if (!r->za) {
-    zip_error_t ze;
-    zip_error_init_with_code(&ze, zerr);
-    zip_fail(err, &ze, "cannot open zip archive", path);
-    zip_error_fini(&ze);
-    chb_zip_reader_close(r);
-    return NULL;
-  }
-  zip_int64_t n = zip_get_num_entries(r->za, 0);
-  r->count = n > 0 ? (size_t)n : 0;
-  for (size_t i = 0; i < r->count; i++) {
-    const char *name = zip_get_name(r->za, i, ZIP_FL_ENC_RAW);
-    if (!name || !chb_zip_name_ok(name)) {
-      chb_error_set(err, CHB_CORRUPT, "unsafe entry name '%s' in zip archive %s "
-                    "(absolute, with '..' or '\\')", name ? name : "?", path);
-      chb_zip_reader_close(r);
-      return NULL;
-    }
-  }
-  return r;
-}
-
-size_t chb_zip_reader_count(const chb_zip_reader *r) { return r->count; }
-const char *chb_zip_reader_path(const chb_zip_reader *r) { return r->path; }
-
-long chb_zip_reader_locate(chb_zip_reader *r, const char *name) {
-  zip_int64_t i = zip_name_locate(r->za, name, ZIP_FL_ENC_RAW);
-  return i < 0 ? -1 : (long)i;
-}
-
-static int encryption_strength(zip_uint16_t em) {
-  switch (em) {
-  case ZIP_EM_NONE: return 0;
-  case ZIP_EM_AES_128: return 1;
-  case ZIP_EM_AES_192: return 2;
-  case ZIP_EM_AES_256: return 3;
-  default: return -1;
-  }
-}
-
-int chb_zip_reader_stat(chb_zip_reader *r, size_t i, chb_zip_entry_info *out, chb_error *err) {
-  zip_stat_t st;
-  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0)
-    return chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
-  out->name = st.name;
-  out->size = st.size;
-  out->compressed_size = st.comp_size;
-  out->method = st.comp_method;
-  out->encrypted = encryption_strength(st.encryption_method);
-  out->crc = st.crc;
-  return 0;
-}
-
-void chb_zip_reader_close(chb_zip_reader *r) {
-  if (!r) return;
-  chb_zip_file_close(r->open_file);
-  if (r->za) zip_discard(r->za);
-  free(r->path);
-  free_secret(r->password);
-  free(r);
-}
-
-/* Formats detail, then "<detail> in entry <name> of <archive>" into err. */
-static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char *fmt, ...) {
-  char detail[400];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(detail, sizeof detail, fmt, ap);
-  va_end(ap);
-  chb_error_set(err, code, "%s in entry %s of %s", detail, f->name, f->r->path);
-  f->broken = 1;
-  f->broken_err = *err;
-  return -1;
-}
-
-/* Reads up to n raw (compressed, encrypted) bytes; fewer only at the end. */
-static ssize_t raw_read(chb_zip_file *f, unsigned char *buf, size_t n, chb_error *err) {
-  size_t got = 0;
-  while (got < n) {
-    zip_int64_t k = zip_fread(f->zf, buf + got, n - got);
-    if (k < 0)
-      return file_fail(f, err, CHB_EIO, "read error (%s)", zip_file_strerror(f->zf));
-    if (k == 0) break;
-    got += (size_t)k;
-  }
-  return (ssize_t)got;
-}
-
-chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *err) {
-  if (r->open_file) {
-    chb_error_set(err, CHB_INVALID, "zip archive %s already has an open entry", r->path);
-    return NULL;
-  }
-  zip_stat_t st;
-  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0) {
-    chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
-    return NULL;
-  }
-  chb_zip_file *f = calloc(1, sizeof *f);
-  if (!f || !(f->name = strdup(st.name))) {
-    free(f);
-    chb_error_set(err, CHB_ENOMEM, "cannot open entry %s of %s: out of memory", st.name, r->path);
-    return NULL;
-  }
-  f->r = r;
-  f->size = st.size;
-  f->comp_size = st.comp_size;
-  f->method = st.comp_method == 20 ? CHB_CODEC_ZSTD : st.comp_method; /* 20: old zstd id */
-  f->strength = encryption_strength(st.encryption_method);
-  f->crc_expect = st.crc;
-  f->crc = 0;
-  f->check_crc = f->strength == 0 || st.crc != 0; /* AE-2 entries carry no CRC */
-  f->raw_left = st.comp_size;
-  if (f->strength < 0) {
-    file_fail(f, err, CHB_INVALID, "unsupported encryption method %u", st.encryption_method);
-    goto fail;
-  }
-  if (!chb_codec_by_id(f->method)) {
-    file_fail(f, err, CHB_INVALID, "unsupported compression method %d", f->method);
-    goto fail;
-  }
-  if (f->strength > 0 && !r->password) {
-    file_fail(f, err, CHB_AUTH, "a password is needed (the data is encrypted)");
-    goto fail;
-  }
-  f->zf = zip_fopen_index(r->za, i, ZIP_FL_COMPRESSED | ZIP_FL_ENCRYPTED);
-  if (!f->zf) {
-    file_fail(f, err, CHB_CORRUPT, "cannot open the data (%s)", zip_strerror(r->za));
-    goto fail;
-  }
-  if (f->strength > 0) {
-    unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
-    size_t hlen = chb_aes_salt_len(f->strength) + CHB_AES_PV_LEN;
-    if (st.comp_size < chb_aes_overhead(f->strength)) {
-      file_fail(f, err, CHB_CORRUPT, "encrypted data too short");
-      goto fail;
-    }
-    ssize_t n = raw_read(f, hdr, hlen, err);
-    if (n < 0) goto fail;
-    if ((size_t)n < hlen) {
-      file_fail(f, err, CHB_CORRUPT, "data truncated");
-      goto fail;
-    }
-    char what[600];
-    snprintf(what, sizeof what, "entry %s of %s", f->name, r->path);
-    f->aes = chb_aes_decrypter(f->strength, r->password, strlen(r->password), hdr, what, err);
-    if (!f->aes) goto fail;
-    f->raw_left = st.comp_size - chb_aes_overhead(f->strength);
-  }
-  if (f->method != CHB_CODEC_STORE) {
-    chb_error cerr;
-    f->codec = chb_codec_decoder(f->method, f->size, &cerr);
-    f->in = malloc(RAW_BUF);
-    if (!f->codec || !f->in) {
-      if (!f->codec) file_fail(f, err, cerr.code, "%s", cerr.msg);
-      else file_fail(f, err, CHB_ENOMEM, "out of memory");
-      goto fail;
-    }
-  }
-  r->open_file = f;
-  return f;
-fail:
-  f->r = r;
-  r->open_file = f;           /* so that close releases it the one way */
-  chb_zip_file_close(f);
-  return NULL;
-}
-
-chb_zip_file *chb_zip_file_open(chb_zip_reader *r, const char *name, chb_error *err) {
-  long i = chb_zip_reader_locate(r, name);
-  if (i < 0) {
-    chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", name, r->path);
-    return NULL;
-  }
-  return chb_zip_file_open_index(r, (size_t)i, err);
-}
-
-uint64_t chb_zip_file_size(const chb_zip_file *f) { return f->size; }
-
-/* Reads the stored MAC (after the ciphertext) and compares: 1 match, 0 not, -1 error. */
-static int mac_matches(chb_zip_file *f, chb_error *err) {
-  unsigned char want[CHB_AES_MAC_LEN], got[CHB_AES_MAC_LEN];
-  ssize_t n = raw_read(f, want, sizeof want, err);
-  if (n < 0) return -1;
-  if ((size_t)n < sizeof want) return file_fail(f, err, CHB_CORRUPT, "data truncated (no MAC)");
-  if (chb_aes_mac(f->aes, got, err) != 0) return -1;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < sizeof want; i++) diff |= (unsigned char)(want[i] ^ got[i]);
-  return diff == 0;
-}
-
-/* A decompression failure of an encrypted entry: a MAC mismatch explains it better. */
-static int explain_by_mac(chb_zip_file *f, chb_error *err) {
-  if (!f->aes) return -1;
-  chb_error keep = *err, merr;
-  unsigned char *tmp = f->in ? f->in : NULL;
-  unsigned char small[4096];
-  size_t cap = tmp ? RAW_BUF : sizeof small;
-  if (!tmp) tmp = small;
-  while (f->raw_left > 0) {
-    size_t n = f->raw_left < cap ? (size_t)f->raw_left : cap;
-    ssize_t k = raw_read(f, tmp, n, &merr);
-    if (k <= 0) break;
-    f->raw_left -= (uint64_t)k;
-    if (chb_aes_mac_update(f->aes, tmp, (size_t)k, &merr) != 0) break;
-  }
-  if (f->raw_left == 0 && mac_matches(f, &merr) == 0)
-    return file_fail(f, err, CHB_AUTH, "authentication code (HMAC) mismatch: corrupted data");
-  *err = keep;
-  f->broken_err = keep;
-  f->broken = 1;
-  return -1;
-}
-
-static ssize_t finish_entry(chb_zip_file *f, chb_error *err) {
-  if (f->aes) {
-    int m = mac_matches(f, err);
-    if (m < 0) return -1;
-    if (m == 0) return file_fail(f, err, CHB_AUTH, "authentication code (HMAC) mismatch: corrupted data");
-  }
-  if (f->produced != f->size)
-    return file_fail(f, err, CHB_CORRUPT, "size mismatch (%llu bytes declared, %llu read)",
-                     (unsigned long long)f->size, (unsigned long long)f->produced);
-  if (f->check_crc && f->crc != f->crc_expect)
-    return file_fail(f, err, CHB_CORRUPT, "CRC-32 mismatch (expected %08x, got %08x)",
-                     f->crc_expect, f->crc);
-  f->ended = 1;
-  return 0;
-}
-
-static ssize_t deliver(chb_zip_file *f, const unsigned char *p, size_t n, chb_error *err) {
-  f->produced += n;
-  if (f->produced > f->size)
-    return file_fail(f, err, CHB_CORRUPT, "more data than the declared %llu bytes",
-                     (unsigned long long)f->size);
-  f->crc = libdeflate_crc32(f->crc, p, n);
-  return (ssize_t)n;
-}
-
-ssize_t chb_zip_file_read(chb_zip_file *f, void *buf, size_t len, chb_error *err) {
-  if (f->broken) {
-    *err = f->broken_err;
-    return -1;
-  }
-  if (f->ended || len == 0) return 0;
-  unsigned char *out = buf;
-  if (!f->codec) {
-    if (f->raw_left == 0) return finish_entry(f, err);
-    size_t n = len < f->raw_left ? len : (size_t)f->raw_left;
-    ssize_t got = raw_read(f, out, n, err);
-    if (got < 0) return -1;
-    if (got == 0) return file_fail(f, err, CHB_CORRUPT, "data truncated");
-    f->raw_left -= (uint64_t)got;
-    if (f->aes && chb_aes_decrypt(f->aes, out, (size_t)got, err) != 0) return -1;
-    return deliver(f, out, (size_t)got, err);
-  }
-  for (;;) {
-    if (f->in_pos == f->in_len && !f->raw_done) {
-      size_t n = f->raw_left < RAW_BUF ? (size_t)f->raw_left : RAW_BUF;
-      if (n == 0) {
-        f->raw_done = 1;
-        f->in_pos = f->in_len = 0;
-      } else {
-        ssize_t got = raw_read(f, f->in, n, err);
-        if (got < 0) return -1;
-        if (got == 0) return file_fail(f, err, CHB_CORRUPT, "data truncated");
-        if (f->aes && chb_aes_decrypt(f->aes, f->in, (size_t)got, err) != 0) return -1;
-        f->in_pos = 0;
-        f->in_len = (size_t)got;
-        f->raw_left -= (uint64_t)got;
-        if (f->raw_left == 0) f->raw_done = 1;
-      }
-    }
-    const unsigned char *ip = f->in + f->in_pos;
-    size_t il = f->in_len - f->in_pos, ol = len;
-    unsigned char *op = out;
-    int rc = 0;
-    if (!f->codec_done) {
-      chb_error cerr;
-      rc = chb_codec_run(f->codec, &ip, &il, &op, &ol, f->raw_done, &cerr);
-      if (rc < 0) {
-        file_fail(f, err, cerr.code, "cannot decompress (%s)", cerr.msg);
-        return explain_by_mac(f, err);
-      }
-      if (rc == 1) f->codec_done = 1;
-    }
-    size_t used = (size_t)(ip - (f->in + f->in_pos)), made = len - ol;
-    f->in_pos += used;
-    if (made > 0) return deliver(f, out, made, err);
-    if (f->codec_done) {
-      if (f->in_pos < f->in_len || f->raw_left > 0)
-        return file_fail(f, err, CHB_CORRUPT, "data after the end of the compressed stream");
-      return finish_entry(f, err);
-    }
-    if (f->raw_done && used == 0) {
-      file_fail(f, err, CHB_CORRUPT, "compressed data truncated");
-      return explain_by_mac(f, err);
-    }
-  }
-}
-
-void chb_zip_file_close(chb_zip_file *f) {
-  if (!f) return;
-  if (f->r && f->r->open_file == f) f->r->open_file = NULL;
-  if (f->zf) zip_fclose(f->zf);
-  chb_codec_free(f->codec);
-  chb_aes_free(f->aes);
-  free(f->in);
-  free(f->name);
-  free(f);
-}
-
-/* ---- per-thread cache of open readers ---------------------------------- */
-
-#define CACHE_SLOTS 4
-
-typedef struct cache_slot {
-  chb_zip_reader *r;
-  char *password;             /* "" for none */
-  dev_t dev;
-  ino_t ino;
-  off_t size;
-  struct timespec mtime;
-  uint64_t used;
-} cache_slot;
-
-typedef struct zip_cache {
-  cache_slot slot[CACHE_SLOTS];
-  uint64_t tick;
-} zip_cache;
-
-static pthread_key_t cache_key;
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
-
-static void slot_clear(cache_slot *s) {
-  chb_zip_reader_close(s->r);
-  free_secret(s->password);
-  memset(s, 0, sizeof *s);
-}
-
-static void cache_destroy(void *p) {
-  zip_cache *c = p;
-  for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&c->slot[i]);
-  free(c);
-}
-
-static void cache_init(void) { pthread_key_create(&cache_key, cache_destroy); }
-
-void chb_zip_cache_clear(void) {
-  pthread_once(&cache_once, cache_init);
-  zip_cache *c = pthread_getspecific(cache_key);
-  if (!c) return;
-  pthread_setspecific(cache_key, NULL);
-  cache_destroy(c);
-}
-
-/* This thread's open reader of `archive` (opened and cached if needed). */
-static chb_zip_reader *cached_reader(const char *archive, const char *password, chb_error *err) {
-  pthread_once(&cache_once, cache_init);
-  zip_cache *c = pthread_getspecific(cache_key);
-  if (!c) {
-    c = calloc(1, sizeof *c);
-    if (!c || pthread_setspecific(cache_key, c) != 0) {
-      free(c);
-      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
-      return NULL;
-    }
-  }
-  if (!password) password = "";
-  struct stat sb;
-  if (stat(archive, &sb) != 0) {
-    chb_error_errno(err, errno, "cannot open zip archive", archive);
-    return NULL;
-  }
-  cache_slot *hit = NULL, *victim = &c->slot[0];
-  for (int i = 0; i < CACHE_SLOTS; i++) {
-    cache_slot *s = &c->slot[i];
-    if (s->r && s->dev == sb.st_dev && s->ino == sb.st_ino && s->size == sb.st_size &&
-        s->mtime.tv_sec == sb.st_mtim.tv_sec && s->mtime.tv_nsec == sb.st_mtim.tv_nsec &&
-        strcmp(chb_zip_reader_path(s->r), archive) == 0 && strcmp(s->password, password) == 0) {
-      hit = s;
-      break;
-    }
-    if (!s->r || s->used < victim->used) victim = s;
-  }
-  if (!hit) {
-    slot_clear(victim);
-    victim->r = chb_zip_reader_open(archive, password, err);
-    if (!victim->r) return NULL;
-    victim->password = strdup(password);
-    if (!victim->password) {
-      slot_clear(victim);
-      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
-      return NULL;
-    }
-    victim->dev = sb.st_dev;
-    victim->ino = sb.st_ino;
-    victim->size = sb.st_size;
-    victim->mtime = sb.st_mtim;
-    hit = victim;
-  }
-  hit->used = ++c->tick;
-  return hit->r;
-}
-
-chb_zip_file *chb_zip_open_cached(const char *archive, const char *password,
-                                  const char *entry, chb_error *err) {
-  chb_zip_reader *r = cached_reader(archive, password, err);
-  return r ? chb_zip_file_open(r, entry, err) : NULL;
-}
-
-/* ---- reading an entry's sources (writer) -------------------------------- */
-
-typedef struct zw_piece {
-  char *path;
-  char *entry;                /* NULL: plain file */
-  char *password;
-  uint64_t offset;
-  int64_t length;
-} zw_piece;
+/* ---- entries ------------------------------------------------------------ */
 
 typedef struct zw_entry zw_entry;
 
@@ -580,22 +50,11 @@ typedef struct zw_chunk {
   unsigned char data[];
 } zw_chunk;
 
-/* Streams an entry's pieces (or bytes) in order. */
-typedef struct psrc {
-  const zw_entry *e;
-  size_t piece;               /* current piece */
-  int fd;
-  chb_zip_file *zf;
-  int open;
-  uint64_t left;              /* of the current piece (UINT64_MAX: to the end) */
-  size_t pos;                 /* for bytes entries */
-} psrc;
-
 struct zw_entry {
   chb_zip_writer *w;
   size_t index;
   char *name;
-  zw_piece *pieces;
+  chb_piece *pieces;          /* a copy (chb_pieces_copy) */
   size_t npieces;
   unsigned char *bytes;       /* add_bytes: a copy */
   size_t nbytes;
@@ -634,8 +93,6 @@ struct zw_entry {
 
 enum { E_PENDING, E_WORKING, E_READY };
 
-static void psrc_init(psrc *s, const zw_entry *e);
-
 /* A blank entry, safe to free at any point. */
 static zw_entry *entry_new(void) {
   zw_entry *e = calloc(1, sizeof *e);
@@ -645,126 +102,40 @@ static zw_entry *entry_new(void) {
   return e;
 }
 
-static void psrc_init(psrc *s, const zw_entry *e) {
-  memset(s, 0, sizeof *s);
+/* An entry's bytes: its pieces through a chb_source, or add_bytes's copy. */
+typedef struct esrc {
+  const zw_entry *e;
+  chb_source *src;            /* NULL: from bytes */
+  size_t pos;                 /* in the bytes */
+} esrc;
+
+static int esrc_open(esrc *s, const zw_entry *e, chb_error *err) {
   s->e = e;
-  s->fd = -1;
+  s->pos = 0;
+  s->src = NULL;
+  if (e->from_bytes) return 0;
+  return (s->src = chb_source_open(e->pieces, e->npieces, err)) ? 0 : -1;
 }
 
-static void psrc_close_piece(psrc *s) {
-  if (s->fd >= 0) close(s->fd);
-  s->fd = -1;
-  chb_zip_file_close(s->zf);
-  s->zf = NULL;
-  s->open = 0;
+/* > 0 bytes, 0 at the end, -1 on error. */
+static ssize_t esrc_read(esrc *s, unsigned char *buf, size_t len, chb_error *err) {
+  if (s->src) return chb_source_read(s->src, buf, len, err);
+  size_t n = s->e->nbytes - s->pos < len ? s->e->nbytes - s->pos : len;
+  memcpy(buf, s->e->bytes + s->pos, n);
+  s->pos += n;
+  return (ssize_t)n;
 }
 
-static void psrc_close(psrc *s) { psrc_close_piece(s); }
-
-static int psrc_open_piece(psrc *s, unsigned char *scratch, size_t scratch_len, chb_error *err) {
-  const zw_piece *p = &s->e->pieces[s->piece];
-  s->left = p->length < 0 ? UINT64_MAX : (uint64_t)p->length;
-  if (p->entry) {
-    s->zf = chb_zip_open_cached(p->path, p->password, p->entry, err);
-    if (!s->zf) return -1;
-    for (uint64_t skip = p->offset; skip > 0;) {
-      size_t n = skip < scratch_len ? (size_t)skip : scratch_len;
-      ssize_t k = chb_zip_file_read(s->zf, scratch, n, err);
-      if (k < 0) return -1;
-      if (k == 0)
-        return chb_error_set(err, CHB_CORRUPT, "entry %s of %s is shorter than offset %llu",
-                             p->entry, p->path, (unsigned long long)p->offset);
-      skip -= (uint64_t)k;
-    }
-  } else {
-    s->fd = open(p->path, O_RDONLY | O_CLOEXEC);
-    if (s->fd < 0) return chb_error_errno(err, errno, "cannot open", p->path);
-    if (p->offset && lseek(s->fd, (off_t)p->offset, SEEK_SET) < 0)
-      return chb_error_errno(err, errno, "cannot seek in", p->path);
-    posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  }
-  s->open = 1;
+/* The size the entry's bytes will have, without reading them. */
+static int esrc_size(esrc *s, uint64_t *out, chb_error *err) {
+  if (s->src) return chb_source_size(s->src, out, err);
+  *out = s->e->nbytes;
   return 0;
 }
 
-/* > 0 bytes, 0 at the end of the last piece, -1 on error. */
-static ssize_t psrc_read(psrc *s, unsigned char *buf, size_t len, chb_error *err) {
-  const zw_entry *e = s->e;
-  if (e->from_bytes) {
-    size_t n = e->nbytes - s->pos < len ? e->nbytes - s->pos : len;
-    memcpy(buf, e->bytes + s->pos, n);
-    s->pos += n;
-    return (ssize_t)n;
-  }
-  while (s->piece < e->npieces) {
-    const zw_piece *p = &e->pieces[s->piece];
-    if (!s->open && psrc_open_piece(s, buf, len, err) != 0) return -1;
-    size_t want = s->left < len ? (size_t)s->left : len;
-    ssize_t n = 0;
-    if (want > 0) {
-      if (s->zf) {
-        n = chb_zip_file_read(s->zf, buf, want, err);
-        if (n < 0) return -1;
-      } else {
-        do n = read(s->fd, buf, want);
-        while (n < 0 && errno == EINTR);
-        if (n < 0) return chb_error_errno(err, errno, "cannot read", p->path);
-      }
-    }
-    if (n > 0) {
-      if (s->left != UINT64_MAX) s->left -= (uint64_t)n;
-      return n;
-    }
-    if (s->left != UINT64_MAX && s->left > 0)
-      return chb_error_set(err, CHB_CORRUPT, "%s%s%s is shorter than expected (%llu bytes missing)",
-                           p->path, p->entry ? ":" : "", p->entry ? p->entry : "",
-                           (unsigned long long)s->left);
-    /* A piece that stops short of its entry's end: read the rest anyway so
-     * that the entry's CRC or MAC is checked. */
-    while (s->zf && want == 0) {
-      unsigned char rest[16384];
-      ssize_t k = chb_zip_file_read(s->zf, rest, sizeof rest, err);
-      if (k < 0) return -1;
-      if (k == 0) break;
-    }
-    psrc_close_piece(s);
-    s->piece++;
-  }
-  return 0;
-}
-
-/* The size an entry's sources will give, without reading them. */
-static int entry_source_size(const zw_entry *e, uint64_t *out, chb_error *err) {
-  if (e->from_bytes) {
-    *out = e->nbytes;
-    return 0;
-  }
-  uint64_t total = 0;
-  for (size_t i = 0; i < e->npieces; i++) {
-    const zw_piece *p = &e->pieces[i];
-    if (p->length >= 0) {
-      total += (uint64_t)p->length;
-      continue;
-    }
-    uint64_t whole;
-    if (p->entry) {
-      chb_zip_reader *r = cached_reader(p->path, p->password, err);
-      long at = r ? chb_zip_reader_locate(r, p->entry) : -1;
-      chb_zip_entry_info info;
-      if (!r) return -1;
-      if (at < 0)
-        return chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", p->entry, p->path);
-      if (chb_zip_reader_stat(r, (size_t)at, &info, err) != 0) return -1;
-      whole = info.size;
-    } else {
-      struct stat sb;
-      if (stat(p->path, &sb) != 0) return chb_error_errno(err, errno, "cannot stat", p->path);
-      whole = (uint64_t)sb.st_size;
-    }
-    total += whole > p->offset ? whole - p->offset : 0;
-  }
-  *out = total;
-  return 0;
+static void esrc_close(esrc *s) {
+  chb_source_close(s->src);
+  s->src = NULL;
 }
 
 /* ---- writer ------------------------------------------------------------- */
@@ -785,9 +156,9 @@ struct chb_zip_writer {
   uint64_t bytes_total;
   int spool_dir_made;
 
-  pthread_mutex_t lock;       /* state, error, entry states, next, consumed */
+  chb_run run;                /* state, stop flag, first error, progress */
+  pthread_mutex_t lock;       /* entry states, next, consumed, queues */
   pthread_cond_t cond;        /* entry ready, spool consumed, stop */
-  pthread_cond_t ended;
   size_t next, consumed;      /* next entry to compress; entries libzip has copied */
   uint64_t spool_limit;       /* workers wait while this much spool is unconsumed */
   uint64_t mem_limit;         /* in-memory spools (or queued chunks) in all */
@@ -795,18 +166,16 @@ struct chb_zip_writer {
   zw_chunk *spare;            /* chunk buffers for reuse (lock) */
   size_t nspare;
   atomic_uint_fast64_t spooled, spool_mem;
-  atomic_int stop;
-  atomic_uint_fast64_t files_done, bytes_done;
-  chb_job_state state;
-  chb_error error;
   pthread_t finisher;
   int has_finisher;
 
   /* the archive file (libzip's destination source, the finishing thread) */
-  int out_fd;                 /* tmp_path, created and locked by run_finish */
-  int out_created;            /* tmp_path is ours: remove it unless committed */
+  chb_store *store;           /* where the archive is created and committed */
+  chb_sink *out;              /* tmp_path, created and locked by run_finish */
+  int out_fd;                 /* out's descriptor: libzip writes at offsets */
   int writing;                /* libzip has begun writing the archive */
   zip_error_t out_err;
+  chb_error out_error;        /* what failed there, for w_fail */
   unsigned char *wbuf;        /* write-behind: libzip writes 8 KiB at a time */
   unsigned char *rbuf;        /* read-ahead of the entry libzip is copying */
   size_t wcap, wlen;
@@ -815,9 +184,8 @@ struct chb_zip_writer {
 
 /* Records the first failure and stops everything (workers, libzip's copy). */
 static void w_fail(chb_zip_writer *w, const chb_error *e) {
-  pthread_mutex_lock(&w->lock);
-  if (w->error.code == CHB_OK) w->error = *e;
-  atomic_store(&w->stop, 1);
+  chb_run_fail(&w->run, e);
+  pthread_mutex_lock(&w->lock);   /* waiters on cond check the stop flag under it */
   pthread_cond_broadcast(&w->cond);
   pthread_mutex_unlock(&w->lock);
 }
@@ -857,12 +225,7 @@ static void spool_drop(zw_entry *e) {
 static void entry_free(zw_entry *e) {
   if (!e) return;
   spool_drop(e);
-  for (size_t i = 0; i < e->npieces; i++) {
-    free(e->pieces[i].path);
-    free(e->pieces[i].entry);
-    free_secret(e->pieces[i].password);
-  }
-  free(e->pieces);
+  chb_pieces_free(e->pieces, e->npieces);
   free(e->bytes);
   free(e->name);
   zip_error_fini(&e->zerr);
@@ -897,14 +260,14 @@ static int spool_write(chb_zip_writer *w, zw_entry *e, const unsigned char *p, s
       return chb_error_set(err, CHB_ENOMEM, "cannot name the spool of %s", e->name);
     e->fd = open(buf, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (e->fd < 0) return chb_error_errno(err, errno, "cannot create spool file", buf);
-    if (e->mem_len && write_all(e->fd, e->mem, e->mem_len) != 0)
+    if (e->mem_len && chb_fs_write_all(e->fd, e->mem, e->mem_len) != 0)
       return chb_error_errno(err, errno, "cannot write spool file", buf);
     atomic_fetch_sub(&w->spool_mem, (uint64_t)e->mem_len);
     free(e->mem);
     e->mem = NULL;
     e->mem_len = e->mem_cap = 0;
   }
-  if (write_all(e->fd, p, n) != 0)
+  if (chb_fs_write_all(e->fd, p, n) != 0)
     return chb_error_errno(err, errno, "cannot write spool file", e->spool_path);
   return 0;
 }
@@ -939,23 +302,23 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
   int rc = -1;
   uint64_t hint = UINT64_MAX;
   int exact = e->expect_size >= 0;
-  if (exact) hint = (uint64_t)e->expect_size;
-  else if (entry_source_size(e, &hint, err) != 0) hint = UINT64_MAX; /* only a hint */
   chb_codec *codec = NULL;
   chb_aes *aes = NULL;
-  psrc ps;
-  psrc_init(&ps, e);
+  esrc ps;
+  if (esrc_open(&ps, e, err) != 0) return -1;
+  if (exact) hint = (uint64_t)e->expect_size;
+  else if (esrc_size(&ps, &hint, err) != 0) hint = UINT64_MAX; /* only a hint */
   chb_hash h;
   chb_hash_init(&h);
   uint32_t crc = 0;
   e->comp_len = 0;
   e->stored = 0;
   for (int finish = 0, ended = 0, first = 1; !ended;) {
-    if (atomic_load(&w->stop)) {
+    if (chb_run_stopped(&w->run)) {
       chb_error_set(err, CHB_CANCELLED, "cancelled while compressing %s", e->name);
       goto done;
     }
-    ssize_t n = psrc_read(&ps, in, w->bufsize, err);
+    ssize_t n = esrc_read(&ps, in, w->bufsize, err);
     if (n < 0) goto done;
     finish = n == 0;
     if (first) {
@@ -986,7 +349,7 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
       goto done;
     }
     crc = libdeflate_crc32(crc, in, (size_t)n);
-    atomic_fetch_add(&w->bytes_done, (uint64_t)n);
+    atomic_fetch_add(&w->run.bytes_done, (uint64_t)n);
     const unsigned char *ip = in;
     size_t il = (size_t)n;
     do {
@@ -1017,7 +380,7 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
   }
   rc = 0;
 done:
-  psrc_close(&ps);
+  esrc_close(&ps);
   chb_codec_free(codec);
   chb_aes_free(aes);
   if (rc != 0) spool_drop(e);
@@ -1050,11 +413,11 @@ static zw_chunk *chunk_get(chb_zip_writer *w, zw_entry *e, size_t cap, chb_error
   size_t full = w->bufsize + CHB_AES_SALT_MAX + CHB_AES_PV_LEN + CHB_AES_MAC_LEN;
   if (cap < full && cap > full / 2) cap = full;  /* reusable */
   pthread_mutex_lock(&w->lock);
-  while (!atomic_load(&w->stop) &&
+  while (!chb_run_stopped(&w->run) &&
          (e->q_len >= STREAM_QUEUE ||
           (e->index != w->consumed && w->queued + cap > w->mem_limit)))
     pthread_cond_wait(&w->cond, &w->lock);
-  if (atomic_load(&w->stop)) {
+  if (chb_run_stopped(&w->run)) {
     pthread_mutex_unlock(&w->lock);
     chb_error_set(err, CHB_CANCELLED, "cancelled while reading %s", e->name);
     return NULL;
@@ -1105,14 +468,14 @@ static int stream_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
   zw_chunk *c = NULL;
   unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
   size_t hdr_len = 0, mac_len = 0;
-  psrc ps;
-  psrc_init(&ps, e);
+  esrc ps;
+  if (esrc_open(&ps, e, err) != 0) return -1;
   chb_hash h;
   chb_hash_init(&h);
   uint32_t crc = 0;
   if (!e->size_known) {
     uint64_t n;
-    if (entry_source_size(e, &n, err) != 0) goto done;
+    if (esrc_size(&ps, &n, err) != 0) goto done;
     pthread_mutex_lock(&w->lock);
     e->direct_size = n;
     e->size_known = 1;
@@ -1133,7 +496,7 @@ static int stream_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
     unsigned char *d = c->data + hdr_len;
     hdr_len = 0;
     while (got < want) {
-      ssize_t n = psrc_read(&ps, d + got, want - got, err);
+      ssize_t n = esrc_read(&ps, d + got, want - got, err);
       if (n < 0) goto done;
       if (n == 0) break;
       got += (size_t)n;
@@ -1141,12 +504,12 @@ static int stream_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
     chb_hash_update(&h, d, got);
     if (aes && chb_aes_encrypt(aes, d, got, err) != 0) goto done;
     if (!aes) crc = libdeflate_crc32(crc, d, got);
-    atomic_fetch_add(&w->bytes_done, (uint64_t)got);
+    atomic_fetch_add(&w->run.bytes_done, (uint64_t)got);
     c->len = (size_t)(d - c->data) + got;
     last = got < want || got == left;
     if (last) {
       unsigned char extra;
-      ssize_t x = got < want ? 0 : psrc_read(&ps, &extra, 1, err);
+      ssize_t x = got < want ? 0 : esrc_read(&ps, &extra, 1, err);
       if (x < 0) goto done;
       e->size = h.total + (uint64_t)x;
       e->hash = chb_hash_peek(&h);
@@ -1171,7 +534,7 @@ done:
     chunk_free_locked(w, c);
     pthread_mutex_unlock(&w->lock);
   }
-  psrc_close(&ps);
+  esrc_close(&ps);
   chb_aes_free(aes);
   return rc;
 }
@@ -1191,7 +554,7 @@ static void *compress_worker(void *arg) {
   }
   pthread_mutex_lock(&w->lock);
   while (ready) {
-    if (atomic_load(&w->stop) || w->next >= w->count) break;
+    if (chb_run_stopped(&w->run) || w->next >= w->count) break;
     /* Bounded look-ahead: by bytes spooled (a big file at the head must not
      * stall the other workers after a few entries), and by entry count.
      * Stored entries are bounded by their chunks (chunk_get). */
@@ -1235,7 +598,7 @@ static int entry_fill(zw_entry *e) {
   chb_zip_writer *w = e->w;
   chb_error err;
   e->rb_pos = e->rb_len = 0;
-  if (atomic_load(&w->stop)) {
+  if (chb_run_stopped(&w->run)) {
     chb_error_set(&err, CHB_CANCELLED, "cancelled while writing %s", e->name);
     return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
   }
@@ -1265,9 +628,9 @@ static int entry_fill(zw_entry *e) {
   if (e->cur) chunk_free_locked(w, e->cur);
   e->cur = NULL;
   for (;;) {
-    while (!e->q_head && !e->q_end && !atomic_load(&w->stop)) pthread_cond_wait(&w->cond, &w->lock);
+    while (!e->q_head && !e->q_end && !chb_run_stopped(&w->run)) pthread_cond_wait(&w->cond, &w->lock);
     zw_chunk *c = e->q_head;
-    if (atomic_load(&w->stop) || !c) break;
+    if (chb_run_stopped(&w->run) || !c) break;
     e->q_head = c->next;
     if (!e->q_head) e->q_tail = NULL;
     e->q_len--;
@@ -1283,7 +646,7 @@ static int entry_fill(zw_entry *e) {
     return 1;
   }
   pthread_mutex_unlock(&w->lock);
-  if (!atomic_load(&w->stop)) return 0;
+  if (!chb_run_stopped(&w->run)) return 0;
   chb_error_set(&err, CHB_CANCELLED, "cancelled while writing %s", e->name);
   return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
 }
@@ -1295,7 +658,7 @@ static int entry_fill(zw_entry *e) {
 static int wait_ready(zw_entry *e) {
   chb_zip_writer *w = e->w;
   pthread_mutex_lock(&w->lock);
-  while (!(e->direct ? e->size_known : e->state == E_READY) && !atomic_load(&w->stop))
+  while (!(e->direct ? e->size_known : e->state == E_READY) && !chb_run_stopped(&w->run))
     pthread_cond_wait(&w->cond, &w->lock);
   int ready = e->direct ? e->size_known : e->state == E_READY;
   pthread_mutex_unlock(&w->lock);
@@ -1379,7 +742,7 @@ static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_sour
     e->rb_pos = e->rb_len = 0;
     if (e->src_done) {
       spool_drop(e);
-      atomic_fetch_add(&w->files_done, 1);
+      atomic_fetch_add(&w->run.files_done, 1);
       pthread_mutex_lock(&w->lock);
       w->consumed = e->index + 1;
       pthread_cond_broadcast(&w->cond);
@@ -1516,7 +879,11 @@ static zip_int64_t out_source(void *ud, void *data, zip_uint64_t len, zip_source
   case ZIP_SOURCE_COMMIT_WRITE:
     /* The file stays open, and locked, until it is renamed (run_finish). */
     if (out_flush(w) != 0) return -1;
-    if (w->fsync && fsync(w->out_fd) != 0) return out_fail(w, ZIP_ER_WRITE, errno, "cannot fsync");
+    if (chb_sink_finish(w->out, w->fsync, &w->out_error) != 0) {
+      w_fail(w, &w->out_error);
+      zip_error_set(&w->out_err, ZIP_ER_WRITE, w->out_error.sys);
+      return -1;
+    }
     return 0;
   case ZIP_SOURCE_ROLLBACK_WRITE:
     return 0;                 /* run_finish removes the file */
@@ -1543,20 +910,25 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
                   "entries as AES-encrypted", path);
     return NULL;
   }
-  struct stat sb;
-  if (lstat(path, &sb) == 0) {
-    chb_error_set(err, CHB_EEXIST, "cannot create zip archive %s: it exists", path);
-    return NULL;
-  }
   chb_zip_writer *w = calloc(1, sizeof *w);
-  if (!w) {
+  chb_store *store = w ? chb_store_dir_open(NULL, err) : NULL;
+  if (!store) {
+    free(w);
     chb_error_set(err, CHB_ENOMEM, "cannot allocate a zip writer");
     return NULL;
   }
+  uint64_t size;
+  chb_error absent;
+  if (chb_store_stat(store, path, &size, &absent) == 0) {
+    chb_store_close(store);
+    free(w);
+    chb_error_set(err, CHB_EEXIST, "cannot create zip archive %s: it exists", path);
+    return NULL;
+  }
+  w->store = store;
+  chb_run_init(&w->run);
   pthread_mutex_init(&w->lock, NULL);
   pthread_cond_init(&w->cond, NULL);
-  pthread_cond_init(&w->ended, NULL);
-  w->state = CHB_JOB_NEW;
   w->out_fd = -1;
   zip_error_init(&w->out_err);
   w->codec = codec;
@@ -1578,7 +950,7 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
   w->tmp_path = malloc(plen);
   w->spool_dir = malloc(plen);
   int oom = !w->path || !w->tmp_path || !w->spool_dir;
-  if (opts->password && *opts->password) w->password = dup_or_null(opts->password, &oom);
+  if (opts->password && *opts->password) w->password = chb_zip_dup(opts->password, &oom);
   if (oom) {
     chb_error_set(err, CHB_ENOMEM, "cannot allocate a zip writer");
     chb_zip_writer_free(w);
@@ -1592,7 +964,7 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
   w->za = out ? zip_open_from_source(out, ZIP_CREATE, &ze) : NULL;
   if (!w->za) {
     zip_source_free(out);     /* on failure the caller keeps the source */
-    zip_fail(err, &ze, "cannot create zip archive", w->path);
+    chb_zip_fail(err, &ze, "cannot create zip archive", w->path);
     zip_error_fini(&ze);
     chb_zip_writer_free(w);
     return NULL;
@@ -1604,7 +976,7 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
 size_t chb_zip_writer_count(const chb_zip_writer *w) { return w->count; }
 
 static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
-  if (w->state != CHB_JOB_NEW) {
+  if (chb_run_get_state(&w->run) != CHB_RUN_NEW) {
     entry_free(e);
     chb_error_set(err, CHB_INVALID, "cannot add to a zip writer that has started");
     return -1;
@@ -1652,7 +1024,7 @@ static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
     if (zip_error_code_zip(&ze) == ZIP_ER_EXISTS)
       chb_error_set(err, CHB_EEXIST, "entry %s added twice to zip archive %s", e->name, w->path);
     else
-      zip_fail(err, &ze, "cannot add an entry to zip archive", w->path);
+      chb_zip_fail(err, &ze, "cannot add an entry to zip archive", w->path);
     zip_error_fini(&ze);
     if (!bad) entry_free(e);
     return -1;
@@ -1670,20 +1042,14 @@ long chb_zip_writer_add(chb_zip_writer *w, const char *name, const chb_piece *pi
     chb_error_set(err, CHB_INVALID, "entry %s needs at least one source", name);
     return -1;
   }
+  if (chb_pieces_check(pieces, npieces, err) != 0) return -1;
   zw_entry *e = entry_new();
   int oom = !e;
   if (e) {
-    e->name = dup_or_null(name, &oom);
-    e->pieces = calloc(npieces, sizeof *e->pieces);
+    e->name = chb_zip_dup(name, &oom);
+    chb_error ignored;
+    if (!oom && (e->pieces = chb_pieces_copy(pieces, npieces, &ignored))) e->npieces = npieces;
     oom |= !e->pieces;
-    for (size_t i = 0; !oom && i < npieces; i++) {
-      e->npieces = i + 1;
-      e->pieces[i].path = dup_or_null(pieces[i].path, &oom);
-      e->pieces[i].entry = dup_or_null(pieces[i].entry, &oom);
-      e->pieces[i].password = dup_or_null(pieces[i].password, &oom);
-      e->pieces[i].offset = pieces[i].offset;
-      e->pieces[i].length = pieces[i].length;
-    }
   }
   if (oom) {
     entry_free(e);
@@ -1707,7 +1073,7 @@ long chb_zip_writer_add_bytes(chb_zip_writer *w, const char *name, const void *d
   zw_entry *e = entry_new();
   int oom = !e;
   if (e) {
-    e->name = dup_or_null(name, &oom);
+    e->name = chb_zip_dup(name, &oom);
     e->bytes = malloc(len ? len : 1);
     oom |= !e->bytes;
   }
@@ -1728,16 +1094,14 @@ long chb_zip_writer_add_bytes(chb_zip_writer *w, const char *name, const void *d
 static int cancel_cb(zip_t *za, void *ud) {
   (void)za;
   chb_zip_writer *w = ud;
-  return atomic_load(&w->stop);
+  return chb_run_stopped(&w->run);
 }
 
 /* The archive with no entries (libzip writes no file for it). */
 static int write_empty(chb_zip_writer *w, chb_error *err) {
   static const unsigned char eocd[22] = {0x50, 0x4b, 0x05, 0x06};
-  if (write_all(w->out_fd, eocd, sizeof eocd) != 0)
-    return chb_error_errno(err, errno, "cannot write", w->tmp_path);
-  if (w->fsync && fsync(w->out_fd) != 0) return chb_error_errno(err, errno, "cannot fsync", w->tmp_path);
-  return 0;
+  if (chb_sink_write(w->out, eocd, sizeof eocd, err) != 0) return -1;
+  return chb_sink_finish(w->out, w->fsync, err);
 }
 
 /*
@@ -1746,11 +1110,9 @@ static int write_empty(chb_zip_writer *w, chb_error *err) {
  * a later writer tells a live writer's file from one a killed run left.
  */
 static int create_temporary(chb_zip_writer *w, chb_error *err) {
-  w->out_fd = open(w->tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (w->out_fd < 0) return chb_error_errno(err, errno, "cannot create", w->tmp_path);
-  w->out_created = 1;
-  if (flock(w->out_fd, LOCK_EX | LOCK_NB) != 0)
-    return chb_error_errno(err, errno, "cannot lock", w->tmp_path);
+  chb_sink_opts o = {.mode = 0666, .read_back = 1, .lock = 1};
+  if (!(w->out = chb_store_open_write(w->store, w->tmp_path, &o, err))) return -1;
+  w->out_fd = chb_sink_fd(w->out);
   return 0;
 }
 
@@ -1817,38 +1179,13 @@ static void remove_stale_temporaries(const chb_zip_writer *w) {
   closedir(d);
 }
 
-static int fsync_path(const char *path, int dir, chb_error *err) {
-  int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0 || fsync(fd) != 0) {
-    int saved = errno;
-    if (fd >= 0) close(fd);
-    return chb_error_errno(err, saved, "cannot fsync", path);
-  }
-  close(fd);
-  return 0;
-}
-
-/* Renames tmp to path without ever replacing an existing path. */
-static int commit_rename(const char *tmp, const char *path, chb_error *err) {
-  if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) == 0) return 0;
-  if (errno != EINVAL && errno != ENOSYS)
-    return chb_error_errno(err, errno, "cannot rename the finished archive to", path);
-  if (link(tmp, path) != 0) return chb_error_errno(err, errno, "cannot link the finished archive to", path);
-  unlink(tmp);
-  return 0;
-}
-
 static void run_finish(chb_zip_writer *w) {
   chb_error err;
   chb_error_clear(&err);
   pthread_t *workers = NULL;
   int nworkers = 0, ok = 0;
-  if (chb_fs_mkdir_parents(w->path, &err) != 0) {
-    w_fail(w, &err);
-    goto out;
-  }
   remove_stale_temporaries(w); /* first: a killed run of ours may have had our pid */
-  if (create_temporary(w, &err) != 0) {
+  if (create_temporary(w, &err) != 0) {   /* parent directories made on demand */
     w_fail(w, &err);
     goto out;
   }
@@ -1897,14 +1234,14 @@ static void run_finish(chb_zip_writer *w) {
     w->za = NULL;
     ok = 1;
   } else {
-    zip_fail(&err, zip_get_error(w->za), "cannot write zip archive", w->path);
+    chb_zip_fail(&err, zip_get_error(w->za), "cannot write zip archive", w->path);
     if (err.code == CHB_CANCELLED) chb_error_set(&err, CHB_CANCELLED, "cancelled");
     w_fail(w, &err);          /* keeps an earlier, more precise error */
     zip_discard(w->za);
     w->za = NULL;
   }
 out:
-  atomic_store(&w->stop, 1);
+  atomic_store(&w->run.stop, 1);
   pthread_mutex_lock(&w->lock);
   pthread_cond_broadcast(&w->cond);
   pthread_mutex_unlock(&w->lock);
@@ -1919,42 +1256,28 @@ out:
   w->nspare = 0;
   if (w->spool_dir_made && rmdir(w->spool_dir) == 0) w->spool_dir_made = 0;
   chb_zip_cache_clear();      /* readers opened for zip sources on this thread */
-  if (ok && commit_rename(w->tmp_path, w->path, &err) != 0) {
+  if (ok && chb_store_commit(w->store, w->tmp_path, w->path, &err) != 0) {
     w_fail(w, &err);
     ok = 0;
   }
-  if (!ok && w->out_created) unlink(w->tmp_path); /* still locked: no one else removes it */
-  w->out_created = 0;
-  if (w->out_fd >= 0 && close(w->out_fd) != 0 && ok) {
-    chb_error_errno(&err, errno, "cannot close", w->path);
+  if (!ok) chb_sink_abort(w->out); /* still locked: no one else removes it */
+  if (ok && chb_sink_close(w->out, &err) != 0) {
     w_fail(w, &err);
     ok = 0;
   }
+  w->out = NULL;
   w->out_fd = -1;
-  if (ok && w->fsync) {
-    char dir[PATH_MAX];
-    chb_fs_split_dir(w->path, dir, sizeof dir);
-    if (fsync_path(dir, 1, &err) != 0) {
-      w_fail(w, &err);        /* the archive is in place; only durability failed */
-      ok = 0;
-    }
+  if (ok && w->fsync && chb_store_sync_dir(w->store, w->path, &err) != 0) {
+    w_fail(w, &err);          /* the archive is in place; only durability failed */
+    ok = 0;
   }
-  pthread_mutex_lock(&w->lock);
-  if (!ok && w->error.code == CHB_OK) chb_error_set(&w->error, CHB_CANCELLED, "cancelled");
-  w->state = ok ? CHB_JOB_DONE : w->error.code == CHB_CANCELLED ? CHB_JOB_CANCELLED : CHB_JOB_FAILED;
-  pthread_cond_broadcast(&w->ended);
-  pthread_mutex_unlock(&w->lock);
+  chb_run_end(&w->run, ok);
 }
 
 static int begin(chb_zip_writer *w, chb_error *err) {
-  pthread_mutex_lock(&w->lock);
-  if (w->state != CHB_JOB_NEW) {
-    chb_job_state s = w->state;
-    pthread_mutex_unlock(&w->lock);
-    return chb_error_set(err, CHB_INVALID, "zip writer already %s", chb_job_state_name(s));
-  }
-  w->state = CHB_JOB_RUNNING;
-  pthread_mutex_unlock(&w->lock);
+  chb_run_state was;
+  if (chb_run_begin(&w->run, &was) != 0)
+    return chb_error_set(err, CHB_INVALID, "zip writer already %s", chb_run_state_name(was));
   return 0;
 }
 
@@ -1973,9 +1296,7 @@ int chb_zip_writer_start(chb_zip_writer *w, chb_error *err) {
   if (begin(w, err) != 0) return -1;
   int rc = pthread_create(&w->finisher, NULL, finisher, w);
   if (rc != 0) {
-    pthread_mutex_lock(&w->lock);
-    w->state = CHB_JOB_NEW;
-    pthread_mutex_unlock(&w->lock);
+    chb_run_unbegin(&w->run);
     return chb_error_errno(err, rc, "cannot start", "zip writer thread");
   }
   w->has_finisher = 1;
@@ -1983,46 +1304,26 @@ int chb_zip_writer_start(chb_zip_writer *w, chb_error *err) {
 }
 
 chb_job_state chb_zip_writer_wait(chb_zip_writer *w, long timeout_ms) {
-  pthread_mutex_lock(&w->lock);
-  chb_wait_while_running(&w->ended, &w->lock, &w->state, timeout_ms);
-  chb_job_state s = w->state;
-  pthread_mutex_unlock(&w->lock);
-  return s;
+  return chb_run_wait(&w->run, timeout_ms);
 }
 
 void chb_zip_writer_cancel(chb_zip_writer *w) {
-  atomic_store(&w->stop, 1);
-  pthread_mutex_lock(&w->lock);
-  if (w->state == CHB_JOB_NEW) {
-    chb_error_set(&w->error, CHB_CANCELLED, "cancelled before start");
-    w->state = CHB_JOB_CANCELLED;
-  }
+  chb_run_cancel(&w->run);
+  pthread_mutex_lock(&w->lock);   /* wakes workers and libzip's copy waiting on cond */
   pthread_cond_broadcast(&w->cond);
   pthread_mutex_unlock(&w->lock);
 }
 
 void chb_zip_writer_get_progress(chb_zip_writer *w, chb_job_progress *out) {
-  pthread_mutex_lock(&w->lock);
-  out->state = w->state;
-  pthread_mutex_unlock(&w->lock);
-  out->files_total = w->count;
-  out->files_done = atomic_load(&w->files_done);
-  out->bytes_total = w->bytes_total;
-  out->bytes_done = atomic_load(&w->bytes_done);
+  chb_run_get_progress(&w->run, w->count, w->bytes_total, out);
 }
 
 int chb_zip_writer_result(chb_zip_writer *w, chb_error *err) {
-  pthread_mutex_lock(&w->lock);
-  int rc = chb_ended_result(w->state, &w->error, "zip writer", err);
-  pthread_mutex_unlock(&w->lock);
-  return rc;
+  return chb_run_result(&w->run, "zip writer", err);
 }
 
 int chb_zip_writer_entry_result(chb_zip_writer *w, size_t i, uint64_t *size, chb_u128 *hash) {
-  pthread_mutex_lock(&w->lock);
-  int done = w->state == CHB_JOB_DONE;
-  pthread_mutex_unlock(&w->lock);
-  if (!done || i >= w->count) return -1;
+  if (chb_run_get_state(&w->run) != CHB_RUN_DONE || i >= w->count) return -1;
   *size = w->e[i]->size;
   *hash = w->e[i]->hash;
   return 0;
@@ -2043,17 +1344,17 @@ void chb_zip_writer_free(chb_zip_writer *w) {
     entry_free(d);
   }
   if (w->spool_dir_made) rmdir(w->spool_dir);
-  if (w->out_created) unlink(w->tmp_path);
-  if (w->out_fd >= 0) close(w->out_fd);
+  chb_sink_abort(w->out);
+  chb_store_close(w->store);
   zip_error_fini(&w->out_err);
   free(w->wbuf);
   free(w->rbuf);
   free(w->path);
   free(w->tmp_path);
   free(w->spool_dir);
-  free_secret(w->password);
+  chb_zip_free_secret(w->password);
   pthread_mutex_destroy(&w->lock);
   pthread_cond_destroy(&w->cond);
-  pthread_cond_destroy(&w->ended);
+  chb_run_destroy(&w->run);
   free(w);
 }

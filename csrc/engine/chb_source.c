@@ -1,0 +1,270 @@
+/* Reading a list of pieces as one stream of bytes; see chb_source.h. */
+#include "chb_source.h"
+#include "chb_cipher.h"
+#include "chb_fs.h"
+#include "chb_zip_read.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Draining or skipping a zip entry with a caller's buffer smaller than
+ * this uses one of this size on the stack (a 1-byte read must not mean a
+ * syscall per byte). */
+#define SCRATCH 16384
+
+struct chb_source {
+  chb_piece *pieces;
+  size_t n, i;                /* pieces[i] is the current one */
+  const atomic_int *stop;
+  int open;                   /* pieces[i] is open: one of the three below */
+  int fd;                     /* a plain file */
+  chb_zip_file *zf;           /* a zip entry */
+  chb_opener *op;             /* a file of an encrypted directory backup */
+  uint64_t left;              /* of the piece's range, when it has a length */
+};
+
+/* ---- pieces -------------------------------------------------------------- */
+
+int chb_pieces_check(const chb_piece *pieces, size_t n, chb_error *err) {
+  for (size_t i = 0; i < n; i++) {
+    const chb_piece *p = &pieces[i];
+    if (p->key && (!p->aad || p->entry))
+      return chb_error_set(err, CHB_INVALID, "an encrypted piece needs its name (aad) and no zip entry");
+    size_t r = p->root ? strlen(p->root) : 0;
+    if (p->root && (p->entry || strncmp(p->path, p->root, r) != 0 || p->path[r] != '/'))
+      return chb_error_set(err, CHB_INVALID, "piece %s is not a file below its root %s", p->path, p->root);
+  }
+  return 0;
+}
+
+static void wipe_free(void *p, size_t n) {
+  if (!p) return;
+  OPENSSL_cleanse(p, n);
+  free(p);
+}
+
+void chb_pieces_free(chb_piece *pieces, size_t n) {
+  if (!pieces) return;
+  for (size_t i = 0; i < n; i++) {
+    chb_piece *p = &pieces[i];
+    free((char *)p->path);
+    free((char *)p->entry);
+    if (p->password) wipe_free((char *)p->password, strlen(p->password));
+    wipe_free((unsigned char *)p->key, CHB_CIPHER_KEY_LEN);
+    free((char *)p->aad);
+    free((char *)p->root);
+  }
+  free(pieces);
+}
+
+static const char *dup_opt(const char *s, int *oom) {
+  if (!s) return NULL;
+  char *d = strdup(s);
+  if (!d) *oom = 1;
+  return d;
+}
+
+chb_piece *chb_pieces_copy(const chb_piece *pieces, size_t n, chb_error *err) {
+  chb_piece *c = calloc(n ? n : 1, sizeof *c);
+  int oom = c == NULL;
+  for (size_t i = 0; !oom && i < n; i++) {
+    const chb_piece *p = &pieces[i];
+    c[i].offset = p->offset;
+    c[i].length = p->length;
+    c[i].path = dup_opt(p->path, &oom);
+    c[i].entry = dup_opt(p->entry, &oom);
+    c[i].password = dup_opt(p->password, &oom);
+    c[i].aad = dup_opt(p->aad, &oom);
+    c[i].root = dup_opt(p->root, &oom);
+    if (!oom && p->key) {
+      unsigned char *k = malloc(CHB_CIPHER_KEY_LEN);
+      if (k) memcpy(k, p->key, CHB_CIPHER_KEY_LEN);
+      c[i].key = k;
+      oom = k == NULL;
+    }
+  }
+  if (oom) {
+    chb_pieces_free(c, n);
+    chb_error_set(err, CHB_ENOMEM, "cannot copy entry paths");
+    return NULL;
+  }
+  return c;
+}
+
+/* ---- one piece: open, read, end ------------------------------------------ */
+
+/* The current piece in messages: "<entry> of <archive>" or its path. */
+static const char *describe(const chb_piece *p, char *buf, size_t n) {
+  if (!p->entry) return p->path;
+  snprintf(buf, n, "%s of %s", p->entry, p->path);
+  return buf;
+}
+
+static int check_stop(const chb_source *s, chb_error *err) {
+  if (!s->stop || !atomic_load(s->stop)) return 0;
+  char what[1024];
+  return chb_error_set(err, CHB_CANCELLED, "cancelled while copying %s",
+                       describe(&s->pieces[s->i], what, sizeof what));
+}
+
+/* Reads a zip entry on, into buf (or a scratch buffer when buf is small):
+ * `skip` bytes (UINT64_MAX: to its end). Returns the bytes not found. */
+static int zip_discard(chb_source *s, uint64_t skip, unsigned char *buf, size_t len,
+                       uint64_t *missing, chb_error *err) {
+  unsigned char scratch[SCRATCH];
+  if (len < SCRATCH) {
+    buf = scratch;
+    len = SCRATCH;
+  }
+  while (skip > 0) {
+    if (check_stop(s, err) != 0) return -1;
+    ssize_t k = chb_zip_file_read(s->zf, buf, skip < len ? (size_t)skip : len, err);
+    if (k < 0) return -1;
+    if (k == 0) break;
+    if (skip != UINT64_MAX) skip -= (uint64_t)k;
+  }
+  *missing = skip == UINT64_MAX ? 0 : skip;
+  return 0;
+}
+
+static int shorter(const chb_piece *p, uint64_t missing, chb_error *err) {
+  if (p->entry)
+    return chb_error_set(err, CHB_CORRUPT, "entry %s of %s is shorter than expected (%llu bytes missing)",
+                         p->entry, p->path, (unsigned long long)missing);
+  return chb_error_set(err, CHB_CORRUPT, "%s is shorter than expected (%llu bytes missing)", p->path,
+                       (unsigned long long)missing);
+}
+
+/* Opens the current piece and positions it at its offset. */
+static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *err) {
+  const chb_piece *p = &s->pieces[s->i];
+  s->left = p->length < 0 ? 0 : (uint64_t)p->length;
+  size_t root_len = p->root ? strlen(p->root) : 0;
+  if (p->entry) {
+    if (!(s->zf = chb_zip_open_cached(p->path, p->password, p->entry, err))) return -1;
+    s->open = 1;
+    uint64_t missing;
+    if (zip_discard(s, p->offset, buf, len, &missing, err) != 0) return -1;
+    if (missing) return shorter(p, missing + s->left, err);
+  } else if (p->key) {
+    if (!(s->op = chb_opener_open(p->path, root_len, p->key, p->aad, err))) return -1;
+    s->open = 1;
+    if (chb_opener_seek(s->op, p->offset, err) != 0) return -1;
+  } else {
+    if ((s->fd = chb_fs_open_beneath(p->path, root_len, err)) < 0) return -1;
+    s->open = 1;
+    if (p->offset && lseek(s->fd, (off_t)p->offset, SEEK_SET) < 0)
+      return chb_error_errno(err, errno, "cannot seek in", p->path);
+    posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  }
+  return 0;
+}
+
+static ssize_t piece_read(chb_source *s, void *buf, size_t len, chb_error *err) {
+  if (s->zf) return chb_zip_file_read(s->zf, buf, len, err);
+  if (s->op) return chb_opener_read(s->op, buf, len, err);
+  for (;;) {
+    ssize_t n = read(s->fd, buf, len);
+    if (n >= 0) return n;
+    if (errno != EINTR) return chb_error_errno(err, errno, "cannot read", s->pieces[s->i].path);
+  }
+}
+
+static void piece_close(chb_source *s) {
+  if (s->fd >= 0) close(s->fd);
+  s->fd = -1;
+  chb_zip_file_close(s->zf);
+  s->zf = NULL;
+  chb_opener_close(s->op);
+  s->op = NULL;
+  s->open = 0;
+}
+
+/* ---- the source ------------------------------------------------------------ */
+
+chb_source *chb_source_open(const chb_piece *pieces, size_t n, chb_error *err) {
+  chb_source *s = calloc(1, sizeof *s);
+  if (!s) {
+    chb_error_set(err, CHB_ENOMEM, "cannot allocate a source");
+    return NULL;
+  }
+  s->fd = -1;
+  s->n = n;
+  if (!(s->pieces = chb_pieces_copy(pieces, n, err))) {
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+void chb_source_set_cancel(chb_source *s, const atomic_int *stop) { s->stop = stop; }
+
+ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
+  while (s->i < s->n) {
+    const chb_piece *p = &s->pieces[s->i];
+    if (!s->open && piece_open(s, buf, len, err) != 0) return -1;
+    int bounded = p->length >= 0;
+    if (bounded && s->left == 0) {
+      /* The range is read: a zip entry is still read to its end, so that
+       * its CRC or MAC is checked. */
+      uint64_t rest;
+      if (s->zf && zip_discard(s, UINT64_MAX, buf, len, &rest, err) != 0) return -1;
+      piece_close(s);
+      s->i++;
+      continue;
+    }
+    if (check_stop(s, err) != 0) return -1;
+    size_t want = bounded && s->left < len ? (size_t)s->left : len;
+    ssize_t n = piece_read(s, buf, want, err);
+    if (n < 0) return -1;
+    if (n > 0) {
+      if (bounded) s->left -= (uint64_t)n;
+      return n;
+    }
+    if (bounded) return shorter(p, s->left, err);
+    piece_close(s);
+    s->i++;
+  }
+  return 0;
+}
+
+/* The plain size of a whole piece's file or entry. */
+static int whole_size(const chb_piece *p, uint64_t *out, chb_error *err) {
+  if (p->entry) return chb_zip_entry_size_cached(p->path, p->password, p->entry, out, err);
+  struct stat sb;
+  if (stat(p->path, &sb) != 0) return chb_error_errno(err, errno, "cannot stat", p->path);
+  *out = (uint64_t)sb.st_size;
+  if (p->key && chb_cipher_plain_size(*out, out) != 0)
+    return chb_error_set(err, CHB_CORRUPT, "%s is not an encrypted file (its size is %llu bytes)",
+                         p->path, (unsigned long long)sb.st_size);
+  return 0;
+}
+
+int chb_source_size(chb_source *s, uint64_t *size, chb_error *err) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < s->n; i++) {
+    const chb_piece *p = &s->pieces[i];
+    uint64_t whole;
+    if (p->length >= 0) {
+      total += (uint64_t)p->length;
+      continue;
+    }
+    if (whole_size(p, &whole, err) != 0) return -1;
+    total += whole > p->offset ? whole - p->offset : 0;
+  }
+  *size = total;
+  return 0;
+}
+
+void chb_source_close(chb_source *s) {
+  if (!s) return;
+  piece_close(s);
+  chb_pieces_free(s->pieces, s->n);
+  free(s);
+}

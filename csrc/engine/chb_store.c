@@ -1,0 +1,201 @@
+/* The directory store: create-exclusive, fsync, rename; see chb_store.h. */
+#include "chb_store.h"
+#include "chb_cipher.h"
+#include "chb_fs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct chb_store {
+  char *root;                 /* NULL: names are paths */
+};
+
+struct chb_sink {
+  int fd;
+  char *path;
+  chb_sealer *sealer;         /* set: what is written is sealed */
+};
+
+chb_store *chb_store_dir_open(const char *root, chb_error *err) {
+  chb_store *st = calloc(1, sizeof *st);
+  if (st && root && !(st->root = strdup(root))) {
+    free(st);
+    st = NULL;
+  }
+  if (!st) chb_error_set(err, CHB_ENOMEM, "cannot open a store at %s", root ? root : "/");
+  return st;
+}
+
+void chb_store_close(chb_store *st) {
+  if (!st) return;
+  free(st->root);
+  free(st);
+}
+
+/* root/name into buf (PATH_MAX); -1 with err set if too long. */
+static int path_of(const chb_store *st, const char *name, char *buf, chb_error *err) {
+  int n = st->root ? snprintf(buf, PATH_MAX, "%s/%s", st->root, name)
+                   : snprintf(buf, PATH_MAX, "%s", name);
+  if (n < 0 || n >= PATH_MAX) return chb_error_set(err, CHB_INVALID, "path too long: %s", name);
+  return 0;
+}
+
+/* ---- writing --------------------------------------------------------------- */
+
+static int create_exclusive(const char *path, const chb_sink_opts *o, chb_error *err) {
+  int flags = (o->read_back ? O_RDWR : O_WRONLY) | O_CREAT | O_EXCL | O_CLOEXEC;
+  mode_t mode = o->mode ? (mode_t)o->mode : 0644;
+  int fd = open(path, flags, mode);
+  if (fd < 0 && errno == ENOENT) {
+    if (chb_fs_mkdir_parents(path, err) != 0) return -1;
+    fd = open(path, flags, mode);
+  }
+  if (fd < 0) chb_error_errno(err, errno, "cannot create", path);
+  return fd;
+}
+
+chb_sink *chb_store_open_write(chb_store *st, const char *name, const chb_sink_opts *opts,
+                               chb_error *err) {
+  static const chb_sink_opts none;
+  const chb_sink_opts *o = opts ? opts : &none;
+  char path[PATH_MAX];
+  if (path_of(st, name, path, err) != 0) return NULL;
+  chb_sink *k = calloc(1, sizeof *k);
+  if (!k || !(k->path = strdup(path))) {
+    free(k);
+    chb_error_set(err, CHB_ENOMEM, "cannot create %s: out of memory", path);
+    return NULL;
+  }
+  if ((k->fd = create_exclusive(path, o, err)) < 0) {
+    free(k->path);
+    free(k);
+    return NULL;
+  }
+  if (o->lock && flock(k->fd, LOCK_EX | LOCK_NB) != 0) {
+    chb_error_errno(err, errno, "cannot lock", path);
+    chb_sink_abort(k);
+    return NULL;
+  }
+  if (o->key && !(k->sealer = chb_sealer_new(o->key, o->seal_name, k->fd, path, err))) {
+    chb_sink_abort(k);
+    return NULL;
+  }
+  return k;
+}
+
+int chb_sink_write(chb_sink *k, const void *buf, size_t len, chb_error *err) {
+  if (k->sealer) return chb_sealer_write(k->sealer, buf, len, err);
+  if (chb_fs_write_all(k->fd, buf, len) != 0) return chb_error_errno(err, errno, "cannot write", k->path);
+  return 0;
+}
+
+int chb_sink_fd(const chb_sink *k) { return k->fd; }
+const char *chb_sink_path(const chb_sink *k) { return k->path; }
+
+int chb_sink_finish(chb_sink *k, int sync, chb_error *err) {
+  if (k->sealer && chb_sealer_finish(k->sealer, err) != 0) return -1;
+  if (sync && fsync(k->fd) != 0) return chb_error_errno(err, errno, "cannot fsync", k->path);
+  return 0;
+}
+
+static void sink_free(chb_sink *k) {
+  chb_sealer_free(k->sealer);
+  free(k->path);
+  free(k);
+}
+
+int chb_sink_close(chb_sink *k, chb_error *err) {
+  int rc = 0;
+  if (close(k->fd) != 0) rc = chb_error_errno(err, errno, "cannot close", k->path);
+  sink_free(k);
+  return rc;
+}
+
+void chb_sink_abort(chb_sink *k) {
+  if (!k) return;
+  unlink(k->path);            /* before close: a lock, if any, is still held */
+  close(k->fd);
+  sink_free(k);
+}
+
+/* ---- placing, removing, reading -------------------------------------------- */
+
+int chb_store_commit(chb_store *st, const char *from, const char *to, chb_error *err) {
+  char src[PATH_MAX], dst[PATH_MAX];
+  if (path_of(st, from, src, err) != 0 || path_of(st, to, dst, err) != 0) return -1;
+  if (renameat2(AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != EINVAL && errno != ENOSYS)
+    return chb_error_errno(err, errno, "cannot rename the finished file to", dst);
+  /* No RENAME_NOREPLACE here (some file systems): link(2) never replaces either. */
+  if (link(src, dst) != 0) return chb_error_errno(err, errno, "cannot link the finished file to", dst);
+  unlink(src);
+  return 0;
+}
+
+int chb_store_sync_dir(chb_store *st, const char *name, chb_error *err) {
+  char path[PATH_MAX], dir[PATH_MAX];
+  if (path_of(st, name, path, err) != 0) return -1;
+  chb_fs_split_dir(path, dir, sizeof dir);
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) != 0) {
+    int saved = errno;
+    if (fd >= 0) close(fd);
+    return chb_error_errno(err, saved, "cannot fsync", dir);
+  }
+  close(fd);
+  return 0;
+}
+
+int chb_store_remove(chb_store *st, const char *name, chb_error *err) {
+  char path[PATH_MAX];
+  if (path_of(st, name, path, err) != 0) return -1;
+  if (unlink(path) != 0) return chb_error_errno(err, errno, "cannot remove", path);
+  return 0;
+}
+
+int chb_store_stat(chb_store *st, const char *name, uint64_t *size, chb_error *err) {
+  char path[PATH_MAX];
+  struct stat sb;
+  if (path_of(st, name, path, err) != 0) return -1;
+  if (lstat(path, &sb) != 0) return chb_error_errno(err, errno, "cannot stat", path);
+  *size = (uint64_t)sb.st_size;
+  return 0;
+}
+
+chb_source *chb_store_open_read(chb_store *st, const char *name, chb_error *err) {
+  char path[PATH_MAX];
+  if (path_of(st, name, path, err) != 0) return NULL;
+  chb_piece p = {path, 0, -1, NULL, NULL, NULL, NULL, st->root};
+  if (chb_pieces_check(&p, 1, err) != 0) return NULL;
+  return chb_source_open(&p, 1, err);
+}
+
+int chb_store_list(chb_store *st, const char *dir, int (*fn)(const char *name, void *ud),
+                   void *ud, chb_error *err) {
+  char path[PATH_MAX];
+  if (path_of(st, *dir ? dir : ".", path, err) != 0) return -1;
+  DIR *d = opendir(path);
+  if (!d) return chb_error_errno(err, errno, "cannot list", path);
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    if (fn(de->d_name, ud) != 0) break;
+  }
+  closedir(d);
+  return 0;
+}
+
+int chb_store_lock(chb_store *st, const char *name, chb_error *err) {
+  char path[PATH_MAX];
+  int created;
+  if (path_of(st, name, path, err) != 0) return -1;
+  return chb_fs_lock(path, &created, err);
+}

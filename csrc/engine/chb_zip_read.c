@@ -1,0 +1,484 @@
+/* Zip archives, the reading half: entries listed and streamed, and a
+ * per-thread cache of open readers; see chb_zip_read.h. */
+#include "chb_zip_read.h"
+#include "chb_aes.h"
+#include "chb_codec.h"
+#include "chb_zip_common.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <libdeflate.h>
+#include <zip.h>
+
+#define RAW_BUF (256 * 1024)            /* compressed bytes per read */
+
+/* ---- reader ------------------------------------------------------------ */
+
+struct chb_zip_reader {
+  zip_t *za;
+  char *path;
+  char *password;             /* NULL: none */
+  size_t count;
+  chb_zip_file *open_file;
+};
+
+struct chb_zip_file {
+  chb_zip_reader *r;
+  zip_file_t *zf;
+  char *name;
+  uint64_t size, comp_size, produced, raw_left;
+  int method, strength, check_crc;
+  uint32_t crc_expect, crc;
+  chb_codec *codec;           /* NULL: stored */
+  chb_aes *aes;               /* NULL: not encrypted */
+  unsigned char *in;
+  size_t in_pos, in_len;
+  int raw_done, codec_done, ended, broken;
+  chb_error broken_err;
+};
+
+chb_zip_reader *chb_zip_reader_open(const char *path, const char *password, chb_error *err) {
+  chb_zip_reader *r = calloc(1, sizeof *r);
+  int oom = r == NULL;
+  if (r) {
+    r->path = chb_zip_dup(path, &oom);
+    if (password && *password) r->password = chb_zip_dup(password, &oom);
+  }
+  if (oom) {
+    chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", path);
+    chb_zip_reader_close(r);
+    return NULL;
+  }
+  int zerr = 0;
+  r->za = zip_open(path, ZIP_RDONLY, &zerr);
+  if (!r->za) {
+    zip_error_t ze;
+    zip_error_init_with_code(&ze, zerr);
+    chb_zip_fail(err, &ze, "cannot open zip archive", path);
+    zip_error_fini(&ze);
+    chb_zip_reader_close(r);
+    return NULL;
+  }
+  zip_int64_t n = zip_get_num_entries(r->za, 0);
+  r->count = n > 0 ? (size_t)n : 0;
+  for (size_t i = 0; i < r->count; i++) {
+    const char *name = zip_get_name(r->za, i, ZIP_FL_ENC_RAW);
+    if (!name || !chb_zip_name_ok(name)) {
+      chb_error_set(err, CHB_CORRUPT, "unsafe entry name '%s' in zip archive %s "
+                    "(absolute, with '..' or '\\')", name ? name : "?", path);
+      chb_zip_reader_close(r);
+      return NULL;
+    }
+  }
+  return r;
+}
+
+size_t chb_zip_reader_count(const chb_zip_reader *r) { return r->count; }
+const char *chb_zip_reader_path(const chb_zip_reader *r) { return r->path; }
+
+long chb_zip_reader_locate(chb_zip_reader *r, const char *name) {
+  zip_int64_t i = zip_name_locate(r->za, name, ZIP_FL_ENC_RAW);
+  return i < 0 ? -1 : (long)i;
+}
+
+static int encryption_strength(zip_uint16_t em) {
+  switch (em) {
+  case ZIP_EM_NONE: return 0;
+  case ZIP_EM_AES_128: return 1;
+  case ZIP_EM_AES_192: return 2;
+  case ZIP_EM_AES_256: return 3;
+  default: return -1;
+  }
+}
+
+int chb_zip_reader_stat(chb_zip_reader *r, size_t i, chb_zip_entry_info *out, chb_error *err) {
+  zip_stat_t st;
+  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0)
+    return chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
+  out->name = st.name;
+  out->size = st.size;
+  out->compressed_size = st.comp_size;
+  out->method = st.comp_method;
+  out->encrypted = encryption_strength(st.encryption_method);
+  out->crc = st.crc;
+  return 0;
+}
+
+void chb_zip_reader_close(chb_zip_reader *r) {
+  if (!r) return;
+  chb_zip_file_close(r->open_file);
+  if (r->za) zip_discard(r->za);
+  free(r->path);
+  chb_zip_free_secret(r->password);
+  free(r);
+}
+
+/* Formats detail, then "<detail> in entry <name> of <archive>" into err. */
+static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char *fmt, ...) {
+  char detail[400];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  chb_error_set(err, code, "%s in entry %s of %s", detail, f->name, f->r->path);
+  f->broken = 1;
+  f->broken_err = *err;
+  return -1;
+}
+
+/* Reads up to n raw (compressed, encrypted) bytes; fewer only at the end. */
+static ssize_t raw_read(chb_zip_file *f, unsigned char *buf, size_t n, chb_error *err) {
+  size_t got = 0;
+  while (got < n) {
+    zip_int64_t k = zip_fread(f->zf, buf + got, n - got);
+    if (k < 0)
+      return file_fail(f, err, CHB_EIO, "read error (%s)", zip_file_strerror(f->zf));
+    if (k == 0) break;
+    got += (size_t)k;
+  }
+  return (ssize_t)got;
+}
+
+chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *err) {
+  if (r->open_file) {
+    chb_error_set(err, CHB_INVALID, "zip archive %s already has an open entry", r->path);
+    return NULL;
+  }
+  zip_stat_t st;
+  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0) {
+    chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
+    return NULL;
+  }
+  chb_zip_file *f = calloc(1, sizeof *f);
+  if (!f || !(f->name = strdup(st.name))) {
+    free(f);
+    chb_error_set(err, CHB_ENOMEM, "cannot open entry %s of %s: out of memory", st.name, r->path);
+    return NULL;
+  }
+  f->r = r;
+  f->size = st.size;
+  f->comp_size = st.comp_size;
+  f->method = st.comp_method == 20 ? CHB_CODEC_ZSTD : st.comp_method; /* 20: old zstd id */
+  f->strength = encryption_strength(st.encryption_method);
+  f->crc_expect = st.crc;
+  f->crc = 0;
+  f->check_crc = f->strength == 0 || st.crc != 0; /* AE-2 entries carry no CRC */
+  f->raw_left = st.comp_size;
+  if (f->strength < 0) {
+    file_fail(f, err, CHB_INVALID, "unsupported encryption method %u", st.encryption_method);
+    goto fail;
+  }
+  if (!chb_codec_by_id(f->method)) {
+    file_fail(f, err, CHB_INVALID, "unsupported compression method %d", f->method);
+    goto fail;
+  }
+  if (f->strength > 0 && !r->password) {
+    file_fail(f, err, CHB_AUTH, "a password is needed (the data is encrypted)");
+    goto fail;
+  }
+  f->zf = zip_fopen_index(r->za, i, ZIP_FL_COMPRESSED | ZIP_FL_ENCRYPTED);
+  if (!f->zf) {
+    file_fail(f, err, CHB_CORRUPT, "cannot open the data (%s)", zip_strerror(r->za));
+    goto fail;
+  }
+  if (f->strength > 0) {
+    unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
+    size_t hlen = chb_aes_salt_len(f->strength) + CHB_AES_PV_LEN;
+    if (st.comp_size < chb_aes_overhead(f->strength)) {
+      file_fail(f, err, CHB_CORRUPT, "encrypted data too short");
+      goto fail;
+    }
+    ssize_t n = raw_read(f, hdr, hlen, err);
+    if (n < 0) goto fail;
+    if ((size_t)n < hlen) {
+      file_fail(f, err, CHB_CORRUPT, "data truncated");
+      goto fail;
+    }
+    char what[600];
+    snprintf(what, sizeof what, "entry %s of %s", f->name, r->path);
+    f->aes = chb_aes_decrypter(f->strength, r->password, strlen(r->password), hdr, what, err);
+    if (!f->aes) goto fail;
+    f->raw_left = st.comp_size - chb_aes_overhead(f->strength);
+  }
+  if (f->method != CHB_CODEC_STORE) {
+    chb_error cerr;
+    f->codec = chb_codec_decoder(f->method, f->size, &cerr);
+    f->in = malloc(RAW_BUF);
+    if (!f->codec || !f->in) {
+      if (!f->codec) file_fail(f, err, cerr.code, "%s", cerr.msg);
+      else file_fail(f, err, CHB_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
+  r->open_file = f;
+  return f;
+fail:
+  f->r = r;
+  r->open_file = f;           /* so that close releases it the one way */
+  chb_zip_file_close(f);
+  return NULL;
+}
+
+chb_zip_file *chb_zip_file_open(chb_zip_reader *r, const char *name, chb_error *err) {
+  long i = chb_zip_reader_locate(r, name);
+  if (i < 0) {
+    chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", name, r->path);
+    return NULL;
+  }
+  return chb_zip_file_open_index(r, (size_t)i, err);
+}
+
+uint64_t chb_zip_file_size(const chb_zip_file *f) { return f->size; }
+
+/* Reads the stored MAC (after the ciphertext) and compares: 1 match, 0 not, -1 error. */
+static int mac_matches(chb_zip_file *f, chb_error *err) {
+  unsigned char want[CHB_AES_MAC_LEN], got[CHB_AES_MAC_LEN];
+  ssize_t n = raw_read(f, want, sizeof want, err);
+  if (n < 0) return -1;
+  if ((size_t)n < sizeof want) return file_fail(f, err, CHB_CORRUPT, "data truncated (no MAC)");
+  if (chb_aes_mac(f->aes, got, err) != 0) return -1;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < sizeof want; i++) diff |= (unsigned char)(want[i] ^ got[i]);
+  return diff == 0;
+}
+
+/* A decompression failure of an encrypted entry: a MAC mismatch explains it better. */
+static int explain_by_mac(chb_zip_file *f, chb_error *err) {
+  if (!f->aes) return -1;
+  chb_error keep = *err, merr;
+  unsigned char *tmp = f->in ? f->in : NULL;
+  unsigned char small[4096];
+  size_t cap = tmp ? RAW_BUF : sizeof small;
+  if (!tmp) tmp = small;
+  while (f->raw_left > 0) {
+    size_t n = f->raw_left < cap ? (size_t)f->raw_left : cap;
+    ssize_t k = raw_read(f, tmp, n, &merr);
+    if (k <= 0) break;
+    f->raw_left -= (uint64_t)k;
+    if (chb_aes_mac_update(f->aes, tmp, (size_t)k, &merr) != 0) break;
+  }
+  if (f->raw_left == 0 && mac_matches(f, &merr) == 0)
+    return file_fail(f, err, CHB_AUTH, "authentication code (HMAC) mismatch: corrupted data");
+  *err = keep;
+  f->broken_err = keep;
+  f->broken = 1;
+  return -1;
+}
+
+static ssize_t finish_entry(chb_zip_file *f, chb_error *err) {
+  if (f->aes) {
+    int m = mac_matches(f, err);
+    if (m < 0) return -1;
+    if (m == 0) return file_fail(f, err, CHB_AUTH, "authentication code (HMAC) mismatch: corrupted data");
+  }
+  if (f->produced != f->size)
+    return file_fail(f, err, CHB_CORRUPT, "size mismatch (%llu bytes declared, %llu read)",
+                     (unsigned long long)f->size, (unsigned long long)f->produced);
+  if (f->check_crc && f->crc != f->crc_expect)
+    return file_fail(f, err, CHB_CORRUPT, "CRC-32 mismatch (expected %08x, got %08x)",
+                     f->crc_expect, f->crc);
+  f->ended = 1;
+  return 0;
+}
+
+static ssize_t deliver(chb_zip_file *f, const unsigned char *p, size_t n, chb_error *err) {
+  f->produced += n;
+  if (f->produced > f->size)
+    return file_fail(f, err, CHB_CORRUPT, "more data than the declared %llu bytes",
+                     (unsigned long long)f->size);
+  f->crc = libdeflate_crc32(f->crc, p, n);
+  return (ssize_t)n;
+}
+
+ssize_t chb_zip_file_read(chb_zip_file *f, void *buf, size_t len, chb_error *err) {
+  if (f->broken) {
+    *err = f->broken_err;
+    return -1;
+  }
+  if (f->ended || len == 0) return 0;
+  unsigned char *out = buf;
+  if (!f->codec) {
+    if (f->raw_left == 0) return finish_entry(f, err);
+    size_t n = len < f->raw_left ? len : (size_t)f->raw_left;
+    ssize_t got = raw_read(f, out, n, err);
+    if (got < 0) return -1;
+    if (got == 0) return file_fail(f, err, CHB_CORRUPT, "data truncated");
+    f->raw_left -= (uint64_t)got;
+    if (f->aes && chb_aes_decrypt(f->aes, out, (size_t)got, err) != 0) return -1;
+    return deliver(f, out, (size_t)got, err);
+  }
+  for (;;) {
+    if (f->in_pos == f->in_len && !f->raw_done) {
+      size_t n = f->raw_left < RAW_BUF ? (size_t)f->raw_left : RAW_BUF;
+      if (n == 0) {
+        f->raw_done = 1;
+        f->in_pos = f->in_len = 0;
+      } else {
+        ssize_t got = raw_read(f, f->in, n, err);
+        if (got < 0) return -1;
+        if (got == 0) return file_fail(f, err, CHB_CORRUPT, "data truncated");
+        if (f->aes && chb_aes_decrypt(f->aes, f->in, (size_t)got, err) != 0) return -1;
+        f->in_pos = 0;
+        f->in_len = (size_t)got;
+        f->raw_left -= (uint64_t)got;
+        if (f->raw_left == 0) f->raw_done = 1;
+      }
+    }
+    const unsigned char *ip = f->in + f->in_pos;
+    size_t il = f->in_len - f->in_pos, ol = len;
+    unsigned char *op = out;
+    int rc = 0;
+    if (!f->codec_done) {
+      chb_error cerr;
+      rc = chb_codec_run(f->codec, &ip, &il, &op, &ol, f->raw_done, &cerr);
+      if (rc < 0) {
+        file_fail(f, err, cerr.code, "cannot decompress (%s)", cerr.msg);
+        return explain_by_mac(f, err);
+      }
+      if (rc == 1) f->codec_done = 1;
+    }
+    size_t used = (size_t)(ip - (f->in + f->in_pos)), made = len - ol;
+    f->in_pos += used;
+    if (made > 0) return deliver(f, out, made, err);
+    if (f->codec_done) {
+      if (f->in_pos < f->in_len || f->raw_left > 0)
+        return file_fail(f, err, CHB_CORRUPT, "data after the end of the compressed stream");
+      return finish_entry(f, err);
+    }
+    if (f->raw_done && used == 0) {
+      file_fail(f, err, CHB_CORRUPT, "compressed data truncated");
+      return explain_by_mac(f, err);
+    }
+  }
+}
+
+void chb_zip_file_close(chb_zip_file *f) {
+  if (!f) return;
+  if (f->r && f->r->open_file == f) f->r->open_file = NULL;
+  if (f->zf) zip_fclose(f->zf);
+  chb_codec_free(f->codec);
+  chb_aes_free(f->aes);
+  free(f->in);
+  free(f->name);
+  free(f);
+}
+
+/* ---- per-thread cache of open readers ---------------------------------- */
+
+#define CACHE_SLOTS 4
+
+typedef struct cache_slot {
+  chb_zip_reader *r;
+  char *password;             /* "" for none */
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  uint64_t used;
+} cache_slot;
+
+typedef struct zip_cache {
+  cache_slot slot[CACHE_SLOTS];
+  uint64_t tick;
+} zip_cache;
+
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void slot_clear(cache_slot *s) {
+  chb_zip_reader_close(s->r);
+  chb_zip_free_secret(s->password);
+  memset(s, 0, sizeof *s);
+}
+
+static void cache_destroy(void *p) {
+  zip_cache *c = p;
+  for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&c->slot[i]);
+  free(c);
+}
+
+static void cache_init(void) { pthread_key_create(&cache_key, cache_destroy); }
+
+void chb_zip_cache_clear(void) {
+  pthread_once(&cache_once, cache_init);
+  zip_cache *c = pthread_getspecific(cache_key);
+  if (!c) return;
+  pthread_setspecific(cache_key, NULL);
+  cache_destroy(c);
+}
+
+/* This thread's open reader of `archive` (opened and cached if needed). */
+static chb_zip_reader *cached_reader(const char *archive, const char *password, chb_error *err) {
+  pthread_once(&cache_once, cache_init);
+  zip_cache *c = pthread_getspecific(cache_key);
+  if (!c) {
+    c = calloc(1, sizeof *c);
+    if (!c || pthread_setspecific(cache_key, c) != 0) {
+      free(c);
+      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
+      return NULL;
+    }
+  }
+  if (!password) password = "";
+  struct stat sb;
+  if (stat(archive, &sb) != 0) {
+    chb_error_errno(err, errno, "cannot open zip archive", archive);
+    return NULL;
+  }
+  cache_slot *hit = NULL, *victim = &c->slot[0];
+  for (int i = 0; i < CACHE_SLOTS; i++) {
+    cache_slot *s = &c->slot[i];
+    if (s->r && s->dev == sb.st_dev && s->ino == sb.st_ino && s->size == sb.st_size &&
+        s->mtime.tv_sec == sb.st_mtim.tv_sec && s->mtime.tv_nsec == sb.st_mtim.tv_nsec &&
+        strcmp(chb_zip_reader_path(s->r), archive) == 0 && strcmp(s->password, password) == 0) {
+      hit = s;
+      break;
+    }
+    if (!s->r || s->used < victim->used) victim = s;
+  }
+  if (!hit) {
+    slot_clear(victim);
+    victim->r = chb_zip_reader_open(archive, password, err);
+    if (!victim->r) return NULL;
+    victim->password = strdup(password);
+    if (!victim->password) {
+      slot_clear(victim);
+      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
+      return NULL;
+    }
+    victim->dev = sb.st_dev;
+    victim->ino = sb.st_ino;
+    victim->size = sb.st_size;
+    victim->mtime = sb.st_mtim;
+    hit = victim;
+  }
+  hit->used = ++c->tick;
+  return hit->r;
+}
+
+chb_zip_file *chb_zip_open_cached(const char *archive, const char *password,
+                                  const char *entry, chb_error *err) {
+  chb_zip_reader *r = cached_reader(archive, password, err);
+  return r ? chb_zip_file_open(r, entry, err) : NULL;
+}
+
+int chb_zip_entry_size_cached(const char *archive, const char *password, const char *entry,
+                              uint64_t *size, chb_error *err) {
+  chb_zip_reader *r = cached_reader(archive, password, err);
+  if (!r) return -1;
+  long at = chb_zip_reader_locate(r, entry);
+  if (at < 0) return chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", entry, archive);
+  chb_zip_entry_info info;
+  if (chb_zip_reader_stat(r, (size_t)at, &info, err) != 0) return -1;
+  *size = info.size;
+  return 0;
+}

@@ -1,0 +1,98 @@
+/*
+ * Zip archives, the writing half (the one owner of libzip's writing).
+ *
+ * A zip backup holds the same tree as a directory backup. The archive is
+ * written to `path.tmp-<pid>`, held under flock(2) while written, and
+ * renamed to `path` (never replacing an existing file) only when finish
+ * succeeds; anything else removes the temporary files (creation, fsync and
+ * rename are the directory store's, chb_store.h). finish first removes what
+ * killed writers of `path` left: unlocked `path.tmp-<pid>` files and their
+ * companions `path.tmp-<pid>.spool/` and `path.tmp-<pid>.backup` (a name
+ * callers may use for a file they add). Entries are added by name, from
+ * source pieces (chb_piece, read through chb_source.h: plain files, entries
+ * of other zip archives, files of encrypted directory backups) or from a
+ * memory buffer. The run-state (wait, cancel, progress, result) is
+ * chb_run.h's. finish():
+ *   - compressed methods: N worker threads each compress (and encrypt)
+ *     whole files, in entry order, into a spool (memory up to one buffer,
+ *     then a file in `path.tmp-<pid>.spool/`), at most a few entries ahead
+ *     of the archive writer, so memory and spool disk stay bounded;
+ *   - libzip writes the container (headers, zip64 where sizes need it,
+ *     central directory) on the finishing thread, reading each spool as an
+ *     already-compressed, already-encrypted zip_source_function whose stat
+ *     reports method, sizes and CRC: libzip never compresses or encrypts;
+ *   - `store` entries stream: a worker reads, hashes, checksums or
+ *     encrypts each in chunks into a bounded queue that libzip's copy
+ *     drains, so the finishing thread only copies.
+ * Sizes and checksums given at add time are verified while reading.
+ * Encryption is WinZip AES-256 (AE-2) done with OpenSSL (chb_aes.h).
+ *
+ * Errors name the archive and the entry. Codes: CHB_CORRUPT (a source
+ * whose size or checksum is not the expected one), CHB_INVALID (bad method,
+ * level or name), CHB_EEXIST, CHB_CANCELLED, and errno codes for I/O.
+ */
+#ifndef CHB_ZIP_WRITE_H
+#define CHB_ZIP_WRITE_H
+
+#include "chb_error.h"
+#include "chb_hash.h"
+#include "chb_run.h"
+#include "chb_source.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- writer ---- */
+
+typedef struct chb_zip_writer_opts {
+  const char *method;   /* "store" "deflate" "bzip2" "lzma" "xz" "zstd"; NULL: deflate */
+  int has_level;        /* 0: the method's default level */
+  int level;            /* -1 also means the default (ClickHouse's compression_level) */
+  const char *password; /* NULL or "": no encryption */
+  int threads;          /* compression workers; <= 0: the number of cores */
+  size_t buffer_size;   /* per worker, and the in-memory spool limit; 0: 1 MiB */
+  int fsync;            /* fsync the archive and its directory before it counts as done */
+  uint64_t spool_limit; /* compressed bytes spooled ahead of the archive; 0: 1 GiB */
+} chb_zip_writer_opts;
+
+typedef struct chb_zip_writer chb_zip_writer;
+
+/*
+ * Prepares a writer. Fails with CHB_EEXIST if `path` exists, CHB_INVALID
+ * for an unknown method or a level out of range (naming the valid ones).
+ * Strings are copied. Nothing is written until finish.
+ */
+chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *opts,
+                                   chb_error *err);
+/*
+ * Adds an entry read from pieces (in order) when the writer finishes.
+ * `expect_size` < 0 and `expect_hash` NULL mean unknown; known ones are
+ * checked while reading (a mismatch fails finish, naming the file).
+ * Names must be relative, without `..` components: CHB_INVALID otherwise,
+ * and CHB_EEXIST for a name added twice. Returns the entry index or -1.
+ */
+long chb_zip_writer_add(chb_zip_writer *w, const char *name, const chb_piece *pieces,
+                        size_t npieces, int64_t expect_size, const chb_u128 *expect_hash,
+                        chb_error *err);
+/* Adds an entry with the given bytes (copied). */
+long chb_zip_writer_add_bytes(chb_zip_writer *w, const char *name, const void *data,
+                              size_t len, chb_error *err);
+
+/* Finishes on the calling thread: 0, or -1 with err set (all temp files removed). */
+int chb_zip_writer_finish(chb_zip_writer *w, chb_error *err);
+/* Finishes on a thread of its own; 0, or -1 if it could not start. */
+int chb_zip_writer_start(chb_zip_writer *w, chb_error *err);
+/* Waits up to timeout_ms (< 0: forever); returns the state then. */
+chb_job_state chb_zip_writer_wait(chb_zip_writer *w, long timeout_ms);
+void chb_zip_writer_cancel(chb_zip_writer *w);
+/* files and bytes read from the sources (bytes_total: known sizes). */
+void chb_zip_writer_get_progress(chb_zip_writer *w, chb_job_progress *out);
+/* After the writer ended: 0 if DONE, else -1 and a copy of its error. */
+int chb_zip_writer_result(chb_zip_writer *w, chb_error *err);
+/* After DONE: size and checksum read for entry i. */
+int chb_zip_writer_entry_result(chb_zip_writer *w, size_t i, uint64_t *size, chb_u128 *hash);
+size_t chb_zip_writer_count(const chb_zip_writer *w);
+/* Cancels and joins a running finish, removes temporary files, frees. Accepts NULL. */
+void chb_zip_writer_free(chb_zip_writer *w);
+
+#endif
