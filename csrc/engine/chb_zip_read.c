@@ -477,7 +477,7 @@ int chb_zip_entry_size_cached(const char *archive, const char *password, const c
   if (!r) return -1;
   long at = chb_zip_reader_locate(r, entry);
   if (at < 0) return chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", entry, archive);
-  chb_zip_entry_info info;
+  chb_zip_entry_info info = {0};
   if (chb_zip_reader_stat(r, (size_t)at, &info, err) != 0) return -1;
   *size = info.size;
   return 0;

@@ -541,7 +541,7 @@ static void test_pieces(void) {
 /* Pieces with a root are read confined below it: a symbolic link, a ".."
  * or an empty component anywhere below the root is refused, not followed. */
 static void test_confined(void) {
-  char dir[256], sub[512], file[512], link[512], dirlink[512], via[512], dst[512];
+  char dir[512], sub[768], file[768], link[768], dirlink[768], via[768], dst[768];
   chb_error err;
   unsigned char *data = gen_random(41, 3000);
   path_of(dir, sizeof dir, "confined%s-%d", "", 0);
