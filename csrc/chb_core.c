@@ -35,6 +35,7 @@
 int luaopen_chbackup_core(lua_State *L);
 void chb_open_zip(lua_State *L); /* chb_zip_lua.c */
 void chb_open_s3(lua_State *L);  /* chb_s3_lua.c */
+void chb_open_index(lua_State *L); /* chb_index_lua.c */
 
 
 static void push_hex(lua_State *L, chb_u128 v) {
@@ -750,6 +751,7 @@ CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {
   luaL_newlib(L, core_funcs);         /* core */
   chb_open_zip(L);                    /* core (+ zip_writer, zip_reader, zip_methods) */
   chb_open_s3(L);                     /* core (+ s3_client) */
+  chb_open_index(L);                  /* core (+ index) */
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");
   return 1;

@@ -60,21 +60,13 @@ local EMPTY_IN_BASE = { __index = { part_in_base = true } }
 -- every file's size and checksum; ClickHouse never changes a part in
 -- place): its files are the base's entries under the part's name, all
 -- use_base, without a stat or a read of any other file. Costs per part one
--- stat and one read of checksums.txt, and a binary search in the base's
--- entries.
+-- stat and one read of checksums.txt, and lookups in the base's index.
 local function part_from_base(base, read)
-  local files = base.manifest.files
-  for i = 2, #files do
-    if files[i - 1].name >= files[i].name then   -- (chbackup and ClickHouse write them sorted)
-      files = table.move(files, 1, #files, 1, {})
-      table.sort(files, function(a, b) return a.name < b.name end)
-      break
-    end
-  end
-  local by_name = base.manifest.by_name
+  local idx = base.manifest.index   -- (core.index: by name, and by name prefix in name order)
   return function(prefix, part_dir)
-    local sums = by_name[prefix .. "checksums.txt"]
-    if not sums or sums.size == 0 then
+    local si = idx:find(prefix .. "checksums.txt")
+    local _, sums_size, sums_checksum = idx:fields(si or 0)
+    if not si or sums_size == 0 then
       return nil
     end
     local path = part_dir .. "/checksums.txt"
@@ -85,29 +77,21 @@ local function part_from_base(base, read)
     if sum then
       read.files, read.bytes = read.files + 1, read.bytes + size
     end
-    if sum ~= sums.checksum or size ~= sums.size then
+    if sum ~= sums_checksum or size ~= sums_size then
       return nil
     end
-    local lo, hi = 1, #files + 1
-    while lo < hi do
-      local mid = (lo + hi) // 2
-      if files[mid].name < prefix then
-        lo = mid + 1
+    local out = {}
+    local first, last = idx:prefix(prefix)
+    for pos = first, last do
+      local i = idx:sorted(pos)
+      local name, fsize, checksum = idx:fields(i)
+      if i == si then
+        out[#out + 1] = { name = name, size = fsize, checksum = checksum, use_base = true }
+      elseif fsize > 0 then
+        out[#out + 1] = setmetatable({ name = name, size = fsize, checksum = checksum }, IN_BASE)
       else
-        hi = mid
+        out[#out + 1] = setmetatable({ name = name, size = 0 }, EMPTY_IN_BASE)
       end
-    end
-    local out, f = {}, files[lo]
-    while f and f.name:find(prefix, 1, true) == 1 do
-      if f == sums then
-        out[#out + 1] = { name = f.name, size = f.size, checksum = f.checksum, use_base = true }
-      elseif f.size > 0 then
-        out[#out + 1] = setmetatable({ name = f.name, size = f.size, checksum = f.checksum }, IN_BASE)
-      else
-        out[#out + 1] = setmetatable({ name = f.name, size = 0 }, EMPTY_IN_BASE)
-      end
-      lo = lo + 1
-      f = files[lo]
     end
     return out
   end

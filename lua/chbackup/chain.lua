@@ -9,7 +9,6 @@
 -- across as many backups as the chain has.
 -- @module chbackup.chain
 local core = require("chbackup.core")
-local file_plan = require("chbackup.file_plan")
 local sql = require("chbackup.sql")
 local store = require("chbackup.store")
 
@@ -27,12 +26,10 @@ function chain.parse_name(name)
 end
 
 
-local content_key = file_plan.content_key
-
-
 --- Opens a backup: dest is a destination table, or a resolved destination;
 -- opts.password opens password-protected backups (the whole chain).
--- Returns {dest=, manifest=, by_content=, store=<chbackup.store reader>}
+-- Returns {dest=, manifest=, by_content=<function(size, checksum) -> the
+-- first entry of that content, or nil>, store=<chbackup.store reader>}
 -- or nil, err naming the backup.
 function chain.open(cfg, dest, opts)
   opts = opts or {}
@@ -46,29 +43,13 @@ function chain.open(cfg, dest, opts)
     return nil, err, code
   end
   local m = reader.manifest
-  -- by_content[content_key(size, checksum)]: the first file of that
-  -- content. Indexed by checksum (a string the entry holds already), the
-  -- size checked on lookup: no key string made per file (issue 14).
-  local by_checksum, other_sizes = {}, {}
-  for _, f in ipairs(m.files) do
-    if f.size > 0 then
-      local first = by_checksum[f.checksum]
-      if not first then
-        by_checksum[f.checksum] = f
-      elseif first.size ~= f.size then   -- (a checksum of two sizes: never, in practice)
-        local key = content_key(f.size, f.checksum)
-        other_sizes[key] = other_sizes[key] or f
-      end
-    end
+  -- by content: the first file of that size and checksum, looked up in the
+  -- manifest's index (core.index; no Lua table per file: issue 14)
+  local idx, files = m.index, m.files
+  local function by_content(size, checksum)
+    local i = idx:find_content(size, checksum)
+    return i and files[i] or nil
   end
-  local by_content = setmetatable({}, { __index = function(_, key)
-    local size, checksum = key:match("^(%d+):(.*)$")
-    local f = by_checksum[checksum]
-    if f and f.size == math.tointeger(tonumber(size)) then
-      return f
-    end
-    return other_sizes[key]
-  end })
   return {
     dest = resolved, manifest = m, by_content = by_content, cfg = cfg, password = opts.password,
     store = reader,
@@ -141,7 +122,7 @@ local function find_content(b, size, checksum, needed_by)
   if not base then
     return nil, nil, err
   end
-  local e = base.by_content[content_key(size, checksum)]
+  local e = base.by_content(size, checksum)
   if not e then
     return nil, nil, string.format("base backup %s has no file of %d bytes with checksum %s (needed by %s)",
       base.dest.name, size, tostring(checksum), needed_by)

@@ -27,7 +27,7 @@ local file_plan = {}
 local BIG_FILE = 1024 * 1024
 
 
---- The key of a file's content in chain's by_content index.
+--- The key of a file's content (size and checksum) in a Lua table.
 function file_plan.content_key(size, checksum)
   return size .. ":" .. tostring(checksum)
 end
@@ -102,7 +102,7 @@ function file_plan.decide(entries, base, layout)
     if e.use_base then   -- luacheck: ignore 542 (decided: a part unchanged since the base)
     elseif e.size == 0 then
       e.checksum = nil   -- ClickHouse stores no bytes (and no checksum) for an empty file
-    elseif base and base.by_content[content_key(e.size, e.checksum)] then
+    elseif base and base.by_content(e.size, e.checksum) then
       e.use_base = true
     elseif e.grown_from then
       e.base_size, e.base_checksum = e.grown_from.size, e.grown_from.checksum

@@ -72,11 +72,13 @@ local function shown(s)
 end
 
 
--- Reads the document through lxp: returns the raw manifest (every value a
--- string) or nil, err. Never raises: lxp's close() raises on a document
--- that ended in the middle, so it runs under pcall.
-local function read_xml(next_chunk)
-  local m = { files = {} }
+-- Reads the document through lxp: returns the raw header (every value a
+-- string) or nil, err; each <file> goes, raw, to on_file(raw, i) as it
+-- ends (no list of every file). Never raises: lxp's close() raises on a
+-- document that ended in the middle, so it runs under pcall.
+local function read_xml(next_chunk, on_file)
+  local m = {}
+  local nfiles = 0
   local bad                  -- the first problem the callbacks found
   local stack = {}           -- open elements, the root first
   local ignored              -- depth of an unknown element being skipped
@@ -127,7 +129,7 @@ local function read_xml(next_chunk)
         file = { name = nil, size = nil, checksum = nil }   -- (sized for these three)
       elseif FILE_FIELDS[name] then
         if file[name] ~= nil then
-          fail((file.name and ("file " .. file.name) or ("file entry " .. (#m.files + 1)))
+          fail((file.name and ("file " .. file.name) or ("file entry " .. (nfiles + 1)))
             .. " has two <" .. name .. ">")
         end
         field, ntext = name, 0
@@ -160,7 +162,8 @@ local function read_xml(next_chunk)
         end
         field, ntext = nil, 0
       elseif depth == 3 then
-        m.files[#m.files + 1] = file
+        nfiles = nfiles + 1
+        on_file(file, nfiles)
         file = nil
       end
     end,
@@ -264,14 +267,84 @@ local function check_file(raw, i)
 end
 
 
+-- A weak cache of an index's entries: one Lua table per entry while
+-- something holds it (the same table each time), none for the others.
+local function entries_of(idx)
+  local cache = setmetatable({}, { __mode = "v" })
+  return function(i)
+    local e = cache[i]
+    if e == nil then
+      e = idx:get(i)
+      cache[i] = e
+    end
+    return e
+  end
+end
+
+
+--- The files of a manifest held in a core.index (one C structure, not a
+-- Lua table per file: issue 14), as manifest.parse gives them: sets
+-- m.index, m.files (a list: m.files[i], #m.files, ipairs) and m.by_name
+-- (by_name[name]), whose entries are made on demand. Returns m.
+function manifest.indexed(m, idx)
+  local entry = entries_of(idx)
+  m.index = idx
+  m.files = setmetatable({}, {
+    __index = function(_, i)
+      return math.type(i) == "integer" and entry(i) or nil
+    end,
+    __len = function()
+      return #idx
+    end,
+    __newindex = function()
+      error("the files of a parsed manifest are read-only", 2)
+    end,
+  })
+  m.by_name = setmetatable({}, {
+    __index = function(_, name)
+      local i = type(name) == "string" and idx:find(name)
+      return i and entry(i) or nil
+    end,
+    __newindex = function()
+      error("the files of a parsed manifest are read-only", 2)
+    end,
+  })
+  return m
+end
+
+
 --- Parses a manifest from a chunk source: next_chunk() returns the next
 -- piece of text or nil at the end; `what` names it in errors. Returns
 -- {version=, timestamp=, uuid=, base_backup=, base_backup_uuid=, files = {
 -- {name=, size=, checksum=, data_file=, use_base=, base_size=,
--- base_checksum=}, … }, by_name = {} } or nil, "backup manifest <what> is
--- corrupt: …" naming the entry. Untrusted input: never raises.
+-- base_checksum=}, … }, by_name = {}, index = <core.index> } or nil,
+-- "backup manifest <what> is corrupt: …" naming the entry. The files are
+-- checked and indexed as they are read (manifest.indexed). Untrusted
+-- input: never raises.
 function manifest.parse(next_chunk, what)
-  local raw, err = read_xml(next_chunk)
+  local idx = core.index()
+  local file_err         -- the first problem of a file entry (reported after the header's)
+  local copies = {}      -- numbers of the entries with a data_file
+  local raw, err = read_xml(next_chunk, function(r, i)
+    if file_err then
+      return
+    end
+    local e, ferr = check_file(r, i)
+    if not e then
+      file_err = ferr
+      return
+    end
+    if e.data_file == e.name then
+      e.data_file = nil
+    end
+    local n = idx:add(e.name, e.size, e.checksum, e.use_base, e.encrypted_by_disk, e.base_size,
+      e.base_checksum, e.data_file)
+    if not n then
+      file_err = "file " .. e.name .. " is listed twice"
+    elseif e.data_file then
+      copies[#copies + 1] = n
+    end
+  end)
   local function corrupt(msg)
     return nil, "backup manifest " .. tostring(what) .. " is corrupt: " .. msg
   end
@@ -285,7 +358,6 @@ function manifest.parse(next_chunk, what)
     version = count_of(raw.version), timestamp = raw.timestamp, uuid = raw.uuid,
     base_backup = raw.base_backup, base_backup_uuid = raw.base_backup_uuid,
     data_file_name_generator = raw.data_file_name_generator,
-    files = {}, by_name = {},
   }
   if m.data_file_name_generator and m.data_file_name_generator ~= "checksum"
       and m.data_file_name_generator ~= "first_file_name" then
@@ -303,26 +375,18 @@ function manifest.parse(next_chunk, what)
       return corrupt("deduplicate_files " .. shown(raw.deduplicate_files) .. " is not a non-negative integer")
     end
   end
-  for i, r in ipairs(raw.files) do
-    local e, ferr = check_file(r, i)
-    if not e then
-      return corrupt(ferr)
-    end
-    if m.by_name[e.name] then
-      return corrupt("file " .. e.name .. " is listed twice")
-    end
-    m.files[i] = e
-    m.by_name[e.name] = e
+  if file_err then
+    return corrupt(file_err)
   end
   -- A copy (data_file) names the entry of this backup that stores the same
   -- bytes, itself not a copy; with data_file_name_generator = 'checksum'
   -- (ClickHouse's), a name derived from the checksum that no entry has.
   local checksum_names = m.data_file_name_generator == "checksum"
-  for _, e in ipairs(m.files) do
-    if e.data_file == e.name then
-      e.data_file = nil
-    elseif e.data_file and (m.by_name[e.data_file] or not checksum_names) then
-      local primary = m.by_name[e.data_file]
+  for _, n in ipairs(copies) do
+    local e = idx:get(n)
+    local p = idx:find(e.data_file)
+    if p or not checksum_names then
+      local primary = p and idx:get(p)
       if not primary then
         return corrupt("file " .. e.name .. " refers to data_file " .. e.data_file .. ", which it does not list")
       elseif primary.size ~= e.size or primary.checksum ~= e.checksum then
@@ -333,7 +397,7 @@ function manifest.parse(next_chunk, what)
       end
     end
   end
-  return m
+  return manifest.indexed(m, idx)
 end
 
 

@@ -1,0 +1,218 @@
+/*
+ * The Lua binding of chb_index (a manifest's files in one compact C
+ * structure, issue 14): core.index(). Registered by luaopen_chbackup_core
+ * through chb_open_index. Entries are numbered from 1 here; idx:get(i)
+ * makes the Lua table of an entry on demand, in the shape manifest.parse
+ * gives: {name=, size=, checksum=, use_base=, encrypted_by_disk=,
+ * base_size=, base_checksum=, data_file=} (absent fields nil).
+ * Out of memory raises; misuse raises.
+ */
+#include "chb_hash.h"
+#include "chb_index.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#define CHB_INDEX_MT "chbackup.Index"
+
+void chb_open_index(lua_State *L);
+
+typedef struct index_box {
+  chb_index *idx;   /* NULL once freed */
+} index_box;
+
+static chb_index *check_index(lua_State *L) {
+  index_box *b = luaL_checkudata(L, 1, CHB_INDEX_MT);
+  if (!b->idx) luaL_error(L, "index is closed");
+  return b->idx;
+}
+
+static int check_sum(lua_State *L, int arg, chb_u128 *out) {
+  if (lua_isnoneornil(L, arg)) return 0;
+  if (chb_u128_from_hex(luaL_checkstring(L, arg), out) != 0)
+    return luaL_argerror(L, arg, "expected a checksum of 32 hex digits");
+  return 1;
+}
+
+static uint64_t check_size(lua_State *L, int arg) {
+  lua_Integer n = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, n >= 0, arg, "a size is not negative");
+  return (uint64_t)n;
+}
+
+static int opt_tristate(lua_State *L, int arg) {
+  return lua_isnoneornil(L, arg) ? CHB_ABSENT : lua_toboolean(L, arg);
+}
+
+/* core.index() -> an empty index */
+static int core_index(lua_State *L) {
+  index_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->idx = NULL;
+  luaL_setmetatable(L, CHB_INDEX_MT);
+  b->idx = chb_index_new();
+  if (!b->idx) return luaL_error(L, "out of memory");
+  return 1;
+}
+
+/* idx:add(name, size, checksum, use_base, encrypted_by_disk, base_size,
+ * base_checksum, data_file) -> i | nil, i of the entry of that name */
+static int index_add(lua_State *L) {
+  chb_index *idx = check_index(L);
+  chb_index_entry e = {0};
+  e.name = luaL_checklstring(L, 2, &e.name_len);
+  e.size = check_size(L, 3);
+  e.has_checksum = check_sum(L, 4, &e.checksum);
+  e.use_base = opt_tristate(L, 5);
+  e.encrypted_by_disk = opt_tristate(L, 6);
+  if (!lua_isnoneornil(L, 7)) e.has_base_size = 1, e.base_size = check_size(L, 7);
+  e.has_base_checksum = check_sum(L, 8, &e.base_checksum);
+  if (!lua_isnoneornil(L, 9)) e.data_file = luaL_checklstring(L, 9, &e.data_file_len);
+  size_t existing = 0;
+  long i = chb_index_add(idx, &e, &existing);
+  if (i == -1) {
+    lua_pushnil(L);
+    lua_pushinteger(L, (lua_Integer)existing + 1);
+    return 2;
+  }
+  if (i < 0) return luaL_error(L, "out of memory (index of %d files)", (int)chb_index_count(idx));
+  lua_pushinteger(L, (lua_Integer)i + 1);
+  return 1;
+}
+
+static void push_hex(lua_State *L, chb_u128 v) {
+  char hex[33];
+  chb_u128_to_hex(v, hex);
+  lua_pushlstring(L, hex, 32);
+}
+
+/* idx:get(i) -> entry table | nil */
+static int index_get(lua_State *L) {
+  chb_index *idx = check_index(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  chb_index_entry e;
+  if (i < 1 || chb_index_get(idx, (size_t)(i - 1), &e) != 0) return 0;
+  lua_createtable(L, 0, 3);
+  lua_pushlstring(L, e.name, e.name_len);
+  lua_setfield(L, -2, "name");
+  lua_pushinteger(L, (lua_Integer)e.size);
+  lua_setfield(L, -2, "size");
+  if (e.has_checksum) {
+    push_hex(L, e.checksum);
+    lua_setfield(L, -2, "checksum");
+  }
+  if (e.use_base != CHB_ABSENT) {
+    lua_pushboolean(L, e.use_base);
+    lua_setfield(L, -2, "use_base");
+  }
+  if (e.encrypted_by_disk != CHB_ABSENT) {
+    lua_pushboolean(L, e.encrypted_by_disk);
+    lua_setfield(L, -2, "encrypted_by_disk");
+  }
+  if (e.has_base_size) {
+    lua_pushinteger(L, (lua_Integer)e.base_size);
+    lua_setfield(L, -2, "base_size");
+  }
+  if (e.has_base_checksum) {
+    push_hex(L, e.base_checksum);
+    lua_setfield(L, -2, "base_checksum");
+  }
+  if (e.data_file) {
+    lua_pushlstring(L, e.data_file, e.data_file_len);
+    lua_setfield(L, -2, "data_file");
+  }
+  return 1;
+}
+
+/* idx:fields(i) -> name, size, checksum (nil if none) | nothing: the
+ * fields most callers need, without a table */
+static int index_fields(lua_State *L) {
+  chb_index *idx = check_index(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  chb_index_entry e;
+  if (i < 1 || chb_index_get(idx, (size_t)(i - 1), &e) != 0) return 0;
+  lua_pushlstring(L, e.name, e.name_len);
+  lua_pushinteger(L, (lua_Integer)e.size);
+  if (e.has_checksum)
+    push_hex(L, e.checksum);
+  else
+    lua_pushnil(L);
+  return 3;
+}
+
+static int push_number(lua_State *L, long i) {
+  if (i == -2) return luaL_error(L, "out of memory");
+  if (i < 0) return 0;
+  lua_pushinteger(L, (lua_Integer)i + 1);
+  return 1;
+}
+
+/* idx:find(name) -> i | nil */
+static int index_find(lua_State *L) {
+  chb_index *idx = check_index(L);
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  return push_number(L, chb_index_find(idx, name, len));
+}
+
+/* idx:find_content(size, checksum) -> i of the first file of that content | nil */
+static int index_find_content(lua_State *L) {
+  chb_index *idx = check_index(L);
+  uint64_t size = check_size(L, 2);
+  chb_u128 sum;
+  if (!check_sum(L, 3, &sum)) return 0;
+  return push_number(L, chb_index_find_content(idx, size, sum));
+}
+
+/* idx:prefix(prefix) -> first, last: positions (from 1) in name order of
+ * the names starting with prefix (last < first: none); idx:sorted(pos) -> i */
+static int index_prefix(lua_State *L) {
+  chb_index *idx = check_index(L);
+  size_t len, lo, hi;
+  const char *prefix = luaL_checklstring(L, 2, &len);
+  if (chb_index_prefix(idx, prefix, len, &lo, &hi) != 0) return luaL_error(L, "out of memory");
+  lua_pushinteger(L, (lua_Integer)lo + 1);
+  lua_pushinteger(L, (lua_Integer)hi);
+  return 2;
+}
+
+static int index_sorted(lua_State *L) {
+  chb_index *idx = check_index(L);
+  lua_Integer pos = luaL_checkinteger(L, 2);
+  return push_number(L, pos < 1 ? -1 : chb_index_sorted_at(idx, (size_t)(pos - 1)));
+}
+
+static int index_len(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)chb_index_count(check_index(L)));
+  return 1;
+}
+
+static int index_memory(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)chb_index_memory(check_index(L)));
+  return 1;
+}
+
+static int index_gc(lua_State *L) {
+  index_box *b = luaL_checkudata(L, 1, CHB_INDEX_MT);
+  chb_index_free(b->idx);
+  b->idx = NULL;
+  return 0;
+}
+
+static const luaL_Reg index_methods[] = {
+    {"add", index_add},       {"get", index_get},         {"fields", index_fields},         {"find", index_find},
+    {"find_content", index_find_content},                 {"prefix", index_prefix},
+    {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
+    {NULL, NULL}};
+
+static const luaL_Reg index_meta[] = {{"__gc", index_gc}, {"__len", index_len}, {NULL, NULL}};
+
+/* Adds core.index to the core table at the top of the stack. */
+void chb_open_index(lua_State *L) {
+  luaL_newmetatable(L, CHB_INDEX_MT);   /* core, mt */
+  luaL_setfuncs(L, index_meta, 0);
+  luaL_newlib(L, index_methods);        /* core, mt, methods */
+  lua_setfield(L, -2, "__index");       /* core, mt */
+  lua_pop(L, 1);
+  lua_pushcfunction(L, core_index);
+  lua_setfield(L, -2, "index");
+}

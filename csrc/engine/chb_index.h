@@ -1,0 +1,71 @@
+/*
+ * chb_index: the files of a backup manifest in one compact structure
+ * (issue 14): a record of 40 bytes a file and its name in one arena,
+ * instead of a Lua table and its strings per file. Looked up by name (a
+ * hash), by content (size and checksum: the first file of that content, in
+ * the order added) and by name prefix (a name-sorted order, built once).
+ * Entries are numbered from 0 in the order added. Not thread-safe.
+ */
+#ifndef CHB_INDEX_H
+#define CHB_INDEX_H
+
+#include "chb_hash.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct chb_index chb_index;
+
+/* Tri-state flags: absent, false, true (as `.backup` may say either). */
+enum { CHB_ABSENT = -1 };
+
+typedef struct chb_index_entry {
+  const char *name;          /* not NUL-terminated in results: use name_len */
+  size_t name_len;
+  uint64_t size;
+  int has_checksum;
+  chb_u128 checksum;
+  int use_base;              /* CHB_ABSENT, 0 or 1 */
+  int encrypted_by_disk;     /* CHB_ABSENT, 0 or 1 */
+  int has_base_size;
+  uint64_t base_size;
+  int has_base_checksum;
+  chb_u128 base_checksum;
+  const char *data_file;     /* NULL: none */
+  size_t data_file_len;
+} chb_index_entry;
+
+chb_index *chb_index_new(void);
+void chb_index_free(chb_index *idx);
+
+/* Adds an entry (its strings are copied). Returns its number, or -1 when
+ * the name is there already (*existing set to that entry's number), or -2
+ * when out of memory (or past 4 GiB of names / 2^31 entries). */
+long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing);
+
+size_t chb_index_count(const chb_index *idx);
+
+/* Entry i (0-based) into *out; its strings point into the index, valid
+ * until the next add or free. Returns 0, or -1 if i is out of range. */
+int chb_index_get(const chb_index *idx, size_t i, chb_index_entry *out);
+
+/* The number of the entry named name, or -1. */
+long chb_index_find(const chb_index *idx, const char *name, size_t len);
+
+/* The first entry (in the order added) of size > 0 with this size and
+ * checksum, or -1; -2 when out of memory (its table is built on first use). */
+long chb_index_find_content(chb_index *idx, uint64_t size, chb_u128 checksum);
+
+/* Entries whose names start with prefix, in name order: positions
+ * [*lo, *hi) of the name-sorted order (chb_index_sorted_at). Returns 0, or
+ * -2 when out of memory (the order is built on first use). */
+int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo, size_t *hi);
+
+/* The number of the entry at position pos of the name-sorted order
+ * (after chb_index_prefix built it), or -1. */
+long chb_index_sorted_at(const chb_index *idx, size_t pos);
+
+/* Bytes the index holds (records, names, tables). */
+size_t chb_index_memory(const chb_index *idx);
+
+#endif
