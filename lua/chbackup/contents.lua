@@ -13,34 +13,61 @@ local contents = {}
 
 --- The backup's contents grouped by database and table:
 -- { [db] = {name=, escaped=, metadata=<entry>, tables = { [t] = {name=,
--- escaped=, metadata=<entry>, data = { {rel=, file=<entry>} } } } } }. Every data file
+-- escaped=, metadata=<entry>, data = { {rel=, file=<entry>} } } } } }
+-- (data: a list made on demand, read-only). Every data file
 -- must belong to a table whose metadata the backup holds: a name damaged in
 -- `.backup` would otherwise leave its data behind unnoticed.
 -- Returns dbs or nil, err.
+-- A table's data files, {rel=, file=} made on demand (t.data[k], #t.data,
+-- ipairs) from the numbers of their entries in files: a small integer a
+-- file is held, not two tables (issue 14).
+local function data_list(files, prefix_len)
+  local numbers = {}
+  return numbers, setmetatable({}, {
+    __index = function(_, k)
+      local i = numbers[k]
+      if i then
+        local f = files[i]
+        return { rel = f.name:sub(prefix_len + 1), file = f }
+      end
+    end,
+    __len = function()
+      return #numbers
+    end,
+  })
+end
+
+
 function contents.index(m, backup_name)
-  local dbs = {}
+  local dbs, files = {}, m.files
   local function db_entry(esc)
     local name = names.unescape_file(esc)
     dbs[name] = dbs[name] or { name = name, escaped = esc, tables = {} }
     return dbs[name]
   end
+  local numbers = {}   -- [t]: the numbers of its data files' entries
   local function tbl_entry(esc_db, esc_t)
     local db = db_entry(esc_db)
     local name = names.unescape_file(esc_t)
-    db.tables[name] = db.tables[name] or { name = name, escaped = esc_t, data = {} }
-    return db.tables[name]
+    local t = db.tables[name]
+    if not t then
+      t = { name = name, escaped = esc_t }
+      numbers[t], t.data = data_list(files, #"data///" + #esc_db + #esc_t)
+      db.tables[name] = t
+    end
+    return t
   end
-  for _, f in ipairs(m.files) do
+  for i, f in ipairs(files) do
     local esc_db = f.name:match("^metadata/([^/]+)%.sql$")
     local mdb, mt = f.name:match("^metadata/([^/]+)/([^/]+)%.sql$")
-    local ddb, dt, rest = f.name:match("^data/([^/]+)/([^/]+)/(.+)$")
+    local ddb, dt = f.name:match("^data/([^/]+)/([^/]+)/.")
     if esc_db then
       db_entry(esc_db).metadata = f
     elseif mdb then
       tbl_entry(mdb, mt).metadata = f
     elseif ddb then
-      local t = tbl_entry(ddb, dt)
-      t.data[#t.data + 1] = { rel = rest, file = f }
+      local list = numbers[tbl_entry(ddb, dt)]
+      list[#list + 1] = i
     else
       -- Everything ClickHouse writes into a backup is under metadata/ or
       -- data/; anything else is a damaged name whose file would be lost.

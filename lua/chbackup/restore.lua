@@ -202,6 +202,70 @@ local function disk_free(path)
 end
 
 
+-- Files copied by one job: its entries (the C job copies their names in)
+-- and their Lua plans are freed batch by batch (issue 14).
+local BATCH = 10000
+
+
+-- Phase 2's copies: `copies` (Log tables' files, planned already) and every
+-- file of the parts planned (t.renames), whose pieces are resolved again
+-- here, in jobs of up to BATCH files, each run largest file first (no big
+-- file left for one thread at the end). Returns true or nil, err, code.
+local function copy_parts(ctx, b, targets, copies)
+  local store, op_id = ctx.store, ctx.op_id
+  local files_done, bytes_done = 0, 0
+  local function run(batch)
+    table.sort(batch, function(x, y)
+      if x[3] ~= y[3] then
+        return x[3] > y[3]
+      end
+      return x[2] < y[2]
+    end)
+    local job = core.job({ threads = ctx.threads, fsync = ctx.settings.fsync })
+    for _, c in ipairs(batch) do
+      job:add(c[1], c[2], c[3], c[4])
+    end
+    local last
+    local ok, err, code = runner.run(job, function(p)
+      last = p
+      store:update(op_id, { files_read = files_done + p.files_done, bytes_read = bytes_done + p.bytes_done })
+    end, ctx.cancelled)
+    job:close()
+    if last then
+      files_done, bytes_done = files_done + last.files_done, bytes_done + last.bytes_done
+    end
+    return ok, err, code
+  end
+  local batch = copies
+  for _, t in ipairs(targets) do
+    if t.renames and #t.renames > 0 then
+      local data = assert(contents.table_data(t.sel.tbl, t.family, ctx.dest.name))   -- (checked in phase 2)
+      local k = 0
+      for _, p in ipairs(data.parts) do
+        if not (t.sel.partitions and not t.sel.partitions[p.info.partition_id]) then
+          k = k + 1
+          local tmp = t.renames[k].tmp
+          for _, x in ipairs(p.list) do
+            local f = x.file
+            if f.size > 0 then
+              if #batch >= BATCH then
+                local ok, err, code = run(batch)
+                if not ok then
+                  return nil, err, code
+                end
+                batch = {}
+              end
+              batch[#batch + 1] = { assert(chain.pieces(b, f)), tmp .. "/" .. x.rel, f.size, f.checksum }
+            end
+          end
+        end
+      end
+    end
+  end
+  return run(batch)
+end
+
+
 --- Runs a RESTORE request.
 -- ctx: {catalog=, store=, op_id=, threads=, settings=, dest=<resolved source>}
 -- Returns the status counters table, or nil, err.
@@ -406,13 +470,13 @@ function restore.run(ctx, req)
     return nil, string.format("no disk of table %s's storage policy has room for part %s (%d bytes)",
       t.qname, part_name, size)
   end
-  local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
+  -- Parts' files are only checked here (their chain pieces resolve) and
+  -- copied later in batches (copy_parts): no list of every file is kept.
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
   local empty_files, copies, appends = {}, {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
     if not settings.structure_only and t.family == "none" and #t.sel.tbl.data > 0 then
-      job:close()
       return nil, "cannot restore the data of " .. t.qname .. " (" .. tostring(t.engine or t.object)
         .. ") from backup " .. src.name .. ": chbackup does not restore data of this engine"
         .. " (SETTINGS structure_only=true restores its definition only)"
@@ -420,12 +484,12 @@ function restore.run(ctx, req)
     if not settings.structure_only and t.family ~= "none" then
       local data, derr = contents.table_data(t.sel.tbl, t.family, src.name)
       if not data then
-        job:close()
         return nil, derr
       end
       -- Every part (or Log table) is checked as ClickHouse will load it
-      -- before a byte is copied.
-      local function add_file(dst, f)
+      -- before a byte is copied. A part's files are copied by copy_parts;
+      -- a Log table's are listed in copies now.
+      local function add_file(dst, f, later)
         if f.size == 0 then
           empty_files[#empty_files + 1] = dst   -- no bytes in the backup
         else
@@ -433,12 +497,15 @@ function restore.run(ctx, req)
           if not pieces then
             return nil, perr
           end
-          copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
+          if not later then
+            copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
+          end
         end
         counters.num_files = counters.num_files + 1
         counters.total_size = counters.total_size + f.size
         return true
       end
+      t.renames = {}   -- its parts' renames, in the order of data.parts
       local ok, ferr = true, nil
       for _, p in ipairs(data.parts) do
         if ok and not (t.sel.partitions and not t.sel.partitions[p.info.partition_id]) then
@@ -456,14 +523,13 @@ function restore.run(ctx, req)
           end
           local loc, perr = place_part(t, p.name, size, from)
           if not loc then
-            job:close()
             return nil, perr
           end
           local r = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final }
-          renames[#renames + 1] = r
+          renames[#renames + 1], t.renames[#t.renames + 1] = r, r
           for _, x in ipairs(p.list) do
             if ok then
-              ok, ferr = add_file(r.tmp .. "/" .. x.rel, x.file)
+              ok, ferr = add_file(r.tmp .. "/" .. x.rel, x.file, true)
             end
           end
         end
@@ -476,20 +542,9 @@ function restore.run(ctx, req)
         end
       end
       if not ok then
-        job:close()
         return nil, ferr
       end
     end
-  end
-  -- Largest files first, so that no big file is left for one thread at the end.
-  table.sort(copies, function(x, y)
-    if x[3] ~= y[3] then
-      return x[3] > y[3]
-    end
-    return x[2] < y[2]
-  end)
-  for _, c in ipairs(copies) do
-    job:add(c[1], c[2], c[3], c[4])
   end
 
   local function cleanup()
@@ -528,7 +583,6 @@ function restore.run(ctx, req)
       end
       if not ok then
         cleanup()
-        job:close()
         return nil, merr
       end
     end
@@ -541,15 +595,10 @@ function restore.run(ctx, req)
     end
     if not ok then
       cleanup()
-      job:close()
       return nil, eerr
     end
   end
-  local store, op_id = ctx.store, ctx.op_id
-  local ok, jerr, jcode = runner.run(job, function(p)
-    store:update(op_id, { files_read = p.files_done, bytes_read = p.bytes_done })
-  end, ctx.cancelled)
-  job:close()
+  local ok, jerr, jcode = copy_parts(ctx, b, targets, copies)
   if not ok then
     cleanup()
     return nil, "restore from backup " .. src.name .. " failed: " .. jerr, jcode
