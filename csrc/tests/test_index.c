@@ -1,0 +1,132 @@
+/*
+ * chb_index (a manifest's files in one C structure): entries read back as
+ * added, duplicates refused naming the first, lookups by name, by content
+ * (the first file of that content; empty files never) and by name prefix
+ * in name order, through growth to many entries.
+ */
+#include "chb_index.h"
+#include "test_util.h"
+
+#include <string.h>
+
+static chb_index_entry entry(const char *name, uint64_t size, uint64_t sum) {
+  chb_index_entry e = {0};
+  e.name = name;
+  e.name_len = strlen(name);
+  e.size = size;
+  e.has_checksum = size > 0;
+  e.checksum.lo = sum;
+  e.checksum.hi = sum * 7;
+  e.use_base = CHB_ABSENT;
+  e.encrypted_by_disk = CHB_ABSENT;
+  return e;
+}
+
+static int name_is(const chb_index_entry *e, const char *name) {
+  return e->name_len == strlen(name) && memcmp(e->name, name, e->name_len) == 0;
+}
+
+static void test_basics(void) {
+  chb_index *idx = chb_index_new();
+  chb_index_entry a = entry("data/db/t/all_1_1_0/checksums.txt", 100, 1);
+  chb_index_entry b = entry("data/db/t/all_1_1_0/data.bin", 500, 2);
+  b.use_base = 1;
+  b.has_base_size = 1;
+  b.base_size = 300;
+  b.has_base_checksum = 1;
+  b.base_checksum.lo = 9;
+  chb_index_entry c = entry("data/db/t/all_2_2_0/data.bin", 500, 2);   /* same content as b */
+  c.data_file = "data/db/t/all_1_1_0/data.bin";
+  c.data_file_len = strlen(c.data_file);
+  c.encrypted_by_disk = 0;
+  chb_index_entry d = entry("metadata/db/t.sql", 0, 0);
+  CHECK(chb_index_add(idx, &a, NULL) == 0, "first entry is number 0");
+  CHECK(chb_index_add(idx, &d, NULL) == 1, "second entry is number 1");
+  CHECK(chb_index_add(idx, &c, NULL) == 2, "third entry is number 2");
+  CHECK(chb_index_add(idx, &b, NULL) == 3, "fourth entry is number 3");
+  size_t existing = 99;
+  chb_index_entry dup = entry("metadata/db/t.sql", 5, 5);
+  CHECK(chb_index_add(idx, &dup, &existing) == -1 && existing == 1, "a duplicate name is refused, naming entry 1");
+  CHECK(chb_index_count(idx) == 4, "4 entries");
+
+  chb_index_entry g;
+  CHECK(chb_index_get(idx, 3, &g) == 0 && name_is(&g, b.name) && g.size == 500 && g.has_checksum &&
+            g.checksum.lo == 2 && g.use_base == 1 && g.encrypted_by_disk == CHB_ABSENT &&
+            g.has_base_size && g.base_size == 300 && g.has_base_checksum && g.base_checksum.lo == 9 &&
+            g.data_file == NULL,
+        "entry 3 reads back with its base fields");
+  CHECK(chb_index_get(idx, 2, &g) == 0 && g.data_file && g.data_file_len == c.data_file_len &&
+            memcmp(g.data_file, c.data_file, g.data_file_len) == 0 && g.encrypted_by_disk == 0 &&
+            g.use_base == CHB_ABSENT && !g.has_base_size,
+        "entry 2 reads back with its data_file");
+  CHECK(chb_index_get(idx, 1, &g) == 0 && g.size == 0 && !g.has_checksum, "the empty file has no checksum");
+  CHECK(chb_index_get(idx, 4, &g) == -1, "no entry 4");
+
+  CHECK(chb_index_find(idx, "metadata/db/t.sql", 17) == 1, "found by name");
+  CHECK(chb_index_find(idx, "metadata/db/t.sq", 16) == -1, "a prefix of a name is not that name");
+  chb_u128 s2 = {2, 14}, s0 = {0, 0};
+  CHECK(chb_index_find_content(idx, 500, s2) == 2, "by content: the first entry of that content");
+  CHECK(chb_index_find_content(idx, 501, s2) == -1, "another size is another content");
+  CHECK(chb_index_find_content(idx, 0, s0) == -1, "an empty file is never found by content");
+
+  size_t lo, hi;
+  CHECK(chb_index_prefix(idx, "data/db/t/", 10, &lo, &hi) == 0 && lo == 0 && hi == 3, "prefix data/db/t/: 3 names");
+  CHECK(chb_index_sorted_at(idx, 0) == 0 && chb_index_sorted_at(idx, 1) == 3 && chb_index_sorted_at(idx, 2) == 2,
+        "in name order");
+  CHECK(chb_index_prefix(idx, "data/db/t/all_2", 15, &lo, &hi) == 0 && hi - lo == 1 &&
+            chb_index_sorted_at(idx, lo) == 2,
+        "prefix of one part");
+  CHECK(chb_index_prefix(idx, "data/db/u/", 10, &lo, &hi) == 0 && lo == hi && lo == 3, "no name: empty range");
+  CHECK(chb_index_prefix(idx, "", 0, &lo, &hi) == 0 && lo == 0 && hi == 4, "the empty prefix: every name");
+  CHECK(chb_index_sorted_at(idx, 4) == -1, "no position 4");
+  chb_index_entry late = entry("data/db/a", 1, 3);
+  CHECK(chb_index_add(idx, &late, NULL) == 4, "added after lookups");
+  CHECK(chb_index_prefix(idx, "data/", 5, &lo, &hi) == 0 && lo == 0 && hi == 4 && chb_index_sorted_at(idx, 0) == 4,
+        "the name order is made again after an add");
+  CHECK(chb_index_find_content(idx, 1, (chb_u128){3, 21}) == 4, "and the content table");
+  chb_index_free(idx);
+  chb_index_free(NULL);
+}
+
+static void test_many(void) {
+  enum { N = 100000 };
+  chb_index *idx = chb_index_new();
+  char name[64];
+  int ok = 1;
+  for (int i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "data/db/t%d/part_%d/file.bin", i % 7, i);
+    chb_index_entry e = entry(name, (uint64_t)(i % 1000) + 1, (uint64_t)(i % 5000));
+    if (chb_index_add(idx, &e, NULL) != i) ok = 0;
+  }
+  CHECK(ok && chb_index_count(idx) == N, "%d entries added", N);
+  ok = 1;
+  for (int i = 0; i < N; i += 97) {
+    snprintf(name, sizeof name, "data/db/t%d/part_%d/file.bin", i % 7, i);
+    if (chb_index_find(idx, name, strlen(name)) != i) ok = 0;
+  }
+  CHECK(ok, "each found by name");
+  chb_u128 s = {4999, 4999 * 7};
+  CHECK(chb_index_find_content(idx, 4999 % 1000 + 1, s) == 4999, "by content: the first of 20 of that content");
+  size_t lo, hi;
+  CHECK(chb_index_prefix(idx, "data/db/t3/", 11, &lo, &hi) == 0 && hi - lo == (N + 3) / 7, "one table's %d files", (N + 3) / 7);
+  chb_index_entry a, b;
+  ok = 1;
+  for (size_t p = lo + 1; p < hi; p++) {
+    chb_index_get(idx, (size_t)chb_index_sorted_at(idx, p - 1), &a);
+    chb_index_get(idx, (size_t)chb_index_sorted_at(idx, p), &b);
+    size_t n = a.name_len < b.name_len ? a.name_len : b.name_len;
+    int c = memcmp(a.name, b.name, n);
+    if (c > 0 || (c == 0 && a.name_len >= b.name_len)) ok = 0;
+  }
+  CHECK(ok, "in name order");
+  size_t mem = chb_index_memory(idx);
+  CHECK(mem < (size_t)N * 160, "%zu bytes for %d entries (%zu a file)", mem, N, mem / N);
+  chb_index_free(idx);
+}
+
+int main(void) {
+  test_basics();
+  test_many();
+  printf("%s\n", failures ? "FAILED" : "all passed");
+  return failures != 0;
+}
