@@ -55,7 +55,8 @@ static int core_index(lua_State *L) {
 }
 
 /* idx:add(name, size, checksum, use_base, encrypted_by_disk, base_size,
- * base_checksum, data_file) -> i | nil, i of the entry of that name */
+ * base_checksum, data_file, no_content) -> i | nil, i of the entry of that
+ * name. no_content: not found by idx:find_content. */
 static int index_add(lua_State *L) {
   chb_index *idx = check_index(L);
   chb_index_entry e = {0};
@@ -67,6 +68,7 @@ static int index_add(lua_State *L) {
   if (!lua_isnoneornil(L, 7)) e.has_base_size = 1, e.base_size = check_size(L, 7);
   e.has_base_checksum = check_sum(L, 8, &e.base_checksum);
   if (!lua_isnoneornil(L, 9)) e.data_file = luaL_checklstring(L, 9, &e.data_file_len);
+  e.no_content = lua_toboolean(L, 10);
   size_t existing = 0;
   long i = chb_index_add(idx, &e, &existing);
   if (i == -1) {

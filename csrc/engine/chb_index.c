@@ -14,6 +14,7 @@ enum {
   F_ENC_SET = 8,
   F_ENC = 16,
   F_EXTRA = 32,
+  F_NO_CONTENT = 64,
 };
 
 enum { X_BASE_SIZE = 1, X_BASE_CHECKSUM = 2, X_DATA_FILE = 4 };
@@ -136,14 +137,8 @@ static int rehash_names(chb_index *idx, size_t cap) {
   return 0;
 }
 
-/* What an add changes: the lazily built tables are built again on use. */
-static void drop_derived(chb_index *idx) {
-  free(idx->by_content);
-  idx->by_content = NULL;
-  idx->by_content_cap = 0;
-  free(idx->sorted);
-  idx->sorted = NULL;
-}
+
+static int content_add(chb_index *idx, size_t i);
 
 long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if (idx->count >= MAX_ENTRIES) return -2;
@@ -179,10 +174,18 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
     r.extra = (uint32_t)idx->nextra;
     idx->extras[idx->nextra++] = x;
   }
+  if (e->no_content) r.flags |= F_NO_CONTENT;
   idx->recs[idx->count] = r;
   idx->by_name[slot] = (uint32_t)(idx->count + 1);
-  drop_derived(idx);
-  return (long)idx->count++;
+  idx->count++;
+  free(idx->sorted);   /* the name order is made again on use */
+  idx->sorted = NULL;
+  if (idx->by_content && content_add(idx, idx->count - 1) != 0) {
+    free(idx->by_content);   /* built again on use */
+    idx->by_content = NULL;
+    idx->by_content_cap = 0;
+  }
+  return (long)(idx->count - 1);
 }
 
 int chb_index_get(const chb_index *idx, size_t i, chb_index_entry *out) {
@@ -227,18 +230,32 @@ static size_t content_slot(const chb_index *idx, uint64_t size, chb_u128 sum) {
   return s;
 }
 
-static int build_content(chb_index *idx) {
+static void content_put(chb_index *idx, size_t i) {
+  const rec *r = &idx->recs[i];
+  if (r->size == 0 || !(r->flags & F_CHECKSUM) || (r->flags & F_NO_CONTENT)) return;
+  size_t s = content_slot(idx, r->size, r->checksum);
+  if (!idx->by_content[s]) idx->by_content[s] = (uint32_t)(i + 1);   /* the first one stays */
+}
+
+/* The content table for entries [0, n), at least twice their number. */
+static int build_content_of(chb_index *idx, size_t n) {
   size_t cap = 64;
-  while (cap < idx->count * 2) cap *= 2;
-  idx->by_content = calloc(cap, sizeof(uint32_t));
-  if (!idx->by_content) return -1;
+  while (cap < n * 2) cap *= 2;
+  uint32_t *t = calloc(cap, sizeof(uint32_t));
+  if (!t) return -1;
+  free(idx->by_content);
+  idx->by_content = t;
   idx->by_content_cap = cap;
-  for (size_t i = 0; i < idx->count; i++) {
-    const rec *r = &idx->recs[i];
-    if (r->size == 0 || !(r->flags & F_CHECKSUM)) continue;
-    size_t s = content_slot(idx, r->size, r->checksum);
-    if (!idx->by_content[s]) idx->by_content[s] = (uint32_t)(i + 1);   /* the first one stays */
-  }
+  for (size_t i = 0; i < n; i++) content_put(idx, i);
+  return 0;
+}
+
+static int build_content(chb_index *idx) { return build_content_of(idx, idx->count); }
+
+/* Entry i, just added, into a built content table (grown when half full). */
+static int content_add(chb_index *idx, size_t i) {
+  if ((i + 1) * 2 > idx->by_content_cap) return build_content_of(idx, i + 1);
+  content_put(idx, i);
   return 0;
 }
 

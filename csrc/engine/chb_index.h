@@ -33,6 +33,7 @@ typedef struct chb_index_entry {
   chb_u128 base_checksum;
   const char *data_file;     /* NULL: none */
   size_t data_file_len;
+  int no_content;            /* not found by chb_index_find_content */
 } chb_index_entry;
 
 chb_index *chb_index_new(void);
@@ -53,7 +54,8 @@ int chb_index_get(const chb_index *idx, size_t i, chb_index_entry *out);
 long chb_index_find(const chb_index *idx, const char *name, size_t len);
 
 /* The first entry (in the order added) of size > 0 with this size and
- * checksum, or -1; -2 when out of memory (its table is built on first use). */
+ * checksum, added without no_content, or -1; -2 when out of memory (its
+ * table is built on first use, then kept up to date by adds). */
 long chb_index_find_content(chb_index *idx, uint64_t size, chb_u128 checksum);
 
 /* Entries whose names start with prefix, in name order: positions

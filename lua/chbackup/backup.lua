@@ -2,13 +2,15 @@
 --
 -- One pipeline for every container (chbackup.store: a directory, a zip):
 --   1. read-only checks: the destination is new, the base opens;
---   2. select (plan.select_for_backup) and list the files (plan.backup_files;
---      parts unchanged since the base come from its manifest);
---   3. decide every file before a byte moves (chbackup.file_plan): in the
---      base, a duplicate, a grown file's tail, or stored;
---   4. the container writer stores the files (C job or zip writer,
---      verifying sizes and checksums while streaming) and writes `.backup`
---      last; until then nothing there looks like a backup.
+--   2. select (plan.select_for_backup) and list the files part by part
+--      (plan.backup_files; parts unchanged since the base come from its
+--      manifest);
+--   3. in batches of up to BATCH files: decide each file before its bytes
+--      move (chbackup.file_plan): in the base, a duplicate, a grown file's
+--      tail, or stored; the container writer stores them (C job or zip
+--      writer, verifying sizes and checksums while streaming);
+--   4. `.backup` last, from the new manifest's core.index; until then
+--      nothing there looks like a backup.
 -- A failure removes what this run created.
 -- @module chbackup.backup
 local chain = require("chbackup.chain")
@@ -139,22 +141,22 @@ local function check_settings(dest, settings)
 end
 
 
--- Every entry of the new manifest, sorted by name: the metadata (bytes
--- given) and the data files (read from the data path, or decided already
--- as unchanged since the base).
-local function entries_of(files)
+-- The entries of the files given as bytes (metadata, Log tables'
+-- generated files, server objects).
+local function content_entries(metadata)
   local entries = {}
-  for _, m in ipairs(files.metadata) do
+  for _, m in ipairs(metadata) do
     entries[#entries + 1] = { name = m.name, size = #m.content, checksum = core.checksum(m.content),
       content = m.content }
   end
-  for _, d in ipairs(files.data) do   -- (the plan's tables, reused: one table a file)
-    d.src, d.path = d.path, nil
-    entries[#entries + 1] = d
-  end
-  sort_by_name(entries)
   return entries
 end
+
+
+-- Files decided and handed to the writer together: their Lua tables (and
+-- a directory writer's copy job) are freed batch by batch; what stays per
+-- file is its record in the new manifest's core.index (issue 14).
+local BATCH = 10000
 
 
 --- Runs a BACKUP request.
@@ -181,35 +183,12 @@ function backup.run(ctx, req)
   if not selection then
     return nil, err
   end
-  local files
-  local base_read = { files = 0, bytes = 0 }   -- checksums.txt read by part_from_base
-  files, err = plan.backup_files(selection, {
-    structure_only = settings.structure_only,
-    from_base = base and part_from_base(base, base_read) or nil,
-  })
-  if not files then
-    return nil, err
-  end
-  if settings.structure_only then   -- CREATE statements only, as ClickHouse's
-    files.data = {}
-  end
-  -- which disk each part was on, when not the default one (disks.RECORD_FILE)
-  local record = disks.record(files.data)
-  local entries = entries_of(files)
-  files = nil   -- luacheck: ignore (free the plan's lists early)
-
-  local hashed_files, hashed_bytes, code = file_plan.hash_unknown(ctx, entries, base)
-  if not hashed_files then
-    return nil, "backup " .. dest.name .. " failed: " .. hashed_bytes, code
-  end
-  hashed_files, hashed_bytes = hashed_files + base_read.files, hashed_bytes + base_read.bytes
   -- data_file_name_generator = 'checksum' (ClickHouse's): every file is
   -- stored once under a name made of its checksum, `abc/def…` with a
   -- prefix of data_file_name_prefix_length characters (default 3).
   local layout = settings.data_file_name_generator == "checksum" and (settings.data_file_name_prefix_length or 3)
-  local to_store, counters = file_plan.decide(entries, base, layout)
-
-  local writer
+  local decisions = file_plan.decisions(base, layout)
+  local writer, code
   writer, err, code = store.begin_write(dest, {
     op_id = ctx.op_id, threads = ctx.threads, fsync = settings.fsync, password = settings.password,
     compression_method = settings.compression_method, compression_level = settings.compression_level,
@@ -217,32 +196,89 @@ function backup.run(ctx, req)
   if not writer then
     return nil, err, code
   end
-  ok, err, code = file_plan.put_all(writer, to_store)
-  if ok and record then
-    ok, err, code = writer:put_extra(disks.RECORD_FILE, record)
-  end
-  to_store = nil   -- luacheck: ignore
-  local m
-  if ok then
-    -- the files this backup stores are verified while written: check the base
-    m, err = chain.new_manifest(ctx, entries, base, { writer = writer,
-      data_file_name_generator = layout and "checksum" or nil })
-    ok = m ~= nil
-  end
-  if not ok then
+  local function fail(msg, fcode)
     writer:abort()
-    return nil, err, code
+    return nil, msg, fcode
   end
   local status, op_id = ctx.store, ctx.op_id
+  local read = { files = 0, bytes = 0 }   -- read to hash files, and checksums.txt read by part_from_base
+  local function progress(p)
+    status:update(op_id, { files_read = read.files + p.files_done, bytes_read = read.bytes + p.bytes_done })
+  end
+
+  -- A batch of entries: hashed where their checksums are not known, decided
+  -- (file_plan), handed to the writer, checked against the chain.
+  local function put_batch(entries)
+    sort_by_name(entries)
+    local files, bytes, hcode = file_plan.hash_unknown(ctx, entries, base)
+    if not files then
+      return nil, "backup " .. dest.name .. " failed: " .. bytes, hcode
+    end
+    read.files, read.bytes = read.files + files, read.bytes + bytes
+    local to_store, derr = file_plan.decide(entries, decisions)
+    if not to_store then
+      return nil, derr
+    end
+    local pok, perr, pcode = file_plan.put_all(writer, to_store)
+    if pok and base then
+      -- the files this backup stores are verified while written: check the base
+      pok, perr = chain.check_new(ctx, entries, base, writer)
+    end
+    return pok, perr, pcode
+  end
+  local pending, record, batch_code = {}, {}, nil
+  local files
+  files, err = plan.backup_files(selection, {
+    structure_only = settings.structure_only,
+    from_base = base and part_from_base(base, read) or nil,
+    on_data = function(list)
+      disks.note(record, list)   -- which disk each part was on, when not the default one
+      for _, d in ipairs(list) do   -- (the plan's tables, reused: one table a file)
+        d.src, d.path = d.path, nil
+        pending[#pending + 1] = d
+      end
+      if #pending < BATCH then
+        return true
+      end
+      local batch = pending
+      pending = {}
+      local bok, berr
+      bok, berr, batch_code = put_batch(batch)
+      if bok then
+        bok, berr, batch_code = writer:flush(progress, ctx.cancelled)
+      end
+      return bok, berr
+    end,
+  })
+  if not files then
+    return fail(err, batch_code)
+  end
+  -- the last batch: what is left of the data, and the files given as bytes
+  local last = content_entries(files.metadata)
+  table.move(pending, 1, #pending, #last + 1, last)
+  pending, files = nil, nil   -- luacheck: ignore
+  ok, err, code = put_batch(last)
+  last = nil   -- luacheck: ignore
+  if not ok then
+    return fail(err, code)
+  end
+  local text = disks.record(record)
+  if text then
+    ok, err, code = writer:put_extra(disks.RECORD_FILE, text)
+    if not ok then
+      return fail(err, code)
+    end
+  end
+  local m = chain.new_manifest(ctx, decisions.index, base,
+    { data_file_name_generator = layout and "checksum" or nil })
   local done
-  done, err, code = writer:commit(m, function(p)
-    status:update(op_id, { files_read = hashed_files + p.files_done, bytes_read = hashed_bytes + p.bytes_done })
-  end, ctx.cancelled)
+  done, err, code = writer:commit(m, progress, ctx.cancelled)
   if not done then
     return nil, err, code
   end
-  counters.files_read = hashed_files + done.files_done
-  counters.bytes_read = hashed_bytes + done.bytes_done
+  local counters = decisions.counters
+  counters.files_read = read.files + done.files_done
+  counters.bytes_read = read.bytes + done.bytes_done
   counters.num_entries = counters.num_entries + 1
   counters.uncompressed_size = counters.uncompressed_size + done.manifest_size
   counters.compressed_size = done.stored_size or counters.uncompressed_size

@@ -9,6 +9,7 @@
 -- across as many backups as the chain has.
 -- @module chbackup.chain
 local core = require("chbackup.core")
+local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 local store = require("chbackup.store")
 
@@ -242,34 +243,28 @@ function chain.read(b, e)
 end
 
 
---- The manifest of a backup being made from its entries (sorted by
--- name), on `base` or none. An incremental is checked against its chain
--- first: it is recorded as created only once every file it relies on is
--- there (ClickHouse reports success on a broken base); the files it stores
--- itself are checked by its writer while written. opts: writer (the
--- chbackup.store writer of the backup), data_file_name_generator
--- ("checksum": files stored under checksum names).
--- Returns the manifest or nil, err.
-function chain.new_manifest(ctx, entries, base, opts)
-  opts = opts or {}
-  local m = {
+--- Checks a batch of the entries of a backup being made on `base` against
+-- the chain: an incremental is recorded as created only once every file it
+-- relies on is there (ClickHouse reports success on a broken base); the
+-- files it stores itself are checked by its writer while written.
+-- writer: the chbackup.store writer of the backup. Returns true or nil, err.
+function chain.check_new(ctx, entries, base, writer)
+  return chain.check({ dest = ctx.dest, manifest = { files = entries, by_name = {} }, cfg = ctx.config,
+    base = base, store = writer }, { only_base = true })
+end
+
+
+--- The manifest of a backup being made: its files are `index` (the
+-- core.index of file_plan.decisions), on `base` or none.
+-- opts.data_file_name_generator: "checksum" (files stored under checksum
+-- names). Returns the manifest (written sorted by name: name_order).
+function chain.new_manifest(ctx, index, base, opts)
+  return manifest.indexed({
+    name_order = true,
     version = 1, deduplicate_files = 1, timestamp = os.date("%Y-%m-%d %H:%M:%S"), uuid = ctx.op_uuid,
-    files = entries, by_name = {}, data_file_name_generator = opts.data_file_name_generator,
+    data_file_name_generator = opts and opts.data_file_name_generator,
     base_backup = base and base.dest.name, base_backup_uuid = base and base.manifest.uuid,
-  }
-  if base then
-    for _, e in ipairs(entries) do
-      if not e.part_in_base then   -- (chain.check does not look them up)
-        m.by_name[e.name] = e
-      end
-    end
-    local ok, err = chain.check({ dest = ctx.dest, manifest = m, cfg = ctx.config, base = base, store = opts.writer },
-      { only_base = true })
-    if not ok then
-      return nil, err
-    end
-  end
-  return m
+  }, index)
 end
 
 

@@ -254,21 +254,25 @@ end
 disks.RECORD_FILE = ".chbackup-disks"
 
 
---- The record's text for a backup's data entries ({name=, disk=}), or nil
--- when every part is on the default disk.
-function disks.record(data)
-  local map, any = {}, false
+--- The record's text of map (disks.note), or nil when every part is on
+-- the default disk.
+function disks.record(map)
+  if not next(map) then
+    return nil
+  end
+  return require("cjson").encode(map)
+end
+
+
+--- Notes in map (part prefix -> disk, for disks.record) the disk of each
+-- part of data (plan.backup_files' entries) that is not on the default disk.
+function disks.note(map, data)
   for _, d in ipairs(data) do
     local part = d.disk and d.disk ~= "default" and d.name:match("^(data/[^/]+/[^/]+/[^/]+)/")
     if part then
       map[part] = d.disk
-      any = true
     end
   end
-  if not any then
-    return nil
-  end
-  return require("cjson").encode(map)
 end
 
 

@@ -31,7 +31,6 @@ local BIG_FILE = 1024 * 1024
 function file_plan.content_key(size, checksum)
   return size .. ":" .. tostring(checksum)
 end
-local content_key = file_plan.content_key
 
 
 --- Hashes what is not known yet: whole files without a checksum, and the
@@ -75,27 +74,41 @@ function file_plan.hash_unknown(ctx, entries, base)
 end
 
 
---- The name the bytes of entry e are stored under: its own, or with
--- data_file_name_generator = 'checksum' (`layout`, the prefix length),
--- `abc/def…` made of its checksum, as ClickHouse names them.
-function file_plan.stored_name(e, layout)
+--- The name the bytes of a file of this checksum are stored under: its
+-- own name, or with data_file_name_generator = 'checksum' (`layout`, the
+-- prefix length), `abc/def…` made of its checksum, as ClickHouse names them.
+function file_plan.stored_name(name, checksum, layout)
   if not layout then
-    return e.name
+    return name
   elseif layout == 0 then
-    return e.checksum
+    return checksum
   end
-  return e.checksum:sub(1, layout) .. "/" .. e.checksum:sub(layout + 1)
+  return checksum:sub(1, layout) .. "/" .. checksum:sub(layout + 1)
+end
+local stored_name = file_plan.stored_name
+
+
+--- The state of the decisions of one backup, entries decided batch by
+-- batch (file_plan.decide): base (an opened backup or nil), layout (see
+-- stored_name); its `index` (core.index) is the new manifest's files, in
+-- the order decided, and finds a file stored earlier by content (entries
+-- not stored here are added with no_content); `counters` {num_files,
+-- total_size, num_entries, uncompressed_size}.
+function file_plan.decisions(base, layout)
+  return {
+    base = base, layout = layout, index = core.index(),
+    counters = { num_files = 0, total_size = 0, num_entries = 0, uncompressed_size = 0 },
+  }
 end
 
 
---- Decides every entry (sorted by name, each with a checksum or empty;
--- entries already marked use_base stay so). base: an opened backup or nil;
--- layout: see stored_name. Returns the entries to store, in the order to
--- store them, each with `stored_as` (its name in the container), and the
--- counters {num_files, total_size, num_entries, uncompressed_size}.
-function file_plan.decide(entries, base, layout)
-  local first, to_store = {}, {}
-  local counters = { num_files = 0, total_size = 0, num_entries = 0, uncompressed_size = 0 }
+--- Decides a batch of entries (each with a checksum or empty; entries
+-- already marked use_base stay so) and adds them to state.index. Returns
+-- the entries to store, in the order to store them, each with `stored_as`
+-- (its name in the container); or nil, err.
+function file_plan.decide(entries, state)
+  local base, layout, idx, counters = state.base, state.layout, state.index, state.counters
+  local to_store = {}
   for _, e in ipairs(entries) do
     counters.num_files = counters.num_files + 1
     counters.total_size = counters.total_size + e.size
@@ -109,19 +122,24 @@ function file_plan.decide(entries, base, layout)
       e.stored, e.stored_as = true, e.name
       to_store[#to_store + 1] = e
     else
-      local key = content_key(e.size, e.checksum)
-      if first[key] then
-        e.data_file = first[key]
+      local first = idx:find_content(e.size, e.checksum)
+      if first then
+        local name, _, checksum = idx:fields(first)
+        e.data_file = stored_name(name, checksum, layout)
       else
-        first[key] = file_plan.stored_name(e, layout)
-        e.data_file = layout and first[key] or nil
-        e.stored, e.stored_as = true, first[key]
+        e.stored, e.stored_as = true, stored_name(e.name, e.checksum, layout)
+        e.data_file = layout and e.stored_as or nil
         to_store[#to_store + 1] = e
       end
     end
     if e.stored then
       counters.num_entries = counters.num_entries + 1
       counters.uncompressed_size = counters.uncompressed_size + e.size - (e.base_size or 0)
+    end
+    local added = idx:add(e.name, e.size, e.checksum, e.use_base, nil, e.base_size, e.base_checksum,
+      e.data_file, not (e.stored and not e.base_size))
+    if not added then   -- (never: plan.backup_files lists each name once)
+      return nil, "file " .. e.name .. " is listed twice"
     end
   end
   local big, small = {}, {}
@@ -135,7 +153,7 @@ function file_plan.decide(entries, base, layout)
     end
     return a.name < b.name
   end)
-  return table.move(small, 1, #small, #big + 1, big), counters
+  return table.move(small, 1, #small, #big + 1, big)
 end
 
 

@@ -466,7 +466,18 @@ function manifest.serialize(m, write)
     buf[n + 1], buf[n + 2], buf[n + 3] = a, b, c
     n = n + 3
   end
-  for _, e in ipairs(m.files) do
+  -- m.name_order (a manifest being made, in a core.index): written sorted
+  -- by name, as ClickHouse writes them, whatever order they were added in
+  local files, n_files, entry = m.files, #m.files, nil
+  if m.name_order and m.index then
+    local idx = m.index
+    local first = idx:prefix("")
+    entry = function(k)
+      return idx:get(idx:sorted(first + k - 1))
+    end
+  end
+  for k = 1, n_files do
+    local e = entry and entry(k) or files[k]
     add("<file><name>", esc(e.name), "</name><size>")
     add(e.size, "</size>", "")
     if e.size > 0 then

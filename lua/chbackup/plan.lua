@@ -180,10 +180,17 @@ local NOT_BACKED_UP = {
 -- opts.from_base(prefix, part_dir), for an incremental: the entries of a
 -- part known unchanged since the base (`prefix` is the part's name in the
 -- backup, ending in "/"), each final (no path), or nil to read the part.
+-- opts.on_data(list): each part's (each Log table's) data files are given
+-- to it, in the order of their tables and parts by name, instead of
+-- listed in `data`; it returns true or nil, err (which ends the plan).
 function plan.backup_files(selection, opts)
   local structure_only = opts and opts.structure_only
   local from_base = opts and opts.from_base
   local metadata, data = {}, {}
+  local add_data = opts and opts.on_data or function(files)
+    table.move(files, 1, #files, #data + 1, data)
+    return true
+  end
   for _, d in ipairs(selection.databases) do
     local db = d.database
     metadata[#metadata + 1] = {
@@ -243,21 +250,24 @@ function plan.backup_files(selection, opts)
       for _, part in ipairs(parts) do
         if not s.partitions or s.partitions[part.partition_id] then
           local part_prefix = prefix .. part.name .. "/"
-          local reused = from_base and from_base(part_prefix, part.dir)
-          if reused then
-            if reused[1] then   -- (disks.record: one file of the part tells its disk)
-              reused[1].disk = part.disk
+          local files = from_base and from_base(part_prefix, part.dir)
+          if files then
+            if files[1] then   -- (disks.record: one file of the part tells its disk)
+              files[1].disk = part.disk
             end
-            table.move(reused, 1, #reused, #data + 1, data)
           else
-            local files, err = catalog_mod.part_files(part.dir)
+            local err
+            files, err = catalog_mod.part_files(part.dir)
             if not files then
               return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
             end
             for _, f in ipairs(files) do   -- (catalog's tables, reused)
               f.name, f.disk = part_prefix .. f.name, part.disk
-              data[#data + 1] = f
             end
+          end
+          local ok, err = add_data(files)
+          if not ok then
+            return nil, err
           end
         end
       end
@@ -271,7 +281,10 @@ function plan.backup_files(selection, opts)
       if not files then
         return nil, "table " .. qualified(t.database, t.name) .. ": " .. generated
       end
-      table.move(files, 1, #files, #data + 1, data)
+      local ok, err = add_data(files)
+      if not ok then
+        return nil, err
+      end
       table.move(generated, 1, #generated, #metadata + 1, metadata)
     end
   end

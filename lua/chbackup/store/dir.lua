@@ -285,33 +285,51 @@ function Writer:piece(name, length)
 end
 
 
---- Copies the queued files (the C job), then writes `m` as `.backup` and
--- removes the marker: the backup exists from then on. progress(p) sees
--- the copy's progress. Returns {files_done=, bytes_done=, manifest_size=,
--- stored_size=} or nil, err, code (the writer is aborted then).
-function Writer:commit(m, progress, cancelled)
+--- Copies the files queued so far (the C job; a batch of a big backup:
+-- the job holds only them). progress(p) sees the copy's progress, counted
+-- from this writer's first file. Returns true or nil, err, code (the
+-- writer is aborted then).
+function Writer:flush(progress, cancelled)
   local dest, opts = self.dest, self.opts
   local job = core.job({ threads = opts.threads, fsync = opts.fsync, key = self.key })
   for _, q in ipairs(self.queued) do
     job:add(q[2], dest.path .. "/" .. q[1], q[3], q[4], nil, self.key and q[1])
   end
   self.queued = {}
-  local ok, err, code = runner.run(job, progress, cancelled)
+  local files, bytes = self.files_done or 0, self.bytes_done or 0
+  local ok, err, code = runner.run(job, progress and function(p)
+    progress({ files_done = files + p.files_done, bytes_done = bytes + p.bytes_done })
+  end, cancelled)
   local p = job:progress()
   job:close()
+  self.files_done, self.bytes_done = files + p.files_done, bytes + p.bytes_done
   if not ok then
     self:abort()
     return nil, "backup " .. dest.name .. " failed: " .. err, code
   end
+  return true
+end
+
+
+--- Copies the queued files (Writer:flush), then writes `m` as `.backup`
+-- and removes the marker: the backup exists from then on. progress(p)
+-- sees the copy's progress. Returns {files_done=, bytes_done=,
+-- manifest_size=, stored_size=} or nil, err, code (the writer is aborted
+-- then).
+function Writer:commit(m, progress, cancelled)
+  local ok, err, code = self:flush(progress, cancelled)
+  if not ok then
+    return nil, err, code
+  end
   local size
-  size, err = manifest.write(dest.path, m)
+  size, err = manifest.write(self.dest.path, m)
   if not size then
     self:abort()
     return nil, err
   end
   self.lk:release(true)   -- removes the marker: the backup is complete
   self.lk = nil
-  return { files_done = p.files_done, bytes_done = p.bytes_done, manifest_size = size }
+  return { files_done = self.files_done, bytes_done = self.bytes_done, manifest_size = size }
 end
 
 

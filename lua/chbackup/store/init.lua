@@ -14,6 +14,7 @@
 --   begin_write(resolved, opts)        -> writer: put_bytes(name, bytes),
 --       put_extra(name, bytes),
 --       put(name, pieces, size, checksum), piece(name, length),
+--       flush(progress, cancelled) (copies what put queued, if it queues),
 --       commit(manifest, progress, cancelled), abort()
 --   remove(path, {name=, finish=})     -> true | nil, err
 --

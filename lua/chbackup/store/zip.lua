@@ -223,6 +223,13 @@ function Writer:put(name, pieces, size, checksum)
 end
 
 
+--- Nothing to do before commit: the archive is written whole then (its
+-- entries are small records in the C writer until then).
+function Writer.flush()
+  return true
+end
+
+
 --- The piece of an entry this archive stores (for the chain check of the
 -- manifest being made; its own entries are verified while written).
 function Writer:piece(name, length)
