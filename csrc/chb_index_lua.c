@@ -193,6 +193,11 @@ static int index_memory(lua_State *L) {
   return 1;
 }
 
+static int index_compact(lua_State *L) {
+  chb_index_compact(check_index(L));
+  return 0;
+}
+
 static int index_gc(lua_State *L) {
   index_box *b = luaL_checkudata(L, 1, CHB_INDEX_MT);
   chb_index_free(b->idx);
@@ -204,6 +209,7 @@ static const luaL_Reg index_methods[] = {
     {"add", index_add},       {"get", index_get},         {"fields", index_fields},         {"find", index_find},
     {"find_content", index_find_content},                 {"prefix", index_prefix},
     {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
+    {"compact", index_compact},
     {NULL, NULL}};
 
 static const luaL_Reg index_meta[] = {{"__gc", index_gc}, {"__len", index_len}, {NULL, NULL}};

@@ -312,6 +312,22 @@ long chb_index_sorted_at(const chb_index *idx, size_t pos) {
   return (long)idx->sorted[pos];
 }
 
+/* Shrinks *p (cap elements of elem bytes) to n elements; kept as it is if
+ * realloc fails. */
+static void shrink(void **p, size_t *cap, size_t n, size_t elem) {
+  if (n == 0 || n >= *cap) return;
+  void *q = realloc(*p, n * elem);
+  if (!q) return;
+  *p = q;
+  *cap = n;
+}
+
+void chb_index_compact(chb_index *idx) {
+  shrink((void **)&idx->recs, &idx->cap, idx->count, sizeof(rec));
+  shrink((void **)&idx->extras, &idx->extra_cap, idx->nextra, sizeof(extra));
+  shrink((void **)&idx->names, &idx->names_cap, idx->names_len + 1, 1);
+}
+
 size_t chb_index_memory(const chb_index *idx) {
   return sizeof *idx + idx->cap * sizeof(rec) + idx->extra_cap * sizeof(extra) + idx->names_cap +
          (idx->by_name_cap + idx->by_content_cap) * sizeof(uint32_t) +

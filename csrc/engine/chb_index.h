@@ -67,6 +67,10 @@ int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo,
  * (after chb_index_prefix built it), or -1. */
 long chb_index_sorted_at(const chb_index *idx, size_t pos);
 
+/* Gives back what the arrays hold beyond their entries (after the last
+ * add of an index that is then only read). */
+void chb_index_compact(chb_index *idx);
+
 /* Bytes the index holds (records, names, tables). */
 size_t chb_index_memory(const chb_index *idx);
 

@@ -121,6 +121,13 @@ static void test_many(void) {
   CHECK(ok, "in name order");
   size_t mem = chb_index_memory(idx);
   CHECK(mem < (size_t)N * 160, "%zu bytes for %d entries (%zu a file)", mem, N, mem / N);
+  chb_index_compact(idx);
+  size_t compact = chb_index_memory(idx);
+  CHECK(compact <= mem && chb_index_find(idx, "data/db/t3/part_3/file.bin", 26) == 3 &&
+            chb_index_prefix(idx, "data/db/t3/", 11, &lo, &hi) == 0 && hi - lo == (N + 3) / 7,
+        "compacted to %zu bytes, still found by name and prefix", compact);
+  chb_index_entry last = entry("data/db/z", 1, 1);
+  CHECK(chb_index_add(idx, &last, NULL) == N, "added to after compact");
   chb_index_free(idx);
 }
 

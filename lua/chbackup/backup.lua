@@ -247,6 +247,8 @@ function backup.run(ctx, req)
       if bok then
         bok, berr, batch_code = writer:flush(progress, ctx.cancelled)
       end
+      batch = nil   -- luacheck: ignore
+      collectgarbage()   -- the batch's tables, before they pile up (a few ms a batch)
       return bok, berr
     end,
   })

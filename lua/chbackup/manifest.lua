@@ -397,6 +397,7 @@ function manifest.parse(next_chunk, what)
       end
     end
   end
+  idx:compact()
   return manifest.indexed(m, idx)
 end
 

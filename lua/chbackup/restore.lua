@@ -254,6 +254,7 @@ local function copy_parts(ctx, b, targets, copies)
                   return nil, err, code
                 end
                 batch = {}
+                collectgarbage()   -- the batch's tables, before they pile up (a few ms a batch)
               end
               batch[#batch + 1] = { assert(chain.pieces(b, f)), tmp .. "/" .. x.rel, f.size, f.checksum }
             end
