@@ -15,6 +15,7 @@ enum {
   F_ENC = 16,
   F_EXTRA = 32,
   F_NO_CONTENT = 64,
+  F_DATA_REF = 128,   /* extra is the number of the entry data_file names */
 };
 
 enum { X_BASE_SIZE = 1, X_BASE_CHECKSUM = 2, X_DATA_FILE = 4 };
@@ -23,7 +24,7 @@ typedef struct rec {
   uint64_t size;
   chb_u128 checksum;
   uint32_t name_off, name_len;
-  uint32_t extra;   /* with F_EXTRA: its number in extras */
+  uint32_t extra;   /* with F_EXTRA: its number in extras; with F_DATA_REF: an entry's */
   uint8_t flags;
 } rec;
 
@@ -86,9 +87,9 @@ static uint64_t hash_content(uint64_t size, chb_u128 sum) {
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
   if (need <= *cap) return 0;
   size_t n = *cap ? *cap : 64;
-  while (n < need) {
+  while (n < need) {   /* by half: at most a third of an array unused */
     if (n > SIZE_MAX / 2 / elem) return -1;
-    n *= 2;
+    n += n / 2;
   }
   void *q = realloc(*p, n * elem);
   if (!q) return -1;
@@ -158,7 +159,13 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if (e->has_checksum) r.flags |= F_CHECKSUM, r.checksum = e->checksum;
   if (e->use_base != CHB_ABSENT) r.flags |= F_USE_BASE_SET | (e->use_base ? F_USE_BASE : 0);
   if (e->encrypted_by_disk != CHB_ABSENT) r.flags |= F_ENC_SET | (e->encrypted_by_disk ? F_ENC : 0);
-  if (e->has_base_size || e->has_base_checksum || e->data_file) {
+  long ref = e->data_file && !e->has_base_size && !e->has_base_checksum
+                 ? chb_index_find(idx, e->data_file, e->data_file_len)
+                 : -1;
+  if (ref >= 0) {   /* a copy of an entry (most copies): its number, not its name again */
+    r.flags |= F_DATA_REF;
+    r.extra = (uint32_t)ref;
+  } else if (e->has_base_size || e->has_base_checksum || e->data_file) {
     if (grow((void **)&idx->extras, &idx->extra_cap, idx->nextra + 1, sizeof(extra)) != 0) return -2;
     extra x = {0};
     if (e->has_base_size) x.flags |= X_BASE_SIZE, x.base_size = e->base_size;
@@ -199,7 +206,11 @@ int chb_index_get(const chb_index *idx, size_t i, chb_index_entry *out) {
   out->checksum = r->checksum;
   out->use_base = (r->flags & F_USE_BASE_SET) ? (r->flags & F_USE_BASE) != 0 : CHB_ABSENT;
   out->encrypted_by_disk = (r->flags & F_ENC_SET) ? (r->flags & F_ENC) != 0 : CHB_ABSENT;
-  if (r->flags & F_EXTRA) {
+  if (r->flags & F_DATA_REF) {
+    const rec *d = &idx->recs[r->extra];
+    out->data_file = idx->names + d->name_off;
+    out->data_file_len = d->name_len;
+  } else if (r->flags & F_EXTRA) {
     const extra *x = &idx->extras[r->extra];
     out->has_base_size = (x->flags & X_BASE_SIZE) != 0;
     out->base_size = x->base_size;

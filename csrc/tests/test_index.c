@@ -84,6 +84,14 @@ static void test_basics(void) {
   CHECK(chb_index_prefix(idx, "data/", 5, &lo, &hi) == 0 && lo == 0 && hi == 4 && chb_index_sorted_at(idx, 0) == 4,
         "the name order is made again after an add");
   CHECK(chb_index_find_content(idx, 1, (chb_u128){3, 21}) == 4, "and the content table");
+  chb_index_entry copy = entry("data/db/t/all_3_3_0/data.bin", 500, 2);
+  copy.data_file = b.name;   /* an entry added before it: kept as its number */
+  copy.data_file_len = strlen(b.name);
+  copy.no_content = 1;
+  CHECK(chb_index_add(idx, &copy, NULL) == 5 && chb_index_get(idx, 5, &g) == 0 && g.data_file &&
+            g.data_file_len == strlen(b.name) && memcmp(g.data_file, b.name, g.data_file_len) == 0 &&
+            !g.has_base_size && g.use_base == CHB_ABSENT,
+        "a copy of an earlier entry reads back with its data_file");
   chb_index_free(idx);
   chb_index_free(NULL);
 }
