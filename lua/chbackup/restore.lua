@@ -202,6 +202,13 @@ local function disk_free(path)
 end
 
 
+-- Whether part p of the backup is restored into target t (its partition
+-- selected, or all).
+local function part_selected(t, p)
+  return not (t.sel.partitions and not t.sel.partitions[p.info.partition_id])
+end
+
+
 -- Files copied by one job: its entries (the C job copies their names in)
 -- and their Lua plans are freed batch by batch (issue 14).
 local BATCH = 10000
@@ -242,7 +249,7 @@ local function copy_parts(ctx, b, targets, copies)
       local data = assert(contents.table_data(t.sel.tbl, t.family, ctx.dest.name))   -- (checked in phase 2)
       local k = 0
       for _, p in ipairs(data.parts) do
-        if not (t.sel.partitions and not t.sel.partitions[p.info.partition_id]) then
+        if part_selected(t, p) then
           k = k + 1
           local tmp = t.renames[k].tmp
           for _, x in ipairs(p.list) do
@@ -509,7 +516,7 @@ function restore.run(ctx, req)
       t.renames = {}   -- its parts' renames, in the order of data.parts
       local ok, ferr = true, nil
       for _, p in ipairs(data.parts) do
-        if ok and not (t.sel.partitions and not t.sel.partitions[p.info.partition_id]) then
+        if ok and part_selected(t, p) then
           ok, ferr = part_check.check(p.where, p.files, read)
           local final = p.name
           if next_block then
