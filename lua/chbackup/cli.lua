@@ -49,7 +49,8 @@ options:
                      cancel; SELECT prints in its FORMAT)
   --quiet, -q        nothing on stdout, no progress line; errors still go to
                      stderr and the exit status says the rest
-  --password-file F  show, chain, diff, check: the password of encrypted backups, the
+  --password-file F  show, chain, diff, check, list, delete, rebase: the password of
+                     encrypted backups, the
                      text of file F without its final line end (BACKUP and
                      RESTORE take SETTINGS password = '…' as ClickHouse does)
 
@@ -467,7 +468,7 @@ function run(argv, out, errout, state)
   local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
     or rest[1] == "list" or rest[1] == "delete" or rest[1] == "rebase"
   if opts.password_file and not inspecting then
-    errout:write("chbackup: --password-file applies to show, chain, diff and check; give BACKUP and RESTORE "
+    errout:write("chbackup: --password-file applies to show, chain, diff, check, list, delete and rebase; give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
     return 2
   end

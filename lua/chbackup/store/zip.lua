@@ -30,8 +30,9 @@ Reader.__index = Reader
 
 
 --- Opens the zip backup at resolved.path: its entries and manifest.
--- opts.password opens a password-protected one. Returns a reader or nil,
--- err, code.
+-- opts.password opens a password-protected one. Returns a reader (with
+-- `encrypted` and `method`, the compression method its `.backup` was
+-- written with) or nil, err, code.
 function zip.open(resolved, opts)
   local password = opts.password
   if not lfs.attributes(resolved.path) then
@@ -65,8 +66,10 @@ function zip.open(resolved, opts)
     reader:close()
     return nil, err
   end
+  local own = entries[manifest.FILE]
   return setmetatable({ dest = resolved, manifest = m, kind = "zip", reader = reader, entries = entries,
-    password = password }, Reader)
+    password = password, encrypted = own.encrypted == true,
+    method = type(own.method) == "string" and own.method or nil }, Reader)
 end
 
 
