@@ -214,7 +214,11 @@ function backup.run(ctx, req)
   local entries = entries_of(files)
   files = nil   -- luacheck: ignore (free the plan's lists early)
 
-  local hashed_files, hashed_bytes, code = file_plan.hash_unknown(ctx, entries, base)
+  -- (system.backups counts what planning reads too, while it reads)
+  local status, op_id = ctx.store, ctx.op_id
+  local hashed_files, hashed_bytes, code = file_plan.hash_unknown(ctx, entries, base, function(p)
+    status:update(op_id, { files_read = base_read.files + p.files_done, bytes_read = base_read.bytes + p.bytes_done })
+  end)
   if not hashed_files then
     return nil, "backup " .. dest.name .. " failed: " .. hashed_bytes, code
   end
@@ -249,7 +253,6 @@ function backup.run(ctx, req)
     writer:abort()
     return nil, err, code
   end
-  local status, op_id = ctx.store, ctx.op_id
   local done
   done, err, code = writer:commit(m, function(p)
     status:update(op_id, { files_read = hashed_files + p.files_done, bytes_read = hashed_bytes + p.bytes_done })

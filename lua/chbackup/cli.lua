@@ -468,7 +468,8 @@ function run(argv, out, errout, state)
   local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
     or rest[1] == "list" or rest[1] == "delete" or rest[1] == "rebase"
   if opts.password_file and not inspecting then
-    errout:write("chbackup: --password-file applies to show, chain, diff, check, list, delete and rebase; give BACKUP and RESTORE "
+    errout:write("chbackup: --password-file applies to show, chain, diff, check, list, delete and rebase; "
+      .. "give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
     return 2
   end
