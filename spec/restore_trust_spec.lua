@@ -17,25 +17,28 @@ local ENTITIES = {
 }
 local FUNCTIONS = "SELECT name FROM system.functions WHERE origin = 'SQLUserDefined' ORDER BY name FORMAT TSV"
 
-local function sh(cmd)
-  assert(os.execute(cmd), cmd)
-end
+local sh, access_by_name = h.sh, h.access_by_name
 
 local function chb(w, stmt, path)
   return h.open(w, path):execute(stmt)
 end
 
--- The entities of an access directory, references by name (as in access_udf_spec).
-local function access_by_name(dir)
-  local by_id = assert(require("chbackup.access").read_dir(dir))
-  local out = {}
-  for _, e in pairs(by_id) do
-    out[#out + 1] = (table.concat(e.lines, "\n"):gsub("ID%('([^']*)'%)", function(id)
-      return "<" .. (by_id[id] and by_id[id].name or "?") .. ">"
-    end))
-  end
-  table.sort(out)
-  return out
+-- A scratch world and a data path in it made by ClickHouse's statements.
+local function world_with(name, statements)
+  local w = h.world(name)
+  h.clickhouse(w.dir .. "/src", statements, w.config)
+  return w, w.dir .. "/src"
+end
+
+-- A data path with table d.t (rows 0..n-1), the functions given and ENTITIES,
+-- and its BACKUP ALL Disk('backups', 'all').
+local function source(w, n, functions)
+  local stmts = { "CREATE DATABASE d", "CREATE TABLE d.t (x UInt32) ENGINE = MergeTree ORDER BY x",
+    "INSERT INTO d.t SELECT number FROM numbers(" .. n .. ")" }
+  table.move(functions, 1, #functions, #stmts + 1, stmts)
+  local src = h.server_source(w, "src", stmts, ENTITIES)
+  assert(chb(w, "BACKUP ALL TO Disk('backups', 'all')", src))
+  return src
 end
 
 -- Files under dir whose name starts with tmp_restore_.
@@ -101,34 +104,28 @@ describe("RESTORE of functions and access entities killed with kill -9", functio
   local w, src
   setup(function()
     w = h.world("trust-kill")
-    src = w.dir .. "/src"
-    h.clickhouse(src, {
-      "CREATE DATABASE d",
-      "CREATE TABLE d.t (x UInt32) ENGINE = MergeTree ORDER BY x",
-      "INSERT INTO d.t SELECT number FROM numbers(20)",
-      "CREATE FUNCTION f1 AS (x) -> x + 1",
-      "CREATE FUNCTION f2 AS (x) -> x * 2",
-      "CREATE FUNCTION f3 AS (x) -> x - 3",
-    }, w.config)
-    sh("mkdir -p " .. q(src .. "/access"))
-    for id, text in pairs(ENTITIES) do
-      h.write(src .. "/access/" .. id .. ".sql", text)
-    end
-    assert(chb(w, "BACKUP ALL TO Disk('backups', 'all')", src))
+    src = source(w, 20, { "CREATE FUNCTION f1 AS (x) -> x + 1", "CREATE FUNCTION f2 AS (x) -> x * 2",
+      "CREATE FUNCTION f3 AS (x) -> x - 3" })
   end)
 
-  it("before its commit leaves none of them; the next RESTORE removes their temporary files", function()
-    local dst = w.dir .. "/before-commit"
-    local ok, out = killed_at(w, dst, "commit", "RESTORE ALL FROM Disk('backups', 'all')")
+  -- RESTORE ALL into <w.dir>/<name>, killed at step (see killed_at)
+  local function restore_all_killed(name, step)
+    local dst = w.dir .. "/" .. name
+    local ok, out = killed_at(w, dst, step, "RESTORE ALL FROM Disk('backups', 'all')")
     assert.is_falsy(ok)
-    assert.truthy(out:find("killed at commit", 1, true), out)
+    assert.truthy(out:find("killed at " .. step, 1, true), out)
+    return dst
+  end
+
+  it("before its commit leaves none of them; the next RESTORE removes their temporary files", function()
+    local dst = restore_all_killed("before-commit", "commit")
     -- every file written under its temporary name, none under its own
     assert.same({ "tmp_restore_function_f1.sql", "tmp_restore_function_f2.sql", "tmp_restore_function_f3.sql" },
       h.tree(dst .. "/user_defined"))
     assert.equal(2, #tmp_restores(dst .. "/access"))
     assert.equal(#h.tree(dst .. "/access"), 2)
     assert.equal("", h.clickhouse(dst, { FUNCTIONS }, w.config))
-    ok, out = h.cli(w, "RESTORE TABLE d.t AS d.t2 FROM Disk('backups', 'all')", { path = dst })
+    local ok, out = h.cli(w, "RESTORE TABLE d.t AS d.t2 FROM Disk('backups', 'all')", { path = dst })
     assert.is_true(ok, out)
     assert.truthy(out:find("removed " .. dst .. "/user_defined/tmp_restore_function_f2.sql, left by a killed RESTORE",
       1, true), out)
@@ -139,14 +136,11 @@ describe("RESTORE of functions and access entities killed with kill -9", functio
   end)
 
   it("after its commit, between two renames: the next RESTORE finishes the set", function()
-    local dst = w.dir .. "/mid-commit"
-    local ok, out = killed_at(w, dst, "rename:/tmp_restore_[^/]*%.sql$:2", "RESTORE ALL FROM Disk('backups', 'all')")
-    assert.is_falsy(ok)
-    assert.truthy(out:find("killed at rename", 1, true), out)
+    local dst = restore_all_killed("mid-commit", "rename:/tmp_restore_[^/]*%.sql$:2")
     assert.same({ "function_f1.sql", "tmp_restore_function_f2.sql", "tmp_restore_function_f3.sql" },
       h.tree(dst .. "/user_defined"))
     assert.is_false(h.exists(dst .. "/access/need_rebuild_lists.mark"))   -- entities not yet visible
-    ok, out = h.cli(w, "RESTORE TABLE d.t AS d.t2 FROM Disk('backups', 'all')", { path = dst })
+    local ok, out = h.cli(w, "RESTORE TABLE d.t AS d.t2 FROM Disk('backups', 'all')", { path = dst })
     assert.is_true(ok, out)
     assert.truthy(out:find("finished " .. dst .. "/user_defined/function_f3.sql, committed by a killed RESTORE",
       1, true), out)
@@ -162,14 +156,12 @@ end)
 
 describe("an append into a non-empty Log table killed before its sizes.json", function()
   it("leaves the table as it was (ClickHouse counts the old rows); the next RESTORE removes the noted files", function()
-    local w = h.world("trust-log")
-    local src = w.dir .. "/src"
-    h.clickhouse(src, {
+    local w, src = world_with("trust-log", {
       "CREATE DATABASE d",
       "CREATE TABLE d.l (a UInt32, s String, arr Array(UInt8)) ENGINE = Log",
       "INSERT INTO d.l SELECT number, toString(number), [1, 2] FROM numbers(10)",
       "BACKUP TABLE d.l TO Disk('backups', 'log')",
-    }, w.config)
+    })
     local dst = w.dir .. "/dst"
     sh("cp -a " .. q(src) .. " " .. q(dst))
     h.clickhouse(dst, { "INSERT INTO d.l SELECT number + 100, 'old', [] FROM numbers(5)" }, w.config)
@@ -207,18 +199,7 @@ describe("RESTORE TABLE system.functions, system.users, …", function()
   local w, src
   setup(function()
     w = h.world("trust-system")
-    src = w.dir .. "/src"
-    h.clickhouse(src, {
-      "CREATE DATABASE d",
-      "CREATE TABLE d.t (x UInt32) ENGINE = MergeTree ORDER BY x",
-      "INSERT INTO d.t SELECT number FROM numbers(5)",
-      "CREATE FUNCTION f1 AS (x) -> x + 1",
-    }, w.config)
-    sh("mkdir -p " .. q(src .. "/access"))
-    for id, text in pairs(ENTITIES) do
-      h.write(src .. "/access/" .. id .. ".sql", text)
-    end
-    assert(chb(w, "BACKUP ALL TO Disk('backups', 'all')", src))
+    src = source(w, 5, { "CREATE FUNCTION f1 AS (x) -> x + 1" })
   end)
 
   it("restores the server's functions by name, as ClickHouse does, and nothing else", function()
@@ -264,9 +245,7 @@ end)
 
 describe("a non-empty target table", function()
   it("is restored into when the backup has no data for it, as ClickHouse does (MergeTree, Log)", function()
-    local w = h.world("trust-nonempty")
-    local src = w.dir .. "/src"
-    h.clickhouse(src, {
+    local w, src = world_with("trust-nonempty", {
       "CREATE DATABASE d",
       "CREATE TABLE d.t (x UInt32) ENGINE = MergeTree ORDER BY x",
       "INSERT INTO d.t SELECT number FROM numbers(5)",
@@ -274,7 +253,7 @@ describe("a non-empty target table", function()
       "CREATE TABLE d.el (x UInt32) ENGINE = Log",
       "CREATE TABLE d.l (x UInt32) ENGINE = Log",
       "INSERT INTO d.l VALUES (1)",
-    }, w.config)
+    })
     assert(chb(w, "BACKUP DATABASE d TO Disk('backups', 'd')", src))
     local ours, theirs = w.dir .. "/ours", w.dir .. "/theirs"
     h.clickhouse(src, { "INSERT INTO d.e VALUES (7)", "INSERT INTO d.el VALUES (8), (9)" }, w.config)
