@@ -268,6 +268,36 @@ function helpers.digest_text(rows)
 end
 
 
+--- A data path `<w.dir>/<name>` made by real ClickHouse (statements, with
+-- w's config) with access entities written in ClickHouse's on-disk format
+-- (entities: uuid -> `ATTACH …;` lines; chDB has no local access storage
+-- to make them). Returns its path.
+function helpers.server_source(w, name, statements, entities)
+  local src = w.dir .. "/" .. name
+  helpers.clickhouse(src, statements, w.config)
+  assert(sh("mkdir -p " .. q(src .. "/access")))
+  for id, text in pairs(entities) do
+    helpers.write(src .. "/access/" .. id .. ".sql", text)
+  end
+  return src
+end
+
+
+--- The entities of an access directory with every ID('…') replaced by the
+-- name of the entity it refers to: equal for a source and its restore.
+function helpers.access_by_name(dir)
+  local by_id = assert(require("chbackup.access").read_dir(dir))
+  local out = {}
+  for _, e in pairs(by_id) do
+    out[#out + 1] = (table.concat(e.lines, "\n"):gsub("ID%('([^']*)'%)", function(id)
+      return "<" .. (by_id[id] and by_id[id].name or "?") .. ">"
+    end))
+  end
+  table.sort(out)
+  return out
+end
+
+
 -- Files ----------------------------------------------------------------------
 
 function helpers.read(path)
