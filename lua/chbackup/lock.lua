@@ -392,7 +392,7 @@ end
 --- Takes a zip destination's lock. Returns lk or nil, message.
 function lock.archive(dest, op_id)
   local file = lock.archive_lock(dest.path)
-  local ok, err = fsutil.mkdir_p(dest.path:match("^(.*)/[^/]*$"))
+  local ok, err = fsutil.mkdir_p(fsutil.parent_dir(dest.path))
   if not ok then
     return nil, err
   end

@@ -16,6 +16,7 @@ local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local disks = require("chbackup.disks")
 local file_plan = require("chbackup.file_plan")
+local fsutil = require("chbackup.fsutil")
 local store = require("chbackup.store")
 
 local rebase = {}
@@ -49,7 +50,7 @@ local function swap_in(b, tmp, name)
       store.remove(tmp, { name = tmp.name })
       return nil, "cannot put the rebased backup in place of " .. name .. ": " .. tostring(err)
     end
-    core.fsync(b.dest.path:match("^(.*)/[^/]*$") or ".")
+    core.fsync(fsutil.parent_dir(b.dest.path))
     return true
   end
   local ok, err = core.exchange(tmp.path, b.dest.path)

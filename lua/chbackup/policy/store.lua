@@ -206,11 +206,6 @@ local function timestamp_time(s)
 end
 
 
-local function parent_dir(path)
-  return path:match("^(.*)/[^/]*$") or "."
-end
-
-
 -- Disk store -------------------------------------------------------------
 
 local DiskStore = {}
@@ -629,12 +624,12 @@ end
 
 -- Removes directories the pattern made that are now empty (not the root).
 function DiskStore:_remove_empty_parents(path)
-  local dir = parent_dir(path)
+  local dir = fsutil.parent_dir(path)
   while #dir > #self.root and fsutil.is_dir(dir) and fsutil.is_empty_dir(dir) do
     if not lfs.rmdir(dir) then
       break
     end
-    dir = parent_dir(dir)
+    dir = fsutil.parent_dir(dir)
   end
 end
 

@@ -23,11 +23,6 @@ local dir = {}
 dir.MARKER = ".chbackup-incomplete"
 
 
-local function parent_dir(path)
-  return path:match("^(.*)/[^/]*$") or "."
-end
-
-
 -- Reading ----------------------------------------------------------------------
 
 local Reader = {}
@@ -248,7 +243,7 @@ end
 --- Stores `content` as the file `name` of the backup now.
 function Writer:put_bytes(name, content)
   local path = self.dest.path .. "/" .. name
-  local ok, err = fsutil.mkdir_p(parent_dir(path))
+  local ok, err = fsutil.mkdir_p(fsutil.parent_dir(path))
   if ok and self.key then
     content, err = core.encrypt(self.key, name, content)
     ok = content ~= nil
@@ -359,7 +354,7 @@ function dir.remove(path, opts)
   if not ok then
     return nil, err .. " (the backup is invalidated; the next run finishes the deletion)"
   end
-  core.fsync(parent_dir(path))
+  core.fsync(fsutil.parent_dir(path))
   return true
 end
 

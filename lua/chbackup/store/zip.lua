@@ -18,11 +18,6 @@ local runner = require("chbackup.runner")
 local zip = {}
 
 
-local function parent_dir(path)
-  return path:match("^(.*)/[^/]*$") or "."
-end
-
-
 -- Reading ----------------------------------------------------------------------
 
 local Reader = {}
@@ -180,7 +175,7 @@ function zip.begin_write(dest, opts)
     lk:release(true)
     return nil, "backup " .. dest.name .. " already exists"
   end
-  local ok, merr = fsutil.mkdir_p(parent_dir(dest.path))
+  local ok, merr = fsutil.mkdir_p(fsutil.parent_dir(dest.path))
   if not ok then
     lk:release(true)
     return nil, merr
@@ -304,7 +299,7 @@ function zip.remove(path, opts)
     if not ok then
       return nil, "cannot invalidate " .. path .. ": " .. tostring(err) .. " (nothing was deleted)"
     end
-    core.fsync(parent_dir(path))
+    core.fsync(fsutil.parent_dir(path))
   end
   local attr = lfs.symlinkattributes(deleting)
   if not attr then
@@ -318,7 +313,7 @@ function zip.remove(path, opts)
     return nil, "cannot remove " .. deleting .. ": " .. tostring(err)
       .. " (the backup is invalidated; the next run finishes the deletion)"
   end
-  core.fsync(parent_dir(path))
+  core.fsync(fsutil.parent_dir(path))
   return true
 end
 
