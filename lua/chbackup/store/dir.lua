@@ -127,6 +127,9 @@ end
 function Reader.close()
 end
 
+--- Reader:stored_bytes for readers of other stores with the same layout.
+dir.stored_bytes = Reader.stored_bytes
+
 
 --- The header fields of the directory backup at path (manifest.header).
 -- Returns table or nil, err.
