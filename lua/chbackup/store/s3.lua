@@ -25,10 +25,10 @@
 -- never in it, nor in messages.
 -- @module chbackup.store.s3
 local core = require("chbackup.core")
+local dir = require("chbackup.store.dir")
 local lfs = require("lfs")
 local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
-local runner = require("chbackup.runner")
 local sql = require("chbackup.sql")
 
 local s3 = {}
@@ -191,7 +191,7 @@ end
 
 local Reader = {}
 Reader.__index = Reader
-Reader.stored_bytes = require("chbackup.store.dir").stored_bytes
+Reader.stored_bytes = dir.stored_bytes
 
 
 --- Opens the S3 backup at resolved. Returns a reader or nil, err, code.
@@ -375,11 +375,9 @@ end
 
 --- Stores `content` as the file `name` of the backup now.
 function Writer:put_bytes(name, content)
-  local ok, err, code = self.client:put(key_of(self.dest, name), content)
-  if not ok then
-    return nil, "backup " .. self.dest.name .. ": " .. err, code
-  end
-  return true
+  local dest = self.dest
+  local ok, err, code = self.client:put(key_of(dest, name), content)
+  return ok or nil, not ok and ("backup " .. dest.name .. ": " .. err) or nil, code
 end
 
 Writer.put_extra = Writer.put_bytes
@@ -403,18 +401,13 @@ end
 -- code (the writer is aborted then).
 function Writer:commit(m, progress, cancelled)
   local dest, profile = self.dest, self.client:profile()
-  local job = core.job({ threads = self.opts.threads })
-  for _, q in ipairs(self.queued) do
+  local p, err, code = dir.copy_queued(self, { threads = self.opts.threads }, function(job, q)
     job:add(q[2], { s3 = profile, key = key_of(dest, q[1]) }, q[3], q[4])
+  end, progress, cancelled)
+  if not p then
+    return nil, err, code
   end
-  self.queued = {}
-  local ok, err, code = runner.run(job, progress, cancelled)
-  local p = job:progress()
-  job:close()
-  if not ok then
-    self:abort()
-    return nil, "backup " .. dest.name .. " failed: " .. err, code
-  end
+  local ok
   local parts = {}
   manifest.serialize(m, function(text) parts[#parts + 1] = text end)
   local text = table.concat(parts)
