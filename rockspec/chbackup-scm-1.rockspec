@@ -81,6 +81,7 @@ build = {
       ["chbackup.store"] = "lua/chbackup/store/init.lua",
       ["chbackup.store.dir"] = "lua/chbackup/store/dir.lua",
       ["chbackup.store.encryption"] = "lua/chbackup/store/encryption.lua",
+      ["chbackup.store.s3"] = "lua/chbackup/store/s3.lua",
       ["chbackup.store.zip"] = "lua/chbackup/store/zip.lua",
       ["chbackup.check"] = "lua/chbackup/check.lua",
       ["chbackup.cli"] = "lua/chbackup/cli.lua",

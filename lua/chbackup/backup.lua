@@ -120,7 +120,7 @@ end
 -- chain readable. Returns it or nil, err.
 local function open_base(ctx, dest)
   local settings = ctx.settings
-  local base, err = chain.open(ctx.config, settings.base_backup, { password = settings.password })
+  local base, err = chain.open(ctx.config, settings.base_backup, { password = settings.password, inherit = dest })
   if not base then
     return nil, "base_backup: " .. err
   end

@@ -36,6 +36,9 @@ local content_key = file_plan.content_key
 -- or nil, err naming the backup.
 function chain.open(cfg, dest, opts)
   opts = opts or {}
+  if opts.inherit and not dest.path then   -- S3 credentials for a base (chbackup.store.s3)
+    dest = setmetatable({ inherit = opts.inherit }, { __index = dest })
+  end
   local resolved, err = store.resolve(cfg, dest)
   if not resolved then
     return nil, err
@@ -89,7 +92,7 @@ function chain.base(b)
   local dest, err = chain.parse_name(m.base_backup)
   local base
   if dest then
-    base, err = chain.open(b.cfg, dest, { password = b.password })
+    base, err = chain.open(b.cfg, dest, { password = b.password, inherit = b.dest })
   end
   if not base then
     b.base, b.base_err = false, "base backup " .. m.base_backup .. " of " .. b.dest.name

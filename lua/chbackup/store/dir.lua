@@ -122,6 +122,9 @@ end
 function Reader.close()
 end
 
+--- Reader:stored_bytes for readers of other stores with the same layout.
+dir.stored_bytes = Reader.stored_bytes
+
 
 --- The header fields of the directory backup at path (manifest.header).
 -- Returns table or nil, err.
@@ -215,6 +218,27 @@ local Writer = {}
 Writer.__index = Writer
 
 
+--- Copies writer w's queued files ({name, pieces, size, checksum}) with a
+-- C job of job_opts, add(job, q) adding each (the stores of this layout
+-- share it: store.s3). On failure w is aborted. Returns the job's progress
+-- or nil, err, code.
+function dir.copy_queued(w, job_opts, add, progress, cancelled)
+  local job = core.job(job_opts)
+  for _, q in ipairs(w.queued) do
+    add(job, q)
+  end
+  w.queued = {}
+  local ok, err, code = runner.run(job, progress, cancelled)
+  local p = job:progress()
+  job:close()
+  if not ok then
+    w:abort()
+    return nil, "backup " .. w.dest.name .. " failed: " .. err, code
+  end
+  return p
+end
+
+
 --- Starts writing a directory backup at dest.path. opts: op_id, threads,
 -- fsync, password (every stored file encrypted). Returns a writer or nil,
 -- err. Nothing counts as a backup until commit has written `.backup`.
@@ -286,17 +310,12 @@ end
 -- stored_size=} or nil, err, code (the writer is aborted then).
 function Writer:commit(m, progress, cancelled)
   local dest, opts = self.dest, self.opts
-  local job = core.job({ threads = opts.threads, fsync = opts.fsync, key = self.key })
-  for _, q in ipairs(self.queued) do
-    job:add(q[2], dest.path .. "/" .. q[1], q[3], q[4], nil, self.key and q[1])
-  end
-  self.queued = {}
-  local ok, err, code = runner.run(job, progress, cancelled)
-  local p = job:progress()
-  job:close()
-  if not ok then
-    self:abort()
-    return nil, "backup " .. dest.name .. " failed: " .. err, code
+  local p, err, code = dir.copy_queued(self, { threads = opts.threads, fsync = opts.fsync, key = self.key },
+    function(job, q)
+      job:add(q[2], dest.path .. "/" .. q[1], q[3], q[4], nil, self.key and q[1])
+    end, progress, cancelled)
+  if not p then
+    return nil, err, code
   end
   local size
   size, err = manifest.write(dest.path, m)

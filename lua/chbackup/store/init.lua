@@ -18,8 +18,9 @@
 --   remove(path, {name=, finish=})     -> true | nil, err
 --
 -- A new container (tar) is one module and one line in CONTAINERS; a new
--- location (S3) is one resolver in LOCATIONS and containers that take its
--- places (docs/s3.md).
+-- location is one resolver in LOCATIONS and a container that takes its
+-- places: S3 (`S3('url'[, 'key_id', 'secret'])`) resolves to
+-- chbackup.store.s3, directory backups as objects (docs/s3.md).
 -- @module chbackup.store
 local config = require("chbackup.config")
 local lfs = require("lfs")
@@ -37,6 +38,7 @@ local CONTAINERS = {
 local LOCATIONS = {
   Disk = config.resolve,
   File = config.resolve,
+  S3 = function(cfg, dest) return require("chbackup.store.s3").resolve(cfg, dest) end,
 }
 
 
@@ -53,6 +55,9 @@ end
 
 --- The container module of a resolved destination, or nil, err naming it.
 function store.container(resolved)
+  if resolved.location == "s3" then   -- (it refuses archives itself, as ClickHouse)
+    return require("chbackup.store.s3")
+  end
   local kind = resolved.archive and resolved.archive_kind or "dir"
   local name = CONTAINERS[kind]
   if not name then
@@ -94,6 +99,7 @@ end
 function store.remove(resolved, opts)
   opts = opts or {}
   opts.name = opts.name or resolved.name
+  opts.resolved = resolved
   return call(resolved, "remove", resolved.path, opts)
 end
 
