@@ -65,6 +65,7 @@ struct chb_tar_writer {
   chb_sink *out;
   chb_error out_error;        /* the sink's failure, seen through libarchive */
   int out_failed;
+  int discard;                /* the archive failed: what libarchive flushes goes nowhere */
   pthread_t finisher;
   int has_finisher;
 };
@@ -196,6 +197,7 @@ static int check_unique(chb_tar_writer *w, chb_error *err) {
 static la_ssize_t out_write(struct archive *a, void *ud, const void *buf, size_t len) {
   (void)a;
   chb_tar_writer *w = ud;
+  if (w->discard) return (la_ssize_t)len;
   if (w->out_failed) return -1;
   if (chb_sink_write(w->out, buf, len, &w->out_error) != 0) {
     w->out_failed = 1;
@@ -316,7 +318,7 @@ static int write_all(chb_tar_writer *w, chb_error *err) {
   rc = 0;
 out:
   if (a) {
-    if (rc != 0) archive_write_fail(a);   /* nothing more reaches the sink */
+    w->discard = rc != 0;   /* closing a failed archive writes nothing more (the sink is aborted) */
     archive_write_free(a);
   }
   free(buf);
