@@ -35,6 +35,48 @@ function archive.check_new(dest)
 end
 
 
+-- Reading: methods the containers' readers share (self.reader: the C
+-- reader, with read(name); self.entries: name -> entry).
+archive.Reader = {}
+
+
+--- The bytes of piece p, an entry's range (`entry=`), read whole, verified.
+function archive.Reader:read_entry_piece(p)
+  if not self.reader then
+    return nil, "backup " .. self.dest.name .. " is closed"
+  end
+  local whole, err = self.reader:read(p.entry)
+  if not whole then
+    return nil, "cannot read " .. p.entry .. " of " .. p[1] .. ": " .. tostring(err)
+  end
+  return whole:sub(p[2] + 1, p[2] + p[3])
+end
+
+
+--- An entry chbackup keeps beside the manifest (not listed in it), e.g.
+-- the disks record; nil if there is none.
+function archive.Reader:read_extra(name)
+  if not (self.reader and self.entries[name]) then
+    return nil
+  end
+  return self.reader:read(name)
+end
+
+
+--- Bytes the backup takes: the archive's size.
+function archive.Reader:stored_bytes()
+  return lfs.attributes(self.dest.path, "size") or 0
+end
+
+
+function archive.Reader:close()
+  if self.reader then
+    self.reader:close()
+    self.reader = nil
+  end
+end
+
+
 local Writer = {}
 Writer.__index = Writer
 

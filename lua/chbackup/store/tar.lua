@@ -95,42 +95,16 @@ end
 
 --- The bytes of piece p (one of this reader's).
 function Reader:read_piece(p)
-  if not self.reader then
-    return nil, "backup " .. self.dest.name .. " is closed"
-  end
-  if not p.entry then
+  if self.reader and not p.entry then
     return core.read_file(p[1], nil, p[2], p[3])
   end
-  local whole, err = self.reader:read(p.entry)
-  if not whole then
-    return nil, "cannot read " .. p.entry .. " of " .. p[1] .. ": " .. tostring(err)
-  end
-  return whole:sub(p[2] + 1, p[2] + p[3])
+  return archive.Reader.read_entry_piece(self, p)
 end
 
 
---- An entry chbackup keeps beside the manifest (not listed in it), e.g.
--- the disks record; nil if there is none.
-function Reader:read_extra(name)
-  if not (self.reader and self.entries[name]) then
-    return nil
-  end
-  return self.reader:read(name)
-end
-
-
---- Bytes the backup takes: the archive's size.
-function Reader:stored_bytes()
-  return lfs.attributes(self.dest.path, "size") or 0
-end
-
-
-function Reader:close()
-  if self.reader then
-    self.reader:close()
-    self.reader = nil
-  end
-end
+Reader.read_extra = archive.Reader.read_extra
+Reader.stored_bytes = archive.Reader.stored_bytes
+Reader.close = archive.Reader.close
 
 
 --- The header fields of the tar backup at path (manifest.header). Returns

@@ -75,41 +75,10 @@ function Reader:stored_size(name)
 end
 
 
---- The bytes of piece p (one of this reader's), verified.
-function Reader:read_piece(p)
-  if not self.reader then
-    return nil, "backup " .. self.dest.name .. " is closed"
-  end
-  local whole, err = self.reader:read(p.entry)
-  if not whole then
-    return nil, "cannot read " .. p.entry .. " of " .. p[1] .. ": " .. tostring(err)
-  end
-  return whole:sub(p[2] + 1, p[2] + p[3])
-end
-
-
---- An entry chbackup keeps beside the manifest (not listed in it), e.g.
--- the disks record; nil if there is none.
-function Reader:read_extra(name)
-  if not (self.reader and self.entries[name]) then
-    return nil
-  end
-  return self.reader:read(name)
-end
-
-
---- Bytes the backup takes: the archive's size.
-function Reader:stored_bytes()
-  return lfs.attributes(self.dest.path, "size") or 0
-end
-
-
-function Reader:close()
-  if self.reader then
-    self.reader:close()
-    self.reader = nil
-  end
-end
+Reader.read_piece = archive.Reader.read_entry_piece
+Reader.read_extra = archive.Reader.read_extra
+Reader.stored_bytes = archive.Reader.stored_bytes
+Reader.close = archive.Reader.close
 
 
 --- The header fields of the zip backup at path (manifest.header), read
