@@ -33,7 +33,7 @@
 #define CHB_LOCK_MT "chbackup.Lock"
 
 int luaopen_chbackup_core(lua_State *L);
-void chb_open_zip(lua_State *L); /* chb_zip_lua.c */
+void chb_open_archives(lua_State *L); /* chb_archive_lua.c */
 void chb_open_s3(lua_State *L);  /* chb_s3_lua.c */
 
 
@@ -768,7 +768,7 @@ CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {
   lua_setfield(L, -2, "__index");     /* mt */
   lua_pop(L, 1);
   luaL_newlib(L, core_funcs);         /* core */
-  chb_open_zip(L);                    /* core (+ zip_writer, zip_reader, zip_methods) */
+  chb_open_archives(L);               /* core (+ zip_*, tar_writer, tar_reader) */
   chb_open_s3(L);                     /* core (+ s3_client) */
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "_VERSION");

@@ -3,6 +3,7 @@
 #include "chb_cipher.h"
 #include "chb_fs.h"
 #include "chb_s3_store.h"
+#include "chb_tar.h"
 #include "chb_zip_read.h"
 
 #include <errno.h>
@@ -26,6 +27,7 @@ struct chb_source {
   int open;                   /* pieces[i] is open: one of the three below */
   int fd;                     /* a plain file */
   chb_zip_file *zf;           /* a zip entry */
+  chb_tar_file *tf;           /* a tar entry */
   chb_opener *op;             /* a file of an encrypted directory backup */
   int s3;                     /* an S3 object: read from s3_pos, s3_left bytes left */
   uint64_t s3_pos, s3_left;
@@ -119,7 +121,12 @@ static int check_stop(const chb_source *s, chb_error *err) {
                        describe(&s->pieces[s->i], what, sizeof what));
 }
 
-/* Reads a zip entry on, into buf (or a scratch buffer when buf is small):
+/* Reads the open archive entry (zip or tar). */
+static ssize_t entry_read(chb_source *s, void *buf, size_t len, chb_error *err) {
+  return s->tf ? chb_tar_file_read(s->tf, buf, len, err) : chb_zip_file_read(s->zf, buf, len, err);
+}
+
+/* Reads an archive entry on, into buf (or a scratch buffer when buf is small):
  * `skip` bytes (UINT64_MAX: to its end). Returns the bytes not found. */
 static int zip_discard(chb_source *s, uint64_t skip, unsigned char *buf, size_t len,
                        uint64_t *missing, chb_error *err) {
@@ -130,7 +137,7 @@ static int zip_discard(chb_source *s, uint64_t skip, unsigned char *buf, size_t 
   }
   while (skip > 0) {
     if (check_stop(s, err) != 0) return -1;
-    ssize_t k = chb_zip_file_read(s->zf, buf, skip < len ? (size_t)skip : len, err);
+    ssize_t k = entry_read(s, buf, skip < len ? (size_t)skip : len, err);
     if (k < 0) return -1;
     if (k == 0) break;
     if (skip != UINT64_MAX) skip -= (uint64_t)k;
@@ -162,8 +169,14 @@ static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *
       if (chb_s3_piece_size(p->s3, p->path, &size, err) != 0) return -1;
       s->s3_left = size > p->offset ? size - p->offset : 0;
     }
+    return 0;
+  }
+  if (p->entry && chb_tar_filter(p->path)) {
+    if (!(s->tf = chb_tar_open_cached(p->path, p->entry, err))) return -1;
   } else if (p->entry) {
     if (!(s->zf = chb_zip_open_cached(p->path, p->password, p->entry, err))) return -1;
+  }
+  if (p->entry) {
     s->open = 1;
     uint64_t missing;
     if (zip_discard(s, p->offset, buf, len, &missing, err) != 0) return -1;
@@ -183,7 +196,7 @@ static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *
 }
 
 static ssize_t piece_read(chb_source *s, void *buf, size_t len, chb_error *err) {
-  if (s->zf) return chb_zip_file_read(s->zf, buf, len, err);
+  if (s->zf || s->tf) return entry_read(s, buf, len, err);
   if (s->op) return chb_opener_read(s->op, buf, len, err);
   if (s->s3) {
     if (s->s3_left == 0) return 0;
@@ -207,6 +220,8 @@ static void piece_close(chb_source *s) {
   s->fd = -1;
   chb_zip_file_close(s->zf);
   s->zf = NULL;
+  chb_tar_file_close(s->tf);
+  s->tf = NULL;
   chb_opener_close(s->op);
   s->op = NULL;
   s->s3 = 0;
@@ -241,7 +256,7 @@ ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
       /* The range is read: a zip entry is still read to its end, so that
        * its CRC or MAC is checked. */
       uint64_t rest;
-      if (s->zf && zip_discard(s, UINT64_MAX, buf, len, &rest, err) != 0) return -1;
+      if ((s->zf || s->tf) && zip_discard(s, UINT64_MAX, buf, len, &rest, err) != 0) return -1;
       piece_close(s);
       s->i++;
       continue;
@@ -263,6 +278,7 @@ ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
 
 /* The plain size of a whole piece's file or entry. */
 static int whole_size(const chb_piece *p, uint64_t *out, chb_error *err) {
+  if (p->entry && chb_tar_filter(p->path)) return chb_tar_entry_size_cached(p->path, p->entry, out, err);
   if (p->entry) return chb_zip_entry_size_cached(p->path, p->password, p->entry, out, err);
   if (p->s3) return chb_s3_piece_size(p->s3, p->path, out, err);
   struct stat sb;

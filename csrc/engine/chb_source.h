@@ -7,7 +7,9 @@
  *            (chb_fs_open_beneath: no symbolic link below it is followed);
  *   entry    with `entry` set, `path` is a zip archive and the bytes are
  *            that entry's, decrypted with `password` and decompressed
- *            (chb_zip_read.h, through the thread's cache of open readers);
+ *            (chb_zip_read.h, through the thread's cache of open readers),
+ *            or, when `path` has a tar suffix, that tar entry's (chb_tar.h,
+ *            through the thread's cursor on the archive);
  *   decrypt  with `key` set, `path` is a file of an encrypted directory
  *            backup named `aad` there, authenticated chunk by chunk
  *            (chb_cipher.h); offset and length count plaintext;

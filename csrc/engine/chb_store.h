@@ -83,4 +83,11 @@ int chb_store_list(chb_store *st, const char *dir, int (*fn)(const char *name, v
  * the descriptor, or -1 with err set (CHB_LOCKED when held). */
 int chb_store_lock(chb_store *st, const char *name, chb_error *err);
 
+/*
+ * Removes what killed writers of the archive `path` left beside it: unlocked
+ * `path.tmp-<pid>` files with their companions `.spool/` and `.backup`
+ * (see chb_zip_write.h); a writer calls it before creating its own.
+ */
+void chb_store_remove_stale_temporaries(const char *path);
+
 #endif

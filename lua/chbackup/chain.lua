@@ -230,15 +230,51 @@ function chain.check(b, opts)
           if not size then
             return nil, "backup " .. b.dest.name .. " is incomplete: " .. where .. " (for " .. e.name .. ") is missing"
           end
-          if size < p[2] + p[3] then
+          local need = p[2] - (p.start or 0) + p[3]   -- (start: where the entry begins in p[1])
+          if size < need then
             return nil, string.format("backup %s is incomplete: %s (for %s) has %d bytes, %d expected",
-              b.dest.name, where, e.name, size, p[2] + p[3])
+              b.dest.name, where, e.name, size, need)
           end
         end
       end
     end
   end
   return true
+end
+
+
+--- Puts items (each with pieces, pieces_of(item)) that read entries of a
+-- compressed tar (a reader with `sequential`: it cannot seek, see
+-- chbackup.store.tar) in archive order, stably (items in no such archive
+-- keep their order, after them), and returns 1: read on one thread, the
+-- archive is decompressed once. Returns nil (and changes nothing) when no
+-- item reads one.
+function chain.archive_order(items, pieces_of)
+  local key, any = {}, false
+  for i, item in ipairs(items) do
+    local k = { 1, "", 0, i }
+    for _, p in ipairs(pieces_of(item)) do
+      if p.from and p.from.sequential then
+        k = { 0, p[1], p.from:position(p.name), i }
+        any = true
+        break
+      end
+    end
+    key[item] = k
+  end
+  if not any then
+    return nil
+  end
+  table.sort(items, function(x, y)
+    local a, b = key[x], key[y]
+    for j = 1, 4 do
+      if a[j] ~= b[j] then
+        return a[j] < b[j]
+      end
+    end
+    return false
+  end)
+  return 1
 end
 
 

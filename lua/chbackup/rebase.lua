@@ -23,7 +23,7 @@ local rebase = {}
 
 
 -- Where the standalone copy of backup b is written: beside it, of the
--- same container kind (a zip's name keeps its suffix).
+-- same container kind (an archive's name keeps its suffix).
 local function beside(b)
   local tmp = {}
   for k, v in pairs(b.dest) do
@@ -31,8 +31,10 @@ local function beside(b)
   end
   local tag = ".rebase-" .. core.getpid()
   if b.dest.archive then
-    local stem, ext = b.dest.path:match("^(.*)(%.[^/.]+)$")
-    tmp.path = stem .. tag .. ext
+    -- before the name's first dot, so that its archive suffix (.zip,
+    -- .tar.zst, …) and thus its container stay
+    local dir, stem, suffix = b.dest.path:match("^(.*/)([^/.]*)(%.[^/]*)$")
+    tmp.path = dir .. stem .. tag .. suffix
   else
     tmp.path = b.dest.path .. tag
   end

@@ -432,13 +432,11 @@ function restore.run(ctx, req)
     return nil, string.format("no disk of table %s's storage policy has room for part %s (%d bytes)",
       t.qname, part_name, size)
   end
-  local job = core.job({ threads = ctx.threads, fsync = settings.fsync })
   local renames, created, counters = {}, {}, { num_files = 0, total_size = 0 }
   local empty_files, copies, appends = {}, {}, {}
   for _, t in ipairs(targets) do
     local next_block = t.existing and max_block(t.existing) or nil
     if not settings.structure_only and t.family == "none" and #t.sel.tbl.data > 0 then
-      job:close()
       return nil, "cannot restore the data of " .. t.qname .. " (" .. tostring(t.engine or t.object)
         .. ") from backup " .. src.name .. ": chbackup does not restore data of this engine"
         .. " (SETTINGS structure_only=true restores its definition only)"
@@ -446,7 +444,6 @@ function restore.run(ctx, req)
     if not settings.structure_only and t.family ~= "none" then
       local data, derr = contents.table_data(t.sel.tbl, t.family, src.name)
       if not data then
-        job:close()
         return nil, derr
       end
       -- Every part (or Log table) is checked as ClickHouse will load it
@@ -482,7 +479,6 @@ function restore.run(ctx, req)
           end
           local loc, perr = place_part(t, p.name, size, from)
           if not loc then
-            job:close()
             return nil, perr
           end
           local r = { tmp = loc.dir .. "/tmp_restore_" .. final, final = loc.dir .. "/" .. final }
@@ -502,18 +498,20 @@ function restore.run(ctx, req)
         end
       end
       if not ok then
-        job:close()
         return nil, ferr
       end
     end
   end
-  -- Largest files first, so that no big file is left for one thread at the end.
+  -- Largest files first, so that no big file is left for one thread at the end;
+  -- from a compressed tar, in archive order on one thread (chain.archive_order).
   table.sort(copies, function(x, y)
     if x[3] ~= y[3] then
       return x[3] > y[3]
     end
     return x[2] < y[2]
   end)
+  local threads = chain.archive_order(copies, function(c) return c[1] end)
+  local job = core.job({ threads = threads or ctx.threads, fsync = settings.fsync })
   for _, c in ipairs(copies) do
     job:add(c[1], c[2], c[3], c[4])
   end
