@@ -66,6 +66,7 @@ describe("chbackup rebase", function()
     { kind = "a password-protected zip", base = "zbase.zip", inc = "zinc.zip", pw = "s3cret" },
     { kind = "an encrypted directory", base = "ebase", inc = "einc", pw = "s3cret" },
     { kind = "a zstd zip", base = "zsbase.zip", inc = "zsinc.zip", method = "zstd" },
+    { kind = "a tar.zst", base = "tbase.tar.zst", inc = "tinc.tar.zst" },
   }) do
     it("rebases " .. case.kind .. " the same way: its container, encryption and compression kept", function()
       local w = h.world("rebase-" .. case.inc:gsub("%W", ""))
@@ -107,6 +108,11 @@ describe("chbackup rebase", function()
         if case.pw then
           assert.is_nil((h.run("7z t -pwrong " .. q(inc))))
         end
+      elseif case.inc:match("%.tar%.zst$") then
+        -- a real reader: bsdtar reads the zstd-compressed tar whole
+        local okt, listed = h.run("bsdtar -tf " .. q(inc))
+        assert.is_true(okt, listed)
+        assert.matches("\n%.backup\n", "\n" .. listed)
       else
         assert.is_truthy(h.exists(inc .. "/.chbackup-encryption"))
       end
