@@ -421,3 +421,168 @@ describe("chbackup policy (the command line)", function()
     assert.truthy(lfs.attributes(w.backups .. "/" .. INCR .. "/.backup"))
   end)
 end)
+
+
+-- JSON lines of a command's stdout, each decoded.
+local function json_lines(out)
+  local list = {}
+  for l in out:gmatch("[^\n]+") do
+    list[#list + 1] = cjson.decode(l)
+  end
+  return list
+end
+
+
+-- The events of JSON lines: "event backup" each (backup "-" when null).
+local function events(list, wanted)
+  local got = {}
+  for _, e in ipairs(list) do
+    if wanted[e.event] then
+      got[#got + 1] = e.event .. " " .. (e.backup ~= cjson.null and e.backup or "-")
+    end
+  end
+  return got
+end
+
+
+local EVENT_FIELDS = { "time", "at", "policy", "event", "level", "backup", "reason" }
+
+local function assert_event_fields(e)
+  for _, k in ipairs(EVENT_FIELDS) do
+    assert.is_not_nil(e[k], k .. " missing in " .. cjson.encode(e))
+  end
+  assert.equal("nightly", e.policy)
+  assert.equal("number", type(e.time))
+  assert.is_truthy(({ info = true, warn = true, error = true })[e.level], e.level)
+end
+
+
+describe("policy commands with json: one JSON object per result or event", function()
+  it("check, plan, verify, run and watch print JSON lines with the same exit codes", function()
+    local w, file = world_with_backups()
+    -- check: one object; an invalid policy: valid=false, exit 1
+    local code, out, err = cli(w, "check", file, { "json" })
+    assert.equal(0, code, err)
+    local c = json_lines(out)
+    assert.equal(1, #c)
+    assert.same({ policy = "nightly", file = file, valid = true, destination = "Disk('backups')",
+      names = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}", schedule = { full = "0 2 * * *",
+      incremental = "0 * * * *", verify = cjson.null }, retention = "none (every backup is kept)",
+      verification = "newest" }, c[1])
+    h.write(w.dir .. "/bad.lua", "return { name = 'bad', schedule = { full = 'sometimes' } }")
+    code, out = cli(w, "check", w.dir .. "/bad.lua", { "json" })
+    assert.equal(1, code)
+    c = json_lines(out)
+    assert.equal(1, #c)
+    assert.is_false(c[1].valid)
+    assert.equal(w.dir .. "/bad.lua", c[1].file)
+    assert.matches("destination", c[1].error)
+    -- plan: one object with what is due, kept and deleted
+    code, out = cli(w, "plan", file, { "json", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    local plan = json_lines(out)
+    assert.equal(1, #plan)
+    plan = plan[1]
+    assert.is_true(plan.ok)
+    assert.same({}, plan.errors)
+    assert.equal(cjson.null, plan.due.kind)
+    assert.same({ INCR, FULL }, { plan.keep[1].name, plan.keep[2].name })
+    assert.equal(FULL, plan.keep[1].base)
+    assert.same({}, plan.delete)
+    assert.same({}, plan.rebase)
+    -- verify: one line per event, then the summary with every check
+    code, out = cli(w, "verify", file, { "json", "backups=chain", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code, out)
+    local lines = json_lines(out)
+    for _, e in ipairs(lines) do
+      assert_event_fields(e)
+    end
+    assert.same({ "verify " .. INCR, "verified " .. INCR, "verify " .. FULL, "verified " .. FULL },
+      events(lines, { verify = true, verified = true }))
+    local s = lines[#lines]
+    assert.equal("summary", s.event)
+    assert.is_true(s.ok)
+    assert.same({}, s.errors)
+    assert.same({ "backups" }, { s.suite[1].name })
+    assert.is_true(s.suite[1].ok)
+    assert.same({ INCR, FULL }, { s.results[1].backup, s.results[2].backup })
+    local checks = {}
+    for _, x in ipairs(s.results[1].checks) do
+      checks[#checks + 1] = x.name .. "=" .. tostring(x.ok)
+    end
+    assert.same({ "chain=true", "checksums=true", "restore=true", "row_counts=true" }, checks)
+    -- quiet: only the summary when nothing goes wrong
+    code, out = cli(w, "verify", file, { "json", "quiet", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    lines = json_lines(out)
+    assert.equal(1, #lines)
+    assert.equal("summary", lines[1].event)
+    -- run: its events, then a summary naming the backup made
+    h.clickhouse(w.data, { "INSERT INTO shop.customers SELECT * FROM shop.customers LIMIT 2" })
+    code, out = cli(w, "run", file, { "json", "now=2026-05-01T04:00:00Z" })
+    assert.equal(0, code, out)
+    lines = json_lines(out)
+    for _, e in ipairs(lines) do
+      assert_event_fields(e)
+    end
+    local I4 = "nightly/20260501-0400-incr"
+    assert.same({ "incremental " .. I4, "created " .. I4 }, events(lines, { incremental = true, created = true }))
+    s = lines[#lines]
+    assert.equal("summary", s.event)
+    assert.same({ true, I4, {}, {}, {} }, { s.ok, s.backup, s.deleted, s.rebased, s.errors })
+    assert.equal("2026-05-01T04:00:00Z", s.at)
+    -- watch: the events of each run and its sleeps
+    local now = T0 + 2 * 3600 + 60
+    pcli.clock = function() return now end
+    pcli.sleep = function(sec) now = now + sec end
+    pcli.max_runs = 2
+    code, out = cli(w, "watch", file, { "json" })
+    pcli.clock, pcli.sleep, pcli.max_runs = nil, nil, nil
+    assert.equal(0, code)
+    lines = json_lines(out)
+    for _, e in ipairs(lines) do
+      assert_event_fields(e)
+    end
+    assert.same({ "idle -", "sleep -", "created nightly/20260501-0500-incr" },
+      events(lines, { idle = true, sleep = true, created = true }))
+    -- a drill that fails: exit 1 and a summary saying why
+    local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
+    local victim
+    for _, f in ipairs(m.files) do
+      if f.name:match("^data/shop/orders/.*%.bin$") and not f.data_file and f.size > 100 then
+        victim = f
+        break
+      end
+    end
+    local path = w.backups .. "/" .. FULL .. "/" .. victim.name
+    local bytes = h.read(path)
+    h.write(path, bytes:sub(1, 10) .. string.char((bytes:byte(11) + 1) % 256) .. bytes:sub(12))
+    code, out = cli(w, "verify", file, { "json", "backup=" .. FULL, "now=2026-05-01T06:30:00Z" })
+    assert.equal(1, code)
+    s = json_lines(out)
+    s = s[#s]
+    assert.equal("summary", s.event)
+    assert.is_false(s.ok)
+    assert.equal("error", s.level)
+    local by_name = {}
+    for _, x in ipairs(s.results[1].checks) do
+      by_name[x.name] = x
+    end
+    assert.is_false(by_name.checksums.ok)
+    assert.equal(cjson.null, by_name.restore.ok)   -- skipped
+    assert.matches("corrupted file " .. victim.name:gsub("%p", "%%%0"), by_name.checksums.message)
+    assert.matches("verification failed", s.errors[1])
+  end)
+
+  it("--json before `policy` works as the json word does", function()
+    local w = h.world("policy-json-cli")
+    local file = write_policy(w)
+    local ok, out = h.run(string.format("%s/scripts/chbackup --json --path %s --config %s --status-dir %s policy "
+      .. "run %s now=2026-05-01T02:00:00Z", h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status),
+      h.quote(file)))
+    assert.is_true(ok, out)
+    local lines = json_lines(out)
+    assert.same({ "full " .. FULL, "created " .. FULL }, events(lines, { full = true, created = true }))
+    assert.same({ "summary", true, FULL }, { lines[#lines].event, lines[#lines].ok, lines[#lines].backup })
+  end)
+end)

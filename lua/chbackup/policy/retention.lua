@@ -350,12 +350,23 @@ function retention.apply(points, r, now, zone)
   end
   -- With rebase: a point kept for itself whose base is not, and whose
   -- whole chain is here to be read, is made standalone instead.
+  local function whole(p)
+    local cur, seen = p, {}
+    while cur.base do
+      if seen[cur.base] or not by_id[cur.base] then
+        return false
+      end
+      seen[cur.base] = true
+      cur = by_id[cur.base]
+    end
+    return true
+  end
   local rebase_of, to_rebase = {}, {}
   if r and r.rebase then
     for i = #list, 1, -1 do
       local p = list[i]
       if keep[p.id] and p.base and by_id[p.base] and not keep[p.base] and not p.rebase_failed
-          and p.chain_ok ~= false and not p.chain_error then
+          and p.chain_ok ~= false and not p.chain_error and whole(p) then
         rebase_of[p.id] = p.base
         to_rebase[#to_rebase + 1] = p
       end
