@@ -586,3 +586,103 @@ describe("policy commands with json: one JSON object per result or event", funct
     assert.same({ "summary", true, FULL }, { lines[#lines].event, lines[#lines].ok, lines[#lines].backup })
   end)
 end)
+
+
+describe("policy retention with rebase (real backups)", function()
+  local TABLES = { { "shop", "orders" }, { "shop", "customers" }, { "logs", "events" } }
+  local RETAIN = "retention = { last = 1%s },"
+
+  -- A full at 02:00 and an incremental at 03:00 kept on it by `last = 1`
+  -- (no rebase yet); then the policy is written again with rebase = true.
+  local function chain_then_rebase_policy()
+    local w, file = world_with_backups({ top = RETAIN:format("") })
+    assert.truthy(h.exists(w.backups .. "/" .. FULL .. "/.backup"))
+    write_policy(w, { top = RETAIN:format(", rebase = true") })
+    return w, file
+  end
+
+  it("plan shows the rebase; run rebases the incremental, then deletes its base; ClickHouse restores it", function()
+    local w, file = chain_then_rebase_policy()
+    local want = h.table_digests(w.data, TABLES)
+    local uuid = assert(manifest.read(w.backups .. "/" .. INCR .. "/.backup")).uuid
+    local code, out = cli(w, "plan", file, { "json", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    local plan = cjson.decode(out)
+    assert.same({ { INCR, FULL } }, { { plan.rebase[1].name, plan.rebase[1].from } })
+    assert.equal(1, #plan.rebase)
+    assert.same({ FULL }, { plan.delete[1].name })
+    assert.equal(1, #plan.delete)
+    code, out = cli(w, "plan", file, { "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    assert.truthy(out:find("would-rebase " .. INCR .. ": kept, and its base " .. FULL .. " is not: made standalone "
+      .. "first, so that " .. FULL .. " can be deleted\n", 1, true), out)
+    assert.truthy(out:find("would-delete " .. FULL .. ": no rule keeps it; " .. INCR .. " is rebased first", 1, true),
+      out)
+    assert.truthy(h.exists(w.backups .. "/" .. FULL .. "/.backup"))   -- plan changes nothing
+
+    code, out = cli(w, "run", file, { "json", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code, out)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = cjson.decode(l) end
+    local seen = {}
+    for _, e in ipairs(lines) do
+      if e.event == "rebase" or e.event == "rebased" or e.event == "deleted" then
+        seen[#seen + 1] = e.event .. " " .. e.backup
+      end
+    end
+    assert.same({ "rebase " .. INCR, "rebased " .. INCR, "deleted " .. FULL }, seen)
+    local s = lines[#lines]
+    assert.same({ "summary", true, { INCR }, { FULL } }, { s.event, s.ok, s.rebased, s.deleted })
+    -- the base is gone; the incremental is standalone, same uuid and files
+    assert.is_falsy(h.exists(w.backups .. "/" .. FULL))
+    assert.is_falsy(h.exists(w.backups .. "/" .. FULL .. ".chbackup.json"))
+    local after = assert(manifest.read(w.backups .. "/" .. INCR .. "/.backup"))
+    assert.is_nil(after.base_backup)
+    assert.equal(uuid, after.uuid)
+    local rec = record(w, INCR)
+    assert.is_nil(rec.base)
+    assert.equal(FULL, rec.rebased.from)
+    -- ClickHouse restores it: rows equal (count and hash of every row)
+    local by_ch = w.dir .. "/by-clickhouse"
+    h.clickhouse(by_ch, { "RESTORE DATABASE shop, DATABASE logs FROM Disk('backups', '" .. INCR .. "')" }, w.config)
+    assert.equal(want, h.table_digests(by_ch, TABLES))
+    -- the policy's own drill passes on it; the next run rebases nothing
+    code, out = cli(w, "verify", file, { "now=2026-05-01T03:40:00Z" })
+    assert.equal(0, code, out)
+    code, out = cli(w, "plan", file, { "json", "now=2026-05-01T03:40:00Z" })
+    assert.equal(0, code)
+    plan = cjson.decode(out)
+    assert.same({}, plan.rebase)
+    assert.same({}, plan.delete)
+  end)
+
+  it("a failed rebase keeps the base: exit 1, nothing deleted, the incremental still on it", function()
+    local w, file = chain_then_rebase_policy()
+    -- a byte flipped in a file the incremental reads from its base: the
+    -- rebase verifies every file it copies and refuses
+    local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
+    local victim
+    for _, f in ipairs(m.files) do
+      if f.name:match("^data/shop/orders/.*%.bin$") and not f.data_file and f.size > 100 then
+        victim = f
+        break
+      end
+    end
+    local path = w.backups .. "/" .. FULL .. "/" .. victim.name
+    local bytes = h.read(path)
+    h.write(path, bytes:sub(1, 10) .. string.char((bytes:byte(11) + 1) % 256) .. bytes:sub(12))
+    local code, out, err = cli(w, "run", file, { "now=2026-05-01T03:30:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("ERROR rebase-failed " .. INCR .. ": ", 1, true), out)
+    assert.truthy(out:find("; its base " .. FULL .. " is kept\n", 1, true), out)
+    assert.truthy(out:find("keep         " .. FULL .. ": base of " .. INCR .. "\n", 1, true), out)
+    assert.is_nil(out:find(" deleted ", 1, true), out)
+    assert.truthy(err:find("chbackup: policy nightly: " .. INCR .. ": ", 1, true), err)
+    assert.truthy(h.exists(w.backups .. "/" .. FULL .. "/.backup"))
+    local inc = assert(manifest.read(w.backups .. "/" .. INCR .. "/.backup"))
+    assert.is_truthy(inc.base_backup)
+    for _, f in ipairs(require("chbackup.fsutil").list_dir(w.backups .. "/nightly")) do
+      assert.is_nil(f:match("rebase"), f)
+    end
+  end)
+end)
