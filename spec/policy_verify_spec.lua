@@ -71,6 +71,26 @@ local function record(w, name)
 end
 
 
+-- Flips one byte (at `at`, default the middle) of a data file of shop.orders
+-- that the full stores itself (and the incremental relies on). Returns its
+-- manifest entry and path.
+local function corrupt_full(w, at)
+  local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
+  local victim
+  for _, f in ipairs(m.files) do
+    if f.name:match("^data/shop/orders/202401_1_1_0/.*%.bin$") and not f.data_file and f.size > 100 then
+      victim = f
+      break
+    end
+  end
+  local path = w.backups .. "/" .. FULL .. "/" .. victim.name
+  local bytes = h.read(path)
+  local i = at or #bytes // 2
+  h.write(path, bytes:sub(1, i - 1) .. string.char((bytes:byte(i) + 1) % 256) .. bytes:sub(i + 1))
+  return victim, path
+end
+
+
 describe("policy verify (real backups, real ClickHouse)", function()
   it("passes on good backups, records the result beside each backup, writes JUnit", function()
     local w, file = world_with_backups()
@@ -116,18 +136,7 @@ describe("policy verify (real backups, real ClickHouse)", function()
     local w, file = world_with_backups()
     -- flip one byte in the middle of a data file the full stores (and the
     -- incremental relies on)
-    local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
-    local victim
-    for _, f in ipairs(m.files) do
-      if f.name:match("^data/shop/orders/202401_1_1_0/.*%.bin$") and not f.data_file and f.size > 100 then
-        victim = f
-        break
-      end
-    end
-    local path = w.backups .. "/" .. FULL .. "/" .. victim.name
-    local bytes = h.read(path)
-    local i = #bytes // 2
-    h.write(path, bytes:sub(1, i - 1) .. string.char((bytes:byte(i) + 1) % 256) .. bytes:sub(i + 1))
+    local victim, path = corrupt_full(w)
     local junit = w.dir .. "/report.xml"
     local code, out, err = cli(w, "verify", file, { "junit=" .. junit, "now=2026-05-01T04:00:00Z" })
     assert.equal(1, code)
@@ -423,14 +432,7 @@ describe("chbackup policy (the command line)", function()
 end)
 
 
--- JSON lines of a command's stdout, each decoded.
-local function json_lines(out)
-  local list = {}
-  for l in out:gmatch("[^\n]+") do
-    list[#list + 1] = cjson.decode(l)
-  end
-  return list
-end
+local json_lines = h.json_lines
 
 
 -- The events of JSON lines: "event backup" each (backup "-" when null).
@@ -546,17 +548,7 @@ describe("policy commands with json: one JSON object per result or event", funct
     assert.same({ "idle -", "sleep -", "created nightly/20260501-0500-incr" },
       events(lines, { idle = true, sleep = true, created = true }))
     -- a drill that fails: exit 1 and a summary saying why
-    local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
-    local victim
-    for _, f in ipairs(m.files) do
-      if f.name:match("^data/shop/orders/.*%.bin$") and not f.data_file and f.size > 100 then
-        victim = f
-        break
-      end
-    end
-    local path = w.backups .. "/" .. FULL .. "/" .. victim.name
-    local bytes = h.read(path)
-    h.write(path, bytes:sub(1, 10) .. string.char((bytes:byte(11) + 1) % 256) .. bytes:sub(12))
+    local victim = corrupt_full(w, 11)
     code, out = cli(w, "verify", file, { "json", "backup=" .. FULL, "now=2026-05-01T06:30:00Z" })
     assert.equal(1, code)
     s = json_lines(out)
@@ -622,8 +614,7 @@ describe("policy retention with rebase (real backups)", function()
 
     code, out = cli(w, "run", file, { "json", "now=2026-05-01T03:30:00Z" })
     assert.equal(0, code, out)
-    local lines = {}
-    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = cjson.decode(l) end
+    local lines = h.json_lines(out)
     local seen = {}
     for _, e in ipairs(lines) do
       if e.event == "rebase" or e.event == "rebased" or e.event == "deleted" then
@@ -660,17 +651,7 @@ describe("policy retention with rebase (real backups)", function()
     local w, file = chain_then_rebase_policy()
     -- a byte flipped in a file the incremental reads from its base: the
     -- rebase verifies every file it copies and refuses
-    local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
-    local victim
-    for _, f in ipairs(m.files) do
-      if f.name:match("^data/shop/orders/.*%.bin$") and not f.data_file and f.size > 100 then
-        victim = f
-        break
-      end
-    end
-    local path = w.backups .. "/" .. FULL .. "/" .. victim.name
-    local bytes = h.read(path)
-    h.write(path, bytes:sub(1, 10) .. string.char((bytes:byte(11) + 1) % 256) .. bytes:sub(12))
+    corrupt_full(w, 11)
     local code, out, err = cli(w, "run", file, { "now=2026-05-01T03:30:00Z" })
     assert.equal(1, code)
     assert.truthy(out:find("ERROR rebase-failed " .. INCR .. ": ", 1, true), out)
