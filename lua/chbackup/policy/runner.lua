@@ -207,7 +207,7 @@ function runner.decide(pol, points, now)
     by_id[p.id] = p
     if p.time <= now then
       newest = newest or p
-      if p.kind == "full" then
+      if p.kind == "full" or (p.rebased and not p.base) then   -- a rebased backup is standalone
         newest_full = newest_full or p
       end
     end

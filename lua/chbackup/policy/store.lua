@@ -352,6 +352,7 @@ function DiskStore:_point(name, path, archive)
     p.note = rerr
   end
   p.record = record
+  p.rebased = record and record.rebased and true or nil
   p.kind = record and record.kind or fields.kind or (header.base_backup and "incr" or "full")
   if record and tonumber(record.time) then
     p.time, p.time_source = tonumber(record.time), "policy record"
@@ -770,7 +771,7 @@ function MemoryStore:rebase(p)
   if why then
     return nil, why
   end
-  q.base = nil
+  q.base, q.rebased = nil, true
   self.log[#self.log + 1] = { "rebase", p.id }
   return 0
 end
