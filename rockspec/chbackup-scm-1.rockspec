@@ -107,6 +107,7 @@ build = {
       ["chbackup.plan"] = "lua/chbackup/plan.lua",
       ["chbackup.rebase"] = "lua/chbackup/rebase.lua",
       ["chbackup.progress"] = "lua/chbackup/progress.lua",
+      ["chbackup.jsonl"] = "lua/chbackup/jsonl.lua",
       ["chbackup.policy"] = "lua/chbackup/policy/init.lua",
       ["chbackup.policy.cli"] = "lua/chbackup/policy/cli.lua",
       ["chbackup.policy.junit"] = "lua/chbackup/policy/junit.lua",

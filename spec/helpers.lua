@@ -234,6 +234,16 @@ function helpers.chb(p, statement)
 end
 
 
+--- The JSON lines of a command's output, each decoded (`--json`).
+function helpers.json_lines(out)
+  local rows = {}
+  for line in out:gmatch("[^\n]+") do
+    rows[#rows + 1] = require("cjson").decode(line)
+  end
+  return rows
+end
+
+
 --- count() and sum(cityHash64(tuple(*))) of each table, as "db\ttable\tcount\thash" lines.
 function helpers.table_digests(path, tables)
   local stmts = {}

@@ -1,7 +1,7 @@
 --- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage,
 -- 3 `check` found a problem in a backup).
 -- @module chbackup.cli
-local cjson = require("cjson")
+local jsonl = require("chbackup.jsonl")
 local chbackup = require("chbackup")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
@@ -234,42 +234,17 @@ local function spawn_async(opts, op, statement)
 end
 
 
--- A value for a JSON field that is always there: null when absent.
-local function js(v)
-  if v == nil then
-    return cjson.null
-  end
-  return v
-end
-
+local js = jsonl.value
 
 -- The order of the fields of a JSON line (the same for every run; fields
 -- not named here follow, sorted).
-local FIELD_ORDER = {}
-for i, k in ipairs({ "id", "status", "error", "backup", "name", "file", "database", "table", "partition", "part",
-  "change", "bytes", "uuid", "timestamp", "kind", "files", "size", "checksum", "data_file", "use_base",
-  "total_size", "restored_bytes", "stored_files", "stored_bytes", "base_backup", "ok", "steps", "totals",
-  "deleted" }) do
-  FIELD_ORDER[k] = i
-end
+local FIELD_ORDER = jsonl.order({ "id", "status", "error", "backup", "name", "file", "database", "table",
+  "partition", "part", "change", "bytes", "uuid", "timestamp", "kind", "files", "size", "checksum", "data_file",
+  "use_base", "total_size", "restored_bytes", "stored_files", "stored_bytes", "base_backup", "ok", "steps", "totals",
+  "deleted" })
 
 local function json_line(out, t, order)
-  order = order or FIELD_ORDER
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys, function(a, b)
-    local ia, ib = order[a] or math.huge, order[b] or math.huge
-    if ia ~= ib then
-      return ia < ib
-    end
-    return a < b
-  end)
-  for i, k in ipairs(keys) do
-    keys[i] = cjson.encode(k) .. ":" .. cjson.encode(t[k])
-  end
-  out:write("{" .. table.concat(keys, ",") .. "}\n")
+  out:write(jsonl.line(t, order or FIELD_ORDER))
 end
 
 
@@ -355,10 +330,7 @@ end
 local LIST_COLUMNS = { "name", "timestamp", "kind", "base_backup", "files", "restored_bytes", "stored_bytes",
   "status", "problem" }
 
-local LIST_ORDER = {}
-for i, c in ipairs(LIST_COLUMNS) do
-  LIST_ORDER[c] = i
-end
+local LIST_ORDER = jsonl.order(LIST_COLUMNS)
 
 local function cmd_list(inst, dest, out, secret, json)
   local rows, err = inst:list(dest, secret)

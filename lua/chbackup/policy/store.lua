@@ -347,6 +347,7 @@ function DiskStore:_point(name, path, archive)
     p.note = rerr
   end
   p.record = record
+  p.rebased = record and record.rebased and true or nil
   p.kind = record and record.kind or fields.kind or (header.base_backup and "incr" or "full")
   if record and tonumber(record.time) then
     p.time, p.time_source = tonumber(record.time), "policy record"
@@ -655,6 +656,29 @@ function DiskStore:delete(p)
 end
 
 
+--- Rebases backup p (chbackup.rebase: made standalone, uuid kept, swapped
+-- in whole) and notes it in its policy record (base dropped, `rebased` =
+-- {from=, time=}). opts: {time=, threads=}. Returns the bytes written or
+-- nil, err (the backup is then as it was: still on its base).
+function DiskStore:rebase(p, opts)
+  local written, err = require("chbackup.rebase").run(self.cfg, p.destination,
+    { password = (self:_password()), threads = opts and opts.threads })
+  if not written then
+    return nil, err
+  end
+  local record = p.record
+  if record then
+    record.rebased = { from = p.base or p.base_backup, time = opts and opts.time }
+    record.base = nil
+    local ok, werr = self:write_record(p.name, record)
+    if not ok then
+      return nil, "backup " .. p.name .. " is rebased; its policy record could not be written: " .. tostring(werr)
+    end
+  end
+  return written
+end
+
+
 function DiskStore:exists(name)
   return lfs.symlinkattributes(self:path_of(name)) ~= nil
 end
@@ -730,6 +754,21 @@ function MemoryStore:create(req)
   table.insert(self.order, i + 1, req.name)
   self.log[#self.log + 1] = { "create", req.name }
   return p
+end
+
+
+function MemoryStore:rebase(p)
+  local q = self.points[p.id]
+  if not q then
+    return nil, "backup " .. p.id .. " is gone"
+  end
+  local why = self.opts.fail_rebase and self.opts.fail_rebase(p)
+  if why then
+    return nil, why
+  end
+  q.base, q.rebased = nil, true
+  self.log[#self.log + 1] = { "rebase", p.id }
+  return 0
 end
 
 
