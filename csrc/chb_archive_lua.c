@@ -45,8 +45,17 @@ static void check_fields(lua_State *L, int t, const char *const known[]) {
   }
 }
 
+/* Field s3 of the table at `t`: an S3 profile id (c:profile()), 0 if absent. */
+static int opt_s3(lua_State *L, int t) {
+  lua_getfield(L, t, "s3");
+  lua_Integer id = luaL_optinteger(L, -1, 0);
+  luaL_argcheck(L, id >= 0 && id <= INT_MAX, t, "s3 must be an S3 profile id");
+  lua_pop(L, 1);
+  return (int)id;
+}
+
 /*
- * Fills pieces from the table at `arg`: {path, offset, length, entry=, password=}.
+ * Fills pieces from the table at `arg`: {path, offset, length, entry=, password=, s3=}.
  * The strings stay owned by the Lua tables (which the caller keeps on the
  * stack); the engine copies them. Returns the count.
  */
@@ -76,6 +85,7 @@ static size_t check_pieces(lua_State *L, int arg, chb_piece **out) {
     luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, arg,
                   "a piece's password must be a string");
     p->password = lua_tostring(L, -1);
+    p->s3 = opt_s3(L, -6);
     lua_pop(L, 6);                                        /* .., buf */
   }
   *out = pieces;
@@ -143,12 +153,13 @@ static int core_zip_writer(lua_State *L) {
 }
 
 /*
- * core.tar_writer(path, {buffer_size=, fsync=}) -> ArchiveWriter | fail
+ * core.tar_writer(path, {buffer_size=, fsync=, s3=}) -> ArchiveWriter | fail (s3: a
+ * profile id; path is then the object key, streamed into its upload)
  * (EEXIST; INVALID for a name without a tar suffix: the suffix picks the
  * compression, as ClickHouse's)
  */
 static int core_tar_writer(lua_State *L) {
-  static const char *const known[] = {"buffer_size", "fsync", NULL};
+  static const char *const known[] = {"buffer_size", "fsync", "s3", NULL};
   const char *path = luaL_checkstring(L, 1);
   chb_tar_writer_opts o;
   memset(&o, 0, sizeof o);
@@ -161,6 +172,7 @@ static int core_tar_writer(lua_State *L) {
     o.buffer_size = (size_t)bs;
     lua_getfield(L, 2, "fsync");         /* .., buffer_size, fsync */
     o.fsync = lua_toboolean(L, -1);
+    o.s3 = opt_s3(L, 2);
   }
   zipw_box *b = new_writer_box(L);
   chb_error err;
@@ -428,6 +440,7 @@ static const luaL_Reg zipr_methods[] = {
 typedef struct tarr_box {
   chb_tar_index *x;           /* NULL once closed */
   char *path;
+  int s3;                     /* > 0: path is an object key of this S3 profile */
 } tarr_box;
 
 static tarr_box *check_tar_reader(lua_State *L) {
@@ -436,16 +449,25 @@ static tarr_box *check_tar_reader(lua_State *L) {
   return b;
 }
 
-/* core.tar_reader(path) -> TarReader | fail: the archive read once, indexed */
+/* core.tar_reader(path[, {s3 = id}]) -> TarReader | fail: the archive read
+ * once, indexed; with s3, `path` is an object key read through that profile */
 static int core_tar_reader(lua_State *L) {
+  static const char *const known[] = {"s3", NULL};
   const char *path = luaL_checkstring(L, 1);
+  int s3 = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_fields(L, 2, known);
+    s3 = opt_s3(L, 2);
+  }
   tarr_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
   b->x = NULL;
   b->path = NULL;
   luaL_setmetatable(L, CHB_TARR_MT);
   chb_error err;
   if (!(b->path = strdup(path))) return luaL_error(L, "out of memory");
-  b->x = chb_tar_index_open(path, &err);
+  b->s3 = s3;
+  b->x = chb_tar_index_open(path, s3, &err);
   if (!b->x) return chb_push_fail(L, &err);
   return 1;
 }
@@ -497,6 +519,7 @@ static int tarr_read(lua_State *L) {
     return chb_push_fail(L, &err);
   }
   chb_piece p = {b->path, e->offset, (int64_t)e->size, NULL, NULL};
+  p.s3 = b->s3;
   if (chb_tar_index_compressed(b->x)) {
     p.offset = 0;
     p.entry = name;

@@ -41,7 +41,7 @@ int chb_pieces_check(const chb_piece *pieces, size_t n, chb_error *err) {
     const chb_piece *p = &pieces[i];
     if (p->key && (!p->aad || p->entry))
       return chb_error_set(err, CHB_INVALID, "an encrypted piece needs its name (aad) and no zip entry");
-    if (p->s3 && (p->entry || p->key || p->root))
+    if (p->s3 && ((p->entry && !chb_tar_filter(p->path)) || p->key || p->root))
       return chb_error_set(err, CHB_INVALID, "an S3 piece (%s) has no zip entry, key or root", p->path);
     size_t r = p->root ? strlen(p->root) : 0;
     if (p->root && (p->entry || strncmp(p->path, p->root, r) != 0 || p->path[r] != '/'))
@@ -159,7 +159,7 @@ static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *
   const chb_piece *p = &s->pieces[s->i];
   s->left = p->length < 0 ? 0 : (uint64_t)p->length;
   size_t root_len = p->root ? strlen(p->root) : 0;
-  if (p->s3) {
+  if (p->s3 && !p->entry) {
     s->s3 = 1;
     s->open = 1;
     s->s3_pos = p->offset;
@@ -172,7 +172,7 @@ static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *
     return 0;
   }
   if (p->entry && chb_tar_filter(p->path)) {
-    if (!(s->tf = chb_tar_open_cached(p->path, p->entry, err))) return -1;
+    if (!(s->tf = chb_tar_open_cached(p->path, p->s3, p->entry, err))) return -1;
   } else if (p->entry) {
     if (!(s->zf = chb_zip_open_cached(p->path, p->password, p->entry, err))) return -1;
   }
@@ -278,7 +278,7 @@ ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
 
 /* The plain size of a whole piece's file or entry. */
 static int whole_size(const chb_piece *p, uint64_t *out, chb_error *err) {
-  if (p->entry && chb_tar_filter(p->path)) return chb_tar_entry_size_cached(p->path, p->entry, out, err);
+  if (p->entry && chb_tar_filter(p->path)) return chb_tar_entry_size_cached(p->path, p->s3, p->entry, out, err);
   if (p->entry) return chb_zip_entry_size_cached(p->path, p->password, p->entry, out, err);
   if (p->s3) return chb_s3_piece_size(p->s3, p->path, out, err);
   struct stat sb;

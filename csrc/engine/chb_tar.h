@@ -19,6 +19,11 @@
  * replacing a file); a failure or a cancel removes it. Sizes and checksums
  * given at add time are verified while reading. Run-state: chb_run.h.
  *
+ * On S3 (opts.s3, a profile of chb_s3_store.h): `path` is the object key;
+ * the writer streams the archive into an upload of it (nothing exists at
+ * the key before the archive is complete; a failure aborts the upload), and
+ * the reader reads it by ranged GETs, the cursor naming (profile, key).
+ *
  * Reading: tar has no directory, and a compressed one cannot be seeked.
  * chb_tar_index_open reads the archive once, in order: every entry's name,
  * size and the offset of its data in the uncompressed stream (for a `.tar`,
@@ -57,6 +62,10 @@ const char *chb_tar_filter(const char *path);
 typedef struct chb_tar_writer_opts {
   size_t buffer_size;   /* read buffer; 0: 1 MiB */
   int fsync;            /* fsync the archive and its directory before it counts as done */
+  int s3;               /* > 0: `path` is an object key written through this S3
+                           profile (chb_s3_store.h): the archive streams into
+                           a multipart upload (no temp file); the object exists
+                           only once complete, a failure aborts the upload */
 } chb_tar_writer_opts;
 
 typedef struct chb_tar_writer chb_tar_writer;
@@ -93,8 +102,10 @@ typedef struct chb_tar_entry {
 
 typedef struct chb_tar_index chb_tar_index;
 
-/* Reads the whole archive once. */
-chb_tar_index *chb_tar_index_open(const char *path, chb_error *err);
+/* Reads the whole archive once: the file `path` or, s3 > 0, the object
+ * `path` through that S3 profile (ranged GETs of 4 MiB; a `.tar`'s entry
+ * data is skipped, not fetched). */
+chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err);
 size_t chb_tar_index_count(const chb_tar_index *x);
 const chb_tar_entry *chb_tar_index_get(const chb_tar_index *x, size_t i);
 /* The entry named `name` (the last one, as tar extracts), or NULL. */
@@ -111,14 +122,14 @@ typedef struct chb_tar_file chb_tar_file;
  * entry at a time per thread: close it before the next. CHB_ENOENT if the
  * archive has no such entry.
  */
-chb_tar_file *chb_tar_open_cached(const char *archive, const char *entry, chb_error *err);
+chb_tar_file *chb_tar_open_cached(const char *archive, int s3, const char *entry, chb_error *err);
 /* > 0 bytes, 0 at its end (after its size was checked), -1 on error. */
 ssize_t chb_tar_file_read(chb_tar_file *f, void *buf, size_t len, chb_error *err);
 uint64_t chb_tar_file_size(const chb_tar_file *f);
 /* Accepts NULL. */
 void chb_tar_file_close(chb_tar_file *f);
 /* The size of `entry` (through the same cursor). */
-int chb_tar_entry_size_cached(const char *archive, const char *entry, uint64_t *size, chb_error *err);
+int chb_tar_entry_size_cached(const char *archive, int s3, const char *entry, uint64_t *size, chb_error *err);
 /* Frees this thread's cursor (also done when the thread exits). */
 void chb_tar_cache_clear(void);
 

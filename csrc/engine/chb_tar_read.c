@@ -1,4 +1,5 @@
 /* Tar archives, the reading half: the index and this thread's cursor; see chb_tar.h. */
+#include "chb_s3_store.h"
 #include "chb_tar.h"
 #include "chb_zip_read.h"
 
@@ -11,20 +12,88 @@
 #include <sys/stat.h>
 
 #define READ_BLOCK 65536
+#define S3_BLOCK ((size_t)4 << 20)             /* one ranged GET of an S3 archive */
 #define KEEP_ENTRY_MAX ((uint64_t)64 << 10)   /* small entries of compressed archives ... */
 #define KEEP_TOTAL_MAX ((uint64_t)64 << 20)   /* ... kept in memory, up to this in all */
 
-static struct archive *open_archive(const char *path, chb_error *err) {
+/* An S3 object as libarchive's input: ranged GETs of S3_BLOCK bytes. */
+typedef struct s3_in {
+  int profile;
+  const char *key;
+  uint64_t pos, size;
+  unsigned char *buf;
+} s3_in;
+
+static la_ssize_t s3_in_read(struct archive *a, void *ud, const void **out) {
+  s3_in *in = ud;
+  chb_error err;
+  size_t len = in->size - in->pos < S3_BLOCK ? (size_t)(in->size - in->pos) : S3_BLOCK;
+  if (len == 0) return 0;
+  ssize_t n = chb_s3_piece_read(in->profile, in->key, in->pos, in->buf, len, &err);
+  if (n < 0) {
+    archive_set_error(a, EIO, "%s", err.msg);
+    return -1;
+  }
+  in->pos += (uint64_t)n;
+  *out = in->buf;
+  return (la_ssize_t)n;
+}
+
+/* Skipping (a plain tar's data, while indexing) reads nothing. */
+static la_int64_t s3_in_skip(struct archive *a, void *ud, la_int64_t request) {
+  (void)a;
+  s3_in *in = ud;
+  uint64_t n = in->size - in->pos < (uint64_t)request ? in->size - in->pos : (uint64_t)request;
+  in->pos += n;
+  return (la_int64_t)n;
+}
+
+static int s3_in_close(struct archive *a, void *ud) {
+  (void)a;
+  s3_in *in = ud;
+  free(in->buf);
+  free(in);
+  return ARCHIVE_OK;
+}
+
+/* The size of a tar archive: a file's (stat) or, s3 > 0, object `path`'s (HEAD). */
+static int archive_size(const char *path, int s3, uint64_t *size, chb_error *err) {
+  if (s3) return chb_s3_piece_size(s3, path, size, err);
+  struct stat sb;
+  if (stat(path, &sb) != 0) return chb_error_errno(err, errno, "cannot open tar archive", path);
+  *size = (uint64_t)sb.st_size;
+  return 0;
+}
+
+/* Opens the tar archive `path`: a file, or with s3 > 0 an object of `size` bytes. */
+static struct archive *open_archive(const char *path, int s3, uint64_t size, chb_error *err) {
   struct archive *a = archive_read_new();
-  if (!a) {
+  s3_in *in = s3 ? calloc(1, sizeof *in) : NULL;
+  if (!a || (s3 && (!in || !(in->buf = malloc(S3_BLOCK))))) {
+    if (in) free(in->buf);
+    free(in);
+    if (a) archive_read_free(a);
     chb_error_set(err, CHB_ENOMEM, "cannot open tar archive %s: out of memory", path);
     return NULL;
   }
   archive_read_support_filter_all(a);
   archive_read_support_format_tar(a);
-  if (archive_read_open_filename(a, path, READ_BLOCK) != ARCHIVE_OK) {
+  int rc;
+  if (in) {
+    in->profile = s3;
+    in->key = path;
+    in->size = size;
+    archive_read_set_callback_data(a, in);
+    archive_read_set_read_callback(a, s3_in_read);
+    archive_read_set_skip_callback(a, s3_in_skip);
+    archive_read_set_close_callback(a, s3_in_close);
+    rc = archive_read_open1(a);
+  } else {
+    rc = archive_read_open_filename(a, path, READ_BLOCK);
+  }
+  if (rc != ARCHIVE_OK) {
     int e = archive_errno(a);
-    if (e == ENOENT || e == EACCES) chb_error_errno(err, e, "cannot open tar archive", path);
+    if (!s3 && (e == ENOENT || e == EACCES)) chb_error_errno(err, e, "cannot open tar archive", path);
     else chb_error_set(err, CHB_CORRUPT, "cannot read tar archive %s: %s", path, archive_error_string(a));
     archive_read_free(a);
     return NULL;
@@ -117,13 +186,10 @@ static void *read_whole(struct archive *a, const char *path, const char *name, u
   return buf;
 }
 
-chb_tar_index *chb_tar_index_open(const char *path, chb_error *err) {
-  struct stat sb;
-  if (stat(path, &sb) != 0) {
-    chb_error_errno(err, errno, "cannot open tar archive", path);
-    return NULL;
-  }
-  struct archive *a = open_archive(path, err);
+chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err) {
+  uint64_t archive_bytes;
+  if (archive_size(path, s3, &archive_bytes, err) != 0) return NULL;
+  struct archive *a = open_archive(path, s3, archive_bytes, err);
   if (!a) return NULL;
   chb_tar_index *x = calloc(1, sizeof *x);
   uint64_t kept = 0, end = 0;
@@ -167,9 +233,9 @@ chb_tar_index *chb_tar_index_open(const char *path, chb_error *err) {
   if (rc < 0) goto fail;
   /* A plain tar's data is skipped by seeking: a file cut inside the last
    * entry's data is seen here. */
-  if (!x->compressed && end > (uint64_t)sb.st_size) {
+  if (!x->compressed && end > archive_bytes) {
     chb_error_set(err, CHB_CORRUPT, "tar archive %s is truncated (%llu bytes; its entries end at %llu)", path,
-                  (unsigned long long)sb.st_size, (unsigned long long)end);
+                  (unsigned long long)archive_bytes, (unsigned long long)end);
     goto fail;
   }
   archive_read_free(a);
@@ -191,6 +257,7 @@ struct chb_tar_file {
 typedef struct tar_cursor {
   struct archive *a;          /* NULL: none open */
   char *path;
+  int s3;                     /* > 0: path is an object key of this S3 profile */
   dev_t dev;
   ino_t ino;
   off_t size;
@@ -228,11 +295,12 @@ void chb_tar_cache_clear(void) {
   cursor_destroy(c);
 }
 
-static int cursor_open(tar_cursor *c, const char *archive, const struct stat *sb, chb_error *err) {
+static int cursor_open(tar_cursor *c, const char *archive, int s3, const struct stat *sb, chb_error *err) {
   cursor_reset(c);
   if (!(c->path = strdup(archive)))
     return chb_error_set(err, CHB_ENOMEM, "cannot open tar archive %s: out of memory", archive);
-  if (!(c->a = open_archive(archive, err))) return -1;
+  if (!(c->a = open_archive(archive, s3, (uint64_t)sb->st_size, err))) return -1;
+  c->s3 = s3;
   c->dev = sb->st_dev;
   c->ino = sb->st_ino;
   c->size = sb->st_size;
@@ -242,7 +310,7 @@ static int cursor_open(tar_cursor *c, const char *archive, const struct stat *sb
 }
 
 /* Moves this thread's cursor to the header of `entry` (its data next). */
-static tar_cursor *seek_entry(const char *archive, const char *entry, chb_error *err) {
+static tar_cursor *seek_entry(const char *archive, int s3, const char *entry, chb_error *err) {
   pthread_once(&cursor_once, cursor_init);
   tar_cursor *c = pthread_getspecific(cursor_key);
   if (!c) {
@@ -254,15 +322,22 @@ static tar_cursor *seek_entry(const char *archive, const char *entry, chb_error 
     }
   }
   struct stat sb;
-  if (stat(archive, &sb) != 0) {
+  memset(&sb, 0, sizeof sb);
+  uint64_t size;
+  if (s3 && c->a && c->s3 == s3 && strcmp(c->path, archive) == 0) {
+    sb.st_size = c->size;   /* an object is not rewritten in place: the cursor's still */
+  } else if (s3) {
+    if (chb_s3_piece_size(s3, archive, &size, err) != 0) return NULL;
+    sb.st_size = (off_t)size;
+  } else if (stat(archive, &sb) != 0) {
     chb_error_errno(err, errno, "cannot open tar archive", archive);
     return NULL;
   }
-  int same = c->a && c->dev == sb.st_dev && c->ino == sb.st_ino && c->size == sb.st_size &&
+  int same = c->a && c->s3 == s3 && c->dev == sb.st_dev && c->ino == sb.st_ino && c->size == sb.st_size &&
              c->mtime.tv_sec == sb.st_mtim.tv_sec && c->mtime.tv_nsec == sb.st_mtim.tv_nsec &&
              strcmp(c->path, archive) == 0;
   if (same && c->name && strcmp(c->name, entry) == 0 && c->f.got == 0 && !c->f.a) return c;  /* just sought */
-  if (!same && cursor_open(c, archive, &sb, err) != 0) return NULL;
+  if (!same && cursor_open(c, archive, s3, &sb, err) != 0) return NULL;
   for (int pass = 0; pass < 2; pass++) {
     int from_start = c->fresh;
     struct archive_entry *ae;
@@ -285,15 +360,15 @@ static tar_cursor *seek_entry(const char *archive, const char *entry, chb_error 
       return NULL;
     }
     if (from_start) break;
-    if (cursor_open(c, archive, &sb, err) != 0) return NULL;   /* it may be before the cursor */
+    if (cursor_open(c, archive, s3, &sb, err) != 0) return NULL;   /* it may be before the cursor */
   }
   cursor_reset(c);
   chb_error_set(err, CHB_ENOENT, "no entry %s in tar archive %s", entry, archive);
   return NULL;
 }
 
-chb_tar_file *chb_tar_open_cached(const char *archive, const char *entry, chb_error *err) {
-  tar_cursor *c = seek_entry(archive, entry, err);
+chb_tar_file *chb_tar_open_cached(const char *archive, int s3, const char *entry, chb_error *err) {
+  tar_cursor *c = seek_entry(archive, s3, entry, err);
   if (!c) return NULL;
   c->f.a = c->a;
   c->f.archive = c->path;
@@ -303,8 +378,9 @@ chb_tar_file *chb_tar_open_cached(const char *archive, const char *entry, chb_er
   return &c->f;
 }
 
-int chb_tar_entry_size_cached(const char *archive, const char *entry, uint64_t *size, chb_error *err) {
-  tar_cursor *c = seek_entry(archive, entry, err);
+int chb_tar_entry_size_cached(const char *archive, int s3, const char *entry, uint64_t *size,
+                              chb_error *err) {
+  tar_cursor *c = seek_entry(archive, s3, entry, err);
   if (!c) return -1;
   *size = c->entry_size;
   return 0;

@@ -57,6 +57,7 @@ struct chb_tar_writer {
   char *path, *tmp_path;
   const char *filter;
   int fsync;
+  int s3;                     /* > 0: path is an object key of this S3 profile */
   size_t bufsize;
   tw_entry *e;
   size_t count, cap;
@@ -86,7 +87,7 @@ chb_tar_writer *chb_tar_writer_new(const char *path, const chb_tar_writer_opts *
   }
   uint64_t size;
   chb_error absent;
-  if (chb_store_stat(store, path, &size, &absent) == 0) {
+  if (!(opts && opts->s3) && chb_store_stat(store, path, &size, &absent) == 0) {
     chb_store_close(store);
     free(w);
     chb_error_set(err, CHB_EEXIST, "cannot create tar archive %s: it exists", path);
@@ -96,6 +97,7 @@ chb_tar_writer *chb_tar_writer_new(const char *path, const chb_tar_writer_opts *
   chb_run_init(&w->run);
   w->filter = filter;
   w->fsync = opts && opts->fsync;
+  w->s3 = opts ? opts->s3 : 0;
   w->bufsize = opts && opts->buffer_size ? opts->buffer_size : (size_t)1 << 20;
   if (w->bufsize < 4096) w->bufsize = 4096;
   size_t plen = strlen(path) + 32;
@@ -329,11 +331,14 @@ static void run_finish(chb_tar_writer *w) {
   chb_error err;
   chb_error_clear(&err);
   int ok = 0;
-  chb_store_remove_stale_temporaries(w->path); /* first: a killed run of ours may have had our pid */
-  chb_sink_opts o = {.mode = 0666, .lock = 1};
-  if (check_unique(w, &err) == 0 && (w->out = chb_store_open_write(w->store, w->tmp_path, &o, &err)) &&
+  /* A file: written to a locked temporary beside it, renamed into place. An
+   * S3 object: streamed into its upload, which makes it exist when finished. */
+  if (!w->s3) chb_store_remove_stale_temporaries(w->path); /* first: a killed run of ours may have had our pid */
+  chb_sink_opts o = {.mode = 0666, .lock = !w->s3, .s3 = w->s3};
+  const char *out_name = w->s3 ? w->path : w->tmp_path;
+  if (check_unique(w, &err) == 0 && (w->out = chb_store_open_write(w->store, out_name, &o, &err)) &&
       write_all(w, &err) == 0 && chb_sink_finish(w->out, w->fsync, &err) == 0 &&
-      chb_store_commit(w->store, w->tmp_path, w->path, &err) == 0) {
+      (w->s3 || chb_store_commit(w->store, w->tmp_path, w->path, &err) == 0)) {
     ok = 1;
     chb_error cerr;
     if (chb_sink_close(w->out, &cerr) != 0) {   /* the archive is in place; report it all the same */
@@ -341,7 +346,7 @@ static void run_finish(chb_tar_writer *w) {
       ok = 0;
     }
     w->out = NULL;
-    if (ok && w->fsync && chb_store_sync_dir(w->store, w->path, &err) != 0) ok = 0;
+    if (ok && w->fsync && !w->s3 && chb_store_sync_dir(w->store, w->path, &err) != 0) ok = 0;
   }
   if (!ok) {
     chb_sink_abort(w->out);   /* still locked: no one else removes it */

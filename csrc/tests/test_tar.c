@@ -38,7 +38,7 @@ static int write_three(const char *archive, const char *src, const unsigned char
 
 /* Reads `entry` of `archive` through this thread's cursor. */
 static unsigned char *read_entry(const char *archive, const char *entry, size_t *len, chb_error *err) {
-  chb_tar_file *f = chb_tar_open_cached(archive, entry, err);
+  chb_tar_file *f = chb_tar_open_cached(archive, 0, entry, err);
   if (!f) return NULL;
   size_t cap = (size_t)chb_tar_file_size(f) + 1, got = 0;
   unsigned char *buf = malloc(cap);
@@ -66,7 +66,7 @@ static void test_round_trips(const char *src, const unsigned char *data) {
     chb_error err;
     int ok = write_three(archive, src, data, &err) == 0;
     CHECK(ok, "%s written (%s)", names[i], ok ? "" : err.msg);
-    chb_tar_index *x = chb_tar_index_open(archive, &err);
+    chb_tar_index *x = chb_tar_index_open(archive, 0, &err);
     CHECK(x && chb_tar_index_count(x) == 3, "%s indexed: 3 entries", names[i]);
     if (!x) continue;
     CHECK(chb_tar_index_compressed(x) == (i != 0), "%s: compressed %d", names[i], chb_tar_index_compressed(x));
@@ -147,7 +147,7 @@ static void test_corrupt(void) {
     unsigned char *whole = slurp(archive, &len);
     snprintf(bad, sizeof bad, "%s/short-%s", root, names[i]);
     spit(bad, whole, len / 2);
-    chb_tar_index *x = chb_tar_index_open(bad, &err);
+    chb_tar_index *x = chb_tar_index_open(bad, 0, &err);
     CHECK(!x && err.code == CHB_CORRUPT && strstr(err.msg, bad), "a truncated %s: CORRUPT, naming it (%s)",
           names[i], x ? "" : err.msg);
     chb_tar_index_close(x);
