@@ -209,4 +209,64 @@ describe("S3 destinations", function()
     assert.equal("BACKUP_CREATED", r[1].status)
     assert.is_false(has(objects("cut"), ".lock"))
   end)
+
+  -- Tar archives on S3: one object at the url's key (ClickHouse's layout).
+  describe("tar archives", function()
+    local SHOP = {}
+    for _, t in ipairs(ALL_TABLES) do
+      if t[1] == "shop" then SHOP[#SHOP + 1] = t end
+    end
+
+    -- chbackup RESTOREs the tar `name` with the rows of data path `src`.
+    local function restores_all(name, src)
+      local target = w.dir .. "/tar-" .. name
+      local r = h.sql(w, "RESTORE ALL FROM " .. s3(name), target)
+      assert.equal("RESTORED", r[1].status)
+      assert.equal(h.table_digests(src, ALL_TABLES), h.table_digests(target, ALL_TABLES))
+    end
+
+    it("BACKUP to S3 as .tar and .tar.zst: one object, no .lock left; RESTORE gives the same rows", function()
+      for _, name in ipairs({ "x.tar", "x.tar.zst" }) do
+        local r = h.sql(w, "BACKUP DATABASE shop, DATABASE logs TO " .. s3(name))
+        assert.equal("BACKUP_CREATED", r[1].status)
+        local keys = {}
+        for _, o in ipairs(assert(c:list("ch/" .. name))) do keys[#keys + 1] = o.key end
+        assert.same({ "ch/" .. name }, keys)
+        restores_all(name, w.data)
+      end
+      assert.equal("\40\181\47\253", assert(c:get("ch/x.tar.zst", 0, 4)))   -- zstd's magic
+      assert.equal("ustar", assert(c:get("ch/x.tar", 257, 5)))
+      assert.matches("already exists", h.sql_refused(w, "BACKUP DATABASE shop TO " .. s3("x.tar")))
+    end)
+
+    it("ClickHouse RESTOREs chbackup's S3 tar and chbackup restores ClickHouse's (s3_plain disk)", function()
+      for _, name in ipairs({ "x.tar", "x.tar.zst" }) do
+        local target = w.dir .. "/ch-restores-" .. name
+        h.copy_datapath(target)
+        h.sh("rm -rf " .. q(target .. "/metadata/shop") .. " " .. q(target .. "/metadata/shop.sql"))
+        h.clickhouse(target, { "RESTORE DATABASE shop FROM Disk('s3plain', '" .. name .. "')" }, ch_config)
+        assert.equal(h.table_digests(w.data, SHOP), h.table_digests(target, SHOP), name)
+      end
+      local src = w.dir .. "/ch-tar-src"
+      h.copy_datapath(src)
+      for _, name in ipairs({ "theirs.tar", "theirs.tar.zst" }) do
+        h.clickhouse(src, { "BACKUP DATABASE shop, DATABASE logs TO Disk('s3plain', '" .. name .. "')" }, ch_config)
+        assert.truthy(c:head("ch/" .. name))
+        restores_all(name, src)
+      end
+    end)
+
+    it("RESTORE of a tar object with a flipped byte fails naming it and restores nothing", function()
+      for _, name in ipairs({ "flip.tar", "flip.tar.zst" }) do
+        h.sql(w, "BACKUP TABLE shop.customers TO " .. s3(name))
+        local bytes = c:get("ch/" .. name)
+        local i = #bytes // 3
+        c:put("ch/" .. name, bytes:sub(1, i - 1) .. string.char(bytes:byte(i) ~ 0x55) .. bytes:sub(i + 1))
+        local target = w.dir .. "/flipped-" .. name
+        local err = h.sql_refused(w, "RESTORE TABLE shop.customers FROM " .. s3(name), target)
+        assert.matches("ch/" .. name:gsub("%p", "%%%0"), err)
+        assert.is_false(h.exists(target .. "/metadata/shop/customers.sql"))
+      end
+    end)
+  end)
 end)

@@ -105,7 +105,17 @@ function archive.begin_write(dest, opts, new_writer, piece)
     end
     return nil, "backup " .. dest.name .. ": " .. werr, code
   end
-  return setmetatable({ dest = dest, lk = lk, writer = writer, piece = piece }, Writer)
+  return archive.writer(dest, lk, writer, piece)
+end
+
+
+--- A writer of the archive backup at dest through the C writer `writer`,
+-- holding `lk` (released with lk:release(true) at commit or abort).
+-- at: where the archive is not a local file (chbackup.store.s3tar):
+-- manifest_tmp (a local temporary file for `.backup`) and size() (the
+-- archive's size once written).
+function archive.writer(dest, lk, writer, piece, at)
+  return setmetatable({ dest = dest, lk = lk, writer = writer, piece = piece, at = at }, Writer)
 end
 
 
@@ -143,7 +153,7 @@ function Writer:commit(m, progress, cancelled)
   -- `.backup` from a temporary file beside the archive, named as the
   -- writer's companion so that the next writer of this archive removes it
   -- if this run is killed.
-  local manifest_tmp = dest.path .. ".tmp-" .. core.getpid() .. ".backup"
+  local manifest_tmp = self.at and self.at.manifest_tmp or (dest.path .. ".tmp-" .. core.getpid() .. ".backup")
   local size, err = manifest.write_file(manifest_tmp, m)
   if not size then
     self:abort()
@@ -168,12 +178,16 @@ function Writer:commit(m, progress, cancelled)
   self.lk:release(true)
   self.lk = nil
   return { files_done = p.files_done, bytes_done = p.bytes_done, manifest_size = size,
-    stored_size = lfs.attributes(dest.path, "size") }
+    stored_size = self.at and self.at.size() or lfs.attributes(dest.path, "size") }
 end
 
 
---- Drops the archive being written (its temporary files are removed).
+--- Drops the archive being written (its temporary files are removed; an
+-- upload is aborted).
 function Writer:abort()
+  if self.at then
+    os.remove(self.at.manifest_tmp)
+  end
   if self.writer then
     self.writer:close()
     self.writer = nil

@@ -20,7 +20,8 @@
 -- A new container (tar was) is one module and one line in CONTAINERS; a
 -- new location is one resolver in LOCATIONS and a container that takes its
 -- places: S3 (`S3('url'[, 'key_id', 'secret'])`) resolves to
--- chbackup.store.s3, directory backups as objects (docs/s3.md).
+-- chbackup.store.s3, directory backups as objects, or for a tar name to
+-- chbackup.store.s3tar, the archive as one object (docs/s3.md).
 -- @module chbackup.store
 local config = require("chbackup.config")
 local lfs = require("lfs")
@@ -56,8 +57,8 @@ end
 
 --- The container module of a resolved destination, or nil, err naming it.
 function store.container(resolved)
-  if resolved.location == "s3" then   -- (it refuses archives itself, as ClickHouse)
-    return require("chbackup.store.s3")
+  if resolved.location == "s3" then   -- (s3 refuses zip itself, as ClickHouse)
+    return require(resolved.archive_kind == "tar" and "chbackup.store.s3tar" or "chbackup.store.s3")
   end
   local kind = resolved.archive and resolved.archive_kind or "dir"
   local name = CONTAINERS[kind]

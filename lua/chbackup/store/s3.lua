@@ -291,8 +291,8 @@ end
 --- Read-only checks before any work. Returns true or nil, err, code.
 function s3.check_new(dest)
   if dest.archive then
-    return nil, "backup " .. dest.name .. ": archives on S3 are not supported (ClickHouse refuses zip on S3: "
-      .. "zip requires seeking); use a directory backup, a name without .zip"
+    return nil, "backup " .. dest.name .. ": zip archives on S3 are not supported (ClickHouse refuses zip on S3: "
+      .. "zip requires seeking); use a directory backup or a tar archive (.tar, .tar.zst, ...)"
   end
   local c, err, code = client(dest)
   if not c then
@@ -478,6 +478,10 @@ function s3.remove(_, opts)
   end
   return true
 end
+
+
+-- For chbackup.store.s3tar (tar archives on S3): the clients and the `.lock` rules.
+s3.client, s3.stale, s3.hostname, s3.held = client, stale, hostname, held
 
 
 return s3

@@ -15,6 +15,10 @@
 -- so the reader says `sequential` and readers of many entries put them in
 -- archive order on one thread (chain.archive_order): one decompression.
 --
+-- On S3 (chbackup.store.s3tar) the archive is an object: the same reader
+-- over it (`place`: its key, S3 profile, size and a ranged read), its
+-- pieces S3 pieces.
+--
 -- Writing and deleting are chbackup.store.archive's (shared with zip).
 -- @module chbackup.store.tar
 local lfs = require("lfs")
@@ -32,12 +36,21 @@ Reader.__index = Reader
 
 
 --- Opens the tar backup at resolved.path: its entries and manifest.
+-- place: where the archive is when not a local file (chbackup.store.s3tar):
+-- {key=, s3= (a profile id), size=, read = function(offset, length)}.
 -- Returns a reader or nil, err, code.
-function tar.open(resolved)
-  if not lfs.attributes(resolved.path) then
-    return nil, "backup " .. resolved.name .. " not found: no archive " .. resolved.path
+function tar.open(resolved, _, place)
+  if not place then
+    local path = resolved.path
+    local size = lfs.attributes(path, "size")
+    if not size then
+      return nil, "backup " .. resolved.name .. " not found: no archive " .. path
+    end
+    place = { key = path, size = size, read = function(offset, length)
+      return core.read_file(path, nil, offset, length)
+    end }
   end
-  local reader, err, code = core.tar_reader(resolved.path)
+  local reader, err, code = core.tar_reader(place.key, { s3 = place.s3 })
   if not reader then
     return nil, "backup " .. resolved.name .. ": " .. err, code
   end
@@ -63,7 +76,7 @@ function tar.open(resolved)
     return nil, err
   end
   return setmetatable({ dest = resolved, manifest = m, kind = "tar", reader = reader, entries = entries,
-    sequential = reader:compressed() }, Reader)
+    sequential = reader:compressed(), place = place }, Reader)
 end
 
 
@@ -71,11 +84,11 @@ end
 -- `.tar`, the range of the file (`start`: where the entry begins there);
 -- in a compressed tar, the entry, which the C core reads through its cursor.
 function Reader:piece(name, length)
-  local e = self.entries[name]
+  local e, at = self.entries[name], self.place
   if self.sequential or not e then
-    return { self.dest.path, 0, length, entry = name, from = self, name = name }
+    return { at.key, 0, length, entry = name, s3 = at.s3, from = self, name = name }
   end
-  return { self.dest.path, e.offset, length, start = e.offset, from = self, name = name }
+  return { at.key, e.offset, length, start = e.offset, s3 = at.s3, from = self, name = name }
 end
 
 
@@ -96,15 +109,20 @@ end
 --- The bytes of piece p (one of this reader's).
 function Reader:read_piece(p)
   if self.reader and not p.entry then
-    return core.read_file(p[1], nil, p[2], p[3])
+    return self.place.read(p[2], p[3])
   end
   return archive.Reader.read_entry_piece(self, p)
 end
 
 
 Reader.read_extra = archive.Reader.read_extra
-Reader.stored_bytes = archive.Reader.stored_bytes
 Reader.close = archive.Reader.close
+
+
+--- Bytes the backup takes: the archive's size.
+function Reader:stored_bytes()
+  return self.place.size
+end
 
 
 --- The header fields of the tar backup at path (manifest.header). Returns
@@ -133,7 +151,23 @@ tar.remove = archive.remove
 -- The piece of an entry the archive being written stores (for the chain
 -- check of the manifest being made: only its existence and size).
 local function writer_piece(w, name, length)
-  return { w.dest.path, 0, length, entry = name, from = w, name = name }
+  local at = w.at or {}
+  return { at.key or w.dest.path, 0, length, entry = name, s3 = at.s3, from = w, name = name }
+end
+tar.writer_piece = writer_piece
+
+
+--- Refuses the options a tar archive does not take (as ClickHouse's
+-- TarArchiveWriter and LibArchiveWriter refuse them). true or nil, err.
+function tar.check_options(dest, opts)
+  if opts.compression_method or opts.compression_level then
+    return nil, "backup " .. dest.name .. ": compression_method and compression_level are not supported for "
+      .. "tar archives (the name's suffix says the compression: .tar.gz, .tar.zst, .tar.xz, ...)"
+  end
+  if opts.password and opts.password ~= "" then
+    return nil, "backup " .. dest.name .. ": a password is not supported for tar archives (zip takes one)"
+  end
+  return true
 end
 
 
@@ -142,12 +176,9 @@ end
 -- ClickHouse's TarArchiveWriter and LibArchiveWriter refuse them. Returns
 -- a writer (chbackup.store.archive's) or nil, err, code.
 function tar.begin_write(dest, opts)
-  if opts.compression_method or opts.compression_level then
-    return nil, "backup " .. dest.name .. ": compression_method and compression_level are not supported for "
-      .. "tar archives (the name's suffix says the compression: .tar.gz, .tar.zst, .tar.xz, ...)"
-  end
-  if opts.password and opts.password ~= "" then
-    return nil, "backup " .. dest.name .. ": a password is not supported for tar archives (zip takes one)"
+  local ok, err = tar.check_options(dest, opts)
+  if not ok then
+    return nil, err
   end
   return archive.begin_write(dest, opts, function(path)
     return core.tar_writer(path, { fsync = opts.fsync })
