@@ -14,6 +14,7 @@ local SECRET = "S3RVER"
 
 describe("S3 destinations", function()
   local w, dir, port, c, url, ch_config
+  local write_ch_config
 
   local function start()
     local p = io.popen(string.format("CHB_S3RVER_PARENT=%d %s/scripts/s3rver start %s %s",
@@ -56,7 +57,12 @@ describe("S3 destinations", function()
     c = assert(core.s3_client({ endpoint = "http://127.0.0.1:" .. port, bucket = BUCKET, key_id = "S3RVER",
       secret = SECRET, path_style = true }))
     w = h.world("s3backup")
-    -- ClickHouse's view of the same bucket and prefix: an s3_plain disk
+    write_ch_config()
+  end)
+
+  -- ClickHouse's view of the same bucket and prefix: an s3_plain disk (on the
+  -- server's port of now: a test restarts it)
+  function write_ch_config()
     ch_config = w.dir .. "/ch.xml"
     h.write(ch_config, ([[
 <clickhouse>
@@ -68,7 +74,7 @@ describe("S3 destinations", function()
   <backups><allowed_disk>s3plain</allowed_disk></backups>
 </clickhouse>
 ]]):gsub("@", url))
-  end)
+  end
 
   teardown(function()
     if c then c:close() end
@@ -216,6 +222,10 @@ describe("S3 destinations", function()
     for _, t in ipairs(ALL_TABLES) do
       if t[1] == "shop" then SHOP[#SHOP + 1] = t end
     end
+
+    setup(function()
+      write_ch_config()   -- the server may have been restarted on another port
+    end)
 
     -- chbackup RESTOREs the tar `name` with the rows of data path `src`.
     local function restores_all(name, src)
