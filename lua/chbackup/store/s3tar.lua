@@ -32,33 +32,30 @@ local function lock_key(dest)
 end
 
 
--- The client of dest, or nil, err (naming the backup), code.
-local function client(dest)
-  local c, err, code = s3.client(dest)
-  if not c then
-    return nil, "backup " .. dest.name .. ": " .. err, code
+-- The client of r and the size of its object (false when there is none);
+-- or nil, err (naming the backup `name`), code.
+local function object(r, name)
+  local c, err, code = s3.client(r)
+  local st
+  if c then
+    st, err, code = c:head(r.prefix)
+    if st or code == "ENOENT" then
+      return c, st and st.size or false
+    end
   end
-  return c
+  return nil, "backup " .. name .. ": " .. err, code
 end
 
 
 --- Opens the tar backup at resolved (the object resolved.prefix). Returns
 -- a reader (chbackup.store.tar's) or nil, err, code.
 function s3tar.open(resolved, opts)
-  local c, err, code = client(resolved)
-  if not c then
-    return nil, err, code
-  end
-  local st
-  st, err, code = c:head(resolved.prefix)
-  if not st then
-    if code == "ENOENT" then
-      return nil, "backup " .. resolved.name .. " not found: no object " .. resolved.path
-    end
-    return nil, "backup " .. resolved.name .. ": " .. err, code
+  local c, size, code = object(resolved, resolved.name)
+  if not (c and size) then
+    return nil, c and ("backup " .. resolved.name .. " not found: no object " .. resolved.path) or size, code
   end
   local key = resolved.prefix
-  return tar.open(resolved, opts, { key = key, s3 = c:profile(), size = st.size, read = function(offset, length)
+  return tar.open(resolved, opts, { key = key, s3 = c:profile(), size = size, read = function(offset, length)
     return c:get(key, offset, length)
   end })
 end
@@ -66,15 +63,9 @@ end
 
 --- Read-only checks before any work. Returns true or nil, err, code.
 function s3tar.check_new(dest)
-  local c, err, code = client(dest)
-  if not c then
-    return nil, err, code
-  end
-  local st, herr, hcode = c:head(dest.prefix)
-  if st then
-    return nil, "backup " .. dest.name .. " already exists"
-  elseif hcode ~= "ENOENT" then
-    return nil, "backup " .. dest.name .. ": " .. herr, hcode
+  local c, size, code = object(dest, dest.name)
+  if not c or size then
+    return nil, c and ("backup " .. dest.name .. " already exists") or size, code
   end
   local text = c:get(lock_key(dest))
   if text and not s3.stale(text, dest.path) then
@@ -97,7 +88,7 @@ function s3tar.begin_write(dest, opts)
   if not ok then
     return nil, err, code
   end
-  local c = client(dest)
+  local c = s3.client(dest)
   local key, profile = lock_key(dest), c:profile()
   local prev = c:get(key)
   if prev then   -- stale (check_new): a killed run's, whose upload never completed
@@ -137,17 +128,9 @@ end
 function s3tar.remove(_, opts)
   local r = opts.resolved
   local name = opts.name or r.name
-  local c, err, code = client(r)
-  if not c then
-    return nil, err, code
-  end
-  local st
-  st, err, code = c:head(r.prefix)
-  if not st then
-    if code == "ENOENT" then
-      return nil, "backup " .. name .. " is gone already (no object " .. r.path .. ")"
-    end
-    return nil, "backup " .. name .. ": " .. err, code
+  local c, size, code = object(r, name)
+  if not (c and size) then
+    return nil, c and ("backup " .. name .. " is gone already (no object " .. r.path .. ")") or size, code
   end
   local ok, derr = c:delete(r.prefix)
   if not ok then

@@ -177,12 +177,12 @@ end
 -- a writer (chbackup.store.archive's) or nil, err, code.
 function tar.begin_write(dest, opts)
   local ok, err = tar.check_options(dest, opts)
-  if not ok then
-    return nil, err
+  if ok then
+    return archive.begin_write(dest, opts, function(path)
+      return core.tar_writer(path, { fsync = opts.fsync })
+    end, writer_piece)
   end
-  return archive.begin_write(dest, opts, function(path)
-    return core.tar_writer(path, { fsync = opts.fsync })
-  end, writer_piece)
+  return nil, err
 end
 
 
