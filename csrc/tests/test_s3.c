@@ -781,7 +781,7 @@ static void test_tar_s3(chb_s3 *s, const char *tmp) {
     chb_s3_put(s, "tars/cut.tar", t, len / 2, &e);
   free(t);
   chb_tar_index *x = chb_tar_index_open("tars/cut.tar", id, &e);
-  CHECK(!x && e.code == CHB_CORRUPT && strstr(e.msg, "tars/cut.tar") && strstr(e.msg, "truncated"),
+  CHECK(!x && e.code == CHB_CORRUPT && strstr(e.msg, "tars/cut.tar") && strstr(e.msg, "runcated"),
         "a truncated object: %s", e.msg);
   chb_tar_index_close(x);
   chb_tar_cache_clear();
