@@ -623,11 +623,16 @@ static int copy_one(const chb_piece *p, size_t n, const char *dst, int s3, int64
   return rc;
 }
 
-static void test_job_s3(chb_s3 *s, const char *tmp) {
+/* A profile of the test server (few retries). */
+static int server_profile(chb_error *e) {
   chb_s3_config cfg = {.endpoint = endpoint, .bucket = BUCKET, .key_id = "S3RVER", .secret = "S3RVER",
                        .path_style = 1, .max_retries = 1, .retry_base_ms = 20};
+  return chb_s3_profile_add(&cfg, e);
+}
+
+static void test_job_s3(chb_s3 *s, const char *tmp) {
   chb_error e;
-  int id = chb_s3_profile_add(&cfg, &e);
+  int id = server_profile(&e);
   CHECK(id > 0, "profile registered: %d", id);
   size_t small = 300000, big = (40u << 20) + 12345;
   unsigned char *a = gen_random(21, small), *b = gen_random(22, big);
@@ -742,10 +747,8 @@ static unsigned char *tar_entry_s3(int id, const char *key, const chb_tar_index 
 }
 
 static void test_tar_s3(chb_s3 *s, const char *tmp) {
-  chb_s3_config cfg = {.endpoint = endpoint, .bucket = BUCKET, .key_id = "S3RVER", .secret = "S3RVER",
-                       .path_style = 1, .max_retries = 1, .retry_base_ms = 20};
   chb_error e;
-  int id = chb_s3_profile_add(&cfg, &e);
+  int id = server_profile(&e);
   size_t na = (36u << 20) + 777, nb = 5000;   /* over 32 MiB: a multipart upload of unknown size */
   unsigned char *a = gen_random(31, na), *b = gen_random(32, nb);
   char fa[512];
