@@ -19,7 +19,8 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] check BACKUP [--read-data]   verify a backup in place
        chbackup [options] list DEST          the backups at a destination, e.g. "Disk('backups', '')"
        chbackup [options] delete BACKUP      remove a backup whole (refused while another relies on it)
-       chbackup [options] rebase BACKUP      make an incremental standalone (its bases can then go)
+       chbackup [options] rebase BACKUP [--onto BASE]   make an incremental standalone (its
+                                             bases can then go), or an incremental on BASE
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -44,6 +45,7 @@ options:
   --status-days D    ... and none older than D days (default 30; 0: no limit)
   --threads N        worker threads (default: number of cores, at least 8)
   --read-data        check: read every byte back and compare every checksum
+  --onto BASE        rebase: onto this backup (files it holds are not stored again)
   --json             one JSON object per result line instead of text (BACKUP,
                      RESTORE, show, chain, diff, list, check, delete, wait,
                      cancel; SELECT prints in its FORMAT)
@@ -81,7 +83,7 @@ local function parse_args(argv)
       opts.json = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
         or name == "status-keep" or name == "status-days"
-        or name == "run-operation" or name == "password-file" then
+        or name == "run-operation" or name == "password-file" or name == "onto" then
       if not value then
         i = i + 1
         value = argv[i]
@@ -445,6 +447,10 @@ function run(argv, out, errout, state)
       .. "SETTINGS password = '…'\n")
     return 2
   end
+  if opts.onto and rest[1] ~= "rebase" then
+    errout:write("chbackup: --onto applies to rebase\n")
+    return 2
+  end
   if opts.read_data and rest[1] ~= "check" then
     errout:write("chbackup: --read-data applies to check\n")
     return 2
@@ -526,7 +532,7 @@ function run(argv, out, errout, state)
     end
   elseif rest[1] == "rebase" and #rest == 2 then
     local bytes
-    bytes, err = inst:rebase(rest[2], secret)
+    bytes, err = inst:rebase(rest[2], { password = secret and secret.password, onto = opts.onto })
     ok = bytes ~= nil
     if ok and opts.json then
       json_line(out, { rebased = rest[2], bytes_written = bytes })
