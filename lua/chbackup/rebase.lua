@@ -1,5 +1,6 @@
---- `rebase`: turns an incremental backup into a standalone one, so that its
--- bases can be deleted (clickhouse-backup's `rebase`; ClickHouse#52190).
+--- `rebase`: turns an incremental backup into a standalone one, or into an
+-- incremental on another backup (`--onto`), so that its bases can be
+-- deleted (clickhouse-backup's `rebase`; ClickHouse#52190).
 --
 -- The standalone copy is written beside the backup by the container's own
 -- writer (chbackup.store: a directory, a zip; encrypted again with the
