@@ -39,7 +39,8 @@ s3.LOCK = ".lock"
 -- Resolving -------------------------------------------------------------------------
 
 -- endpoint, bucket, prefix, path_style, region of a url; or nil, err.
-local function parse_url(url)
+-- root: a place backups are listed below (the prefix may be empty).
+local function parse_url(url, root)
   local scheme, host, path = url:match("^(https?)://([^/?#]+)/?([^?#]*)$")
   if not scheme then
     return nil, "expected http(s)://host[:port]/bucket/path"
@@ -57,7 +58,7 @@ local function parse_url(url)
       return nil, "no bucket in the url"
     end
   end
-  if prefix == "" then
+  if prefix == "" and not root then
     return nil, "no key prefix after the bucket (a backup needs its own path)"
   end
   local region = rest:match("^s3[.%-]([%w%-]+)%.amazonaws%.com") or host:match("^s3[.%-]([%w%-]+)%.amazonaws%.com")
@@ -104,8 +105,9 @@ end
 
 
 --- Resolves `S3('url'[, 'key_id', 'secret'])` (dest.inherit: the resolved
--- backup whose base this is). Returns the resolved destination or nil, err
--- (never naming the secret).
+-- backup whose base this is; dest.root: a place to list, whose key prefix
+-- may be empty: the whole bucket). Returns the resolved destination or
+-- nil, err (never naming the secret).
 function s3.resolve(cfg, dest)
   local args = dest.args or {}
   local url = args[1]
@@ -122,7 +124,7 @@ function s3.resolve(cfg, dest)
       return nil, "backup engine S3: its arguments must be quoted strings"
     end
   end
-  local where, err = parse_url(url)
+  local where, err = parse_url(url, dest.root)
   if not where then
     return nil, shown .. ": " .. err
   end
@@ -138,7 +140,8 @@ function s3.resolve(cfg, dest)
   where.name = shown
   where.engine = "S3"
   where.location = "s3"
-  where.path = "s3://" .. where.bucket .. "/" .. where.prefix
+  where.url = url:gsub("/+$", "")
+  where.path = "s3://" .. where.bucket .. (where.prefix ~= "" and "/" .. where.prefix or "")
   where.archive = kind ~= nil
   where.archive_kind = kind
   where.key_id, where.secret, where.session_token = key_id, secret, token
@@ -449,9 +452,20 @@ end
 
 -- Deleting ------------------------------------------------------------------------------
 
---- Deletes the S3 backup opts.resolved: `.backup` first (a half-deleted
--- backup never looks whole), then every other object, in batches of 1000.
--- Returns true or nil, err.
+local DELETING = "deleting\n"   -- last line of the `.lock` a deletion holds
+
+-- The `.lock` text of a deletion by this process.
+local function deleting_text()
+  return lock.holder_text("delete") .. "host " .. hostname() .. "\n" .. DELETING
+end
+
+
+--- Deletes the S3 backup opts.resolved: a `.lock` saying "deleting" first
+-- (so a half-deleted backup lists as being deleted, and no BACKUP starts
+-- over it), then `.backup` (a half-deleted backup never looks whole), then
+-- every other object in DeleteObjects batches of 1000, `.lock` last.
+-- opts.finish: a deletion that was started (no `.backup`). Returns true or
+-- nil, err.
 function s3.remove(_, opts)
   local r = opts.resolved
   local name = opts.name or r.name
@@ -459,24 +473,86 @@ function s3.remove(_, opts)
   if not c then
     return nil, err, code
   end
+  local lock_key = key_of(r, s3.LOCK)
+  local prev = c:get(lock_key)
   local st
   st, err, code = c:head(key_of(r, manifest.FILE))
   if not st and code ~= "ENOENT" then
     return nil, "backup " .. name .. ": " .. err, code
-  elseif not st and not opts.finish then
+  elseif not st and not (prev and prev:sub(-#DELETING) == DELETING) and not opts.finish then
     return nil, "backup " .. name .. " has no " .. manifest.FILE .. " at " .. r.path .. "; not deleting it"
   end
+  if prev and prev:sub(-#DELETING) ~= DELETING and not stale(prev, r.path) then
+    return nil, "backup " .. name .. " is being written by " .. lock.who(prev) .. " (" .. lock_key
+      .. " exists); not deleting it"
+  end
+  local ok
+  ok, err, code = c:put(lock_key, deleting_text())
+  if not ok then
+    return nil, "cannot delete backup " .. name .. ": " .. err .. " (nothing was deleted)", code
+  end
   if st then
-    local ok, derr = c:delete(key_of(r, manifest.FILE))
+    ok, err = c:delete(key_of(r, manifest.FILE))
     if not ok then
-      return nil, "cannot invalidate backup " .. name .. ": " .. derr .. " (nothing was deleted)"
+      return nil, "cannot invalidate backup " .. name .. ": " .. err .. " (deleting it again finishes)"
     end
   end
-  local ok, derr = delete_all(c, r)
+  ok, err = delete_all(c, r, s3.LOCK)
+  if ok then
+    ok, err = c:delete(lock_key)
+  end
   if not ok then
-    return nil, derr .. " (the backup is invalidated; deleting it again finishes)"
+    return nil, err .. " (the backup is invalidated; deleting it again finishes)"
   end
   return true
+end
+
+
+-- Listing -------------------------------------------------------------------------------
+
+--- What the backups below the resolved root (`S3('url')`, dest.root) are:
+-- one ListObjectsV2 of the prefix, keys grouped by their `.backup` and
+-- `.lock` (ClickHouse's layout): {{rel=, what = "backup" | "incomplete"
+-- (a `.lock` without `.backup`: a BACKUP running or killed) | "deleting"
+-- (a deletion's `.lock`)}}, sorted by rel; objects of neither are not
+-- backups. Returns the list or nil, err, code.
+function s3.list(root)
+  local c, err, code = client(root)
+  if not c then
+    return nil, err, code
+  end
+  local prefix = root.prefix ~= "" and root.prefix .. "/" or ""
+  local objects
+  objects, err, code = c:list(prefix)
+  if not objects then
+    return nil, root.name .. ": " .. err, code
+  end
+  local seen, rels = {}, {}
+  for _, o in ipairs(objects) do
+    local rel = o.key:sub(#prefix + 1)
+    local at, file = rel:match("^(.-)/?([^/]*)$")
+    if at ~= "" and (file == manifest.FILE or file == s3.LOCK) then
+      if not seen[at] then
+        seen[at] = {}
+        rels[#rels + 1] = at
+      end
+      seen[at][file] = true
+    end
+  end
+  table.sort(rels)
+  local out, inside = {}, nil
+  for _, rel in ipairs(rels) do
+    if not (inside and rel:sub(1, #inside + 1) == inside .. "/") then   -- not a file of a backup
+      local what = "backup"
+      if not seen[rel][manifest.FILE] then
+        local text = c:get(prefix .. rel .. "/" .. s3.LOCK) or ""
+        what = text:sub(-#DELETING) == DELETING and "deleting" or "incomplete"
+      end
+      out[#out + 1] = { rel = rel, what = what }
+      inside = rel
+    end
+  end
+  return out
 end
 
 

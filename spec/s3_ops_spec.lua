@@ -1,0 +1,126 @@
+-- The operator side of S3 destinations against s3rver (scripts/s3rver):
+-- `list S3('url')`, `delete` and `check` of S3 backups, policies on S3
+-- (run, expire, verify), and chbackup itself killed mid-upload.
+local h = require("spec.helpers")
+local cjson = require("cjson")
+
+local q = h.quote
+local BUCKET = "chb-ops"
+
+describe("S3 operations", function()
+  local w, dir, srv
+
+  local function s3(name)
+    return string.format("S3('%s/%s', 'S3RVER', 'S3RVER')", srv.url, name)
+  end
+
+  local function chbackup(args)
+    return h.run(string.format("%s/scripts/chbackup --config %s %s", h.ROOT, q(w.config), args))
+  end
+
+  -- `list DEST --json` as rows by name.
+  local function list(dest)
+    local ok, out, _, err = chbackup("list " .. q(dest) .. " --json")
+    assert.is_truthy(ok, err)
+    local rows = {}
+    for line in out:gmatch("[^\n]+") do
+      local r = cjson.decode(line)
+      rows[r.name] = r
+    end
+    return rows, out
+  end
+
+  local function has(list_, x)
+    for _, v in ipairs(list_) do
+      if v == x then return true end
+    end
+    return false
+  end
+
+  setup(function()
+    dir = h.tmpdir("s3ops")
+    srv = h.s3rver(dir, BUCKET, "ops")
+    w = h.world("s3ops")
+  end)
+
+  teardown(function()
+    if srv then
+      srv.client:close()
+      srv.stop()
+    end
+  end)
+
+  it("list S3('url') groups objects into backups by .backup and .lock; delete and check work on S3", function()
+    local c = srv.client
+    h.sql(w, "BACKUP DATABASE shop TO " .. s3("nightly/full"))
+    h.clickhouse(w.data, { "INSERT INTO shop.customers SELECT * FROM shop.customers LIMIT 3" })
+    h.sql(w, "BACKUP DATABASE shop TO " .. s3("nightly/inc") .. " SETTINGS base_backup = " .. s3("nightly/full"))
+    h.sql(w, "BACKUP TABLE shop.customers TO " .. s3("other"))
+    -- a killed BACKUP's leftovers: a .lock and a file, no .backup
+    assert(c:put("ops/killed/.lock", "operation x\npid 1\nhost elsewhere\n"))
+    assert(c:put("ops/killed/metadata/shop.sql", "x"))
+    local rows, out = list(string.format("S3('%s', 'S3RVER', 'S3RVER')", srv.url))
+    assert.is_nil(out:find("S3RVER", 1, true))   -- neither key id nor secret in any row
+    local full = rows[string.format("S3('%s/nightly/full')", srv.url)]
+    local inc = rows[string.format("S3('%s/nightly/inc')", srv.url)]
+    assert.same({ "full", "ok", 1 }, { full.kind, full.status, full.chain })
+    assert.same({ "incremental", "ok", 2 }, { inc.kind, inc.status, inc.chain })
+    assert.equal(string.format("S3('%s/nightly/full')", srv.url), inc.base_backup)
+    assert.is_true(inc.stored_bytes < inc.restored_bytes / 2, "an incremental stores little")
+    assert.equal("ok", rows[string.format("S3('%s/other')", srv.url)].status)
+    local killed = rows[string.format("S3('%s/killed')", srv.url)]
+    assert.same({ "incomplete", ".lock without .backup" }, { killed.status, killed.problem:match("%((.*)%)") })
+    local n = 0
+    for _ in pairs(rows) do n = n + 1 end
+    assert.equal(4, n)
+    -- below a prefix only, credentials from the environment
+    local eok, eout, _, eerr = h.run(string.format("AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER "
+      .. "%s/scripts/chbackup --config %s list %s", h.ROOT, q(w.config), q("S3('" .. srv.url .. "/nightly')")))
+    assert.is_truthy(eok, eerr)
+    assert.same({ "nightly/full", "nightly/inc" }, { eout:match("nightly/full"), eout:match("nightly/inc") })
+    assert.is_nil(eout:find("other", 1, true))
+
+    -- check: in place, and with every byte read back; a flipped byte is found
+    local ok, cout, _, cerr = chbackup("check " .. q(s3("nightly/inc")) .. " --read-data")
+    assert.is_truthy(ok, cout .. cerr)
+    local victim
+    for _, name in ipairs(srv.objects("other")) do
+      if name:match("^data/shop/customers/.*%.bin$") then victim = name break end
+    end
+    local bytes = c:get("ops/other/" .. victim)
+    local i = #bytes // 2
+    c:put("ops/other/" .. victim, bytes:sub(1, i - 1) .. string.char(bytes:byte(i) ~ 1) .. bytes:sub(i + 1))
+    local code
+    ok, cout, code, cerr = chbackup("check " .. q(s3("other")) .. " --read-data")
+    assert.equal(3, code, cout .. cerr)
+    assert.is_truthy((cout .. cerr):find(victim, 1, true))
+    assert.is_nil((cout .. cerr):find("'S3RVER'", 1, true))
+    assert.is_falsy(ok)
+
+    -- delete: refused while an incremental relies on it; then the incremental, then the base
+    local err
+    ok, _, _, err = chbackup("delete " .. q(s3("nightly/full")))
+    assert.is_falsy(ok)
+    assert.matches("is the base of S3%('[^']*/nightly/inc'%)", err)
+    assert.is_nil(err:find("'S3RVER'", 1, true), err)
+    ok, _, _, err = chbackup("delete " .. q(s3("nightly/inc")))
+    assert.is_truthy(ok, err)
+    assert.same({}, srv.objects("nightly/inc"))
+    ok, _, _, err = chbackup("delete " .. q(s3("nightly/full")))
+    assert.is_truthy(ok, err)
+    assert.same({}, srv.objects("nightly/full"))
+    -- a killed BACKUP of another process is not deleted; a missing backup is not found
+    ok, _, _, err = chbackup("delete " .. q(s3("killed")))
+    assert.is_falsy(ok)
+    assert.matches("has no %.backup", err)
+    assert.is_true(has(srv.objects("killed"), ".lock"))
+    -- a deletion cut short (its .lock says so, .backup gone) lists as such and is finished by delete
+    assert(c:put("ops/other/.lock", "operation delete\npid 1\nhost elsewhere\ndeleting\n"))
+    assert(c:delete("ops/other/.backup"))
+    rows = list(string.format("S3('%s', 'S3RVER', 'S3RVER')", srv.url))
+    assert.equal("being deleted", rows[string.format("S3('%s/other')", srv.url)].status)
+    ok, _, _, err = chbackup("delete " .. q(s3("other")))
+    assert.is_truthy(ok, err)
+    assert.same({}, srv.objects("other"))
+  end)
+end)
