@@ -123,4 +123,77 @@ describe("S3 operations", function()
     assert.is_truthy(ok, err)
     assert.same({}, srv.objects("other"))
   end)
+
+  it("a policy on S3 makes, lists, verifies (restore drill from S3) and expires backups there", function()
+    local c = srv.client
+    h.write(dir .. "/secret", "S3RVER\n")
+    local file = dir .. "/pol.lua"
+    h.write(file, string.format([[
+return {
+  name = "nightly",
+  source = { path = %q, config = %q },
+  selection = { databases = { "shop" } },
+  destination = { s3 = %q, access_key_id = "S3RVER", secret_access_key = { file = %q },
+                  name = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}" },
+  schedule = { full = "0 2 * * *", incremental = "0 * * * *" },
+  retention = { daily = 1 },
+  verification = { scratch = %q },
+}
+]], w.data, w.config, srv.url .. "/pol", dir .. "/secret", dir .. "/scratch"))
+    local pcli = require("chbackup.policy.cli")
+    local function run(sub, now)
+      local out, err = {}, {}
+      local code = pcli.main({ "policy", sub, file, "now=" .. now }, { path = w.data, config = w.config,
+        status_dir = w.status }, {
+        stdout = { write = function(_, x) out[#out + 1] = x end, flush = function() end },
+        stderr = { write = function(_, x) err[#err + 1] = x end },
+      })
+      out, err = table.concat(out), table.concat(err)
+      assert.is_nil((out .. err):find("S3RVER", 1, true))   -- neither key id nor secret in the log
+      return code, out, err
+    end
+    local code, out, err = run("run", "2026-05-01T02:00:00Z")
+    assert.equal(0, code, out .. err)
+    h.clickhouse(w.data, { "INSERT INTO shop.customers SELECT * FROM shop.customers LIMIT 7" })
+    code, out, err = run("run", "2026-05-01T03:00:00Z")
+    assert.equal(0, code, out .. err)
+    local full, incr = "pol/nightly/20260501-0200-full", "pol/nightly/20260501-0300-incr"
+    assert.is_true(has(srv.objects(full), ".backup"))
+    assert.is_true(has(srv.objects(incr), ".backup"))
+    local m = assert(require("chbackup.manifest").from_string(c:get("ops/" .. incr .. "/.backup")))
+    assert.equal(string.format("S3('%s/%s')", srv.url, full), m.base_backup)
+    local record = cjson.decode((assert(c:get("ops/" .. incr .. ".chbackup.json"))))
+    assert.same({ "incr", "nightly/20260501-0200-full" }, { record.kind, record.base })
+    assert.is_nil(cjson.encode(record):find("S3RVER", 1, true))
+
+    -- the restore drill: the incremental restored from S3 into the scratch path, rows counted
+    code, out, err = run("verify", "2026-05-01T04:00:00Z")
+    assert.equal(0, code, out .. err)
+    record = cjson.decode((assert(c:get("ops/" .. incr .. ".chbackup.json"))))
+    local v = record.verifications[#record.verifications]
+    assert.is_true(v.ok)
+    local want = tonumber(h.clickhouse(w.data, { "SELECT count() FROM shop.customers" }):match("%d+"))
+    assert.equal(want, record.rows.shop.customers.total)   -- counted at backup time, compared by the drill
+    local names = {}
+    for _, ch in ipairs(v.checks) do
+      assert.is_true(ch.ok, ch.message)
+      names[#names + 1] = ch.name
+    end
+    assert.is_true(#names > 0)
+    assert.matches("verified", out)
+
+    -- a day later a new full, verified; a day after that daily = 1 expires the first chain (the
+    -- newest verified backup is kept), objects and records
+    code, out, err = run("run", "2026-05-02T02:00:00Z")
+    assert.equal(0, code, out .. err)
+    code, out, err = run("verify", "2026-05-02T04:00:00Z")
+    assert.equal(0, code, out .. err)
+    code, out, err = run("run", "2026-05-03T02:00:00Z")
+    assert.equal(0, code, out .. err)
+    assert.matches("delete", out)
+    assert.same({}, srv.objects(full))
+    assert.same({}, srv.objects(incr))
+    assert.is_nil(c:get("ops/" .. incr .. ".chbackup.json"))
+    assert.is_true(has(srv.objects("pol/nightly/20260502-0200-full"), ".backup"))
+  end)
 end)

@@ -69,8 +69,10 @@ local function parse_url(url, root)
 end
 
 
--- The config's <s3> endpoint whose url is the longest prefix of url.
+-- The config's <s3> endpoint whose url is the longest prefix of url (an
+-- endpoint `…/prefix/` serves `…/prefix` itself too).
 local function config_endpoint(cfg, url)
+  url = url:gsub("/*$", "/")
   local best
   for _, e in ipairs(cfg.s3 or {}) do
     if e.endpoint ~= "" and url:sub(1, #e.endpoint) == e.endpoint and (not best or #e.endpoint > #best.endpoint) then
@@ -169,6 +171,9 @@ local function client(r)
   end
   return c
 end
+
+
+s3.client = client   -- (policies on S3: chbackup.policy.store)
 
 
 local function key_of(r, name)
