@@ -196,4 +196,36 @@ return {
     assert.is_nil(c:get("ops/" .. incr .. ".chbackup.json"))
     assert.is_true(has(srv.objects("pol/nightly/20260502-0200-full"), ".backup"))
   end)
+
+  it("chbackup killed -9 mid-upload: no .backup; the next BACKUP to that name takes the dead run's .lock over", function()
+    -- one data file well above 32 MiB: a multipart upload, under way when the kill comes
+    h.clickhouse(w.data, {
+      "CREATE TABLE shop.big (n UInt64, s String) ENGINE = MergeTree ORDER BY n",
+      "INSERT INTO shop.big SELECT number, randomPrintableASCII(200) FROM numbers(300000)",
+    })
+    local cmd = string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s %s",
+      h.ROOT, q(w.data), q(w.config), q(w.status), q("BACKUP TABLE shop.big TO " .. s3("killed9")))
+    local ok, out = h.run(string.format("%s >/dev/null 2>&1 & pid=$!; "
+      .. "for i in $(seq 400); do [ -n \"$(ls %s 2>/dev/null)\" ] && break; sleep 0.05; done; sleep 0.5; "
+      .. "kill -9 $pid; wait $pid; echo \"status $?\"", cmd, q(dir .. "/srv/data/" .. BUCKET .. "/ops/killed9")))
+    assert.is_truthy(ok)
+    assert.equal("status 137", out:match("status %d+"))   -- killed while it ran
+    local left = srv.objects("killed9")
+    assert.is_true(has(left, ".lock"))
+    assert.is_false(has(left, ".backup"))
+    local rows = list(string.format("S3('%s', 'S3RVER', 'S3RVER')", srv.url))
+    assert.equal("incomplete", rows[string.format("S3('%s/killed9')", srv.url)].status)
+    local _, err
+    ok, _, _, err = chbackup("--path " .. q(w.data) .. " --status-dir " .. q(w.status) .. " "
+      .. q("BACKUP TABLE shop.big TO " .. s3("killed9")))
+    assert.is_truthy(ok, err)
+    assert.matches("removed what a killed BACKUP", err)
+    left = srv.objects("killed9")
+    assert.is_true(has(left, ".backup"))
+    assert.is_false(has(left, ".lock"))
+    local target = w.dir .. "/from-killed9"
+    h.sql(w, "RESTORE TABLE shop.big FROM " .. s3("killed9"), target)
+    assert.equal(h.clickhouse(w.data, { "SELECT count(), sum(cityHash64(s)) FROM shop.big" }),
+      h.clickhouse(target, { "SELECT count(), sum(cityHash64(s)) FROM shop.big" }))
+  end)
 end)
