@@ -228,4 +228,49 @@ return {
     assert.equal(h.clickhouse(w.data, { "SELECT count(), sum(cityHash64(s)) FROM shop.big" }),
       h.clickhouse(target, { "SELECT count(), sum(cityHash64(s)) FROM shop.big" }))
   end)
+
+  it("settings: s3_storage_class, use_same_s3_credentials_for_base_backup, S3(named_collection[, 'prefix'])", function()
+    -- every object with the storage class (s3rver keeps it as the object's metadata); an unknown one refused
+    h.sql(w, "BACKUP TABLE shop.customers TO " .. s3("cold") .. " SETTINGS s3_storage_class = 'STANDARD_IA'")
+    local meta = dir .. "/srv/data/" .. BUCKET .. "/ops/cold/"
+    for _, name in ipairs({ ".backup", "metadata/shop/customers.sql" }) do
+      local m = cjson.decode(h.read(meta .. name .. "._S3rver_metadata.json"))
+      assert.equal("STANDARD_IA", m["x-amz-storage-class"], name)
+    end
+    local err = h.sql_refused(w, "BACKUP TABLE shop.customers TO " .. s3("bogus") .. " SETTINGS s3_storage_class = 'BOGUS'")
+    assert.matches("storage class", err:lower())
+    assert.is_false(has(srv.objects("bogus"), ".backup"))
+    -- a base at another endpoint (localhost, the same server) with no credentials of its own
+    local other = string.format("S3('http://localhost:%d/%s/ops/cold')", srv.port, BUCKET)
+    err = h.sql_refused(w, "BACKUP TABLE shop.customers TO " .. s3("same-no") .. " SETTINGS base_backup = " .. other)
+    assert.matches("no credentials", err)
+    assert.is_nil(err:find("S3RVER", 1, true))
+    local r = h.sql(w, "BACKUP TABLE shop.customers TO " .. s3("same") .. " SETTINGS base_backup = " .. other
+      .. ", use_same_s3_credentials_for_base_backup = 1")
+    assert.equal("BACKUP_CREATED", r[1].status)
+    err = h.sql_refused(w, "RESTORE TABLE shop.customers FROM " .. s3("same"), w.dir .. "/same-no")
+    assert.matches("no credentials", err)
+    r = h.sql(w, "RESTORE TABLE shop.customers FROM " .. s3("same")
+      .. " SETTINGS use_same_s3_credentials_for_base_backup = 1", w.dir .. "/same")
+    assert.equal("RESTORED", r[1].status)
+    local want = h.clickhouse(w.data, { "SELECT count(), sum(cityHash64(tuple(*))) FROM shop.customers" })
+    assert.equal(want, h.clickhouse(w.dir .. "/same", { "SELECT count(), sum(cityHash64(tuple(*))) FROM shop.customers" }))
+    -- a named collection: url and keys from the config, the prefix appended; shown without its secret
+    local text = h.read(w.config)
+    h.write(w.config, (text:gsub("</clickhouse>", "<named_collections><s3ops><url>" .. srv.url .. "/nc</url>"
+      .. "<access_key_id>S3RVER</access_key_id><secret_access_key>S3RVER</secret_access_key></s3ops>"
+      .. "</named_collections></clickhouse>")))
+    r = h.sql(w, "BACKUP TABLE shop.customers TO S3(s3ops, 'one')")
+    assert.equal("BACKUP_CREATED", r[1].status)
+    assert.is_true(has(srv.objects("nc/one"), ".backup"))
+    r = h.sql(w, "RESTORE TABLE shop.customers FROM S3(s3ops, 'one')", w.dir .. "/nc")
+    assert.equal("RESTORED", r[1].status)
+    assert.equal(want, h.clickhouse(w.dir .. "/nc", { "SELECT count(), sum(cityHash64(tuple(*))) FROM shop.customers" }))
+    local ok, out = h.cli(w, "SELECT name FROM system.backups FORMAT TSV")
+    assert.is_truthy(ok)
+    assert.is_truthy(out:find("S3(s3ops, \\'one\\')", 1, true), out)
+    assert.is_nil(out:find("S3RVER", 1, true))
+    err = h.sql_refused(w, "BACKUP TABLE shop.customers TO S3(nope, 'x')")
+    assert.matches("no named collection 'nope'", err)
+  end)
 end)

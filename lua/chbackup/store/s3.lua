@@ -32,6 +32,7 @@ local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 
 local s3 = {}
+local from_collection
 
 s3.LOCK = ".lock"
 
@@ -86,7 +87,8 @@ end
 -- Credentials of an S3 destination without them; or nil, err.
 local function credentials(cfg, dest, where)
   local from = dest.inherit
-  if from and from.engine == "S3" and from.endpoint == where.endpoint and from.bucket == where.bucket then
+  if from and from.engine == "S3" and from.key_id
+      and (dest.same_s3_credentials or from.endpoint == where.endpoint and from.bucket == where.bucket) then
     return from.key_id, from.secret, from.session_token
   end
   local e = config_endpoint(cfg, dest.args[1])
@@ -106,18 +108,49 @@ local function credentials(cfg, dest, where)
 end
 
 
+-- `S3(collection[, 'key_prefix'])`: url, access_key_id, secret_access_key
+-- (and session_token) from the config's <named_collections>, which replace
+-- the <s3> endpoints (as ClickHouse's); the prefix is appended to the url.
+-- Shown as written: the collection's name, never its secret.
+function from_collection(cfg, dest)
+  local args = dest.args or {}
+  local shown = sql.format_destination(dest)
+  local coll = (cfg.named_collections or {})[dest.collection]
+  if #args > 1 or dest.options then
+    return nil, "Backup S3 with a named collection takes at most one more argument: S3(collection[, 'key_prefix'])"
+  elseif not coll then
+    return nil, shown .. ": there is no named collection '" .. dest.collection .. "' in the config's "
+      .. "<named_collections>"
+  elseif not coll.url then
+    return nil, shown .. ": named collection '" .. dest.collection .. "' has no url"
+  elseif type(args[1] or "") ~= "string" then
+    return nil, "backup engine S3: its arguments must be quoted strings"
+  end
+  local url = coll.url:gsub("/+$", "") .. (args[1] and ("/" .. args[1]:gsub("^/+", "")) or "")
+  local expanded = { engine = "S3", args = { url, coll.access_key_id, coll.secret_access_key },
+    session_token = coll.session_token, shown = shown, root = dest.root, inherit = dest.inherit,
+    same_s3_credentials = dest.same_s3_credentials }
+  if not coll.access_key_id or not coll.secret_access_key then
+    expanded.args = { url }
+    if coll.use_environment_credentials ~= "true" and coll.use_environment_credentials ~= "1" then
+      cfg = setmetatable({ s3 = {} }, { __index = cfg })   -- not the <s3> endpoints: the collection's own
+    end
+  end
+  return s3.resolve(cfg, expanded)
+end
+
+
 --- Resolves `S3('url'[, 'key_id', 'secret'])` (dest.inherit: the resolved
 -- backup whose base this is; dest.root: a place to list, whose key prefix
 -- may be empty: the whole bucket). Returns the resolved destination or
 -- nil, err (never naming the secret).
 function s3.resolve(cfg, dest)
   local args = dest.args or {}
+  if dest.collection then
+    return from_collection(cfg, dest)
+  end
   local url = args[1]
   local shown = type(url) == "string" and sql.format_destination({ engine = "S3", args = { url } }) or "S3"
-  if dest.collection then
-    return nil, "backup engine S3: named collections are not supported yet (" .. dest.collection
-      .. "); use S3('url', 'key_id', 'secret')"
-  end
   if (#args ~= 1 and #args ~= 3) or dest.options then
     return nil, "Backup S3 requires 1 or 3 arguments: S3('url'[, 'access_key_id', 'secret_access_key'])"
   end
@@ -130,7 +163,7 @@ function s3.resolve(cfg, dest)
   if not where then
     return nil, shown .. ": " .. err
   end
-  local key_id, secret, token = args[2], args[3], nil
+  local key_id, secret, token = args[2], args[3], dest.session_token
   if not key_id then
     key_id, secret, token = credentials(cfg, dest, where)
     if not key_id then
@@ -139,7 +172,7 @@ function s3.resolve(cfg, dest)
   end
   local file = where.prefix:match("[^/]*$")
   local kind = require("chbackup.config").archive_kind(file)
-  where.name = shown
+  where.name = dest.shown or shown
   where.engine = "S3"
   where.location = "s3"
   where.url = url:gsub("/+$", "")
@@ -158,12 +191,13 @@ local clients = {}   -- by configuration: one client (and its C profile) each
 -- The client of a resolved destination, or nil, err.
 local function client(r)
   local id = table.concat({ r.endpoint, r.bucket, r.region or "", r.key_id, r.secret, r.session_token or "",
-    tostring(r.path_style) }, "\0")
+    tostring(r.path_style), r.storage_class or "" }, "\0")
   local c = clients[id]
   if not c then
     local err
     c, err = core.s3_client({ endpoint = r.endpoint, bucket = r.bucket, region = r.region, key_id = r.key_id,
-      secret = r.secret, session_token = r.session_token, path_style = r.path_style })
+      secret = r.secret, session_token = r.session_token, path_style = r.path_style,
+      storage_class = r.storage_class })
     if not c then
       return nil, err
     end
