@@ -357,4 +357,40 @@ function helpers.tree(dir)
 end
 
 
+--- An s3rver (scripts/s3rver) on a free port serving `bucket` from dir/srv
+-- (key id and secret S3RVER). Returns {port=, url = "http://127.0.0.1:port/
+-- bucket/" .. prefix, client = core.s3_client, start(), stop()}: start()
+-- (again after a stop: what was written stays) renews port, url and client.
+function helpers.s3rver(dir, bucket, prefix)
+  local srv = { dir = dir .. "/srv" }
+  function srv.start()
+    local p = io.popen(string.format("CHB_S3RVER_PARENT=%d %s/scripts/s3rver start %s %s",
+      helpers.pid(), helpers.quote(helpers.ROOT), helpers.quote(srv.dir), bucket))
+    local out = p:read("a")
+    assert(p:close(), "scripts/s3rver start failed")
+    srv.port = assert(tonumber(out:match("^(%d+) %d+")), "no port from scripts/s3rver: " .. out)
+    srv.url = "http://127.0.0.1:" .. srv.port .. "/" .. bucket .. "/" .. prefix
+    if srv.client then
+      srv.client:close()
+    end
+    srv.client = assert(require("chbackup.core").s3_client({ endpoint = "http://127.0.0.1:" .. srv.port,
+      bucket = bucket, key_id = "S3RVER", secret = "S3RVER", path_style = true }))
+    return srv
+  end
+  function srv.stop()
+    os.execute(string.format("%s/scripts/s3rver stop %s", helpers.quote(helpers.ROOT), helpers.quote(srv.dir)))
+  end
+  --- Names below `prefix/name/`, sorted.
+  function srv.objects(name)
+    local out, n = {}, #prefix + #name + 3
+    for _, o in ipairs(assert(srv.client:list(prefix .. "/" .. name .. "/"))) do
+      out[#out + 1] = o.key:sub(n)
+    end
+    table.sort(out)
+    return out
+  end
+  return srv.start()
+end
+
+
 return helpers

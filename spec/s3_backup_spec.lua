@@ -4,7 +4,6 @@
 -- the same bucket and prefix (`BACKUP … TO Disk('s3plain', 'x')` writes the
 -- layout ClickHouse's S3() does; chDB's own S3() backups cannot run).
 local h = require("spec.helpers")
-local core = require("chbackup.core")
 local manifest = require("chbackup.manifest")
 
 local q = h.quote
@@ -16,31 +15,14 @@ describe("S3 destinations", function()
   local w, dir, port, c, url, ch_config
   local write_ch_config
 
-  local function start()
-    local p = io.popen(string.format("CHB_S3RVER_PARENT=%d %s/scripts/s3rver start %s %s",
-      h.pid(), q(h.ROOT), q(dir .. "/srv"), BUCKET))
-    local out = p:read("a")
-    assert(p:close(), "scripts/s3rver start failed")
-    return assert(tonumber(out:match("^(%d+) %d+")), "no port from scripts/s3rver: " .. out),
-      tonumber(out:match("^%d+ (%d+)"))
-  end
-
-  local function stop()
-    os.execute(string.format("%s/scripts/s3rver stop %s", q(h.ROOT), q(dir .. "/srv")))
-  end
+  local srv
 
   local function s3(name, secret)
     return string.format("S3('%s/%s', 'S3RVER', '%s')", url, name, secret or SECRET)
   end
 
-  -- Names in the backup below prefix `name`, sorted.
   local function objects(name)
-    local out = {}
-    for _, o in ipairs(assert(c:list("ch/" .. name .. "/"))) do
-      out[#out + 1] = o.key:sub(#name + 5)
-    end
-    table.sort(out)
-    return out
+    return srv.objects(name)
   end
 
   local function has(list, x)
@@ -52,10 +34,8 @@ describe("S3 destinations", function()
 
   setup(function()
     dir = h.tmpdir("s3backup")
-    port = start()
-    url = "http://127.0.0.1:" .. port .. "/" .. BUCKET .. "/ch"
-    c = assert(core.s3_client({ endpoint = "http://127.0.0.1:" .. port, bucket = BUCKET, key_id = "S3RVER",
-      secret = SECRET, path_style = true }))
+    srv = h.s3rver(dir, BUCKET, "ch")
+    port, url, c = srv.port, srv.url, srv.client
     w = h.world("s3backup")
     write_ch_config()
   end)
@@ -77,8 +57,10 @@ describe("S3 destinations", function()
   end
 
   teardown(function()
-    if c then c:close() end
-    if dir then stop() end
+    if srv then
+      srv.client:close()
+      srv.stop()
+    end
   end)
 
   it("BACKUP to S3 writes ClickHouse's layout, .lock gone; RESTORE from it gives the same rows", function()
@@ -205,11 +187,8 @@ describe("S3 destinations", function()
     local ok, out, _, err = h.run("(" .. killer .. ") & " .. cmd)
     assert.is_falsy(ok, out)
     assert.matches("chbackup:", err)
-    port = start()   -- the same directory: what was written stays
-    url = "http://127.0.0.1:" .. port .. "/" .. BUCKET .. "/ch"
-    c:close()
-    c = assert(core.s3_client({ endpoint = "http://127.0.0.1:" .. port, bucket = BUCKET, key_id = "S3RVER",
-      secret = SECRET, path_style = true }))
+    srv.start()   -- the same directory: what was written stays
+    port, url, c = srv.port, srv.url, srv.client
     assert.is_false(has(objects("cut"), ".backup"))
     local r = h.sql(w, "BACKUP DATABASE shop TO " .. s3("cut"))
     assert.equal("BACKUP_CREATED", r[1].status)

@@ -120,7 +120,8 @@ end
 -- chain readable. Returns it or nil, err.
 local function open_base(ctx, dest)
   local settings = ctx.settings
-  local base, err = chain.open(ctx.config, settings.base_backup, { password = settings.password, inherit = dest })
+  local base, err = chain.open(ctx.config, settings.base_backup, { password = settings.password, inherit = dest,
+    same_s3_credentials = settings.use_same_s3_credentials_for_base_backup })
   if not base then
     return nil, "base_backup: " .. err
   end
@@ -179,6 +180,8 @@ end
 function backup.run(ctx, req)
   local dest, settings = ctx.dest, ctx.settings
   local ok, err = check_settings(dest, settings)
+  -- (an S3 setting, as ClickHouse's: the other destinations have no storage class)
+  dest.storage_class = settings.s3_storage_class or settings.s3_storage_class_name
   if ok then
     ok, err = store.check_new(dest)
   end

@@ -37,7 +37,8 @@ local content_key = file_plan.content_key
 function chain.open(cfg, dest, opts)
   opts = opts or {}
   if opts.inherit and not dest.path then   -- S3 credentials for a base (chbackup.store.s3)
-    dest = setmetatable({ inherit = opts.inherit }, { __index = dest })
+    dest = setmetatable({ inherit = opts.inherit, same_s3_credentials = opts.same_s3_credentials },
+      { __index = dest })
   end
   local resolved, err = store.resolve(cfg, dest)
   if not resolved then
@@ -74,6 +75,7 @@ function chain.open(cfg, dest, opts)
   end })
   return {
     dest = resolved, manifest = m, by_content = by_content, cfg = cfg, password = opts.password,
+    same_s3_credentials = opts.same_s3_credentials,
     store = reader,
   }
 end
@@ -92,7 +94,8 @@ function chain.base(b)
   local dest, err = chain.parse_name(m.base_backup)
   local base
   if dest then
-    base, err = chain.open(b.cfg, dest, { password = b.password, inherit = b.dest })
+    base, err = chain.open(b.cfg, dest, { password = b.password, inherit = b.dest,
+      same_s3_credentials = b.same_s3_credentials })
   end
   if not base then
     b.base, b.base_err = false, "base backup " .. m.base_backup .. " of " .. b.dest.name

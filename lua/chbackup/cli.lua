@@ -19,7 +19,8 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] check BACKUP [--read-data]   verify a backup in place
        chbackup [options] list DEST          the backups at a destination, e.g. "Disk('backups', '')"
        chbackup [options] delete BACKUP      remove a backup whole (refused while another relies on it)
-       chbackup [options] rebase BACKUP      make an incremental standalone (its bases can then go)
+       chbackup [options] rebase BACKUP [--onto BASE]   make an incremental standalone (its
+                                             bases can then go), or an incremental on BASE
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -44,6 +45,7 @@ options:
   --status-days D    ... and none older than D days (default 30; 0: no limit)
   --threads N        worker threads (default: number of cores, at least 8)
   --read-data        check: read every byte back and compare every checksum
+  --onto BASE        rebase: onto this backup (files it holds are not stored again)
   --json             one JSON object per result line instead of text (BACKUP,
                      RESTORE, show, chain, diff, list, check, delete, wait,
                      cancel; SELECT prints in its FORMAT)
@@ -81,7 +83,7 @@ local function parse_args(argv)
       opts.json = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
         or name == "status-keep" or name == "status-days"
-        or name == "run-operation" or name == "password-file" then
+        or name == "run-operation" or name == "password-file" or name == "onto" then
       if not value then
         i = i + 1
         value = argv[i]
@@ -445,6 +447,10 @@ function run(argv, out, errout, state)
       .. "SETTINGS password = '…'\n")
     return 2
   end
+  if opts.onto and rest[1] ~= "rebase" then
+    errout:write("chbackup: --onto applies to rebase\n")
+    return 2
+  end
   if opts.read_data and rest[1] ~= "check" then
     errout:write("chbackup: --read-data applies to check\n")
     return 2
@@ -493,6 +499,9 @@ function run(argv, out, errout, state)
     return 1
   end
   local ok
+  -- the backup as shown: S3's key id and secret left out, as ClickHouse shows it
+  local dest = rest[2] and require("chbackup.chain").parse_name(rest[2])
+  local shown = dest and require("chbackup.sql").format_destination(dest) or rest[2]
   if rest[1] == "show" and #rest == 2 then
     ok, err = cmd_show(inst, rest[2], out, secret, opts.json)
   elseif rest[1] == "chain" and #rest == 2 then
@@ -503,7 +512,7 @@ function run(argv, out, errout, state)
     local report
     report, err = inst:check(rest[2], { read_data = opts.read_data, password = secret and secret.password })
     if report and opts.json then
-      json_line(out, { backup = rest[2], ok = report.ok, steps = report.steps })
+      json_line(out, { backup = shown, ok = report.ok, steps = report.steps })
     elseif report then
       for _, st in ipairs(report.steps) do
         out:write(string.format("%s\t%s\t%s\n", st.ok and "ok" or "PROBLEM", st.name, st.detail))
@@ -511,7 +520,7 @@ function run(argv, out, errout, state)
     end
     if report then
       if not report.ok then
-        errout:write("chbackup: backup " .. rest[2] .. " failed its check: " .. report.steps[#report.steps].detail
+        errout:write("chbackup: backup " .. shown .. " failed its check: " .. report.steps[#report.steps].detail
           .. "\n")
         return 3
       end
@@ -520,18 +529,18 @@ function run(argv, out, errout, state)
   elseif rest[1] == "delete" and #rest == 2 then
     ok, err = inst:delete(rest[2], secret)
     if ok and opts.json then
-      json_line(out, { deleted = rest[2] })
+      json_line(out, { deleted = shown })
     elseif ok then
-      out:write("deleted\t" .. rest[2] .. "\n")
+      out:write("deleted\t" .. shown .. "\n")
     end
   elseif rest[1] == "rebase" and #rest == 2 then
     local bytes
-    bytes, err = inst:rebase(rest[2], secret)
+    bytes, err = inst:rebase(rest[2], { password = secret and secret.password, onto = opts.onto })
     ok = bytes ~= nil
     if ok and opts.json then
-      json_line(out, { rebased = rest[2], bytes_written = bytes })
+      json_line(out, { rebased = shown, bytes_written = bytes })
     elseif ok then
-      out:write("rebased\t" .. rest[2] .. "\t" .. bytes .. " bytes written\n")
+      out:write("rebased\t" .. shown .. "\t" .. bytes .. " bytes written\n")
     end
   elseif rest[1] == "list" and #rest == 2 then
     ok, err = cmd_list(inst, rest[2], out, secret, opts.json)

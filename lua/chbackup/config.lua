@@ -630,6 +630,19 @@ local function from_document(doc, path, files, ignored)
       cfg.s3[#cfg.s3 + 1] = e
     end
   end
+  -- <named_collections><name><key>value</key>…: S3(name[, 'key_prefix'])
+  cfg.named_collections = {}
+  for _, node in ipairs((first_child(doc, "named_collections") or {}).children or {}) do
+    if node.name then
+      local coll = {}
+      for _, c in ipairs(node.children or {}) do
+        if c.name then
+          coll[c.name] = inner_text(c)
+        end
+      end
+      cfg.named_collections[node.name] = coll
+    end
+  end
   return cfg
 end
 

@@ -1,5 +1,6 @@
---- `rebase`: turns an incremental backup into a standalone one, so that its
--- bases can be deleted (clickhouse-backup's `rebase`; ClickHouse#52190).
+--- `rebase`: turns an incremental backup into a standalone one, or into an
+-- incremental on another backup (`--onto`), so that its bases can be
+-- deleted (clickhouse-backup's `rebase`; ClickHouse#52190).
 --
 -- The standalone copy is written beside the backup by the container's own
 -- writer (chbackup.store: a directory, a zip; encrypted again with the
@@ -69,10 +70,41 @@ local function swap_in(b, tmp, name)
 end
 
 
---- Rebases backup `name` onto no base.
--- opts: threads, password (of the chain's backups; the copy is encrypted
--- with it when the backup is), op_id. Returns the number of bytes written,
--- or nil, err naming the backup.
+-- The backup named opts.onto, opened with its chain, for backup b to be
+-- rebased onto: not b, nor a backup that relies on b (the chain would
+-- come back to b). Returns it or nil, err.
+local function open_onto(cfg, b, opts)
+  local dest, err = chain.parse_name(opts.onto)
+  local onto
+  if dest then
+    onto, err = chain.open(cfg, dest, { password = opts.password })
+  end
+  if not onto then
+    return nil, "--onto " .. opts.onto .. ": " .. err
+  end
+  local list
+  list, err = chain.list(onto)
+  if not list then
+    return nil, "--onto " .. opts.onto .. ": " .. err
+  end
+  for _, x in ipairs(list) do
+    if x.dest.path == b.dest.path then
+      return nil, "cannot rebase backup " .. b.dest.name .. " onto " .. opts.onto .. ": "
+        .. (x == onto and "it is the same backup" or (opts.onto .. " relies on it"))
+    end
+    if x.store.key_err then
+      return nil, "--onto " .. opts.onto .. ": " .. x.store.key_err
+    end
+  end
+  return onto
+end
+
+
+--- Rebases backup `name` onto no base, or onto opts.onto.
+-- opts: threads, password (of the chains' backups; the copy is encrypted
+-- with it when the backup is), onto (a backup name: files it holds are
+-- not stored again, the rebased backup relies on it), op_id. Returns the
+-- number of bytes written, or nil, err naming the backup.
 function rebase.run(cfg, name, opts)
   opts = opts or {}
   local dest, err = chain.parse_name(name)
@@ -85,7 +117,7 @@ function rebase.run(cfg, name, opts)
     return nil, err
   end
   local m = b.manifest
-  if not m.base_backup then
+  if not m.base_backup and not opts.onto then
     b.store:close()
     return nil, "backup " .. name .. " has no base: it is standalone already"
   end
@@ -98,11 +130,18 @@ function rebase.run(cfg, name, opts)
   if not bases then
     return nil, err
   end
+  local onto
+  if opts.onto then
+    onto, err = open_onto(cfg, b, opts)
+    if not onto then
+      return nil, err
+    end
+  end
   local files = {}
   for i, e in ipairs(m.files) do
     files[i] = { name = e.name, size = e.size, checksum = e.checksum, from = e }
   end
-  local to_store = file_plan.decide(files, nil, nil)
+  local to_store = file_plan.decide(files, onto, nil)
   local tmp = beside(b)
   local writer, code
   writer, err, code = store.begin_write(tmp, {
@@ -138,10 +177,16 @@ function rebase.run(cfg, name, opts)
   for _, f in ipairs(files) do
     f.from = nil
   end
+  -- on a base: everything it relies on checked there first, as for a BACKUP
+  local new_m
+  new_m, err = chain.new_manifest({ op_uuid = m.uuid, dest = tmp, config = cfg }, files, onto, { writer = writer })
+  if not new_m then
+    writer:abort()
+    return nil, err
+  end
+  new_m.timestamp = m.timestamp
   local done
-  done, err, code = writer:commit({
-    version = 1, deduplicate_files = 1, timestamp = m.timestamp, uuid = m.uuid, files = files,
-  }, nil, opts.cancelled)
+  done, err, code = writer:commit(new_m, nil, opts.cancelled)
   for _, x in ipairs(bases) do
     x.store:close()
   end

@@ -230,7 +230,8 @@ end
 -- Returns the status counters table, or nil, err.
 function restore.run(ctx, req)
   local src, cat, settings = ctx.dest, ctx.catalog, ctx.settings
-  local b, err = chain.open(ctx.config, src, { password = settings.password })
+  local b, err = chain.open(ctx.config, src, { password = settings.password,
+    same_s3_credentials = settings.use_same_s3_credentials_for_base_backup })
   if not b then
     return nil, err
   end

@@ -224,7 +224,8 @@ local function description(pol)
   end
   return {
     policy = pol.name, file = pol.file or cjson.null, valid = true,
-    destination = d.disk and ("Disk('" .. d.disk .. "')") or ("File('" .. d.path .. "')"), names = d.name,
+    destination = d.disk and ("Disk('" .. d.disk .. "')") or d.s3 and ("S3('" .. d.s3 .. "')")
+      or ("File('" .. d.path .. "')"), names = d.name,
     schedule = sched,
     retention = pol.retention and require("chbackup.policy.retention").describe(pol.retention)
       or "none (every backup is kept)",

@@ -978,9 +978,9 @@ function runner.verify(pol, now, env, opts)
         ctx.fail("check", nil, "FAIL " .. name .. ": " .. message)
       end
     end
+    local where = tostring(ctx.store.root or ctx.store.s3root and ctx.store.s3root.name or "memory")
     suite("backups", #points > 0, #points > 0 and string.format("%d restore points of policy %s in %s", #points,
-      pol.name, tostring(ctx.store.root or "memory")) or ("no backup of policy " .. pol.name .. " in "
-      .. tostring(ctx.store.root or "memory")))
+      pol.name, where) or ("no backup of policy " .. pol.name .. " in " .. where))
     if pol.verification.max_age and points[1] then
       local limit = schedule.subtract(now, pol.verification.max_age, pol.zone)
       suite("freshness", points[1].time >= limit, string.format("the newest backup, %s, is from %s (max_age %s)",

@@ -16,6 +16,9 @@
 --       put(name, pieces, size, checksum), piece(name, length),
 --       commit(manifest, progress, cancelled), abort()
 --   remove(path, {name=, finish=})     -> true | nil, err
+--   list(resolved_root)                -> {{rel=, what=}} | nil, err
+--       (only locations without a local tree: S3; local paths are walked
+--       with store.classify)
 --
 -- A new container (tar was) is one module and one line in CONTAINERS; a
 -- new location is one resolver in LOCATIONS and a container that takes its
@@ -105,6 +108,19 @@ function store.remove(resolved, opts)
   return call(resolved, "remove", resolved.path, opts)
 end
 
+
+
+--- The backups below a resolved root whose location lists them itself
+-- (S3: by object keys): {{rel=, what = "backup" | "incomplete" |
+-- "deleting"}} or nil, err; false for a local root (walk it, with
+-- store.classify).
+function store.list(root)
+  local c = root.location and store.container(root)
+  if not (c and c.list) then
+    return false
+  end
+  return c.list(root)
+end
 
 
 -- Does a file name say an archive chbackup reads (zip, tar)?

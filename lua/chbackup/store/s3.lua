@@ -32,6 +32,7 @@ local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 
 local s3 = {}
+local from_collection
 
 s3.LOCK = ".lock"
 
@@ -39,7 +40,8 @@ s3.LOCK = ".lock"
 -- Resolving -------------------------------------------------------------------------
 
 -- endpoint, bucket, prefix, path_style, region of a url; or nil, err.
-local function parse_url(url)
+-- root: a place backups are listed below (the prefix may be empty).
+local function parse_url(url, root)
   local scheme, host, path = url:match("^(https?)://([^/?#]+)/?([^?#]*)$")
   if not scheme then
     return nil, "expected http(s)://host[:port]/bucket/path"
@@ -57,7 +59,7 @@ local function parse_url(url)
       return nil, "no bucket in the url"
     end
   end
-  if prefix == "" then
+  if prefix == "" and not root then
     return nil, "no key prefix after the bucket (a backup needs its own path)"
   end
   local region = rest:match("^s3[.%-]([%w%-]+)%.amazonaws%.com") or host:match("^s3[.%-]([%w%-]+)%.amazonaws%.com")
@@ -68,8 +70,10 @@ local function parse_url(url)
 end
 
 
--- The config's <s3> endpoint whose url is the longest prefix of url.
+-- The config's <s3> endpoint whose url is the longest prefix of url (an
+-- endpoint `…/prefix/` serves `…/prefix` itself too).
 local function config_endpoint(cfg, url)
+  url = url:gsub("/*$", "/")
   local best
   for _, e in ipairs(cfg.s3 or {}) do
     if e.endpoint ~= "" and url:sub(1, #e.endpoint) == e.endpoint and (not best or #e.endpoint > #best.endpoint) then
@@ -83,7 +87,8 @@ end
 -- Credentials of an S3 destination without them; or nil, err.
 local function credentials(cfg, dest, where)
   local from = dest.inherit
-  if from and from.engine == "S3" and from.endpoint == where.endpoint and from.bucket == where.bucket then
+  if from and from.engine == "S3" and from.key_id
+      and (dest.same_s3_credentials or from.endpoint == where.endpoint and from.bucket == where.bucket) then
     return from.key_id, from.secret, from.session_token
   end
   local e = config_endpoint(cfg, dest.args[1])
@@ -103,17 +108,49 @@ local function credentials(cfg, dest, where)
 end
 
 
+-- `S3(collection[, 'key_prefix'])`: url, access_key_id, secret_access_key
+-- (and session_token) from the config's <named_collections>, which replace
+-- the <s3> endpoints (as ClickHouse's); the prefix is appended to the url.
+-- Shown as written: the collection's name, never its secret.
+function from_collection(cfg, dest)
+  local args = dest.args or {}
+  local shown = sql.format_destination(dest)
+  local coll = (cfg.named_collections or {})[dest.collection]
+  if #args > 1 or dest.options then
+    return nil, "Backup S3 with a named collection takes at most one more argument: S3(collection[, 'key_prefix'])"
+  elseif not coll then
+    return nil, shown .. ": there is no named collection '" .. dest.collection .. "' in the config's "
+      .. "<named_collections>"
+  elseif not coll.url then
+    return nil, shown .. ": named collection '" .. dest.collection .. "' has no url"
+  elseif type(args[1] or "") ~= "string" then
+    return nil, "backup engine S3: its arguments must be quoted strings"
+  end
+  local url = coll.url:gsub("/+$", "") .. (args[1] and ("/" .. args[1]:gsub("^/+", "")) or "")
+  local expanded = { engine = "S3", args = { url, coll.access_key_id, coll.secret_access_key },
+    session_token = coll.session_token, shown = shown, root = dest.root, inherit = dest.inherit,
+    same_s3_credentials = dest.same_s3_credentials }
+  if not coll.access_key_id or not coll.secret_access_key then
+    expanded.args = { url }
+    if coll.use_environment_credentials ~= "true" and coll.use_environment_credentials ~= "1" then
+      cfg = setmetatable({ s3 = {} }, { __index = cfg })   -- not the <s3> endpoints: the collection's own
+    end
+  end
+  return s3.resolve(cfg, expanded)
+end
+
+
 --- Resolves `S3('url'[, 'key_id', 'secret'])` (dest.inherit: the resolved
--- backup whose base this is). Returns the resolved destination or nil, err
--- (never naming the secret).
+-- backup whose base this is; dest.root: a place to list, whose key prefix
+-- may be empty: the whole bucket). Returns the resolved destination or
+-- nil, err (never naming the secret).
 function s3.resolve(cfg, dest)
   local args = dest.args or {}
+  if dest.collection then
+    return from_collection(cfg, dest)
+  end
   local url = args[1]
   local shown = type(url) == "string" and sql.format_destination({ engine = "S3", args = { url } }) or "S3"
-  if dest.collection then
-    return nil, "backup engine S3: named collections are not supported yet (" .. dest.collection
-      .. "); use S3('url', 'key_id', 'secret')"
-  end
   if (#args ~= 1 and #args ~= 3) or dest.options then
     return nil, "Backup S3 requires 1 or 3 arguments: S3('url'[, 'access_key_id', 'secret_access_key'])"
   end
@@ -122,11 +159,11 @@ function s3.resolve(cfg, dest)
       return nil, "backup engine S3: its arguments must be quoted strings"
     end
   end
-  local where, err = parse_url(url)
+  local where, err = parse_url(url, dest.root)
   if not where then
     return nil, shown .. ": " .. err
   end
-  local key_id, secret, token = args[2], args[3], nil
+  local key_id, secret, token = args[2], args[3], dest.session_token
   if not key_id then
     key_id, secret, token = credentials(cfg, dest, where)
     if not key_id then
@@ -135,10 +172,11 @@ function s3.resolve(cfg, dest)
   end
   local file = where.prefix:match("[^/]*$")
   local kind = require("chbackup.config").archive_kind(file)
-  where.name = shown
+  where.name = dest.shown or shown
   where.engine = "S3"
   where.location = "s3"
-  where.path = "s3://" .. where.bucket .. "/" .. where.prefix
+  where.url = url:gsub("/+$", "")
+  where.path = "s3://" .. where.bucket .. (where.prefix ~= "" and "/" .. where.prefix or "")
   where.archive = kind ~= nil
   where.archive_kind = kind
   where.key_id, where.secret, where.session_token = key_id, secret, token
@@ -153,12 +191,13 @@ local clients = {}   -- by configuration: one client (and its C profile) each
 -- The client of a resolved destination, or nil, err.
 local function client(r)
   local id = table.concat({ r.endpoint, r.bucket, r.region or "", r.key_id, r.secret, r.session_token or "",
-    tostring(r.path_style) }, "\0")
+    tostring(r.path_style), r.storage_class or "" }, "\0")
   local c = clients[id]
   if not c then
     local err
     c, err = core.s3_client({ endpoint = r.endpoint, bucket = r.bucket, region = r.region, key_id = r.key_id,
-      secret = r.secret, session_token = r.session_token, path_style = r.path_style })
+      secret = r.secret, session_token = r.session_token, path_style = r.path_style,
+      storage_class = r.storage_class })
     if not c then
       return nil, err
     end
@@ -166,6 +205,9 @@ local function client(r)
   end
   return c
 end
+
+
+s3.client = client   -- (policies on S3: chbackup.policy.store)
 
 
 local function key_of(r, name)
@@ -449,9 +491,20 @@ end
 
 -- Deleting ------------------------------------------------------------------------------
 
---- Deletes the S3 backup opts.resolved: `.backup` first (a half-deleted
--- backup never looks whole), then every other object, in batches of 1000.
--- Returns true or nil, err.
+local DELETING = "deleting\n"   -- last line of the `.lock` a deletion holds
+
+-- The `.lock` text of a deletion by this process.
+local function deleting_text()
+  return lock.holder_text("delete") .. "host " .. hostname() .. "\n" .. DELETING
+end
+
+
+--- Deletes the S3 backup opts.resolved: a `.lock` saying "deleting" first
+-- (so a half-deleted backup lists as being deleted, and no BACKUP starts
+-- over it), then `.backup` (a half-deleted backup never looks whole), then
+-- every other object in DeleteObjects batches of 1000, `.lock` last.
+-- opts.finish: a deletion that was started (no `.backup`). Returns true or
+-- nil, err.
 function s3.remove(_, opts)
   local r = opts.resolved
   local name = opts.name or r.name
@@ -459,24 +512,86 @@ function s3.remove(_, opts)
   if not c then
     return nil, err, code
   end
+  local lock_key = key_of(r, s3.LOCK)
+  local prev = c:get(lock_key)
   local st
   st, err, code = c:head(key_of(r, manifest.FILE))
   if not st and code ~= "ENOENT" then
     return nil, "backup " .. name .. ": " .. err, code
-  elseif not st and not opts.finish then
+  elseif not st and not (prev and prev:sub(-#DELETING) == DELETING) and not opts.finish then
     return nil, "backup " .. name .. " has no " .. manifest.FILE .. " at " .. r.path .. "; not deleting it"
   end
+  if prev and prev:sub(-#DELETING) ~= DELETING and not stale(prev, r.path) then
+    return nil, "backup " .. name .. " is being written by " .. lock.who(prev) .. " (" .. lock_key
+      .. " exists); not deleting it"
+  end
+  local ok
+  ok, err, code = c:put(lock_key, deleting_text())
+  if not ok then
+    return nil, "cannot delete backup " .. name .. ": " .. err .. " (nothing was deleted)", code
+  end
   if st then
-    local ok, derr = c:delete(key_of(r, manifest.FILE))
+    ok, err = c:delete(key_of(r, manifest.FILE))
     if not ok then
-      return nil, "cannot invalidate backup " .. name .. ": " .. derr .. " (nothing was deleted)"
+      return nil, "cannot invalidate backup " .. name .. ": " .. err .. " (deleting it again finishes)"
     end
   end
-  local ok, derr = delete_all(c, r)
+  ok, err = delete_all(c, r, s3.LOCK)
+  if ok then
+    ok, err = c:delete(lock_key)
+  end
   if not ok then
-    return nil, derr .. " (the backup is invalidated; deleting it again finishes)"
+    return nil, err .. " (the backup is invalidated; deleting it again finishes)"
   end
   return true
+end
+
+
+-- Listing -------------------------------------------------------------------------------
+
+--- What the backups below the resolved root (`S3('url')`, dest.root) are:
+-- one ListObjectsV2 of the prefix, keys grouped by their `.backup` and
+-- `.lock` (ClickHouse's layout): {{rel=, what = "backup" | "incomplete"
+-- (a `.lock` without `.backup`: a BACKUP running or killed) | "deleting"
+-- (a deletion's `.lock`)}}, sorted by rel; objects of neither are not
+-- backups. Returns the list or nil, err, code.
+function s3.list(root)
+  local c, err, code = client(root)
+  if not c then
+    return nil, err, code
+  end
+  local prefix = root.prefix ~= "" and root.prefix .. "/" or ""
+  local objects
+  objects, err, code = c:list(prefix)
+  if not objects then
+    return nil, root.name .. ": " .. err, code
+  end
+  local seen, rels = {}, {}
+  for _, o in ipairs(objects) do
+    local rel = o.key:sub(#prefix + 1)
+    local at, file = rel:match("^(.-)/?([^/]*)$")
+    if at ~= "" and (file == manifest.FILE or file == s3.LOCK) then
+      if not seen[at] then
+        seen[at] = {}
+        rels[#rels + 1] = at
+      end
+      seen[at][file] = true
+    end
+  end
+  table.sort(rels)
+  local out, inside = {}, nil
+  for _, rel in ipairs(rels) do
+    if not (inside and rel:sub(1, #inside + 1) == inside .. "/") then   -- not a file of a backup
+      local what = "backup"
+      if not seen[rel][manifest.FILE] then
+        local text = c:get(prefix .. rel .. "/" .. s3.LOCK) or ""
+        what = text:sub(-#DELETING) == DELETING and "deleting" or "incomplete"
+      end
+      out[#out + 1] = { rel = rel, what = what }
+      inside = rel
+    end
+  end
+  return out
 end
 
 
