@@ -33,7 +33,7 @@
 #define CHB_LOCK_MT "chbackup.Lock"
 
 int luaopen_chbackup_core(lua_State *L);
-void chb_open_zip(lua_State *L); /* chb_zip_lua.c */
+void chb_open_archives(lua_State *L); /* chb_archive_lua.c */
 void chb_open_s3(lua_State *L);  /* chb_s3_lua.c */
 void chb_open_index(lua_State *L); /* chb_index_lua.c */
 
@@ -115,9 +115,23 @@ static int core_job(lua_State *L) {
  * directory: a symbolic link there is refused, not followed.
  * `name`: dst is written encrypted with the job's key as that file of its
  * backup (the job needs a key).
+ * S3 (chb_s3_store.h; `id` from an S3 client's c:profile()): a piece
+ * {key, offset, length, s3 = id} reads object `key` by ranged GETs; a dst
+ * {s3 = id, key = k} writes object k (one PUT up to 32 MiB, else multipart;
+ * it exists once verified).
  */
 static int job_add(lua_State *L) {
   chb_job *job = check_job(L);
+  int dst_s3 = 0;
+  if (lua_istable(L, 3)) {   /* {s3 = id, key = k}: an S3 object */
+    lua_getfield(L, 3, "s3");
+    dst_s3 = (int)luaL_checkinteger(L, -1);
+    luaL_argcheck(L, dst_s3 > 0, 3, "an S3 destination needs s3 = <profile id>");
+    lua_getfield(L, 3, "key");
+    luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "an S3 destination needs key = <string>");
+    lua_replace(L, 3);        /* dst is the key; the table is not needed */
+    lua_pop(L, 1);
+  }
   const char *dst = luaL_optstring(L, 3, NULL);
   lua_Integer size = luaL_optinteger(L, 4, -1);
   chb_u128 hash, *hp = NULL;
@@ -166,7 +180,11 @@ static int job_add(lua_State *L) {
       lua_getfield(L, -8, "root");                          /* .., key, aad, root */
       luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, 2, "a piece's root must be a string");
       pieces[k - 1].root = lua_tostring(L, -1);
-      lua_pop(L, 9);                                        /* .., buf */
+      /* s3=: a profile id; path is an object key */
+      lua_getfield(L, -9, "s3");                            /* .., aad, root, s3 */
+      pieces[k - 1].s3 = (int)luaL_optinteger(L, -1, 0);
+      luaL_argcheck(L, pieces[k - 1].s3 >= 0, 2, "a piece's s3 must be a profile id");
+      lua_pop(L, 10);                                       /* .., buf */
     }
     i = chb_job_add_pieces(job, pieces, (size_t)n, dst, (int64_t)size, hp, &err);
   } else {
@@ -176,6 +194,8 @@ static int job_add(lua_State *L) {
   if (i < 0) return luaL_error(L, "%s", err.msg);
   if (seal_name && chb_job_seal_entry(job, (size_t)i, seal_name, &err) != 0)
     return luaL_error(L, "%s", err.msg); /* misuse: the job has no key */
+  if (dst_s3 && chb_job_s3_entry(job, (size_t)i, dst_s3, &err) != 0)
+    return luaL_error(L, "%s", err.msg);
   lua_pushinteger(L, i + 1);
   return 1;
 }
@@ -749,7 +769,7 @@ CHB_EXPORT int luaopen_chbackup_core(lua_State *L) {
   lua_setfield(L, -2, "__index");     /* mt */
   lua_pop(L, 1);
   luaL_newlib(L, core_funcs);         /* core */
-  chb_open_zip(L);                    /* core (+ zip_writer, zip_reader, zip_methods) */
+  chb_open_archives(L);               /* core (+ zip_*, tar_writer, tar_reader) */
   chb_open_s3(L);                     /* core (+ s3_client) */
   chb_open_index(L);                  /* core (+ index) */
   lua_pushliteral(L, "0.1.0");

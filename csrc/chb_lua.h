@@ -1,5 +1,5 @@
 /*
- * Helpers shared by the binding files (chb_core.c, chb_zip_lua.c): the one
+ * Helpers shared by the binding files (chb_core.c, chb_archive_lua.c): the one
  * `fail` shape, the timeout argument of wait(), and progress tables.
  */
 #ifndef CHB_LUA_H

@@ -17,11 +17,16 @@
  *   c:head(key)                         -> {size =, etag =}
  *   c:list(prefix[, max_keys])          -> {{key =, size =, etag =}, ...} (all pages)
  *   c:delete(key)                       c:delete_many({key, ...})
- *   c:close()
+ *   c:profile()                         -> id: this client's configuration as an S3
+ *                                          profile (chb_s3_store.h) for job pieces
+ *                                          {key, offset, length, s3 = id} and
+ *                                          destinations job:add(src, {s3 = id, key = k}, ...)
+ *   c:close()                           (drops the profile too)
  */
 #include "chb_error.h"
 #include "chb_lua.h"
 #include "chb_s3.h"
+#include "chb_s3_store.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +43,7 @@ void chb_open_s3(lua_State *L);
 
 typedef struct s3_box {
   chb_s3 *s;   /* NULL once closed */
+  int profile; /* the same configuration registered for jobs; 0: none */
 } s3_box;
 
 static chb_s3 *check_s3(lua_State *L) {
@@ -110,10 +116,14 @@ static int s3_client(lua_State *L) {
   };
   s3_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->s = NULL;
+  b->profile = 0;
   luaL_setmetatable(L, CHB_S3_MT);
   chb_error e;
   b->s = chb_s3_new(&cfg, &e);
   if (!b->s) return chb_push_fail(L, &e);
+  int id = chb_s3_profile_add(&cfg, &e);
+  if (id < 0) return chb_push_fail(L, &e);   /* collected (and closed) by the GC */
+  b->profile = id;
   return 1;
 }
 
@@ -121,7 +131,15 @@ static int s3_close(lua_State *L) {
   s3_box *b = luaL_checkudata(L, 1, CHB_S3_MT);
   chb_s3_free(b->s);
   b->s = NULL;
+  if (b->profile > 0) chb_s3_profile_drop(b->profile);
+  b->profile = 0;
   return 0;
+}
+
+static int m_profile(lua_State *L) {
+  check_s3(L);
+  lua_pushinteger(L, ((s3_box *)lua_touserdata(L, 1))->profile);
+  return 1;
 }
 
 static int done(lua_State *L, int rc, const chb_error *e) {
@@ -366,6 +384,7 @@ static const luaL_Reg s3_methods[] = {
     {"list", m_list},
     {"delete", m_delete},
     {"delete_many", m_delete_many},
+    {"profile", m_profile},
     {"close", s3_close},
     {NULL, NULL}};
 

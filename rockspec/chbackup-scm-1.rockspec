@@ -48,6 +48,7 @@ external_dependencies = {
   LIBDEFLATE = { header = "libdeflate.h", library = "deflate" },
   CURL = { header = "curl/curl.h", library = "curl" },   -- the S3 client (chb_s3.c)
   EXPAT = { header = "expat.h", library = "expat" },     -- its XML answers
+  LIBARCHIVE = { header = "archive.h", library = "archive" },   -- tar archives (chb_tar_*.c)
 }
 
 test_dependencies = { "busted" }
@@ -67,7 +68,7 @@ build = {
     CMAKE_BUILD_TYPE = "Release",
     CMAKE_C_FLAGS = "$(CFLAGS)",
     CMAKE_MODULE_LINKER_FLAGS = "$(LIBFLAG)",
-    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR);$(LIBDEFLATE_DIR);$(CURL_DIR);$(EXPAT_DIR)",
+    CMAKE_PREFIX_PATH = "$(LZ4_DIR);$(ZSTD_DIR);$(LIBDEFLATE_DIR);$(CURL_DIR);$(EXPAT_DIR);$(LIBARCHIVE_DIR)",
     LUA_INCDIR = "$(LUA_INCDIR)",
     CHB_LIBDIR = "$(LIBDIR)",
     CHB_TESTS = "OFF",   -- the C unit tests are for a checkout (scripts/test)
@@ -81,7 +82,10 @@ build = {
       ["chbackup.store"] = "lua/chbackup/store/init.lua",
       ["chbackup.store.dir"] = "lua/chbackup/store/dir.lua",
       ["chbackup.store.encryption"] = "lua/chbackup/store/encryption.lua",
+      ["chbackup.store.s3"] = "lua/chbackup/store/s3.lua",
       ["chbackup.store.zip"] = "lua/chbackup/store/zip.lua",
+      ["chbackup.store.tar"] = "lua/chbackup/store/tar.lua",
+      ["chbackup.store.archive"] = "lua/chbackup/store/archive.lua",
       ["chbackup.check"] = "lua/chbackup/check.lua",
       ["chbackup.cli"] = "lua/chbackup/cli.lua",
       ["chbackup.config"] = "lua/chbackup/config.lua",
@@ -103,6 +107,7 @@ build = {
       ["chbackup.plan"] = "lua/chbackup/plan.lua",
       ["chbackup.rebase"] = "lua/chbackup/rebase.lua",
       ["chbackup.progress"] = "lua/chbackup/progress.lua",
+      ["chbackup.jsonl"] = "lua/chbackup/jsonl.lua",
       ["chbackup.policy"] = "lua/chbackup/policy/init.lua",
       ["chbackup.policy.cli"] = "lua/chbackup/policy/cli.lua",
       ["chbackup.policy.junit"] = "lua/chbackup/policy/junit.lua",

@@ -47,21 +47,7 @@ local function chb(w, stmt, path)
   return h.open(w, path):execute(stmt)
 end
 
--- The entities of an access directory with every ID('…') replaced by the
--- name of the entity it refers to: equal for a source and its restore.
-local function access_by_name(dir)
-  local access = require("chbackup.access")
-  local by_id = assert(access.read_dir(dir))
-  local out = {}
-  for _, e in pairs(by_id) do
-    local text = table.concat(e.lines, "\n"):gsub("ID%('([^']*)'%)", function(id)
-      return "<" .. (by_id[id] and by_id[id].name or "?") .. ">"
-    end)
-    out[#out + 1] = text
-  end
-  table.sort(out)
-  return out
-end
+local access_by_name = h.access_by_name
 
 -- A copy of backup `from` named `to` whose entry `name` is renamed to
 -- `new_name` and/or holds `content` (size and checksum updated).
@@ -96,18 +82,13 @@ describe("BACKUP ALL with SQL functions and access entities", function()
   local w, src, source_digest
   setup(function()
     w = h.world("access")
-    src = w.dir .. "/src"
-    h.clickhouse(src, {
+    src = h.server_source(w, "src", {
       "CREATE DATABASE d",
       "CREATE TABLE d.t (x UInt32) ENGINE = MergeTree ORDER BY x",
       "INSERT INTO d.t SELECT number FROM numbers(20)",
       "CREATE FUNCTION linear AS (x, k, b) -> k * x + b",
       "CREATE FUNCTION `we ird.f` AS (s) -> concat(s, 'it''s')",
-    }, w.config)
-    sh("mkdir -p " .. q(src .. "/access"))
-    for id, text in pairs(ENTITIES) do
-      h.write(src .. "/access/" .. id .. ".sql", text)
-    end
+    }, ENTITIES)
     source_digest = h.clickhouse(src, CHECK, w.config)
     local r, err = chb(w, "BACKUP ALL TO Disk('backups', 'all')", src)
     assert(r, err)

@@ -234,6 +234,16 @@ function helpers.chb(p, statement)
 end
 
 
+--- The JSON lines of a command's output, each decoded (`--json`).
+function helpers.json_lines(out)
+  local rows = {}
+  for line in out:gmatch("[^\n]+") do
+    rows[#rows + 1] = require("cjson").decode(line)
+  end
+  return rows
+end
+
+
 --- count() and sum(cityHash64(tuple(*))) of each table, as "db\ttable\tcount\thash" lines.
 function helpers.table_digests(path, tables)
   local stmts = {}
@@ -265,6 +275,36 @@ function helpers.digest_text(rows)
     out[#out + 1] = table.concat(r, "\t")
   end
   return table.concat(out, "\n") .. "\n"
+end
+
+
+--- A data path `<w.dir>/<name>` made by real ClickHouse (statements, with
+-- w's config) with access entities written in ClickHouse's on-disk format
+-- (entities: uuid -> `ATTACH …;` lines; chDB has no local access storage
+-- to make them). Returns its path.
+function helpers.server_source(w, name, statements, entities)
+  local src = w.dir .. "/" .. name
+  helpers.clickhouse(src, statements, w.config)
+  assert(sh("mkdir -p " .. q(src .. "/access")))
+  for id, text in pairs(entities) do
+    helpers.write(src .. "/access/" .. id .. ".sql", text)
+  end
+  return src
+end
+
+
+--- The entities of an access directory with every ID('…') replaced by the
+-- name of the entity it refers to: equal for a source and its restore.
+function helpers.access_by_name(dir)
+  local by_id = assert(require("chbackup.access").read_dir(dir))
+  local out = {}
+  for _, e in pairs(by_id) do
+    out[#out + 1] = (table.concat(e.lines, "\n"):gsub("ID%('([^']*)'%)", function(id)
+      return "<" .. (by_id[id] and by_id[id].name or "?") .. ">"
+    end))
+  end
+  table.sort(out)
+  return out
 end
 
 
@@ -314,6 +354,42 @@ function helpers.tree(dir)
   end
   table.sort(out)
   return out
+end
+
+
+--- An s3rver (scripts/s3rver) on a free port serving `bucket` from dir/srv
+-- (key id and secret S3RVER). Returns {port=, url = "http://127.0.0.1:port/
+-- bucket/" .. prefix, client = core.s3_client, start(), stop()}: start()
+-- (again after a stop: what was written stays) renews port, url and client.
+function helpers.s3rver(dir, bucket, prefix)
+  local srv = { dir = dir .. "/srv" }
+  function srv.start()
+    local p = io.popen(string.format("CHB_S3RVER_PARENT=%d %s/scripts/s3rver start %s %s",
+      helpers.pid(), helpers.quote(helpers.ROOT), helpers.quote(srv.dir), bucket))
+    local out = p:read("a")
+    assert(p:close(), "scripts/s3rver start failed")
+    srv.port = assert(tonumber(out:match("^(%d+) %d+")), "no port from scripts/s3rver: " .. out)
+    srv.url = "http://127.0.0.1:" .. srv.port .. "/" .. bucket .. "/" .. prefix
+    if srv.client then
+      srv.client:close()
+    end
+    srv.client = assert(require("chbackup.core").s3_client({ endpoint = "http://127.0.0.1:" .. srv.port,
+      bucket = bucket, key_id = "S3RVER", secret = "S3RVER", path_style = true }))
+    return srv
+  end
+  function srv.stop()
+    os.execute(string.format("%s/scripts/s3rver stop %s", helpers.quote(helpers.ROOT), helpers.quote(srv.dir)))
+  end
+  --- Names below `prefix/name/`, sorted.
+  function srv.objects(name)
+    local out, n = {}, #prefix + #name + 3
+    for _, o in ipairs(assert(srv.client:list(prefix .. "/" .. name .. "/"))) do
+      out[#out + 1] = o.key:sub(n)
+    end
+    table.sort(out)
+    return out
+  end
+  return srv.start()
 end
 
 

@@ -20,13 +20,7 @@ local function on_terminal(cmd)
   return out, code
 end
 
-local function json_lines(out)
-  local rows = {}
-  for line in out:gmatch("[^\n]+") do
-    rows[#rows + 1] = cjson.decode(line)
-  end
-  return rows
-end
+local json_lines = h.json_lines
 
 describe("progress line", function()
   local w

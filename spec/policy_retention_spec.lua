@@ -291,6 +291,49 @@ describe("retention: chains", function()
     assert.same({ "f2" }, ids(res.remove))
   end)
 
+  it("rebase: a kept incremental whose base expires is made standalone; the base goes", function()
+    local pts = history({ { "f1", 0 }, { "i1", 1, "f1" }, { "i2", 2, "i1" }, { "i3", 3, "i2" }, { "f2", 24 },
+      { "j1", 25, "f2" }, { "j2", 26, "f2" } })
+    -- last 4 keeps j2, j1, f2 (so j1 and j2 stay on it) and i3
+    local res = retention.apply(pts, rules({ last = 4, rebase = true }), now, UTC)
+    assert.same({ "j2", "j1", "f2", "i3" }, ids(res.kept))
+    -- i3 relies on i2 <- i1 <- f1, none kept for itself: i3 alone is rebased
+    assert.same({ "i3" }, ids(res.rebase))
+    assert.same({ i3 = "i2" }, res.rebase_of)
+    assert.same({ "i2", "i1", "f1" }, ids(res.remove))
+    -- without rebase the whole chain stays
+    local kept = retention.apply(pts, rules({ last = 4 }), now, UTC)
+    assert.same({ "j2", "j1", "f2", "i3", "i2", "i1", "f1" }, ids(kept.kept))
+    assert.same({}, kept.rebase)
+  end)
+
+  it("rebase: the oldest kept incremental on an expiring base only; later ones keep it as their base", function()
+    local pts = history({ { "f1", 0 }, { "i1", 1, "f1" }, { "i2", 2, "i1" }, { "i3", 3, "i2" } })
+    local res = retention.apply(pts, rules({ last = 2, rebase = true }), now, UTC)
+    assert.same({ "i2" }, ids(res.rebase))
+    assert.same({ "i3", "i2" }, ids(res.kept))
+    assert.same({ "last snapshot", "base of i3" }, res.keep.i2)
+    assert.same({ "i1", "f1" }, ids(res.remove))
+  end)
+
+  it("rebase: not after a failed rebase, nor over a broken chain, nor past a pinned base", function()
+    local pts = history({ { "f1", 0 }, { "i1", 1, "f1" } })
+    pts[2].rebase_failed = "checksum mismatch"
+    local res = retention.apply(pts, rules({ last = 1, rebase = true }), now, UTC)
+    assert.same({}, res.rebase)
+    assert.same({ "base of i1" }, res.keep.f1)
+    assert.same({}, res.remove)
+    -- i2's chain misses the base of i1: nothing to read i2 through
+    pts = history({ { "i1", 1, "gone" }, { "i2", 2, "i1" } })
+    res = retention.apply(pts, rules({ last = 1, rebase = true }), now, UTC)
+    assert.same({}, res.rebase)
+    assert.same({ "i2", "i1" }, ids(res.kept))
+    pts = history({ { "f1", 0 }, { "i1", 1, "f1" } })
+    pts[1].pinned = "base of other/x, a backup outside this policy"
+    res = retention.apply(pts, rules({ last = 1, rebase = true }), now, UTC)
+    assert.same({}, res.rebase)
+  end)
+
   it("no rules keep everything", function()
     local res = retention.apply(history({ { "f1", 0 }, { "f2", 24 } }), nil, now, UTC)
     assert.equal(2, #res.kept)
@@ -425,6 +468,49 @@ describe("retention: property over random histories and rules", function()
           if state[q.id] and q.base == p.id then
             error("seed " .. seed .. ": deleting " .. p.id .. " breaks " .. q.id)
           end
+        end
+      end
+    end
+  end)
+
+  it("with rebase: every kept backup still has its chain once the planned rebases are made", function()
+    for seed = 1, 300 do
+      math.randomseed(seed)
+      local pts, newest_time = random_history(math.random)
+      local r = random_rules(math.random)
+      r.rebase = true
+      local res = retention.apply(pts, r, newest_time + math.random(0, 3) * 86400, UTC)
+      local by_id, kept, gone = {}, {}, {}
+      for _, p in ipairs(pts) do by_id[p.id] = p end
+      for _, p in ipairs(res.kept) do kept[p.id] = true end
+      for _, p in ipairs(res.remove) do gone[p.id] = true end
+      for _, p in ipairs(res.rebase) do
+        assert.is_true(kept[p.id], "seed " .. seed .. ": " .. p.id .. " rebased but not kept")
+        assert.is_nil(res.keep[p.base], "seed " .. seed .. ": " .. p.id .. " rebased while its base is kept")
+        assert.equal(p.base, res.rebase_of[p.id])
+        by_id[p.id] = { id = p.id, time = p.time }   -- standalone from now on
+      end
+      for _, p in ipairs(res.kept) do
+        local cur = by_id[p.id]
+        while cur.base and by_id[cur.base] do
+          assert.is_true(kept[cur.base], "seed " .. seed .. ": " .. p.id .. " kept without " .. cur.base)
+          cur = by_id[cur.base]
+        end
+      end
+      -- nothing is kept only as the base of another backup when its chain is whole
+      for id, reasons in pairs(res.keep) do
+        local own = false
+        for _, why in ipairs(reasons) do
+          own = own or not why:match("^base of ")
+        end
+        if not own then
+          local ok_chain = true
+          local cur = by_id[id]
+          while cur.base do
+            if not by_id[cur.base] then ok_chain = false break end
+            cur = by_id[cur.base]
+          end
+          assert.is_false(ok_chain and not gone[id], "seed " .. seed .. ": " .. id .. " kept only as a base")
         end
       end
     end

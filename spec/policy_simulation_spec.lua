@@ -138,6 +138,37 @@ describe("policy simulation: a year in memory", function()
     -- then a full at 06 instead of a sixth, incrementals at 12, 18 and 00
     assert.same({ "full", "incr", "incr", "incr", "incr", "full", "incr", "incr", "incr" }, kinds)
   end)
+
+  it("retention.rebase over a week of weekly fulls and daily incrementals: only the last 3 stay, each chain whole", function()
+    local pol = check({
+      destination = { disk = "backups" },
+      schedule = { full = "0 2 * * 0", incremental = "0 2 * * *" },
+      retention = { last = 3, rebase = true },
+    })
+    local st = store.memory()
+    local rebased = {}
+    simulate(pol, { store = st }, "2026-03-01T02:00:00", "2026-03-07T02:00:00", function(report)
+      for _, p in ipairs(report.rebased) do
+        rebased[#rebased + 1] = p.name
+      end
+      assert(chains_intact(st))
+    end)
+    -- Sunday's full, then one incremental a day on the day before; from
+    -- Wednesday on, each run rebases the oldest of the last 3 and deletes
+    -- the backup it relied on
+    assert.same({ "sim/20260307-020000-incr", "sim/20260306-020000-incr", "sim/20260305-020000-incr" }, names(st))
+    assert.same({ "sim/20260302-020000-incr", "sim/20260303-020000-incr", "sim/20260304-020000-incr",
+      "sim/20260305-020000-incr" }, rebased)
+    assert.is_nil(st.broken)
+    -- a rebase that fails keeps the base, and the run says so
+    st.opts.fail_rebase = function(p) return "no space left for " .. p.name end
+    local report = assert(policy.run(pol, T("2026-03-08T02:00:00"), { store = st }))
+    assert.is_false(report.ok)
+    assert.matches("no space left for sim/20260306%-020000%-incr", report.errors[1])
+    assert.same({ "sim/20260308-020000-full", "sim/20260307-020000-incr", "sim/20260306-020000-incr",
+      "sim/20260305-020000-incr" }, names(st))
+    assert.is_nil(st.broken)
+  end)
 end)
 
 

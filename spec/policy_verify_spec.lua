@@ -71,6 +71,26 @@ local function record(w, name)
 end
 
 
+-- Flips one byte (at `at`, default the middle) of a data file of shop.orders
+-- that the full stores itself (and the incremental relies on). Returns its
+-- manifest entry and path.
+local function corrupt_full(w, at)
+  local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
+  local victim
+  for _, f in ipairs(m.files) do
+    if f.name:match("^data/shop/orders/202401_1_1_0/.*%.bin$") and not f.data_file and f.size > 100 then
+      victim = f
+      break
+    end
+  end
+  local path = w.backups .. "/" .. FULL .. "/" .. victim.name
+  local bytes = h.read(path)
+  local i = at or #bytes // 2
+  h.write(path, bytes:sub(1, i - 1) .. string.char((bytes:byte(i) + 1) % 256) .. bytes:sub(i + 1))
+  return victim, path
+end
+
+
 describe("policy verify (real backups, real ClickHouse)", function()
   it("passes on good backups, records the result beside each backup, writes JUnit", function()
     local w, file = world_with_backups()
@@ -116,18 +136,7 @@ describe("policy verify (real backups, real ClickHouse)", function()
     local w, file = world_with_backups()
     -- flip one byte in the middle of a data file the full stores (and the
     -- incremental relies on)
-    local m = assert(manifest.read(w.backups .. "/" .. FULL .. "/.backup"))
-    local victim
-    for _, f in ipairs(m.files) do
-      if f.name:match("^data/shop/orders/202401_1_1_0/.*%.bin$") and not f.data_file and f.size > 100 then
-        victim = f
-        break
-      end
-    end
-    local path = w.backups .. "/" .. FULL .. "/" .. victim.name
-    local bytes = h.read(path)
-    local i = #bytes // 2
-    h.write(path, bytes:sub(1, i - 1) .. string.char((bytes:byte(i) + 1) % 256) .. bytes:sub(i + 1))
+    local victim, path = corrupt_full(w)
     local junit = w.dir .. "/report.xml"
     local code, out, err = cli(w, "verify", file, { "junit=" .. junit, "now=2026-05-01T04:00:00Z" })
     assert.equal(1, code)
@@ -419,5 +428,242 @@ describe("chbackup policy (the command line)", function()
     assert.truthy(lfs.attributes(w.backups .. "/nightly/20260501-0150-full/.backup"))
     assert.truthy(lfs.attributes(w.backups .. "/" .. FULL .. "/.backup"))
     assert.truthy(lfs.attributes(w.backups .. "/" .. INCR .. "/.backup"))
+  end)
+end)
+
+
+local json_lines = h.json_lines
+
+
+-- The events of JSON lines: "event backup" each (backup "-" when null).
+local function events(list, wanted)
+  local got = {}
+  for _, e in ipairs(list) do
+    if wanted[e.event] then
+      got[#got + 1] = e.event .. " " .. (e.backup ~= cjson.null and e.backup or "-")
+    end
+  end
+  return got
+end
+
+
+local EVENT_FIELDS = { "time", "at", "policy", "event", "level", "backup", "reason" }
+
+local function assert_event_fields(e)
+  for _, k in ipairs(EVENT_FIELDS) do
+    assert.is_not_nil(e[k], k .. " missing in " .. cjson.encode(e))
+  end
+  assert.equal("nightly", e.policy)
+  assert.equal("number", type(e.time))
+  assert.is_truthy(({ info = true, warn = true, error = true })[e.level], e.level)
+end
+
+
+describe("policy commands with json: one JSON object per result or event", function()
+  it("check, plan, verify, run and watch print JSON lines with the same exit codes", function()
+    local w, file = world_with_backups()
+    -- check: one object; an invalid policy: valid=false, exit 1
+    local code, out, err = cli(w, "check", file, { "json" })
+    assert.equal(0, code, err)
+    local c = json_lines(out)
+    assert.equal(1, #c)
+    assert.same({ policy = "nightly", file = file, valid = true, destination = "Disk('backups')",
+      names = "{policy}/{yyyy}{mm}{dd}-{HH}{MM}-{kind}", schedule = { full = "0 2 * * *",
+      incremental = "0 * * * *", verify = cjson.null }, retention = "none (every backup is kept)",
+      verification = "newest" }, c[1])
+    h.write(w.dir .. "/bad.lua", "return { name = 'bad', schedule = { full = 'sometimes' } }")
+    code, out = cli(w, "check", w.dir .. "/bad.lua", { "json" })
+    assert.equal(1, code)
+    c = json_lines(out)
+    assert.equal(1, #c)
+    assert.is_false(c[1].valid)
+    assert.equal(w.dir .. "/bad.lua", c[1].file)
+    assert.matches("destination", c[1].error)
+    -- plan: one object with what is due, kept and deleted
+    code, out = cli(w, "plan", file, { "json", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    local plan = json_lines(out)
+    assert.equal(1, #plan)
+    plan = plan[1]
+    assert.is_true(plan.ok)
+    assert.same({}, plan.errors)
+    assert.equal(cjson.null, plan.due.kind)
+    assert.same({ INCR, FULL }, { plan.keep[1].name, plan.keep[2].name })
+    assert.equal(FULL, plan.keep[1].base)
+    assert.same({}, plan.delete)
+    assert.same({}, plan.rebase)
+    -- verify: one line per event, then the summary with every check
+    code, out = cli(w, "verify", file, { "json", "backups=chain", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code, out)
+    local lines = json_lines(out)
+    for _, e in ipairs(lines) do
+      assert_event_fields(e)
+    end
+    assert.same({ "verify " .. INCR, "verified " .. INCR, "verify " .. FULL, "verified " .. FULL },
+      events(lines, { verify = true, verified = true }))
+    local s = lines[#lines]
+    assert.equal("summary", s.event)
+    assert.is_true(s.ok)
+    assert.same({}, s.errors)
+    assert.same({ "backups" }, { s.suite[1].name })
+    assert.is_true(s.suite[1].ok)
+    assert.same({ INCR, FULL }, { s.results[1].backup, s.results[2].backup })
+    local checks = {}
+    for _, x in ipairs(s.results[1].checks) do
+      checks[#checks + 1] = x.name .. "=" .. tostring(x.ok)
+    end
+    assert.same({ "chain=true", "checksums=true", "restore=true", "row_counts=true" }, checks)
+    -- quiet: only the summary when nothing goes wrong
+    code, out = cli(w, "verify", file, { "json", "quiet", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    lines = json_lines(out)
+    assert.equal(1, #lines)
+    assert.equal("summary", lines[1].event)
+    -- run: its events, then a summary naming the backup made
+    h.clickhouse(w.data, { "INSERT INTO shop.customers SELECT * FROM shop.customers LIMIT 2" })
+    code, out = cli(w, "run", file, { "json", "now=2026-05-01T04:00:00Z" })
+    assert.equal(0, code, out)
+    lines = json_lines(out)
+    for _, e in ipairs(lines) do
+      assert_event_fields(e)
+    end
+    local I4 = "nightly/20260501-0400-incr"
+    assert.same({ "incremental " .. I4, "created " .. I4 }, events(lines, { incremental = true, created = true }))
+    s = lines[#lines]
+    assert.equal("summary", s.event)
+    assert.same({ true, I4, {}, {}, {} }, { s.ok, s.backup, s.deleted, s.rebased, s.errors })
+    assert.equal("2026-05-01T04:00:00Z", s.at)
+    -- watch: the events of each run and its sleeps
+    local now = T0 + 2 * 3600 + 60
+    pcli.clock = function() return now end
+    pcli.sleep = function(sec) now = now + sec end
+    pcli.max_runs = 2
+    code, out = cli(w, "watch", file, { "json" })
+    pcli.clock, pcli.sleep, pcli.max_runs = nil, nil, nil
+    assert.equal(0, code)
+    lines = json_lines(out)
+    for _, e in ipairs(lines) do
+      assert_event_fields(e)
+    end
+    assert.same({ "idle -", "sleep -", "created nightly/20260501-0500-incr" },
+      events(lines, { idle = true, sleep = true, created = true }))
+    -- a drill that fails: exit 1 and a summary saying why
+    local victim = corrupt_full(w, 11)
+    code, out = cli(w, "verify", file, { "json", "backup=" .. FULL, "now=2026-05-01T06:30:00Z" })
+    assert.equal(1, code)
+    s = json_lines(out)
+    s = s[#s]
+    assert.equal("summary", s.event)
+    assert.is_false(s.ok)
+    assert.equal("error", s.level)
+    local by_name = {}
+    for _, x in ipairs(s.results[1].checks) do
+      by_name[x.name] = x
+    end
+    assert.is_false(by_name.checksums.ok)
+    assert.equal(cjson.null, by_name.restore.ok)   -- skipped
+    assert.matches("corrupted file " .. victim.name:gsub("%p", "%%%0"), by_name.checksums.message)
+    assert.matches("verification failed", s.errors[1])
+  end)
+
+  it("--json before `policy` works as the json word does", function()
+    local w = h.world("policy-json-cli")
+    local file = write_policy(w)
+    local ok, out = h.run(string.format("%s/scripts/chbackup --json --path %s --config %s --status-dir %s policy "
+      .. "run %s now=2026-05-01T02:00:00Z", h.ROOT, h.quote(w.data), h.quote(w.config), h.quote(w.status),
+      h.quote(file)))
+    assert.is_true(ok, out)
+    local lines = json_lines(out)
+    assert.same({ "full " .. FULL, "created " .. FULL }, events(lines, { full = true, created = true }))
+    assert.same({ "summary", true, FULL }, { lines[#lines].event, lines[#lines].ok, lines[#lines].backup })
+  end)
+end)
+
+
+describe("policy retention with rebase (real backups)", function()
+  local TABLES = { { "shop", "orders" }, { "shop", "customers" }, { "logs", "events" } }
+  local RETAIN = "retention = { last = 1%s },"
+
+  -- A full at 02:00 and an incremental at 03:00 kept on it by `last = 1`
+  -- (no rebase yet); then the policy is written again with rebase = true.
+  local function chain_then_rebase_policy()
+    local w, file = world_with_backups({ top = RETAIN:format("") })
+    assert.truthy(h.exists(w.backups .. "/" .. FULL .. "/.backup"))
+    write_policy(w, { top = RETAIN:format(", rebase = true") })
+    return w, file
+  end
+
+  it("plan shows the rebase; run rebases the incremental, then deletes its base; ClickHouse restores it", function()
+    local w, file = chain_then_rebase_policy()
+    local want = h.table_digests(w.data, TABLES)
+    local uuid = assert(manifest.read(w.backups .. "/" .. INCR .. "/.backup")).uuid
+    local code, out = cli(w, "plan", file, { "json", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    local plan = cjson.decode(out)
+    assert.same({ { INCR, FULL } }, { { plan.rebase[1].name, plan.rebase[1].from } })
+    assert.equal(1, #plan.rebase)
+    assert.same({ FULL }, { plan.delete[1].name })
+    assert.equal(1, #plan.delete)
+    code, out = cli(w, "plan", file, { "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code)
+    assert.truthy(out:find("would-rebase " .. INCR .. ": kept, and its base " .. FULL .. " is not: made standalone "
+      .. "first, so that " .. FULL .. " can be deleted\n", 1, true), out)
+    assert.truthy(out:find("would-delete " .. FULL .. ": no rule keeps it; " .. INCR .. " is rebased first", 1, true),
+      out)
+    assert.truthy(h.exists(w.backups .. "/" .. FULL .. "/.backup"))   -- plan changes nothing
+
+    code, out = cli(w, "run", file, { "json", "now=2026-05-01T03:30:00Z" })
+    assert.equal(0, code, out)
+    local lines = h.json_lines(out)
+    local seen = {}
+    for _, e in ipairs(lines) do
+      if e.event == "rebase" or e.event == "rebased" or e.event == "deleted" then
+        seen[#seen + 1] = e.event .. " " .. e.backup
+      end
+    end
+    assert.same({ "rebase " .. INCR, "rebased " .. INCR, "deleted " .. FULL }, seen)
+    local s = lines[#lines]
+    assert.same({ "summary", true, { INCR }, { FULL } }, { s.event, s.ok, s.rebased, s.deleted })
+    -- the base is gone; the incremental is standalone, same uuid and files
+    assert.is_falsy(h.exists(w.backups .. "/" .. FULL))
+    assert.is_falsy(h.exists(w.backups .. "/" .. FULL .. ".chbackup.json"))
+    local after = assert(manifest.read(w.backups .. "/" .. INCR .. "/.backup"))
+    assert.is_nil(after.base_backup)
+    assert.equal(uuid, after.uuid)
+    local rec = record(w, INCR)
+    assert.is_nil(rec.base)
+    assert.equal(FULL, rec.rebased.from)
+    -- ClickHouse restores it: rows equal (count and hash of every row)
+    local by_ch = w.dir .. "/by-clickhouse"
+    h.clickhouse(by_ch, { "RESTORE DATABASE shop, DATABASE logs FROM Disk('backups', '" .. INCR .. "')" }, w.config)
+    assert.equal(want, h.table_digests(by_ch, TABLES))
+    -- the policy's own drill passes on it; the next run rebases nothing
+    code, out = cli(w, "verify", file, { "now=2026-05-01T03:40:00Z" })
+    assert.equal(0, code, out)
+    code, out = cli(w, "plan", file, { "json", "now=2026-05-01T03:40:00Z" })
+    assert.equal(0, code)
+    plan = cjson.decode(out)
+    assert.same({}, plan.rebase)
+    assert.same({}, plan.delete)
+  end)
+
+  it("a failed rebase keeps the base: exit 1, nothing deleted, the incremental still on it", function()
+    local w, file = chain_then_rebase_policy()
+    -- a byte flipped in a file the incremental reads from its base: the
+    -- rebase verifies every file it copies and refuses
+    corrupt_full(w, 11)
+    local code, out, err = cli(w, "run", file, { "now=2026-05-01T03:30:00Z" })
+    assert.equal(1, code)
+    assert.truthy(out:find("ERROR rebase-failed " .. INCR .. ": ", 1, true), out)
+    assert.truthy(out:find("; its base " .. FULL .. " is kept\n", 1, true), out)
+    assert.truthy(out:find("keep         " .. FULL .. ": base of " .. INCR .. "\n", 1, true), out)
+    assert.is_nil(out:find(" deleted ", 1, true), out)
+    assert.truthy(err:find("chbackup: policy nightly: " .. INCR .. ": ", 1, true), err)
+    assert.truthy(h.exists(w.backups .. "/" .. FULL .. "/.backup"))
+    local inc = assert(manifest.read(w.backups .. "/" .. INCR .. "/.backup"))
+    assert.is_truthy(inc.base_backup)
+    for _, f in ipairs(require("chbackup.fsutil").list_dir(w.backups .. "/nightly")) do
+      assert.is_nil(f:match("rebase"), f)
+    end
   end)
 end)

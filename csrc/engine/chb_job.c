@@ -18,6 +18,7 @@ typedef struct chb_entry {
   size_t npieces;
   char *dst;                  /* NULL: hash only */
   char *seal_name;            /* set: dst is written encrypted as this name */
+  int dst_s3;                 /* > 0: dst is an object key of this S3 profile */
   int64_t expect_size;        /* < 0: unknown */
   int has_expect_hash;
   chb_u128 expect_hash;
@@ -141,12 +142,22 @@ int chb_job_seal_entry(chb_job *job, size_t i, const char *name, chb_error *err)
   if (!job_is_new(job) || i >= job->count)
     return chb_error_set(err, CHB_INVALID, "no entry %zu to encrypt", i);
   chb_entry *e = &job->entries[i];
-  if (!job->opts.has_key || !e->dst)
-    return chb_error_set(err, CHB_INVALID, "an encrypted entry needs a job key and a destination");
+  if (!job->opts.has_key || !e->dst || e->dst_s3)
+    return chb_error_set(err, CHB_INVALID, "an encrypted entry needs a job key and a local destination");
   char *copy = strdup(name);
   if (!copy) return chb_error_set(err, CHB_ENOMEM, "cannot copy the name %s", name);
   free(e->seal_name);
   e->seal_name = copy;
+  return 0;
+}
+
+int chb_job_s3_entry(chb_job *job, size_t i, int profile, chb_error *err) {
+  if (!job_is_new(job) || i >= job->count)
+    return chb_error_set(err, CHB_INVALID, "no entry %zu to write to S3", i);
+  chb_entry *e = &job->entries[i];
+  if (!e->dst || e->seal_name || profile <= 0)
+    return chb_error_set(err, CHB_INVALID, "an S3 entry needs a destination key, a profile and no seal");
+  e->dst_s3 = profile;
   return 0;
 }
 
@@ -250,6 +261,8 @@ static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *
       o.key = job->opts.key;
       o.seal_name = e->seal_name;
     }
+    o.s3 = e->dst_s3;
+    o.size = e->expect_size > 0 ? (uint64_t)e->expect_size : 0;
     if (!(out = chb_store_open_write(job->store, e->dst, &o, err))) return -1;
   }
   if (!(src = chb_source_open(e->pieces, e->npieces, err))) goto done;
@@ -262,7 +275,7 @@ done:
   if (out && rc != 0) chb_sink_abort(out);  /* never leave a partial file */
   if (out && rc == 0 && chb_sink_close(out, err) != 0) {
     chb_error ignored;
-    chb_store_remove(job->store, e->dst, &ignored);
+    if (!e->dst_s3) chb_store_remove(job->store, e->dst, &ignored);
     rc = -1;
   }
   return rc;

@@ -10,7 +10,7 @@
  * (or a cancel) stops every worker between two buffers.
  *
  * Entries are read only through chb_source.h and written only through
- * sinks of a directory store (chb_store.h); the run-state is chb_run.h's.
+ * sinks of a directory store (chb_store.h; S3 objects through its S3 sinks); the run-state is chb_run.h's.
  *
  * The job never touches Lua: all strings are copied in at add time and
  * results are read back by the caller after the job ends.
@@ -70,6 +70,14 @@ int chb_job_set_base(chb_job *job, size_t i, uint64_t base_size,
  * dst. Returns 0, or -1 with err set.
  */
 int chb_job_seal_entry(chb_job *job, size_t i, const char *name, chb_error *err);
+/*
+ * Entry i's dst is an object key written through S3 profile `profile`
+ * (chb_s3_store.h): one PUT up to 32 MiB, else a multipart upload sized
+ * from the entry's expected size; it exists once the entry is verified,
+ * and is aborted or deleted if it fails. Only before start; not with a
+ * seal. Returns 0, or -1 with err set.
+ */
+int chb_job_s3_entry(chb_job *job, size_t i, int profile, chb_error *err);
 
 /* After DONE: 1 if entry i was written tail only, else 0. */
 int chb_job_entry_tail_only(const chb_job *job, size_t i);

@@ -377,6 +377,8 @@ static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_D
 
 static char *dup_or(const char *s, const char *dflt) { return strdup(s && *s ? s : dflt); }
 
+const char *chb_s3_bucket(const chb_s3 *s) { return s->bucket; }
+
 chb_s3 *chb_s3_new(const chb_s3_config *cfg, chb_error *e) {
   if (!cfg->endpoint || !cfg->bucket || !*cfg->bucket || !cfg->key_id || !cfg->secret) {
     chb_error_set(e, CHB_INVALID, "S3: endpoint, bucket, key id and secret are required");

@@ -85,6 +85,8 @@ typedef int (*chb_s3_list_cb)(void *ctx, const char *key, uint64_t size, const c
 
 chb_s3 *chb_s3_new(const chb_s3_config *cfg, chb_error *e);
 void chb_s3_free(chb_s3 *s);
+/* The client's bucket (for messages: s3://bucket/key). */
+const char *chb_s3_bucket(const chb_s3 *s);
 
 /* Single PUT of a buffer (sha256 payload hash and Content-MD5). */
 int chb_s3_put(chb_s3 *s, const char *key, const void *data, size_t len, chb_error *e);

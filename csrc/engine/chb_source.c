@@ -2,6 +2,8 @@
 #include "chb_source.h"
 #include "chb_cipher.h"
 #include "chb_fs.h"
+#include "chb_s3_store.h"
+#include "chb_tar.h"
 #include "chb_zip_read.h"
 
 #include <errno.h>
@@ -25,7 +27,10 @@ struct chb_source {
   int open;                   /* pieces[i] is open: one of the three below */
   int fd;                     /* a plain file */
   chb_zip_file *zf;           /* a zip entry */
+  chb_tar_file *tf;           /* a tar entry */
   chb_opener *op;             /* a file of an encrypted directory backup */
+  int s3;                     /* an S3 object: read from s3_pos, s3_left bytes left */
+  uint64_t s3_pos, s3_left;
   uint64_t left;              /* of the piece's range, when it has a length */
 };
 
@@ -36,6 +41,8 @@ int chb_pieces_check(const chb_piece *pieces, size_t n, chb_error *err) {
     const chb_piece *p = &pieces[i];
     if (p->key && (!p->aad || p->entry))
       return chb_error_set(err, CHB_INVALID, "an encrypted piece needs its name (aad) and no zip entry");
+    if (p->s3 && ((p->entry && !chb_tar_filter(p->path)) || p->key || p->root))
+      return chb_error_set(err, CHB_INVALID, "an S3 piece (%s) has no zip entry, key or root", p->path);
     size_t r = p->root ? strlen(p->root) : 0;
     if (p->root && (p->entry || strncmp(p->path, p->root, r) != 0 || p->path[r] != '/'))
       return chb_error_set(err, CHB_INVALID, "piece %s is not a file below its root %s", p->path, p->root);
@@ -77,6 +84,7 @@ chb_piece *chb_pieces_copy(const chb_piece *pieces, size_t n, chb_error *err) {
     const chb_piece *p = &pieces[i];
     c[i].offset = p->offset;
     c[i].length = p->length;
+    c[i].s3 = p->s3;
     c[i].path = dup_opt(p->path, &oom);
     c[i].entry = dup_opt(p->entry, &oom);
     c[i].password = dup_opt(p->password, &oom);
@@ -113,7 +121,12 @@ static int check_stop(const chb_source *s, chb_error *err) {
                        describe(&s->pieces[s->i], what, sizeof what));
 }
 
-/* Reads a zip entry on, into buf (or a scratch buffer when buf is small):
+/* Reads the open archive entry (zip or tar). */
+static ssize_t entry_read(chb_source *s, void *buf, size_t len, chb_error *err) {
+  return s->tf ? chb_tar_file_read(s->tf, buf, len, err) : chb_zip_file_read(s->zf, buf, len, err);
+}
+
+/* Reads an archive entry on, into buf (or a scratch buffer when buf is small):
  * `skip` bytes (UINT64_MAX: to its end). Returns the bytes not found. */
 static int zip_discard(chb_source *s, uint64_t skip, unsigned char *buf, size_t len,
                        uint64_t *missing, chb_error *err) {
@@ -124,7 +137,7 @@ static int zip_discard(chb_source *s, uint64_t skip, unsigned char *buf, size_t 
   }
   while (skip > 0) {
     if (check_stop(s, err) != 0) return -1;
-    ssize_t k = chb_zip_file_read(s->zf, buf, skip < len ? (size_t)skip : len, err);
+    ssize_t k = entry_read(s, buf, skip < len ? (size_t)skip : len, err);
     if (k < 0) return -1;
     if (k == 0) break;
     if (skip != UINT64_MAX) skip -= (uint64_t)k;
@@ -146,8 +159,24 @@ static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *
   const chb_piece *p = &s->pieces[s->i];
   s->left = p->length < 0 ? 0 : (uint64_t)p->length;
   size_t root_len = p->root ? strlen(p->root) : 0;
-  if (p->entry) {
+  if (p->s3 && !p->entry) {
+    s->s3 = 1;
+    s->open = 1;
+    s->s3_pos = p->offset;
+    s->s3_left = s->left;
+    if (p->length < 0) {   /* to the end: how far that is */
+      uint64_t size;
+      if (chb_s3_piece_size(p->s3, p->path, &size, err) != 0) return -1;
+      s->s3_left = size > p->offset ? size - p->offset : 0;
+    }
+    return 0;
+  }
+  if (p->entry && chb_tar_filter(p->path)) {
+    if (!(s->tf = chb_tar_open_cached(p->path, p->s3, p->entry, err))) return -1;
+  } else if (p->entry) {
     if (!(s->zf = chb_zip_open_cached(p->path, p->password, p->entry, err))) return -1;
+  }
+  if (p->entry) {
     s->open = 1;
     uint64_t missing;
     if (zip_discard(s, p->offset, buf, len, &missing, err) != 0) return -1;
@@ -167,8 +196,18 @@ static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *
 }
 
 static ssize_t piece_read(chb_source *s, void *buf, size_t len, chb_error *err) {
-  if (s->zf) return chb_zip_file_read(s->zf, buf, len, err);
+  if (s->zf || s->tf) return entry_read(s, buf, len, err);
   if (s->op) return chb_opener_read(s->op, buf, len, err);
+  if (s->s3) {
+    if (s->s3_left == 0) return 0;
+    if (len > s->s3_left) len = (size_t)s->s3_left;
+    ssize_t n = chb_s3_piece_read(s->pieces[s->i].s3, s->pieces[s->i].path, s->s3_pos, buf, len, err);
+    if (n >= 0) {   /* a short answer: the object ends there */
+      s->s3_pos += (uint64_t)n;
+      s->s3_left = (size_t)n < len ? 0 : s->s3_left - (uint64_t)n;
+    }
+    return n;
+  }
   for (;;) {
     ssize_t n = read(s->fd, buf, len);
     if (n >= 0) return n;
@@ -181,8 +220,11 @@ static void piece_close(chb_source *s) {
   s->fd = -1;
   chb_zip_file_close(s->zf);
   s->zf = NULL;
+  chb_tar_file_close(s->tf);
+  s->tf = NULL;
   chb_opener_close(s->op);
   s->op = NULL;
+  s->s3 = 0;
   s->open = 0;
 }
 
@@ -214,7 +256,7 @@ ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
       /* The range is read: a zip entry is still read to its end, so that
        * its CRC or MAC is checked. */
       uint64_t rest;
-      if (s->zf && zip_discard(s, UINT64_MAX, buf, len, &rest, err) != 0) return -1;
+      if ((s->zf || s->tf) && zip_discard(s, UINT64_MAX, buf, len, &rest, err) != 0) return -1;
       piece_close(s);
       s->i++;
       continue;
@@ -236,7 +278,9 @@ ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
 
 /* The plain size of a whole piece's file or entry. */
 static int whole_size(const chb_piece *p, uint64_t *out, chb_error *err) {
+  if (p->entry && chb_tar_filter(p->path)) return chb_tar_entry_size_cached(p->path, p->s3, p->entry, out, err);
   if (p->entry) return chb_zip_entry_size_cached(p->path, p->password, p->entry, out, err);
+  if (p->s3) return chb_s3_piece_size(p->s3, p->path, out, err);
   struct stat sb;
   if (stat(p->path, &sb) != 0) return chb_error_errno(err, errno, "cannot stat", p->path);
   *out = (uint64_t)sb.st_size;

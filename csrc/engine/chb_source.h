@@ -7,10 +7,15 @@
  *            (chb_fs_open_beneath: no symbolic link below it is followed);
  *   entry    with `entry` set, `path` is a zip archive and the bytes are
  *            that entry's, decrypted with `password` and decompressed
- *            (chb_zip_read.h, through the thread's cache of open readers);
+ *            (chb_zip_read.h, through the thread's cache of open readers),
+ *            or, when `path` has a tar suffix, that tar entry's (chb_tar.h,
+ *            through the thread's cursor on the archive);
  *   decrypt  with `key` set, `path` is a file of an encrypted directory
  *            backup named `aad` there, authenticated chunk by chunk
  *            (chb_cipher.h); offset and length count plaintext;
+ *   s3       with `s3` set (a profile id, chb_s3_store.h), `path` is an
+ *            object key read by ranged GETs of at most the caller's buffer
+ *            through the thread's client of that profile;
  *   range    `length` bytes (< 0: to the end) from `offset`.
  *
  * A zip entry is always read to its end, even when its range stops short,
@@ -53,10 +58,12 @@ typedef struct chb_piece {
   const char *root;           /* set: `path` is below this directory and is
                                  opened confined there (chb_fs_open_beneath):
                                  no symbolic link below it is followed */
+  int s3;                     /* > 0: `path` is an object key read through
+                                 S3 profile s3 (chb_s3_store.h) */
 } chb_piece;
 
 /* Can these pieces be read (an encrypted piece has its name and no entry;
- * a piece with a root lies below it)? 0, or -1 with err set (CHB_INVALID). */
+ * a piece with a root lies below it; an S3 piece is neither)? 0, or -1 with err set (CHB_INVALID). */
 int chb_pieces_check(const chb_piece *pieces, size_t n, chb_error *err);
 /* A deep copy (strings, keys), or NULL with err set. */
 chb_piece *chb_pieces_copy(const chb_piece *pieces, size_t n, chb_error *err);

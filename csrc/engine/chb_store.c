@@ -2,6 +2,7 @@
 #include "chb_store.h"
 #include "chb_cipher.h"
 #include "chb_fs.h"
+#include "chb_s3_store.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -22,6 +23,7 @@ struct chb_sink {
   int fd;
   char *path;
   chb_sealer *sealer;         /* set: what is written is sealed */
+  chb_s3_upload *up;          /* set: an S3 object (fd -1, path unused) */
 };
 
 chb_store *chb_store_dir_open(const char *root, chb_error *err) {
@@ -62,10 +64,29 @@ static int create_exclusive(const char *path, const chb_sink_opts *o, chb_error 
   return fd;
 }
 
+static chb_sink *s3_open_write(const char *key, const chb_sink_opts *o, chb_error *err) {
+  if (o->key || o->lock || o->read_back) {
+    chb_error_set(err, CHB_INVALID, "an S3 object (%s) cannot be sealed, locked or read back", key);
+    return NULL;
+  }
+  chb_sink *k = calloc(1, sizeof *k);
+  if (!k) {
+    chb_error_set(err, CHB_ENOMEM, "cannot create %s: out of memory", key);
+    return NULL;
+  }
+  k->fd = -1;
+  if (!(k->up = chb_s3_upload_open(o->s3, key, o->size, err))) {
+    free(k);
+    return NULL;
+  }
+  return k;
+}
+
 chb_sink *chb_store_open_write(chb_store *st, const char *name, const chb_sink_opts *opts,
                                chb_error *err) {
   static const chb_sink_opts none;
   const chb_sink_opts *o = opts ? opts : &none;
+  if (o->s3) return s3_open_write(name, o, err);
   char path[PATH_MAX];
   if (path_of(st, name, path, err) != 0) return NULL;
   chb_sink *k = calloc(1, sizeof *k);
@@ -92,21 +113,24 @@ chb_sink *chb_store_open_write(chb_store *st, const char *name, const chb_sink_o
 }
 
 int chb_sink_write(chb_sink *k, const void *buf, size_t len, chb_error *err) {
+  if (k->up) return chb_s3_upload_write(k->up, buf, len, err);
   if (k->sealer) return chb_sealer_write(k->sealer, buf, len, err);
   if (chb_fs_write_all(k->fd, buf, len) != 0) return chb_error_errno(err, errno, "cannot write", k->path);
   return 0;
 }
 
 int chb_sink_fd(const chb_sink *k) { return k->fd; }
-const char *chb_sink_path(const chb_sink *k) { return k->path; }
+const char *chb_sink_path(const chb_sink *k) { return k->up ? chb_s3_upload_name(k->up) : k->path; }
 
 int chb_sink_finish(chb_sink *k, int sync, chb_error *err) {
+  if (k->up) return chb_s3_upload_finish(k->up, err);
   if (k->sealer && chb_sealer_finish(k->sealer, err) != 0) return -1;
   if (sync && fsync(k->fd) != 0) return chb_error_errno(err, errno, "cannot fsync", k->path);
   return 0;
 }
 
 static void sink_free(chb_sink *k) {
+  chb_s3_upload_free(k->up);
   chb_sealer_free(k->sealer);
   free(k->path);
   free(k);
@@ -114,13 +138,19 @@ static void sink_free(chb_sink *k) {
 
 int chb_sink_close(chb_sink *k, chb_error *err) {
   int rc = 0;
-  if (close(k->fd) != 0) rc = chb_error_errno(err, errno, "cannot close", k->path);
+  if (k->fd >= 0 && close(k->fd) != 0) rc = chb_error_errno(err, errno, "cannot close", k->path);
   sink_free(k);
   return rc;
 }
 
 void chb_sink_abort(chb_sink *k) {
   if (!k) return;
+  if (k->up) {
+    chb_s3_upload_abort(k->up);   /* aborted or deleted */
+    k->up = NULL;
+    sink_free(k);
+    return;
+  }
   unlink(k->path);            /* before close: a lock, if any, is still held */
   close(k->fd);
   sink_free(k);
@@ -198,4 +228,69 @@ int chb_store_lock(chb_store *st, const char *name, chb_error *err) {
   int created;
   if (path_of(st, name, path, err) != 0) return -1;
   return chb_fs_lock(path, &created, err);
+}
+
+/* ---- what killed archive writers left -------------------------------------- */
+
+/* Removes a spool directory's files (named by entry index) and itself. */
+static void remove_spool_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d)))
+    if (de->d_name[0] != '.') unlinkat(dirfd(d), de->d_name, 0);
+  closedir(d);
+  rmdir(dir);
+}
+
+/*
+ * What killed writers of the same archive left beside it: `<name>.tmp-<pid>`
+ * files whose lock nobody holds (a live writer, in any process or PID
+ * namespace, holds its file's lock), with their companions — the spool
+ * directory `<name>.tmp-<pid>.spool` and `<name>.tmp-<pid>.backup`, a
+ * manifest the caller writes there to add — and companions whose
+ * temporary file is gone. This runs before this writer creates its own
+ * temporary file (a killed run may have had this pid), so the `.backup`
+ * of this pid is this caller's and stays. (Another process's caller writes
+ * its companion just before its writer creates the temporary file; a
+ * writer of the same archive starting in that moment may remove it, and
+ * the first then fails, naming it.) Only names of exactly these shapes
+ * are touched; a file is removed while its lock is held.
+ */
+void chb_store_remove_stale_temporaries(const char *path) {
+  char dir[PATH_MAX], full[PATH_MAX], other[PATH_MAX];
+  const char *base = chb_fs_split_dir(path, dir, sizeof dir);
+  size_t blen = strlen(base);
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    const char *n = de->d_name;
+    if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp-", 5) != 0) continue;
+    const char *p = n + blen + 5, *digits = p;
+    while (*p >= '0' && *p <= '9') p++;
+    int mine = p > digits && strtol(digits, NULL, 10) == (long)getpid();
+    int spool = strcmp(p, ".spool") == 0, manifest = strcmp(p, ".backup") == 0;
+    if (p == digits || (*p && !spool && !manifest)) continue;
+    int len = snprintf(full, sizeof full, "%s/%s", dir, n);
+    if (len >= (int)sizeof full) continue;
+    struct stat sb;
+    if (spool || manifest) {  /* a companion: stale when its temporary file is gone */
+      snprintf(other, sizeof other, "%.*s", (int)(p - n) + (int)(strlen(dir) + 1), full);
+      if (lstat(other, &sb) != 0 && errno == ENOENT) {
+        if (spool) remove_spool_dir(full);
+        else if (!mine) unlink(full);
+      }
+      continue;
+    }
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      if (snprintf(other, sizeof other, "%s.spool", full) < (int)sizeof other) remove_spool_dir(other);
+      if (!mine && snprintf(other, sizeof other, "%s.backup", full) < (int)sizeof other) unlink(other);
+      unlink(full);
+    }
+    close(fd);
+  }
+  closedir(d);
 }

@@ -1,7 +1,8 @@
 /*
  * Where backups live: a store names files and owns how they are created,
- * made durable and put in place. The directory store is the first (S3
- * next). Names are relative to the store's root; a store opened with no
+ * made durable and put in place. The directory store is the first; a sink
+ * opened with opts.s3 writes an S3 object instead (chb_s3_store.h: one PUT
+ * up to 32 MiB, else a multipart upload; finish sends it). Names are relative to the store's root; a store opened with no
  * root takes names as paths (how the job writes the destinations it is
  * given).
  *
@@ -39,6 +40,10 @@ typedef struct chb_sink_opts {
   int lock;                   /* held under an exclusive flock(2) until closed */
   const unsigned char *key;   /* set: written sealed with this key (chb_cipher.h) */
   const char *seal_name;      /* with key: the file's name in its backup */
+  int s3;                     /* > 0: `name` is an object key written through
+                                 S3 profile s3 (chb_s3_store.h); no key,
+                                 lock or read_back; it exists once finished */
+  uint64_t size;              /* with s3: the object's size if known (0: not) */
 } chb_sink_opts;
 
 /* Creates `name` (opts may be NULL). CHB_EEXIST if it exists; a failure
@@ -47,9 +52,9 @@ chb_sink *chb_store_open_write(chb_store *st, const char *name, const chb_sink_o
                                chb_error *err);
 int chb_sink_write(chb_sink *k, const void *buf, size_t len, chb_error *err);
 /* The file's descriptor, for a writer that writes at offsets (libzip
- * rewrites headers); such a writer must not use chb_sink_write. */
+ * rewrites headers); such a writer must not use chb_sink_write. -1 for S3. */
 int chb_sink_fd(const chb_sink *k);
-/* The file's path (root and name). */
+/* The file's path (root and name), or s3://bucket/key. */
 const char *chb_sink_path(const chb_sink *k);
 /* Seals the last chunk and, with `sync`, fsyncs: the file stays open (and
  * locked). 0, or -1 with err set. */
@@ -77,5 +82,12 @@ int chb_store_list(chb_store *st, const char *dir, int (*fn)(const char *name, v
 /* Takes `name`'s exclusive flock(2) without waiting (chb_fs_lock):
  * the descriptor, or -1 with err set (CHB_LOCKED when held). */
 int chb_store_lock(chb_store *st, const char *name, chb_error *err);
+
+/*
+ * Removes what killed writers of the archive `path` left beside it: unlocked
+ * `path.tmp-<pid>` files with their companions `.spool/` and `.backup`
+ * (see chb_zip_write.h); a writer calls it before creating its own.
+ */
+void chb_store_remove_stale_temporaries(const char *path);
 
 #endif

@@ -1116,75 +1116,12 @@ static int create_temporary(chb_zip_writer *w, chb_error *err) {
   return 0;
 }
 
-/* Removes a spool directory's files (named by entry index) and itself. */
-static void remove_spool_dir(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return;
-  struct dirent *de;
-  while ((de = readdir(d)))
-    if (de->d_name[0] != '.') unlinkat(dirfd(d), de->d_name, 0);
-  closedir(d);
-  rmdir(dir);
-}
-
-/*
- * What killed writers of the same archive left beside it: `<name>.tmp-<pid>`
- * files whose lock nobody holds (a live writer, in any process or PID
- * namespace, holds its file's lock), with their companions — the spool
- * directory `<name>.tmp-<pid>.spool` and `<name>.tmp-<pid>.backup`, a
- * manifest the caller writes there to add — and companions whose
- * temporary file is gone. This runs before this writer creates its own
- * temporary file (a killed run may have had this pid), so the `.backup`
- * of this pid is this caller's and stays. (Another process's caller writes
- * its companion just before its writer creates the temporary file; a
- * writer of the same archive starting in that moment may remove it, and
- * the first then fails, naming it.) Only names of exactly these shapes
- * are touched; a file is removed while its lock is held.
- */
-static void remove_stale_temporaries(const chb_zip_writer *w) {
-  char dir[PATH_MAX], full[PATH_MAX], other[PATH_MAX];
-  const char *base = chb_fs_split_dir(w->path, dir, sizeof dir);
-  size_t blen = strlen(base);
-  DIR *d = opendir(dir);
-  if (!d) return;
-  struct dirent *de;
-  while ((de = readdir(d))) {
-    const char *n = de->d_name;
-    if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp-", 5) != 0) continue;
-    const char *p = n + blen + 5, *digits = p;
-    while (*p >= '0' && *p <= '9') p++;
-    int mine = p > digits && strtol(digits, NULL, 10) == (long)getpid();
-    int spool = strcmp(p, ".spool") == 0, manifest = strcmp(p, ".backup") == 0;
-    if (p == digits || (*p && !spool && !manifest)) continue;
-    int len = snprintf(full, sizeof full, "%s/%s", dir, n);
-    if (len >= (int)sizeof full) continue;
-    struct stat sb;
-    if (spool || manifest) {  /* a companion: stale when its temporary file is gone */
-      snprintf(other, sizeof other, "%.*s", (int)(p - n) + (int)(strlen(dir) + 1), full);
-      if (lstat(other, &sb) != 0 && errno == ENOENT) {
-        if (spool) remove_spool_dir(full);
-        else if (!mine) unlink(full);
-      }
-      continue;
-    }
-    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) continue;
-    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0) {
-      if (snprintf(other, sizeof other, "%s.spool", full) < (int)sizeof other) remove_spool_dir(other);
-      if (!mine && snprintf(other, sizeof other, "%s.backup", full) < (int)sizeof other) unlink(other);
-      unlink(full);
-    }
-    close(fd);
-  }
-  closedir(d);
-}
-
 static void run_finish(chb_zip_writer *w) {
   chb_error err;
   chb_error_clear(&err);
   pthread_t *workers = NULL;
   int nworkers = 0, ok = 0;
-  remove_stale_temporaries(w); /* first: a killed run of ours may have had our pid */
+  chb_store_remove_stale_temporaries(w->path); /* first: a killed run of ours may have had our pid */
   if (create_temporary(w, &err) != 0) {   /* parent directories made on demand */
     w_fail(w, &err);
     goto out;

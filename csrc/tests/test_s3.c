@@ -15,7 +15,10 @@
  *    PUT Object, GET Bucket Lifecycle, Get Bucket (List Objects)
  *    (AKIAIOSFODNN7EXAMPLE, 20130524T000000Z, examplebucket).
  */
+#include "chb_job.h"
 #include "chb_s3.h"
+#include "chb_s3_store.h"
+#include "chb_tar.h"
 #include "test_util.h"
 
 #include <arpa/inet.h>
@@ -600,6 +603,197 @@ static int64_t killer_read(void *ctx, uint64_t off, void *buf, size_t len, chb_e
   return (int64_t)len;
 }
 
+/* ---- the S3 piece and sink of a job (chb_s3_store.h) --------------------- */
+
+/* Runs job to its end: 0 if DONE, else -1 with e filled. */
+static int run(chb_job *job, chb_error *e) {
+  if (chb_job_start(job, e) != 0) return -1;
+  chb_job_wait(job, -1);
+  return chb_job_result(job, e);
+}
+
+/* One entry: pieces -> dst (local path, or key with s3 > 0). */
+static int copy_one(const chb_piece *p, size_t n, const char *dst, int s3, int64_t size,
+                    const chb_u128 *h, chb_error *e) {
+  chb_job_opts o = {.threads = 2};
+  chb_job *job = chb_job_new(&o, e);
+  long i = job ? chb_job_add_pieces(job, p, n, dst, size, h, e) : -1;
+  int rc = i < 0 || (s3 && chb_job_s3_entry(job, (size_t)i, s3, e) != 0) ? -1 : run(job, e);
+  chb_job_free(job);
+  return rc;
+}
+
+/* A profile of the test server (few retries). */
+static int server_profile(chb_error *e) {
+  chb_s3_config cfg = {.endpoint = endpoint, .bucket = BUCKET, .key_id = "S3RVER", .secret = "S3RVER",
+                       .path_style = 1, .max_retries = 1, .retry_base_ms = 20};
+  return chb_s3_profile_add(&cfg, e);
+}
+
+static void test_job_s3(chb_s3 *s, const char *tmp) {
+  chb_error e;
+  int id = server_profile(&e);
+  CHECK(id > 0, "profile registered: %d", id);
+  size_t small = 300000, big = (40u << 20) + 12345;
+  unsigned char *a = gen_random(21, small), *b = gen_random(22, big);
+  char fa[512], fb[512], out[512];
+  snprintf(fa, sizeof fa, "%s/a", tmp);
+  snprintf(fb, sizeof fb, "%s/b", tmp);
+  spit(fa, a, small);
+  spit(fb, b, big);
+  chb_u128 ha = hash_of(a, small), hb = hash_of(b, big);
+
+  /* files -> S3: one PUT; multipart sized from the expected size; multipart found out
+   * while streaming (no size: 32 MiB buffered, then 16 MiB parts) */
+  chb_piece pa = {fa, 0, -1}, pb = {fb, 0, -1};
+  CHECK(copy_one(&pa, 1, "job/a", id, (int64_t)small, &ha, &e) == 0, "file -> S3 (one PUT): %s", e.msg);
+  CHECK(copy_one(&pb, 1, "job/b", id, (int64_t)big, &hb, &e) == 0, "file -> S3 (multipart, size known): %s",
+        e.msg);
+  CHECK(copy_one(&pb, 1, "job/b2", id, -1, &hb, &e) == 0, "file -> S3 (multipart, streamed): %s", e.msg);
+  chb_s3_stat st;
+  CHECK(chb_s3_head(s, "job/b", &st, &e) == 0 && st.size == big, "job/b is %zu bytes", big);
+  CHECK(chb_s3_head(s, "job/b2", &st, &e) == 0 && st.size == big, "job/b2 is %zu bytes", big);
+
+  /* S3 -> files, verified: whole objects, a range, several pieces as one file */
+  snprintf(out, sizeof out, "%s/back-b", tmp);
+  chb_piece sb = {"job/b2", 0, -1, .s3 = id};
+  CHECK(copy_one(&sb, 1, out, 0, (int64_t)big, &hb, &e) == 0, "S3 -> file (whole, HEAD for its size): %s",
+        e.msg);
+  size_t got = 0;
+  unsigned char *back = slurp(out, &got);
+  CHECK(back && got == big && memcmp(back, b, big) == 0, "the 40 MiB object reads back byte-equal");
+  free(back);
+  chb_u128 hr = hash_of(a + 1000, 5000);
+  snprintf(out, sizeof out, "%s/back-range", tmp);
+  chb_piece sr = {"job/a", 1000, 5000, .s3 = id};
+  CHECK(copy_one(&sr, 1, out, 0, 5000, &hr, &e) == 0, "S3 range -> file: %s", e.msg);
+  chb_piece two[] = {{"job/a", 0, (int64_t)small, .s3 = id}, {fb, 0, 1000}};
+  unsigned char *ab = malloc(small + 1000);
+  memcpy(ab, a, small);
+  memcpy(ab + small, b, 1000);
+  chb_u128 hab = hash_of(ab, small + 1000);
+  free(ab);
+  CHECK(copy_one(two, 2, "job/ab", id, (int64_t)small + 1000, &hab, &e) == 0,
+        "S3 piece + file piece -> S3: %s", e.msg);
+
+  /* failures: a wrong checksum leaves no object; a missing or short object names it */
+  chb_u128 wrong = ha;
+  wrong.lo ^= 1;
+  CHECK(copy_one(&pa, 1, "job/bad", id, (int64_t)small, &wrong, &e) != 0 && e.code == CHB_CORRUPT &&
+            strstr(e.msg, "checksum mismatch"),
+        "a wrong checksum fails: %s", e.msg);
+  CHECK(chb_s3_head(s, "job/bad", &st, &e) != 0 && e.code == CHB_ENOENT, "and leaves no object");
+  CHECK(copy_one(&pb, 1, "job/bad-big", id, (int64_t)big, &wrong, &e) != 0 && e.code == CHB_CORRUPT,
+        "a wrong checksum fails a multipart upload: %s", e.msg);
+  CHECK(chb_s3_head(s, "job/bad-big", &st, &e) != 0 && e.code == CHB_ENOENT,
+        "and leaves no object (never completed)");
+  snprintf(out, sizeof out, "%s/back-missing", tmp);
+  chb_piece sm = {"job/missing", 0, -1, .s3 = id};
+  CHECK(copy_one(&sm, 1, out, 0, -1, NULL, &e) != 0 && e.code == CHB_ENOENT &&
+            strstr(e.msg, "s3://" BUCKET "/job/missing") && !exists(out),
+        "a missing object: %s", e.msg);
+  snprintf(out, sizeof out, "%s/back-short", tmp);
+  chb_piece ss = {"job/a", 0, (int64_t)small + 10, .s3 = id};
+  CHECK(copy_one(&ss, 1, out, 0, -1, NULL, &e) != 0 && e.code == CHB_CORRUPT &&
+            strstr(e.msg, "job/a is shorter than expected (10 bytes missing)"),
+        "a short object: %s", e.msg);
+  chb_piece rooted = {"job/a", 0, -1, .root = "/x", .s3 = id};
+  CHECK(copy_one(&rooted, 1, out, 0, -1, NULL, &e) != 0 && e.code == CHB_INVALID, "an S3 piece has no root");
+  chb_s3_profile_drop(id);
+  chb_piece dropped = {"job/a", 0, -1, .s3 = id};
+  CHECK(copy_one(&dropped, 1, out, 0, -1, NULL, &e) != 0 && e.code == CHB_INVALID &&
+            strstr(e.msg, "no client profile"),
+        "a dropped profile: %s", e.msg);
+  chb_s3_thread_clients_free();
+  free(a);
+  free(b);
+}
+
+/* ---- tar archives as S3 objects (chb_tar.h, opts.s3) ---------------------- */
+
+/* Writes `key` (a tar name) with entries "a" (from file fa, checksum *ha) and "b" (bytes). */
+static int tar_to_s3(int id, const char *key, const char *fa, const chb_u128 *ha, const void *b, size_t nb,
+                     chb_error *e) {
+  chb_tar_writer_opts o = {.s3 = id};
+  chb_tar_writer *w = chb_tar_writer_new(key, &o, e);
+  chb_piece pa = {fa, 0, -1};
+  int rc = w && chb_tar_writer_add(w, "data/a", &pa, 1, -1, ha, e) >= 0 &&
+           chb_tar_writer_add_bytes(w, "b", b, nb, e) >= 0 ? chb_tar_writer_finish(w, e) : -1;
+  chb_tar_writer_free(w);
+  return rc;
+}
+
+/* The bytes of entry `name` of the S3 tar `key`, through a source of one piece. */
+static unsigned char *tar_entry_s3(int id, const char *key, const chb_tar_index *x, const char *name,
+                                   chb_error *e) {
+  const chb_tar_entry *t = chb_tar_index_find(x, name);
+  if (!t) return NULL;
+  chb_piece p = {key, t->offset, (int64_t)t->size, .s3 = id};
+  if (chb_tar_index_compressed(x)) {
+    p.offset = 0;
+    p.entry = name;
+  }
+  unsigned char *out = malloc(t->size + 1);
+  chb_source *src = chb_source_open(&p, 1, e);
+  uint64_t got = 0;
+  ssize_t n = 1;
+  while (src && got < t->size && (n = chb_source_read(src, out + got, t->size - got, e)) > 0) got += (uint64_t)n;
+  chb_source_close(src);
+  if (got != t->size) {
+    free(out);
+    return NULL;
+  }
+  return out;
+}
+
+static void test_tar_s3(chb_s3 *s, const char *tmp) {
+  chb_error e;
+  int id = server_profile(&e);
+  size_t na = (36u << 20) + 777, nb = 5000;   /* over 32 MiB: a multipart upload of unknown size */
+  unsigned char *a = gen_random(31, na), *b = gen_random(32, nb);
+  char fa[512];
+  snprintf(fa, sizeof fa, "%s/tar-a", tmp);
+  spit(fa, a, na);
+  chb_u128 ha = hash_of(a, na);
+  const char *keys[] = {"tars/x.tar", "tars/x.tar.zst"};
+  for (int k = 0; k < 2; k++) {
+    CHECK(tar_to_s3(id, keys[k], fa, &ha, b, nb, &e) == 0, "%s written to S3: %s", keys[k], e.msg);
+    chb_tar_index *x = chb_tar_index_open(keys[k], id, &e);
+    CHECK(x && chb_tar_index_count(x) == 2 && chb_tar_index_compressed(x) == k,
+          "%s indexed from S3: %s", keys[k], x ? "ok" : e.msg);
+    if (!x) continue;
+    unsigned char *ra = tar_entry_s3(id, keys[k], x, "data/a", &e), *rb = tar_entry_s3(id, keys[k], x, "b", &e);
+    CHECK(ra && memcmp(ra, a, na) == 0 && rb && memcmp(rb, b, nb) == 0,
+          "%s: entries read back byte-equal (%s)", keys[k], k ? "through the cursor" : "as ranges");
+    free(ra);
+    free(rb);
+    chb_tar_index_close(x);
+  }
+  /* a wrong checksum: the upload is never completed, no object */
+  chb_u128 wrong = ha;
+  wrong.hi ^= 1;
+  CHECK(tar_to_s3(id, "tars/bad.tar", fa, &wrong, b, nb, &e) != 0 && e.code == CHB_CORRUPT,
+        "a wrong checksum fails the tar: %s", e.msg);
+  chb_s3_stat st;
+  CHECK(chb_s3_head(s, "tars/bad.tar", &st, &e) != 0 && e.code == CHB_ENOENT, "and leaves no object");
+  /* a `.tar` object cut short: the index (which skips entry data) sees it by the object's size */
+  size_t len = 0;
+  CHECK(chb_s3_head(s, "tars/x.tar", &st, &e) == 0, "head x.tar");
+  unsigned char *t = malloc((size_t)st.size);
+  if (chb_s3_get_buf(s, "tars/x.tar", 0, -1, t, (size_t)st.size, &len, &e) == 0)
+    chb_s3_put(s, "tars/cut.tar", t, len / 2, &e);
+  free(t);
+  chb_tar_index *x = chb_tar_index_open("tars/cut.tar", id, &e);
+  CHECK(!x && e.code == CHB_CORRUPT && strstr(e.msg, "tars/cut.tar") && strstr(e.msg, "runcated"),
+        "a truncated object: %s", e.msg);
+  chb_tar_index_close(x);
+  chb_tar_cache_clear();
+  chb_s3_profile_drop(id);
+  chb_s3_thread_clients_free();
+  free(a);
+  free(b);
+}
+
 static void test_server_gone(chb_s3 *s) {
   chb_error e;
   size_t len = 8u << 20;
@@ -634,6 +828,11 @@ int main(void) {
     test_errors();
     test_virtual_hosted();
     test_scripted();
+    char tmp[] = "/tmp/chb-s3-job-XXXXXX";
+    test_begin(tmp);
+    test_job_s3(s, tmp);
+    test_tar_s3(s, tmp);
+    rm_tree(tmp);
     test_server_gone(s);
     chb_s3_free(s);
   }

@@ -455,32 +455,4 @@ function access.prepare(cat, files, read, s, backup_name)
 end
 
 
---- Writes what access.prepare planned: the new entity files, then the
--- replaced ones removed, then need_rebuild_lists.mark (the server rebuilds
--- its `*.list` indexes from the `.sql` files when it starts).
-function access.write(plan)
-  if #plan.write == 0 then
-    return true
-  end
-  local ok, err = fsutil.mkdir_p(plan.dir)
-  for _, w in ipairs(plan.write) do
-    if ok then
-      ok, err = fsutil.write_file(w.path, w.content)
-    end
-  end
-  for _, p in ipairs(plan.remove) do
-    if ok then
-      ok, err = os.remove(p)
-    end
-  end
-  if ok then
-    ok, err = fsutil.write_file(plan.dir .. "/need_rebuild_lists.mark", "")
-  end
-  if not ok then
-    return nil, "cannot restore access entities into " .. plan.dir .. ": " .. tostring(err)
-  end
-  return true
-end
-
-
 return access

@@ -106,7 +106,8 @@ end
 -- chain readable. Returns it or nil, err.
 local function open_base(ctx, dest)
   local settings = ctx.settings
-  local base, err = chain.open(ctx.config, settings.base_backup, { password = settings.password })
+  local base, err = chain.open(ctx.config, settings.base_backup, { password = settings.password, inherit = dest,
+    same_s3_credentials = settings.use_same_s3_credentials_for_base_backup })
   if not base then
     return nil, "base_backup: " .. err
   end
@@ -165,6 +166,8 @@ local BATCH = 10000
 function backup.run(ctx, req)
   local dest, settings = ctx.dest, ctx.settings
   local ok, err = check_settings(dest, settings)
+  -- (an S3 setting, as ClickHouse's: the other destinations have no storage class)
+  dest.storage_class = settings.s3_storage_class or settings.s3_storage_class_name
   if ok then
     ok, err = store.check_new(dest)
   end
@@ -210,7 +213,7 @@ function backup.run(ctx, req)
   -- (file_plan), handed to the writer, checked against the chain.
   local function put_batch(entries)
     sort_by_name(entries)
-    local files, bytes, hcode = file_plan.hash_unknown(ctx, entries, base)
+    local files, bytes, hcode = file_plan.hash_unknown(ctx, entries, base, progress)
     if not files then
       return nil, "backup " .. dest.name .. " failed: " .. bytes, hcode
     end

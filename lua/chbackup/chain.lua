@@ -34,6 +34,10 @@ end
 -- or nil, err naming the backup.
 function chain.open(cfg, dest, opts)
   opts = opts or {}
+  if opts.inherit and not dest.path then   -- S3 credentials for a base (chbackup.store.s3)
+    dest = setmetatable({ inherit = opts.inherit, same_s3_credentials = opts.same_s3_credentials },
+      { __index = dest })
+  end
   local resolved, err = store.resolve(cfg, dest)
   if not resolved then
     return nil, err
@@ -53,6 +57,7 @@ function chain.open(cfg, dest, opts)
   end
   return {
     dest = resolved, manifest = m, by_content = by_content, cfg = cfg, password = opts.password,
+    same_s3_credentials = opts.same_s3_credentials,
     store = reader,
   }
 end
@@ -71,7 +76,8 @@ function chain.base(b)
   local dest, err = chain.parse_name(m.base_backup)
   local base
   if dest then
-    base, err = chain.open(b.cfg, dest, { password = b.password })
+    base, err = chain.open(b.cfg, dest, { password = b.password, inherit = b.dest,
+      same_s3_credentials = b.same_s3_credentials })
   end
   if not base then
     b.base, b.base_err = false, "base backup " .. m.base_backup .. " of " .. b.dest.name
@@ -209,15 +215,51 @@ function chain.check(b, opts)
           if not size then
             return nil, "backup " .. b.dest.name .. " is incomplete: " .. where .. " (for " .. e.name .. ") is missing"
           end
-          if size < p[2] + p[3] then
+          local need = p[2] - (p.start or 0) + p[3]   -- (start: where the entry begins in p[1])
+          if size < need then
             return nil, string.format("backup %s is incomplete: %s (for %s) has %d bytes, %d expected",
-              b.dest.name, where, e.name, size, p[2] + p[3])
+              b.dest.name, where, e.name, size, need)
           end
         end
       end
     end
   end
   return true
+end
+
+
+--- Puts items (each with pieces, pieces_of(item)) that read entries of a
+-- compressed tar (a reader with `sequential`: it cannot seek, see
+-- chbackup.store.tar) in archive order, stably (items in no such archive
+-- keep their order, after them), and returns 1: read on one thread, the
+-- archive is decompressed once. Returns nil (and changes nothing) when no
+-- item reads one.
+function chain.archive_order(items, pieces_of)
+  local key, any = {}, false
+  for i, item in ipairs(items) do
+    local k = { 1, "", 0, i }
+    for _, p in ipairs(pieces_of(item)) do
+      if p.from and p.from.sequential then
+        k = { 0, p[1], p.from:position(p.name), i }
+        any = true
+        break
+      end
+    end
+    key[item] = k
+  end
+  if not any then
+    return nil
+  end
+  table.sort(items, function(x, y)
+    local a, b = key[x], key[y]
+    for j = 1, 4 do
+      if a[j] ~= b[j] then
+        return a[j] < b[j]
+      end
+    end
+    return false
+  end)
+  return 1
 end
 
 

@@ -78,18 +78,21 @@ end
 
 -- Reads every file of b back through the chain, checking size and checksum.
 local function read_data(b, opts)
-  local job = core.job({ threads = opts.threads })
-  local files, bytes = 0, 0
+  local files, bytes, reads = 0, 0, {}
   for _, e in ipairs(b.manifest.files) do
     if e.size > 0 then
       local pieces, err = chain.pieces(b, e)
       if not pieces then
-        job:close()
         return nil, err
       end
-      job:add(pieces, nil, e.size, e.checksum)
+      reads[#reads + 1] = { pieces, e }
       files, bytes = files + 1, bytes + e.size
     end
+  end
+  local threads = chain.archive_order(reads, function(r) return r[1] end)
+  local job = core.job({ threads = threads or opts.threads })
+  for _, r in ipairs(reads) do
+    job:add(r[1], nil, r[2].size, r[2].checksum)
   end
   local ok, err = runner.run(job, opts.progress, opts.cancelled)
   job:close()

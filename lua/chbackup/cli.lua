@@ -1,7 +1,7 @@
 --- The command line: `main(argv) -> exit code` (0 ok, 1 failure, 2 usage,
 -- 3 `check` found a problem in a backup).
 -- @module chbackup.cli
-local cjson = require("cjson")
+local jsonl = require("chbackup.jsonl")
 local chbackup = require("chbackup")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
@@ -19,7 +19,8 @@ usage: chbackup [options] 'STATEMENT[; STATEMENT...]'
        chbackup [options] check BACKUP [--read-data]   verify a backup in place
        chbackup [options] list DEST          the backups at a destination, e.g. "Disk('backups', '')"
        chbackup [options] delete BACKUP      remove a backup whole (refused while another relies on it)
-       chbackup [options] rebase BACKUP      make an incremental standalone (its bases can then go)
+       chbackup [options] rebase BACKUP [--onto BASE]   make an incremental standalone (its
+                                             bases can then go), or an incremental on BASE
        chbackup [options] wait ID            wait for an ASYNC operation
        chbackup [options] cancel ID          cancel a running operation
        chbackup [options] policy plan|run|watch|verify FILE   policy as code
@@ -44,12 +45,14 @@ options:
   --status-days D    ... and none older than D days (default 30; 0: no limit)
   --threads N        worker threads (default: number of cores, at least 8)
   --read-data        check: read every byte back and compare every checksum
+  --onto BASE        rebase: onto this backup (files it holds are not stored again)
   --json             one JSON object per result line instead of text (BACKUP,
                      RESTORE, show, chain, diff, list, check, delete, wait,
                      cancel; SELECT prints in its FORMAT)
   --quiet, -q        nothing on stdout, no progress line; errors still go to
                      stderr and the exit status says the rest
-  --password-file F  show, chain, diff, check: the password of encrypted backups, the
+  --password-file F  show, chain, diff, check, list, delete, rebase: the password of
+                     encrypted backups, the
                      text of file F without its final line end (BACKUP and
                      RESTORE take SETTINGS password = '…' as ClickHouse does)
 
@@ -80,7 +83,7 @@ local function parse_args(argv)
       opts.json = true
     elseif name == "path" or name == "config" or name == "status-dir" or name == "threads"
         or name == "status-keep" or name == "status-days"
-        or name == "run-operation" or name == "password-file" then
+        or name == "run-operation" or name == "password-file" or name == "onto" then
       if not value then
         i = i + 1
         value = argv[i]
@@ -233,42 +236,17 @@ local function spawn_async(opts, op, statement)
 end
 
 
--- A value for a JSON field that is always there: null when absent.
-local function js(v)
-  if v == nil then
-    return cjson.null
-  end
-  return v
-end
-
+local js = jsonl.value
 
 -- The order of the fields of a JSON line (the same for every run; fields
 -- not named here follow, sorted).
-local FIELD_ORDER = {}
-for i, k in ipairs({ "id", "status", "error", "backup", "name", "file", "database", "table", "partition", "part",
-  "change", "bytes", "uuid", "timestamp", "kind", "files", "size", "checksum", "data_file", "use_base",
-  "total_size", "restored_bytes", "stored_files", "stored_bytes", "base_backup", "ok", "steps", "totals",
-  "deleted" }) do
-  FIELD_ORDER[k] = i
-end
+local FIELD_ORDER = jsonl.order({ "id", "status", "error", "backup", "name", "file", "database", "table",
+  "partition", "part", "change", "bytes", "uuid", "timestamp", "kind", "files", "size", "checksum", "data_file",
+  "use_base", "total_size", "restored_bytes", "stored_files", "stored_bytes", "base_backup", "ok", "steps", "totals",
+  "deleted" })
 
 local function json_line(out, t, order)
-  order = order or FIELD_ORDER
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys, function(a, b)
-    local ia, ib = order[a] or math.huge, order[b] or math.huge
-    if ia ~= ib then
-      return ia < ib
-    end
-    return a < b
-  end)
-  for i, k in ipairs(keys) do
-    keys[i] = cjson.encode(k) .. ":" .. cjson.encode(t[k])
-  end
-  out:write("{" .. table.concat(keys, ",") .. "}\n")
+  out:write(jsonl.line(t, order or FIELD_ORDER))
 end
 
 
@@ -354,10 +332,7 @@ end
 local LIST_COLUMNS = { "name", "timestamp", "kind", "base_backup", "files", "restored_bytes", "stored_bytes",
   "status", "problem" }
 
-local LIST_ORDER = {}
-for i, c in ipairs(LIST_COLUMNS) do
-  LIST_ORDER[c] = i
-end
+local LIST_ORDER = jsonl.order(LIST_COLUMNS)
 
 local function cmd_list(inst, dest, out, secret, json)
   local rows, err = inst:list(dest, secret)
@@ -467,8 +442,13 @@ function run(argv, out, errout, state)
   local inspecting = rest[1] == "show" or rest[1] == "chain" or rest[1] == "diff" or rest[1] == "check"
     or rest[1] == "list" or rest[1] == "delete" or rest[1] == "rebase"
   if opts.password_file and not inspecting then
-    errout:write("chbackup: --password-file applies to show, chain, diff and check; give BACKUP and RESTORE "
+    errout:write("chbackup: --password-file applies to show, chain, diff, check, list, delete and rebase; "
+      .. "give BACKUP and RESTORE "
       .. "SETTINGS password = '…'\n")
+    return 2
+  end
+  if opts.onto and rest[1] ~= "rebase" then
+    errout:write("chbackup: --onto applies to rebase\n")
     return 2
   end
   if opts.read_data and rest[1] ~= "check" then
@@ -519,6 +499,9 @@ function run(argv, out, errout, state)
     return 1
   end
   local ok
+  -- the backup as shown: S3's key id and secret left out, as ClickHouse shows it
+  local dest = rest[2] and require("chbackup.chain").parse_name(rest[2])
+  local shown = dest and require("chbackup.sql").format_destination(dest) or rest[2]
   if rest[1] == "show" and #rest == 2 then
     ok, err = cmd_show(inst, rest[2], out, secret, opts.json)
   elseif rest[1] == "chain" and #rest == 2 then
@@ -529,7 +512,7 @@ function run(argv, out, errout, state)
     local report
     report, err = inst:check(rest[2], { read_data = opts.read_data, password = secret and secret.password })
     if report and opts.json then
-      json_line(out, { backup = rest[2], ok = report.ok, steps = report.steps })
+      json_line(out, { backup = shown, ok = report.ok, steps = report.steps })
     elseif report then
       for _, st in ipairs(report.steps) do
         out:write(string.format("%s\t%s\t%s\n", st.ok and "ok" or "PROBLEM", st.name, st.detail))
@@ -537,7 +520,7 @@ function run(argv, out, errout, state)
     end
     if report then
       if not report.ok then
-        errout:write("chbackup: backup " .. rest[2] .. " failed its check: " .. report.steps[#report.steps].detail
+        errout:write("chbackup: backup " .. shown .. " failed its check: " .. report.steps[#report.steps].detail
           .. "\n")
         return 3
       end
@@ -546,18 +529,18 @@ function run(argv, out, errout, state)
   elseif rest[1] == "delete" and #rest == 2 then
     ok, err = inst:delete(rest[2], secret)
     if ok and opts.json then
-      json_line(out, { deleted = rest[2] })
+      json_line(out, { deleted = shown })
     elseif ok then
-      out:write("deleted\t" .. rest[2] .. "\n")
+      out:write("deleted\t" .. shown .. "\n")
     end
   elseif rest[1] == "rebase" and #rest == 2 then
     local bytes
-    bytes, err = inst:rebase(rest[2], secret)
+    bytes, err = inst:rebase(rest[2], { password = secret and secret.password, onto = opts.onto })
     ok = bytes ~= nil
     if ok and opts.json then
-      json_line(out, { rebased = rest[2], bytes_written = bytes })
+      json_line(out, { rebased = shown, bytes_written = bytes })
     elseif ok then
-      out:write("rebased\t" .. rest[2] .. "\t" .. bytes .. " bytes written\n")
+      out:write("rebased\t" .. shown .. "\t" .. bytes .. " bytes written\n")
     end
   elseif rest[1] == "list" and #rest == 2 then
     ok, err = cmd_list(inst, rest[2], out, secret, opts.json)

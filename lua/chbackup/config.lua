@@ -614,6 +614,35 @@ local function from_document(doc, path, files, ignored)
     user_defined_path = udp and inner_text(udp) or nil,
     user_defined_in_keeper = first_child(doc, "user_defined_zookeeper_path") ~= nil,
   }
+
+  -- ClickHouse's <s3> endpoint settings: credentials for S3('url') by the
+  -- longest endpoint that prefixes the url (chbackup.store.s3).
+  cfg.s3 = {}
+  for _, node in ipairs((first_child(doc, "s3") or {}).children or {}) do
+    local ep = node.name and first_child(node, "endpoint")
+    if ep then
+      local e = { endpoint = inner_text(ep) }
+      for _, k in ipairs({ "access_key_id", "secret_access_key", "session_token", "region",
+        "use_environment_credentials" }) do
+        local c = first_child(node, k)
+        e[k] = c and inner_text(c) or nil
+      end
+      cfg.s3[#cfg.s3 + 1] = e
+    end
+  end
+  -- <named_collections><name><key>value</key>…: S3(name[, 'key_prefix'])
+  cfg.named_collections = {}
+  for _, node in ipairs((first_child(doc, "named_collections") or {}).children or {}) do
+    if node.name then
+      local coll = {}
+      for _, c in ipairs(node.children or {}) do
+        if c.name then
+          coll[c.name] = inner_text(c)
+        end
+      end
+      cfg.named_collections[node.name] = coll
+    end
+  end
   return cfg
 end
 
@@ -1097,6 +1126,8 @@ function config.resolve(cfg, dest)
       return nil, err
     end
     return resolve_file(cfg, dest.args)
+  elseif engine == "S3" then
+    return require("chbackup.store.s3").resolve(cfg, dest)
   end
   return nil, "backup engine " .. quote(engine) .. " is not supported"
 end

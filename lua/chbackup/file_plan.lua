@@ -36,8 +36,9 @@ end
 --- Hashes what is not known yet: whole files without a checksum, and the
 -- prefixes that may match a base file of the same name (base: an opened
 -- backup, or nil). A prefix that matches sets e.grown_from to the base's
--- entry. Returns files hashed, bytes read; or nil, err, code.
-function file_plan.hash_unknown(ctx, entries, base)
+-- entry. progress(p) (may be nil) sees the hashing job's progress.
+-- Returns files hashed, bytes read; or nil, err, code.
+function file_plan.hash_unknown(ctx, entries, base, progress)
   local job = core.job({ threads = ctx.threads })
   local asked = {}
   for _, e in ipairs(entries) do
@@ -54,7 +55,7 @@ function file_plan.hash_unknown(ctx, entries, base)
     job:close()
     return 0, 0
   end
-  local ok, err, code = runner.run(job, nil, ctx.cancelled)
+  local ok, err, code = runner.run(job, progress, ctx.cancelled)
   if not ok then
     job:close()
     return nil, err, code

@@ -49,6 +49,12 @@ function fsutil.list_dir(dir)
 end
 
 
+--- The directory that holds path ("." for a bare name).
+function fsutil.parent_dir(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+
 --- Is the directory empty (but for the name `except`, if given)?
 function fsutil.is_empty_dir(path, except)
   for entry in lfs.dir(path) do

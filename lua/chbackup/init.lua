@@ -386,7 +386,7 @@ end
 -- Returns the bytes written or nil, err.
 function Instance:rebase(backup_name, opts)
   return require("chbackup.rebase").run(self.config, backup_name,
-    { password = opts and opts.password, threads = self.threads })
+    { password = opts and opts.password, onto = opts and opts.onto, threads = self.threads })
 end
 
 

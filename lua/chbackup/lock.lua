@@ -109,9 +109,92 @@ local function referenced_uuids(path)
 end
 
 
+-- Files a RESTORE writes outside table directories (access entities,
+-- SQL functions) and beside a Log table's own (an append) go under
+-- temporary names `tmp_restore_<name>`, noted (`tmp_file <path>`) before
+-- they are written; once all are written, the run notes `commit` and the
+-- steps that put them into place (`rename <tmp path>`: to <name> in the
+-- same directory; `remove <path>`; `touch <path>`), then takes them. The
+-- next RESTORE removes a killed run's noted files when it did not commit,
+-- and finishes its steps when it did: a kill leaves none of the set or
+-- all of it.
+local function tmp_name(path)
+  local dir, base = path:match("^(.*)/(tmp_restore_[^/]+)$")
+  return dir and base ~= "tmp_restore_", dir, base and base:sub(13)
+end
+
+
+--- Takes the steps of a commit ({op = "rename"|"remove"|"touch", path =}),
+-- each idempotent (a rename whose file is gone was taken). done(path) is
+-- called for each path put into place or removed. Returns true or nil, err.
+function lock.apply(steps, done)
+  for _, s in ipairs(steps) do
+    local ok, err = true, nil
+    if s.op == "rename" then
+      local _, dir, final = tmp_name(s.path)
+      if fsutil.exists(s.path) then
+        ok, err = os.rename(s.path, dir .. "/" .. final)
+        if ok and done then
+          done(dir .. "/" .. final)
+        end
+      end
+    elseif s.op == "remove" then
+      if fsutil.exists(s.path) then
+        ok, err = os.remove(s.path)
+        if ok and done then
+          done(s.path)
+        end
+      end
+    elseif s.op == "touch" and not fsutil.exists(s.path) then
+      ok, err = fsutil.write_file(s.path, "")
+    end
+    if not ok then
+      return nil, tostring(err)
+    end
+  end
+  return true
+end
+
+
+-- The steps of a commit as noted, the safe ones only: renames of
+-- temporary files, removals and touches of access entity files and marks.
+local function noted_steps(prev)
+  local steps = {}
+  for op, p in prev:gmatch("\n(%l+) ([^\n]+)") do
+    local base = p:match("[^/]+$") or ""
+    if op == "rename" and tmp_name(p)
+        or (op == "remove" and base:match("^%x+%-[%x%-]+%.sql$"))
+        or (op == "touch" and base == "need_rebuild_lists.mark") then
+      steps[#steps + 1] = { op = op, path = p }
+    end
+  end
+  return steps
+end
+
+
 -- Removes what a killed RESTORE noted in its lock file and did not finish:
--- table directories no metadata refers to, databases without metadata.
-local function remove_noted(path, prev, removed, roots)
+-- table directories no metadata refers to, databases without metadata,
+-- temporary files; finishes the steps of a commit it noted.
+local function remove_noted(path, prev, removed, roots, completed)
+  local commit = prev:find("\ncommit\n", 1, true)
+  for p in prev:gmatch("\ntmp_file ([^\n]+)") do
+    if tmp_name(p) and not commit then
+      for _, f in ipairs({ p, p .. ".tmp" }) do
+        if fsutil.exists(f) then
+          os.remove(f)
+          removed[#removed + 1] = f
+        end
+      end
+    end
+  end
+  if commit then
+    local ok, err = lock.apply(noted_steps(prev:sub(commit)), function(p)
+      completed[#completed + 1] = p
+    end)
+    if not ok then
+      lock.log("cannot finish what a killed RESTORE committed: " .. err)
+    end
+  end
   local refs
   for dir in prev:gmatch("\ntable_dir ([^\n]+)") do
     -- only a table directory (store/<xyz>/<uuid>) below the data path or
@@ -182,16 +265,38 @@ Guard.__index = Guard
 
 
 --- Notes in the lock file what the run is about to create (table
--- directories; databases as {escaped=, uuid=}), before creating it.
-function Guard:note(table_dirs, databases)
-  local lines = { lock.holder_text(self.op_id) }
-  for _, d in ipairs(table_dirs) do
+-- directories; databases as {escaped=, uuid=}; temporary files, each
+-- named `tmp_restore_*`), before creating it. Each call adds to the notes.
+function Guard:note(table_dirs, databases, files)
+  local lines = self.lines
+  for _, d in ipairs(table_dirs or {}) do
     lines[#lines + 1] = "table_dir " .. d .. "\n"
   end
   for _, db in ipairs(databases or {}) do
     lines[#lines + 1] = "database " .. db.escaped .. " " .. db.uuid .. "\n"
   end
+  for _, f in ipairs(files or {}) do
+    if not tmp_name(f) or f:find("\n", 1, true) then
+      return nil, "cannot note " .. f .. " in " .. lock.RESTORE_LOCK .. ": not a tmp_restore_* file"
+    end
+    lines[#lines + 1] = "tmp_file " .. f .. "\n"
+  end
   return self.lk:write(table.concat(lines))
+end
+
+
+--- Notes `commit` and steps (see lock.apply), then takes them: from here
+-- a killed run is finished by the next RESTORE. Returns true or nil, err.
+function Guard:commit(steps)
+  local lines = { table.concat(self.lines), "commit\n" }
+  for _, s in ipairs(steps) do
+    lines[#lines + 1] = s.op .. " " .. s.path .. "\n"
+  end
+  local ok, err = self.lk:write(table.concat(lines))
+  if not ok then
+    return nil, err
+  end
+  return lock.apply(steps)
 end
 
 
@@ -217,9 +322,9 @@ function lock.restore(path, op_id, disk_paths)
   if not lk then
     return nil, prev
   end
-  local removed = {}
+  local removed, completed = {}, {}
   if prev then
-    remove_noted(path, "\n" .. prev, removed, roots)
+    remove_noted(path, "\n" .. prev, removed, roots, completed)
   end
   for root in pairs(roots) do
     remove_tmp_restore(root, removed)
@@ -239,7 +344,11 @@ function lock.restore(path, op_id, disk_paths)
   for _, r in ipairs(removed) do
     lock.log("removed " .. r .. ", left by a killed RESTORE" .. (prev and (" (" .. who(prev) .. ")") or ""))
   end
-  return setmetatable({ lk = lk, op_id = op_id, removed = removed, path = path }, Guard)
+  for _, c in ipairs(completed) do
+    lock.log("finished " .. c .. ", committed by a killed RESTORE (" .. who(prev) .. ")")
+  end
+  return setmetatable({ lk = lk, op_id = op_id, removed = removed, path = path,
+    lines = { lock.holder_text(op_id) } }, Guard)
 end
 
 
@@ -283,7 +392,7 @@ end
 --- Takes a zip destination's lock. Returns lk or nil, message.
 function lock.archive(dest, op_id)
   local file = lock.archive_lock(dest.path)
-  local ok, err = fsutil.mkdir_p(dest.path:match("^(.*)/[^/]*$"))
+  local ok, err = fsutil.mkdir_p(fsutil.parent_dir(dest.path))
   if not ok then
     return nil, err
   end

@@ -758,17 +758,29 @@ local function join_files(jobs, final, old, tmp, out)
 end
 
 
---- Removes what plan_restore and finish left beside the tables' files.
-function logfamily.discard(appends)
+--- Every temporary file plan_restore and finish may write beside the
+-- tables' own (each `tmp_restore_*`, to be noted in the RESTORE's lock).
+function logfamily.temp_files(appends)
+  local out = {}
   for _, a in ipairs(appends) do
     for _, name in ipairs(a.files) do
-      os.remove(a.tmp[name])
-      os.remove(a.tmp[name] .. ".new")
+      out[#out + 1] = a.tmp[name]
+      out[#out + 1] = a.tmp[name] .. ".new"
     end
     if a.marks_name then
-      os.remove(a.dir .. "/tmp_restore_" .. a.marks_name)
+      out[#out + 1] = a.dir .. "/tmp_restore_" .. a.marks_name
     end
-    os.remove(a.dir .. "/tmp_sizes.json")
+    out[#out + 1] = a.dir .. "/tmp_restore_sizes.json"
+  end
+  return out
+end
+
+
+--- Removes what plan_restore and finish left beside the tables' files.
+function logfamily.discard(appends)
+  for _, path in ipairs(logfamily.temp_files(appends)) do
+    os.remove(path)
+    os.remove(path .. ".tmp")
   end
 end
 
@@ -864,9 +876,14 @@ function logfamily.finish(appends, opts)
         return nil, "cannot append to " .. a.where .. ": " .. tostring(err)
       end
     end
-    local ok, err = fsutil.write_file(a.dir .. "/sizes.json", logfamily.sizes_json(new_sizes[a]))
+    -- written beside, then renamed: a kill leaves the old sizes.json whole
+    local tmp = a.dir .. "/tmp_restore_sizes.json"
+    local ok, err = fsutil.write_file(tmp, logfamily.sizes_json(new_sizes[a]))
+    if ok then
+      ok, err = os.rename(tmp, a.dir .. "/sizes.json")
+    end
     if not ok then
-      return nil, err
+      return nil, "cannot append to " .. a.where .. ": " .. tostring(err)
     end
   end
   return true

@@ -1,30 +1,110 @@
---- `rebase`: turns an incremental backup into a standalone one, so that its
--- bases can be deleted (clickhouse-backup's `rebase`; ClickHouse#52190).
+--- `rebase`: turns an incremental backup into a standalone one, or into an
+-- incremental on another backup (`--onto`), so that its bases can be
+-- deleted (clickhouse-backup's `rebase`; ClickHouse#52190).
 --
--- Every file is read through the chain and verified against its size and
--- checksum while it is written into a new directory beside the backup
--- (with the `.chbackup-incomplete` marker until its `.backup` is written);
--- then the two directories are swapped atomically (renameat2 exchange: the
--- name never lacks a backup) and the old one is deleted whole. The new
--- backup keeps the uuid and timestamp: its contents are the same, so a
--- backup made on it still finds the base it recorded.
+-- The standalone copy is written beside the backup by the container's own
+-- writer (chbackup.store: a directory, a zip; encrypted again with the
+-- password when the backup is), every file read through the chain and
+-- verified against its size and checksum while written, each content
+-- stored once (file_plan.decide, as a full backup stores them). Then it
+-- takes the backup's place so that the name never lacks a backup: two
+-- directories are swapped atomically (renameat2 exchange) and the old one
+-- is deleted whole; a zip is renamed over the old one. The new backup keeps
+-- the uuid and timestamp: its contents are the same, so a backup made on it
+-- still finds the base it recorded.
 -- @module chbackup.rebase
 local chain = require("chbackup.chain")
 local core = require("chbackup.core")
+local disks = require("chbackup.disks")
 local file_plan = require("chbackup.file_plan")
 local fsutil = require("chbackup.fsutil")
-local manifest = require("chbackup.manifest")
-local runner = require("chbackup.runner")
 local store = require("chbackup.store")
 
 local rebase = {}
 
-local MARKER = require("chbackup.store.dir").MARKER
+
+-- Where the standalone copy of backup b is written: beside it, of the
+-- same container kind (an archive's name keeps its suffix).
+local function beside(b)
+  local tmp = {}
+  for k, v in pairs(b.dest) do
+    tmp[k] = v
+  end
+  local tag = ".rebase-" .. core.getpid()
+  if b.dest.archive then
+    -- before the name's first dot, so that its archive suffix (.zip,
+    -- .tar.zst, …) and thus its container stay
+    local dir, stem, suffix = b.dest.path:match("^(.*/)([^/.]*)(%.[^/]*)$")
+    tmp.path = dir .. stem .. tag .. suffix
+  else
+    tmp.path = b.dest.path .. tag
+  end
+  tmp.name = b.dest.name .. " (its rebased copy " .. tmp.path .. ")"
+  return tmp
+end
 
 
---- Rebases backup `name` (a directory backup, not encrypted) onto no base.
--- opts: threads, password (of the chain's archives). Returns the number of
--- bytes written, or nil, err naming the backup.
+-- Puts the finished copy at tmp in the place of backup b; the old bytes
+-- are removed. Returns true or nil, err.
+local function swap_in(b, tmp, name)
+  if b.dest.archive then
+    local ok, err = os.rename(tmp.path, b.dest.path)
+    if not ok then
+      store.remove(tmp, { name = tmp.name })
+      return nil, "cannot put the rebased backup in place of " .. name .. ": " .. tostring(err)
+    end
+    core.fsync(fsutil.parent_dir(b.dest.path))
+    return true
+  end
+  local ok, err = core.exchange(tmp.path, b.dest.path)
+  if not ok then
+    store.remove(tmp, { name = tmp.name })
+    return nil, "cannot put the rebased backup in place of " .. name .. ": " .. err
+  end
+  -- tmp now holds the incremental: deleted whole, its .backup invalidated first
+  ok, err = store.remove(tmp, { name = name .. " (before its rebase)" })
+  if not ok then
+    return nil, "backup " .. name .. " is rebased; the old copy at " .. tmp.path .. " could not be removed: " .. err
+  end
+  return true
+end
+
+
+-- The backup named opts.onto, opened with its chain, for backup b to be
+-- rebased onto: not b, nor a backup that relies on b (the chain would
+-- come back to b). Returns it or nil, err.
+local function open_onto(cfg, b, opts)
+  local dest, err = chain.parse_name(opts.onto)
+  local onto
+  if dest then
+    onto, err = chain.open(cfg, dest, { password = opts.password })
+  end
+  if not onto then
+    return nil, "--onto " .. opts.onto .. ": " .. err
+  end
+  local list
+  list, err = chain.list(onto)
+  if not list then
+    return nil, "--onto " .. opts.onto .. ": " .. err
+  end
+  for _, x in ipairs(list) do
+    if x.dest.path == b.dest.path then
+      return nil, "cannot rebase backup " .. b.dest.name .. " onto " .. opts.onto .. ": "
+        .. (x == onto and "it is the same backup" or (opts.onto .. " relies on it"))
+    end
+    if x.store.key_err then
+      return nil, "--onto " .. opts.onto .. ": " .. x.store.key_err
+    end
+  end
+  return onto
+end
+
+
+--- Rebases backup `name` onto no base, or onto opts.onto.
+-- opts: threads, password (of the chains' backups; the copy is encrypted
+-- with it when the backup is), onto (a backup name: files it holds are
+-- not stored again, the rebased backup relies on it), op_id. Returns the
+-- number of bytes written, or nil, err naming the backup.
 function rebase.run(cfg, name, opts)
   opts = opts or {}
   local dest, err = chain.parse_name(name)
@@ -37,85 +117,101 @@ function rebase.run(cfg, name, opts)
     return nil, err
   end
   local m = b.manifest
-  if not m.base_backup then
+  if not m.base_backup and not opts.onto then
+    b.store:close()
     return nil, "backup " .. name .. " has no base: it is standalone already"
   end
-  if b.store.kind ~= "dir" or b.store.encrypted then
-    return nil, "backup " .. name .. ": rebase of zip and encrypted backups is not supported yet"
+  if b.store.key_err then
+    b.store:close()
+    return nil, b.store.key_err
   end
   local bases
   bases, err = chain.list(b)
   if not bases then
     return nil, err
   end
-  local path = b.dest.path
-  local tmp = path .. ".rebase-" .. core.getpid()
-  fsutil.remove_tree(tmp)
-  local ok
-  ok, err = fsutil.mkdir_p(tmp)
-  if ok then
-    ok, err = fsutil.write_file(tmp .. "/" .. MARKER, "chbackup rebase of " .. name .. "\n")
-  end
-  local function fail(msg)
-    fsutil.remove_tree(tmp)
-    return nil, msg
-  end
-  if not ok then
-    return fail(err)
-  end
-  -- every file stored once, by content, as a full backup stores them
-  local job = core.job({ threads = opts.threads })
-  local files, first, written = {}, {}, 0
-  for i, e in ipairs(m.files) do
-    local f = { name = e.name, size = e.size, checksum = e.checksum }
-    files[i] = f
-    local key = e.size > 0 and file_plan.content_key(e.size, e.checksum)
-    if not key then
-      local dir = (tmp .. "/" .. e.name):match("^(.*)/[^/]*$")
-      ok, err = fsutil.mkdir_p(dir)
-      if ok then
-        ok, err = fsutil.write_file(tmp .. "/" .. e.name, "")
-      end
-      if not ok then
-        job:close()
-        return fail(err)
-      end
-    elseif first[key] then
-      f.data_file = first[key]
-    else
-      first[key] = e.name
-      local pieces, perr = chain.pieces(b, e)
-      if not pieces then
-        job:close()
-        return fail(perr)
-      end
-      job:add(pieces, tmp .. "/" .. e.name, e.size, e.checksum)
-      written = written + e.size
+  local onto
+  if opts.onto then
+    onto, err = open_onto(cfg, b, opts)
+    if not onto then
+      return nil, err
     end
   end
-  ok, err = runner.run(job, nil, opts.cancelled)
-  job:close()
-  if not ok then
-    return fail("rebase of backup " .. name .. " failed: " .. err)
+  local files = {}
+  for i, e in ipairs(m.files) do
+    files[i] = { name = e.name, size = e.size, checksum = e.checksum, from = e }
   end
-  local size
-  size, err = manifest.write(tmp, {
-    version = 1, deduplicate_files = 1, timestamp = m.timestamp, uuid = m.uuid, files = files,
+  local decisions = file_plan.decisions(onto, nil)
+  local to_store, derr = file_plan.decide(files, decisions)
+  if not to_store then
+    return nil, derr
+  end
+  local tmp = beside(b)
+  local writer, code
+  writer, err, code = store.begin_write(tmp, {
+    op_id = opts.op_id or ("rebase-" .. core.getpid()), threads = opts.threads,
+    password = b.store.encrypted and opts.password or nil, compression_method = b.store.method,
   })
-  if not size then
-    return fail(err)
+  if not writer then
+    return nil, err, code
   end
-  os.remove(tmp .. "/" .. MARKER)
-  ok, err = core.exchange(tmp, path)
+  local written = 0
+  local function fail(msg, fcode)
+    writer:abort()
+    return nil, msg, fcode
+  end
+  for _, f in ipairs(to_store) do
+    local pieces, perr = chain.pieces(b, f.from)
+    if not pieces then
+      return fail(perr)
+    end
+    local ok, aerr, acode = writer:put(f.stored_as, pieces, f.size, f.checksum)
+    if not ok then
+      return fail(aerr, acode)
+    end
+    written = written + f.size
+  end
+  local record = b.store:read_extra(disks.RECORD_FILE)
+  if record then
+    local ok, aerr, acode = writer:put_extra(disks.RECORD_FILE, record)
+    if not ok then
+      return fail(aerr, acode)
+    end
+  end
+  for _, f in ipairs(files) do
+    f.from = nil
+  end
+  -- on a base: everything it relies on checked there first, as for a BACKUP
+  local new_m
+  local ctx = { op_uuid = m.uuid, dest = tmp, config = cfg }
+  if onto then
+    local ok
+    ok, err = chain.check_new(ctx, files, onto, writer)
+    if not ok then
+      writer:abort()
+      return nil, err
+    end
+  end
+  new_m, err = chain.new_manifest(ctx, decisions.index, onto)
+  if not new_m then
+    writer:abort()
+    return nil, err
+  end
+  new_m.timestamp = m.timestamp
+  local done
+  done, err, code = writer:commit(new_m, nil, opts.cancelled)
+  for _, x in ipairs(bases) do
+    x.store:close()
+  end
+  if not done then
+    return nil, "rebase of backup " .. name .. " failed: " .. err, code
+  end
+  local ok
+  ok, err = swap_in(b, tmp, name)
   if not ok then
-    return fail("cannot put the rebased backup in place of " .. name .. ": " .. err)
+    return nil, err
   end
-  -- tmp now holds the incremental: deleted whole, its .backup invalidated first
-  ok, err = store.remove({ path = tmp, name = name .. " (before its rebase)" })
-  if not ok then
-    return nil, "backup " .. name .. " is rebased; the old copy at " .. tmp .. " could not be removed: " .. err
-  end
-  return written + size
+  return written + done.manifest_size
 end
 
 

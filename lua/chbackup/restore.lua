@@ -75,11 +75,33 @@ local function select_tables(backup_dbs, elements, backup_name)
   for _, el in ipairs(elements) do
     local from = el.type == "table" and (el.database or DEFAULT_DATABASE) or el.type == "database" and el.name
     local to = el.type == "table" and el.new_database or el.type == "database" and el.new_name
+    -- system.functions, system.users, …: the server's own objects
+    -- (server_objects); DATABASE system: those, nothing else with data
+    local server_el = from == "system" and (el.type == "database" and not to
+      or el.type == "table" and server_objects.is_server_table(el.name))
+    if server_el and el.type == "database" then
+      local except = {}
+      for _, x in ipairs(el.except_tables or {}) do
+        except[x.name] = true
+      end
+      for _, t in ipairs(sorted_tables(backup_dbs.system or { tables = {} })) do
+        if #t.data > 0 and not except[t.name] and not server_objects.is_server_table(t.name) then
+          return nil, "cannot restore table " .. names.qualified("system", t.name) .. " of backup " .. backup_name
+            .. ": database system belongs to the server, and chbackup restores only its functions and"
+            .. " access entities (EXCEPT TABLES leaves the table out)"
+        end
+      end
+    end
     for _, db_name in ipairs({ from or "", to or "" }) do
-      if catalog_mod.SYSTEM_DATABASES[db_name] then
+      if catalog_mod.SYSTEM_DATABASES[db_name] and not server_el then
         return nil, "database " .. names.quote_identifier(db_name)
           .. " belongs to the server: chbackup does not restore into or from it"
+          .. (db_name == "system" and " (only RESTORE TABLE system.functions, system.users, system.roles, …"
+            .. " restore the server's functions and access entities under their own names)" or "")
       end
+    end
+    if server_el then
+      goto next_element   -- restored by server_objects.prepare
     end
     if el.type == "table" then
       local db_name = el.database or DEFAULT_DATABASE
@@ -146,6 +168,7 @@ local function select_tables(backup_dbs, elements, backup_name)
     else
       return nil, "RESTORE of " .. tostring(el.type) .. " is not supported"
     end
+    ::next_element::
   end
   return out, db_creates
 end
@@ -217,7 +240,8 @@ local BATCH = 10000
 -- Phase 2's copies: `copies` (Log tables' files, planned already) and every
 -- file of the parts planned (t.renames), whose pieces are resolved again
 -- here, in jobs of up to BATCH files, each run largest file first (no big
--- file left for one thread at the end). Returns true or nil, err, code.
+-- file left for one thread at the end; from a compressed tar, in archive
+-- order). Returns true or nil, err, code.
 local function copy_parts(ctx, b, targets, copies)
   local store, op_id = ctx.store, ctx.op_id
   local files_done, bytes_done = 0, 0
@@ -228,7 +252,9 @@ local function copy_parts(ctx, b, targets, copies)
       end
       return x[2] < y[2]
     end)
-    local job = core.job({ threads = ctx.threads, fsync = ctx.settings.fsync })
+    -- from a compressed tar: in archive order, on one thread (chain.archive_order)
+    local threads = chain.archive_order(batch, function(c) return c[1] end)
+    local job = core.job({ threads = threads or ctx.threads, fsync = ctx.settings.fsync })
     for _, c in ipairs(batch) do
       job:add(c[1], c[2], c[3], c[4])
     end
@@ -279,7 +305,8 @@ end
 -- Returns the status counters table, or nil, err.
 function restore.run(ctx, req)
   local src, cat, settings = ctx.dest, ctx.catalog, ctx.settings
-  local b, err = chain.open(ctx.config, src, { password = settings.password })
+  local b, err = chain.open(ctx.config, src, { password = settings.password,
+    same_s3_credentials = settings.use_same_s3_credentials_for_base_backup })
   if not b then
     return nil, err
   end
@@ -382,7 +409,10 @@ function restore.run(ctx, req)
         return nil, "table " .. qname .. " already exists with a different structure"
           .. " (in the data path: " .. existing.body .. "; in the backup: " .. info.body .. ")"
       end
-      if table_has_data(existing) and not settings.allow_non_empty_tables then
+      -- as ClickHouse's restoreDataFromBackup: checked only when there is
+      -- data to add (the backup has files of the table, not structure_only)
+      if #s.tbl.data > 0 and not settings.structure_only and not settings.allow_non_empty_tables
+          and table_has_data(existing) then
         return nil, "cannot restore table " .. qname .. ": it is not empty"
           .. " (use SETTINGS allow_non_empty_tables=true to add the backup's data to it)"
       end
@@ -447,7 +477,7 @@ function restore.run(ctx, req)
     for _, db in ipairs(new_dbs) do
       dbs[#dbs + 1] = { escaped = names.escape_file(db.name), uuid = db.uuid }
     end
-    local noted, nerr = ctx.lock:note(dirs, dbs)
+    local noted, nerr = ctx.lock:note(dirs, dbs, server_objects.temp_files(server_plan))
     if not noted then
       return nil, nerr
     end
@@ -552,6 +582,13 @@ function restore.run(ctx, req)
       if not ok then
         return nil, ferr
       end
+    end
+  end
+  -- the temporary files of appends to Log-family tables, noted before written
+  if ctx.lock and #appends > 0 then
+    local noted, nerr = ctx.lock:note(nil, nil, logfamily.temp_files(appends))
+    if not noted then
+      return nil, nerr
     end
   end
 
@@ -693,7 +730,7 @@ function restore.run(ctx, req)
         .. " until SYSTEM RESTORE REPLICA " .. q .. " is run once the server is up with Keeper")
     end
   end
-  local sok, serr = server_objects.write(server_plan)
+  local sok, serr = server_objects.write(server_plan, ctx.lock)
   if not sok then
     return nil, serr
   end

@@ -7,6 +7,7 @@
 -- @module chbackup.server_objects
 local access = require("chbackup.access")
 local fsutil = require("chbackup.fsutil")
+local names = require("chbackup.names")
 local udf = require("chbackup.udf")
 
 local server_objects = {}
@@ -87,18 +88,63 @@ function server_objects.entry_kind(tbl, rel)
 end
 
 
+--- Which of a backup's server tables (system.functions, system.users, …)
+-- the RESTORE elements select, as ClickHouse's RestorerFromBackup finds
+-- them: ALL (not EXCEPT DATABASE system), DATABASE system, TABLE
+-- system.<t>; EXCEPT TABLES leave some out. A server table is restored
+-- under its own name only. Returns a set of table names, or nil, err.
+function server_objects.restore_selection(elements, dbs, backup_name)
+  local set, sys = {}, dbs.system
+  local function add(tname, except)
+    local t = sys and sys.tables[tname]
+    if t and t.metadata and server_objects.is_server_table(tname) and not except[tname] then
+      set[tname] = true
+    end
+  end
+  for _, el in ipairs(elements) do
+    local except = {}
+    for _, x in ipairs(el.except_tables or {}) do
+      if (x.database or (el.type == "database" and el.name or "default")) == "system" then
+        except[x.name] = true
+      end
+    end
+    if el.type == "table" and (el.database or "default") == "system" and server_objects.is_server_table(el.name) then
+      local what = "table system." .. el.name
+      if el.new_database or el.new_name or el.partitions then
+        return nil, "cannot restore " .. what .. (el.partitions and " with PARTITIONS" or " under another name")
+          .. ": its data are the server's " .. (el.name == "functions" and "SQL functions" or "access entities")
+          .. ", restored only as system." .. el.name .. ", as ClickHouse does"
+      end
+      if not (sys and sys.tables[el.name] and sys.tables[el.name].metadata) then
+        return nil, what .. " is not in backup " .. backup_name
+      end
+      add(el.name, except)
+    elseif el.type == "database" and el.name == "system" and not el.new_name or server_objects.selected({ el }) then
+      for tname in pairs(sys and sys.tables or {}) do
+        add(tname, except)
+      end
+    end
+  end
+  return set
+end
+
+
 --- Plans the RESTORE of the functions and access entities of a backup
--- (its contents.index `dbs`) when the elements select them. Returns a plan
--- for server_objects.write, or nil, err; nothing is written.
+-- (its contents.index `dbs`) that the elements select (not with
+-- structure_only, as ClickHouse). Returns a plan for server_objects.write,
+-- or nil, err; nothing is written.
 function server_objects.prepare(cat, dbs, elements, read, settings, backup_name)
   local plan = { functions = {}, access = { write = {}, remove = {} } }
-  local sys = dbs.system
-  if not sys or not server_objects.selected(elements) then
+  local selected, serr = server_objects.restore_selection(elements, dbs, backup_name)
+  if not selected then
+    return nil, serr
+  end
+  if settings.structure_only or not next(selected) then
     return plan
   end
   local fn_files, access_files = {}, {}
-  for tname, t in pairs(sys.tables) do
-    for _, d in ipairs(t.data) do
+  for tname in pairs(selected) do
+    for _, d in ipairs(dbs.system.tables[tname].data) do
       local kind = server_objects.entry_kind(tname, d.rel)
       local list = kind == "function" and fn_files or kind == "access" and access_files
       if list then
@@ -120,13 +166,77 @@ function server_objects.prepare(cat, dbs, elements, read, settings, backup_name)
 end
 
 
---- Writes a plan of server_objects.prepare. Returns true or nil, err.
-function server_objects.write(plan)
-  local ok, err = udf.write(plan.functions)
-  if ok then
-    ok, err = access.write(plan.access)
+-- The files a plan writes, each first under a temporary name beside its
+-- place: list of {tmp=, path=, content=, what=}.
+local function staged(plan)
+  local out = {}
+  local function add(path, content, what)
+    local dir, base = path:match("^(.*)/([^/]+)$")
+    out[#out + 1] = { tmp = dir .. "/tmp_restore_" .. base, dir = dir, content = content, what = what }
   end
-  return ok, err
+  for _, w in ipairs(plan.functions) do
+    add(w.path, w.content, "function " .. names.quote_identifier(w.name))
+  end
+  for _, w in ipairs(plan.access.write) do
+    add(w.path, w.content, w.label)
+  end
+  return out
+end
+
+
+--- The temporary files server_objects.write writes (to be noted in the
+-- RESTORE's lock before).
+function server_objects.temp_files(plan)
+  local out = {}
+  for _, f in ipairs(staged(plan)) do
+    out[#out + 1] = f.tmp
+  end
+  return out
+end
+
+
+--- Writes a plan of server_objects.prepare so that a kill leaves none of
+-- its files in place or all of them: each is written under its temporary
+-- name, then guard:commit (chbackup.lock) notes and takes the renames, the
+-- removal of replaced access entities and, last, need_rebuild_lists.mark
+-- (the server rebuilds its `*.list` indexes from the `.sql` files when it
+-- starts, and sees none of them before). Returns true or nil, err.
+function server_objects.write(plan, guard)
+  local files = staged(plan)
+  local steps = {}
+  for i, f in ipairs(files) do
+    local ok, err = fsutil.mkdir_p(f.dir)
+    if ok then
+      ok, err = fsutil.write_file(f.tmp, f.content)
+    end
+    if not ok then
+      for j = 1, i do
+        os.remove(files[j].tmp)
+      end
+      return nil, "cannot restore " .. f.what .. ": " .. tostring(err)
+    end
+    steps[#steps + 1] = { op = "rename", path = f.tmp }
+  end
+  if #steps == 0 then
+    return true
+  end
+  for _, p in ipairs(plan.access.remove) do
+    steps[#steps + 1] = { op = "remove", path = p }
+  end
+  if #plan.access.write > 0 then
+    steps[#steps + 1] = { op = "touch", path = plan.access.dir .. "/need_rebuild_lists.mark" }
+  end
+  local lock = require("chbackup.lock")
+  local ok, err
+  if guard then
+    ok, err = guard:commit(steps)
+  else
+    ok, err = lock.apply(steps)
+  end
+  if not ok then
+    return nil, "cannot restore functions and access entities: " .. tostring(err)
+  end
+  return true
 end
 
 

@@ -24,6 +24,11 @@ local BACKUP = {
   threads = "integer",
   fsync = "boolean",
   write_access_entities_dependents = "boolean",
+  -- S3 destinations (chbackup.store.s3): x-amz-storage-class of every object
+  -- written; the base takes this backup's S3 key id and secret
+  s3_storage_class = "string",
+  s3_storage_class_name = "string",
+  use_same_s3_credentials_for_base_backup = "boolean",
 }
 
 local RESTORE = {
@@ -41,16 +46,16 @@ local RESTORE = {
   skip_unresolved_access_dependencies = "boolean",
   allow_unresolved_access_dependencies = "boolean",   -- its old name
   update_access_entities_dependents = "boolean",
+  use_same_s3_credentials_for_base_backup = "boolean",
 }
 
 -- ClickHouse's other BACKUP/RESTORE settings (src/Backups/BackupSettings.h,
 -- RestoreSettings.h): none is ignored; each is refused by name, saying why.
-local S3 = "S3 destinations are not supported yet"
+local S3_COPY = "chbackup reads and writes local disks' files: there is no S3 disk to copy server-side"
 local CLUSTER = "chbackup runs on one server's data path; ON CLUSTER plumbing does not apply"
 local REFUSED = {
   backup = {
-    s3_storage_class = S3, s3_storage_class_name = S3,
-    use_same_s3_credentials_for_base_backup = S3, allow_s3_native_copy = S3,
+    allow_s3_native_copy = S3_COPY,
     allow_azure_native_copy = "Azure is not supported",
     azure_attempt_to_create_container = "Azure is not supported",
     read_from_filesystem_cache = "chbackup reads local disks only (no filesystem cache)",
@@ -71,7 +76,7 @@ local REFUSED = {
     allow_different_database_def = "a database that exists with another definition is used as it is",
     restore_access_entities_with_current_grants = "an offline RESTORE runs as no user whose grants"
       .. " could cap the restored ones: grants are restored as the backup has them",
-    allow_s3_native_copy = S3, use_same_s3_credentials_for_base_backup = S3,
+    allow_s3_native_copy = S3_COPY,
     allow_azure_native_copy = "Azure is not supported",
     restore_broken_parts_as_detached = "a part that fails its checks is refused, never restored",
     storage_policy = "parts are placed on the disks of the target table's own policy",

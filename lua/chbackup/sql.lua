@@ -713,8 +713,11 @@ function sql.format_destination(destination)
   if destination.collection then
     parts[#parts + 1] = destination.collection
   end
-  for _, value in ipairs(destination.args or {}) do
-    parts[#parts + 1] = format_value(value)
+  for i, value in ipairs(destination.args or {}) do
+    -- S3('url', 'key_id', 'secret') is shown as S3('url'): ClickHouse's withoutS3Credentials
+    if destination.engine ~= "S3" or i == 1 then
+      parts[#parts + 1] = format_value(value)
+    end
   end
   if destination.options then
     local order = destination.options_order

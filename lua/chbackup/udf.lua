@@ -159,19 +159,4 @@ function udf.prepare(cat, files, read, mode, backup_name)
 end
 
 
---- Writes what udf.prepare planned. Returns true or nil, err.
-function udf.write(planned)
-  for _, w in ipairs(planned) do
-    local ok, err = fsutil.mkdir_p(w.path:match("^(.*)/[^/]*$"))
-    if ok then
-      ok, err = fsutil.write_file(w.path, w.content)
-    end
-    if not ok then
-      return nil, "cannot restore function " .. names.quote_identifier(w.name) .. ": " .. tostring(err)
-    end
-  end
-  return true
-end
-
-
 return udf

@@ -10,13 +10,18 @@
 -- Policy options are NAME=VALUE words after FILE (--NAME=VALUE works too
 -- where the global option parser lets it through):
 --   now=TIME        run as if it were TIME (YYYY-MM-DDTHH:MM:SS[Z|+HH:MM] or epoch seconds)
---   json            plan: print the plan as JSON
+--   json            print JSON lines instead of text (also the global --json):
+--                   check/plan one object; run/watch/verify one object per
+--                   event, run/verify then a `summary` object
 --   junit=FILE      verify: also write a JUnit XML report
 --   backup=NAME     verify: that backup only
 --   backups=WHICH   verify: newest | chain | all | N (a sample), instead of the policy's
 --   quiet           run/verify: print only warnings, errors and the summary
--- Exit status: 0 ok, 1 failure (a wrong policy, a failed step or check), 2 usage.
+-- Exit status: 0 ok, 1 failure (a wrong policy, a failed step or check), 2 usage;
+-- the same with json.
 -- @module chbackup.policy.cli
+local cjson = require("cjson")
+local jsonl = require("chbackup.jsonl")
 local policy = require("chbackup.policy")
 local schedule = require("chbackup.policy.schedule")
 
@@ -32,7 +37,8 @@ usage: chbackup [options] policy check|plan|run|watch|verify FILE [NAME=VALUE...
           exit 1 with a report when anything fails (for CI)
 words:
   now=TIME       act as if it were TIME (2026-01-31T02:00:00Z, or epoch seconds)
-  json           plan: print JSON
+  json           JSON lines (one object per event; check and plan: one object;
+                 run and verify end with a "summary" object); also --json
   junit=FILE     verify: also write a JUnit XML report to FILE
   backup=NAME    verify: only that backup
   backups=WHICH  verify: newest, chain, all or a sample size N
@@ -83,13 +89,31 @@ local function line(rec, zone)
 end
 
 
-local function env_for(opts, pol, out, quiet)
+-- JSON lines: every event and summary object starts with these fields.
+local EVENT_ORDER = jsonl.order({ "time", "at", "policy", "event", "level", "backup", "reason", "ok" })
+
+local function event_json(rec, zone)
+  local t = {}
+  for k, v in pairs(rec) do
+    t[k] = v
+  end
+  t.time = rec.time or 0
+  t.at = schedule.format(t.time, zone)
+  t.level = rec.level or "info"
+  t.backup = jsonl.value(rec.backup)
+  t.reason = jsonl.value(rec.reason ~= nil and tostring(rec.reason) or nil)
+  return jsonl.line(t, EVENT_ORDER)
+end
+
+
+local function env_for(opts, pol, out, o)
+  local show = o.json and event_json or line
   return {
     path = opts.path, config = opts.config, status_dir = opts.status_dir, threads = opts.threads,
     status_keep = tonumber(opts.status_keep), status_days = tonumber(opts.status_days),
     log = function(rec)
-      if not quiet or rec.level ~= "info" then
-        out:write(line(rec, pol.zone))
+      if not o.quiet or rec.level ~= "info" then
+        out:write(show(rec, pol.zone))
         out:flush()
       end
     end,
@@ -97,22 +121,47 @@ local function env_for(opts, pol, out, quiet)
 end
 
 
+-- The last JSON line of run and verify: event "summary" with ok and errors.
+local function summary(out, pol, now, ok, errors, fields)
+  local rec = fields or {}
+  rec.time, rec.policy, rec.event, rec.level = now, pol.name, "summary", ok and "info" or "error"
+  rec.ok, rec.errors = ok, jsonl.array(errors)
+  rec.reason = ok and "ok" or table.concat(errors, "; ")
+  out:write(event_json(rec, pol.zone))
+end
+
+
+local function names(points)
+  local list = {}
+  for i, p in ipairs(points or {}) do
+    list[i] = p.name
+  end
+  return jsonl.array(list)
+end
+
+
+local PLAN_ORDER = jsonl.order({ "policy", "now", "ok", "errors", "due", "verify", "next", "keep", "rebase",
+  "delete", "deferred" })
+
 local function plan_json(plan)
-  local cjson = require("cjson")
   local function point(p)
-    return { name = p.name, kind = p.kind, time = p.time, base = p.base, verified = p.verified or false,
-      chain_ok = p.chain_ok }
+    return { name = p.name, kind = p.kind, time = p.time, base = jsonl.value(p.base), verified = p.verified or false,
+      chain_ok = jsonl.value(p.chain_ok) }
   end
   local doc = {
-    policy = plan.policy, now = plan.now,
-    due = { kind = plan.due.kind, name = plan.due.name, base = plan.due.base and plan.due.base.name or nil,
-      reason = plan.due.reason },
-    verify = plan.verify, next = plan.next, keep = {}, delete = {}, deferred = {},
+    policy = plan.policy, now = plan.now, ok = plan.ok, errors = jsonl.array(plan.errors),
+    due = { kind = jsonl.value(plan.due.kind), name = jsonl.value(plan.due.name),
+      base = plan.due.base and plan.due.base.name or cjson.null, reason = plan.due.reason },
+    verify = plan.verify, next = plan.next, keep = jsonl.array(), delete = jsonl.array(),
+    deferred = jsonl.array(), rebase = jsonl.array(),
   }
+  for k, list in pairs(plan.next) do
+    doc.next[k] = jsonl.array(list)
+  end
   if plan.retention then
     for _, p in ipairs(plan.retention.kept) do
       local x = point(p)
-      x.reasons = plan.retention.keep[p.id]
+      x.reasons = jsonl.array(plan.retention.keep[p.id])
       doc.keep[#doc.keep + 1] = x
     end
     for _, p in ipairs(plan.retention.remove) do
@@ -121,8 +170,13 @@ local function plan_json(plan)
     for _, p in ipairs(plan.retention.deferred) do
       doc.deferred[#doc.deferred + 1] = point(p)
     end
+    for _, p in ipairs(plan.retention.rebase) do
+      local x = point(p)
+      x.from = plan.retention.rebase_of[p.id]
+      doc.rebase[#doc.rebase + 1] = x
+    end
   end
-  return cjson.encode(doc) .. "\n"
+  return jsonl.line(doc, PLAN_ORDER)
 end
 
 
@@ -142,19 +196,62 @@ local function verify_summary(report, out)
 end
 
 
-local function describe(pol, out)
-  out:write(string.format("policy %s (%s): valid\n", pol.name, pol.file or "table"))
+local function checks_json(checks)
+  local list = jsonl.array()
+  for i, c in ipairs(checks) do
+    list[i] = { name = c.name, ok = jsonl.value(c.ok), message = jsonl.value(c.message ~= nil and tostring(c.message)
+      or nil) }
+  end
+  return list
+end
+
+
+local function verify_json(report, out, pol, now)
+  local results = jsonl.array()
+  for i, r in ipairs(report.results) do
+    results[i] = { backup = r.backup, ok = r.ok, checks = checks_json(r.checks) }
+  end
+  summary(out, pol, now, report.ok, report.errors, { suite = checks_json(report.suite), results = results })
+end
+
+
+-- What `check` says about a valid policy: {field = value} (text and JSON).
+local function description(pol)
   local d = pol.destination
-  out:write(string.format("  destination: %s, names %s\n",
-    d.disk and ("Disk('" .. d.disk .. "')") or ("File('" .. d.path .. "')"), d.name))
+  local sched = {}
+  for _, k in ipairs({ "full", "incremental", "verify" }) do
+    sched[k] = pol.schedule[k] and pol.schedule[k].text or cjson.null
+  end
+  return {
+    policy = pol.name, file = pol.file or cjson.null, valid = true,
+    destination = d.disk and ("Disk('" .. d.disk .. "')") or d.s3 and ("S3('" .. d.s3 .. "')")
+      or ("File('" .. d.path .. "')"), names = d.name,
+    schedule = sched,
+    retention = pol.retention and require("chbackup.policy.retention").describe(pol.retention)
+      or "none (every backup is kept)",
+    verification = tostring(pol.verification.backups),
+  }
+end
+
+
+local CHECK_ORDER = jsonl.order({ "policy", "file", "valid", "error", "destination", "names", "schedule", "retention",
+  "verification" })
+
+local function describe(pol, out, json)
+  local t = description(pol)
+  if json then
+    out:write(jsonl.line(t, CHECK_ORDER))
+    return
+  end
+  out:write(string.format("policy %s (%s): valid\n", pol.name, pol.file or "table"))
+  out:write(string.format("  destination: %s, names %s\n", t.destination, t.names))
   for _, k in ipairs({ "full", "incremental", "verify" }) do
     if pol.schedule[k] then
-      out:write(string.format("  schedule.%s: %s\n", k, pol.schedule[k].text))
+      out:write(string.format("  schedule.%s: %s\n", k, t.schedule[k]))
     end
   end
-  out:write("  retention: " .. (pol.retention and require("chbackup.policy.retention").describe(pol.retention)
-    or "none (every backup is kept)") .. "\n")
-  out:write("  verification: " .. tostring(pol.verification.backups) .. "\n")
+  out:write("  retention: " .. t.retention .. "\n")
+  out:write("  verification: " .. t.verification .. "\n")
 end
 
 
@@ -185,9 +282,13 @@ function cli.main(rest, opts, io_)
     errout:write("chbackup: policy " .. sub .. ": " .. werr .. "\n" .. USAGE)
     return 2
   end
+  o.json = o.json or opts.json
   local pol, err = policy.load(file)
   if not pol then
     errout:write("chbackup: " .. err .. "\n")
+    if o.json and sub == "check" then
+      out:write(jsonl.line({ file = file, valid = false, error = err }, CHECK_ORDER))
+    end
     return 1
   end
   local now = (cli.clock or os.time)()
@@ -199,10 +300,10 @@ function cli.main(rest, opts, io_)
     end
   end
   if sub == "check" then
-    describe(pol, out)
+    describe(pol, out, o.json)
     return 0
   end
-  local env = env_for(opts, pol, out, o.quiet)
+  local env = env_for(opts, pol, out, o)
   if sub == "plan" then
     if o.json then
       env.log = nil
@@ -218,6 +319,15 @@ function cli.main(rest, opts, io_)
     return plan.ok and 0 or 1
   elseif sub == "run" then
     local report, rerr = policy.run(pol, now, env)
+    if o.json then
+      local r = report or { ok = false, errors = { rerr } }
+      local verified = jsonl.array()
+      for i, v in ipairs(r.verified or {}) do
+        verified[i] = { backup = v.backup, ok = v.ok }
+      end
+      summary(out, pol, now, r.ok, jsonl.array(r.errors), { backup = r.backup and r.backup.name,
+        deleted = names(r.deleted), rebased = names(r.rebased), verified = verified })
+    end
     if not report then
       errout:write("chbackup: policy " .. pol.name .. ": " .. rerr .. "\n")
       return 1
@@ -254,10 +364,17 @@ function cli.main(rest, opts, io_)
   end
   local report, verr = policy.verify(pol, now, env, vopts)
   if not report then
+    if o.json then
+      summary(out, pol, now, false, jsonl.array({ verr }), { suite = jsonl.array(), results = jsonl.array() })
+    end
     errout:write("chbackup: policy " .. pol.name .. ": " .. verr .. "\n")
     return 1
   end
-  verify_summary(report, out)
+  if o.json then
+    verify_json(report, out, pol, now)
+  else
+    verify_summary(report, out)
+  end
   if out.flush then
     out:flush()
   end

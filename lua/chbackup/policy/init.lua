@@ -93,24 +93,73 @@ local function check_source(t)
 end
 
 
+-- A secret given by reference: {env = "VAR"} or {file = "/path"} (never the
+-- value itself). what: its key in the policy ("password", ...).
+local function check_secret(t, what)
+  if t == nil then
+    return nil
+  end
+  if type(t) == "string" then
+    return nil, what .. ": never write the " .. (what:match("[^.]*$"):gsub("_", " ")) .. " into the policy; use "
+      .. "{ env = \"VARIABLE\" } or { file = \"/path/to/file\" }"
+  end
+  local ok, err = expect_table(t, what)
+  if not ok then
+    return nil, err
+  end
+  ok, err = known_keys(t, { "env", "file" }, what .. ".")
+  if not ok then
+    return nil, err
+  end
+  if (t.env == nil) == (t.file == nil) then
+    return nil, what .. ": give exactly one of env (an environment variable) or file (a file holding it)"
+  end
+  if t.env ~= nil and (type(t.env) ~= "string" or not t.env:match("^[%a_][%w_]*$")) then
+    return nil, what .. ".env: expected an environment variable name, got " .. tostring(t.env)
+  end
+  if t.file ~= nil and (type(t.file) ~= "string" or t.file:sub(1, 1) ~= "/") then
+    return nil, what .. ".file: expected an absolute file path, got " .. tostring(t.file)
+  end
+  return { env = t.env, file = t.file }
+end
+
+
 local function check_destination(t, name)
   local ok, err = expect_table(t, "destination")
   if not ok then
     return nil, err
   end
-  ok, err = known_keys(t, { "disk", "path", "name" }, "destination.")
+  ok, err = known_keys(t, { "disk", "path", "s3", "access_key_id", "secret_access_key", "name" }, "destination.")
   if not ok then
     return nil, err
   end
-  if (t.disk == nil) == (t.path == nil) then
-    return nil, "destination: give exactly one of disk (a backups disk of the config, e.g. \"backups\") "
-      .. "or path (an absolute directory under backups.allowed_path)"
+  if ((t.disk ~= nil and 1 or 0) + (t.path ~= nil and 1 or 0) + (t.s3 ~= nil and 1 or 0)) ~= 1 then
+    return nil, "destination: give exactly one of disk (a backups disk of the config, e.g. \"backups\"), "
+      .. "path (an absolute directory under backups.allowed_path) or s3 (\"http://host:port/bucket/prefix\")"
   end
   if t.disk ~= nil and (type(t.disk) ~= "string" or t.disk == "") then
     return nil, "destination.disk: expected a disk name, got " .. tostring(t.disk)
   end
   if t.path ~= nil and (type(t.path) ~= "string" or t.path:sub(1, 1) ~= "/") then
     return nil, "destination.path: expected an absolute directory, got " .. tostring(t.path)
+  end
+  if t.s3 ~= nil and (type(t.s3) ~= "string" or not t.s3:match("^https?://[^/]+/[^/]")) then
+    return nil, "destination.s3: expected a url http(s)://host[:port]/bucket[/prefix], got " .. tostring(t.s3)
+  end
+  if (t.access_key_id ~= nil or t.secret_access_key ~= nil) and t.s3 == nil then
+    return nil, "destination: access_key_id and secret_access_key apply to an s3 destination"
+  end
+  if (t.access_key_id == nil) ~= (t.secret_access_key == nil) then
+    return nil, "destination: give both access_key_id and secret_access_key, or neither (then the config's <s3> "
+      .. "endpoint or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+  end
+  if t.access_key_id ~= nil and (type(t.access_key_id) ~= "string" or t.access_key_id == "") then
+    return nil, "destination.access_key_id: expected the key id, got " .. tostring(t.access_key_id)
+  end
+  local secret
+  secret, err = check_secret(t.secret_access_key, "destination.secret_access_key")
+  if err then
+    return nil, err
   end
   local pattern = t.name or policy.DEFAULT_NAME_PATTERN
   local compiled
@@ -123,7 +172,12 @@ local function check_destination(t, name)
     return nil, "destination.name: '" .. pattern .. "' names a " .. kind .. " archive; chbackup writes directories "
       .. "and .zip archives"
   end
-  return { disk = t.disk, path = t.path, name = pattern, compiled = compiled, archive = kind }
+  if kind and t.s3 then
+    return nil, "destination.name: '" .. pattern .. "' names an archive; on S3 chbackup writes directories "
+      .. "(ClickHouse refuses zip on S3: zip requires seeking)"
+  end
+  return { disk = t.disk, path = t.path, s3 = t.s3 and t.s3:gsub("/+$", ""), access_key_id = t.access_key_id,
+    secret_access_key = secret, name = pattern, compiled = compiled, archive = kind }
 end
 
 
@@ -152,35 +206,6 @@ local function check_compression(t)
     return nil, "compression: give method and/or level"
   end
   return { method = t.method, level = t.level }
-end
-
-
-local function check_password(t)
-  if t == nil then
-    return nil
-  end
-  if type(t) == "string" then
-    return nil, "password: never write the password into the policy; use { env = \"VARIABLE\" } "
-      .. "or { file = \"/path/to/file\" }"
-  end
-  local ok, err = expect_table(t, "password")
-  if not ok then
-    return nil, err
-  end
-  ok, err = known_keys(t, { "env", "file" }, "password.")
-  if not ok then
-    return nil, err
-  end
-  if (t.env == nil) == (t.file == nil) then
-    return nil, "password: give exactly one of env (an environment variable) or file (a file holding it)"
-  end
-  if t.env ~= nil and (type(t.env) ~= "string" or not t.env:match("^[%a_][%w_]*$")) then
-    return nil, "password.env: expected an environment variable name, got " .. tostring(t.env)
-  end
-  if t.file ~= nil and (type(t.file) ~= "string" or t.file:sub(1, 1) ~= "/") then
-    return nil, "password.file: expected an absolute file path, got " .. tostring(t.file)
-  end
-  return { env = t.env, file = t.file }
 end
 
 
@@ -372,7 +397,7 @@ function policy.check(t, name)
   if err then
     return nil, err
   end
-  pol.password, err = check_password(t.password)
+  pol.password, err = check_secret(t.password, "password")
   if err then
     return nil, err
   end

@@ -11,6 +11,10 @@
 --    verified backup, backups stamped in the future and pinned backups are
 --    kept; what is left is deleted dependents first (pgBackRest's order),
 --    at most `max_deletions` per run.
+-- 3. With `rebase = true`, a backup kept for itself whose base is not
+--    is planned to be rebased (made standalone, chbackup.rebase) instead of
+--    keeping its base, so the base can go (pgBackRest's and
+--    clickhouse-backup's way of ending a chain).
 --
 -- A point is {id=, time=epoch, base=id|nil, verified=bool, pinned=reason|nil}.
 -- Pure: no files, no clock.
@@ -96,7 +100,13 @@ function retention.check(t, prefix)
     end
     r.max_deletions = t.max_deletions
   end
-  local known = { max_deletions = true, keep_if = true, within = true }
+  if t.rebase ~= nil then
+    if type(t.rebase) ~= "boolean" then
+      return nil, prefix .. ".rebase: expected true or false, got " .. tostring(t.rebase)
+    end
+    r.rebase = t.rebase or nil
+  end
+  local known = { max_deletions = true, keep_if = true, within = true, rebase = true }
   for _, k in ipairs(retention.COUNT_RULES) do known[k] = true end
   for _, k in ipairs(retention.WITHIN_RULES) do known[k] = true end
   for k in pairs(t) do
@@ -138,10 +148,11 @@ function retention.describe(r)
   if r.keep_if then
     parts[#parts + 1] = "those keep_if names"
   end
+  local rebasing = r.rebase and "; rebase a kept incremental whose base expires" or ""
   if #parts == 0 then
-    return "keep everything"
+    return "keep everything" .. rebasing
   end
-  return "keep " .. table.concat(parts, ", ")
+  return "keep " .. table.concat(parts, ", ") .. rebasing
 end
 
 
@@ -267,7 +278,11 @@ end
 --   remove = {point...},             in deletion order (dependents newest first)
 --   deferred = {point...},           beyond max_deletions, left for a later run
 --   by_rule = {[id] = true},         kept by the rules themselves (before chains)
--- }. r = nil keeps everything. Raises if keep_if raises.
+--   rebase = {point...},             with r.rebase: kept points to make standalone
+--                                    (oldest first) so that their bases can go
+--   rebase_of = {[id] = base id},    the base each of them stops relying on
+-- }. r = nil keeps everything. A point with rebase_failed set is not
+-- planned for a rebase again (its bases are kept). Raises if keep_if raises.
 function retention.apply(points, r, now, zone)
   zone = zone or schedule.zone("UTC")
   local list = sorted(points)
@@ -333,13 +348,38 @@ function retention.apply(points, r, now, zone)
       add(p, p.pinned)
     end
   end
-  -- Every base of a kept point is kept (each chain walked once).
+  -- With rebase: a point kept for itself whose base is not, and whose
+  -- whole chain is here to be read, is made standalone instead.
+  local function whole(p)
+    local cur, seen = p, {}
+    while cur.base do
+      if seen[cur.base] or not by_id[cur.base] then
+        return false
+      end
+      seen[cur.base] = true
+      cur = by_id[cur.base]
+    end
+    return true
+  end
+  local rebase_of, to_rebase = {}, {}
+  if r and r.rebase then
+    for i = #list, 1, -1 do
+      local p = list[i]
+      if keep[p.id] and p.base and by_id[p.base] and not keep[p.base] and not p.rebase_failed
+          and p.chain_ok ~= false and not p.chain_error and whole(p) then
+        rebase_of[p.id] = p.base
+        to_rebase[#to_rebase + 1] = p
+      end
+    end
+  end
+  -- Every base of a kept point is kept (each chain walked once), up to a
+  -- point to be rebased.
   local walked = {}
   for _, p in ipairs(list) do
     if keep[p.id] and not walked[p.id] then
       walked[p.id] = true
       local cur = p
-      while cur.base and by_id[cur.base] do
+      while cur.base and by_id[cur.base] and not rebase_of[cur.id] do
         local base = by_id[cur.base]
         add(base, "base of " .. cur.id)
         if walked[base.id] then
@@ -396,7 +436,8 @@ function retention.apply(points, r, now, zone)
       end
     end
   end
-  return { keep = keep, kept = kept, remove = remove, deferred = deferred, by_rule = by_rule }
+  return { keep = keep, kept = kept, remove = remove, deferred = deferred, by_rule = by_rule, rebase = to_rebase,
+    rebase_of = rebase_of }
 end
 
 

@@ -207,7 +207,7 @@ function runner.decide(pol, points, now)
     by_id[p.id] = p
     if p.time <= now then
       newest = newest or p
-      if p.kind == "full" then
+      if p.kind == "full" or (p.rebased and not p.base) then   -- a rebased backup is standalone
         newest_full = newest_full or p
       end
     end
@@ -275,15 +275,25 @@ function runner.verify_due(pol, points, now)
 end
 
 
--- Retention over a listing. Returns the retention.apply result (with the
--- points pinned by backups outside the policy) or nil, err.
+-- Retention over a listing. Points are pinned by backups outside the policy
+-- that rely on them and by this run's vetoes (ctx.vetoed); points whose
+-- rebase failed this run keep their bases (ctx.rebase_failed); once the
+-- rebase step has run (ctx.rebased), nothing more is planned for a rebase.
+-- Returns the retention.apply result or nil, err.
 local function plan_retention(ctx, listing)
   local points = listing.points
   local foreign = ctx.store:foreign_dependents(points)
+  local vetoed, failed = ctx.vetoed or {}, ctx.rebase_failed or {}
   for _, p in ipairs(points) do
-    p.pinned = foreign[p.id] and ("base of " .. foreign[p.id] .. ", a backup outside this policy") or nil
+    p.pinned = foreign[p.id] and ("base of " .. foreign[p.id] .. ", a backup outside this policy")
+      or (vetoed[p.id] and "kept by hooks.before_delete") or nil
+    p.rebase_failed = failed[p.id]
   end
-  local ok, res = pcall(retention.apply, points, ctx.pol.retention, ctx.now, ctx.pol.zone)
+  local rules = ctx.pol.retention
+  if ctx.rebased and rules and rules.rebase then
+    rules = setmetatable({ rebase = false }, { __index = rules })
+  end
+  local ok, res = pcall(retention.apply, points, rules, ctx.now, ctx.pol.zone)
   if not ok then
     return nil, "retention.keep_if failed: " .. tostring(res)
   end
@@ -291,14 +301,39 @@ local function plan_retention(ctx, listing)
 end
 
 
-local function log_retention(ctx, res, verb)
+-- The backups that can go once p is rebased: its base and the bases below
+-- that nothing keeps. Returns {[id] = true}.
+local function freed_by(res, p, by_id)
+  local freed, id = {}, res.rebase_of[p.id]
+  while id and by_id[id] and not res.keep[id] do
+    freed[id] = true
+    id = by_id[id].base
+  end
+  return freed
+end
+
+
+local function log_retention(ctx, res, verb, points)
   local r = ctx.pol.retention
   ctx.log("retention", nil, r and retention.describe(r) or "no retention rules: every backup is kept")
   for _, p in ipairs(res.kept) do
     ctx.log("keep", p.name, table.concat(res.keep[p.id], ", "))
   end
+  local by_id, why_free = {}, {}
+  for _, p in ipairs(points) do
+    by_id[p.id] = p
+  end
+  for _, p in ipairs(res.rebase) do
+    local base = by_id[res.rebase_of[p.id]]
+    ctx.log(verb == "delete" and "rebase" or "would-rebase", p.name, string.format(
+      "kept, and its base %s is not: made standalone first, so that %s can be deleted", base.name, base.name))
+    for id in pairs(freed_by(res, p, by_id)) do
+      why_free[id] = p.name
+    end
+  end
   for _, p in ipairs(res.remove) do
-    ctx.log(verb, p.name, "no rule keeps it and no kept backup depends on it")
+    ctx.log(verb, p.name, why_free[p.id] and ("no rule keeps it; " .. why_free[p.id] .. " is rebased first, so "
+      .. "no kept backup depends on it") or "no rule keeps it and no kept backup depends on it")
   end
   for _, p in ipairs(res.deferred) do
     ctx.log("defer", p.name, string.format("retention.max_deletions (%d) reached; a later run deletes it",
@@ -656,76 +691,109 @@ local function removed_whole(p)
 end
 
 
+-- Deletes p; logs it or the failure. Returns true or nil.
+local function delete_one(ctx, p)
+  local ok, err = ctx.store:delete(p)
+  if not ok then
+    ctx.fail("delete-failed", p.name, err)
+    on_error(ctx, "delete", p.name, err)
+    return nil
+  end
+  ctx.log("deleted", p.name, removed_whole(p))
+  hook(ctx, "after_delete", { name = p.name, point = p })
+  return true
+end
+
+
 -- Deletes in the planned order (no before_delete hook to ask).
 local function apply_deletions(ctx, res)
   local deleted = {}
   for _, p in ipairs(res.remove) do
-    local ok, err = ctx.store:delete(p)
-    if not ok then
-      ctx.fail("delete-failed", p.name, err)
-      on_error(ctx, "delete", p.name, err)
+    if not delete_one(ctx, p) then
       break
     end
     deleted[#deleted + 1] = p
-    ctx.log("deleted", p.name, removed_whole(p))
-    hook(ctx, "after_delete", { name = p.name, point = p })
   end
   return deleted
 end
 
 
--- A deletion list with hooks in the way must still never break a chain:
--- re-plan after each veto. Returns the deletions made.
+-- Rebases what retention planned to rebase (before any deletion). A failed
+-- rebase keeps its backup's bases: retention is planned again with it
+-- marked. Returns the rebased points.
+local function rebase_step(ctx, res)
+  local rebased = {}
+  for _, p in ipairs(res.rebase) do
+    local base = res.rebase_of[p.id]
+    local written, err = ctx.store:rebase(p, { time = ctx.now, threads = tonumber(ctx.env.threads) })
+    if written then
+      rebased[#rebased + 1] = p
+      ctx.log("rebased", p.name, string.format("made standalone (%d bytes written); it no longer relies on %s",
+        written, base))
+    else
+      ctx.rebase_failed = ctx.rebase_failed or {}
+      ctx.rebase_failed[p.id] = err
+      ctx.fail("rebase-failed", p.name, tostring(err) .. "; its base " .. base .. " is kept")
+      on_error(ctx, "rebase", p.name, err)
+    end
+  end
+  return rebased
+end
+
+
+-- Retention: rebases first, then deletions in the planned order. A deletion
+-- list with hooks in the way must still never break a chain: re-plan after
+-- each veto. Returns the deletions and the rebases made.
 local function retention_step(ctx)
   local listing = ctx.store:list()
   local res, err = plan_retention(ctx, listing)
   if not res then
     ctx.fail("retention", nil, err)
-    return {}
+    return {}, {}
   end
-  log_retention(ctx, res, "delete")
+  log_retention(ctx, res, "delete", listing.points)
+  ctx.rebased = rebase_step(ctx, res)
+  if #res.rebase > 0 then
+    listing = ctx.store:list()
+    res, err = plan_retention(ctx, listing)
+    if not res then
+      ctx.fail("retention", nil, err)
+      return {}, ctx.rebased
+    end
+    if ctx.rebase_failed then
+      ctx.log("retention", nil, "planned again: a rebase failed, so the bases it needs are kept", "warn")
+      log_retention(ctx, res, "delete", listing.points)
+    end
+  end
   if ctx.pol.hooks.before_delete then
     -- With a veto hook, delete one at a time and re-plan with vetoed
     -- backups pinned, so a vetoed backup keeps its bases.
-    local vetoed, deleted = {}, {}
+    ctx.vetoed = {}
+    local deleted = {}
     local budget = ctx.pol.retention and ctx.pol.retention.max_deletions
     while #res.remove > 0 and (not budget or #deleted < budget) do
       local p = res.remove[1]
       local go, why = hook(ctx, "before_delete", { name = p.name, point = p })
       if go == false then
         ctx.log("skip", p.name, why .. "; kept")
-        vetoed[p.id] = why
+        ctx.vetoed[p.id] = why
       elseif not go then
         ctx.fail("delete-failed", p.name, why)
         break
-      else
-        local ok, derr = ctx.store:delete(p)
-        if not ok then
-          ctx.fail("delete-failed", p.name, derr)
-          on_error(ctx, "delete", p.name, derr)
-          break
-        end
+      elseif delete_one(ctx, p) then
         deleted[#deleted + 1] = p
-        ctx.log("deleted", p.name, removed_whole(p))
-        hook(ctx, "after_delete", { name = p.name, point = p })
+      else
+        break
       end
-      listing = ctx.store:list()
-      for _, q in ipairs(listing.points) do
-        if vetoed[q.id] then
-          q.pinned = "kept by hooks.before_delete"
-        end
+      res, err = plan_retention(ctx, ctx.store:list())
+      if not res then
+        ctx.fail("retention", nil, err)
+        break
       end
-      local foreign = ctx.store:foreign_dependents(listing.points)
-      for _, q in ipairs(listing.points) do
-        if foreign[q.id] then
-          q.pinned = "base of " .. foreign[q.id] .. ", a backup outside this policy"
-        end
-      end
-      res = retention.apply(listing.points, ctx.pol.retention, ctx.now, ctx.pol.zone)
     end
-    return deleted
+    return deleted, ctx.rebased
   end
-  return apply_deletions(ctx, res)
+  return apply_deletions(ctx, res), ctx.rebased
 end
 
 
@@ -812,7 +880,7 @@ function runner._plan(pol, now, env)
   if not res then
     ctx.fail("retention", nil, err)
   else
-    log_retention(ctx, res, "would-delete")
+    log_retention(ctx, res, "would-delete", listing.points)
   end
   return {
     policy = pol.name, now = now, due = due, verify = { due = vdue, reason = vwhy }, next = next_runs,
@@ -847,11 +915,11 @@ end
 
 
 --- Does what is due at now, once. Returns a report {ok=, backup = point|nil,
--- verified = {results}, deleted = {points}, log = {records}, errors =
+-- verified = {results}, deleted = {points}, rebased = {points}, log = {records}, errors =
 -- {...}} (ok false when a step failed), or nil, err when the run could not
 -- start (config, store, lock).
 function runner.run(pol, now, env)
-  local report = { policy = pol.name, now = now, verified = {}, deleted = {} }
+  local report = { policy = pol.name, now = now, verified = {}, deleted = {}, rebased = {} }
   return locked(pol, now, env, report, function(ctx)
     finish_killed_runs(ctx)
     local listing = ctx.store:list()
@@ -886,7 +954,7 @@ function runner.run(pol, now, env)
     if backup_failed then
       ctx.log("retention", nil, "skipped: the backup failed, so nothing is deleted this run", "warn")
     else
-      report.deleted = retention_step(ctx)
+      report.deleted, report.rebased = retention_step(ctx)
     end
   end)
 end
@@ -910,9 +978,9 @@ function runner.verify(pol, now, env, opts)
         ctx.fail("check", nil, "FAIL " .. name .. ": " .. message)
       end
     end
+    local where = tostring(ctx.store.root or ctx.store.s3root and ctx.store.s3root.name or "memory")
     suite("backups", #points > 0, #points > 0 and string.format("%d restore points of policy %s in %s", #points,
-      pol.name, tostring(ctx.store.root or "memory")) or ("no backup of policy " .. pol.name .. " in "
-      .. tostring(ctx.store.root or "memory")))
+      pol.name, where) or ("no backup of policy " .. pol.name .. " in " .. where))
     if pol.verification.max_age and points[1] then
       local limit = schedule.subtract(now, pol.verification.max_age, pol.zone)
       suite("freshness", points[1].time >= limit, string.format("the newest backup, %s, is from %s (max_age %s)",

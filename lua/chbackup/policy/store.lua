@@ -157,25 +157,31 @@ end
 store.archive_kind = config.archive_kind
 
 
---- The policy's password, read at run time from its environment variable
--- or file (nil when the policy has none). Returns pw or nil, err.
-function store.password(pol)
-  local pw = pol.password
-  if not pw then
-    return nil
-  end
-  if pw.env then
-    local v = os.getenv(pw.env)
+--- A secret given by reference ({env=} or {file=}), read at run time; what
+-- names it in messages. Returns it or nil, err.
+function store.secret(ref, what)
+  if ref.env then
+    local v = os.getenv(ref.env)
     if not v or v == "" then
-      return nil, "password.env: environment variable " .. pw.env .. " is not set"
+      return nil, what .. ".env: environment variable " .. ref.env .. " is not set"
     end
     return v
   end
-  local text, err = fsutil.read_secret(pw.file)
+  local text, err = fsutil.read_secret(ref.file)
   if not text then
-    return nil, "password.file: " .. err
+    return nil, what .. ".file: " .. err
   end
   return text
+end
+
+
+--- The policy's password, read at run time from its environment variable
+-- or file (nil when the policy has none). Returns pw or nil, err.
+function store.password(pol)
+  if not pol.password then
+    return nil
+  end
+  return store.secret(pol.password, "password")
 end
 
 
@@ -183,8 +189,8 @@ end
 
 -- Policy records ----------------------------------------------------------
 
-local function read_json(path)
-  local text = fsutil.read_file(path)
+-- A policy record's text decoded (nil: no text), or nil, err.
+local function decode_record(text, path)
   if not text then
     return nil
   end
@@ -196,6 +202,11 @@ local function read_json(path)
 end
 
 
+local function read_json(path)
+  return decode_record(fsutil.read_file(path), path)
+end
+
+
 local function timestamp_time(s)
   local y, mo, d, h, mi, se = tostring(s or ""):match("^(%d+)%-(%d+)%-(%d+) (%d+):(%d+):(%d+)$")
   if not y then
@@ -203,11 +214,6 @@ local function timestamp_time(s)
   end
   return os.time({ year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h),
     min = tonumber(mi), sec = tonumber(se) })
-end
-
-
-local function parent_dir(path)
-  return path:match("^(.*)/[^/]*$") or "."
 end
 
 
@@ -222,7 +228,9 @@ DiskStore.__index = DiskStore
 function store.open(pol, cfg)
   local dst = pol.destination
   local root, engine
-  if dst.disk then
+  if dst.s3 then
+    return store.open_s3(pol, cfg)
+  elseif dst.disk then
     local disk = cfg.disks[dst.disk]
     if not disk then
       return nil, "destination.disk: unknown disk '" .. dst.disk .. "' (storage_configuration.disks in "
@@ -331,6 +339,20 @@ function DiskStore:_header(path, archive)
 end
 
 
+function DiskStore:_read_record(name)
+  return read_json(self:record_path(name))
+end
+
+
+-- Time and its source of a backup whose name, record and `.backup` say none.
+function DiskStore._mtime(_, path, archive)
+  if archive then
+    return lfs.attributes(path, "modification") or 0, "archive mtime"
+  end
+  return lfs.attributes(path .. "/.backup", "modification") or 0, ".backup mtime"
+end
+
+
 -- The point of a backup directory or zip (without chain links).
 function DiskStore:_point(name, path, archive)
   local header, err = self:_header(path, archive)
@@ -343,7 +365,7 @@ function DiskStore:_point(name, path, archive)
     uuid = header.uuid, timestamp = header.timestamp, base_backup = header.base_backup,
     base_backup_uuid = header.base_backup_uuid, archive = archive or nil,
   }
-  local record, rerr = read_json(self:record_path(name))
+  local record, rerr = self:_read_record(name)
   if record and record.uuid ~= header.uuid then
     p.note = "policy record " .. self:record_path(name) .. " is for another backup (uuid "
       .. tostring(record.uuid) .. "); ignored"
@@ -352,6 +374,7 @@ function DiskStore:_point(name, path, archive)
     p.note = rerr
   end
   p.record = record
+  p.rebased = record and record.rebased and true or nil
   p.kind = record and record.kind or fields.kind or (header.base_backup and "incr" or "full")
   if record and tonumber(record.time) then
     p.time, p.time_source = tonumber(record.time), "policy record"
@@ -359,10 +382,8 @@ function DiskStore:_point(name, path, archive)
     p.time, p.time_source = name_time(fields, self.zone), "name"
   elseif timestamp_time(header.timestamp) then
     p.time, p.time_source = timestamp_time(header.timestamp), ".backup timestamp"
-  elseif archive then
-    p.time, p.time_source = lfs.attributes(path, "modification") or 0, "archive mtime"
   else
-    p.time, p.time_source = lfs.attributes(path .. "/.backup", "modification") or 0, ".backup mtime"
+    p.time, p.time_source = self:_mtime(path, archive)
   end
   local v = record and record.verifications
   local last = type(v) == "table" and v[#v] or nil
@@ -389,7 +410,7 @@ end
 
 -- Whether path holds a backup as far as a listing looks: a zip file, or a
 -- directory with a `.backup` file.
-local function looks_like_backup(path, archive)
+function DiskStore._looks_like_backup(_, path, archive)
   if archive then
     return lfs.attributes(path, "mode") == "file"
   end
@@ -458,7 +479,7 @@ function DiskStore:_link(points)
           p.chain_error = string.format("base backup %s was replaced: its uuid is %s, %s was made on %s",
             p.base_backup, tostring(base.uuid), p.name, p.base_backup_uuid)
         end
-      elseif bp and looks_like_backup(bp, archive) then
+      elseif bp and self:_looks_like_backup(bp, archive) then
         p.foreign_base = p.base_backup
       else
         p.chain_error = "base backup " .. p.base_backup .. " of " .. p.name .. " is missing"
@@ -623,18 +644,23 @@ function DiskStore:write_record(name, record)
   if type(record.verifications) == "table" and #record.verifications > MAX_VERIFICATIONS then
     table.remove(record.verifications, 1)
   end
-  return fsutil.write_file(self:record_path(name), cjson.encode(record) .. "\n")
+  return self:_write_text(name, cjson.encode(record) .. "\n")
+end
+
+
+function DiskStore:_write_text(name, text)
+  return fsutil.write_file(self:record_path(name), text)
 end
 
 
 -- Removes directories the pattern made that are now empty (not the root).
 function DiskStore:_remove_empty_parents(path)
-  local dir = parent_dir(path)
+  local dir = fsutil.parent_dir(path)
   while #dir > #self.root and fsutil.is_dir(dir) and fsutil.is_empty_dir(dir) do
     if not lfs.rmdir(dir) then
       break
     end
-    dir = parent_dir(dir)
+    dir = fsutil.parent_dir(dir)
   end
 end
 
@@ -660,8 +686,211 @@ function DiskStore:delete(p)
 end
 
 
+--- Rebases backup p (chbackup.rebase: made standalone, uuid kept, swapped
+-- in whole) and notes it in its policy record (base dropped, `rebased` =
+-- {from=, time=}). opts: {time=, threads=}. Returns the bytes written or
+-- nil, err (the backup is then as it was: still on its base).
+function DiskStore:rebase(p, opts)
+  local written, err = require("chbackup.rebase").run(self.cfg, p.destination,
+    { password = (self:_password()), threads = opts and opts.threads })
+  if not written then
+    return nil, err
+  end
+  local record = p.record
+  if record then
+    record.rebased = { from = p.base or p.base_backup, time = opts and opts.time }
+    record.base = nil
+    local ok, werr = self:write_record(p.name, record)
+    if not ok then
+      return nil, "backup " .. p.name .. " is rebased; its policy record could not be written: " .. tostring(werr)
+    end
+  end
+  return written
+end
+
+
 function DiskStore:exists(name)
   return lfs.symlinkattributes(self:path_of(name)) ~= nil
+end
+
+
+-- S3 store ---------------------------------------------------------------------
+
+-- Backups as prefixes below the destination's url (chbackup.store.s3), the
+-- policy record as the object `<name>.chbackup.json` beside the backup's
+-- prefix. Credentials: destination.access_key_id and secret_access_key
+-- (the secret from the environment or a file, as passwords are), given to
+-- chbackup as a <s3> endpoint of the url (so backup names are `S3('url')`,
+-- never with the secret); without them the config's <s3> endpoint or
+-- AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. No per-run lock file and no
+-- leftovers scan (a BACKUP's own `.lock` keeps two runs from one name).
+local S3Store = setmetatable({}, { __index = DiskStore })
+S3Store.__index = S3Store
+
+local s3_store = require("chbackup.store.s3")
+
+
+--- Opens the S3 store of a policy (destination.s3). Returns it or nil, err.
+function store.open_s3(pol, cfg)
+  local dst = pol.destination
+  if dst.secret_access_key then
+    local secret, err = store.secret(dst.secret_access_key, "destination.secret_access_key")
+    if not secret then
+      return nil, err
+    end
+    local endpoints = { { endpoint = dst.s3 .. "/", access_key_id = dst.access_key_id, secret_access_key = secret } }
+    for _, e in ipairs(cfg.s3 or {}) do
+      endpoints[#endpoints + 1] = e
+    end
+    cfg.s3 = endpoints
+  end
+  local root, err = backups.resolve(cfg, { engine = "S3", args = { dst.s3 }, root = true })
+  if not root then
+    return nil, "destination.s3: " .. err
+  end
+  local c
+  c, err = s3_store.client(root)
+  if not c then
+    return nil, "destination.s3: " .. err
+  end
+  return setmetatable({
+    policy = pol, cfg = cfg, s3root = root, client = c, compiled = assert(store.compile(dst.name, pol.name)),
+    zone = pol.zone,
+  }, S3Store)
+end
+
+
+function S3Store:destination(name)
+  return sql.format_destination({ engine = "S3", args = { self.policy.destination.s3 .. "/" .. name } })
+end
+
+
+function S3Store:_key(name)
+  return self.s3root.prefix ~= "" and (self.s3root.prefix .. "/" .. name) or name
+end
+
+
+function S3Store:path_of(name)
+  return "s3://" .. self.s3root.bucket .. "/" .. self:_key(name)
+end
+
+
+function S3Store:record_path(name)
+  return self:path_of(name) .. store.RECORD_SUFFIX
+end
+
+
+function S3Store:_read_record(name)
+  return decode_record(self.client:get(self:_key(name) .. store.RECORD_SUFFIX), self:record_path(name))
+end
+
+
+function S3Store:_write_text(name, text)
+  return self.client:put(self:_key(name) .. store.RECORD_SUFFIX, text)
+end
+
+
+-- The header of the backup at an s3:// path.
+function S3Store:_header(path)
+  local key = path:sub(#("s3://" .. self.s3root.bucket .. "/") + 1) .. "/" .. manifest.FILE
+  local text, err = self.client:get(key)
+  if not text then
+    return nil, "cannot read " .. path .. "/" .. manifest.FILE .. ": " .. err
+  end
+  return manifest.header(text, path .. "/" .. manifest.FILE)
+end
+
+
+function S3Store._mtime()
+  return 0, "unknown (no time in its name, record or .backup)"
+end
+
+
+function S3Store:_looks_like_backup(path)
+  return self:_header(path) ~= nil
+end
+
+
+function S3Store:_base_path(base_name)
+  local dest = chain.parse_name(base_name)
+  local resolved = dest and backups.resolve(self.cfg, setmetatable({ inherit = self.s3root }, { __index = dest }))
+  return resolved and resolved.path
+end
+
+
+function S3Store:list()
+  local out = { points = {}, incomplete = {}, deleting = {}, unreadable = {} }
+  local entries, err = backups.list(self.s3root)
+  if not entries then
+    out.unreadable[1] = { name = self.policy.destination.s3, path = self.s3root.path, why = err }
+    return out
+  end
+  for _, e in ipairs(entries) do
+    if store.match_name(self.compiled, e.rel) then
+      local name, path = e.rel, self:path_of(e.rel)
+      if e.what == "backup" then
+        local p, perr = self:_point(name, path)
+        if p then
+          out.points[#out.points + 1] = p
+        else
+          out.unreadable[#out.unreadable + 1] = { name = name, path = path, why = perr }
+        end
+      elseif e.what == "deleting" then
+        out.deleting[#out.deleting + 1] = { name = name, path = path, why = "deletion was started and not finished" }
+      else
+        out.incomplete[#out.incomplete + 1] = { name = name, path = path,
+          why = "unfinished (.lock without .backup: a BACKUP running or killed)" }
+      end
+    end
+  end
+  self:_link(out.points)
+  return out
+end
+
+
+function S3Store:foreign_dependents(points)
+  local ours, found = {}, {}
+  for _, p in ipairs(points) do
+    ours[p.path] = p
+  end
+  for _, e in ipairs(backups.list(self.s3root) or {}) do
+    local path = self:path_of(e.rel)
+    if e.what == "backup" and not ours[path] then
+      local h = self:_header(path)
+      local bp = h and h.base_backup and self:_base_path(h.base_backup)
+      if bp and ours[bp] then
+        found[ours[bp].id] = e.rel
+      end
+    end
+  end
+  return found
+end
+
+
+function S3Store:delete(p)
+  local dest = chain.parse_name(self:destination(p.name))
+  local resolved, err = backups.resolve(self.cfg, setmetatable({ inherit = self.s3root }, { __index = dest }))
+  if not resolved then
+    return nil, err
+  end
+  local ok
+  ok, err = backups.remove(resolved, { name = p.name, finish = p.deleting })
+  if not ok then
+    return nil, err
+  end
+  self.client:delete(self:_key(p.name) .. store.RECORD_SUFFIX)
+  return true
+end
+
+
+function S3Store.rebase(_, p)
+  return nil, "backup " .. p.name .. ": rebasing a backup on S3 is not supported yet"
+end
+
+
+function S3Store:exists(name)
+  return self.client:head(self:_key(name) .. "/" .. manifest.FILE) ~= nil
+    or self.client:head(self:_key(name) .. "/" .. s3_store.LOCK) ~= nil
 end
 
 
@@ -735,6 +964,21 @@ function MemoryStore:create(req)
   table.insert(self.order, i + 1, req.name)
   self.log[#self.log + 1] = { "create", req.name }
   return p
+end
+
+
+function MemoryStore:rebase(p)
+  local q = self.points[p.id]
+  if not q then
+    return nil, "backup " .. p.id .. " is gone"
+  end
+  local why = self.opts.fail_rebase and self.opts.fail_rebase(p)
+  if why then
+    return nil, why
+  end
+  q.base, q.rebased = nil, true
+  self.log[#self.log + 1] = { "rebase", p.id }
+  return 0
 end
 
 

@@ -23,11 +23,6 @@ local dir = {}
 dir.MARKER = ".chbackup-incomplete"
 
 
-local function parent_dir(path)
-  return path:match("^(.*)/[^/]*$") or "."
-end
-
-
 -- Reading ----------------------------------------------------------------------
 
 local Reader = {}
@@ -127,6 +122,9 @@ end
 function Reader.close()
 end
 
+--- Reader:stored_bytes for readers of other stores with the same layout.
+dir.stored_bytes = Reader.stored_bytes
+
 
 --- The header fields of the directory backup at path (manifest.header).
 -- Returns table or nil, err.
@@ -220,6 +218,32 @@ local Writer = {}
 Writer.__index = Writer
 
 
+--- Copies writer w's queued files ({name, pieces, size, checksum}) with a
+-- C job of job_opts, add(job, q) adding each (the stores of this layout
+-- share it: store.s3). On failure w is aborted. Returns the job's progress
+-- or nil, err, code.
+function dir.copy_queued(w, job_opts, add, progress, cancelled)
+  local job = core.job(job_opts)
+  for _, q in ipairs(w.queued) do
+    add(job, q)
+  end
+  w.queued = {}
+  -- counted from the writer's first file: a big backup flushes in batches
+  local files, bytes = w.files_done or 0, w.bytes_done or 0
+  local ok, err, code = runner.run(job, progress and function(p)
+    progress({ files_done = files + p.files_done, bytes_done = bytes + p.bytes_done })
+  end, cancelled)
+  local p = job:progress()
+  job:close()
+  w.files_done, w.bytes_done = files + p.files_done, bytes + p.bytes_done
+  if not ok then
+    w:abort()
+    return nil, "backup " .. w.dest.name .. " failed: " .. err, code
+  end
+  return { files_done = w.files_done, bytes_done = w.bytes_done }
+end
+
+
 --- Starts writing a directory backup at dest.path. opts: op_id, threads,
 -- fsync, password (every stored file encrypted). Returns a writer or nil,
 -- err. Nothing counts as a backup until commit has written `.backup`.
@@ -248,7 +272,7 @@ end
 --- Stores `content` as the file `name` of the backup now.
 function Writer:put_bytes(name, content)
   local path = self.dest.path .. "/" .. name
-  local ok, err = fsutil.mkdir_p(parent_dir(path))
+  local ok, err = fsutil.mkdir_p(fsutil.parent_dir(path))
   if ok and self.key then
     content, err = core.encrypt(self.key, name, content)
     ok = content ~= nil
@@ -291,21 +315,12 @@ end
 -- writer is aborted then).
 function Writer:flush(progress, cancelled)
   local dest, opts = self.dest, self.opts
-  local job = core.job({ threads = opts.threads, fsync = opts.fsync, key = self.key })
-  for _, q in ipairs(self.queued) do
-    job:add(q[2], dest.path .. "/" .. q[1], q[3], q[4], nil, self.key and q[1])
-  end
-  self.queued = {}
-  local files, bytes = self.files_done or 0, self.bytes_done or 0
-  local ok, err, code = runner.run(job, progress and function(p)
-    progress({ files_done = files + p.files_done, bytes_done = bytes + p.bytes_done })
-  end, cancelled)
-  local p = job:progress()
-  job:close()
-  self.files_done, self.bytes_done = files + p.files_done, bytes + p.bytes_done
-  if not ok then
-    self:abort()
-    return nil, "backup " .. dest.name .. " failed: " .. err, code
+  local p, err, code = dir.copy_queued(self, { threads = opts.threads, fsync = opts.fsync, key = self.key },
+    function(job, q)
+      job:add(q[2], dest.path .. "/" .. q[1], q[3], q[4], nil, self.key and q[1])
+    end, progress, cancelled)
+  if not p then
+    return nil, err, code
   end
   return true
 end
@@ -377,7 +392,7 @@ function dir.remove(path, opts)
   if not ok then
     return nil, err .. " (the backup is invalidated; the next run finishes the deletion)"
   end
-  core.fsync(parent_dir(path))
+  core.fsync(fsutil.parent_dir(path))
   return true
 end
 

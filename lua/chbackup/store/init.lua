@@ -17,10 +17,15 @@
 --       flush(progress, cancelled) (copies what put queued, if it queues),
 --       commit(manifest, progress, cancelled), abort()
 --   remove(path, {name=, finish=})     -> true | nil, err
+--   list(resolved_root)                -> {{rel=, what=}} | nil, err
+--       (only locations without a local tree: S3; local paths are walked
+--       with store.classify)
 --
--- A new container (tar) is one module and one line in CONTAINERS; a new
--- location (S3) is one resolver in LOCATIONS and containers that take its
--- places (docs/s3.md).
+-- A new container (tar was) is one module and one line in CONTAINERS; a
+-- new location is one resolver in LOCATIONS and a container that takes its
+-- places: S3 (`S3('url'[, 'key_id', 'secret'])`) resolves to
+-- chbackup.store.s3, directory backups as objects, or for a tar name to
+-- chbackup.store.s3tar, the archive as one object (docs/s3.md).
 -- @module chbackup.store
 local config = require("chbackup.config")
 local lfs = require("lfs")
@@ -32,12 +37,14 @@ local store = {}
 local CONTAINERS = {
   dir = "chbackup.store.dir",
   zip = "chbackup.store.zip",
+  tar = "chbackup.store.tar",
 }
 
 -- location engine -> resolver(cfg, dest) -> resolved or nil, err
 local LOCATIONS = {
   Disk = config.resolve,
   File = config.resolve,
+  S3 = function(cfg, dest) return require("chbackup.store.s3").resolve(cfg, dest) end,
 }
 
 
@@ -54,10 +61,13 @@ end
 
 --- The container module of a resolved destination, or nil, err naming it.
 function store.container(resolved)
+  if resolved.location == "s3" then   -- (s3 refuses zip itself, as ClickHouse)
+    return require(resolved.archive_kind == "tar" and "chbackup.store.s3tar" or "chbackup.store.s3")
+  end
   local kind = resolved.archive and resolved.archive_kind or "dir"
   local name = CONTAINERS[kind]
   if not name then
-    return nil, "backup " .. resolved.name .. ": only .zip archives are supported"
+    return nil, "backup " .. resolved.name .. ": only .zip and tar archives are supported"
   end
   return require(name)
 end
@@ -95,19 +105,40 @@ end
 function store.remove(resolved, opts)
   opts = opts or {}
   opts.name = opts.name or resolved.name
+  opts.resolved = resolved
   return call(resolved, "remove", resolved.path, opts)
 end
 
 
 
+--- The backups below a resolved root whose location lists them itself
+-- (S3: by object keys): {{rel=, what = "backup" | "incomplete" |
+-- "deleting"}} or nil, err; false for a local root (walk it, with
+-- store.classify).
+function store.list(root)
+  local c = root.location and store.container(root)
+  if not (c and c.list) then
+    return false
+  end
+  return c.list(root)
+end
+
+
+-- Does a file name say an archive chbackup reads (zip, tar)?
+local function is_archive(name)
+  local kind = config.archive_kind(name)
+  return kind ~= nil and CONTAINERS[kind] ~= nil
+end
+
+
 --- What the entry at `path` of a destination is, as far as backups go,
 -- looked at without following a symbolic link:
---   {what = "backup", archive = bool}        a backup (a zip, or a directory
---                                            with `.backup`)
+--   {what = "backup", archive = bool}        a backup (a zip or tar archive,
+--                                            or a directory with `.backup`)
 --   {what = "deleting", archive = bool}      its deletion was started
 --   {what = "incomplete"}                    a directory BACKUP being written
 --                                            or killed (its marker)
---   {what = "temp", base = <name>}           a zip writer's `<name>.tmp-<pid>`
+--   {what = "temp", base = <name>}           an archive writer's `<name>.tmp-<pid>`
 --   {what = "directory"}                     a directory that is none of these
 --   {what = "refused", why = …}              not something chbackup reads
 -- or nil when nothing is there.
@@ -121,29 +152,29 @@ function store.classify(path)
     return { what = "refused", why = "is a symbolic link; chbackup does not follow it" }
   end
   local deleting = file:match("^(.+)%.deleting$")
-  if deleting and config.archive_kind(deleting) == "zip" then
+  if deleting and is_archive(deleting) then
     if attr.mode ~= "file" then
       return { what = "refused", why = file .. " is a " .. tostring(attr.mode)
-        .. ", not a zip backup being deleted; left alone" }
+        .. ", not an archive backup being deleted; left alone" }
     end
     return { what = "deleting", archive = true, base = deleting }
   end
   local temp = file:match("^(.+)%.tmp%-%d+$")
-  if temp and config.archive_kind(temp) == "zip" then
+  if temp and is_archive(temp) then
     return { what = "temp", base = temp }
   end
   local kind = config.archive_kind(file)
   if kind and not CONTAINERS[kind] then
-    return { what = "refused", why = "is a " .. kind .. " archive; chbackup reads only .zip archives" }
+    return { what = "refused", why = "is a " .. kind .. " archive; chbackup reads only .zip and tar archives" }
   elseif kind then
     if attr.mode ~= "file" then
-      return { what = "refused", why = "is a " .. tostring(attr.mode) .. ", not a zip archive (a name ending in "
-        .. ".zip is an archive)" }
+      return { what = "refused", why = "is a " .. tostring(attr.mode) .. ", not a " .. kind .. " archive (a name "
+        .. "ending in .zip or a tar suffix is an archive)" }
     end
     return { what = "backup", archive = true }
   elseif attr.mode ~= "directory" then
-    return { what = "refused", why = "is a " .. tostring(attr.mode) .. ", not a backup directory (a zip "
-      .. "backup's name ends in .zip)" }
+    return { what = "refused", why = "is a " .. tostring(attr.mode) .. ", not a backup directory (an archive "
+      .. "backup's name ends in .zip or a tar suffix: .tar, .tar.gz, .tar.zst, ...)" }
   end
   if lfs.attributes(path .. "/" .. manifest.FILE, "mode") == "file" then
     return { what = "backup", archive = false }

@@ -1,7 +1,8 @@
 /*
- * The Lua binding of chb_zip (zip archives): core.zip_writer,
- * core.zip_reader, core.zip_methods. Registered by luaopen_chbackup_core
- * through chb_open_zip. No logic here: arguments are checked and copied,
+ * The Lua binding of archives: zip (chb_zip.h) as core.zip_writer,
+ * core.zip_reader, core.zip_methods; tar (chb_tar.h) as core.tar_writer
+ * and core.tar_reader. Both writers are one Lua type (the same methods).
+ * Registered by luaopen_chbackup_core through chb_open_archives. No logic here: arguments are checked and copied,
  * engine calls are made, results pushed. Expected failures return
  * `nil, message, code`; misuse raises.
  */
@@ -10,18 +11,21 @@
 #include "chb_lua.h"
 #include "chb_hash.h"
 #include "chb_job.h"
+#include "chb_tar.h"
 #include "chb_zip.h"
 
 #include <lauxlib.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <lua.h>
 #include <string.h>
 
-#define CHB_ZIPW_MT "chbackup.ZipWriter"
+#define CHB_ZIPW_MT "chbackup.ArchiveWriter"
 #define CHB_ZIPR_MT "chbackup.ZipReader"
+#define CHB_TARR_MT "chbackup.TarReader"
 #define READ_MAX ((uint64_t)1 << 30)  /* r:read is for small entries */
 
-void chb_open_zip(lua_State *L);
+void chb_open_archives(lua_State *L);
 
 
 /* Raises on keys of an options table that are not in `known` (luaposix checkfieldnames). */
@@ -41,8 +45,17 @@ static void check_fields(lua_State *L, int t, const char *const known[]) {
   }
 }
 
+/* Field s3 of the table at `t`: an S3 profile id (c:profile()), 0 if absent. */
+static int opt_s3(lua_State *L, int t) {
+  lua_getfield(L, t, "s3");
+  lua_Integer id = luaL_optinteger(L, -1, 0);
+  luaL_argcheck(L, id >= 0 && id <= INT_MAX, t, "s3 must be an S3 profile id");
+  lua_pop(L, 1);
+  return (int)id;
+}
+
 /*
- * Fills pieces from the table at `arg`: {path, offset, length, entry=, password=}.
+ * Fills pieces from the table at `arg`: {path, offset, length, entry=, password=, s3=}.
  * The strings stay owned by the Lua tables (which the caller keeps on the
  * stack); the engine copies them. Returns the count.
  */
@@ -72,27 +85,37 @@ static size_t check_pieces(lua_State *L, int arg, chb_piece **out) {
     luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, arg,
                   "a piece's password must be a string");
     p->password = lua_tostring(L, -1);
+    p->s3 = opt_s3(L, -6);
     lua_pop(L, 6);                                        /* .., buf */
   }
   *out = pieces;
   return (size_t)n;
 }
 
-/* ---- chbackup.ZipWriter ------------------------------------------------- */
+/* ---- chbackup.ArchiveWriter: a zip or a tar writer ----------------------- */
 
 typedef struct zipw_box {
-  chb_zip_writer *w;          /* NULL once closed */
+  chb_zip_writer *w;          /* one of the two; both NULL once closed */
+  chb_tar_writer *t;
 } zipw_box;
 
-static chb_zip_writer *check_writer(lua_State *L) {
+static zipw_box *check_writer(lua_State *L) {
   zipw_box *b = luaL_checkudata(L, 1, CHB_ZIPW_MT);
-  if (!b->w) luaL_error(L, "attempt to use a closed " CHB_ZIPW_MT);
-  return b->w;
+  if (!b->w && !b->t) luaL_error(L, "attempt to use a closed " CHB_ZIPW_MT);
+  return b;
+}
+
+static zipw_box *new_writer_box(lua_State *L) {
+  zipw_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
+  b->w = NULL;                                      /* born closed */
+  b->t = NULL;
+  luaL_setmetatable(L, CHB_ZIPW_MT);
+  return b;
 }
 
 /*
  * core.zip_writer(path, {method=, level=, password=, threads=, buffer_size=, fsync=})
- *   -> ZipWriter | fail (EEXIST, INVALID for an unknown method or level)
+ *   -> ArchiveWriter | fail (EEXIST, INVALID for an unknown method or level)
  */
 static int core_zip_writer(lua_State *L) {
   static const char *const known[] = {"method", "level", "password", "threads",
@@ -122,22 +145,53 @@ static int core_zip_writer(lua_State *L) {
     o.fsync = lua_toboolean(L, -1);
     /* The strings stay on the stack until chb_zip_writer_new copied them. */
   }
-  zipw_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
-  b->w = NULL;                                      /* born closed */
-  luaL_setmetatable(L, CHB_ZIPW_MT);
+  zipw_box *b = new_writer_box(L);
   chb_error err;
   b->w = chb_zip_writer_new(path, &o, &err);
   if (!b->w) return chb_push_fail(L, &err);
   return 1;
 }
 
+/*
+ * core.tar_writer(path, {buffer_size=, fsync=, s3=}) -> ArchiveWriter | fail (s3: a
+ * profile id; path is then the object key, streamed into its upload)
+ * (EEXIST; INVALID for a name without a tar suffix: the suffix picks the
+ * compression, as ClickHouse's)
+ */
+static int core_tar_writer(lua_State *L) {
+  static const char *const known[] = {"buffer_size", "fsync", "s3", NULL};
+  const char *path = luaL_checkstring(L, 1);
+  chb_tar_writer_opts o;
+  memset(&o, 0, sizeof o);
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_fields(L, 2, known);
+    lua_getfield(L, 2, "buffer_size");   /* path, opts, buffer_size */
+    lua_Integer bs = luaL_optinteger(L, -1, 0);
+    luaL_argcheck(L, bs >= 0, 2, "buffer_size must be >= 0");
+    o.buffer_size = (size_t)bs;
+    lua_getfield(L, 2, "fsync");         /* .., buffer_size, fsync */
+    o.fsync = lua_toboolean(L, -1);
+    o.s3 = opt_s3(L, 2);
+  }
+  zipw_box *b = new_writer_box(L);
+  chb_error err;
+  b->t = chb_tar_writer_new(path, &o, &err);
+  if (!b->t) return chb_push_fail(L, &err);
+  return 1;
+}
+
+static chb_job_state writer_state(zipw_box *b, long ms) {
+  return b->w ? chb_zip_writer_wait(b->w, ms) : chb_tar_writer_wait(b->t, ms);
+}
+
 /* Adding to a started writer is misuse: it raises. */
-static chb_zip_writer *check_new_writer(lua_State *L) {
-  chb_zip_writer *w = check_writer(L);
-  chb_job_state s = chb_zip_writer_wait(w, 0);
+static zipw_box *check_new_writer(lua_State *L) {
+  zipw_box *b = check_writer(L);
+  chb_job_state s = writer_state(b, 0);
   if (s != CHB_JOB_NEW)
-    luaL_error(L, "cannot add to a zip writer that has started (%s)", chb_job_state_name(s));
-  return w;
+    luaL_error(L, "cannot add to an archive writer that has started (%s)", chb_job_state_name(s));
+  return b;
 }
 
 /* A bad or duplicate name is a fail, not an error. */
@@ -147,12 +201,18 @@ static int add_result(lua_State *L, long i, const chb_error *err) {
   return 1;
 }
 
+static long writer_add(zipw_box *b, const char *name, const chb_piece *pieces, size_t n, int64_t size,
+                       const chb_u128 *hp, chb_error *err) {
+  if (b->w) return chb_zip_writer_add(b->w, name, pieces, n, size, hp, err);
+  return chb_tar_writer_add(b->t, name, pieces, n, size, hp, err);
+}
+
 /*
  * w:add(name, src, size|nil, checksum|nil) -> index | fail
  * `src` is a path or a list of pieces {path, offset, length, entry=, password=}.
  */
 static int zipw_add(lua_State *L) {
-  chb_zip_writer *w = check_new_writer(L);
+  zipw_box *b = check_new_writer(L);
   const char *name = luaL_checkstring(L, 2);
   lua_Integer size = luaL_optinteger(L, 4, -1);
   chb_u128 hash, *hp = NULL;
@@ -166,29 +226,32 @@ static int zipw_add(lua_State *L) {
   if (lua_istable(L, 3)) {
     chb_piece *pieces;
     size_t n = check_pieces(L, 3, &pieces);
-    i = chb_zip_writer_add(w, name, pieces, n, (int64_t)size, hp, &err);
+    i = writer_add(b, name, pieces, n, (int64_t)size, hp, &err);
   } else {
     chb_piece p = {luaL_checkstring(L, 3), 0, -1, NULL, NULL};
-    i = chb_zip_writer_add(w, name, &p, 1, (int64_t)size, hp, &err);
+    i = writer_add(b, name, &p, 1, (int64_t)size, hp, &err);
   }
   return add_result(L, i, &err);
 }
 
 /* w:add_bytes(name, s) -> index | fail */
 static int zipw_add_bytes(lua_State *L) {
-  chb_zip_writer *w = check_new_writer(L);
+  zipw_box *b = check_new_writer(L);
   const char *name = luaL_checkstring(L, 2);
   size_t len;
   const char *s = luaL_checklstring(L, 3, &len);
   chb_error err;
-  return add_result(L, chb_zip_writer_add_bytes(w, name, s, len, &err), &err);
+  long i = b->w ? chb_zip_writer_add_bytes(b->w, name, s, len, &err)
+                : chb_tar_writer_add_bytes(b->t, name, s, len, &err);
+  return add_result(L, i, &err);
 }
 
 /* w:start() -> true | fail; starting twice raises */
 static int zipw_start(lua_State *L) {
-  chb_zip_writer *w = check_writer(L);
+  zipw_box *b = check_writer(L);
   chb_error err;
-  if (chb_zip_writer_start(w, &err) != 0) {
+  int rc = b->w ? chb_zip_writer_start(b->w, &err) : chb_tar_writer_start(b->t, &err);
+  if (rc != 0) {
     if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg);
     return chb_push_fail(L, &err);
   }
@@ -198,43 +261,51 @@ static int zipw_start(lua_State *L) {
 
 /* w:wait([seconds]) -> state; as job:wait */
 static int zipw_wait(lua_State *L) {
-  chb_zip_writer *w = check_writer(L);
+  zipw_box *b = check_writer(L);
   long ms = chb_opt_timeout_ms(L, 2);
-  lua_pushstring(L, chb_job_state_name(chb_zip_writer_wait(w, ms)));
+  lua_pushstring(L, chb_job_state_name(writer_state(b, ms)));
   return 1;
 }
 
 static int zipw_cancel(lua_State *L) {
-  chb_zip_writer_cancel(check_writer(L));
+  zipw_box *b = check_writer(L);
+  if (b->w) chb_zip_writer_cancel(b->w);
+  else chb_tar_writer_cancel(b->t);
   return 0;
 }
 
 static int zipw_progress(lua_State *L) {
+  zipw_box *b = check_writer(L);
   chb_job_progress p;
-  chb_zip_writer_get_progress(check_writer(L), &p);
+  if (b->w) chb_zip_writer_get_progress(b->w, &p);
+  else chb_tar_writer_get_progress(b->t, &p);
   chb_push_progress(L, &p);
   return 1;
 }
 
 /* w:result() -> true | fail, once ended; before that it raises */
 static int zipw_result(lua_State *L) {
-  chb_zip_writer *w = check_writer(L);
-  chb_job_state s = chb_zip_writer_wait(w, 0);
+  zipw_box *b = check_writer(L);
+  chb_job_state s = writer_state(b, 0);
   if (s == CHB_JOB_NEW || s == CHB_JOB_RUNNING)
-    return luaL_error(L, "zip writer has not ended (%s)", chb_job_state_name(s));
+    return luaL_error(L, "archive writer has not ended (%s)", chb_job_state_name(s));
   chb_error err;
-  if (chb_zip_writer_result(w, &err) != 0) return chb_push_fail(L, &err);
+  int rc = b->w ? chb_zip_writer_result(b->w, &err) : chb_tar_writer_result(b->t, &err);
+  if (rc != 0) return chb_push_fail(L, &err);
   lua_pushboolean(L, 1);
   return 1;
 }
 
 /* w:entry(i) -> size, checksum (after the writer is done) */
 static int zipw_entry(lua_State *L) {
-  chb_zip_writer *w = check_writer(L);
+  zipw_box *b = check_writer(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   uint64_t size;
   chb_u128 hash;
-  if (i < 1 || chb_zip_writer_entry_result(w, (size_t)(i - 1), &size, &hash) != 0)
+  int rc = i < 1 ? -1
+           : b->w ? chb_zip_writer_entry_result(b->w, (size_t)(i - 1), &size, &hash)
+                  : chb_tar_writer_entry_result(b->t, (size_t)(i - 1), &size, &hash);
+  if (rc != 0)
     return luaL_error(L, "no result for entry %d (writer not done or index out of range)", (int)i);
   char hex[33];
   chb_u128_to_hex(hash, hex);
@@ -247,7 +318,9 @@ static int zipw_entry(lua_State *L) {
 static int zipw_close(lua_State *L) {
   zipw_box *b = luaL_checkudata(L, 1, CHB_ZIPW_MT);
   chb_zip_writer_free(b->w);
+  chb_tar_writer_free(b->t);
   b->w = NULL;
+  b->t = NULL;
   return 0;
 }
 
@@ -362,6 +435,130 @@ static int zipr_close(lua_State *L) {
 static const luaL_Reg zipr_methods[] = {
     {"list", zipr_list}, {"read", zipr_read}, {"close", zipr_close}, {NULL, NULL}};
 
+/* ---- chbackup.TarReader ------------------------------------------------- */
+
+typedef struct tarr_box {
+  chb_tar_index *x;           /* NULL once closed */
+  char *path;
+  int s3;                     /* > 0: path is an object key of this S3 profile */
+} tarr_box;
+
+static tarr_box *check_tar_reader(lua_State *L) {
+  tarr_box *b = luaL_checkudata(L, 1, CHB_TARR_MT);
+  if (!b->x) luaL_error(L, "attempt to use a closed " CHB_TARR_MT);
+  return b;
+}
+
+/* core.tar_reader(path[, {s3 = id}]) -> TarReader | fail: the archive read
+ * once, indexed; with s3, `path` is an object key read through that profile */
+static int core_tar_reader(lua_State *L) {
+  static const char *const known[] = {"s3", NULL};
+  const char *path = luaL_checkstring(L, 1);
+  int s3 = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_fields(L, 2, known);
+    s3 = opt_s3(L, 2);
+  }
+  tarr_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
+  b->x = NULL;
+  b->path = NULL;
+  luaL_setmetatable(L, CHB_TARR_MT);
+  chb_error err;
+  if (!(b->path = strdup(path))) return luaL_error(L, "out of memory");
+  b->s3 = s3;
+  b->x = chb_tar_index_open(path, s3, &err);
+  if (!b->x) return chb_push_fail(L, &err);
+  return 1;
+}
+
+/* r:list() -> { {name=, size=, offset=}, ... } in archive order; offset: of
+ * the data in the uncompressed stream (in the file for a `.tar`) */
+static int tarr_list(lua_State *L) {
+  tarr_box *b = check_tar_reader(L);
+  size_t n = chb_tar_index_count(b->x);
+  lua_createtable(L, n > INT_MAX ? INT_MAX : (int)n, 0); /* list */
+  for (size_t i = 0; i < n; i++) {
+    const chb_tar_entry *e = chb_tar_index_get(b->x, i);
+    lua_createtable(L, 0, 3);                           /* list, e */
+    lua_pushstring(L, e->name);
+    lua_setfield(L, -2, "name");
+    lua_pushinteger(L, (lua_Integer)e->size);
+    lua_setfield(L, -2, "size");
+    lua_pushinteger(L, (lua_Integer)e->offset);
+    lua_setfield(L, -2, "offset");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);             /* list */
+  }
+  return 1;
+}
+
+/* r:compressed() -> boolean */
+static int tarr_compressed(lua_State *L) {
+  lua_pushboolean(L, chb_tar_index_compressed(check_tar_reader(L)->x));
+  return 1;
+}
+
+/* r:read(name) -> string | fail: a whole (small) entry, from memory, a
+ * range of a `.tar`, or this thread's cursor on a compressed one */
+static int tarr_read(lua_State *L) {
+  tarr_box *b = check_tar_reader(L);
+  const char *name = luaL_checkstring(L, 2);
+  chb_error err;
+  const chb_tar_entry *e = chb_tar_index_find(b->x, name);
+  if (!e) {
+    chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, b->path);
+    return chb_push_fail(L, &err);
+  }
+  if (e->data) {
+    lua_pushlstring(L, e->data, (size_t)e->size);
+    return 1;
+  }
+  if (e->size > READ_MAX) {
+    chb_error_set(&err, CHB_INVALID, "entry %s of %s is too big to read into memory (%llu bytes)",
+                  name, b->path, (unsigned long long)e->size);
+    return chb_push_fail(L, &err);
+  }
+  chb_piece p = {b->path, e->offset, (int64_t)e->size, NULL, NULL};
+  p.s3 = b->s3;
+  if (chb_tar_index_compressed(b->x)) {
+    p.offset = 0;
+    p.entry = name;
+  }
+  /* Allocate before reading: nothing below may raise while the source is open. */
+  size_t size = (size_t)e->size;
+  luaL_Buffer lb;
+  char *out = luaL_buffinitsize(L, &lb, size ? size : 1);  /* .., buffer */
+  chb_source *src = chb_source_open(&p, 1, &err);
+  size_t got = 0;
+  int ok = src != NULL;
+  while (ok && got < size) {
+    ssize_t k = chb_source_read(src, out + got, size - got, &err);
+    if (k == 0) chb_error_set(&err, CHB_CORRUPT, "entry %s of %s is truncated", name, b->path);
+    if (k <= 0) ok = 0;
+    else got += (size_t)k;
+  }
+  chb_source_close(src);
+  luaL_pushresultsize(&lb, ok ? got : 0);                  /* .., s */
+  if (!ok) {
+    lua_pop(L, 1);
+    return chb_push_fail(L, &err);
+  }
+  return 1;
+}
+
+static int tarr_close(lua_State *L) {
+  tarr_box *b = luaL_checkudata(L, 1, CHB_TARR_MT);
+  chb_tar_index_close(b->x);
+  b->x = NULL;
+  free(b->path);
+  b->path = NULL;
+  return 0;
+}
+
+static const luaL_Reg tarr_methods[] = {{"list", tarr_list},   {"compressed", tarr_compressed},
+                                        {"read", tarr_read},   {"close", tarr_close},
+                                        {NULL, NULL}};
+
 /* ---- functions ----------------------------------------------------------- */
 
 /* core.zip_methods() -> { deflate = {min=, max=, default=}, ... } */
@@ -386,6 +583,8 @@ static const luaL_Reg zip_funcs[] = {
     {"zip_writer", core_zip_writer},
     {"zip_reader", core_zip_reader},
     {"zip_methods", core_zip_methods},
+    {"tar_writer", core_tar_writer},
+    {"tar_reader", core_tar_reader},
     {NULL, NULL}};
 
 static void create_meta(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close) {
@@ -400,9 +599,10 @@ static void create_meta(lua_State *L, const char *name, const luaL_Reg *methods,
   lua_pop(L, 1);
 }
 
-/* Adds the zip functions to the core table at the top of the stack. */
-void chb_open_zip(lua_State *L) {
+/* Adds the archive functions to the core table at the top of the stack. */
+void chb_open_archives(lua_State *L) {
   create_meta(L, CHB_ZIPW_MT, zipw_methods, zipw_close);
   create_meta(L, CHB_ZIPR_MT, zipr_methods, zipr_close);
+  create_meta(L, CHB_TARR_MT, tarr_methods, tarr_close);
   luaL_setfuncs(L, zip_funcs, 0);      /* core */
 }

@@ -1,0 +1,136 @@
+/*
+ * Tar archives (the one owner of libarchive), as ClickHouse's
+ * TarArchiveWriter writes them (src/IO/Archives/TarArchiveWriter.cpp,
+ * LibArchiveWriter.cpp): the pax restricted format (ustar headers, a pax
+ * extended header only for what ustar cannot hold, such as long names),
+ * regular files with mode 0644, mtime 0, uid and gid 0, no padding after the
+ * end of the archive (bytes per block 0), and a compression filter chosen by
+ * the name's suffix:
+ *
+ *   .tar                  none        .tar.gz .tgz     gzip
+ *   .tar.zst .tzst        zstd        .tar.xz          xz
+ *   .tar.bz2              bzip2       .tar.lzma        lzma
+ *
+ * Writing: entries are added by name, from source pieces (chb_source.h) or
+ * bytes, each with its size known before its header is written (given, or
+ * the sources' sizes). finish streams them in order into `path.tmp-<pid>`
+ * (created exclusively, held under flock(2), beside the archive) and
+ * renames that to `path` only when the archive is complete (never
+ * replacing a file); a failure or a cancel removes it. Sizes and checksums
+ * given at add time are verified while reading. Run-state: chb_run.h.
+ *
+ * On S3 (opts.s3, a profile of chb_s3_store.h): `path` is the object key;
+ * the writer streams the archive into an upload of it (nothing exists at
+ * the key before the archive is complete; a failure aborts the upload), and
+ * the reader reads it by ranged GETs, the cursor naming (profile, key).
+ *
+ * Reading: tar has no directory, and a compressed one cannot be seeked.
+ * chb_tar_index_open reads the archive once, in order: every entry's name,
+ * size and the offset of its data in the uncompressed stream (for a `.tar`,
+ * the offset in the file itself, so a piece of it is a plain byte range),
+ * keeping the bytes of small entries of compressed archives in memory
+ * (bounded). chb_tar_open_cached reads one entry through this thread's
+ * cursor on the archive: an entry after the cursor costs decompressing up
+ * to it; one before it reopens the archive and reads from its start. Read
+ * in archive order by one thread, a compressed archive is decompressed
+ * once.
+ *
+ * Entry names with `..` components, absolute paths or backslashes, and
+ * entries other than regular files and directories (which are skipped),
+ * are refused. Errors name the archive and the entry. Codes: CHB_CORRUPT
+ * (bad or truncated archive, size or checksum mismatch), CHB_INVALID (not
+ * a tar name), CHB_EEXIST, CHB_ENOENT, CHB_CANCELLED, errno codes for I/O.
+ */
+#ifndef CHB_TAR_H
+#define CHB_TAR_H
+
+#include "chb_error.h"
+#include "chb_hash.h"
+#include "chb_run.h"
+#include "chb_source.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* The compression filter a tar name asks for ("none", "gzip", ...), or
+ * NULL when the name has none of the suffixes above. */
+const char *chb_tar_filter(const char *path);
+
+/* ---- writer ---- */
+
+typedef struct chb_tar_writer_opts {
+  size_t buffer_size;   /* read buffer; 0: 1 MiB */
+  int fsync;            /* fsync the archive and its directory before it counts as done */
+  int s3;               /* > 0: `path` is an object key written through this S3
+                           profile (chb_s3_store.h): the archive streams into
+                           a multipart upload (no temp file); the object exists
+                           only once complete, a failure aborts the upload */
+} chb_tar_writer_opts;
+
+typedef struct chb_tar_writer chb_tar_writer;
+
+/* CHB_EEXIST if `path` exists, CHB_INVALID if it is not a tar name. */
+chb_tar_writer *chb_tar_writer_new(const char *path, const chb_tar_writer_opts *opts, chb_error *err);
+/* Adds an entry read from pieces when the writer finishes (as chb_zip_writer_add). */
+long chb_tar_writer_add(chb_tar_writer *w, const char *name, const chb_piece *pieces, size_t npieces,
+                        int64_t expect_size, const chb_u128 *expect_hash, chb_error *err);
+/* Adds an entry with the given bytes (copied). */
+long chb_tar_writer_add_bytes(chb_tar_writer *w, const char *name, const void *data, size_t len,
+                              chb_error *err);
+/* Finishes on the calling thread: 0, or -1 with err set (the temp file removed). */
+int chb_tar_writer_finish(chb_tar_writer *w, chb_error *err);
+/* Finishes on a thread of its own; 0, or -1 if it could not start. */
+int chb_tar_writer_start(chb_tar_writer *w, chb_error *err);
+chb_run_state chb_tar_writer_wait(chb_tar_writer *w, long timeout_ms);
+void chb_tar_writer_cancel(chb_tar_writer *w);
+void chb_tar_writer_get_progress(chb_tar_writer *w, chb_run_progress *out);
+int chb_tar_writer_result(chb_tar_writer *w, chb_error *err);
+int chb_tar_writer_entry_result(chb_tar_writer *w, size_t i, uint64_t *size, chb_u128 *hash);
+size_t chb_tar_writer_count(const chb_tar_writer *w);
+/* Cancels and joins a running finish, removes the temp file, frees. Accepts NULL. */
+void chb_tar_writer_free(chb_tar_writer *w);
+
+/* ---- reader ---- */
+
+typedef struct chb_tar_entry {
+  const char *name;     /* valid while the index is open */
+  uint64_t size;
+  uint64_t offset;      /* of its data in the uncompressed stream */
+  const void *data;     /* its bytes when kept in memory, else NULL */
+} chb_tar_entry;
+
+typedef struct chb_tar_index chb_tar_index;
+
+/* Reads the whole archive once: the file `path` or, s3 > 0, the object
+ * `path` through that S3 profile (ranged GETs of 4 MiB; a `.tar`'s entry
+ * data is skipped, not fetched). */
+chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err);
+size_t chb_tar_index_count(const chb_tar_index *x);
+const chb_tar_entry *chb_tar_index_get(const chb_tar_index *x, size_t i);
+/* The entry named `name` (the last one, as tar extracts), or NULL. */
+const chb_tar_entry *chb_tar_index_find(const chb_tar_index *x, const char *name);
+/* Is the archive compressed (its offsets are not file offsets)? */
+int chb_tar_index_compressed(const chb_tar_index *x);
+/* Accepts NULL. */
+void chb_tar_index_close(chb_tar_index *x);
+
+typedef struct chb_tar_file chb_tar_file;
+
+/*
+ * Entry `entry` of `archive` through this thread's cursor (see above). One
+ * entry at a time per thread: close it before the next. CHB_ENOENT if the
+ * archive has no such entry.
+ */
+chb_tar_file *chb_tar_open_cached(const char *archive, int s3, const char *entry, chb_error *err);
+/* > 0 bytes, 0 at its end (after its size was checked), -1 on error. */
+ssize_t chb_tar_file_read(chb_tar_file *f, void *buf, size_t len, chb_error *err);
+uint64_t chb_tar_file_size(const chb_tar_file *f);
+/* Accepts NULL. */
+void chb_tar_file_close(chb_tar_file *f);
+/* The size of `entry` (through the same cursor). */
+int chb_tar_entry_size_cached(const char *archive, int s3, const char *entry, uint64_t *size, chb_error *err);
+/* Frees this thread's cursor (also done when the thread exits). */
+void chb_tar_cache_clear(void);
+
+#endif

@@ -1,0 +1,189 @@
+--- Tar backups (`Disk('backups', 'x.tar')`, `.tar.gz`/`.tgz`,
+-- `.tar.zst`/`.tzst`, `.tar.xz`, `.tar.bz2`, `.tar.lzma`): ClickHouse's tree
+-- inside one archive, `.backup` last, written as ClickHouse's
+-- TarArchiveWriter writes it (the C core's chb_tar.h: pax restricted, the
+-- compression filter chosen by the suffix). As ClickHouse, tar takes no
+-- compression_method, compression_level or password.
+--
+-- Reading: the archive is read once when opened (core.tar_reader), which
+-- indexes its entries (and keeps small entries of a compressed one in
+-- memory). A `.tar`'s entries are byte ranges of the file: their pieces
+-- are plain pieces with an offset, read by any number of threads. A
+-- compressed tar cannot be seeked: its pieces name their entry, read
+-- through a per-thread cursor that moves forward through the archive (one
+-- read out of archive order reopens it and decompresses from the start),
+-- so the reader says `sequential` and readers of many entries put them in
+-- archive order on one thread (chain.archive_order): one decompression.
+--
+-- On S3 (chbackup.store.s3tar) the archive is an object: the same reader
+-- over it (`place`: its key, S3 profile, size and a ranged read), its
+-- pieces S3 pieces.
+--
+-- Writing and deleting are chbackup.store.archive's (shared with zip).
+-- @module chbackup.store.tar
+local lfs = require("lfs")
+local archive = require("chbackup.store.archive")
+local core = require("chbackup.core")
+local manifest = require("chbackup.manifest")
+
+local tar = {}
+
+
+-- Reading ----------------------------------------------------------------------
+
+local Reader = {}
+Reader.__index = Reader
+
+
+--- Opens the tar backup at resolved.path: its entries and manifest.
+-- place: where the archive is when not a local file (chbackup.store.s3tar):
+-- {key=, s3= (a profile id), size=, read = function(offset, length)}.
+-- Returns a reader or nil, err, code.
+function tar.open(resolved, _, place)
+  if not place then
+    local path = resolved.path
+    local size = lfs.attributes(path, "size")
+    if not size then
+      return nil, "backup " .. resolved.name .. " not found: no archive " .. path
+    end
+    place = { key = path, size = size, read = function(offset, length)
+      return core.read_file(path, nil, offset, length)
+    end }
+  end
+  local reader, err, code = core.tar_reader(place.key, { s3 = place.s3 })
+  if not reader then
+    return nil, "backup " .. resolved.name .. ": " .. err, code
+  end
+  local entries = {}
+  for i, e in ipairs(reader:list()) do
+    e.position = i
+    entries[e.name] = e   -- (a name twice: the last one, as tar extracts)
+  end
+  if not entries[manifest.FILE] then
+    reader:close()
+    return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
+  end
+  local text
+  text, err, code = reader:read(manifest.FILE)
+  if not text then
+    reader:close()
+    return nil, "backup " .. resolved.name .. ": " .. err, code
+  end
+  local m
+  m, err = manifest.from_string(text, resolved.path .. ":" .. manifest.FILE)
+  if not m then
+    reader:close()
+    return nil, err
+  end
+  return setmetatable({ dest = resolved, manifest = m, kind = "tar", reader = reader, entries = entries,
+    sequential = reader:compressed(), place = place }, Reader)
+end
+
+
+--- The piece holding the first `length` bytes of the entry `name`: in a
+-- `.tar`, the range of the file (`start`: where the entry begins there);
+-- in a compressed tar, the entry, which the C core reads through its cursor.
+function Reader:piece(name, length)
+  local e, at = self.entries[name], self.place
+  if self.sequential or not e then
+    return { at.key, 0, length, entry = name, s3 = at.s3, from = self, name = name }
+  end
+  return { at.key, e.offset, length, start = e.offset, s3 = at.s3, from = self, name = name }
+end
+
+
+--- Where the entry `name` is in the archive (1: first); for archive order.
+function Reader:position(name)
+  local e = self.entries[name]
+  return e and e.position or math.huge
+end
+
+
+--- Plain bytes of the entry `name`, or nil if the archive has none.
+function Reader:stored_size(name)
+  local e = self.entries[name]
+  return e and e.size
+end
+
+
+--- The bytes of piece p (one of this reader's).
+function Reader:read_piece(p)
+  if self.reader and not p.entry then
+    return self.place.read(p[2], p[3])
+  end
+  return archive.Reader.read_entry_piece(self, p)
+end
+
+
+Reader.read_extra = archive.Reader.read_extra
+Reader.close = archive.Reader.close
+
+
+--- Bytes the backup takes: the archive's size.
+function Reader:stored_bytes()
+  return self.place.size
+end
+
+
+--- The header fields of the tar backup at path (manifest.header). Returns
+-- table or nil, err.
+function tar.read_header(path)
+  local reader, err, code = core.tar_reader(path)
+  if not reader then
+    return nil, "cannot read " .. path .. ": " .. tostring(err), code
+  end
+  local text
+  text, err, code = reader:read(manifest.FILE)
+  reader:close()
+  if not text then
+    return nil, "cannot read " .. manifest.FILE .. " of " .. path .. ": " .. tostring(err), code
+  end
+  return manifest.header(text, path .. ":" .. manifest.FILE)
+end
+
+
+-- Writing and deleting (chbackup.store.archive) -----------------------------
+
+tar.check_new = archive.check_new
+tar.remove = archive.remove
+
+
+-- The piece of an entry the archive being written stores (for the chain
+-- check of the manifest being made: only its existence and size).
+local function writer_piece(w, name, length)
+  local at = w.at or {}
+  return { at.key or w.dest.path, 0, length, entry = name, s3 = at.s3, from = w, name = name }
+end
+tar.writer_piece = writer_piece
+
+
+--- Refuses the options a tar archive does not take (as ClickHouse's
+-- TarArchiveWriter and LibArchiveWriter refuse them). true or nil, err.
+function tar.check_options(dest, opts)
+  if opts.compression_method or opts.compression_level then
+    return nil, "backup " .. dest.name .. ": compression_method and compression_level are not supported for "
+      .. "tar archives (the name's suffix says the compression: .tar.gz, .tar.zst, .tar.xz, ...)"
+  end
+  if opts.password and opts.password ~= "" then
+    return nil, "backup " .. dest.name .. ": a password is not supported for tar archives (zip takes one)"
+  end
+  return true
+end
+
+
+--- Starts writing a tar backup at dest.path. opts: op_id, fsync;
+-- compression_method, compression_level and password are refused, as
+-- ClickHouse's TarArchiveWriter and LibArchiveWriter refuse them. Returns
+-- a writer (chbackup.store.archive's) or nil, err, code.
+function tar.begin_write(dest, opts)
+  local ok, err = tar.check_options(dest, opts)
+  if ok then
+    return archive.begin_write(dest, opts, function(path)
+      return core.tar_writer(path, { fsync = opts.fsync })
+    end, writer_piece)
+  end
+  return nil, err
+end
+
+
+return tar
