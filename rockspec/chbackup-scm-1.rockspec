@@ -83,6 +83,7 @@ build = {
       ["chbackup.store.dir"] = "lua/chbackup/store/dir.lua",
       ["chbackup.store.encryption"] = "lua/chbackup/store/encryption.lua",
       ["chbackup.store.s3"] = "lua/chbackup/store/s3.lua",
+      ["chbackup.store.s3tar"] = "lua/chbackup/store/s3tar.lua",
       ["chbackup.store.zip"] = "lua/chbackup/store/zip.lua",
       ["chbackup.store.tar"] = "lua/chbackup/store/tar.lua",
       ["chbackup.store.archive"] = "lua/chbackup/store/archive.lua",
