@@ -125,23 +125,6 @@ function Reader:stored_bytes()
 end
 
 
---- The header fields of the tar backup at path (manifest.header). Returns
--- table or nil, err.
-function tar.read_header(path)
-  local reader, err, code = core.tar_reader(path)
-  if not reader then
-    return nil, "cannot read " .. path .. ": " .. tostring(err), code
-  end
-  local text
-  text, err, code = reader:read(manifest.FILE)
-  reader:close()
-  if not text then
-    return nil, "cannot read " .. manifest.FILE .. " of " .. path .. ": " .. tostring(err), code
-  end
-  return manifest.header(text, path .. ":" .. manifest.FILE)
-end
-
-
 -- Writing and deleting (chbackup.store.archive) -----------------------------
 
 tar.check_new = archive.check_new
