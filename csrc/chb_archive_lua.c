@@ -153,13 +153,14 @@ static int core_zip_writer(lua_State *L) {
 }
 
 /*
- * core.tar_writer(path, {buffer_size=, fsync=, s3=}) -> ArchiveWriter | fail (s3: a
- * profile id; path is then the object key, streamed into its upload)
+ * core.tar_writer(path, {buffer_size=, fsync=, s3=, threads=}) -> ArchiveWriter | fail (s3: a
+ * profile id; path is then the object key, streamed into its upload, whose
+ * parts `threads` threads send in parallel; default 8)
  * (EEXIST; INVALID for a name without a tar suffix: the suffix picks the
  * compression, as ClickHouse's)
  */
 static int core_tar_writer(lua_State *L) {
-  static const char *const known[] = {"buffer_size", "fsync", "s3", NULL};
+  static const char *const known[] = {"buffer_size", "fsync", "s3", "threads", NULL};
   const char *path = luaL_checkstring(L, 1);
   chb_tar_writer_opts o;
   memset(&o, 0, sizeof o);
@@ -172,6 +173,8 @@ static int core_tar_writer(lua_State *L) {
     o.buffer_size = (size_t)bs;
     lua_getfield(L, 2, "fsync");         /* .., buffer_size, fsync */
     o.fsync = lua_toboolean(L, -1);
+    lua_getfield(L, 2, "threads");       /* .., fsync, threads */
+    o.threads = (int)luaL_optinteger(L, -1, 0);
     o.s3 = opt_s3(L, 2);
   }
   zipw_box *b = new_writer_box(L);

@@ -1,5 +1,6 @@
 /* Executes a plan of file entries on worker threads; see chb_job.h. */
 #include "chb_job.h"
+#include "chb_s3_pool.h"
 #include "chb_store.h"
 
 #include <errno.h>
@@ -36,6 +37,7 @@ struct chb_job {
   size_t count, cap;
   uint64_t bytes_total;
   chb_store *store;           /* where dst files are written: paths as given */
+  chb_s3_pool *s3_pool;       /* S3 entries: the threads that send their parts */
 
   pthread_t *threads;
   int nthreads;               /* started workers, joined in free */
@@ -262,6 +264,7 @@ static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *
       o.seal_name = e->seal_name;
     }
     o.s3 = e->dst_s3;
+    o.s3_pool = job->s3_pool;
     o.size = e->expect_size > 0 ? (uint64_t)e->expect_size : 0;
     if (!(out = chb_store_open_write(job->store, e->dst, &o, err))) return -1;
   }
@@ -283,7 +286,9 @@ done:
 
 /* A worker (or start's own hold) is done; the last one ends the job. */
 static void worker_done(chb_job *job) {
-  if (atomic_fetch_sub(&job->running, 1) == 1) chb_run_end(&job->run, !chb_run_stopped(&job->run));
+  if (atomic_fetch_sub(&job->running, 1) != 1) return;
+  if (job->s3_pool) chb_s3_pool_stop(job->s3_pool);   /* its threads end (and close their connections) */
+  chb_run_end(&job->run, !chb_run_stopped(&job->run));
 }
 
 static void *worker(void *arg) {
@@ -315,6 +320,16 @@ int chb_job_start(chb_job *job, chb_error *err) {
   int n = job->opts.threads;
   if ((size_t)n > job->count) n = job->count ? (int)job->count : 1;
   job->threads = calloc((size_t)n, sizeof *job->threads);
+  int to_s3 = 0;
+  for (size_t i = 0; i < job->count && !to_s3; i++) to_s3 = job->entries[i].dst_s3 > 0;
+  /* As many upload threads as workers asked for, even when fewer files
+   * keep fewer workers busy: one large file's parts go in parallel. */
+  if (job->threads && to_s3 && !(job->s3_pool = chb_s3_pool_new(job->opts.threads, 0, err))) {
+    free(job->threads);
+    job->threads = NULL;
+    chb_run_unbegin(&job->run);
+    return -1;
+  }
   if (!job->threads) {
     chb_run_unbegin(&job->run);
     return chb_error_set(err, CHB_ENOMEM, "cannot allocate threads");
@@ -364,6 +379,7 @@ void chb_job_free(chb_job *job) {
   if (!job) return;
   atomic_store(&job->run.stop, 1);
   for (int i = 0; i < job->nthreads; i++) pthread_join(job->threads[i], NULL);
+  chb_s3_pool_free(job->s3_pool);
   for (size_t i = 0; i < job->count; i++) entry_free(&job->entries[i]);
   free(job->entries);
   free(job->threads);

@@ -72,10 +72,14 @@ int chb_job_set_base(chb_job *job, size_t i, uint64_t base_size,
 int chb_job_seal_entry(chb_job *job, size_t i, const char *name, chb_error *err);
 /*
  * Entry i's dst is an object key written through S3 profile `profile`
- * (chb_s3_store.h): one PUT up to 32 MiB, else a multipart upload sized
- * from the entry's expected size; it exists once the entry is verified,
- * and is aborted or deleted if it fails. Only before start; not with a
- * seal. Returns 0, or -1 with err set.
+ * (chb_s3_upload.h): one PUT up to 32 MiB, else a multipart upload sized
+ * from the entry's expected size, its parts sent by the job's upload
+ * threads (opts.threads of them, besides the workers) while the worker
+ * reads on; the buffers of all its uploads stay within opts.threads
+ * parts of 16 MiB (at least two; a file's single PUT up to 32 MiB may
+ * take that alone). It exists once the entry is verified, and is aborted
+ * or deleted if it fails. Only before start; not with a seal. Returns 0,
+ * or -1 with err set.
  */
 int chb_job_s3_entry(chb_job *job, size_t i, int profile, chb_error *err);
 

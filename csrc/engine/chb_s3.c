@@ -368,6 +368,7 @@ struct chb_s3 {
   long retry_base_ms, connect_timeout_ms, low_speed_time_s, request_timeout_ms;
   int sign_payload, no_etag_check;
   int bucket_seen;    /* the bucket answered once: a bodiless 404 is a missing key */
+  const atomic_int *cancel;   /* set: stop when it turns non-zero */
   char curl_err[CURL_ERROR_SIZE];
 };
 
@@ -378,6 +379,8 @@ static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_D
 static char *dup_or(const char *s, const char *dflt) { return strdup(s && *s ? s : dflt); }
 
 const char *chb_s3_bucket(const chb_s3 *s) { return s->bucket; }
+
+void chb_s3_set_cancel(chb_s3 *s, const atomic_int *flag) { s->cancel = flag; }
 
 chb_s3 *chb_s3_new(const chb_s3_config *cfg, chb_error *e) {
   if (!cfg->endpoint || !cfg->bucket || !*cfg->bucket || !cfg->key_id || !cfg->secret) {
@@ -512,6 +515,7 @@ typedef struct s3_req {
   uint64_t pos;             /* body bytes read */
   EVP_MD_CTX *md5;
   int local_fail;           /* the sink or the source failed: e is set, no retry */
+  const atomic_int *cancel; /* the client's, for the body callbacks */
   chb_error *e;
 } s3_req;
 
@@ -588,6 +592,11 @@ static size_t on_read(char *buf, size_t size, size_t n, void *ud) {
   uint64_t left = r->body_len - r->pos;
   if (want > left) want = (size_t)left;
   if (want == 0) return 0;
+  if (r->cancel && atomic_load(r->cancel)) {
+    chb_error_set(r->e, CHB_CANCELLED, "S3 upload of key %s stopped", r->key ? r->key : "");
+    r->local_fail = 1;
+    return CURL_READFUNC_ABORT;
+  }
   int64_t got = r->body->read_at(r->body->ctx, r->body_off + r->pos, buf, want, r->e);
   if (got <= 0) {
     if (got == 0)
@@ -599,6 +608,18 @@ static size_t on_read(char *buf, size_t size, size_t n, void *ud) {
   if (r->md5) EVP_DigestUpdate(r->md5, buf, (size_t)got);
   r->pos += (uint64_t)got;
   return (size_t)got;
+}
+
+/* Stops a transfer waiting on the server (no body callback runs then)
+ * once the cancel flag is up: curl calls this about once a second or more. */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow) {
+  s3_req *r = ud;
+  (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+  if (!atomic_load(r->cancel)) return 0;
+  chb_error_set(r->e, CHB_CANCELLED, "S3 %s of key %s stopped", r->method, r->key ? r->key : "");
+  r->local_fail = 1;
+  return 1;
 }
 
 static int on_seek(void *ud, curl_off_t off, int origin) {
@@ -639,6 +660,12 @@ static int is_retryable_s3(long status, const char *code) {
 static void sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* Sleeps ms, or less when the client's cancel flag turns non-zero. */
+static void backoff_sleep(const chb_s3 *s, long ms) {
+  for (long slept = 0; slept < ms && !(s->cancel && atomic_load(s->cancel)); slept += 50)
+    sleep_ms(ms - slept < 50 ? ms - slept : 50);
 }
 
 static long backoff_ms(const chb_s3 *s, int attempt) {
@@ -800,6 +827,11 @@ static CURLcode attempt(chb_s3 *s, s3_req *r, const char *url, const char *cquer
   curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+  if (r->cancel) {
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, r);
+  }
   if (strcmp(r->method, "GET") == 0) {
     curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
   } else if (strcmp(r->method, "HEAD") == 0) {
@@ -834,6 +866,7 @@ static CURLcode attempt(chb_s3 *s, s3_req *r, const char *url, const char *cquer
  */
 static int perform(chb_s3 *s, s3_req *r, chb_error *e) {
   r->e = e;
+  r->cancel = s->cancel;
   int rcode = -1;
   char *path = r->key ? chb_s3_uri_encode(r->key, 1) : strdup("");
   char *cquery = chb_s3_canonical_query(r->query, r->nquery);
@@ -859,6 +892,12 @@ static int perform(chb_s3 *s, s3_req *r, chb_error *e) {
   }
   for (int n = 0;; n++) {
     chb_error_clear(e);
+    if (s->cancel && atomic_load(s->cancel)) {
+      char what[600];
+      describe(s, r, what, sizeof what);
+      chb_error_set(e, CHB_CANCELLED, "%s: stopped", what);
+      goto out;
+    }
     r->local_fail = 0;
     CURLcode rc = attempt(s, r, url.p, cquery, curi.p);
     if (r->local_fail) goto out;       /* e says what the sink or the source said */
@@ -890,7 +929,7 @@ static int perform(chb_s3 *s, s3_req *r, chb_error *e) {
         goto out;
       }
     }
-    sleep_ms(backoff_ms(s, n));
+    backoff_sleep(s, backoff_ms(s, n));
   }
 out:
   free(path);

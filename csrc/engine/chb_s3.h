@@ -29,6 +29,7 @@
 
 #include "chb_error.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -87,6 +88,10 @@ chb_s3 *chb_s3_new(const chb_s3_config *cfg, chb_error *e);
 void chb_s3_free(chb_s3 *s);
 /* The client's bucket (for messages: s3://bucket/key). */
 const char *chb_s3_bucket(const chb_s3 *s);
+/* While flag is set (NULL: none), a request stops once *flag is non-zero:
+ * the rest of its body is not sent, it is not retried, and it fails with
+ * CHB_CANCELLED. (The parts of an upload stop when one of them failed.) */
+void chb_s3_set_cancel(chb_s3 *s, const atomic_int *flag);
 
 /* Single PUT of a buffer (sha256 payload hash and Content-MD5). */
 int chb_s3_put(chb_s3 *s, const char *key, const void *data, size_t len, chb_error *e);

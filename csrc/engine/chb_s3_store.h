@@ -16,15 +16,7 @@
  * so nothing holds an object; a piece without a length HEADs the object
  * first.
  *
- * Writing (chb_store.c, sink opts.s3 > 0): an upload. Up to 32 MiB
- * (ClickHouse's max_single_part_upload_size) it is buffered and sent as one
- * PUT when finished; a larger one (known from the size hint, or found out
- * when the 32 MiB buffer overflows) is a multipart upload with ClickHouse's
- * part sizes: max(16 MiB, ceil(size/10000)) when the size is known, else
- * 16 MiB doubled every 500 parts (WriteBufferFromS3). Memory: one part (at
- * most 32 MiB for an unknown size) per sink. Nothing exists at the key
- * before finish; abort aborts a multipart upload (best effort) or deletes
- * what finish wrote.
+ * Writing (chb_store.c, sink opts.s3 > 0): an upload, chb_s3_upload.h.
  */
 #ifndef CHB_S3_STORE_H
 #define CHB_S3_STORE_H
@@ -55,23 +47,5 @@ int chb_s3_piece_size(int profile, const char *key, uint64_t *size, chb_error *e
  * read (0: none there), or -1 with err set. */
 ssize_t chb_s3_piece_read(int profile, const char *key, uint64_t offset, void *buf, size_t len,
                           chb_error *err);
-
-/* ---- writing an object ------------------------------------------------------ */
-
-typedef struct chb_s3_upload chb_s3_upload;
-
-/* An upload of `key`; size_hint: its size if known (0: unknown). */
-chb_s3_upload *chb_s3_upload_open(int profile, const char *key, uint64_t size_hint,
-                                  chb_error *err);
-int chb_s3_upload_write(chb_s3_upload *u, const void *buf, size_t len, chb_error *err);
-/* Sends what is left: the object exists from then on. */
-int chb_s3_upload_finish(chb_s3_upload *u, chb_error *err);
-/* "s3://bucket/key" */
-const char *chb_s3_upload_name(const chb_s3_upload *u);
-/* Aborts an unfinished upload or deletes a finished one (best effort),
- * then frees; accepts NULL. */
-void chb_s3_upload_abort(chb_s3_upload *u);
-/* Frees (a finished upload stays). Accepts NULL. */
-void chb_s3_upload_free(chb_s3_upload *u);
 
 #endif

@@ -2,7 +2,7 @@
 #include "chb_store.h"
 #include "chb_cipher.h"
 #include "chb_fs.h"
-#include "chb_s3_store.h"
+#include "chb_s3_upload.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -75,7 +75,7 @@ static chb_sink *s3_open_write(const char *key, const chb_sink_opts *o, chb_erro
     return NULL;
   }
   k->fd = -1;
-  if (!(k->up = chb_s3_upload_open(o->s3, key, o->size, err))) {
+  if (!(k->up = chb_s3_upload_open(o->s3, key, o->size, o->s3_pool, err))) {
     free(k);
     return NULL;
   }

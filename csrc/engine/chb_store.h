@@ -1,8 +1,9 @@
 /*
  * Where backups live: a store names files and owns how they are created,
  * made durable and put in place. The directory store is the first; a sink
- * opened with opts.s3 writes an S3 object instead (chb_s3_store.h: one PUT
- * up to 32 MiB, else a multipart upload; finish sends it). Names are relative to the store's root; a store opened with no
+ * opened with opts.s3 writes an S3 object instead (chb_s3_upload.h: one PUT
+ * up to 32 MiB, else a multipart upload, its parts sent in parallel by
+ * opts.s3_pool; the object exists once finished). Names are relative to the store's root; a store opened with no
  * root takes names as paths (how the job writes the destinations it is
  * given).
  *
@@ -44,6 +45,8 @@ typedef struct chb_sink_opts {
                                  S3 profile s3 (chb_s3_store.h); no key,
                                  lock or read_back; it exists once finished */
   uint64_t size;              /* with s3: the object's size if known (0: not) */
+  struct chb_s3_pool *s3_pool; /* with s3: NULL, or the threads that send its parts
+                                 and the memory budget of its buffers (chb_s3_pool.h) */
 } chb_sink_opts;
 
 /* Creates `name` (opts may be NULL). CHB_EEXIST if it exists; a failure

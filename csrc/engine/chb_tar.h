@@ -66,6 +66,9 @@ typedef struct chb_tar_writer_opts {
                            profile (chb_s3_store.h): the archive streams into
                            a multipart upload (no temp file); the object exists
                            only once complete, a failure aborts the upload */
+  int threads;          /* with s3: threads sending its parts in parallel
+                           (chb_s3_pool.h; <= 0: 8); its buffers stay within
+                           max(threads, 2) parts of 16 MiB */
 } chb_tar_writer_opts;
 
 typedef struct chb_tar_writer chb_tar_writer;

@@ -1,5 +1,6 @@
 /* Tar archives, the writing half; see chb_tar.h. */
 #include "chb_tar.h"
+#include "chb_s3_pool.h"
 #include "chb_store.h"
 #include "chb_zip_read.h"
 
@@ -58,6 +59,7 @@ struct chb_tar_writer {
   const char *filter;
   int fsync;
   int s3;                     /* > 0: path is an object key of this S3 profile */
+  int threads;                /* with s3: the upload's threads */
   size_t bufsize;
   tw_entry *e;
   size_t count, cap;
@@ -98,6 +100,7 @@ chb_tar_writer *chb_tar_writer_new(const char *path, const chb_tar_writer_opts *
   w->filter = filter;
   w->fsync = opts && opts->fsync;
   w->s3 = opts ? opts->s3 : 0;
+  w->threads = opts ? opts->threads : 0;
   w->bufsize = opts && opts->buffer_size ? opts->buffer_size : (size_t)1 << 20;
   if (w->bufsize < 4096) w->bufsize = 4096;
   size_t plen = strlen(path) + 32;
@@ -336,6 +339,12 @@ static void run_finish(chb_tar_writer *w) {
   if (!w->s3) chb_store_remove_stale_temporaries(w->path); /* first: a killed run of ours may have had our pid */
   chb_sink_opts o = {.mode = 0666, .lock = !w->s3, .s3 = w->s3};
   const char *out_name = w->s3 ? w->path : w->tmp_path;
+  /* One stream, many parts: they are sent in parallel while the archive is written on. */
+  if (w->s3 && !(o.s3_pool = chb_s3_pool_new(w->threads, 0, &err))) {
+    chb_run_fail(&w->run, &err);
+    chb_run_end(&w->run, 0);
+    return;
+  }
   if (check_unique(w, &err) == 0 && (w->out = chb_store_open_write(w->store, out_name, &o, &err)) &&
       write_all(w, &err) == 0 && chb_sink_finish(w->out, w->fsync, &err) == 0 &&
       (w->s3 || chb_store_commit(w->store, w->tmp_path, w->path, &err) == 0)) {
@@ -353,6 +362,7 @@ static void run_finish(chb_tar_writer *w) {
     w->out = NULL;
     if (err.code != CHB_OK) chb_run_fail(&w->run, &err);
   }
+  chb_s3_pool_free(o.s3_pool);  /* every upload of it is finished or aborted */
   chb_run_end(&w->run, ok);
 }
 

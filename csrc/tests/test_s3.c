@@ -17,7 +17,10 @@
  */
 #include "chb_job.h"
 #include "chb_s3.h"
+#include "chb_s3_pool.h"
 #include "chb_s3_store.h"
+#include "chb_s3_upload.h"
+#include "chb_store.h"
 #include "chb_tar.h"
 #include "test_util.h"
 
@@ -794,6 +797,153 @@ static void test_tar_s3(chb_s3 *s, const char *tmp) {
   free(b);
 }
 
+/* ---- uploads with parts in parallel (chb_s3_upload.h, chb_s3_pool.h) ------- */
+
+#define MIB ((size_t)1 << 20)
+
+/* Streams data into `key` through a sink of pool (1 MiB writes, as the job's
+ * buffer); size_hint as the job gives it. 0, or -1 with e filled (the
+ * upload aborted). */
+static int upload_through(int id, chb_s3_pool *pool, const char *key, const unsigned char *data,
+                          size_t len, uint64_t size_hint, chb_error *e) {
+  chb_sink_opts o = {.s3 = id, .size = size_hint, .s3_pool = pool};
+  chb_sink *k = chb_store_open_write(NULL, key, &o, e);
+  if (!k) return -1;
+  int rc = 0;
+  for (size_t off = 0; rc == 0 && off < len; off += MIB)
+    rc = chb_sink_write(k, data + off, len - off < MIB ? len - off : MIB, e);
+  if (rc == 0) rc = chb_sink_finish(k, 0, e);
+  if (rc != 0) chb_sink_abort(k);
+  else rc = chb_sink_close(k, e);
+  return rc;
+}
+
+/* Is object `key` exactly data? */
+static int object_is(chb_s3 *s, const char *key, const unsigned char *data, size_t len) {
+  hash_sink hs = {.n = 0};
+  chb_hash_init(&hs.h);
+  chb_error e;
+  return chb_s3_get(s, key, 0, -1, hash_sink_fn, &hs, &e) == 0 && hs.n == len &&
+         same(chb_hash_peek(&hs.h), hash_of(data, len));
+}
+
+typedef struct small_writer {
+  int id;
+  chb_s3_pool *pool;
+  const unsigned char *data;
+  size_t len;
+  int which, failed;
+} small_writer;
+
+/* Three objects of one PUT each, as a job's worker writes small files. */
+static void *small_writes(void *arg) {
+  small_writer *w = arg;
+  chb_error e;
+  for (int i = 0; i < 3; i++) {
+    char key[64];
+    snprintf(key, sizeof key, "par/small-%d-%d", w->which, i);
+    if (upload_through(w->id, w->pool, key, w->data, w->len, w->len, &e) != 0) w->failed++;
+  }
+  chb_s3_thread_clients_free();
+  return NULL;
+}
+
+static void test_parallel_parts(chb_s3 *s) {
+  chb_error e;
+  int id = server_profile(&e);
+  size_t len = 48 * MIB + 4321;   /* 4 parts of 16 MiB, the last 4321 bytes */
+  unsigned char *data = gen_random(41, len);
+  chb_s3_pool_stats st;
+
+  /* A known size: each full part is sent by a pool thread while the next is filled. */
+  chb_s3_pool *pool = chb_s3_pool_new(4, 0, &e);
+  double t0 = now_s();
+  int rc = upload_through(id, pool, "par/known", data, len, len, &e);
+  chb_s3_pool_get_stats(pool, &st);
+  CHECK(rc == 0 && object_is(s, "par/known", data, len),
+        "48 MiB, size known, 4 threads: byte-equal after GET (%.2f s): %s", now_s() - t0, rc ? e.msg : "ok");
+  CHECK(st.peak_running >= 2 && st.threads_started >= 2,
+        "several parts in flight at once: %d at most, %d threads", st.peak_running, st.threads_started);
+  CHECK(st.budget == 4 * CHB_S3_MIN_PART && st.peak_reserved <= st.budget,
+        "buffers within the budget: %.1f MiB at most of %.0f MiB", st.peak_reserved / 1048576.0,
+        st.budget / 1048576.0);
+  chb_s3_pool_free(pool);
+
+  /* Unknown size (a tar stream): 32 MiB buffered, then parts; a budget of two parts. */
+  pool = chb_s3_pool_new(4, 2 * CHB_S3_MIN_PART, &e);
+  size_t ulen = 40 * MIB + 5;
+  rc = upload_through(id, pool, "par/unknown", data, ulen, 0, &e);
+  chb_s3_pool_get_stats(pool, &st);
+  CHECK(rc == 0 && object_is(s, "par/unknown", data, ulen),
+        "40 MiB, size unknown (16+16+8 MiB parts): byte-equal after GET: %s", rc ? e.msg : "ok");
+  CHECK(st.peak_reserved <= 2 * CHB_S3_MIN_PART, "within a budget of two parts: %.1f MiB at most",
+        st.peak_reserved / 1048576.0);
+  chb_s3_pool_free(pool);
+
+  /* One PUT each: 4 writers of 700 KiB objects share a 1 MiB budget, one at a time. */
+  pool = chb_s3_pool_new(2, MIB, &e);
+  small_writer w[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (small_writer){id, pool, data, 700 * 1024, i, 0};
+    pthread_create(&th[i], NULL, small_writes, &w[i]);
+  }
+  int failed = 0, equal = 1;
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    failed += w[i].failed;
+    for (int j = 0; j < 3; j++) {
+      char key[64];
+      snprintf(key, sizeof key, "par/small-%d-%d", i, j);
+      equal = equal && object_is(s, key, data, 700 * 1024);
+    }
+  }
+  chb_s3_pool_get_stats(pool, &st);
+  CHECK(failed == 0 && equal && st.peak_reserved == 700 * 1024,
+        "12 single PUTs from 4 threads byte-equal, buffers %.0f KiB at most (budget 1 MiB)",
+        st.peak_reserved / 1024.0);
+  chb_s3_pool_free(pool);
+
+  /* The size announced is a promise. */
+  rc = upload_through(id, NULL, "par/grew", data, 2000, 1000, &e);
+  chb_s3_stat hs;
+  CHECK(rc != 0 && e.code == CHB_CORRUPT && strstr(e.msg, "s3://" BUCKET "/par/grew") &&
+            chb_s3_head(s, "par/grew", &hs, &e) != 0 && e.code == CHB_ENOENT,
+        "more bytes than announced: refused, no object");
+
+  /* The server stops answering mid-upload: the parts in flight time out, the
+   * upload fails naming the object and its part, and no object appears. */
+  chb_s3_config cfg = {.endpoint = endpoint, .bucket = BUCKET, .key_id = "S3RVER", .secret = "S3RVER",
+                       .path_style = 1, .max_retries = 1, .retry_base_ms = 20, .low_speed_time_s = 1};
+  int slow = chb_s3_profile_add(&cfg, &e);
+  pool = chb_s3_pool_new(4, 0, &e);
+  chb_sink_opts o = {.s3 = slow, .size = len, .s3_pool = pool};
+  chb_sink *k = chb_store_open_write(NULL, "par/failed", &o, &e);
+  rc = k ? 0 : -1;
+  size_t off = 0;
+  for (; rc == 0 && off < len; off += MIB) {
+    if (off == 20 * MIB) kill(srv_pid, SIGSTOP);   /* part 1 sent or sending, part 2 being filled */
+    rc = chb_sink_write(k, data + off, len - off < MIB ? len - off : MIB, &e);
+  }
+  if (rc == 0) rc = chb_sink_finish(k, 0, &e);
+  chb_error failure = e;
+  t0 = now_s();
+  chb_sink_abort(k);
+  double abort_s = now_s() - t0;
+  kill(srv_pid, SIGCONT);
+  CHECK(rc != 0 && failure.code == CHB_EIO && strstr(failure.msg, "s3://" BUCKET "/par/failed (part "),
+        "a part that fails fails the upload (after %zu MiB written): %s", off / MIB, failure.msg);
+  CHECK(chb_s3_head(s, "par/failed", &hs, &e) != 0 && e.code == CHB_ENOENT,
+        "no object appears (the abort took %.1f s)", abort_s);
+  CHECK(upload_through(id, NULL, "par/failed", data, MIB, MIB, &e) == 0 && object_is(s, "par/failed", data, MIB),
+        "the server back, the same key uploads byte-equal: %s", e.msg);
+  chb_s3_pool_free(pool);
+  chb_s3_profile_drop(slow);
+  chb_s3_profile_drop(id);
+  chb_s3_thread_clients_free();
+  free(data);
+}
+
 static void test_server_gone(chb_s3 *s) {
   chb_error e;
   size_t len = 8u << 20;
@@ -833,6 +983,7 @@ int main(void) {
     test_job_s3(s, tmp);
     test_tar_s3(s, tmp);
     rm_tree(tmp);
+    test_parallel_parts(s);
     test_server_gone(s);
     chb_s3_free(s);
   }

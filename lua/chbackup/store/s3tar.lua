@@ -111,7 +111,7 @@ function s3tar.begin_write(dest, opts)
     s3.held[dest.path] = nil
   end }
   local writer
-  writer, err, code = core.tar_writer(dest.prefix, { s3 = profile })
+  writer, err, code = core.tar_writer(dest.prefix, { s3 = profile, threads = opts.threads })
   if not writer then
     lk.release()
     return nil, "backup " .. dest.name .. ": " .. err, code
