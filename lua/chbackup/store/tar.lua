@@ -57,7 +57,7 @@ function tar.open(resolved, _, place)
   local entries = {}
   for i, e in ipairs(reader:list()) do
     e.position = i
-    entries[e.name] = e   -- (a name twice: the last one, as tar extracts)
+    entries[e.name] = e   -- (the C index refuses a name twice)
   end
   if not entries[manifest.FILE] then
     reader:close()
