@@ -801,6 +801,18 @@ function S3Store:_header(path)
 end
 
 
+-- The header of a tar archive on S3 below the root (read from the archive:
+-- its `.backup` entry), or nil.
+function S3Store:_archive_header(rel)
+  local name = sql.format_destination({ engine = "S3", args = { self.policy.destination.s3 .. "/" .. rel } })
+  local b = chain.open(self.cfg, chain.parse_name(name), { inherit = self.s3root })
+  if b then
+    b.store:close()
+  end
+  return b and b.manifest
+end
+
+
 function S3Store._mtime()
   return 0, "unknown (no time in its name, record or .backup)"
 end
@@ -856,7 +868,7 @@ function S3Store:foreign_dependents(points)
   for _, e in ipairs(backups.list(self.s3root) or {}) do
     local path = self:path_of(e.rel)
     if e.what == "backup" and not ours[path] then
-      local h = self:_header(path)
+      local h = e.archive and self:_archive_header(e.rel) or self:_header(path)
       local bp = h and h.base_backup and self:_base_path(h.base_backup)
       if bp and ours[bp] then
         found[ours[bp].id] = e.rel

@@ -26,13 +26,14 @@
 -- @module chbackup.store.s3
 local core = require("chbackup.core")
 local dir = require("chbackup.store.dir")
+local encryption = require("chbackup.store.encryption")
 local lfs = require("lfs")
 local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 
 local s3 = {}
-local from_collection
+local from_collection, no_password
 
 s3.LOCK = ".lock"
 
@@ -229,6 +230,19 @@ local function list_sizes(c, r)
 end
 
 
+-- Why a password is refused on S3 (docs/s3.md, "Passwords"): ClickHouse takes
+-- one only for zip archives, which S3 cannot hold; chbackup's encrypted
+-- directory format decrypts through local-file pieces only (the C S3 pieces
+-- and sinks carry no cipher), and a backup must never be written in clear
+-- when a password was asked for.
+function no_password(r)
+  return "backup " .. r.name .. ": a password (encrypted backup) is not supported on S3: ClickHouse takes a "
+    .. "password only for zip archives, which S3 cannot hold (zip requires seeking), and chbackup's encrypted "
+    .. "directory format is written to local disks only. Back up to a Disk(...) or File(...) destination with "
+    .. "the password, or without one to S3 and encrypt there (the bucket's server-side encryption)"
+end
+
+
 -- Reading ---------------------------------------------------------------------------
 
 local Reader = {}
@@ -237,10 +251,7 @@ Reader.stored_bytes = dir.stored_bytes
 
 
 --- Opens the S3 backup at resolved. Returns a reader or nil, err, code.
-function s3.open(resolved, opts)
-  if opts.password then
-    return nil, "backup " .. resolved.name .. ": password-protected backups on S3 are not supported yet"
-  end
+function s3.open(resolved)
   local c, err, code = client(resolved)
   if not c then
     return nil, "backup " .. resolved.name .. ": " .. err, code
@@ -262,6 +273,9 @@ function s3.open(resolved, opts)
   sizes, err, code = list_sizes(c, resolved)
   if not sizes then
     return nil, "backup " .. resolved.name .. ": " .. err, code
+  end
+  if sizes[encryption.FILE] then   -- put there by hand: chbackup never writes it on S3
+    return nil, no_password(resolved) .. " (" .. resolved.path .. "/" .. encryption.FILE .. " is there)"
   end
   return setmetatable({ dest = resolved, manifest = m, kind = "s3", client = c, sizes = sizes }, Reader)
 end
@@ -386,7 +400,7 @@ Writer.__index = Writer
 -- Returns a writer or nil, err, code.
 function s3.begin_write(dest, opts)
   if opts.password then
-    return nil, "backup " .. dest.name .. ": password-protected backups on S3 are not supported yet"
+    return nil, no_password(dest)
   end
   local ok, err, code = s3.check_new(dest)
   if not ok then
@@ -562,11 +576,15 @@ end
 -- Listing -------------------------------------------------------------------------------
 
 --- What the backups below the resolved root (`S3('url')`, dest.root) are:
--- one ListObjectsV2 of the prefix, keys grouped by their `.backup` and
--- `.lock` (ClickHouse's layout): {{rel=, what = "backup" | "incomplete"
--- (a `.lock` without `.backup`: a BACKUP running or killed) | "deleting"
--- (a deletion's `.lock`)}}, sorted by rel; objects of neither are not
--- backups. Returns the list or nil, err, code.
+-- one ListObjectsV2 of the prefix, keys grouped as ClickHouse lays them
+-- out: a directory backup by its `.backup` and `.lock` (a prefix with
+-- `.backup` is a backup, its files not looked into; a `.lock` without
+-- `.backup` is a BACKUP running or killed, or a deletion's), a tar archive
+-- (`x.tar`, `x.tar.zst`, ... : config.archive_kind) as one object, its
+-- `x.tar.lock` alone an archive being written or killed (an upload never
+-- completed: S3 shows no object then). Returns {{rel=, what = "backup" |
+-- "incomplete" | "deleting", archive = true for a tar}}, sorted by rel,
+-- or nil, err, code.
 function s3.list(root)
   local c, err, code = client(root)
   if not c then
@@ -578,29 +596,53 @@ function s3.list(root)
   if not objects then
     return nil, root.name .. ": " .. err, code
   end
+  local archive_kind = require("chbackup.config").archive_kind
   local seen, rels = {}, {}
+  local function note(at, file, archive)
+    if not seen[at] then
+      seen[at] = { archive = archive }
+      rels[#rels + 1] = at
+    end
+    seen[at][file] = true
+  end
   for _, o in ipairs(objects) do
     local rel = o.key:sub(#prefix + 1)
     local at, file = rel:match("^(.-)/?([^/]*)$")
-    if at ~= "" and (file == manifest.FILE or file == s3.LOCK) then
-      if not seen[at] then
-        seen[at] = {}
-        rels[#rels + 1] = at
-      end
-      seen[at][file] = true
+    local locked = rel:match("^(.+)%.lock$")
+    if archive_kind(file) == "tar" then
+      note(rel, "object", true)
+    elseif locked and archive_kind(locked:match("[^/]*$")) == "tar" then
+      note(locked, s3.LOCK, true)
+    elseif at ~= "" and (file == manifest.FILE or file == s3.LOCK) then
+      note(at, file, false)
     end
   end
   table.sort(rels)
-  local out, inside = {}, nil
+  -- a key below a directory backup's prefix is one of its files, whatever its name
+  local function inside(rel)
+    local at = rel:match("^(.*)/[^/]*$")
+    while at do
+      if seen[at] and not seen[at].archive then
+        return true
+      end
+      at = at:match("^(.*)/[^/]*$")
+    end
+    return false
+  end
+  local out = {}
   for _, rel in ipairs(rels) do
-    if not (inside and rel:sub(1, #inside + 1) == inside .. "/") then   -- not a file of a backup
+    local s = seen[rel]
+    if not inside(rel) then
       local what = "backup"
-      if not seen[rel][manifest.FILE] then
+      if s.archive then
+        what = s.object and "backup" or "incomplete"
+      elseif not s[manifest.FILE] then
         local text = c:get(prefix .. rel .. "/" .. s3.LOCK) or ""
         what = text:sub(-#DELETING) == DELETING and "deleting" or "incomplete"
       end
-      out[#out + 1] = { rel = rel, what = what }
-      inside = rel
+      out[#out + 1] = { rel = rel, what = what, archive = s.archive or nil,
+        problem = s.archive and what == "incomplete" and ("an unfinished tar archive (" .. rel .. s3.LOCK
+          .. " without " .. rel:match("[^/]*$") .. ": a BACKUP running or killed)") or nil }
     end
   end
   return out
