@@ -722,8 +722,8 @@ end
 -- (the secret from the environment or a file, as passwords are), given to
 -- chbackup as a <s3> endpoint of the url (so backup names are `S3('url')`,
 -- never with the secret); without them the config's <s3> endpoint or
--- AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. No per-run lock file and no
--- leftovers scan (a BACKUP's own `.lock` keeps two runs from one name).
+-- AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. The per-run lock is an
+-- object (chbackup.policy.s3lock); leftovers: chbackup.policy.leftovers.
 local S3Store = setmetatable({}, { __index = DiskStore })
 S3Store.__index = S3Store
 

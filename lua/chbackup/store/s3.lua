@@ -651,6 +651,9 @@ end
 
 -- For chbackup.store.s3tar (tar archives on S3): the clients and the `.lock` rules.
 s3.client, s3.stale, s3.hostname, s3.held = client, stale, hostname, held
+-- For chbackup.policy.leftovers: what a killed BACKUP left below a prefix,
+-- removed `.lock` last (so a cut-short removal is still found).
+s3.delete_all = delete_all
 
 
 return s3
