@@ -895,11 +895,6 @@ function S3Store:delete(p)
 end
 
 
-function S3Store.rebase(_, p)
-  return nil, "backup " .. p.name .. ": rebasing a backup on S3 is not supported yet"
-end
-
-
 function S3Store:exists(name)
   return self.client:head(self:_key(name) .. "/" .. manifest.FILE) ~= nil
     or self.client:head(self:_key(name) .. "/" .. s3_store.LOCK) ~= nil

@@ -17,6 +17,8 @@
 --       flush(progress, cancelled) (copies what put queued, if it queues),
 --       commit(manifest, progress, cancelled), abort()
 --   remove(path, {name=, finish=})     -> true | nil, err
+--   begin_rebase(resolved, opts)       -> a writer rewriting it in place
+--       (only containers without rename: S3)
 --   list(resolved_root)                -> {{rel=, what=}} | nil, err
 --       (only locations without a local tree: S3; local paths are walked
 --       with store.classify)
@@ -98,6 +100,22 @@ end
 --- Starts writing a new backup at resolved (see the writer shape).
 function store.begin_write(resolved, opts)
   return call(resolved, "begin_write", resolved, opts)
+end
+
+
+--- Starts rewriting the backup at resolved in place, for a container that
+-- cannot put a copy in its place by rename (S3: chbackup.store.s3's
+-- begin_rebase). Returns its writer, or false when the container rebases
+-- by copy and swap (the caller writes beside it), or nil, err.
+function store.begin_rebase(resolved, opts)
+  local c, err = store.container(resolved)
+  if not c then
+    return nil, err
+  end
+  if not c.begin_rebase then
+    return false
+  end
+  return c.begin_rebase(resolved, opts)
 end
 
 

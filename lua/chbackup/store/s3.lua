@@ -429,8 +429,57 @@ function s3.begin_write(dest, opts)
 end
 
 
+--- Starts rewriting the backup at dest in place (rebase: S3 has no rename).
+-- The new files are written below the backup's own prefix while its
+-- `.backup` still describes the old contents: a name both hold is the same
+-- content (an entry's bytes are its manifest's size and checksum, kept by
+-- the rebase), so overwriting it changes no byte a reader of the old
+-- `.backup` sees; names only the new one stores are new objects. commit
+-- then switches `.backup` (one PUT: the backup is old or new, never
+-- neither) and only then deletes what the old one stored and the new one
+-- does not. A `.lock` saying `rebasing` keeps BACKUP, delete and other
+-- rebases off meanwhile (one left by a killed run of this host is taken
+-- over). opts: op_id, threads, password (refused). Returns a writer or
+-- nil, err, code.
+function s3.begin_rebase(dest, opts)
+  if opts.password then
+    return nil, no_password(dest)
+  end
+  local c, err, code = client(dest)
+  if not c then
+    return nil, err, code
+  end
+  local lock_key = key_of(dest, s3.LOCK)
+  local prev = c:get(lock_key)
+  if prev and not stale(prev, dest.path) then
+    return nil, "backup " .. dest.name .. " is being written by " .. lock.who(prev) .. " (" .. lock_key
+      .. " exists); not rebasing it", "LOCKED"
+  elseif prev then
+    lock.log("took over " .. lock_key .. " left by a killed run (" .. lock.who(prev) .. ") of backup " .. dest.name)
+    c:delete(lock_key)
+  end
+  local old
+  old, err, code = list_sizes(c, dest)
+  if not old then
+    return nil, "backup " .. dest.name .. ": " .. err, code
+  elseif not old[manifest.FILE] then
+    return nil, "backup " .. dest.name .. " not found: no " .. manifest.FILE .. " at " .. dest.path
+  end
+  local ok
+  ok, err, code = c:put_if_absent(lock_key, lock.holder_text(opts.op_id) .. "host " .. hostname() .. "\nrebasing\n")
+  if not ok then
+    return nil, "backup " .. dest.name .. ": " .. err, code
+  end
+  held[dest.path] = true
+  return setmetatable({ dest = dest, client = c, opts = opts, queued = {}, old = old, written = {} }, Writer)
+end
+
+
 --- Stores `content` as the file `name` of the backup now.
 function Writer:put_bytes(name, content)
+  if self.written then
+    self.written[name] = true
+  end
   local dest = self.dest
   local ok, err, code = self.client:put(key_of(dest, name), content)
   return ok or nil, not ok and ("backup " .. dest.name .. ": " .. err) or nil, code
@@ -441,6 +490,9 @@ Writer.put_extra = Writer.put_bytes
 
 --- Queues the file `name`, read from pieces, for commit (verified while copied).
 function Writer:put(name, pieces, size, checksum)
+  if self.written then
+    self.written[name] = true
+  end
   self.queued[#self.queued + 1] = { name, pieces, size, checksum }
   return true
 end
@@ -470,6 +522,14 @@ function Writer:commit(m, progress, cancelled)
     self:abort()
     return nil, "backup " .. dest.name .. " failed: " .. err, code
   end
+  if self.old then   -- rebased: the new `.backup` is in place; what only the old one stored goes
+    ok, err = self:_delete_old()
+    if not ok then
+      held[dest.path] = nil   -- left for the next run of this host to take over
+      return nil, "backup " .. dest.name .. " is rebased; objects only the old backup used could not be deleted "
+        .. "(they take space, nothing reads them): " .. err
+    end
+  end
   self:_unlock()
   return { files_done = self.files_done, bytes_done = self.bytes_done, manifest_size = #text }
 end
@@ -498,10 +558,47 @@ function Writer:_unlock()
 end
 
 
+-- After a rebase's switch: deletes the objects the old backup stored and
+-- the new one does not. Returns true or nil, err.
+function Writer:_delete_old()
+  local keys = {}
+  for name in pairs(self.old) do
+    if not self.written[name] and name ~= manifest.FILE and name ~= s3.LOCK then
+      keys[#keys + 1] = key_of(self.dest, name)
+    end
+  end
+  table.sort(keys)
+  if #keys == 0 then
+    return true
+  end
+  return self.client:delete_many(keys)
+end
+
+
 --- Deletes what this run wrote, `.lock` last (best effort: what cannot be
--- deleted now, the server gone, the next BACKUP of that name removes).
+-- deleted now, the server gone, the next BACKUP of that name removes). A
+-- rebase's writer deletes only the objects the old backup did not have:
+-- the backup stays as it was.
 function Writer:abort()
   if not held[self.dest.path] then
+    return
+  end
+  if self.old then
+    local keys = {}
+    for name in pairs(self.written) do
+      if not self.old[name] then
+        keys[#keys + 1] = key_of(self.dest, name)
+      end
+    end
+    table.sort(keys)
+    local ok, err = true, nil
+    if #keys > 0 then
+      ok, err = self.client:delete_many(keys)
+    end
+    if not ok then
+      lock.log("backup " .. self.dest.name .. ": cannot remove what the failed rebase wrote: " .. tostring(err))
+    end
+    self:_unlock()
     return
   end
   local ok, err = delete_all(self.client, self.dest, s3.LOCK)
