@@ -186,6 +186,19 @@ return {
     assert.is_nil(c:head(key))
   end)
 
+  it("a tar archive on S3 whose base is one of the policy's backups keeps that base (read from the archive)", function()
+    local _, pol = make_policy("four")
+    local rep = assert(policy.run(pol, T("2026-05-01T02:00:00"), env))
+    assert.is_true(rep.ok, log_text(rep))
+    local full = "nightly/20260501-0200-full"
+    h.sql(w, string.format("BACKUP TABLE shop.customers TO S3('%s/four/other/ext.tar.zst', 'S3RVER', 'S3RVER') "
+      .. "SETTINGS base_backup = S3('%s/four/%s', 'S3RVER', 'S3RVER')", srv.url, srv.url, full))
+    local st = assert(require("chbackup.policy.store").open(pol, assert(require("chbackup.config").load(w.config))))
+    local points = st:list().points
+    assert.equal(1, #points)
+    assert.same({ [full] = "other/ext.tar.zst" }, st:foreign_dependents(points))
+  end)
+
   it("a run whose lock was taken over knows it at its next refresh and leaves the new holder's lock", function()
     local c = srv.client
     local root = { bucket = BUCKET, prefix = "pl/three" }
