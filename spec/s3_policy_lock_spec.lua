@@ -221,5 +221,15 @@ return {
     lk:release()
     assert.equal("fff", s3lock.parse(c:get(key)).token)   -- the new holder's lock stays
     assert.same({}, logged)
+    -- this process's own lock that no run of it holds (a release that failed) is taken over
+    local again = assert(s3lock.take(c, root, "nightly", { log = function() end }))
+    assert(c:put(key .. ".copy", c:get(key)))
+    again.lost = "simulated: its release failed"
+    again:release()
+    assert(c:put(key, c:get(key .. ".copy")))
+    lk = assert(s3lock.take(c, root, "nightly", { log = function(m) logged[#logged + 1] = m end }))
+    assert.matches("it is this process's, from a run whose release failed", logged[1])
+    lk:release()
+    assert.is_nil(c:head(key))
   end)
 end)

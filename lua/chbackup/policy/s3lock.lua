@@ -20,7 +20,8 @@
 -- its next step (it never deletes backups without the lock).
 --
 -- A lock is taken over (logged) only when its holder is provably gone:
---   * same host, and its process is gone (killed), or
+--   * same host, and its process is gone (killed), or it is this process
+--     and no run of it holds the lock (a release that failed), or
 --   * its heartbeat is older than STALE seconds (30 min, restic's): a live
 --     holder refreshes every 5 min, and S3 refuses any request from a
 --     clock more than 15 min off (RequestTimeTooSkewed), so 30 min cannot
@@ -34,6 +35,8 @@ local s3lock = {}
 
 s3lock.REFRESH = 300
 s3lock.STALE = 1800
+
+local active = {}   -- s3://bucket/key -> true: the locks this process holds (s3lock.stale)
 
 
 --- The key of policy `name`'s lock object below the resolved root.
@@ -70,12 +73,18 @@ local function describe(f, now)
 end
 
 
---- Whether the holder of a lock (parsed) is provably gone at now: returns
--- why (a message) or nil.
-function s3lock.stale(f, now)
-  if f.host == s3.hostname() and f.pid and f.pid ~= core.getpid()
-      and not io.open("/proc/" .. f.pid .. "/stat") then
-    return "its process is gone (same host)"
+--- Whether the holder of a lock (parsed) is provably gone at now (where:
+-- the lock's s3:// path): returns why (a message) or nil.
+function s3lock.stale(f, now, where)
+  if f.host == s3.hostname() and f.pid == core.getpid() and not (where and active[where]) then
+    return "it is this process's, from a run whose release failed"
+  end
+  if f.host == s3.hostname() and f.pid and f.pid ~= core.getpid() then
+    local stat = io.open("/proc/" .. f.pid .. "/stat")
+    if not stat then
+      return "its process is gone (same host)"
+    end
+    stat:close()
   end
   if f.heartbeat and now - f.heartbeat > s3lock.STALE then
     return "its heartbeat is " .. (now - f.heartbeat) .. " s old (stale after " .. s3lock.STALE .. " s)"
@@ -103,7 +112,7 @@ function s3lock.take(c, root, name, opts)
   if not ok and code == "EEXIST" then
     local text = c:get(key)
     local held = text and s3lock.parse(text)
-    local why = held and s3lock.stale(held, now)
+    local why = held and s3lock.stale(held, now, where)
     if not held then   -- gone meanwhile: one more try
       ok, err, code = c:put_if_absent(key, text_of(mine))
     elseif not why then
@@ -131,6 +140,7 @@ function s3lock.take(c, root, name, opts)
     return nil, string.format("another run of policy %s took the lock %s at the same time (%s)", name, where,
       describe(there, now)), "LOCKED"
   end
+  active[where] = true
   return setmetatable({ c = c, key = key, where = where, f = mine, clock = clock, name = name,
     took_over = mine.took_over }, Lock)
 end
@@ -166,6 +176,7 @@ end
 
 --- Deletes the lock object if it is still this run's.
 function Lock:release()
+  active[self.where] = nil
   if self.lost then
     return
   end
