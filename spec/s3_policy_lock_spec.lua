@@ -169,6 +169,10 @@ return {
     assert(c:put(alive .. ".lock", "operation y\npid 5151\nhost elsewhere\n"))
     assert(c:put(alive .. "metadata/shop.sql", "x"))
     assert(c:put("pl/two/nightly/20260428-0200-full.chbackup.json", "{}"))
+    -- a deletion killed after `.backup` went (its `.lock` says so)
+    local half = "pl/two/nightly/20260427-0200-full/"
+    assert(c:put(half .. ".lock", "operation delete\npid 4343\nhost elsewhere\ndeleting\n"))
+    assert(c:put(half .. "data/shop/orders/all_1_1_0/data.bin", "x"))
     rep = assert(policy.run(pol, T("2026-05-03T02:00:00"), env))
     local text = log_text(rep)
     assert.is_true(rep.ok, text)
@@ -180,6 +184,8 @@ return {
     assert.same({ ".lock", "metadata/shop.sql" }, srv.objects("two/nightly/20260502-0300-full"))
     assert.matches("leftover nightly/20260502%-0300%-full: [^\n]*pid 5151%) on host elsewhere, which cannot be "
       .. "proven dead from here; if it is, `chbackup delete` it; left alone", text)
+    assert.same({}, srv.objects("two/nightly/20260427-0200-full"))
+    assert.matches("deleted nightly/20260427%-0200%-full: finished a deletion an earlier run started", text)
     assert.is_nil(c:head("pl/two/nightly/20260428-0200-full.chbackup.json"))
     assert.matches("a policy record whose backup is gone", text)
     assert.is_true(has(srv.objects("two/nightly/20260503-0200-full"), ".backup"))

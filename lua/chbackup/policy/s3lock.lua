@@ -116,8 +116,9 @@ function s3lock.take(c, root, name, opts)
     if not held then   -- gone meanwhile: one more try
       ok, err, code = c:put_if_absent(key, text_of(mine))
     elseif not why then
-      return nil, string.format("another run of policy %s is in progress (%s; lock %s)", name,
-        describe(held, now), where), "LOCKED"
+      return nil, string.format("another run of policy %s is in progress (%s; lock %s); it is taken over once "
+        .. "its heartbeat is %d s old, or delete that object if you know the run is dead", name,
+        describe(held, now), where, s3lock.STALE), "LOCKED"
     else
       ok, err, code = c:delete(key)
       if ok then
