@@ -134,6 +134,9 @@ end
 -- "deleting"}} or nil, err; false for a local root (walk it, with
 -- store.classify).
 function store.list(root)
+  if root.location == "s3" then   -- a location concern: any key prefix lists, whatever its name says
+    return require("chbackup.store.s3").list(root)
+  end
   local c = root.location and store.container(root)
   if not (c and c.list) then
     return false
