@@ -133,6 +133,54 @@ describe("rebase on S3", function()
     assert.equal(want, restored_digest("i3", "onto"))
   end)
 
+  it("a rebase killed -9 mid-upload leaves the old backup whole; the next rebase takes its .lock over", function()
+    local c = srv.client
+    h.clickhouse(w.data, {
+      "CREATE TABLE shop.big (n UInt64, s String) ENGINE = MergeTree ORDER BY n",
+      "INSERT INTO shop.big SELECT number, randomPrintableASCII(200) FROM numbers(300000)",
+    })
+    h.sql(w, "BACKUP TABLE shop.big TO " .. s3("bigfull"))
+    h.clickhouse(w.data, { "INSERT INTO shop.big SELECT number + 1000000, 'x' FROM numbers(100)" })
+    h.sql(w, "BACKUP TABLE shop.big TO " .. s3("biginc") .. " SETTINGS base_backup = " .. s3("bigfull"))
+    local want = h.clickhouse(w.data, { "SELECT count(), sum(cityHash64(s)) FROM shop.big" })
+    local text_before = c:get("rb/biginc/.backup")
+    local lock_file = dir .. "/srv/data/" .. BUCKET .. "/rb/biginc/.lock._S3rver_object"
+    local cmd = string.format("%s/scripts/chbackup --path %s --config %s --status-dir %s rebase %s", h.ROOT,
+      q(w.data), q(w.config), q(w.status), q(s3("biginc")))
+    local ok, out = h.run(string.format("%s >/dev/null 2>&1 & pid=$!; "
+      .. "for i in $(seq 600); do [ -e %s ] && break; sleep 0.05; done; sleep 1; "
+      .. "kill -9 $pid; wait $pid; echo \"status $?\"", cmd, q(lock_file)))
+    assert.is_truthy(ok)
+    assert.equal("status 137", out:match("status %d+"))   -- killed while it ran
+    -- the old backup, byte for byte, with the dead run's .lock; listed whole, restorable
+    assert.equal(text_before, c:get("rb/biginc/.backup"))
+    assert.is_truthy(c:get("rb/biginc/.lock"))
+    local rows = {}
+    local lok, lout, _, lerr = chbackup("list " .. q(string.format("S3('%s', 'S3RVER', 'S3RVER')", srv.url)) .. " --json")
+    assert.is_truthy(lok, lerr)
+    for line in lout:gmatch("[^\n]+") do
+      local r = cjson.decode(line)
+      rows[r.name] = r
+    end
+    assert.equal("ok", rows[string.format("S3('%s/biginc')", srv.url)].status)
+    local target = w.dir .. "/restore-killed"
+    h.sql(w, "RESTORE TABLE shop.big FROM " .. s3("biginc"), target)
+    assert.equal(want, h.clickhouse(target, { "SELECT count(), sum(cityHash64(s)) FROM shop.big" }))
+    -- the next rebase takes the dead run's .lock over and finishes; nothing is left over
+    local err
+    ok, out, _, err = chbackup("rebase " .. q(s3("biginc")))
+    assert.is_truthy(ok, out .. err)
+    assert.matches("took over [^\n]*/biginc/%.lock left by a killed run", err)
+    local after = manifest_of("biginc")
+    assert.is_nil(after.base_backup)
+    assert.same(stored_names(after), srv.objects("biginc"))
+    ok, _, _, err = chbackup("delete " .. q(s3("bigfull")))
+    assert.is_truthy(ok, err)
+    target = w.dir .. "/restore-rebased"
+    h.sql(w, "RESTORE TABLE shop.big FROM " .. s3("biginc"), target)
+    assert.equal(want, h.clickhouse(target, { "SELECT count(), sum(cityHash64(s)) FROM shop.big" }))
+  end)
+
   it("a policy with retention.rebase = true on S3 rebases the kept incremental, then deletes its base", function()
     local c = srv.client
     h.write(dir .. "/secret", "S3RVER\n")
