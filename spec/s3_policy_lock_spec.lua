@@ -173,6 +173,14 @@ return {
     local half = "pl/two/nightly/20260427-0200-full/"
     assert(c:put(half .. ".lock", "operation delete\npid 4343\nhost elsewhere\ndeleting\n"))
     assert(c:put(half .. "data/shop/orders/all_1_1_0/data.bin", "x"))
+    -- plan (no lock taken) lists what the run will remove and what it will leave
+    local plan = assert(policy.plan(pol, T("2026-05-03T02:00:00"), env))
+    local planned = log_text(plan)
+    assert.matches("leftover nightly/20260502%-0200%-full: [^\n]*an unfinished backup of a killed BACKUP %(operation x "
+      .. "%(pid 4242%) on host elsewhere[^\n]*; the next run removes it", planned)
+    assert.matches("leftover nightly/20260502%-0300%-full: [^\n]*pid 5151%) on host elsewhere, which cannot be "
+      .. "proven dead", planned)
+    assert.is_truthy(c:head(dead .. ".lock"))   -- plan changes nothing
     rep = assert(policy.run(pol, T("2026-05-03T02:00:00"), env))
     local text = log_text(rep)
     assert.is_true(rep.ok, text)

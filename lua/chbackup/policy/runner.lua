@@ -908,7 +908,9 @@ function runner._plan(pol, now, env)
   end
   local listing = ctx.store:list()
   listing_problems(ctx, listing)
-  local found, alone = leftovers.find(ctx.store, pol, scratch_root(ctx))
+  local st = ctx.store
+  local dead = st.s3root and s3lock.dead_holder(st.client, st.s3root, pol.name, (ctx.env.lock_clock or os.time)())
+  local found, alone = leftovers.find(st, pol, scratch_root(ctx), dead)
   for _, x in ipairs(found) do
     ctx.log("leftover", x.name, x.path .. ": " .. x.why .. "; the next run removes it", "warn")
   end

@@ -93,6 +93,17 @@ function s3lock.stale(f, now, where)
 end
 
 
+--- The holder of policy `name`'s lock on the S3 root if it is provably
+-- gone (what a run would take over; for `policy plan`, which takes no
+-- lock): the parsed lock, or nil (no lock, or a live one).
+function s3lock.dead_holder(c, root, name, now)
+  local key = s3lock.key(root, name)
+  local text = c:get(key)
+  local f = text and s3lock.parse(text)
+  return f and s3lock.stale(f, now, "s3://" .. root.bucket .. "/" .. key) and f or nil
+end
+
+
 local Lock = {}
 Lock.__index = Lock
 
