@@ -121,7 +121,10 @@ function s3lock.take(c, root, name, opts)
     host = s3.hostname(), token = token, started = now, heartbeat = now }
   local ok, err, code = c:put_if_absent(key, text_of(mine))
   if not ok and code == "EEXIST" then
-    local text = c:get(key)
+    local text, gerr, gcode = c:get(key)
+    if not text and gcode ~= "ENOENT" then
+      return nil, "cannot read the lock " .. where .. " of policy " .. name .. ": " .. tostring(gerr), gcode
+    end
     local held = text and s3lock.parse(text)
     local why = held and s3lock.stale(held, now, where)
     if not held then   -- gone meanwhile: one more try
