@@ -213,6 +213,39 @@ return {
     assert.same({ [full] = "other/ext.tar.zst" }, st:foreign_dependents(points))
   end)
 
+  it("a killed rebase's leftovers (a dead holder's .lock beside .backup, objects nothing reads) are removed", function()
+    local c = srv.client
+    local _, pol = make_policy("five")
+    local rep = assert(policy.run(pol, T("2026-05-01T02:00:00"), env))
+    assert.is_true(rep.ok, log_text(rep))
+    local name = "nightly/20260501-0200-full"
+    local prefix = "pl/five/" .. name .. "/"
+    local before = srv.objects("five/" .. name)
+    -- as a rebase killed mid-upload leaves it: new objects the old `.backup` does not read, its .lock
+    local host = require("chbackup.store.s3").hostname()
+    assert(c:put(prefix .. "data/shop/orders/all_9_9_0/data.bin", "new bytes"))
+    assert(c:put(prefix .. ".lock", "operation rebase-1\npid 999999\nhost " .. host .. "\nrebasing\n"))
+    -- another host's rebase, not provably dead: left alone
+    local other = "pl/five/nightly/20260430-0200-full/"
+    h.sql(w, string.format("BACKUP TABLE shop.customers TO S3('%s/five/nightly/20260430-0200-full', 'S3RVER', "
+      .. "'S3RVER')", srv.url))
+    assert(c:put(other .. ".lock", "operation rebase-2\npid 7\nhost elsewhere\nrebasing\n"))
+    assert(c:put(other .. "data/x.bin", "x"))
+    rep = assert(policy.run(pol, T("2026-05-01T03:00:00"), env))
+    local text = log_text(rep)
+    assert.is_true(rep.ok, text)
+    assert.matches("removed [^\n]*20260501%-0200%-full: what a killed rebase %(operation rebase%-1 %(pid 999999%) on "
+      .. "host [^\n]*objects no file of the backup reads, and its %.lock", text)
+    assert.same(before, srv.objects("five/" .. name))
+    assert.matches("leftover nightly/20260430%-0200%-full: being rebased by operation rebase%-2 %(pid 7%) on host "
+      .. "elsewhere, which cannot be proven dead from here; left alone", text)
+    assert.is_truthy(c:head(other .. "data/x.bin"))
+    -- the backup is whole: every byte checked
+    local ok, out, _, err = h.run(string.format("%s/scripts/chbackup --config %s check %s --read-data", h.ROOT,
+      q(w.config), q(string.format("S3('%s/five/%s', 'S3RVER', 'S3RVER')", srv.url, name))))
+    assert.is_truthy(ok, out .. err)
+  end)
+
   it("a run whose lock was taken over knows it at its next refresh and leaves the new holder's lock", function()
     local c = srv.client
     local root = { bucket = BUCKET, prefix = "pl/three" }

@@ -21,6 +21,10 @@
 --     host and gone, or the holder of the policy lock this
 --     run took over as dead
 --   `<name>.chbackup.json` whose backup is gone              a killed deletion
+--   `<name>/.lock` saying `rebasing` beside `.backup`, its   a killed rebase:
+--     holder provably dead (as above)                        the objects no
+--                                                            file of `.backup`
+--                                                            reads, `.lock` last
 --
 -- Any other `.lock` without `.backup` (another host's, not provably dead) is
 -- left alone and warned about; a deletion cut short (its `.lock` says
@@ -43,6 +47,7 @@ leftovers.VERIFY_LOCK = ".chbackup-verify.lock"
 local BACKUP_ENTRIES = { data = true, metadata = true, [".chbackup-encryption"] = true }
 
 local RECORD_SUFFIX = ".chbackup.json"
+local killed_rebase
 
 
 local function mode(path)
@@ -100,6 +105,76 @@ local function walk(st, fn)
 end
 
 
+-- Whether the holder a `.lock`'s text names is provably gone: on this
+-- host with its process gone, or the dead holder of the policy lock.
+local function s3_dead(text, path, dead)
+  local _, pid = lock.holder(text)
+  local host = text:match("\nhost ([^\n]*)")
+  return require("chbackup.store.s3").stale(text, path) or (dead and pid == dead.pid and host == dead.host),
+    lock.who(text) .. " on host " .. tostring(host)
+end
+
+
+-- A backup at rel with a `.lock` beside `.backup`: a rebase's (s3.REBASING)
+-- whose holder is provably dead left objects that no file of the backup
+-- reads (those only the new manifest would have used, or after the switch
+-- those only the old one used). They are the objects below the prefix
+-- but `.backup`, `.lock`, the disks record and every object a piece of the
+-- chain reads from this backup (chain.pieces, as RESTORE reads).
+function killed_rebase(st, rel, found, alone, dead)
+  local s3 = require("chbackup.store.s3")
+  local chain = require("chbackup.chain")
+  local c, prefix, path = st.client, st:_key(rel), st:path_of(rel)
+  local text = c:get(prefix .. "/" .. s3.LOCK) or ""
+  if text:sub(-#s3.REBASING) ~= s3.REBASING then
+    return
+  end
+  local gone, who = s3_dead(text, path, dead)
+  if not gone then
+    alone[#alone + 1] = { name = rel, why = "being rebased by " .. who .. ", which cannot be proven dead from here" }
+    return
+  end
+  local b, err = chain.open(st.cfg, chain.parse_name(st:destination(rel)), { inherit = st.s3root })
+  local used = { [prefix .. "/" .. require("chbackup.manifest").FILE] = true, [prefix .. "/" .. s3.LOCK] = true,
+    [prefix .. "/" .. require("chbackup.disks").RECORD_FILE] = true }
+  for _, e in ipairs(b and b.manifest.files or {}) do
+    local pieces, perr = chain.pieces(b, e)
+    if not pieces then
+      err = perr
+      break
+    end
+    for _, p in ipairs(pieces) do
+      if p.from == b.store then
+        used[p[1]] = true
+      end
+    end
+  end
+  if err then
+    alone[#alone + 1] = { name = rel, why = "a killed rebase's (" .. who .. ") .lock beside a backup that cannot be "
+      .. "read (" .. err .. "); left for `chbackup check`" }
+    return
+  end
+  found[#found + 1] = { name = rel, path = path,
+    why = "what a killed rebase (" .. who .. ") left: objects no file of the backup reads, and its .lock",
+    remove = function()
+      local keys = {}
+      for _, o in ipairs(c:list(prefix .. "/") or {}) do
+        if not used[o.key] then
+          keys[#keys + 1] = o.key
+        end
+      end
+      local ok, derr = true, nil
+      if #keys > 0 then
+        ok, derr = c:delete_many(keys)
+      end
+      if ok then
+        ok, derr = c:delete(prefix .. "/" .. s3.LOCK)
+      end
+      return ok, derr
+    end }
+end
+
+
 -- What killed runs left on an S3 store (see the table above): adds to
 -- found ({name=, path=, why=, remove = function() -> true | nil, err})
 -- and alone. dead: the holder ({host=, pid=}) of a policy lock this run
@@ -114,14 +189,15 @@ local function find_s3(st, found, alone, dead)
   local present = {}
   for _, e in ipairs(entries) do
     present[e.rel] = true
+    if e.locked and store.match_name(st.compiled, e.rel) then
+      killed_rebase(st, e.rel, found, alone, dead)
+    end
     if e.what == "incomplete" and not e.archive and store.match_name(st.compiled, e.rel) then
       local prefix = st:_key(e.rel)
       local text = c:get(prefix .. "/" .. s3.LOCK) or ""
-      local _, pid = lock.holder(text)
-      local host = text:match("\nhost ([^\n]*)")
-      local who = lock.who(text) .. " on host " .. tostring(host)
       local path = st:path_of(e.rel)
-      if s3.stale(text, path) or (dead and pid == dead.pid and host == dead.host) then
+      local gone, who = s3_dead(text, path, dead)
+      if gone then
         found[#found + 1] = { name = e.rel, path = path,
           why = "an unfinished backup of a killed BACKUP (" .. who .. "; .lock without .backup)",
           remove = function()

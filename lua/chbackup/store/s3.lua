@@ -36,6 +36,7 @@ local s3 = {}
 local from_collection, no_password
 
 s3.LOCK = ".lock"
+s3.REBASING = "rebasing\n"   -- last line of the `.lock` a rebase holds (begin_rebase)
 
 
 -- Resolving -------------------------------------------------------------------------
@@ -466,7 +467,8 @@ function s3.begin_rebase(dest, opts)
     return nil, "backup " .. dest.name .. " not found: no " .. manifest.FILE .. " at " .. dest.path
   end
   local ok
-  ok, err, code = c:put_if_absent(lock_key, lock.holder_text(opts.op_id) .. "host " .. hostname() .. "\nrebasing\n")
+  local text = lock.holder_text(opts.op_id) .. "host " .. hostname() .. "\n" .. s3.REBASING
+  ok, err, code = c:put_if_absent(lock_key, text)
   if not ok then
     return nil, "backup " .. dest.name .. ": " .. err, code
   end
@@ -680,7 +682,8 @@ end
 -- (`x.tar`, `x.tar.zst`, ... : config.archive_kind) as one object, its
 -- `x.tar.lock` alone an archive being written or killed (an upload never
 -- completed: S3 shows no object then). Returns {{rel=, what = "backup" |
--- "incomplete" | "deleting", archive = true for a tar}}, sorted by rel,
+-- "incomplete" | "deleting", archive = true for a tar, locked = true for a
+-- directory backup with a `.lock` too (a rebase)}}, sorted by rel,
 -- or nil, err, code.
 function s3.list(root)
   local c, err, code = client(root)
@@ -738,6 +741,7 @@ function s3.list(root)
         what = text:sub(-#DELETING) == DELETING and "deleting" or "incomplete"
       end
       out[#out + 1] = { rel = rel, what = what, archive = s.archive or nil,
+        locked = what == "backup" and not s.archive and s[s3.LOCK] or nil,
         problem = s.archive and what == "incomplete" and ("an unfinished tar archive (" .. rel .. s3.LOCK
           .. " without " .. rel:match("[^/]*$") .. ": a BACKUP running or killed)") or nil }
     end
