@@ -162,8 +162,8 @@ describe("S3 operations", function()
       { engine = "S3", args = { srv.url .. "/tars/full.tar", "S3RVER", "S3RVER" } }))
     local reader = assert(backup.open(r))
     local entry
-    for name, e in pairs(reader.entries) do
-      if name:match("^data/shop/customers/.*%.bin$") and e.size > 100 then entry = e break end
+    for _, e in ipairs(reader.reader:list()) do
+      if e.name:match("^data/shop/customers/.*%.bin$") and e.size > 100 then entry = e break end
     end
     reader:close()
     local i = entry.offset + entry.size // 2
