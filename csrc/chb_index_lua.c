@@ -121,6 +121,13 @@ static int index_add_from_base(lua_State *L) {
   return 2;
 }
 
+/* chb_index_get, raising when out of memory: 0, or -1 when out of range. */
+static int get_entry(lua_State *L, chb_index *idx, size_t i, chb_index_entry *e) {
+  int rc = chb_index_get(idx, i, e);
+  if (rc == -2) return luaL_error(L, "out of memory");
+  return rc;
+}
+
 static void push_hex(lua_State *L, chb_u128 v) {
   char hex[33];
   chb_u128_to_hex(v, hex);
@@ -132,7 +139,7 @@ static int index_get(lua_State *L) {
   chb_index *idx = check_index(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   chb_index_entry e;
-  if (i < 1 || chb_index_get(idx, (size_t)(i - 1), &e) != 0) return 0;
+  if (i < 1 || get_entry(L, idx, (size_t)(i - 1), &e) != 0) return 0;
   lua_createtable(L, 0, 3);
   lua_pushlstring(L, e.name, e.name_len);
   lua_setfield(L, -2, "name");
@@ -171,7 +178,7 @@ static int index_fields(lua_State *L) {
   chb_index *idx = check_index(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   chb_index_entry e;
-  if (i < 1 || chb_index_get(idx, (size_t)(i - 1), &e) != 0) return 0;
+  if (i < 1 || get_entry(L, idx, (size_t)(i - 1), &e) != 0) return 0;
   lua_pushlstring(L, e.name, e.name_len);
   lua_pushinteger(L, (lua_Integer)e.size);
   if (e.has_checksum)
@@ -179,6 +186,16 @@ static int index_fields(lua_State *L) {
   else
     lua_pushnil(L);
   return 3;
+}
+
+/* idx:name(i) -> name | nothing */
+static int index_name(lua_State *L) {
+  chb_index *idx = check_index(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  chb_index_entry e;
+  if (i < 1 || get_entry(L, idx, (size_t)(i - 1), &e) != 0) return 0;
+  lua_pushlstring(L, e.name, e.name_len);
+  return 1;
 }
 
 static int push_number(lua_State *L, long i) {
@@ -277,7 +294,7 @@ static const luaL_Reg index_methods[] = {
     {"find_content", index_find_content},                 {"prefix", index_prefix},
     {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
     {"compact", index_compact}, {"manifest_files", index_manifest_files},
-    {"add_from_base", index_add_from_base},
+    {"add_from_base", index_add_from_base}, {"name", index_name},
     {NULL, NULL}};
 
 static const luaL_Reg index_meta[] = {{"__gc", index_gc}, {"__len", index_len}, {NULL, NULL}};
