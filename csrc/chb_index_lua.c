@@ -84,6 +84,8 @@ static int index_add(lua_State *L) {
   return 1;
 }
 
+static int get_entry(lua_State *L, chb_index *idx, size_t i, chb_index_entry *e);
+
 /* idx:add_from_base(base, first, last, skip) -> files, bytes | nil, name:
  * the entries at positions first..last of base's name order (from 1; after
  * base:prefix), all but entry number `skip`, added as the files of a part
@@ -106,14 +108,14 @@ static int index_add_from_base(lua_State *L) {
     long n = chb_index_add_from_base(idx, bb->idx, (size_t)i, &existing);
     if (n == -1) {
       chb_index_entry e;
-      chb_index_get(idx, existing, &e);
+      get_entry(L, idx, existing, &e);
       lua_pushnil(L);
       lua_pushlstring(L, e.name, e.name_len);
       return 2;
     }
     if (n < 0) return luaL_error(L, "out of memory (index of %d files)", (int)chb_index_count(idx));
     chb_index_entry e;
-    chb_index_get(idx, (size_t)n, &e);
+    get_entry(L, idx, (size_t)n, &e);
     files++, bytes += e.size;
   }
   lua_pushinteger(L, files);
