@@ -9,6 +9,9 @@
  */
 #include "chb_hash.h"
 #include "chb_index.h"
+#include "chb_manifest.h"
+
+#include <stdlib.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -81,6 +84,52 @@ static int index_add(lua_State *L) {
   return 1;
 }
 
+static int get_entry(lua_State *L, chb_index *idx, size_t i, chb_index_entry *e);
+
+/* idx:add_from_base(base, first, last, skip) -> files, bytes | nil, name:
+ * the entries at positions first..last of base's name order (from 1; after
+ * base:prefix), all but entry number `skip`, added as the files of a part
+ * unchanged since that base (chb_index_add_from_base): no Lua value per
+ * file. nil, name: a name already there (none added after it). */
+static int index_add_from_base(lua_State *L) {
+  chb_index *idx = check_index(L);
+  index_box *bb = luaL_checkudata(L, 2, CHB_INDEX_MT);
+  if (!bb->idx) return luaL_error(L, "index is closed");
+  lua_Integer first = luaL_checkinteger(L, 3), last = luaL_checkinteger(L, 4);
+  lua_Integer skip = luaL_optinteger(L, 5, 0);
+  luaL_argcheck(L, bb->idx != idx, 2, "an index cannot take entries from itself");
+  lua_Integer files = 0;
+  uint64_t bytes = 0;
+  for (lua_Integer pos = first; pos <= last; pos++) {
+    long i = pos < 1 ? -1 : chb_index_sorted_at(bb->idx, (size_t)(pos - 1));
+    if (i < 0) return luaL_error(L, "position %d is not in the base's name order", (int)pos);
+    if (i + 1 == skip) continue;
+    size_t existing = 0;
+    long n = chb_index_add_from_base(idx, bb->idx, (size_t)i, &existing);
+    if (n == -1) {
+      chb_index_entry e;
+      get_entry(L, idx, existing, &e);
+      lua_pushnil(L);
+      lua_pushlstring(L, e.name, e.name_len);
+      return 2;
+    }
+    if (n < 0) return luaL_error(L, "out of memory (index of %d files)", (int)chb_index_count(idx));
+    chb_index_entry e;
+    get_entry(L, idx, (size_t)n, &e);
+    files++, bytes += e.size;
+  }
+  lua_pushinteger(L, files);
+  lua_pushinteger(L, (lua_Integer)bytes);
+  return 2;
+}
+
+/* chb_index_get, raising when out of memory: 0, or -1 when out of range. */
+static int get_entry(lua_State *L, chb_index *idx, size_t i, chb_index_entry *e) {
+  int rc = chb_index_get(idx, i, e);
+  if (rc == -2) return luaL_error(L, "out of memory");
+  return rc;
+}
+
 static void push_hex(lua_State *L, chb_u128 v) {
   char hex[33];
   chb_u128_to_hex(v, hex);
@@ -92,7 +141,7 @@ static int index_get(lua_State *L) {
   chb_index *idx = check_index(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   chb_index_entry e;
-  if (i < 1 || chb_index_get(idx, (size_t)(i - 1), &e) != 0) return 0;
+  if (i < 1 || get_entry(L, idx, (size_t)(i - 1), &e) != 0) return 0;
   lua_createtable(L, 0, 3);
   lua_pushlstring(L, e.name, e.name_len);
   lua_setfield(L, -2, "name");
@@ -131,7 +180,7 @@ static int index_fields(lua_State *L) {
   chb_index *idx = check_index(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   chb_index_entry e;
-  if (i < 1 || chb_index_get(idx, (size_t)(i - 1), &e) != 0) return 0;
+  if (i < 1 || get_entry(L, idx, (size_t)(i - 1), &e) != 0) return 0;
   lua_pushlstring(L, e.name, e.name_len);
   lua_pushinteger(L, (lua_Integer)e.size);
   if (e.has_checksum)
@@ -139,6 +188,16 @@ static int index_fields(lua_State *L) {
   else
     lua_pushnil(L);
   return 3;
+}
+
+/* idx:name(i) -> name | nothing */
+static int index_name(lua_State *L) {
+  chb_index *idx = check_index(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  chb_index_entry e;
+  if (i < 1 || get_entry(L, idx, (size_t)(i - 1), &e) != 0) return 0;
+  lua_pushlstring(L, e.name, e.name_len);
+  return 1;
 }
 
 static int push_number(lua_State *L, long i) {
@@ -205,16 +264,132 @@ static int index_gc(lua_State *L) {
   return 0;
 }
 
+/* idx:manifest_files(pos, name_order) -> text, next_pos | text, nil: the
+ * <file> records of `.backup` from position pos (from 1; in name order or
+ * in the order added), about 64 KiB of them; next_pos nil after the last.
+ * Raises when out of memory or on an entry that cannot be written (a file
+ * of size > 0 without a checksum: never in an index manifest.lua made). */
+static int index_manifest_files(lua_State *L) {
+  chb_index *idx = check_index(L);
+  lua_Integer from = luaL_checkinteger(L, 2);
+  int name_order = lua_toboolean(L, 3);
+  luaL_argcheck(L, from >= 1, 2, "a position from 1");
+  size_t pos = (size_t)(from - 1);
+  chb_manifest_buf out = {0};
+  int rc = chb_manifest_write_files(idx, name_order, &pos, &out, 64 * 1024);
+  if (rc != 0) {
+    free(out.p);
+    return luaL_error(L, "cannot write the manifest's file %d (out of memory, or a file without a checksum)",
+                      (int)pos + 1);
+  }
+  lua_pushlstring(L, out.p ? out.p : "", out.len);   /* (a raise here leaks out.p: only out of memory) */
+  free(out.p);
+  if (pos < chb_index_count(idx))
+    lua_pushinteger(L, (lua_Integer)pos + 1);
+  else
+    lua_pushnil(L);
+  return 2;
+}
+
 static const luaL_Reg index_methods[] = {
     {"add", index_add},       {"get", index_get},         {"fields", index_fields},         {"find", index_find},
     {"find_content", index_find_content},                 {"prefix", index_prefix},
     {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
-    {"compact", index_compact},
+    {"compact", index_compact}, {"manifest_files", index_manifest_files},
+    {"add_from_base", index_add_from_base}, {"name", index_name},
     {NULL, NULL}};
 
 static const luaL_Reg index_meta[] = {{"__gc", index_gc}, {"__len", index_len}, {NULL, NULL}};
 
-/* Adds core.index to the core table at the top of the stack. */
+/* --- core.manifest_reader ------------------------------------------------ */
+
+#define CHB_MANIFEST_READER_MT "chbackup.ManifestReader"
+
+typedef struct reader_box {
+  chb_manifest_read *r;   /* NULL once freed */
+} reader_box;
+
+static chb_manifest_read *check_reader(lua_State *L) {
+  reader_box *b = luaL_checkudata(L, 1, CHB_MANIFEST_READER_MT);
+  if (!b->r) luaL_error(L, "manifest reader is closed");
+  return b->r;
+}
+
+/* core.manifest_reader(idx) -> reader: reads `.backup`'s XML, adding its
+ * files to idx (anchored in the reader's user value). */
+static int core_manifest_reader(lua_State *L) {
+  chb_index *idx = check_index(L);
+  reader_box *b = lua_newuserdatauv(L, sizeof *b, 1);   /* idx, reader */
+  b->r = NULL;
+  luaL_setmetatable(L, CHB_MANIFEST_READER_MT);
+  lua_pushvalue(L, 1);                                   /* idx, reader, idx */
+  lua_setiuservalue(L, -2, 1);                           /* idx, reader */
+  b->r = chb_manifest_read_new(idx);
+  if (!b->r) return luaL_error(L, "out of memory");
+  return 1;
+}
+
+/* reader:feed(chunk | nil) -> true | nil, err: the next piece of the
+ * document (nil: its end); err: the first structural problem. */
+static int reader_feed(lua_State *L) {
+  chb_manifest_read *r = check_reader(L);
+  size_t n = 0;
+  const char *p = luaL_optlstring(L, 2, NULL, &n);
+  int rc = chb_manifest_read_feed(r, p, n, p == NULL);
+  if (rc == -2) return luaL_error(L, "out of memory reading a backup manifest");
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, chb_manifest_read_error(r));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* reader:header() -> { [field] = raw text }: the <config> scalars read */
+static int reader_header(lua_State *L) {
+  chb_manifest_read *r = check_reader(L);
+  lua_newtable(L);
+  const char *name, *value;
+  for (size_t i = 0; chb_manifest_read_header(r, i, &name, &value) == 0; i++) {
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, name);
+  }
+  return 1;
+}
+
+/* reader:file_error() -> the first problem of a file entry | nil */
+static int reader_file_error(lua_State *L) {
+  const char *e = chb_manifest_read_file_error(check_reader(L));
+  if (!e) return 0;
+  lua_pushstring(L, e);
+  return 1;
+}
+
+/* reader:check_copies(checksum_names) -> nil | the first copy (data_file)
+ * that does not name an entry of its size and checksum */
+static int reader_check_copies(lua_State *L) {
+  const char *e = chb_manifest_read_check_copies(check_reader(L), lua_toboolean(L, 2));
+  if (!e) return 0;
+  lua_pushstring(L, e);
+  return 1;
+}
+
+static int reader_gc(lua_State *L) {
+  reader_box *b = luaL_checkudata(L, 1, CHB_MANIFEST_READER_MT);
+  chb_manifest_read_free(b->r);
+  b->r = NULL;
+  return 0;
+}
+
+static const luaL_Reg reader_methods[] = {
+    {"feed", reader_feed}, {"header", reader_header}, {"file_error", reader_file_error},
+    {"check_copies", reader_check_copies}, {"close", reader_gc}, {NULL, NULL}};
+
+static const luaL_Reg reader_meta[] = {{"__gc", reader_gc}, {"__close", reader_gc}, {NULL, NULL}};
+
+/* Adds core.index and core.manifest_reader to the core table at the top
+ * of the stack. */
 void chb_open_index(lua_State *L) {
   luaL_newmetatable(L, CHB_INDEX_MT);   /* core, mt */
   luaL_setfuncs(L, index_meta, 0);
@@ -223,4 +398,11 @@ void chb_open_index(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, core_index);
   lua_setfield(L, -2, "index");
+  luaL_newmetatable(L, CHB_MANIFEST_READER_MT);   /* core, mt */
+  luaL_setfuncs(L, reader_meta, 0);
+  luaL_newlib(L, reader_methods);                 /* core, mt, methods */
+  lua_setfield(L, -2, "__index");                 /* core, mt */
+  lua_pop(L, 1);
+  lua_pushcfunction(L, core_manifest_reader);
+  lua_setfield(L, -2, "manifest_reader");
 }

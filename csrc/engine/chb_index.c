@@ -1,6 +1,9 @@
 /*
- * chb_index: see chb_index.h. Records in one array, names in one arena,
- * open-addressing tables of entry numbers (+1; 0 is an empty slot).
+ * chb_index: see chb_index.h. Records in one array; a name is two interned
+ * strings, its directory (up to its last '/') and its file name: a part's
+ * dozen files share one directory string and every part the same dozen
+ * file names, so a name costs 8 bytes, not its length (issue 14).
+ * Open-addressing tables of entry numbers (+1; 0 is an empty slot).
  */
 #include "chb_index.h"
 
@@ -23,10 +26,15 @@ enum { X_BASE_SIZE = 1, X_BASE_CHECKSUM = 2, X_DATA_FILE = 4 };
 typedef struct rec {
   uint64_t size;
   chb_u128 checksum;
-  uint32_t name_off, name_len;
-  uint32_t extra;   /* with F_EXTRA: its number in extras; with F_DATA_REF: an entry's */
+  uint32_t dir, leaf;   /* the name: interned strings (dir ends in '/', or is empty) */
+  uint32_t extra;       /* with F_EXTRA: its number in extras; with F_DATA_REF: an entry's */
   uint8_t flags;
 } rec;
+
+/* One interned string: bytes [off, off + len) of the strings arena. */
+typedef struct str {
+  uint32_t off, len;
+} str;
 
 /* What few entries have (an incremental's grown files, copies). */
 typedef struct extra {
@@ -41,8 +49,14 @@ struct chb_index {
   size_t count, cap;
   extra *extras;
   size_t nextra, extra_cap;
-  char *names;
+  char *names;             /* the arena: interned strings, extras' data_file */
   size_t names_len, names_cap;
+  str *strs;               /* interned strings, by id */
+  size_t nstrs, strs_cap;
+  uint32_t *by_str;        /* string hash -> id + 1 */
+  size_t by_str_cap;
+  char *scratch[2];        /* a name and a data_file put together by chb_index_get */
+  size_t scratch_cap[2];
   uint32_t *by_name;       /* name hash -> entry + 1 */
   size_t by_name_cap;      /* a power of two, or 0 */
   uint32_t *by_content;    /* (size, checksum) -> first entry + 1; built lazily */
@@ -59,6 +73,10 @@ void chb_index_free(chb_index *idx) {
   free(idx->recs);
   free(idx->extras);
   free(idx->names);
+  free(idx->strs);
+  free(idx->by_str);
+  free(idx->scratch[0]);
+  free(idx->scratch[1]);
   free(idx->by_name);
   free(idx->by_content);
   free(idx->sorted);
@@ -67,14 +85,19 @@ void chb_index_free(chb_index *idx) {
 
 size_t chb_index_count(const chb_index *idx) { return idx->count; }
 
-static uint64_t hash_bytes(const char *p, size_t n) {
-  uint64_t h = 1469598103934665603ull;   /* FNV-1a, then a final mix */
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+/* FNV-1a over a and then b (a name in its two pieces hashes as the whole
+ * name), then a final mix. */
+static uint64_t hash_two(const char *a, size_t an, const char *b, size_t bn) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < an; i++) h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
+  for (size_t i = 0; i < bn; i++) h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
   h ^= h >> 33;
   h *= 0xff51afd7ed558ccdull;
   h ^= h >> 33;
   return h;
 }
+
+static uint64_t hash_bytes(const char *p, size_t n) { return hash_two(p, n, NULL, 0); }
 
 static uint64_t hash_content(uint64_t size, chb_u128 sum) {
   uint64_t h = sum.lo ^ (sum.hi * 0x9E3779B97F4A7C15ull) ^ (size * 0xC2B2AE3D27D4EB4Full);
@@ -108,8 +131,53 @@ static int add_bytes(chb_index *idx, const char *s, size_t n, uint32_t *off) {
   return 0;
 }
 
+static const char *str_bytes(const chb_index *idx, uint32_t id) { return idx->names + idx->strs[id].off; }
+
+/* The id of the interned string s, added if new; -1 when out of memory. */
+static long intern(chb_index *idx, const char *s, size_t n) {
+  if (n > UINT32_MAX || idx->nstrs >= MAX_ENTRIES) return -1;
+  if ((idx->nstrs + 1) * 2 > idx->by_str_cap) {
+    size_t cap = idx->by_str_cap ? idx->by_str_cap * 2 : 64;
+    uint32_t *t = calloc(cap, sizeof *t);
+    if (!t) return -1;
+    for (size_t id = 0; id < idx->nstrs; id++) {
+      size_t k = (size_t)hash_bytes(str_bytes(idx, (uint32_t)id), idx->strs[id].len) & (cap - 1);
+      while (t[k]) k = (k + 1) & (cap - 1);
+      t[k] = (uint32_t)id + 1;
+    }
+    free(idx->by_str);
+    idx->by_str = t, idx->by_str_cap = cap;
+  }
+  size_t mask = idx->by_str_cap - 1, k = (size_t)hash_bytes(s, n) & mask;
+  for (; idx->by_str[k]; k = (k + 1) & mask) {
+    uint32_t id = idx->by_str[k] - 1;
+    if (idx->strs[id].len == n && memcmp(str_bytes(idx, id), s, n) == 0) return (long)id;
+  }
+  if (grow((void **)&idx->strs, &idx->strs_cap, idx->nstrs + 1, sizeof(str)) != 0) return -1;
+  str x = {0, (uint32_t)n};
+  if (add_bytes(idx, s, n, &x.off) != 0) return -1;
+  idx->strs[idx->nstrs] = x;
+  idx->by_str[k] = (uint32_t)idx->nstrs + 1;
+  return (long)idx->nstrs++;
+}
+
+/* Where a name's directory ends: after its last '/' (0: none). */
+static size_t dir_len(const char *name, size_t len) {
+  while (len > 0 && name[len - 1] != '/') len--;
+  return len;
+}
+
+static size_t name_len_of(const chb_index *idx, const rec *r) { return idx->strs[r->dir].len + idx->strs[r->leaf].len; }
+
 static int name_is(const chb_index *idx, const rec *r, const char *name, size_t len) {
-  return r->name_len == len && memcmp(idx->names + r->name_off, name, len) == 0;
+  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
+  return d->len + l->len == len && memcmp(idx->names + d->off, name, d->len) == 0 &&
+         memcmp(idx->names + l->off, name + d->len, l->len) == 0;
+}
+
+static uint64_t hash_rec(const chb_index *idx, const rec *r) {
+  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
+  return hash_two(idx->names + d->off, d->len, idx->names + l->off, l->len);
 }
 
 /* The slot of name in the by_name table: its entry's, or the empty one it
@@ -121,20 +189,16 @@ static size_t name_slot(const chb_index *idx, const char *name, size_t len) {
 }
 
 static int rehash_names(chb_index *idx, size_t cap) {
-  uint32_t *old = idx->by_name;
-  size_t old_cap = idx->by_name_cap;
-  idx->by_name = calloc(cap, sizeof(uint32_t));
-  if (!idx->by_name) {
-    idx->by_name = old;
-    return -1;
+  uint32_t *t = calloc(cap, sizeof(uint32_t));
+  if (!t) return -1;
+  for (size_t i = 0; i < idx->count; i++) {
+    size_t s = (size_t)hash_rec(idx, &idx->recs[i]) & (cap - 1);
+    while (t[s]) s = (s + 1) & (cap - 1);   /* (names are unique: no comparison) */
+    t[s] = (uint32_t)i + 1;
   }
+  free(idx->by_name);
+  idx->by_name = t;
   idx->by_name_cap = cap;
-  for (size_t i = 0; i < old_cap; i++) {
-    if (!old[i]) continue;
-    const rec *r = &idx->recs[old[i] - 1];
-    idx->by_name[name_slot(idx, idx->names + r->name_off, r->name_len)] = old[i];
-  }
-  free(old);
   return 0;
 }
 
@@ -154,8 +218,10 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if (grow((void **)&idx->recs, &idx->cap, idx->count + 1, sizeof(rec)) != 0) return -2;
   rec r = {0};
   r.size = e->size;
-  r.name_len = (uint32_t)e->name_len;
-  if (e->name_len > UINT32_MAX || add_bytes(idx, e->name, e->name_len, &r.name_off) != 0) return -2;
+  size_t dl = dir_len(e->name, e->name_len);
+  long dir = intern(idx, e->name, dl), leaf = dir < 0 ? -1 : intern(idx, e->name + dl, e->name_len - dl);
+  if (leaf < 0) return -2;
+  r.dir = (uint32_t)dir, r.leaf = (uint32_t)leaf;
   if (e->has_checksum) r.flags |= F_CHECKSUM, r.checksum = e->checksum;
   if (e->use_base != CHB_ABSENT) r.flags |= F_USE_BASE_SET | (e->use_base ? F_USE_BASE : 0);
   if (e->encrypted_by_disk != CHB_ABSENT) r.flags |= F_ENC_SET | (e->encrypted_by_disk ? F_ENC : 0);
@@ -195,21 +261,43 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   return (long)(idx->count - 1);
 }
 
-int chb_index_get(const chb_index *idx, size_t i, chb_index_entry *out) {
+long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *existing) {
+  chb_index_entry b, e = {0};
+  if (chb_index_get(base, i, &b) != 0) return -2;
+  e.name = b.name, e.name_len = b.name_len, e.size = b.size;
+  e.use_base = e.encrypted_by_disk = CHB_ABSENT;
+  if (b.size > 0) {
+    if (!b.has_checksum) return -2;
+    e.has_checksum = 1, e.checksum = b.checksum, e.use_base = 1;
+  }
+  e.no_content = 1;
+  return chb_index_add(idx, &e, existing);
+}
+
+/* rec's name put together in scratch buffer k; NULL when out of memory. */
+static const char *joined(chb_index *idx, const rec *r, int k, size_t *len) {
+  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
+  *len = (size_t)d->len + l->len;
+  if (grow((void **)&idx->scratch[k], &idx->scratch_cap[k], *len + 1, 1) != 0) return NULL;
+  memcpy(idx->scratch[k], idx->names + d->off, d->len);
+  memcpy(idx->scratch[k] + d->len, idx->names + l->off, l->len);
+  return idx->scratch[k];
+}
+
+int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
   if (i >= idx->count) return -1;
   const rec *r = &idx->recs[i];
   memset(out, 0, sizeof *out);
-  out->name = idx->names + r->name_off;
-  out->name_len = r->name_len;
+  out->name = joined(idx, r, 0, &out->name_len);
+  if (!out->name) return -2;
   out->size = r->size;
   out->has_checksum = (r->flags & F_CHECKSUM) != 0;
   out->checksum = r->checksum;
   out->use_base = (r->flags & F_USE_BASE_SET) ? (r->flags & F_USE_BASE) != 0 : CHB_ABSENT;
   out->encrypted_by_disk = (r->flags & F_ENC_SET) ? (r->flags & F_ENC) != 0 : CHB_ABSENT;
   if (r->flags & F_DATA_REF) {
-    const rec *d = &idx->recs[r->extra];
-    out->data_file = idx->names + d->name_off;
-    out->data_file_len = d->name_len;
+    out->data_file = joined(idx, &idx->recs[r->extra], 1, &out->data_file_len);
+    if (!out->data_file) return -2;
   } else if (r->flags & F_EXTRA) {
     const extra *x = &idx->extras[r->extra];
     out->has_base_size = (x->flags & X_BASE_SIZE) != 0;
@@ -277,23 +365,62 @@ long chb_index_find_content(chb_index *idx, uint64_t size, chb_u128 checksum) {
   return v ? (long)v - 1 : -1;
 }
 
+/* A name as its two pieces. */
+typedef struct pieces {
+  const char *a, *b;
+  size_t an, bn;
+} pieces;
+
+static pieces pieces_of(const chb_index *idx, const rec *r) {
+  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
+  pieces p = {idx->names + d->off, idx->names + l->off, d->len, l->len};
+  return p;
+}
+
+/* memcmp of the first n bytes of x's name with y (n <= both lengths). */
+static int cmp_pieces(pieces x, const char *y, size_t n) {
+  size_t k = x.an < n ? x.an : n;
+  int c = memcmp(x.a, y, k);
+  if (c || k == n) return c;
+  return memcmp(x.b, y + k, n - k);
+}
+
 static int cmp_names(const void *a, const void *b, void *arg) {
   const chb_index *idx = arg;
   const rec *x = &idx->recs[*(const uint32_t *)a], *y = &idx->recs[*(const uint32_t *)b];
-  size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
-  int c = memcmp(idx->names + x->name_off, idx->names + y->name_off, n);
+  if (x->dir == y->dir) {   /* (the usual case: two files of one part) */
+    const str *p = &idx->strs[x->leaf], *q = &idx->strs[y->leaf];
+    size_t n = p->len < q->len ? p->len : q->len;
+    int c = memcmp(idx->names + p->off, idx->names + q->off, n);
+    if (c) return c;
+    return p->len < q->len ? -1 : p->len > q->len;
+  }
+  pieces px = pieces_of(idx, x), py = pieces_of(idx, y);
+  size_t xn = px.an + px.bn, yn = py.an + py.bn, n = xn < yn ? xn : yn;
+  /* y's pieces against x's: y's first piece, then its second */
+  size_t k = py.an < n ? py.an : n;
+  int c = cmp_pieces(px, py.a, k);
+  if (!c && k < n) {
+    pieces rest = px;   /* x after its first k bytes */
+    if (k < rest.an) {
+      rest.a += k, rest.an -= k;
+    } else {
+      rest.b += k - rest.an, rest.bn -= k - rest.an, rest.a = rest.b, rest.an = rest.bn, rest.bn = 0;
+    }
+    c = cmp_pieces(rest, py.b, n - k);
+  }
   if (c) return c;
-  return x->name_len < y->name_len ? -1 : x->name_len > y->name_len;
+  return xn < yn ? -1 : xn > yn;
 }
 
 /* <0, 0 or >0: entry i's name before the names starting with prefix, one
  * of them, or after them. */
 static int cmp_prefix(const chb_index *idx, uint32_t i, const char *prefix, size_t len) {
   const rec *r = &idx->recs[i];
-  size_t n = r->name_len < len ? r->name_len : len;
-  int c = memcmp(idx->names + r->name_off, prefix, n);
+  size_t rn = name_len_of(idx, r), n = rn < len ? rn : len;
+  int c = cmp_pieces(pieces_of(idx, r), prefix, n);
   if (c) return c;
-  return r->name_len < len ? -1 : 0;
+  return rn < len ? -1 : 0;
 }
 
 int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo, size_t *hi) {
@@ -337,10 +464,12 @@ void chb_index_compact(chb_index *idx) {
   shrink((void **)&idx->recs, &idx->cap, idx->count, sizeof(rec));
   shrink((void **)&idx->extras, &idx->extra_cap, idx->nextra, sizeof(extra));
   shrink((void **)&idx->names, &idx->names_cap, idx->names_len + 1, 1);
+  shrink((void **)&idx->strs, &idx->strs_cap, idx->nstrs, sizeof(str));
 }
 
 size_t chb_index_memory(const chb_index *idx) {
   return sizeof *idx + idx->cap * sizeof(rec) + idx->extra_cap * sizeof(extra) + idx->names_cap +
-         (idx->by_name_cap + idx->by_content_cap) * sizeof(uint32_t) +
+         idx->strs_cap * sizeof(str) + idx->scratch_cap[0] + idx->scratch_cap[1] +
+         (idx->by_name_cap + idx->by_content_cap + idx->by_str_cap) * sizeof(uint32_t) +
          (idx->sorted ? idx->count * sizeof(uint32_t) : 0);
 }

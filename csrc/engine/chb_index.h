@@ -1,7 +1,7 @@
 /*
  * chb_index: the files of a backup manifest in one compact structure
- * (issue 14): a record of 40 bytes a file and its name in one arena,
- * instead of a Lua table and its strings per file. Looked up by name (a
+ * (issue 14): a record of 40 bytes a file, its name two interned strings
+ * (directory, file name), instead of a Lua table and its strings per file. Looked up by name (a
  * hash), by content (size and checksum: the first file of that content, in
  * the order added) and by name prefix (a name-sorted order, built once).
  * Entries are numbered from 0 in the order added. Not thread-safe.
@@ -44,11 +44,21 @@ void chb_index_free(chb_index *idx);
  * when out of memory (or past 4 GiB of names / 2^31 entries). */
 long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing);
 
+/* Adds entry i of base (another index: a base backup's) as the same file
+ * of a part unchanged since that backup: its name, size and checksum,
+ * use_base (an empty file has neither: no bytes to take from anywhere),
+ * not found by content (its bytes are not stored here). Returns as
+ * chb_index_add; -2 also when i is out of range or the entry has size > 0
+ * and no checksum. */
+long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *existing);
+
 size_t chb_index_count(const chb_index *idx);
 
 /* Entry i (0-based) into *out; its strings point into the index, valid
- * until the next add or free. Returns 0, or -1 if i is out of range. */
-int chb_index_get(const chb_index *idx, size_t i, chb_index_entry *out);
+ * until the next get, add or free of it (a name is put together in a
+ * buffer of the index). Returns 0, -1 if i is out of range, or -2 when out
+ * of memory. */
+int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out);
 
 /* The number of the entry named name, or -1. */
 long chb_index_find(const chb_index *idx, const char *name, size_t len);

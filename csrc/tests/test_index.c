@@ -118,13 +118,17 @@ static void test_many(void) {
   size_t lo, hi;
   CHECK(chb_index_prefix(idx, "data/db/t3/", 11, &lo, &hi) == 0 && hi - lo == (N + 3) / 7, "one table's %d files", (N + 3) / 7);
   chb_index_entry a, b;
+  char prev[64];
   ok = 1;
   for (size_t p = lo + 1; p < hi; p++) {
+    /* (a's name copied: the next get reuses the index's buffer) */
     chb_index_get(idx, (size_t)chb_index_sorted_at(idx, p - 1), &a);
+    size_t an = a.name_len;
+    memcpy(prev, a.name, an);
     chb_index_get(idx, (size_t)chb_index_sorted_at(idx, p), &b);
-    size_t n = a.name_len < b.name_len ? a.name_len : b.name_len;
-    int c = memcmp(a.name, b.name, n);
-    if (c > 0 || (c == 0 && a.name_len >= b.name_len)) ok = 0;
+    size_t n = an < b.name_len ? an : b.name_len;
+    int c = memcmp(prev, b.name, n);
+    if (c > 0 || (c == 0 && an >= b.name_len)) ok = 0;
   }
   CHECK(ok, "in name order");
   size_t mem = chb_index_memory(idx);
@@ -160,7 +164,45 @@ static void test_content_while_adding(void) {
   chb_index_free(idx);
 }
 
+/* Name order and prefixes where a name's directory and file name split
+ * differently (a name stored as two pieces compares as the whole name). */
+static void test_order_across_pieces(void) {
+  static const char *names[] = {
+      "a", "a/", "a/b", "a/bc", "ab", "ab/c", "a/b/c", "a/b/", "a/b/cd", "a/bb/c", "aa/b", "a//x", "b", "", "a/b/c/d",
+      "ab/", "a/b/ca", "a/b/c/", "z/a", "z/", "/", "//", "a/b/c/dd", "a/b/c/d/e",
+  };
+  enum { N = sizeof names / sizeof *names };
+  chb_index *idx = chb_index_new();
+  for (int i = 0; i < N; i++) {
+    chb_index_entry e = entry(names[i], 1, (uint64_t)i + 1);
+    CHECK(chb_index_add(idx, &e, NULL) == i, "added %s", names[i]);
+  }
+  for (int i = 0; i < N; i++)
+    CHECK(chb_index_find(idx, names[i], strlen(names[i])) == i, "found %s", names[i]);
+  size_t lo, hi;
+  CHECK(chb_index_prefix(idx, "", 0, &lo, &hi) == 0 && lo == 0 && hi == N, "all names");
+  int ok = 1;
+  for (size_t p = 1; p < N; p++) {
+    const char *x = names[chb_index_sorted_at(idx, p - 1)], *y = names[chb_index_sorted_at(idx, p)];
+    if (strcmp(x, y) >= 0) ok = 0;
+  }
+  CHECK(ok, "in the order of the whole names (strcmp)");
+  static const char *prefixes[] = {"a", "a/", "a/b", "a/b/", "a/b/c", "ab", "z", "/", "x", "a/b/c/d"};
+  for (size_t k = 0; k < sizeof prefixes / sizeof *prefixes; k++) {
+    size_t want = 0, len = strlen(prefixes[k]);
+    for (int i = 0; i < N; i++) want += strncmp(names[i], prefixes[k], len) == 0;
+    CHECK(chb_index_prefix(idx, prefixes[k], len, &lo, &hi) == 0 && hi - lo == want, "prefix %s: %zu names",
+          prefixes[k], want);
+    ok = 1;
+    for (size_t p = lo; p < hi; p++)
+      if (strncmp(names[chb_index_sorted_at(idx, p)], prefixes[k], len) != 0) ok = 0;
+    CHECK(ok, "prefix %s: each starts with it", prefixes[k]);
+  }
+  chb_index_free(idx);
+}
+
 int main(void) {
+  test_order_across_pieces();
   test_basics();
   test_content_while_adding();
   test_many();

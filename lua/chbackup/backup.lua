@@ -48,14 +48,6 @@ local function sort_by_name(list)
 end
 
 
--- Entries of part_from_base: use_base; part_in_base: chain.check trusts
--- the base for them (the part's checksums.txt, checked, stands for its
--- files). Shared through a metatable: three fields a file, not five, where
--- an unchanged incremental has hundreds of thousands of them.
-local IN_BASE = { __index = { use_base = true, part_in_base = true } }
-local EMPTY_IN_BASE = { __index = { part_in_base = true } }
-
-
 -- opts.from_base of plan.backup_files for an incremental on `base`: a part
 -- whose checksums.txt has the size and checksum of the base's checksums.txt
 -- of the part of the same name is that part unchanged (checksums.txt lists
@@ -63,6 +55,10 @@ local EMPTY_IN_BASE = { __index = { part_in_base = true } }
 -- place): its files are the base's entries under the part's name, all
 -- use_base, without a stat or a read of any other file. Costs per part one
 -- stat and one read of checksums.txt, and lookups in the base's index.
+-- Returns one entry, its checksums.txt's (decided and checked against the
+-- chain as any file), with `base_part` = {first, last, its number}: the
+-- positions of the part's entries in the base's name order, which
+-- add_base_part copies in C (no Lua value per file).
 local function part_from_base(base, read)
   local idx = base.manifest.index   -- (core.index: by name, and by name prefix in name order)
   return function(prefix, part_dir)
@@ -82,21 +78,25 @@ local function part_from_base(base, read)
     if sum ~= sums_checksum or size ~= sums_size then
       return nil
     end
-    local out = {}
     local first, last = idx:prefix(prefix)
-    for pos = first, last do
-      local i = idx:sorted(pos)
-      local name, fsize, checksum = idx:fields(i)
-      if i == si then
-        out[#out + 1] = { name = name, size = fsize, checksum = checksum, use_base = true }
-      elseif fsize > 0 then
-        out[#out + 1] = setmetatable({ name = name, size = fsize, checksum = checksum }, IN_BASE)
-      else
-        out[#out + 1] = setmetatable({ name = name, size = 0 }, EMPTY_IN_BASE)
-      end
-    end
-    return out
+    return { { name = prefix .. "checksums.txt", size = size, checksum = sum, use_base = true,
+      base_part = { first, last, si } } }
   end
+end
+
+
+-- The files of an unchanged part but its checksums.txt (part_from_base),
+-- into the new manifest's index straight from the base's, counted.
+local function add_base_part(decisions, base, e)
+  local range = e.base_part
+  local files, bytes = decisions.index:add_from_base(base.manifest.index, range[1], range[2], range[3])
+  if not files then   -- (never: plan.backup_files lists each part once)
+    return nil, "file " .. bytes .. " is listed twice"
+  end
+  local counters = decisions.counters
+  counters.num_files, counters.total_size = counters.num_files + files, counters.total_size + bytes
+  e.base_part = nil
+  return true
 end
 
 
@@ -237,6 +237,12 @@ function backup.run(ctx, req)
     on_data = function(list)
       disks.note(record, list)   -- which disk each part was on, when not the default one
       for _, d in ipairs(list) do   -- (the plan's tables, reused: one table a file)
+        if d.base_part then
+          local aok, aerr = add_base_part(decisions, base, d)
+          if not aok then
+            return nil, aerr
+          end
+        end
         d.src, d.path = d.path, nil
         pending[#pending + 1] = d
       end

@@ -389,10 +389,22 @@ function catalog.active_parts(tbl)
       end
     end
   end
+  -- a part is covered only by one of its own partition: compared within
+  -- each (a table of many partitions of one part each costs what its parts
+  -- are, not their square)
+  local by_partition = {}
+  for _, a in ipairs(parts) do
+    local list = by_partition[a.partition_id]
+    if not list then
+      list = {}
+      by_partition[a.partition_id] = list
+    end
+    list[#list + 1] = a
+  end
   local active = {}
   for _, a in ipairs(parts) do
     local covered = false
-    for _, b in ipairs(parts) do
+    for _, b in ipairs(by_partition[a.partition_id]) do
       if covers(b, a) then
         covered = true
         break

@@ -201,9 +201,7 @@ end
 function chain.check(b, opts)
   opts = opts or {}
   for _, e in ipairs(b.manifest.files) do
-    -- (part_in_base: a file of a part found unchanged since the base by its
-    -- checksums.txt, whose own entry is checked: backup.lua)
-    if (not opts.only_base or e.use_base or e.base_size) and not e.part_in_base then
+    if not opts.only_base or e.use_base or e.base_size then
       local pieces, err = chain.pieces(b, e)
       if not pieces then
         return nil, err
@@ -288,7 +286,9 @@ end
 --- Checks a batch of the entries of a backup being made on `base` against
 -- the chain: an incremental is recorded as created only once every file it
 -- relies on is there (ClickHouse reports success on a broken base); the
--- files it stores itself are checked by its writer while written.
+-- files it stores itself are checked by its writer while written. (A part
+-- unchanged since the base comes here as its checksums.txt alone: that the
+-- base holds it stands for the part's other files, listed in it.)
 -- writer: the chbackup.store writer of the backup. Returns true or nil, err.
 function chain.check_new(ctx, entries, base, writer)
   return chain.check({ dest = ctx.dest, manifest = { files = entries, by_name = {} }, cfg = ctx.config,

@@ -19,59 +19,60 @@ local contents = {}
 -- `.backup` would otherwise leave its data behind unnoticed.
 -- Returns dbs or nil, err.
 -- A table's data files, {rel=, file=} made on demand (t.data[k], #t.data,
--- ipairs) from the numbers of their entries in files: a small integer a
--- file is held, not two tables (issue 14).
-local function data_list(files, prefix_len)
-  local numbers = {}
-  return numbers, setmetatable({}, {
+-- ipairs) from the positions of the names under its prefix in the
+-- manifest's name order (core.index): nothing held per file (issue 14).
+local function data_list(m, prefix)
+  local idx, files = m.index, m.files
+  local first, last = idx:prefix(prefix)
+  return setmetatable({}, {
     __index = function(_, k)
-      local i = numbers[k]
-      if i then
-        local f = files[i]
-        return { rel = f.name:sub(prefix_len + 1), file = f }
+      if math.type(k) == "integer" and k >= 1 and k <= last - first + 1 then
+        local f = files[idx:sorted(first + k - 1)]
+        return { rel = f.name:sub(#prefix + 1), file = f }
       end
     end,
     __len = function()
-      return #numbers
+      return last - first + 1
     end,
   })
 end
 
 
 function contents.index(m, backup_name)
-  local dbs, files = {}, m.files
+  local dbs, idx = {}, m.index
   local function db_entry(esc)
     local name = names.unescape_file(esc)
     dbs[name] = dbs[name] or { name = name, escaped = esc, tables = {} }
     return dbs[name]
   end
-  local numbers = {}   -- [t]: the numbers of its data files' entries
   local function tbl_entry(esc_db, esc_t)
     local db = db_entry(esc_db)
     local name = names.unescape_file(esc_t)
     local t = db.tables[name]
     if not t then
       t = { name = name, escaped = esc_t }
-      numbers[t], t.data = data_list(files, #"data///" + #esc_db + #esc_t)
+      -- (its files are the names under this prefix: exactly those the
+      -- pattern below gives this table)
+      t.data = data_list(m, "data/" .. esc_db .. "/" .. esc_t .. "/")
       db.tables[name] = t
     end
     return t
   end
-  for i, f in ipairs(files) do
-    local esc_db = f.name:match("^metadata/([^/]+)%.sql$")
-    local mdb, mt = f.name:match("^metadata/([^/]+)/([^/]+)%.sql$")
-    local ddb, dt = f.name:match("^data/([^/]+)/([^/]+)/.")
+  for i = 1, #idx do
+    local name = idx:name(i)   -- (a string, not an entry's table: most are data files)
+    local esc_db = name:match("^metadata/([^/]+)%.sql$")
+    local mdb, mt = name:match("^metadata/([^/]+)/([^/]+)%.sql$")
+    local ddb, dt = name:match("^data/([^/]+)/([^/]+)/.")
     if esc_db then
-      db_entry(esc_db).metadata = f
+      db_entry(esc_db).metadata = m.files[i]
     elseif mdb then
-      tbl_entry(mdb, mt).metadata = f
+      tbl_entry(mdb, mt).metadata = m.files[i]
     elseif ddb then
-      local list = numbers[tbl_entry(ddb, dt)]
-      list[#list + 1] = i
+      tbl_entry(ddb, dt)
     else
       -- Everything ClickHouse writes into a backup is under metadata/ or
       -- data/; anything else is a damaged name whose file would be lost.
-      return nil, "backup " .. backup_name .. " is corrupt: it lists " .. f.name
+      return nil, "backup " .. backup_name .. " is corrupt: it lists " .. name
         .. ", which is no file of a database or table"
     end
   end

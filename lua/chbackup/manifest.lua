@@ -7,9 +7,10 @@
 --   <size>…</size><checksum>…</checksum>[<data_file>…</data_file>]
 --   [<use_base>true</use_base>][<base_size>…</base_size><base_checksum>…
 --   </base_checksum>]</file>…</contents></config>
--- Read with expat (lxp), streaming; written file by file.
+-- Read streaming and written from a core.index, its <file> records in C
+-- (csrc/engine/chb_manifest.c, expat); this module owns the format: the
+-- header, what each field means, the order of the checks.
 -- @module chbackup.manifest
-local lxp = require("lxp")
 local core = require("chbackup.core")
 
 local manifest = {}
@@ -17,17 +18,6 @@ local manifest = {}
 manifest.FILE = ".backup"
 local CHUNK = 64 * 1024
 
--- Scalar fields of <config> and of a <file>; anything else is ignored
--- (what later ClickHouse versions may add), with its subtree.
-local CONFIG_FIELDS = {
-  version = true, deduplicate_files = true, timestamp = true, uuid = true,
-  base_backup = true, base_backup_uuid = true, data_file_name_generator = true,
-}
-local FILE_FIELDS = {
-  name = true, size = true, checksum = true, data_file = true, use_base = true,
-  base_size = true, base_checksum = true, encrypted_by_disk = true,
-}
-local BOOLEANS = { ["true"] = true, ["1"] = true, ["false"] = false, ["0"] = false }
 local SUPPORTED_VERSION = 1
 
 
@@ -38,11 +28,6 @@ local function count_of(s)
   end
   local n = math.tointeger(tonumber(s))
   return n and n >= 0 and n or nil
-end
-
-
-local function is_checksum(s)
-  return #s == 32 and s:match("^%x+$") ~= nil
 end
 
 
@@ -69,201 +54,6 @@ local function shown(s)
     s = s:sub(1, 64) .. "..."
   end
   return (string.format("%q", s):gsub("\\\n", "\\n"))
-end
-
-
--- Reads the document through lxp: returns the raw header (every value a
--- string) or nil, err; each <file> goes, raw, to on_file(raw, i) as it
--- ends (no list of every file). Never raises: lxp's close() raises on a
--- document that ended in the middle, so it runs under pcall.
-local function read_xml(next_chunk, on_file)
-  local m = {}
-  local nfiles = 0
-  local bad                  -- the first problem the callbacks found
-  local stack = {}           -- open elements, the root first
-  local ignored              -- depth of an unknown element being skipped
-  local field                -- the scalar element being read
-  local text, ntext = {}, 0  -- its text, in pieces (one buffer, reused)
-  local file                 -- the <file> being read
-  local have_contents = false
-  local parser
-  local function fail(msg)
-    if not bad then
-      bad = msg
-      parser:stop()
-    end
-  end
-  parser = lxp.new({
-    StartElement = function(_, name)
-      if bad then
-        return
-      end
-      stack[#stack + 1] = name
-      local depth, parent = #stack, stack[#stack - 1]
-      if ignored then
-        return
-      elseif field then
-        fail("<" .. parent .. "> holds an element <" .. name .. ">")
-      elseif depth == 1 then
-        if name ~= "config" then
-          fail("its root element is <" .. name .. ">, not <config>")
-        end
-      elseif depth == 2 then
-        if CONFIG_FIELDS[name] then
-          if m[name] ~= nil then
-            fail("<" .. name .. "> appears twice")
-          end
-          field, ntext = name, 0
-        elseif name == "contents" then
-          if have_contents then
-            fail("<contents> appears twice")
-          end
-          have_contents = true
-        else
-          ignored = depth
-        end
-      elseif depth == 3 then
-        if name ~= "file" then
-          fail("<contents> holds an element <" .. name .. ">")
-        end
-        file = { name = nil, size = nil, checksum = nil }   -- (sized for these three)
-      elseif FILE_FIELDS[name] then
-        if file[name] ~= nil then
-          fail((file.name and ("file " .. file.name) or ("file entry " .. (nfiles + 1)))
-            .. " has two <" .. name .. ">")
-        end
-        field, ntext = name, 0
-      else
-        ignored = depth
-      end
-    end,
-    CharacterData = function(_, s)
-      if field and not bad then
-        ntext = ntext + 1
-        text[ntext] = s
-      end
-    end,
-    EndElement = function(_, name)
-      if bad then
-        return
-      end
-      local depth = #stack
-      stack[depth] = nil
-      if ignored then
-        if depth == ignored then
-          ignored = nil
-        end
-      elseif field then
-        local value = ntext == 1 and text[1] or table.concat(text, "", 1, ntext)
-        if depth == 2 then
-          m[name] = value
-        else
-          file[name] = value
-        end
-        field, ntext = nil, 0
-      elseif depth == 3 then
-        nfiles = nfiles + 1
-        on_file(file, nfiles)
-        file = nil
-      end
-    end,
-  })
-  local ok, res, err, line = true, true, nil, nil
-  while ok and res and not bad do
-    local chunk = next_chunk()
-    if chunk then
-      ok, res, err, line = pcall(parser.parse, parser, chunk)
-    else
-      ok, res, err, line = pcall(parser.parse, parser)
-      break
-    end
-  end
-  pcall(parser.close, parser)
-  if bad then
-    return nil, bad
-  elseif not ok then
-    return nil, tostring(res)
-  elseif not res then
-    return nil, tostring(err) .. (line and (" at line " .. tostring(line)) or "")
-  end
-  return m
-end
-
-
-local CHECKSUM_FIELDS = { "checksum", "base_checksum" }
-local BOOLEAN_FIELDS = { "use_base", "encrypted_by_disk" }
-
-
--- Checks and converts the values of one file entry (i-th); returns the
--- entry or nil, err.
-local function bad(name, msg)
-  return nil, "file " .. name .. ": " .. msg
-end
-
-
--- (converted in place: the raw table, holding only FILE_FIELDS, becomes
--- the entry; no second table and no closure per file)
-local function check_file(raw, i)
-  local name = raw.name
-  if name == nil then
-    return nil, "file entry " .. i .. " has no <name>"
-  end
-  if not manifest.safe_name(name) then
-    return nil, "file entry " .. i .. " has a name that is not a safe relative path: " .. shown(name)
-  end
-  local e = raw
-  local size = raw.size
-  if size == nil then
-    return bad(name, "no <size>")
-  end
-  e.size = count_of(size)
-  if not e.size then
-    return bad(name, "size " .. shown(size) .. " is not a non-negative integer")
-  end
-  for _, k in ipairs(CHECKSUM_FIELDS) do
-    local v = raw[k]
-    if v ~= nil then
-      if not is_checksum(v) then
-        return bad(name, k .. " " .. shown(v) .. " is not 32 hexadecimal digits")
-      end
-      e[k] = v:find("[A-F]") and v:lower() or v
-    end
-  end
-  if e.size > 0 and not e.checksum then
-    return bad(name, "no <checksum>")
-  end
-  for _, k in ipairs(BOOLEAN_FIELDS) do
-    local v = raw[k]
-    if v ~= nil then
-      e[k] = BOOLEANS[v]
-      if e[k] == nil then
-        return bad(name, k .. " " .. shown(v) .. " is not true or false")
-      end
-    end
-  end
-  local base_size = raw.base_size
-  if base_size ~= nil then
-    e.base_size = count_of(base_size)
-    if not e.base_size then
-      return bad(name, "base_size " .. shown(base_size) .. " is not a non-negative integer")
-    elseif e.base_size > e.size then
-      return bad(name, "base_size " .. e.base_size .. " is larger than its size " .. e.size)
-    elseif not e.use_base then
-      return bad(name, "base_size without <use_base>true</use_base>")
-    elseif e.base_size > 0 and e.base_size < e.size and not e.base_checksum then
-      return bad(name, "base_size " .. e.base_size .. " without <base_checksum>")
-    end
-    if e.base_size == 0 then
-      -- nothing from the base (as ClickHouse reads it): all stored here
-      e.base_size, e.base_checksum, e.use_base = nil, nil, false
-    end
-  elseif e.base_checksum then
-    return bad(name, "base_checksum without <base_size>")
-  end
-  if raw.data_file ~= nil and not manifest.safe_name(raw.data_file) then
-    return bad(name, "data_file is not a safe relative path: " .. shown(raw.data_file))
-  end
-  return e
 end
 
 
@@ -323,34 +113,21 @@ end
 -- input: never raises.
 function manifest.parse(next_chunk, what)
   local idx = core.index()
-  local file_err         -- the first problem of a file entry (reported after the header's)
-  local copies = {}      -- numbers of the entries with a data_file
-  local raw, err = read_xml(next_chunk, function(r, i)
-    if file_err then
-      return
-    end
-    local e, ferr = check_file(r, i)
-    if not e then
-      file_err = ferr
-      return
-    end
-    if e.data_file == e.name then
-      e.data_file = nil
-    end
-    local n = idx:add(e.name, e.size, e.checksum, e.use_base, e.encrypted_by_disk, e.base_size,
-      e.base_checksum, e.data_file)
-    if not n then
-      file_err = "file " .. e.name .. " is listed twice"
-    elseif e.data_file then
-      copies[#copies + 1] = n
-    end
-  end)
+  -- the XML and every <file> in C (chb_manifest.c: the same expat, these
+  -- checks and messages), straight into idx: nothing per file in Lua
+  local reader <close> = core.manifest_reader(idx)
+  local ok, err
+  repeat
+    local chunk = next_chunk()
+    ok, err = reader:feed(chunk)
+  until not ok or chunk == nil
   local function corrupt(msg)
     return nil, "backup manifest " .. tostring(what) .. " is corrupt: " .. msg
   end
-  if not raw then
+  if not ok then
     return corrupt(err)
   end
+  local raw = reader:header()
   if raw.version == nil then
     return corrupt("no <version>")
   end
@@ -375,27 +152,16 @@ function manifest.parse(next_chunk, what)
       return corrupt("deduplicate_files " .. shown(raw.deduplicate_files) .. " is not a non-negative integer")
     end
   end
+  local file_err = reader:file_error()
   if file_err then
     return corrupt(file_err)
   end
   -- A copy (data_file) names the entry of this backup that stores the same
   -- bytes, itself not a copy; with data_file_name_generator = 'checksum'
   -- (ClickHouse's), a name derived from the checksum that no entry has.
-  local checksum_names = m.data_file_name_generator == "checksum"
-  for _, n in ipairs(copies) do
-    local e = idx:get(n)
-    local p = idx:find(e.data_file)
-    if p or not checksum_names then
-      local primary = p and idx:get(p)
-      if not primary then
-        return corrupt("file " .. e.name .. " refers to data_file " .. e.data_file .. ", which it does not list")
-      elseif primary.size ~= e.size or primary.checksum ~= e.checksum then
-        return corrupt("file " .. e.name .. " refers to data_file " .. e.data_file .. " of another size or checksum")
-      elseif primary.data_file and primary.data_file ~= primary.name then
-        return corrupt("file " .. e.name .. " refers to data_file " .. e.data_file
-          .. ", which is itself a copy of " .. primary.data_file)
-      end
-    end
+  local copy_err = reader:check_copies(m.data_file_name_generator == "checksum")
+  if copy_err then
+    return corrupt(copy_err)
   end
   idx:compact()
   return manifest.indexed(m, idx)
@@ -467,18 +233,22 @@ function manifest.serialize(m, write)
     buf[n + 1], buf[n + 2], buf[n + 3] = a, b, c
     n = n + 3
   end
-  -- m.name_order (a manifest being made, in a core.index): written sorted
-  -- by name, as ClickHouse writes them, whatever order they were added in
-  local files, n_files, entry = m.files, #m.files, nil
-  if m.name_order and m.index then
-    local idx = m.index
-    local first = idx:prefix("")
-    entry = function(k)
-      return idx:get(idx:sorted(first + k - 1))
+  -- A manifest in a core.index: its <file> records written in C, a few
+  -- dozen KiB at a time (m.name_order, a manifest being made: sorted by
+  -- name, as ClickHouse writes them, whatever order they were added in)
+  if m.index then
+    local pos = 1
+    while pos do
+      local text
+      text, pos = m.index:manifest_files(pos, m.name_order)
+      write(text)
     end
+    write("</contents></config>")
+    return
   end
-  for k = 1, n_files do
-    local e = entry and entry(k) or files[k]
+  local files = m.files
+  for k = 1, #files do
+    local e = files[k]
     add("<file><name>", esc(e.name), "</name><size>")
     add(e.size, "</size>", "")
     if e.size > 0 then
