@@ -384,6 +384,24 @@ static int zipr_list(lua_State *L) {
   return 1;
 }
 
+/* r:entry(name) -> size, encrypted, method | nil: one entry, looked up by
+ * libzip's name hash (no Lua table per entry: archives of millions of
+ * files are read with memory bounded by the C reader's) */
+static int zipr_entry(lua_State *L) {
+  chb_zip_reader *r = check_reader(L);
+  long i = chb_zip_reader_locate(r, luaL_checkstring(L, 2));
+  chb_zip_entry_info info;
+  chb_error err;
+  if (i < 0) return 0;
+  if (chb_zip_reader_stat(r, (size_t)i, &info, &err) != 0) return chb_push_fail(L, &err);
+  lua_pushinteger(L, (lua_Integer)info.size);
+  lua_pushboolean(L, info.encrypted != 0);
+  const chb_codec_info *c = chb_codec_by_id(info.method);
+  if (c) lua_pushstring(L, c->name);
+  else lua_pushinteger(L, info.method);
+  return 3;
+}
+
 /* r:read(name) -> string | fail: a whole (small) entry, verified */
 static int zipr_read(lua_State *L) {
   chb_zip_reader *r = check_reader(L);
@@ -433,7 +451,7 @@ static int zipr_close(lua_State *L) {
 }
 
 static const luaL_Reg zipr_methods[] = {
-    {"list", zipr_list}, {"read", zipr_read}, {"close", zipr_close}, {NULL, NULL}};
+    {"list", zipr_list}, {"entry", zipr_entry}, {"read", zipr_read}, {"close", zipr_close}, {NULL, NULL}};
 
 /* ---- chbackup.TarReader ------------------------------------------------- */
 
@@ -490,6 +508,19 @@ static int tarr_list(lua_State *L) {
     lua_rawseti(L, -2, (lua_Integer)i + 1);             /* list */
   }
   return 1;
+}
+
+/* r:entry(name) -> size, offset, position | nil: one entry by the index's
+ * name hash; offset as in list, position its place in the archive (1:
+ * first) */
+static int tarr_entry(lua_State *L) {
+  tarr_box *b = check_tar_reader(L);
+  const chb_tar_entry *e = chb_tar_index_find(b->x, luaL_checkstring(L, 2));
+  if (!e) return 0;
+  lua_pushinteger(L, (lua_Integer)e->size);
+  lua_pushinteger(L, (lua_Integer)e->offset);
+  lua_pushinteger(L, (lua_Integer)(e - chb_tar_index_get(b->x, 0)) + 1);
+  return 3;
 }
 
 /* r:compressed() -> boolean */
@@ -555,7 +586,7 @@ static int tarr_close(lua_State *L) {
   return 0;
 }
 
-static const luaL_Reg tarr_methods[] = {{"list", tarr_list},   {"compressed", tarr_compressed},
+static const luaL_Reg tarr_methods[] = {{"list", tarr_list},   {"entry", tarr_entry}, {"compressed", tarr_compressed},
                                         {"read", tarr_read},   {"close", tarr_close},
                                         {NULL, NULL}};
 

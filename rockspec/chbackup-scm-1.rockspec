@@ -112,6 +112,7 @@ build = {
       ["chbackup.policy"] = "lua/chbackup/policy/init.lua",
       ["chbackup.policy.cli"] = "lua/chbackup/policy/cli.lua",
       ["chbackup.policy.junit"] = "lua/chbackup/policy/junit.lua",
+      ["chbackup.policy.s3lock"] = "lua/chbackup/policy/s3lock.lua",
       ["chbackup.policy.leftovers"] = "lua/chbackup/policy/leftovers.lua",
       ["chbackup.policy.runner"] = "lua/chbackup/policy/runner.lua",
       ["chbackup.policy.counter"] = "lua/chbackup/policy/counter.lua",

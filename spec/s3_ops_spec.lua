@@ -124,6 +124,90 @@ describe("S3 operations", function()
     assert.same({}, srv.objects("other"))
   end)
 
+  it("tar archives on S3 are listed (manifest read from the archive), checked and deleted; a killed one is incomplete", function()
+    local c = srv.client
+    h.sql(w, "BACKUP DATABASE shop TO " .. s3("tars/full.tar"))
+    h.clickhouse(w.data, { "INSERT INTO shop.customers SELECT * FROM shop.customers LIMIT 5" })
+    h.sql(w, "BACKUP DATABASE shop TO " .. s3("tars/inc.tar.zst") .. " SETTINGS base_backup = " .. s3("tars/full.tar"))
+    h.sql(w, "BACKUP TABLE shop.customers TO " .. s3("tars/dir"))
+    -- a killed tar BACKUP: its .lock beside, no archive (S3 shows no object of an unfinished upload)
+    assert(c:put("ops/tars/killed.tar.gz.lock", "operation x\npid 1\nhost elsewhere\n"))
+    local root = string.format("S3('%s/tars', 'S3RVER', 'S3RVER')", srv.url)
+    local rows = list(root)
+    local function row(rel) return rows[string.format("S3('%s/tars/%s')", srv.url, rel)] end
+    local full, inc = row("full.tar"), row("inc.tar.zst")
+    assert.same({ "full", "ok", 1 }, { full.kind, full.status, full.chain })
+    assert.same({ "incremental", "ok", 2 }, { inc.kind, inc.status, inc.chain })
+    assert.equal(string.format("S3('%s/tars/full.tar')", srv.url), inc.base_backup)
+    -- sizes: the archive's bytes as stored (one object), the files' bytes as restored
+    local st = assert(c:head("ops/tars/full.tar"))
+    assert.equal(st.size, full.stored_bytes)
+    assert.is_true(full.restored_bytes > 0 and full.restored_bytes < st.size)
+    assert.equal(assert(c:head("ops/tars/inc.tar.zst")).size, inc.stored_bytes)
+    assert.equal("ok", row("dir").status)
+    local killed = row("killed.tar.gz")
+    assert.equal("incomplete", killed.status)
+    assert.matches("killed%.tar%.gz%.lock without killed%.tar%.gz", killed.problem)
+    local n = 0
+    for _ in pairs(rows) do n = n + 1 end
+    assert.equal(4, n)
+
+    -- check reads every byte through the chain; a flipped byte in the archive is found
+    local ok, cout, _, cerr = chbackup("check " .. q(s3("tars/inc.tar.zst")) .. " --read-data")
+    assert.is_truthy(ok, cout .. cerr)
+    local bytes = c:get("ops/tars/full.tar")
+    -- a byte inside a data file's entry (its offset from the archive's index)
+    local backup = require("chbackup.store")
+    local r = assert(backup.resolve(assert(require("chbackup.config").load(w.config)),
+      { engine = "S3", args = { srv.url .. "/tars/full.tar", "S3RVER", "S3RVER" } }))
+    local reader = assert(backup.open(r))
+    local entry
+    for name, e in pairs(reader.entries) do
+      if name:match("^data/shop/customers/.*%.bin$") and e.size > 100 then entry = e break end
+    end
+    reader:close()
+    local i = entry.offset + entry.size // 2
+    assert(c:put("ops/tars/flipped.tar", bytes:sub(1, i - 1) .. string.char(bytes:byte(i) ~ 1) .. bytes:sub(i + 1)))
+    local code
+    ok, cout, code, cerr = chbackup("check " .. q(s3("tars/flipped.tar")) .. " --read-data")
+    assert.is_falsy(ok)
+    assert.equal(3, code, cout .. cerr)
+    assert.is_truthy((cout .. cerr):find("flipped.tar", 1, true), cout .. cerr)
+    assert(c:delete("ops/tars/flipped.tar"))
+
+    -- delete: the base refused while the incremental relies on it; then both, objects gone
+    local _, err
+    ok, _, _, err = chbackup("delete " .. q(s3("tars/full.tar")))
+    assert.is_falsy(ok)
+    assert.matches("is the base of S3%('[^']*/tars/inc%.tar%.zst'%)", err)
+    assert.is_truthy(c:head("ops/tars/full.tar"))
+    ok, _, _, err = chbackup("delete " .. q(s3("tars/inc.tar.zst")))
+    assert.is_truthy(ok, err)
+    assert.is_nil(c:head("ops/tars/inc.tar.zst"))
+    ok, _, _, err = chbackup("delete " .. q(s3("tars/full.tar")))
+    assert.is_truthy(ok, err)
+    assert.is_nil(c:head("ops/tars/full.tar"))
+    rows = list(root)
+    assert.is_nil(row("full.tar"))
+    assert.equal("ok", row("dir").status)
+  end)
+
+  it("a password on S3 is refused saying why and what to do; nothing is written", function()
+    local err = h.sql_refused(w, "BACKUP TABLE shop.customers TO " .. s3("enc") .. " SETTINGS password = 'pw'")
+    assert.matches("not supported on S3: ClickHouse takes a password only for zip archives", err)
+    assert.matches("Disk%(%.%.%.%) or File%(%.%.%.%) destination", err)
+    assert.is_nil(err:find("S3RVER", 1, true))
+    assert.same({}, srv.objects("enc"))
+    -- a password given to read plain S3 backups is not needed and does not hide them (as on disks)
+    h.sql(w, "BACKUP TABLE shop.customers TO " .. s3("plain"))
+    h.write(dir .. "/pw", "pw\n")
+    local ok, out, _, lerr = chbackup("list " .. q(string.format("S3('%s', 'S3RVER', 'S3RVER')", srv.url))
+      .. " --json --password-file " .. q(dir .. "/pw"))
+    assert.is_truthy(ok, lerr)
+    local plain = out:match('[^\n]*/plain\'%)"[^\n]*')
+    assert.equal("ok", cjson.decode(plain).status)
+  end)
+
   it("a policy on S3 makes, lists, verifies (restore drill from S3) and expires backups there", function()
     local c = srv.client
     h.write(dir .. "/secret", "S3RVER\n")

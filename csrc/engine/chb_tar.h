@@ -35,9 +35,9 @@
  * in archive order by one thread, a compressed archive is decompressed
  * once.
  *
- * Entry names with `..` components, absolute paths or backslashes, and
- * entries other than regular files and directories (which are skipped),
- * are refused. Errors name the archive and the entry. Codes: CHB_CORRUPT
+ * Entry names with `..` components, absolute paths or backslashes, a name
+ * twice, and entries other than regular files and directories (which are
+ * skipped), are refused. Errors name the archive and the entry. Codes: CHB_CORRUPT
  * (bad or truncated archive, size or checksum mismatch), CHB_INVALID (not
  * a tar name), CHB_EEXIST, CHB_ENOENT, CHB_CANCELLED, errno codes for I/O.
  */
@@ -108,7 +108,7 @@ typedef struct chb_tar_index chb_tar_index;
 chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err);
 size_t chb_tar_index_count(const chb_tar_index *x);
 const chb_tar_entry *chb_tar_index_get(const chb_tar_index *x, size_t i);
-/* The entry named `name` (the last one, as tar extracts), or NULL. */
+/* The entry named `name` (one lookup in a hash table), or NULL. */
 const chb_tar_entry *chb_tar_index_find(const chb_tar_index *x, const char *name);
 /* Is the archive compressed (its offsets are not file offsets)? */
 int chb_tar_index_compressed(const chb_tar_index *x);

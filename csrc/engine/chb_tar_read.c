@@ -140,6 +140,8 @@ static int next_file(struct archive *a, const char *path, struct archive_entry *
 struct chb_tar_index {
   chb_tar_entry *e;
   size_t count, cap;
+  size_t *by_name;     /* open addressing: entry index + 1, 0 empty; */
+  size_t by_name_cap;  /* a power of two, at least twice count */
   int compressed;
 };
 
@@ -149,10 +151,39 @@ const chb_tar_entry *chb_tar_index_get(const chb_tar_index *x, size_t i) {
 }
 int chb_tar_index_compressed(const chb_tar_index *x) { return x->compressed; }
 
+static size_t name_hash(const char *name) {
+  uint64_t h = 1469598103934665603ull;   /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 1099511628211ull;
+  return (size_t)(h ^ (h >> 32));
+}
+
+/* The slot of `name`: its entry's, or the empty one it would take. */
+static size_t name_slot(const chb_tar_index *x, const char *name) {
+  size_t mask = x->by_name_cap - 1, s = name_hash(name) & mask;
+  while (x->by_name[s] && strcmp(x->e[x->by_name[s] - 1].name, name) != 0) s = (s + 1) & mask;
+  return s;
+}
+
+/* Makes room for one more name; -1 when out of memory. */
+static int reserve_name(chb_tar_index *x) {
+  if (2 * (x->count + 1) <= x->by_name_cap) return 0;
+  size_t cap = x->by_name_cap ? 2 * x->by_name_cap : 512;
+  size_t *old = x->by_name, old_cap = x->by_name_cap;
+  if (!(x->by_name = calloc(cap, sizeof *x->by_name))) {
+    x->by_name = old;
+    return -1;
+  }
+  x->by_name_cap = cap;
+  for (size_t i = 0; i < old_cap; i++)
+    if (old[i]) x->by_name[name_slot(x, x->e[old[i] - 1].name)] = old[i];
+  free(old);
+  return 0;
+}
+
 const chb_tar_entry *chb_tar_index_find(const chb_tar_index *x, const char *name) {
-  for (size_t i = x->count; i > 0; i--)
-    if (strcmp(x->e[i - 1].name, name) == 0) return &x->e[i - 1];
-  return NULL;
+  if (!x->by_name_cap) return NULL;
+  size_t at = x->by_name[name_slot(x, name)];
+  return at ? &x->e[at - 1] : NULL;
 }
 
 void chb_tar_index_close(chb_tar_index *x) {
@@ -162,6 +193,7 @@ void chb_tar_index_close(chb_tar_index *x) {
     free((void *)x->e[i].data);
   }
   free(x->e);
+  free(x->by_name);
   free(x);
 }
 
@@ -212,6 +244,17 @@ chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err) {
       x->e = grown;
       x->cap = cap;
     }
+    if (reserve_name(x) != 0) {
+      chb_error_set(err, CHB_ENOMEM, "cannot index tar archive %s: out of memory", path);
+      goto fail;
+    }
+    /* A name twice is refused: tar would extract the last, a reader going
+     * forward finds the first, and a backup never holds a file twice. */
+    size_t slot = name_slot(x, name);
+    if (x->by_name[slot]) {
+      chb_error_set(err, CHB_CORRUPT, "tar archive %s has two entries named %s", path, name);
+      goto fail;
+    }
     chb_tar_entry *e = &x->e[x->count];
     memset(e, 0, sizeof *e);
     e->size = (uint64_t)archive_entry_size(ae);
@@ -221,6 +264,7 @@ chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err) {
       goto fail;
     }
     x->count++;
+    x->by_name[slot] = x->count;
     end = e->offset + e->size;
     if (x->compressed && e->size <= KEEP_ENTRY_MAX && kept + e->size <= KEEP_TOTAL_MAX) {
       if (!(e->data = read_whole(a, path, e->name, e->size, err))) goto fail;

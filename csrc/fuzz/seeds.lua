@@ -1,7 +1,8 @@
 --- Writes the seed corpora of the fuzz targets into csrc/fuzz/corpus/<target>/
 -- from the fixtures (run from the repository root after scripts/setup:
 -- `lua5.4 csrc/fuzz/seeds.lua`; sql seeds are the statements of
--- spec/sql_spec.lua, recorded by `lua5.4 csrc/fuzz/seeds.lua sql`).
+-- spec/sql_spec.lua, recorded by `lua5.4 csrc/fuzz/seeds.lua sql`; tar seeds
+-- by `lua5.4 csrc/fuzz/seeds.lua tar`, which needs bsdtar).
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = "build/?.so;" .. package.cpath
 local lfs = require("lfs")
@@ -44,6 +45,48 @@ local function find(dir, pattern, out)
   end
   table.sort(out)
   return out
+end
+
+if arg[1] == "tar" then
+  -- tar: a small backup written by chbackup's writer with each of
+  -- ClickHouse's suffixes, and by bsdtar in its other formats (gnu long
+  -- names, pax, "./" prefixes, directory entries), as found in the wild
+  local core = require("chbackup.core")
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(lfs.mkdir(dir))
+  local files = { { ".backup", "<config><version>1</version></config>" },
+    { "metadata/db/t.sql", "CREATE TABLE db.t (x UInt8) ENGINE = Log" },
+    { "data/db/t/x.bin", string.rep("abc", 40) },
+    { "data/db/t/" .. string.rep("n", 120) .. ".bin", "long name" }, { "data/db/t/empty", "" } }
+  for _, suffix in ipairs({ ".tar", ".tar.gz", ".tar.zst", ".tar.xz", ".tar.bz2", ".tar.lzma" }) do
+    local path = dir .. "/b" .. suffix
+    local w = assert(core.tar_writer(path, {}))
+    for _, f in ipairs(files) do
+      assert(w:add_bytes(f[1], f[2]))
+    end
+    assert(w:start())
+    w:wait()
+    assert(w:result())
+    w:close()
+    seed("tar", read(path))
+  end
+  local src = dir .. "/src"
+  for _, f in ipairs(files) do
+    local parent = f[1]:match("^(.*)/") or "."
+    os.execute(string.format("mkdir -p '%s/%s' && printf %%s '%s' > '%s/%s'", src, parent, f[2], src, f[1]))
+  end
+  for _, args in ipairs({ "--format gnutar", "--format pax", "--format ustar -z", "--format pax --zstd" }) do
+    local path = dir .. "/bsd.tar"
+    os.remove(path)
+    assert(os.execute(string.format("bsdtar %s -cf '%s' -C '%s' .", args, path, src)))
+    seed("tar", read(path))
+  end
+  os.execute("rm -rf '" .. dir .. "'")
+  for t, n in pairs(counts) do
+    print(t, n)
+  end
+  os.exit(0)
 end
 
 if arg[1] == "sql" then

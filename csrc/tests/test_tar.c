@@ -2,7 +2,8 @@
  * Tar archives (chb_tar.h): the writer's format and suffixes, its checks
  * (sizes, checksums, names, an existing archive), the index and its
  * offsets, reading entries through the cursor in and out of archive order
- * and as source pieces, and corrupted or truncated archives.
+ * and as source pieces, corrupted or truncated archives, a name twice,
+ * and lookups among many names.
  * Everything lives in a mkdtemp directory under /tmp, removed at the end.
  */
 #include "chb_hash.h"
@@ -155,6 +156,53 @@ static void test_corrupt(void) {
   }
 }
 
+/* A name twice (two archives' entries joined) is refused; many names are
+ * each found by their own lookup. */
+static void test_names(void) {
+  char archive[512], twice[512], name[32];
+  chb_error err;
+  path_of(archive, sizeof archive, "one.tar");
+  chb_tar_writer *w = chb_tar_writer_new(archive, NULL, &err);
+  CHECK(w && chb_tar_writer_add_bytes(w, "x", "1", 1, &err) >= 0 && chb_tar_writer_finish(w, &err) == 0,
+        "an archive of one entry");
+  chb_tar_writer_free(w);
+  size_t len = 0;
+  unsigned char *one = slurp(archive, &len);
+  CHECK(len == 2048, "one entry: header, data block, end of archive (%zu bytes)", len);
+  unsigned char *two = malloc(2 * len - 1024);
+  memcpy(two, one, len - 1024);   /* without its end-of-archive blocks */
+  memcpy(two + len - 1024, one, len);
+  path_of(twice, sizeof twice, "twice.tar");
+  spit(twice, two, 2 * len - 1024);
+  chb_tar_index *x = chb_tar_index_open(twice, 0, &err);
+  CHECK(!x && err.code == CHB_CORRUPT && strstr(err.msg, "two entries named x") && strstr(err.msg, twice),
+        "a name twice: CORRUPT, naming archive and entry (%s)", x ? "" : err.msg);
+  chb_tar_index_close(x);
+  free(one);
+  free(two);
+
+  path_of(archive, sizeof archive, "many.tar.gz");
+  w = chb_tar_writer_new(archive, NULL, &err);
+  int added = 0;
+  for (int i = 0; w && i < 3000; i++) {
+    snprintf(name, sizeof name, "part_%d/c.bin", i);
+    added += chb_tar_writer_add_bytes(w, name, name, strlen(name), &err) >= 0;
+  }
+  CHECK(added == 3000 && chb_tar_writer_finish(w, &err) == 0, "3000 entries written");
+  chb_tar_writer_free(w);
+  x = chb_tar_index_open(archive, 0, &err);
+  int found = 0;
+  for (int i = 0; x && i < 3000; i++) {
+    snprintf(name, sizeof name, "part_%d/c.bin", i);
+    const chb_tar_entry *e = chb_tar_index_find(x, name);
+    found += e && e == chb_tar_index_get(x, (size_t)i) && e->data && memcmp(e->data, name, strlen(name)) == 0;
+  }
+  CHECK(found == 3000, "each of 3000 entries found by name, with its bytes (%d)", found);
+  CHECK(x && !chb_tar_index_find(x, "part_3000/c.bin") && !chb_tar_index_find(x, "part_1"),
+        "names not in the archive are not found");
+  chb_tar_index_close(x);
+}
+
 int main(void) {
   if (!mkdtemp(root)) {
     perror("mkdtemp");
@@ -167,6 +215,7 @@ int main(void) {
   test_round_trips(src, data);
   test_refusals(src, data);
   test_corrupt();
+  test_names();
   chb_tar_cache_clear();
   free(data);
   char cmd[600];

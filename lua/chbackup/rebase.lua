@@ -9,7 +9,10 @@
 -- stored once (file_plan.decide, as a full backup stores them). Then it
 -- takes the backup's place so that the name never lacks a backup: two
 -- directories are swapped atomically (renameat2 exchange) and the old one
--- is deleted whole; a zip is renamed over the old one. The new backup keeps
+-- is deleted whole; a zip is renamed over the old one. On S3 (no rename)
+-- the new files are written into the backup's own prefix, `.backup`
+-- switched last, then what only the old one stored deleted
+-- (chbackup.store.s3's begin_rebase). The new backup keeps
 -- the uuid and timestamp: its contents are the same, so a backup made on it
 -- still finds the base it recorded.
 -- @module chbackup.rebase
@@ -146,12 +149,19 @@ function rebase.run(cfg, name, opts)
   if not to_store then
     return nil, derr
   end
-  local tmp = beside(b)
-  local writer, code
-  writer, err, code = store.begin_write(tmp, {
+  local wopts = {
     op_id = opts.op_id or ("rebase-" .. core.getpid()), threads = opts.threads,
     password = b.store.encrypted and opts.password or nil, compression_method = b.store.method,
-  })
+  }
+  -- in place where there is no rename (S3), else beside and swapped in
+  local tmp = b.dest
+  local writer, code
+  writer, err, code = store.begin_rebase(b.dest, wopts)
+  local in_place = writer ~= false
+  if not in_place then
+    tmp = beside(b)
+    writer, err, code = store.begin_write(tmp, wopts)
+  end
   if not writer then
     return nil, err, code
   end
@@ -205,6 +215,9 @@ function rebase.run(cfg, name, opts)
   end
   if not done then
     return nil, "rebase of backup " .. name .. " failed: " .. err, code
+  end
+  if in_place then
+    return written + done.manifest_size
   end
   local ok
   ok, err = swap_in(b, tmp, name)

@@ -14,6 +14,22 @@
 --   `<scratch>/chbackup-verify-<policy>-*` whose             a killed verify
 --     `.chbackup-verify.lock` nobody holds
 --
+-- On S3 (no flock: a lock's holder is judged by its text, chbackup.store.s3
+-- and chbackup.policy.s3lock):
+--
+--   `<name>/.lock` without `.backup`, its holder on this     a killed BACKUP
+--     host and gone, or the holder of the policy lock this
+--     run took over as dead
+--   `<name>.chbackup.json` whose backup is gone              a killed deletion
+--   `<name>/.lock` saying `rebasing` beside `.backup`, its   a killed rebase:
+--     holder provably dead (as above)                        the objects no
+--                                                            file of `.backup`
+--                                                            reads, `.lock` last
+--
+-- Any other `.lock` without `.backup` (another host's, not provably dead) is
+-- left alone and warned about; a deletion cut short (its `.lock` says
+-- `deleting`) is finished by the run (finish_deletions), as on disks.
+--
 -- A name is considered only when it matches the policy's destination
 -- pattern (with one of these suffixes); symbolic links are never followed.
 -- @module chbackup.policy.leftovers
@@ -31,6 +47,7 @@ leftovers.VERIFY_LOCK = ".chbackup-verify.lock"
 local BACKUP_ENTRIES = { data = true, metadata = true, [".chbackup-encryption"] = true }
 
 local RECORD_SUFFIX = ".chbackup.json"
+local killed_rebase
 
 
 local function mode(path)
@@ -88,13 +105,138 @@ local function walk(st, fn)
 end
 
 
---- Finds what killed runs of the policy left. st: a disk store (memory
--- stores have none); scratch: the verification scratch root (or nil).
--- Returns a list of {path=, name=, why=, last=} (to remove) and a list of
--- {name=, why=} left alone.
-function leftovers.find(st, pol, scratch)
+-- Whether the holder a `.lock`'s text names is provably gone: on this
+-- host with its process gone, or the dead holder of the policy lock.
+local function s3_dead(text, path, dead)
+  local _, pid = lock.holder(text)
+  local host = text:match("\nhost ([^\n]*)")
+  return require("chbackup.store.s3").stale(text, path) or (dead and pid == dead.pid and host == dead.host),
+    lock.who(text) .. " on host " .. tostring(host)
+end
+
+
+-- A backup at rel with a `.lock` beside `.backup`: a rebase's (s3.REBASING)
+-- whose holder is provably dead left objects that no file of the backup
+-- reads (those only the new manifest would have used, or after the switch
+-- those only the old one used). They are the objects below the prefix
+-- but `.backup`, `.lock`, the disks record and every object a piece of the
+-- chain reads from this backup (chain.pieces, as RESTORE reads).
+function killed_rebase(st, rel, found, alone, dead)
+  local s3 = require("chbackup.store.s3")
+  local chain = require("chbackup.chain")
+  local c, prefix, path = st.client, st:_key(rel), st:path_of(rel)
+  local text = c:get(prefix .. "/" .. s3.LOCK) or ""
+  if text:sub(-#s3.REBASING) ~= s3.REBASING then
+    return
+  end
+  local gone, who = s3_dead(text, path, dead)
+  if not gone then
+    alone[#alone + 1] = { name = rel, why = "being rebased by " .. who .. ", which cannot be proven dead from here" }
+    return
+  end
+  local b, err = chain.open(st.cfg, chain.parse_name(st:destination(rel)), { inherit = st.s3root })
+  local used = { [prefix .. "/" .. require("chbackup.manifest").FILE] = true, [prefix .. "/" .. s3.LOCK] = true,
+    [prefix .. "/" .. require("chbackup.disks").RECORD_FILE] = true }
+  for _, e in ipairs(b and b.manifest.files or {}) do
+    local pieces, perr = chain.pieces(b, e)
+    if not pieces then
+      err = perr
+      break
+    end
+    for _, p in ipairs(pieces) do
+      if p.from == b.store then
+        used[p[1]] = true
+      end
+    end
+  end
+  if err then
+    alone[#alone + 1] = { name = rel, why = "a killed rebase's (" .. who .. ") .lock beside a backup that cannot be "
+      .. "read (" .. err .. "); left for `chbackup check`" }
+    return
+  end
+  found[#found + 1] = { name = rel, path = path,
+    why = "what a killed rebase (" .. who .. ") left: objects no file of the backup reads, and its .lock",
+    remove = function()
+      local keys = {}
+      for _, o in ipairs(c:list(prefix .. "/") or {}) do
+        if not used[o.key] then
+          keys[#keys + 1] = o.key
+        end
+      end
+      local ok, derr = true, nil
+      if #keys > 0 then
+        ok, derr = c:delete_many(keys)
+      end
+      if ok then
+        ok, derr = c:delete(prefix .. "/" .. s3.LOCK)
+      end
+      return ok, derr
+    end }
+end
+
+
+-- What killed runs left on an S3 store (see the table above): adds to
+-- found ({name=, path=, why=, remove = function() -> true | nil, err})
+-- and alone. dead: the holder ({host=, pid=}) of a policy lock this run
+-- took over as dead, or nil.
+local function find_s3(st, found, alone, dead)
+  local s3 = require("chbackup.store.s3")
+  local c, root = st.client, st.s3root
+  local entries = require("chbackup.store").list(root)
+  if not entries then
+    return
+  end
+  local present = {}
+  for _, e in ipairs(entries) do
+    present[e.rel] = true
+    if e.locked and store.match_name(st.compiled, e.rel) then
+      killed_rebase(st, e.rel, found, alone, dead)
+    end
+    if e.what == "incomplete" and not e.archive and store.match_name(st.compiled, e.rel) then
+      local prefix = st:_key(e.rel)
+      local text = c:get(prefix .. "/" .. s3.LOCK) or ""
+      local path = st:path_of(e.rel)
+      local gone, who = s3_dead(text, path, dead)
+      if gone then
+        found[#found + 1] = { name = e.rel, path = path,
+          why = "an unfinished backup of a killed BACKUP (" .. who .. "; .lock without .backup)",
+          remove = function()
+            local ok, err = s3.delete_all(c, { prefix = prefix }, s3.LOCK)
+            if ok then
+              ok, err = c:delete(prefix .. "/" .. s3.LOCK)
+            end
+            return ok, err
+          end }
+      else
+        alone[#alone + 1] = { name = e.rel, why = "an unfinished backup (.lock without .backup) of " .. who
+          .. ", which cannot be proven dead from here; if it is, `chbackup delete` it" }
+      end
+    end
+  end
+  local prefix = root.prefix ~= "" and root.prefix .. "/" or ""
+  for _, o in ipairs(c:list(prefix) or {}) do
+    local rel = o.key:sub(#prefix + 1)
+    local name = rel:sub(1, #rel - #RECORD_SUFFIX)
+    if rel:sub(-#RECORD_SUFFIX) == RECORD_SUFFIX and store.match_name(st.compiled, name) and not present[name] then
+      found[#found + 1] = { name = rel, path = st:record_path(name), why = "a policy record whose backup is gone",
+        remove = function() return c:delete(o.key) end }
+    end
+  end
+end
+
+
+--- Finds what killed runs of the policy left. st: a disk or S3 store
+-- (memory stores have none); scratch: the verification scratch root (or
+-- nil); dead: on S3, the holder of the policy lock taken over (or nil).
+-- Returns a list of {path=, name=, why=, last= | remove=} (to remove) and
+-- a list of {name=, why=} left alone.
+function leftovers.find(st, pol, scratch, dead)
   local found, alone = {}, {}
-  if not st.root then
+  if st.s3root then
+    find_s3(st, found, alone, dead)
+    leftovers.find_scratch(pol, scratch, found, alone)
+    return found, alone
+  elseif not st.root then
     return found, alone
   end
   local function add(path, rel, why, last)
@@ -148,6 +290,17 @@ function leftovers.find(st, pol, scratch)
       end
     end
   end)
+  leftovers.find_scratch(pol, scratch, found, alone)
+  return found, alone
+end
+
+
+--- Adds killed verifications' scratch data paths below scratch to found
+-- (those a live one holds to alone).
+function leftovers.find_scratch(pol, scratch, found, alone)
+  local function add(path, rel, why, last)
+    found[#found + 1] = { path = path, name = rel, why = why, last = last }
+  end
   if scratch and mode(scratch) == "directory" then
     local prefix = "chbackup-verify-" .. pol.name .. "-"
     for e in lfs.dir(scratch) do
@@ -164,7 +317,6 @@ function leftovers.find(st, pol, scratch)
       end
     end
   end
-  return found, alone
 end
 
 
@@ -173,11 +325,16 @@ end
 function leftovers.clean(st, list, log)
   local n, errors = 0, {}
   for _, x in ipairs(list) do
-    local ok, err = remove_tree(x.path, x.last)
+    local ok, err
+    if x.remove then
+      ok, err = x.remove()
+    else
+      ok, err = remove_tree(x.path, x.last)
+    end
     if ok then
       n = n + 1
       log(x.name, "removed " .. x.path .. ": " .. x.why)
-      if x.path:sub(1, #st.root + 1) == st.root .. "/" then
+      if st.root and x.path:sub(1, #st.root + 1) == st.root .. "/" then
         st:_remove_empty_parents(x.path)
       end
     else
@@ -185,7 +342,7 @@ function leftovers.clean(st, list, log)
       log(x.name, "cannot remove " .. x.path .. " (" .. x.why .. "): " .. tostring(err), "error")
     end
   end
-  if n > 0 then
+  if n > 0 and st.root then
     core.fsync(st.root)
   end
   return n, errors

@@ -16,11 +16,13 @@ local chain = require("chbackup.chain")
 local config = require("chbackup.config")
 local core = require("chbackup.core")
 local fsutil = require("chbackup.fsutil")
+local jobs = require("chbackup.runner")
 local lock = require("chbackup.lock")
 local sql = require("chbackup.sql")
 local counter = require("chbackup.policy.counter")
 local leftovers = require("chbackup.policy.leftovers")
 local retention = require("chbackup.policy.retention")
+local s3lock = require("chbackup.policy.s3lock")
 local schedule = require("chbackup.policy.schedule")
 local selection = require("chbackup.policy.selection")
 local store_mod = require("chbackup.policy.store")
@@ -131,7 +133,8 @@ local function on_error(ctx, step, name, err)
 end
 
 
--- Locking: one run of a policy at a time, per destination: an flock(2) on
+-- Locking: one run of a policy at a time, per destination (on S3 a lock
+-- object with a heartbeat, acquire_s3): an flock(2) on
 -- `<root>/.chbackup-policy-<name>.lock` (chbackup.lock), released by the
 -- kernel if the run is killed. (Older versions made the lock a directory
 -- with the owner's pid: one whose process is gone is taken over.)
@@ -144,9 +147,37 @@ local function lock_path(ctx)
 end
 
 
+-- On S3 (no flock): a lock object with a heartbeat (chbackup.policy.s3lock),
+-- refreshed from the job poll loop while a BACKUP or RESTORE runs and
+-- between steps (still_locked).
+local function acquire_s3(ctx, what)
+  local st = ctx.store
+  local lk, err = s3lock.take(st.client, st.s3root, ctx.pol.name, { what = what, clock = ctx.env.lock_clock,
+    log = function(msg) ctx.log("lock", nil, msg, "warn") end })
+  if not lk then
+    return nil, err
+  end
+  ctx.s3lock = lk
+  ctx.previous_observer = jobs.observe(nil)
+  local previous = ctx.previous_observer
+  jobs.observe(function(event, p)
+    if previous then
+      previous(event, p)
+    end
+    lk:refresh()
+  end)
+  return true
+end
+
+
 local function acquire(ctx, what)
+  if ctx.env.lock == false then
+    return true
+  elseif ctx.store.s3root then
+    return acquire_s3(ctx, what)
+  end
   local path = lock_path(ctx)
-  if not path or ctx.env.lock == false then
+  if not path then
     return true
   end
   if not fsutil.is_dir(ctx.store.root) then
@@ -179,6 +210,28 @@ local function release(ctx)
     ctx.lock:release(true)
     ctx.lock = nil
   end
+  if ctx.s3lock then
+    jobs.observe(ctx.previous_observer)
+    ctx.s3lock:release()
+    ctx.s3lock = nil
+  end
+end
+
+
+-- Whether this run still holds its lock (on S3 a lock can be taken over
+-- from a run that stopped refreshing it): checked before each step that
+-- writes or deletes. Returns true, or nil after failing the run's step.
+local function still_locked(ctx, step, name)
+  local lk = ctx.s3lock
+  if not lk then
+    return true
+  end
+  local ok, err = lk:refresh()
+  if not ok then
+    ctx.fail(step, name, err .. "; stopping")
+    return nil
+  end
+  return true
 end
 
 
@@ -430,6 +483,9 @@ local function do_backup(ctx, due)
   local pol, st = ctx.pol, ctx.store
   local kind = due.kind
   local name = store_mod.format_name(pol.destination.compiled, ctx.now, pol.zone, kind)
+  if not still_locked(ctx, "backup", name) then
+    return nil, "lost the policy's lock"
+  end
   if st:exists(name) then
     return nil, ctx.fail("backup", name, "a backup named " .. name .. " exists already; not overwriting it")
   end
@@ -629,7 +685,7 @@ end
 -- Removes what killed runs of this policy left (chbackup.policy.leftovers)
 -- and records the row counts a run killed after its backup did not.
 local function finish_killed_runs(ctx)
-  local found, alone = leftovers.find(ctx.store, ctx.pol, scratch_root(ctx))
+  local found, alone = leftovers.find(ctx.store, ctx.pol, scratch_root(ctx), ctx.s3lock and ctx.s3lock.took_over)
   for _, x in ipairs(alone) do
     ctx.log("leftover", x.name, x.why .. "; left alone", "warn")
   end
@@ -693,6 +749,9 @@ end
 
 -- Deletes p; logs it or the failure. Returns true or nil.
 local function delete_one(ctx, p)
+  if not still_locked(ctx, "delete-failed", p.name) then
+    return nil
+  end
   local ok, err = ctx.store:delete(p)
   if not ok then
     ctx.fail("delete-failed", p.name, err)
@@ -725,6 +784,9 @@ local function rebase_step(ctx, res)
   local rebased = {}
   for _, p in ipairs(res.rebase) do
     local base = res.rebase_of[p.id]
+    if not still_locked(ctx, "rebase-failed", p.name) then
+      break
+    end
     local written, err = ctx.store:rebase(p, { time = ctx.now, threads = tonumber(ctx.env.threads) })
     if written then
       rebased[#rebased + 1] = p
@@ -846,7 +908,9 @@ function runner._plan(pol, now, env)
   end
   local listing = ctx.store:list()
   listing_problems(ctx, listing)
-  local found, alone = leftovers.find(ctx.store, pol, scratch_root(ctx))
+  local st = ctx.store
+  local dead = st.s3root and s3lock.dead_holder(st.client, st.s3root, pol.name, (ctx.env.lock_clock or os.time)())
+  local found, alone = leftovers.find(st, pol, scratch_root(ctx), dead)
   for _, x in ipairs(found) do
     ctx.log("leftover", x.name, x.path .. ": " .. x.why .. "; the next run removes it", "warn")
   end

@@ -722,8 +722,8 @@ end
 -- (the secret from the environment or a file, as passwords are), given to
 -- chbackup as a <s3> endpoint of the url (so backup names are `S3('url')`,
 -- never with the secret); without them the config's <s3> endpoint or
--- AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. No per-run lock file and no
--- leftovers scan (a BACKUP's own `.lock` keeps two runs from one name).
+-- AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. The per-run lock is an
+-- object (chbackup.policy.s3lock); leftovers: chbackup.policy.leftovers.
 local S3Store = setmetatable({}, { __index = DiskStore })
 S3Store.__index = S3Store
 
@@ -801,6 +801,18 @@ function S3Store:_header(path)
 end
 
 
+-- The header of a tar archive on S3 below the root (read from the archive:
+-- its `.backup` entry), or nil.
+function S3Store:_archive_header(rel)
+  local name = sql.format_destination({ engine = "S3", args = { self.policy.destination.s3 .. "/" .. rel } })
+  local b = chain.open(self.cfg, chain.parse_name(name), { inherit = self.s3root })
+  if b then
+    b.store:close()
+  end
+  return b and b.manifest
+end
+
+
 function S3Store._mtime()
   return 0, "unknown (no time in its name, record or .backup)"
 end
@@ -856,7 +868,7 @@ function S3Store:foreign_dependents(points)
   for _, e in ipairs(backups.list(self.s3root) or {}) do
     local path = self:path_of(e.rel)
     if e.what == "backup" and not ours[path] then
-      local h = self:_header(path)
+      local h = e.archive and self:_archive_header(e.rel) or self:_header(path)
       local bp = h and h.base_backup and self:_base_path(h.base_backup)
       if bp and ours[bp] then
         found[ours[bp].id] = e.rel
@@ -880,11 +892,6 @@ function S3Store:delete(p)
   end
   self.client:delete(self:_key(p.name) .. store.RECORD_SUFFIX)
   return true
-end
-
-
-function S3Store.rebase(_, p)
-  return nil, "backup " .. p.name .. ": rebasing a backup on S3 is not supported yet"
 end
 
 

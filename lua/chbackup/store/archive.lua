@@ -33,8 +33,19 @@ end
 
 
 -- Reading: methods the containers' readers share (self.reader: the C
--- reader, with read(name); self.entries: name -> entry).
+-- reader, with read(name) and entry(name)).
 archive.Reader = {}
+
+
+--- The entry `name` of the open archive: its reader's entry(name) results
+-- (nil if it has none). Raises on a closed reader: a lookup after close is
+-- a bug, not a missing file.
+function archive.Reader:entry(name)
+  if not self.reader then
+    error("backup " .. self.dest.name .. " is closed", 2)
+  end
+  return self.reader:entry(name)
+end
 
 
 --- The bytes of piece p, an entry's range (`entry=`), read whole, verified.
@@ -53,7 +64,7 @@ end
 --- An entry chbackup keeps beside the manifest (not listed in it), e.g.
 -- the disks record; nil if there is none.
 function archive.Reader:read_extra(name)
-  if not (self.reader and self.entries[name]) then
+  if not (self.reader and self.reader:entry(name)) then
     return nil
   end
   return self.reader:read(name)

@@ -17,6 +17,8 @@
 --       flush(progress, cancelled) (copies what put queued, if it queues),
 --       commit(manifest, progress, cancelled), abort()
 --   remove(path, {name=, finish=})     -> true | nil, err
+--   begin_rebase(resolved, opts)       -> a writer rewriting it in place
+--       (only containers without rename: S3)
 --   list(resolved_root)                -> {{rel=, what=}} | nil, err
 --       (only locations without a local tree: S3; local paths are walked
 --       with store.classify)
@@ -101,6 +103,22 @@ function store.begin_write(resolved, opts)
 end
 
 
+--- Starts rewriting the backup at resolved in place, for a container that
+-- cannot put a copy in its place by rename (S3: chbackup.store.s3's
+-- begin_rebase). Returns its writer, or false when the container rebases
+-- by copy and swap (the caller writes beside it), or nil, err.
+function store.begin_rebase(resolved, opts)
+  local c, err = store.container(resolved)
+  if not c then
+    return nil, err
+  end
+  if not c.begin_rebase then
+    return false
+  end
+  return c.begin_rebase(resolved, opts)
+end
+
+
 --- Deletes the backup at resolved. opts: name, finish.
 function store.remove(resolved, opts)
   opts = opts or {}
@@ -116,6 +134,9 @@ end
 -- "deleting"}} or nil, err; false for a local root (walk it, with
 -- store.classify).
 function store.list(root)
+  if root.location == "s3" then   -- a location concern: any key prefix lists, whatever its name says
+    return require("chbackup.store.s3").list(root)
+  end
   local c = root.location and store.container(root)
   if not (c and c.list) then
     return false

@@ -26,15 +26,17 @@
 -- @module chbackup.store.s3
 local core = require("chbackup.core")
 local dir = require("chbackup.store.dir")
+local encryption = require("chbackup.store.encryption")
 local lfs = require("lfs")
 local lock = require("chbackup.lock")
 local manifest = require("chbackup.manifest")
 local sql = require("chbackup.sql")
 
 local s3 = {}
-local from_collection
+local from_collection, no_password
 
 s3.LOCK = ".lock"
+s3.REBASING = "rebasing\n"   -- last line of the `.lock` a rebase holds (begin_rebase)
 
 
 -- Resolving -------------------------------------------------------------------------
@@ -229,6 +231,19 @@ local function list_sizes(c, r)
 end
 
 
+-- Why a password is refused on S3 (docs/s3.md, "Passwords"): ClickHouse takes
+-- one only for zip archives, which S3 cannot hold; chbackup's encrypted
+-- directory format decrypts through local-file pieces only (the C S3 pieces
+-- and sinks carry no cipher), and a backup must never be written in clear
+-- when a password was asked for.
+function no_password(r)
+  return "backup " .. r.name .. ": a password (encrypted backup) is not supported on S3: ClickHouse takes a "
+    .. "password only for zip archives, which S3 cannot hold (zip requires seeking), and chbackup's encrypted "
+    .. "directory format is written to local disks only. Back up to a Disk(...) or File(...) destination with "
+    .. "the password, or without one to S3 and encrypt there (the bucket's server-side encryption)"
+end
+
+
 -- Reading ---------------------------------------------------------------------------
 
 local Reader = {}
@@ -237,10 +252,7 @@ Reader.stored_bytes = dir.stored_bytes
 
 
 --- Opens the S3 backup at resolved. Returns a reader or nil, err, code.
-function s3.open(resolved, opts)
-  if opts.password then
-    return nil, "backup " .. resolved.name .. ": password-protected backups on S3 are not supported yet"
-  end
+function s3.open(resolved)
   local c, err, code = client(resolved)
   if not c then
     return nil, "backup " .. resolved.name .. ": " .. err, code
@@ -262,6 +274,9 @@ function s3.open(resolved, opts)
   sizes, err, code = list_sizes(c, resolved)
   if not sizes then
     return nil, "backup " .. resolved.name .. ": " .. err, code
+  end
+  if sizes[encryption.FILE] then   -- put there by hand: chbackup never writes it on S3
+    return nil, no_password(resolved) .. " (" .. resolved.path .. "/" .. encryption.FILE .. " is there)"
   end
   return setmetatable({ dest = resolved, manifest = m, kind = "s3", client = c, sizes = sizes }, Reader)
 end
@@ -386,7 +401,7 @@ Writer.__index = Writer
 -- Returns a writer or nil, err, code.
 function s3.begin_write(dest, opts)
   if opts.password then
-    return nil, "backup " .. dest.name .. ": password-protected backups on S3 are not supported yet"
+    return nil, no_password(dest)
   end
   local ok, err, code = s3.check_new(dest)
   if not ok then
@@ -415,8 +430,58 @@ function s3.begin_write(dest, opts)
 end
 
 
+--- Starts rewriting the backup at dest in place (rebase: S3 has no rename).
+-- The new files are written below the backup's own prefix while its
+-- `.backup` still describes the old contents: a name both hold is the same
+-- content (an entry's bytes are its manifest's size and checksum, kept by
+-- the rebase), so overwriting it changes no byte a reader of the old
+-- `.backup` sees; names only the new one stores are new objects. commit
+-- then switches `.backup` (one PUT: the backup is old or new, never
+-- neither) and only then deletes what the old one stored and the new one
+-- does not. A `.lock` saying `rebasing` keeps BACKUP, delete and other
+-- rebases off meanwhile (one left by a killed run of this host is taken
+-- over). opts: op_id, threads, password (refused). Returns a writer or
+-- nil, err, code.
+function s3.begin_rebase(dest, opts)
+  if opts.password then
+    return nil, no_password(dest)
+  end
+  local c, err, code = client(dest)
+  if not c then
+    return nil, err, code
+  end
+  local lock_key = key_of(dest, s3.LOCK)
+  local prev = c:get(lock_key)
+  if prev and not stale(prev, dest.path) then
+    return nil, "backup " .. dest.name .. " is being written by " .. lock.who(prev) .. " (" .. lock_key
+      .. " exists); not rebasing it", "LOCKED"
+  elseif prev then
+    lock.log("took over " .. lock_key .. " left by a killed run (" .. lock.who(prev) .. ") of backup " .. dest.name)
+    c:delete(lock_key)
+  end
+  local old
+  old, err, code = list_sizes(c, dest)
+  if not old then
+    return nil, "backup " .. dest.name .. ": " .. err, code
+  elseif not old[manifest.FILE] then
+    return nil, "backup " .. dest.name .. " not found: no " .. manifest.FILE .. " at " .. dest.path
+  end
+  local ok
+  local text = lock.holder_text(opts.op_id) .. "host " .. hostname() .. "\n" .. s3.REBASING
+  ok, err, code = c:put_if_absent(lock_key, text)
+  if not ok then
+    return nil, "backup " .. dest.name .. ": " .. err, code
+  end
+  held[dest.path] = true
+  return setmetatable({ dest = dest, client = c, opts = opts, queued = {}, old = old, written = {} }, Writer)
+end
+
+
 --- Stores `content` as the file `name` of the backup now.
 function Writer:put_bytes(name, content)
+  if self.written then
+    self.written[name] = true
+  end
   local dest = self.dest
   local ok, err, code = self.client:put(key_of(dest, name), content)
   return ok or nil, not ok and ("backup " .. dest.name .. ": " .. err) or nil, code
@@ -427,6 +492,9 @@ Writer.put_extra = Writer.put_bytes
 
 --- Queues the file `name`, read from pieces, for commit (verified while copied).
 function Writer:put(name, pieces, size, checksum)
+  if self.written then
+    self.written[name] = true
+  end
   self.queued[#self.queued + 1] = { name, pieces, size, checksum }
   return true
 end
@@ -456,6 +524,14 @@ function Writer:commit(m, progress, cancelled)
     self:abort()
     return nil, "backup " .. dest.name .. " failed: " .. err, code
   end
+  if self.old then   -- rebased: the new `.backup` is in place; what only the old one stored goes
+    ok, err = self:_delete_old()
+    if not ok then
+      held[dest.path] = nil   -- left for the next run of this host to take over
+      return nil, "backup " .. dest.name .. " is rebased; objects only the old backup used could not be deleted "
+        .. "(they take space, nothing reads them): " .. err
+    end
+  end
   self:_unlock()
   return { files_done = self.files_done, bytes_done = self.bytes_done, manifest_size = #text }
 end
@@ -484,10 +560,47 @@ function Writer:_unlock()
 end
 
 
+-- After a rebase's switch: deletes the objects the old backup stored and
+-- the new one does not. Returns true or nil, err.
+function Writer:_delete_old()
+  local keys = {}
+  for name in pairs(self.old) do
+    if not self.written[name] and name ~= manifest.FILE and name ~= s3.LOCK then
+      keys[#keys + 1] = key_of(self.dest, name)
+    end
+  end
+  table.sort(keys)
+  if #keys == 0 then
+    return true
+  end
+  return self.client:delete_many(keys)
+end
+
+
 --- Deletes what this run wrote, `.lock` last (best effort: what cannot be
--- deleted now, the server gone, the next BACKUP of that name removes).
+-- deleted now, the server gone, the next BACKUP of that name removes). A
+-- rebase's writer deletes only the objects the old backup did not have:
+-- the backup stays as it was.
 function Writer:abort()
   if not held[self.dest.path] then
+    return
+  end
+  if self.old then
+    local keys = {}
+    for name in pairs(self.written) do
+      if not self.old[name] then
+        keys[#keys + 1] = key_of(self.dest, name)
+      end
+    end
+    table.sort(keys)
+    local ok, err = true, nil
+    if #keys > 0 then
+      ok, err = self.client:delete_many(keys)
+    end
+    if not ok then
+      lock.log("backup " .. self.dest.name .. ": cannot remove what the failed rebase wrote: " .. tostring(err))
+    end
+    self:_unlock()
     return
   end
   local ok, err = delete_all(self.client, self.dest, s3.LOCK)
@@ -562,11 +675,16 @@ end
 -- Listing -------------------------------------------------------------------------------
 
 --- What the backups below the resolved root (`S3('url')`, dest.root) are:
--- one ListObjectsV2 of the prefix, keys grouped by their `.backup` and
--- `.lock` (ClickHouse's layout): {{rel=, what = "backup" | "incomplete"
--- (a `.lock` without `.backup`: a BACKUP running or killed) | "deleting"
--- (a deletion's `.lock`)}}, sorted by rel; objects of neither are not
--- backups. Returns the list or nil, err, code.
+-- one ListObjectsV2 of the prefix, keys grouped as ClickHouse lays them
+-- out: a directory backup by its `.backup` and `.lock` (a prefix with
+-- `.backup` is a backup, its files not looked into; a `.lock` without
+-- `.backup` is a BACKUP running or killed, or a deletion's), a tar archive
+-- (`x.tar`, `x.tar.zst`, ... : config.archive_kind) as one object, its
+-- `x.tar.lock` alone an archive being written or killed (an upload never
+-- completed: S3 shows no object then). Returns {{rel=, what = "backup" |
+-- "incomplete" | "deleting", archive = true for a tar, locked = true for a
+-- directory backup with a `.lock` too (a rebase)}}, sorted by rel,
+-- or nil, err, code.
 function s3.list(root)
   local c, err, code = client(root)
   if not c then
@@ -578,29 +696,54 @@ function s3.list(root)
   if not objects then
     return nil, root.name .. ": " .. err, code
   end
+  local archive_kind = require("chbackup.config").archive_kind
   local seen, rels = {}, {}
+  local function note(at, file, archive)
+    if not seen[at] then
+      seen[at] = { archive = archive }
+      rels[#rels + 1] = at
+    end
+    seen[at][file] = true
+  end
   for _, o in ipairs(objects) do
     local rel = o.key:sub(#prefix + 1)
     local at, file = rel:match("^(.-)/?([^/]*)$")
-    if at ~= "" and (file == manifest.FILE or file == s3.LOCK) then
-      if not seen[at] then
-        seen[at] = {}
-        rels[#rels + 1] = at
-      end
-      seen[at][file] = true
+    local locked = rel:match("^(.+)%.lock$")
+    if archive_kind(file) == "tar" then
+      note(rel, "object", true)
+    elseif locked and archive_kind(locked:match("[^/]*$")) == "tar" then
+      note(locked, s3.LOCK, true)
+    elseif at ~= "" and (file == manifest.FILE or file == s3.LOCK) then
+      note(at, file, false)
     end
   end
   table.sort(rels)
-  local out, inside = {}, nil
+  -- a key below a directory backup's prefix is one of its files, whatever its name
+  local function inside(rel)
+    local at = rel:match("^(.*)/[^/]*$")
+    while at do
+      if seen[at] and not seen[at].archive then
+        return true
+      end
+      at = at:match("^(.*)/[^/]*$")
+    end
+    return false
+  end
+  local out = {}
   for _, rel in ipairs(rels) do
-    if not (inside and rel:sub(1, #inside + 1) == inside .. "/") then   -- not a file of a backup
+    local s = seen[rel]
+    if not inside(rel) then
       local what = "backup"
-      if not seen[rel][manifest.FILE] then
+      if s.archive then
+        what = s.object and "backup" or "incomplete"
+      elseif not s[manifest.FILE] then
         local text = c:get(prefix .. rel .. "/" .. s3.LOCK) or ""
         what = text:sub(-#DELETING) == DELETING and "deleting" or "incomplete"
       end
-      out[#out + 1] = { rel = rel, what = what }
-      inside = rel
+      out[#out + 1] = { rel = rel, what = what, archive = s.archive or nil,
+        locked = what == "backup" and not s.archive and s[s3.LOCK] or nil,
+        problem = s.archive and what == "incomplete" and ("an unfinished tar archive (" .. rel .. s3.LOCK
+          .. " without " .. rel:match("[^/]*$") .. ": a BACKUP running or killed)") or nil }
     end
   end
   return out
@@ -609,6 +752,9 @@ end
 
 -- For chbackup.store.s3tar (tar archives on S3): the clients and the `.lock` rules.
 s3.client, s3.stale, s3.hostname, s3.held = client, stale, hostname, held
+-- For chbackup.policy.leftovers: what a killed BACKUP left below a prefix,
+-- removed `.lock` last (so a cut-short removal is still found).
+s3.delete_all = delete_all
 
 
 return s3

@@ -124,6 +124,15 @@ function s3tar.begin_write(dest, opts)
 end
 
 
+--- Rebasing a tar archive on S3 is refused: the archive is one object that
+-- would have to be rewritten beside and renamed, and S3 has no rename
+-- (a server-side copy is not in chbackup's client). Returns nil, err.
+function s3tar.begin_rebase(dest)
+  return nil, "backup " .. dest.name .. ": rebasing a tar archive on S3 is not supported (S3 has no rename to put "
+    .. "a rewritten archive in its place); restore it and back it up again as a full backup, or keep its base"
+end
+
+
 --- Deletes the tar backup opts.resolved (its object). Returns true or nil, err.
 function s3tar.remove(_, opts)
   local r = opts.resolved

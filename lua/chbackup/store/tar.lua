@@ -54,12 +54,9 @@ function tar.open(resolved, _, place)
   if not reader then
     return nil, "backup " .. resolved.name .. ": " .. err, code
   end
-  local entries = {}
-  for i, e in ipairs(reader:list()) do
-    e.position = i
-    entries[e.name] = e   -- (a name twice: the last one, as tar extracts)
-  end
-  if not entries[manifest.FILE] then
+  -- Entries are looked up in the C index (reader:entry), not copied into a
+  -- Lua table: a backup of millions of files costs no memory per file here.
+  if not reader:entry(manifest.FILE) then
     reader:close()
     return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
   end
@@ -75,7 +72,7 @@ function tar.open(resolved, _, place)
     reader:close()
     return nil, err
   end
-  return setmetatable({ dest = resolved, manifest = m, kind = "tar", reader = reader, entries = entries,
+  return setmetatable({ dest = resolved, manifest = m, kind = "tar", reader = reader,
     sequential = reader:compressed(), place = place }, Reader)
 end
 
@@ -84,25 +81,25 @@ end
 -- `.tar`, the range of the file (`start`: where the entry begins there);
 -- in a compressed tar, the entry, which the C core reads through its cursor.
 function Reader:piece(name, length)
-  local e, at = self.entries[name], self.place
-  if self.sequential or not e then
+  local at = self.place
+  local size, offset = self:entry(name)
+  if self.sequential or not size then
     return { at.key, 0, length, entry = name, s3 = at.s3, from = self, name = name }
   end
-  return { at.key, e.offset, length, start = e.offset, s3 = at.s3, from = self, name = name }
+  return { at.key, offset, length, start = offset, s3 = at.s3, from = self, name = name }
 end
 
 
 --- Where the entry `name` is in the archive (1: first); for archive order.
 function Reader:position(name)
-  local e = self.entries[name]
-  return e and e.position or math.huge
+  local _, _, position = self:entry(name)
+  return position or math.huge
 end
 
 
 --- Plain bytes of the entry `name`, or nil if the archive has none.
 function Reader:stored_size(name)
-  local e = self.entries[name]
-  return e and e.size
+  return (self:entry(name))
 end
 
 
@@ -115,6 +112,7 @@ function Reader:read_piece(p)
 end
 
 
+Reader.entry = archive.Reader.entry
 Reader.read_extra = archive.Reader.read_extra
 Reader.close = archive.Reader.close
 

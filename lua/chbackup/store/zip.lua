@@ -33,11 +33,10 @@ function zip.open(resolved, opts)
   if not reader then
     return nil, "backup " .. resolved.name .. ": " .. err, code
   end
-  local entries = {}
-  for _, e in ipairs(reader:list()) do
-    entries[e.name] = e
-  end
-  if not entries[manifest.FILE] then
+  -- Entries are looked up in the C reader (reader:entry), not copied into
+  -- a Lua table: a backup of millions of files costs no memory per file here.
+  local _, encrypted, method = reader:entry(manifest.FILE)
+  if encrypted == nil then
     reader:close()
     return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
   end
@@ -57,10 +56,9 @@ function zip.open(resolved, opts)
     reader:close()
     return nil, err
   end
-  local own = entries[manifest.FILE]
-  return setmetatable({ dest = resolved, manifest = m, kind = "zip", reader = reader, entries = entries,
-    password = password, encrypted = own.encrypted == true,
-    method = type(own.method) == "string" and own.method or nil }, Reader)
+  return setmetatable({ dest = resolved, manifest = m, kind = "zip", reader = reader,
+    password = password, encrypted = encrypted == true,
+    method = type(method) == "string" and method or nil }, Reader)
 end
 
 
@@ -73,12 +71,12 @@ end
 
 --- Plain bytes of the entry `name`, or nil if the archive has none.
 function Reader:stored_size(name)
-  local e = self.entries[name]
-  return e and e.size
+  return (self:entry(name))
 end
 
 
 Reader.read_piece = archive.Reader.read_entry_piece
+Reader.entry = archive.Reader.entry
 Reader.read_extra = archive.Reader.read_extra
 Reader.stored_bytes = archive.Reader.stored_bytes
 Reader.close = archive.Reader.close
