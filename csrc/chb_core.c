@@ -72,9 +72,10 @@ static const unsigned char *opt_key(lua_State *L, int idx, int arg) {
   return (const unsigned char *)k;
 }
 
-/* core.job{threads=, buffer_size=, fsync=, key=} -> Job; with key (32 bytes,
- * copied), entries added with a name (job:add's 7th argument) are written
- * encrypted. */
+/* core.job{threads=, buffer_size=, fsync=, key=, ordered=} -> Job; with key
+ * (32 bytes, copied), entries added with a name (job:add's 7th argument) are
+ * written encrypted; ordered: entries run in the order added (else the
+ * biggest batches first). */
 static int core_job(lua_State *L) {
   chb_job_opts opts;
   memset(&opts, 0, sizeof opts);
@@ -92,7 +93,9 @@ static int core_job(lua_State *L) {
       opts.has_key = 1;
       memcpy(opts.key, key, CHB_CIPHER_KEY_LEN);
     }
-    lua_pop(L, 4);                      /* opts */
+    lua_getfield(L, 1, "ordered");      /* opts, threads, buffer_size, fsync, key, ordered */
+    opts.ordered = lua_toboolean(L, -1);
+    lua_pop(L, 5);                      /* opts */
   }
   job_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* opts, ud */
   b->job = NULL;                                   /* born closed */

@@ -5,6 +5,7 @@
 #include "chb_error.h"
 #include "chb_hash.h"
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,44 @@ int chb_fs_mkdir_parents(const char *path, chb_error *err);
  * root_len 0: a plain open(2). Returns the descriptor, or -1 with err set.
  */
 int chb_fs_open_beneath(const char *path, size_t root_len, chb_error *err);
+/*
+ * The directories a thread last opened files of below a root, held open:
+ * many files of a few directories (a part's, and those of the parts a
+ * backup stores duplicates under: a table's first part holds its
+ * columns.txt for all) cost one lookup of each directory's path, then one
+ * openat2(2) a file. The least recently used one makes room. Owned by one
+ * thread for one job: clear it when done (a cache kept for longer would
+ * read a directory replaced since).
+ */
+#define CHB_FS_DIR_CACHE_SLOTS 8
+typedef struct chb_fs_dir_cache {
+  struct {
+    int fd;                   /* -1: empty */
+    size_t root_len, dir_len;
+    unsigned long used;       /* the tick of its last use */
+    char dir[PATH_MAX];       /* the directory's path (dir_len bytes) */
+  } slot[CHB_FS_DIR_CACHE_SLOTS];
+  unsigned long tick;
+} chb_fs_dir_cache;
+void chb_fs_dir_cache_init(chb_fs_dir_cache *c);
+/* Closes the held directory; the cache is empty again. */
+void chb_fs_dir_cache_clear(chb_fs_dir_cache *c);
+/* chb_fs_open_beneath, with the file's directory opened (confined the
+ * same way) through the cache: reused when it is the cached one. c NULL
+ * or no root: chb_fs_open_beneath. */
+int chb_fs_open_beneath_cached(const char *path, size_t root_len, chb_fs_dir_cache *c,
+                               chb_error *err);
+
+/*
+ * Makes directory `dir` (its first len bytes; mode 0755) and any missing
+ * parent, trying the directory itself first (one mkdir(2) when its parent
+ * exists). With sync, each directory made has its parent fsynced, so that
+ * the new entry is durable. An existing one is fine. 0, or -1 with err set.
+ */
+int chb_fs_make_dir(const char *dir, size_t len, int sync, chb_error *err);
+/* Opens `path` (a file or a directory) and fsyncs it: 0, or -1 with err set. */
+int chb_fs_fsync_path(const char *path, chb_error *err);
+
 /* For tests: 1 makes chb_fs_open_beneath walk component by component, as
  * it does where the kernel has no openat2(2) (one call otherwise). */
 void chb_fs_beneath_walk_only(int on);

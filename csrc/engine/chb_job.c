@@ -14,6 +14,23 @@
 /* Default workers: the number of cores, but at least this many (I/O-bound). */
 #define CHB_JOB_MIN_DEFAULT_THREADS 8
 
+/*
+ * Small files are copied in batches: a worker takes up to BATCH_FILES
+ * consecutive entries of one destination directory (a part's files),
+ * each at most SMALL_FILE bytes and BATCH_BYTES in all, at once. The
+ * directory is looked up (and made) once a batch and each file created
+ * with one openat(2) in it; the sources' directories are held open by the
+ * worker for the job (chb_fs_dir_cache: a part's and its duplicates').
+ * With fsync, a batch's files are all written before the first is
+ * fsynced (the file system commits them together) and the directory is
+ * fsynced once, by the last batch of its run of entries. A batch holds
+ * its files open until they are durable: at most BATCH_FILES descriptors
+ * a worker.
+ */
+#define SMALL_FILE (256 * 1024)
+#define BATCH_FILES 16
+#define BATCH_BYTES (1024 * 1024)
+
 typedef struct chb_entry {
   chb_piece *pieces;          /* read in order; pieces[0].path names the entry */
   size_t npieces;
@@ -31,6 +48,18 @@ typedef struct chb_entry {
   int tail_only;
 } chb_entry;
 
+/* Consecutive entries taken by one worker at once (see BATCH_FILES). */
+typedef struct chb_batch {
+  size_t first, count;
+  uint64_t bytes;             /* expected; the largest batches go first */
+  size_t dir;                 /* its directory run (job->dirs); SIZE_MAX: none */
+} chb_batch;
+
+/* Consecutive entries written to one directory: fsynced once, after all. */
+typedef struct chb_dir_run {
+  atomic_size_t batches_left;
+} chb_dir_run;
+
 struct chb_job {
   chb_job_opts opts;
   chb_entry *entries;
@@ -41,7 +70,11 @@ struct chb_job {
 
   pthread_t *threads;
   int nthreads;               /* started workers, joined in free */
-  atomic_size_t next;         /* cursor over entries */
+  chb_batch *batches;         /* made at start */
+  size_t nbatches;
+  chb_dir_run *dirs;
+  size_t ndirs;
+  atomic_size_t next;         /* cursor over batches */
   atomic_int running;         /* workers not yet finished, and one for start */
   chb_run run;                /* state, stop flag, first error, progress */
 };
@@ -251,12 +284,36 @@ static int copy_entry(chb_job *job, chb_entry *e, chb_source *src, chb_sink *out
   return 0;
 }
 
-/* One entry: its source -> hash -> its dst (a sink of the store), then checks. */
-static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *err) {
+/* The length of the directory part of an entry's dst ("a/b" of "a/b/c"),
+ * 0 when it has none. */
+static size_t dst_dir_len(const chb_entry *e) {
+  const char *slash = e->dst ? strrchr(e->dst, '/') : NULL;
+  return slash && slash != e->dst ? (size_t)(slash - e->dst) : 0;
+}
+
+/* Can entry e be copied in a batch with others (a small local file)? */
+static int batchable(const chb_entry *e) {
+  return e->dst && !e->dst_s3 && !e->has_base && e->expect_size >= 0 &&
+         e->expect_size <= SMALL_FILE && dst_dir_len(e) > 0;
+}
+
+static int same_dir(const chb_entry *a, const chb_entry *b) {
+  size_t n = dst_dir_len(a);
+  return n > 0 && n == dst_dir_len(b) && memcmp(a->dst, b->dst, n) == 0;
+}
+
+/*
+ * One entry: its source -> hash -> its dst (a sink of the store, created
+ * in dirfd when >= 0), then checks. On success the sink is left finished
+ * but open in *out (NULL for hash only), for the batch to make durable.
+ */
+static int run_entry(chb_job *job, chb_entry *e, int dirfd, chb_fs_dir_cache *dirs,
+                     unsigned char *buf, chb_sink **out_sink, chb_error *err) {
   int rc = -1;
   chb_sink *out = NULL;
   chb_source *src = NULL;
   e->tail_only = 0;
+  *out_sink = NULL;
   if (e->dst) {
     chb_sink_opts o = {0};
     if (e->seal_name) {
@@ -266,21 +323,65 @@ static int run_entry(chb_job *job, chb_entry *e, unsigned char *buf, chb_error *
     o.s3 = e->dst_s3;
     o.s3_pool = job->s3_pool;
     o.size = e->expect_size > 0 ? (uint64_t)e->expect_size : 0;
-    if (!(out = chb_store_open_write(job->store, e->dst, &o, err))) return -1;
+    out = dirfd >= 0 ? chb_store_open_write_at(job->store, dirfd, e->dst, &o, err)
+                     : chb_store_open_write(job->store, e->dst, &o, err);
+    if (!out) return -1;
   }
-  if (!(src = chb_source_open(e->pieces, e->npieces, err))) goto done;
+  if (!(src = chb_source_open_borrowed(e->pieces, e->npieces, err))) goto done;
   chb_source_set_cancel(src, &job->run.stop);
+  chb_source_set_dir_cache(src, dirs);
   if (copy_entry(job, e, src, out, buf, err) != 0 || check_expected(e, err) != 0) goto done;
-  if (out && chb_sink_finish(out, job->opts.fsync, err) != 0) goto done;
+  if (out && chb_sink_finish(out, 0, err) != 0) goto done;
   rc = 0;
 done:
   chb_source_close(src);
   if (out && rc != 0) chb_sink_abort(out);  /* never leave a partial file */
-  if (out && rc == 0 && chb_sink_close(out, err) != 0) {
-    chb_error ignored;
-    if (!e->dst_s3) chb_store_remove(job->store, e->dst, &ignored);
-    rc = -1;
+  else *out_sink = out;
+  return rc;
+}
+
+/*
+ * A batch: every entry copied and checked, then (with fsync) every file
+ * fsynced, then closed; the last batch of a directory run fsyncs the
+ * directory. All or nothing: on any failure every file of the batch is
+ * removed, so no file of it looks copied.
+ */
+static int run_batch(chb_job *job, const chb_batch *b, unsigned char *buf, chb_fs_dir_cache *dirs,
+                     chb_error *err) {
+  chb_sink *sinks[BATCH_FILES];
+  size_t nsinks = 0;
+  int rc = 0, dirfd = -1;
+  chb_entry *first = &job->entries[b->first];
+  int sync = job->opts.fsync;
+  if (b->dir != SIZE_MAX) {   /* a local destination */
+    dirfd = chb_store_open_dir(job->store, first->dst, dst_dir_len(first), sync, err);
+    if (dirfd < 0) return -1;
   }
+  for (size_t k = 0; rc == 0 && k < b->count; k++) {
+    chb_sink *out;
+    if ((rc = run_entry(job, &job->entries[b->first + k], dirfd, dirs, buf, &out, err)) == 0 && out)
+      sinks[nsinks++] = out;
+  }
+  for (size_t k = 0; rc == 0 && sync && k < nsinks; k++) rc = chb_sink_sync(sinks[k], err);
+  for (size_t k = 0; k < nsinks; k++) {
+    if (rc != 0) {
+      chb_sink_abort(sinks[k]);
+    } else if (chb_sink_close(sinks[k], err) != 0) {
+      rc = -1;
+      for (size_t j = 0; j <= k; j++) {   /* closed ones: removed by name */
+        chb_error ignored;
+        if (!job->entries[b->first + j].dst_s3)
+          chb_store_remove(job->store, job->entries[b->first + j].dst, &ignored);
+      }
+    }
+  }
+  if (rc == 0 && sync && dirfd >= 0 && b->dir != SIZE_MAX &&
+      atomic_fetch_sub(&job->dirs[b->dir].batches_left, 1) == 1 && fsync(dirfd) != 0) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%.*s", (int)dst_dir_len(first), first->dst);
+    rc = chb_error_errno(err, errno, "cannot fsync", dir);
+  }
+  if (dirfd >= 0) close(dirfd);
   return rc;
 }
 
@@ -295,6 +396,8 @@ static void *worker(void *arg) {
   chb_job *job = arg;
   chb_error err;
   chb_error_clear(&err);
+  chb_fs_dir_cache dirs;
+  chb_fs_dir_cache_init(&dirs);
   unsigned char *buf = malloc(job->opts.buffer_size);
   if (!buf) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate a %zu-byte buffer", job->opts.buffer_size);
@@ -302,23 +405,66 @@ static void *worker(void *arg) {
   }
   while (buf && !chb_run_stopped(&job->run)) {
     size_t i = atomic_fetch_add(&job->next, 1);
-    if (i >= job->count) break;
-    if (run_entry(job, &job->entries[i], buf, &err) != 0) {
+    if (i >= job->nbatches) break;
+    if (run_batch(job, &job->batches[i], buf, &dirs, &err) != 0) {
       chb_run_fail(&job->run, &err);
       break;
     }
-    atomic_fetch_add(&job->run.files_done, 1);
+    atomic_fetch_add(&job->run.files_done, job->batches[i].count);
   }
+  chb_fs_dir_cache_clear(&dirs);
   free(buf);
   worker_done(job);
   return NULL;
 }
 
+/* Largest first (no big file left for one worker at the end), then in
+ * the order added. */
+static int batch_cmp(const void *pa, const void *pb) {
+  const chb_batch *a = pa, *b = pb;
+  if (a->bytes != b->bytes) return a->bytes > b->bytes ? -1 : 1;
+  return a->first < b->first ? -1 : a->first > b->first;
+}
+
+/* Cuts the entries into batches and directory runs (see BATCH_FILES). */
+static int plan_batches(chb_job *job, chb_error *err) {
+  size_t n = job->count;
+  job->batches = calloc(n ? n : 1, sizeof *job->batches);
+  job->dirs = calloc(n ? n : 1, sizeof *job->dirs);
+  if (!job->batches || !job->dirs) return chb_error_set(err, CHB_ENOMEM, "cannot plan the job's batches");
+  for (size_t i = 0; i < n; i++) {
+    chb_entry *e = &job->entries[i];
+    uint64_t size = e->expect_size > 0 ? (uint64_t)e->expect_size : 0;
+    int local = e->dst && !e->dst_s3 && dst_dir_len(e) > 0;
+    int new_dir = !local || i == 0 || !same_dir(&job->entries[i - 1], e);
+    if (local && new_dir) atomic_init(&job->dirs[job->ndirs++].batches_left, 0);
+    chb_batch *last = job->nbatches ? &job->batches[job->nbatches - 1] : NULL;
+    if (last && !new_dir && batchable(e) && batchable(&job->entries[last->first]) &&
+        last->count < BATCH_FILES && last->bytes + size <= BATCH_BYTES) {
+      last->count++;
+      last->bytes += size;
+      continue;
+    }
+    chb_batch *b = &job->batches[job->nbatches++];
+    b->first = i;
+    b->count = 1;
+    b->bytes = size;
+    b->dir = local ? job->ndirs - 1 : SIZE_MAX;
+    if (local) atomic_fetch_add(&job->dirs[b->dir].batches_left, 1);
+  }
+  if (!job->opts.ordered) qsort(job->batches, job->nbatches, sizeof *job->batches, batch_cmp);
+  return 0;
+}
+
 int chb_job_start(chb_job *job, chb_error *err) {
   if (chb_run_begin(&job->run, NULL) != 0)
     return chb_error_set(err, CHB_INVALID, "job already started");
+  if (plan_batches(job, err) != 0) {
+    chb_run_unbegin(&job->run);
+    return -1;
+  }
   int n = job->opts.threads;
-  if ((size_t)n > job->count) n = job->count ? (int)job->count : 1;
+  if ((size_t)n > job->nbatches) n = job->nbatches ? (int)job->nbatches : 1;
   job->threads = calloc((size_t)n, sizeof *job->threads);
   int to_s3 = 0;
   for (size_t i = 0; i < job->count && !to_s3; i++) to_s3 = job->entries[i].dst_s3 > 0;
@@ -382,6 +528,8 @@ void chb_job_free(chb_job *job) {
   chb_s3_pool_free(job->s3_pool);
   for (size_t i = 0; i < job->count; i++) entry_free(&job->entries[i]);
   free(job->entries);
+  free(job->batches);
+  free(job->dirs);
   free(job->threads);
   chb_store_close(job->store);
   chb_run_destroy(&job->run);

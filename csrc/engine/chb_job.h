@@ -4,8 +4,12 @@
  * `dst` (created exclusively, parent directories made on demand) and
  * checked against an expected size and checksum.
  *
- * Worker threads pull entries from a shared cursor; each owns one fixed
- * buffer, so peak memory is threads * buffer_size whatever the data size.
+ * Worker threads pull batches of entries from a shared cursor: a batch is
+ * one entry, or up to 16 consecutive small files (256 KiB at most each, 1
+ * MiB in all) of one destination directory, created in it with one lookup
+ * of the directory and made durable together (fsync); a batch is all or
+ * nothing. Each worker owns one fixed buffer, so peak memory is threads *
+ * buffer_size whatever the data size.
  * Progress counters are atomics readable at any time; the first failure
  * (or a cancel) stops every worker between two buffers.
  *
@@ -29,9 +33,13 @@
 typedef struct chb_job_opts {
   int threads;          /* workers; <= 0: the number of cores, at least 8 */
   size_t buffer_size;   /* per worker; 0 means 1 MiB */
-  int fsync;            /* fsync every written file before it counts as done */
+  int fsync;            /* fsync every written file, and the directories
+                           holding them, before they count as done */
   int has_key;          /* key set: entries marked with chb_job_seal_entry are */
   unsigned char key[CHB_CIPHER_KEY_LEN]; /* written encrypted (chb_cipher.h) */
+  int ordered;          /* run entries in the order added (a compressed
+                           archive read in its order); else the biggest
+                           batches of entries go first */
 } chb_job_opts;
 
 typedef struct chb_job chb_job;

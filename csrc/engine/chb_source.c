@@ -23,7 +23,10 @@
 struct chb_source {
   chb_piece *pieces;
   size_t n, i;                /* pieces[i] is the current one */
+  int borrowed;               /* pieces are the caller's, not a copy */
   const atomic_int *stop;
+  chb_fs_dir_cache *dirs;     /* set: plain files opened through it */
+  int advised;                /* the current file was told it is read sequentially */
   int open;                   /* pieces[i] is open: one of the three below */
   int fd;                     /* a plain file */
   chb_zip_file *zf;           /* a zip entry */
@@ -186,11 +189,11 @@ static int piece_open(chb_source *s, unsigned char *buf, size_t len, chb_error *
     s->open = 1;
     if (chb_opener_seek(s->op, p->offset, err) != 0) return -1;
   } else {
-    if ((s->fd = chb_fs_open_beneath(p->path, root_len, err)) < 0) return -1;
+    if ((s->fd = chb_fs_open_beneath_cached(p->path, root_len, s->dirs, err)) < 0) return -1;
     s->open = 1;
+    s->advised = 0;
     if (p->offset && lseek(s->fd, (off_t)p->offset, SEEK_SET) < 0)
       return chb_error_errno(err, errno, "cannot seek in", p->path);
-    posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   }
   return 0;
 }
@@ -230,7 +233,7 @@ static void piece_close(chb_source *s) {
 
 /* ---- the source ------------------------------------------------------------ */
 
-chb_source *chb_source_open(const chb_piece *pieces, size_t n, chb_error *err) {
+static chb_source *source_new(const chb_piece *pieces, size_t n, int borrow, chb_error *err) {
   chb_source *s = calloc(1, sizeof *s);
   if (!s) {
     chb_error_set(err, CHB_ENOMEM, "cannot allocate a source");
@@ -238,14 +241,26 @@ chb_source *chb_source_open(const chb_piece *pieces, size_t n, chb_error *err) {
   }
   s->fd = -1;
   s->n = n;
-  if (!(s->pieces = chb_pieces_copy(pieces, n, err))) {
+  s->borrowed = borrow;
+  s->pieces = borrow ? (chb_piece *)pieces : chb_pieces_copy(pieces, n, err);
+  if (!s->pieces) {
     free(s);
     return NULL;
   }
   return s;
 }
 
+chb_source *chb_source_open(const chb_piece *pieces, size_t n, chb_error *err) {
+  return source_new(pieces, n, 0, err);
+}
+
+chb_source *chb_source_open_borrowed(const chb_piece *pieces, size_t n, chb_error *err) {
+  return source_new(pieces, n, 1, err);
+}
+
 void chb_source_set_cancel(chb_source *s, const atomic_int *stop) { s->stop = stop; }
+
+void chb_source_set_dir_cache(chb_source *s, chb_fs_dir_cache *dirs) { s->dirs = dirs; }
 
 ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
   while (s->i < s->n) {
@@ -267,6 +282,13 @@ ssize_t chb_source_read(chb_source *s, void *buf, size_t len, chb_error *err) {
     if (n < 0) return -1;
     if (n > 0) {
       if (bounded) s->left -= (uint64_t)n;
+      /* Read-ahead advice only for a file with more to read after a first
+       * read: a small file is read whole already, and the advice would be
+       * one more syscall for each of many small files. */
+      if (s->fd >= 0 && !s->advised && (bounded ? s->left > 0 : (size_t)n == want)) {
+        posix_fadvise(s->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        s->advised = 1;
+      }
       return n;
     }
     if (bounded) return shorter(p, s->left, err);
@@ -309,6 +331,6 @@ int chb_source_size(chb_source *s, uint64_t *size, chb_error *err) {
 void chb_source_close(chb_source *s) {
   if (!s) return;
   piece_close(s);
-  chb_pieces_free(s->pieces, s->n);
+  if (!s->borrowed) chb_pieces_free(s->pieces, s->n);
   free(s);
 }

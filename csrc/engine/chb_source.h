@@ -30,6 +30,7 @@
 #define CHB_SOURCE_H
 
 #include "chb_error.h"
+#include "chb_fs.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -75,6 +76,12 @@ typedef struct chb_source chb_source;
 /* Opens nothing yet (each piece is opened when reached); the pieces are
  * copied. NULL with err set if out of memory. */
 chb_source *chb_source_open(const chb_piece *pieces, size_t n, chb_error *err);
+/* The same without the copy: the pieces (and their strings) must outlive
+ * the source. How a job reads the pieces it holds already. */
+chb_source *chb_source_open_borrowed(const chb_piece *pieces, size_t n, chb_error *err);
+/* Plain files below a root are opened through `dirs` (chb_fs.h): the
+ * caller's, cleared by it when done with the directory; NULL: none. */
+void chb_source_set_dir_cache(chb_source *s, chb_fs_dir_cache *dirs);
 /*
  * With a stop flag set, every read checks it first and fails with
  * CHB_CANCELLED "cancelled while copying <piece>" once it is set.

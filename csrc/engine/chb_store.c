@@ -64,6 +64,20 @@ static int create_exclusive(const char *path, const chb_sink_opts *o, chb_error 
   return fd;
 }
 
+int chb_store_open_dir(chb_store *st, const char *dir, size_t len, int sync, chb_error *err) {
+  char path[PATH_MAX];
+  if (path_of(st, dir, path, err) != 0) return -1;
+  size_t plen = strlen(path) - (strlen(dir) - len);   /* the root's part, then len bytes of dir */
+  path[plen] = '\0';
+  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    if (chb_fs_make_dir(path, plen, sync, err) != 0) return -1;
+    fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  }
+  if (fd < 0) return chb_error_errno(err, errno, "cannot open directory", path);
+  return fd;
+}
+
 static chb_sink *s3_open_write(const char *key, const chb_sink_opts *o, chb_error *err) {
   if (o->key || o->lock || o->read_back) {
     chb_error_set(err, CHB_INVALID, "an S3 object (%s) cannot be sealed, locked or read back", key);
@@ -112,6 +126,35 @@ chb_sink *chb_store_open_write(chb_store *st, const char *name, const chb_sink_o
   return k;
 }
 
+chb_sink *chb_store_open_write_at(chb_store *st, int dirfd, const char *name,
+                                  const chb_sink_opts *opts, chb_error *err) {
+  static const chb_sink_opts none;
+  const chb_sink_opts *o = opts ? opts : &none;
+  const char *base = strrchr(name, '/');
+  if (o->s3 || o->lock || !base)
+    return chb_error_set(err, CHB_INVALID, "%s cannot be created in a held directory", name), NULL;
+  char path[PATH_MAX];
+  if (path_of(st, name, path, err) != 0) return NULL;
+  chb_sink *k = calloc(1, sizeof *k);
+  if (!k || !(k->path = strdup(path))) {
+    free(k);
+    chb_error_set(err, CHB_ENOMEM, "cannot create %s: out of memory", path);
+    return NULL;
+  }
+  int flags = (o->read_back ? O_RDWR : O_WRONLY) | O_CREAT | O_EXCL | O_CLOEXEC;
+  if ((k->fd = openat(dirfd, base + 1, flags, o->mode ? (mode_t)o->mode : 0644)) < 0) {
+    chb_error_errno(err, errno, "cannot create", path);
+    free(k->path);
+    free(k);
+    return NULL;
+  }
+  if (o->key && !(k->sealer = chb_sealer_new(o->key, o->seal_name, k->fd, path, err))) {
+    chb_sink_abort(k);
+    return NULL;
+  }
+  return k;
+}
+
 int chb_sink_write(chb_sink *k, const void *buf, size_t len, chb_error *err) {
   if (k->up) return chb_s3_upload_write(k->up, buf, len, err);
   if (k->sealer) return chb_sealer_write(k->sealer, buf, len, err);
@@ -126,6 +169,11 @@ int chb_sink_finish(chb_sink *k, int sync, chb_error *err) {
   if (k->up) return chb_s3_upload_finish(k->up, err);
   if (k->sealer && chb_sealer_finish(k->sealer, err) != 0) return -1;
   if (sync && fsync(k->fd) != 0) return chb_error_errno(err, errno, "cannot fsync", k->path);
+  return 0;
+}
+
+int chb_sink_sync(chb_sink *k, chb_error *err) {
+  if (k->fd >= 0 && fsync(k->fd) != 0) return chb_error_errno(err, errno, "cannot fsync", k->path);
   return 0;
 }
 

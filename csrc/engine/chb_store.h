@@ -53,6 +53,18 @@ typedef struct chb_sink_opts {
  * leaves nothing behind. Returns the sink, or NULL with err set. */
 chb_sink *chb_store_open_write(chb_store *st, const char *name, const chb_sink_opts *opts,
                                chb_error *err);
+/*
+ * Many files of one directory (a part's): chb_store_open_dir opens the
+ * directory `dir` (its first len bytes) once, making it and its missing
+ * parents if needed (with sync, each directory made has its parent
+ * fsynced: its entry is durable); the descriptor, or -1 with err set.
+ * chb_store_open_write_at then creates `name` (a name of the store, in
+ * that directory) with one openat(2), exclusively as chb_store_open_write
+ * does (no lock, no S3).
+ */
+int chb_store_open_dir(chb_store *st, const char *dir, size_t len, int sync, chb_error *err);
+chb_sink *chb_store_open_write_at(chb_store *st, int dirfd, const char *name,
+                                  const chb_sink_opts *opts, chb_error *err);
 int chb_sink_write(chb_sink *k, const void *buf, size_t len, chb_error *err);
 /* The file's descriptor, for a writer that writes at offsets (libzip
  * rewrites headers); such a writer must not use chb_sink_write. -1 for S3. */
@@ -62,6 +74,9 @@ const char *chb_sink_path(const chb_sink *k);
 /* Seals the last chunk and, with `sync`, fsyncs: the file stays open (and
  * locked). 0, or -1 with err set. */
 int chb_sink_finish(chb_sink *k, int sync, chb_error *err);
+/* fsyncs what finish wrote (a local file; nothing for S3): for a caller
+ * that finishes many files, then makes them durable together. */
+int chb_sink_sync(chb_sink *k, chb_error *err);
 /* Closes and frees; the file stays. 0, or -1 with err set (freed anyway). */
 int chb_sink_close(chb_sink *k, chb_error *err);
 /* Removes the file, closes and frees. Accepts NULL. */

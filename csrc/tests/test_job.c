@@ -673,6 +673,138 @@ static void test_empty_and_fsync(void) {
         "state names");
 }
 
+/*
+ * Small files of one directory are copied in batches (chb_job.h): many
+ * files of several directories, interleaved with a big one, fsync on,
+ * come out identical; a batch is all or nothing: a file of it that fails
+ * (a wrong checksum, an existing destination) fails the job naming that
+ * file, and no file of its batch is left, the existing one untouched.
+ */
+#define BATCH_DIRS 3
+#define BATCH_DIR_FILES 40   /* more than one batch (16 files) a directory */
+static void test_batches(void) {
+  char src[768], dst[768], dir[512];
+  chb_error err;
+  mkdir(path_of(dir, sizeof dir, "%s", "batch", 0), 0755);
+  for (int d = 0; d < BATCH_DIRS; d++) {
+    mkdir(path_of(src, sizeof src, "%s/src%d", "batch", d), 0755);
+    for (int i = 0; i < BATCH_DIR_FILES; i++) {
+      snprintf(src, sizeof src, "%s/batch/src%d/f%d", root, d, i);
+      unsigned char *data = gen_random((uint64_t)(1000 + d * 100 + i), (size_t)(100 + 37 * i));
+      spit(src, data, (size_t)(100 + 37 * i));
+      free(data);
+    }
+  }
+  size_t big_n = 300 * 1024;   /* above the small-file size: a batch of its own */
+  unsigned char *big = gen_random(77, big_n);
+  path_of(src, sizeof src, "%s/big-%d", "batch", 0);
+  spit(src, big, big_n);
+
+  /* Every file, with fsync, sources confined below the batch directory. */
+  chb_job_opts o = {3, 0, 1};
+  chb_job *job = chb_job_new(&o, &err);
+  for (int d = 0; d < BATCH_DIRS; d++)
+    for (int i = 0; i < BATCH_DIR_FILES; i++) {
+      snprintf(src, sizeof src, "%s/batch/src%d/f%d", root, d, i);
+      snprintf(dst, sizeof dst, "%s/batch/out/all/part%d/f%d", root, d, i);
+      chb_piece p = {src, 0, -1, NULL, NULL, NULL, NULL, dir};
+      chb_job_add_pieces(job, &p, 1, dst, 100 + 37 * i, NULL, &err);
+      if (d == 1 && i == 20) {   /* a big file in the middle of a directory's small ones */
+        path_of(src, sizeof src, "%s/big-%d", "batch", 0);
+        snprintf(dst, sizeof dst, "%s/batch/out/all/part%d/big", root, d);
+        chb_job_add(job, src, dst, 0, (int64_t)big_n, NULL, &err);
+      }
+    }
+  chb_job_state s = run(job, &err);
+  chb_job_progress p;
+  chb_job_get_progress(job, &p);
+  CHECK(s == CHB_JOB_DONE && p.files_done == BATCH_DIRS * BATCH_DIR_FILES + 1,
+        "batches: %d files of %d directories copied (%s, %llu done)", BATCH_DIRS * BATCH_DIR_FILES + 1,
+        BATCH_DIRS, err.msg, (unsigned long long)p.files_done);
+  int same_all = 1;
+  for (int d = 0; d < BATCH_DIRS; d++)
+    for (int i = 0; i < BATCH_DIR_FILES; i++) {
+      size_t m = 0, n = (size_t)(100 + 37 * i);
+      snprintf(dst, sizeof dst, "%s/batch/out/all/part%d/f%d", root, d, i);
+      unsigned char *want = gen_random((uint64_t)(1000 + d * 100 + i), n);
+      unsigned char *got = slurp(dst, &m);
+      uint64_t size;
+      chb_u128 h;
+      size_t entry = (size_t)(d * BATCH_DIR_FILES + i + (d > 1 || (d == 1 && i > 20)));
+      if (!got || m != n || memcmp(got, want, n) != 0 || chb_job_entry_result(job, entry, &size, &h) != 0 ||
+          size != n || !same(h, hash_of(want, n)))
+        same_all = 0;
+      free(want);
+      free(got);
+    }
+  size_t m = 0;
+  snprintf(dst, sizeof dst, "%s/batch/out/all/part1/big", root);
+  unsigned char *got = slurp(dst, &m);
+  CHECK(same_all && got && m == big_n && memcmp(got, big, m) == 0,
+        "batches: every copy is identical, with its size and checksum as entry results");
+  free(got);
+  chb_job_free(job);
+
+  /* A wrong checksum in the middle of a batch: the job fails naming it,
+   * and none of the batch's files is left. */
+  for (int with_sync = 0; with_sync < 2; with_sync++) {
+    chb_job_opts q = {2, 0, with_sync};
+    job = chb_job_new(&q, &err);
+    char bad[768];
+    for (int i = 0; i < 5; i++) {
+      snprintf(src, sizeof src, "%s/batch/src0/f%d", root, i);
+      snprintf(dst, sizeof dst, "%s/batch/out/bad%d/part/f%d", root, with_sync, i);
+      size_t n = (size_t)(100 + 37 * i);
+      unsigned char *data = gen_random((uint64_t)(1000 + i), n);
+      chb_u128 h = hash_of(data, n);
+      free(data);
+      if (i == 2) {
+        h.lo ^= 1;
+        snprintf(bad, sizeof bad, "%s", src);
+      }
+      chb_job_add(job, src, dst, 0, (int64_t)n, &h, &err);
+    }
+    s = run(job, &err);
+    int left = 0;
+    for (int i = 0; i < 5; i++) {
+      snprintf(dst, sizeof dst, "%s/batch/out/bad%d/part/f%d", root, with_sync, i);
+      left += exists(dst);
+    }
+    CHECK(s == CHB_JOB_FAILED && err.code == CHB_CORRUPT && strstr(err.msg, bad) && left == 0,
+          "batches (fsync %d): a wrong checksum fails the job naming %s, no file of its batch left "
+          "(%d left): %s", with_sync, bad, left, err.msg);
+    chb_job_free(job);
+  }
+
+  /* An existing destination in a batch: refused by name, never replaced,
+   * the batch's files before it removed. */
+  char existing[768];
+  snprintf(dst, sizeof dst, "%s/batch/out/exists", root);
+  mkdir(dst, 0755);
+  snprintf(existing, sizeof existing, "%s/batch/out/exists/f3", root);
+  spit(existing, "keep", 4);
+  job = new_job(2, 0);
+  for (int i = 0; i < 5; i++) {
+    snprintf(src, sizeof src, "%s/batch/src0/f%d", root, i);
+    snprintf(dst, sizeof dst, "%s/batch/out/exists/f%d", root, i);
+    chb_job_add(job, src, dst, 0, 100 + 37 * i, NULL, &err);
+  }
+  s = run(job, &err);
+  int left = 0;
+  for (int i = 0; i < 5; i++) {
+    snprintf(dst, sizeof dst, "%s/batch/out/exists/f%d", root, i);
+    left += i != 3 && exists(dst);
+  }
+  got = slurp(existing, &m);
+  CHECK(s == CHB_JOB_FAILED && err.code == CHB_EEXIST && strstr(err.msg, existing) && left == 0 && got &&
+            m == 4 && memcmp(got, "keep", 4) == 0,
+        "batches: an existing destination fails the job naming it, is kept, and the batch's "
+        "other files are removed (%d left): %s", left, err.msg);
+  free(got);
+  chb_job_free(job);
+  free(big);
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (!mkdtemp(root)) {
@@ -688,6 +820,7 @@ int main(void) {
   test_pieces();
   test_confined();
   test_empty_and_fsync();
+  test_batches();
   test_wait_timeout();
   test_cancel();
   rm_tree(root);

@@ -90,7 +90,7 @@ local function read_data(b, opts)
     end
   end
   local threads = chain.archive_order(reads, function(r) return r[1] end)
-  local job = core.job({ threads = threads or opts.threads })
+  local job = core.job({ threads = threads or opts.threads, ordered = threads ~= nil })
   for _, r in ipairs(reads) do
     job:add(r[1], nil, r[2].size, r[2].checksum)
   end

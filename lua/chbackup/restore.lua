@@ -242,22 +242,19 @@ local BATCH = 2500
 
 -- Phase 2's copies: `copies` (Log tables' files, planned already) and every
 -- file of the parts planned (t.renames), whose pieces are resolved again
--- here, in jobs of up to BATCH files, each run largest file first (no big
--- file left for one thread at the end; from a compressed tar, in archive
--- order). Returns true or nil, err, code.
+-- here, in jobs of up to BATCH files, added part by part: the job copies a
+-- part's small files as one batch (one lookup of its directory, one fsync
+-- of it) and runs its biggest batches first (no big file left for one
+-- thread at the end); from a compressed tar, in archive order. Returns
+-- true or nil, err, code.
 local function copy_parts(ctx, b, targets, copies)
   local store, op_id = ctx.store, ctx.op_id
   local files_done, bytes_done = 0, 0
   local function run(batch)
-    table.sort(batch, function(x, y)
-      if x[3] ~= y[3] then
-        return x[3] > y[3]
-      end
-      return x[2] < y[2]
-    end)
     -- from a compressed tar: in archive order, on one thread (chain.archive_order)
     local threads = chain.archive_order(batch, function(c) return c[1] end)
-    local job = core.job({ threads = threads or ctx.threads, fsync = ctx.settings.fsync })
+    local job = core.job({ threads = threads or ctx.threads, fsync = ctx.settings.fsync,
+      ordered = threads ~= nil })
     for _, c in ipairs(batch) do
       job:add(c[1], c[2], c[3], c[4])
     end
