@@ -350,7 +350,7 @@ static int core_zip_reader(lua_State *L) {
   b->r = NULL;
   luaL_setmetatable(L, CHB_ZIPR_MT);
   chb_error err;
-  b->r = chb_zip_reader_open(path, password, &err);
+  b->r = chb_zip_reader_shared(path, password, &err);   /* the job's workers read through it too */
   if (!b->r) return chb_push_fail(L, &err);
   return 1;
 }
@@ -445,7 +445,7 @@ static int zipr_read(lua_State *L) {
 
 static int zipr_close(lua_State *L) {
   zipr_box *b = luaL_checkudata(L, 1, CHB_ZIPR_MT);
-  chb_zip_reader_close(b->r);
+  chb_zip_reader_release(b->r);
   b->r = NULL;
   return 0;
 }
