@@ -345,6 +345,88 @@ static chb_zip_reader *check_reader(lua_State *L) {
   return b->r;
 }
 
+/* ---- chbackup.EntryStream: one entry read in chunks --------------------- */
+
+/* A `.backup` of 240,000 files is about 45 MB: read whole into one string
+ * (and a buffer as big while reading) it made an archive's peak memory.
+ * Read in chunks, it costs one chunk. */
+#define CHB_ESTREAM_MT "chbackup.EntryStream"
+#define STREAM_CHUNK (256 * 1024)
+
+typedef struct estream_box {
+  chb_zip_file *zf;           /* a zip entry (verified when it ends), or */
+  chb_source *src;            /* a tar entry's range or cursor, or */
+  char *data;                 /* a small tar entry already in memory */
+  size_t data_len;
+  uint64_t left;              /* src: bytes still to come */
+  char *name, *archive;       /* for errors */
+} estream_box;
+
+static int estream_close(lua_State *L) {
+  estream_box *b = luaL_checkudata(L, 1, CHB_ESTREAM_MT);
+  chb_zip_file_close(b->zf);
+  chb_source_close(b->src);
+  free(b->data);
+  free(b->name);
+  free(b->archive);
+  memset(b, 0, sizeof *b);
+  return 0;
+}
+
+static estream_box *new_stream(lua_State *L, const char *name, const char *archive) {
+  estream_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
+  memset(b, 0, sizeof *b);
+  luaL_setmetatable(L, CHB_ESTREAM_MT);
+  if (!(b->name = strdup(name)) || !(b->archive = strdup(archive))) luaL_error(L, "out of memory");
+  return b;
+}
+
+/* s:read() -> chunk | nil at the end (a zip entry's CRC, size and MAC
+ * checked) | fail; the stream closes itself at its end or failure */
+static int estream_read(lua_State *L) {
+  estream_box *b = luaL_checkudata(L, 1, CHB_ESTREAM_MT);
+  chb_error err;
+  if (b->data) {
+    lua_pushlstring(L, b->data, b->data_len);
+    free(b->data);
+    b->data = NULL;
+    return 1;
+  }
+  if (!b->zf && !b->src) return 0;
+  size_t want = STREAM_CHUNK;
+  if (b->src && b->left < want) want = (size_t)b->left;
+  if (want == 0) {
+    estream_close(L);
+    return 0;
+  }
+  luaL_Buffer lb;
+  char *out = luaL_buffinitsize(L, &lb, want);           /* .., buffer */
+  ssize_t n = b->zf ? chb_zip_file_read(b->zf, out, want, &err) : chb_source_read(b->src, out, want, &err);
+  if (n == 0 && b->src) {
+    n = -1;
+    chb_error_set(&err, CHB_CORRUPT, "entry %s of %s is truncated", b->name, b->archive);
+  }
+  if (n < 0) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, estream_close);
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 0);
+    return chb_push_fail(L, &err);
+  }
+  if (n == 0) {                                            /* zip: ended, verified */
+    lua_pop(L, 1);
+    lua_pushcfunction(L, estream_close);
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 0);
+    return 0;
+  }
+  if (b->src) b->left -= (uint64_t)n;
+  luaL_pushresultsize(&lb, (size_t)n);                     /* .., chunk */
+  return 1;
+}
+
+static const luaL_Reg estream_methods[] = {{"read", estream_read}, {"close", estream_close}, {NULL, NULL}};
+
 /* core.zip_reader(path, password|nil) -> ZipReader | fail */
 static int core_zip_reader(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -353,7 +435,7 @@ static int core_zip_reader(lua_State *L) {
   b->r = NULL;
   luaL_setmetatable(L, CHB_ZIPR_MT);
   chb_error err;
-  b->r = chb_zip_reader_open(path, password, &err);
+  b->r = chb_zip_reader_shared(path, password, &err);   /* the job's workers read through it too */
   if (!b->r) return chb_push_fail(L, &err);
   return 1;
 }
@@ -446,15 +528,31 @@ static int zipr_read(lua_State *L) {
   return 1;
 }
 
+/* r:stream(name) -> EntryStream | fail: an entry of any size, in chunks */
+static int zipr_stream(lua_State *L) {
+  chb_zip_reader *r = check_reader(L);
+  const char *name = luaL_checkstring(L, 2);
+  chb_error err;
+  long i = chb_zip_reader_locate(r, name);
+  if (i < 0) {
+    chb_error_set(&err, CHB_ENOENT, "no entry %s in zip archive %s", name, chb_zip_reader_path(r));
+    return chb_push_fail(L, &err);
+  }
+  estream_box *b = new_stream(L, name, chb_zip_reader_path(r));  /* .., s */
+  if (!(b->zf = chb_zip_file_open_index(r, (size_t)i, &err))) return chb_push_fail(L, &err);
+  return 1;
+}
+
 static int zipr_close(lua_State *L) {
   zipr_box *b = luaL_checkudata(L, 1, CHB_ZIPR_MT);
-  chb_zip_reader_close(b->r);
+  chb_zip_reader_release(b->r);
   b->r = NULL;
   return 0;
 }
 
 static const luaL_Reg zipr_methods[] = {
-    {"list", zipr_list}, {"entry", zipr_entry}, {"read", zipr_read}, {"close", zipr_close}, {NULL, NULL}};
+    {"list", zipr_list}, {"entry", zipr_entry}, {"read", zipr_read}, {"stream", zipr_stream},
+    {"close", zipr_close}, {NULL, NULL}};
 
 /* ---- chbackup.TarReader ------------------------------------------------- */
 
@@ -580,6 +678,34 @@ static int tarr_read(lua_State *L) {
   return 1;
 }
 
+/* r:stream(name) -> EntryStream | fail: an entry of any size, in chunks */
+static int tarr_stream(lua_State *L) {
+  tarr_box *tb = check_tar_reader(L);
+  const char *name = luaL_checkstring(L, 2);
+  chb_error err;
+  const chb_tar_entry *e = chb_tar_index_find(tb->x, name);
+  if (!e) {
+    chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, tb->path);
+    return chb_push_fail(L, &err);
+  }
+  estream_box *b = new_stream(L, name, tb->path);         /* .., s */
+  if (e->data) {
+    if (!(b->data = malloc(e->size ? (size_t)e->size : 1))) return luaL_error(L, "out of memory");
+    memcpy(b->data, e->data, (size_t)e->size);
+    b->data_len = (size_t)e->size;
+    return 1;
+  }
+  chb_piece p = {tb->path, e->offset, (int64_t)e->size, NULL, NULL};
+  p.s3 = tb->s3;
+  if (chb_tar_index_compressed(tb->x)) {
+    p.offset = 0;
+    p.entry = name;
+  }
+  b->left = e->size;
+  if (!(b->src = chb_source_open(&p, 1, &err))) return chb_push_fail(L, &err);
+  return 1;
+}
+
 static int tarr_close(lua_State *L) {
   tarr_box *b = luaL_checkudata(L, 1, CHB_TARR_MT);
   chb_tar_index_close(b->x);
@@ -590,7 +716,7 @@ static int tarr_close(lua_State *L) {
 }
 
 static const luaL_Reg tarr_methods[] = {{"list", tarr_list},   {"entry", tarr_entry}, {"compressed", tarr_compressed},
-                                        {"read", tarr_read},   {"close", tarr_close},
+                                        {"read", tarr_read},   {"stream", tarr_stream}, {"close", tarr_close},
                                         {NULL, NULL}};
 
 /* ---- functions ----------------------------------------------------------- */
@@ -638,5 +764,6 @@ void chb_open_archives(lua_State *L) {
   create_meta(L, CHB_ZIPW_MT, zipw_methods, zipw_close);
   create_meta(L, CHB_ZIPR_MT, zipr_methods, zipr_close);
   create_meta(L, CHB_TARR_MT, tarr_methods, tarr_close);
+  create_meta(L, CHB_ESTREAM_MT, estream_methods, estream_close);
   luaL_setfuncs(L, zip_funcs, 0);      /* core */
 }

@@ -490,3 +490,73 @@ describe("zip64", function()
     os.remove(zip)
   end)
 end)
+
+
+describe("archive entries read in chunks (r:stream, as the manifest is read)", function()
+  local dir
+  before_each(function() dir = h.tmpdir("zipstream") end)
+
+  -- A 1.3 MB file of varied text: several chunks of the stream.
+  local function big_file()
+    local src = dir .. "/big.bin"
+    local f = assert(io.open(src, "wb"))
+    for i = 1, 160000 do f:write(string.format("%07d,", i * 7919 % 1000003)) end
+    f:close()
+    return src, h.read(src)
+  end
+
+  local function drain(s)
+    local parts = {}
+    while true do
+      local chunk, err, code = s:read()
+      if not chunk then
+        return table.concat(parts), err, code
+      end
+      parts[#parts + 1] = chunk
+    end
+  end
+
+  for _, case in ipairs({ { "store", nil }, { "deflate", nil }, { "deflate", PW } }) do
+    local method, password = case[1], case[2]
+    it("gives a zip entry's bytes in chunks, then nil; a damaged one fails at its end ("
+        .. method .. (password and ", AES" or "") .. ")", function()
+      local src, want = big_file()
+      local zip = dir .. "/a.zip"
+      local _, ok = write_zip(zip, { { name = "big", path = src, size = #want } },
+        { method = method, password = password })
+      assert.is_true(ok)
+      local r = assert(core.zip_reader(zip, password))
+      local s = assert(r:stream("big"))
+      local got, err = drain(s)
+      assert.is_nil(err)
+      assert.equal(#want, #got)
+      assert.is_true(got == want)
+      local _, _, missing_code = r:stream("nope")
+      assert.equal("ENOENT", missing_code)
+      r:close()
+      local off, size = data_offset(zip, "big")
+      flip_byte(zip, off + size - 40)
+      r = assert(core.zip_reader(zip, password))
+      local _, derr, dcode = drain(assert(r:stream("big")))
+      r:close()
+      assert.is_truthy(derr and derr:find("big", 1, true), tostring(derr))
+      assert.equal("CORRUPT", dcode)
+    end)
+  end
+
+  it("gives a tar entry's bytes in chunks (a .tar's range), then nil", function()
+    local src, want = big_file()
+    local tarf = dir .. "/a.tar"
+    local w = assert(core.tar_writer(tarf))
+    assert(w:add("big", src, #want, assert(core.checksum_file(src))))
+    assert(w:start())
+    w:wait()
+    assert(w:result())
+    w:close()
+    local r = assert(core.tar_reader(tarf))
+    local got, err = drain(assert(r:stream("big")))
+    r:close()
+    assert.is_nil(err)
+    assert.is_true(got == want)
+  end)
+end)

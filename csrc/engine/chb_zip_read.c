@@ -1,5 +1,6 @@
-/* Zip archives, the reading half: entries listed and streamed, and a
- * per-thread cache of open readers; see chb_zip_read.h. */
+/* Zip archives, the reading half: entries listed and streamed, and one
+ * process-wide cache of open readers shared by every thread; see
+ * chb_zip_read.h. */
 #include "chb_zip_read.h"
 #include "chb_aes.h"
 #include "chb_codec.h"
@@ -21,12 +22,22 @@
 
 /* ---- reader ------------------------------------------------------------ */
 
+static void cache_release(chb_zip_reader *r);
+static void cache_ref(chb_zip_reader *r);
+
 struct chb_zip_reader {
   zip_t *za;
   char *path;
   char *password;             /* NULL: none */
   size_t count;
-  chb_zip_file *open_file;
+  chb_zip_file *open_file;    /* a private reader's one open entry */
+  /* A zip_t is not thread-safe: every libzip call on za is made holding
+   * this lock, so that one reader (one copy of the central directory, about
+   * 100 bytes an entry in libzip) serves all threads. Bytes are decoded,
+   * decrypted and checked outside it. */
+  pthread_mutex_t lock;
+  int shared;                 /* in the cache: entries open on many threads */
+  long refs;                  /* shared: the cache's and each open entry's (cache_lock) */
 };
 
 struct chb_zip_file {
@@ -41,6 +52,7 @@ struct chb_zip_file {
   unsigned char *in;
   size_t in_pos, in_len;
   int raw_done, codec_done, ended, broken;
+  int holds_ref;              /* opened through the cache: closing gives its reader back */
   chb_error broken_err;
 };
 
@@ -51,9 +63,13 @@ chb_zip_reader *chb_zip_reader_open(const char *path, const char *password, chb_
     r->path = chb_zip_dup(path, &oom);
     if (password && *password) r->password = chb_zip_dup(password, &oom);
   }
-  if (oom) {
+  if (oom || pthread_mutex_init(&r->lock, NULL) != 0) {
+    if (r) {
+      free(r->path);
+      chb_zip_free_secret(r->password);
+      free(r);
+    }
     chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", path);
-    chb_zip_reader_close(r);
     return NULL;
   }
   int zerr = 0;
@@ -84,7 +100,9 @@ size_t chb_zip_reader_count(const chb_zip_reader *r) { return r->count; }
 const char *chb_zip_reader_path(const chb_zip_reader *r) { return r->path; }
 
 long chb_zip_reader_locate(chb_zip_reader *r, const char *name) {
+  pthread_mutex_lock(&r->lock);
   zip_int64_t i = zip_name_locate(r->za, name, ZIP_FL_ENC_RAW);
+  pthread_mutex_unlock(&r->lock);
   return i < 0 ? -1 : (long)i;
 }
 
@@ -98,9 +116,19 @@ static int encryption_strength(zip_uint16_t em) {
   }
 }
 
+/* zip_stat_index under the reader's lock: 0 or -1. st.name stays valid
+ * while the reader is open (libzip's directory, never changed here). */
+static int stat_index(chb_zip_reader *r, size_t i, zip_stat_t *st) {
+  if (i >= r->count) return -1;
+  pthread_mutex_lock(&r->lock);
+  int rc = zip_stat_index(r->za, i, 0, st);
+  pthread_mutex_unlock(&r->lock);
+  return rc;
+}
+
 int chb_zip_reader_stat(chb_zip_reader *r, size_t i, chb_zip_entry_info *out, chb_error *err) {
   zip_stat_t st;
-  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0)
+  if (stat_index(r, i, &st) != 0)
     return chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
   out->name = st.name;
   out->size = st.size;
@@ -115,6 +143,7 @@ void chb_zip_reader_close(chb_zip_reader *r) {
   if (!r) return;
   chb_zip_file_close(r->open_file);
   if (r->za) zip_discard(r->za);
+  pthread_mutex_destroy(&r->lock);
   free(r->path);
   chb_zip_free_secret(r->password);
   free(r);
@@ -138,13 +167,11 @@ static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char 
 /* Reads up to n raw (compressed, encrypted) bytes; fewer only at the end. */
 static ssize_t raw_read(chb_zip_file *f, unsigned char *buf, size_t n, chb_error *err) {
   size_t got = 0;
-  while (got < n) {
-    zip_int64_t k = zip_fread(f->zf, buf + got, n - got);
-    if (k < 0)
-      return file_fail(f, err, CHB_EIO, "read error (%s)", zip_file_strerror(f->zf));
-    if (k == 0) break;
-    got += (size_t)k;
-  }
+  zip_int64_t k = 0;
+  pthread_mutex_lock(&f->r->lock);   /* the zip_t's one file handle, seeked per read */
+  while (got < n && (k = zip_fread(f->zf, buf + got, n - got)) > 0) got += (size_t)k;
+  pthread_mutex_unlock(&f->r->lock);
+  if (k < 0) return file_fail(f, err, CHB_EIO, "read error (%s)", zip_file_strerror(f->zf));
   return (ssize_t)got;
 }
 
@@ -154,7 +181,7 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
     return NULL;
   }
   zip_stat_t st;
-  if (i >= r->count || zip_stat_index(r->za, i, 0, &st) != 0) {
+  if (stat_index(r, i, &st) != 0) {
     chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
     return NULL;
   }
@@ -165,6 +192,10 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
     return NULL;
   }
   f->r = r;
+  if (r->shared) {            /* an open entry keeps its reader alive */
+    cache_ref(r);
+    f->holds_ref = 1;
+  }
   f->size = st.size;
   f->comp_size = st.comp_size;
   f->method = st.comp_method == 20 ? CHB_CODEC_ZSTD : st.comp_method; /* 20: old zstd id */
@@ -185,11 +216,16 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
     file_fail(f, err, CHB_AUTH, "a password is needed (the data is encrypted)");
     goto fail;
   }
+  pthread_mutex_lock(&r->lock);
   f->zf = zip_fopen_index(r->za, i, ZIP_FL_COMPRESSED | ZIP_FL_ENCRYPTED);
   if (!f->zf) {
-    file_fail(f, err, CHB_CORRUPT, "cannot open the data (%s)", zip_strerror(r->za));
+    char why[200];
+    snprintf(why, sizeof why, "%s", zip_strerror(r->za));
+    pthread_mutex_unlock(&r->lock);
+    file_fail(f, err, CHB_CORRUPT, "cannot open the data (%s)", why);
     goto fail;
   }
+  pthread_mutex_unlock(&r->lock);
   if (f->strength > 0) {
     unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
     size_t hlen = chb_aes_salt_len(f->strength) + CHB_AES_PV_LEN;
@@ -219,11 +255,11 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
       goto fail;
     }
   }
-  r->open_file = f;
+  if (!r->shared) r->open_file = f;
   return f;
 fail:
   f->r = r;
-  r->open_file = f;           /* so that close releases it the one way */
+  if (!r->shared) r->open_file = f;   /* so that close releases it the one way */
   chb_zip_file_close(f);
   return NULL;
 }
@@ -364,20 +400,33 @@ ssize_t chb_zip_file_read(chb_zip_file *f, void *buf, size_t len, chb_error *err
 void chb_zip_file_close(chb_zip_file *f) {
   if (!f) return;
   if (f->r && f->r->open_file == f) f->r->open_file = NULL;
-  if (f->zf) zip_fclose(f->zf);
+  if (f->zf) {
+    pthread_mutex_lock(&f->r->lock);
+    zip_fclose(f->zf);
+    pthread_mutex_unlock(&f->r->lock);
+  }
   chb_codec_free(f->codec);
   chb_aes_free(f->aes);
   free(f->in);
   free(f->name);
+  chb_zip_reader *r = f->holds_ref ? f->r : NULL;
   free(f);
+  if (r) cache_release(r);
 }
 
-/* ---- per-thread cache of open readers ---------------------------------- */
+/* ---- the process-wide cache of open readers ------------------------------ */
+
+/* Job workers come and go with each batch of a restore: a reader per
+ * thread reopened the archive (parsed its whole central directory) in each
+ * worker of each batch, and held one copy of it per thread. One cache for
+ * the process opens an archive once and shares that reader (its lock keeps
+ * libzip single-threaded). An entry in use keeps its reader alive (refs)
+ * after the cache lets it go. */
 
 #define CACHE_SLOTS 4
 
 typedef struct cache_slot {
-  chb_zip_reader *r;
+  chb_zip_reader *r;          /* NULL: free */
   char *password;             /* "" for none */
   dev_t dev;
   ino_t ino;
@@ -386,99 +435,123 @@ typedef struct cache_slot {
   uint64_t used;
 } cache_slot;
 
-typedef struct zip_cache {
-  cache_slot slot[CACHE_SLOTS];
-  uint64_t tick;
-} zip_cache;
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static cache_slot cache[CACHE_SLOTS];
+static uint64_t cache_tick;
 
-static pthread_key_t cache_key;
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+/* Drops one reference (cache_lock held); the last one closes the reader. */
+static void unref_locked(chb_zip_reader *r) {
+  if (--r->refs == 0) chb_zip_reader_close(r);
+}
+
+static void cache_release(chb_zip_reader *r) {
+  pthread_mutex_lock(&cache_lock);
+  unref_locked(r);
+  pthread_mutex_unlock(&cache_lock);
+}
+
+static void cache_ref(chb_zip_reader *r) {
+  pthread_mutex_lock(&cache_lock);
+  r->refs++;
+  pthread_mutex_unlock(&cache_lock);
+}
+
 
 static void slot_clear(cache_slot *s) {
-  chb_zip_reader_close(s->r);
+  if (s->r) unref_locked(s->r);
   chb_zip_free_secret(s->password);
   memset(s, 0, sizeof *s);
 }
 
-static void cache_destroy(void *p) {
-  zip_cache *c = p;
-  for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&c->slot[i]);
-  free(c);
-}
-
-static void cache_init(void) { pthread_key_create(&cache_key, cache_destroy); }
-
 void chb_zip_cache_clear(void) {
-  pthread_once(&cache_once, cache_init);
-  zip_cache *c = pthread_getspecific(cache_key);
-  if (!c) return;
-  pthread_setspecific(cache_key, NULL);
-  cache_destroy(c);
+  pthread_mutex_lock(&cache_lock);
+  for (int i = 0; i < CACHE_SLOTS; i++) slot_clear(&cache[i]);
+  pthread_mutex_unlock(&cache_lock);
 }
 
-/* This thread's open reader of `archive` (opened and cached if needed). */
-static chb_zip_reader *cached_reader(const char *archive, const char *password, chb_error *err) {
-  pthread_once(&cache_once, cache_init);
-  zip_cache *c = pthread_getspecific(cache_key);
-  if (!c) {
-    c = calloc(1, sizeof *c);
-    if (!c || pthread_setspecific(cache_key, c) != 0) {
-      free(c);
-      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
-      return NULL;
-    }
-  }
+/* The shared reader of `archive`, opened if needed, with a reference the
+ * caller gives back by cache_release (or by closing the entry it opens). */
+static chb_zip_reader *acquire(const char *archive, const char *password, chb_error *err) {
   if (!password) password = "";
   struct stat sb;
   if (stat(archive, &sb) != 0) {
     chb_error_errno(err, errno, "cannot open zip archive", archive);
     return NULL;
   }
-  cache_slot *hit = NULL, *victim = &c->slot[0];
+  pthread_mutex_lock(&cache_lock);   /* held while opening: one thread parses the directory */
+  cache_slot *hit = NULL, *victim = &cache[0];
   for (int i = 0; i < CACHE_SLOTS; i++) {
-    cache_slot *s = &c->slot[i];
+    cache_slot *s = &cache[i];
     if (s->r && s->dev == sb.st_dev && s->ino == sb.st_ino && s->size == sb.st_size &&
         s->mtime.tv_sec == sb.st_mtim.tv_sec && s->mtime.tv_nsec == sb.st_mtim.tv_nsec &&
         strcmp(chb_zip_reader_path(s->r), archive) == 0 && strcmp(s->password, password) == 0) {
       hit = s;
       break;
     }
-    if (!s->r || s->used < victim->used) victim = s;
+    if (!s->r || (victim->r && s->used < victim->used)) victim = s;
   }
   if (!hit) {
     slot_clear(victim);
-    victim->r = chb_zip_reader_open(archive, password, err);
-    if (!victim->r) return NULL;
-    victim->password = strdup(password);
-    if (!victim->password) {
-      slot_clear(victim);
-      chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
+    chb_zip_reader *r = chb_zip_reader_open(archive, password, err);
+    char *pw = r ? strdup(password) : NULL;
+    if (!pw) {
+      if (r) chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", archive);
+      chb_zip_reader_close(r);
+      pthread_mutex_unlock(&cache_lock);
       return NULL;
     }
+    r->shared = 1;
+    r->refs = 1;              /* the cache's */
+    victim->r = r;
+    victim->password = pw;
     victim->dev = sb.st_dev;
     victim->ino = sb.st_ino;
     victim->size = sb.st_size;
     victim->mtime = sb.st_mtim;
     hit = victim;
   }
-  hit->used = ++c->tick;
-  return hit->r;
+  hit->used = ++cache_tick;
+  chb_zip_reader *r = hit->r;
+  r->refs++;
+  pthread_mutex_unlock(&cache_lock);
+  return r;
+}
+
+chb_zip_reader *chb_zip_reader_shared(const char *path, const char *password, chb_error *err) {
+  return acquire(path, password, err);
+}
+
+/* The backup is closed: its archive leaves the cache too (no directory
+ * nor file handle kept after it, e.g. once it is deleted); entries still
+ * open keep the reader until they are closed. */
+void chb_zip_reader_release(chb_zip_reader *r) {
+  if (!r) return;
+  pthread_mutex_lock(&cache_lock);
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].r == r) slot_clear(&cache[i]);
+  unref_locked(r);
+  pthread_mutex_unlock(&cache_lock);
 }
 
 chb_zip_file *chb_zip_open_cached(const char *archive, const char *password,
                                   const char *entry, chb_error *err) {
-  chb_zip_reader *r = cached_reader(archive, password, err);
-  return r ? chb_zip_file_open(r, entry, err) : NULL;
+  chb_zip_reader *r = acquire(archive, password, err);
+  if (!r) return NULL;
+  chb_zip_file *f = chb_zip_file_open(r, entry, err);   /* f holds its own reference */
+  cache_release(r);
+  return f;
 }
 
 int chb_zip_entry_size_cached(const char *archive, const char *password, const char *entry,
                               uint64_t *size, chb_error *err) {
-  chb_zip_reader *r = cached_reader(archive, password, err);
+  chb_zip_reader *r = acquire(archive, password, err);
   if (!r) return -1;
+  int rc = 0;
   long at = chb_zip_reader_locate(r, entry);
-  if (at < 0) return chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", entry, archive);
   chb_zip_entry_info info = {0};
-  if (chb_zip_reader_stat(r, (size_t)at, &info, err) != 0) return -1;
-  *size = info.size;
-  return 0;
+  if (at < 0) rc = chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", entry, archive);
+  else if (chb_zip_reader_stat(r, (size_t)at, &info, err) != 0) rc = -1;
+  else *size = info.size;
+  cache_release(r);
+  return rc;
 }

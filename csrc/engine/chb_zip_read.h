@@ -44,7 +44,7 @@ const char *chb_zip_reader_path(const chb_zip_reader *r);
 /* Accepts NULL. Entries still open must be closed first. */
 void chb_zip_reader_close(chb_zip_reader *r);
 
-/* One entry at a time per reader. CHB_ENOENT if the name is not there. */
+/* One entry at a time per reader (any number on a shared one). CHB_ENOENT if the name is not there. */
 chb_zip_file *chb_zip_file_open(chb_zip_reader *r, const char *name, chb_error *err);
 chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *err);
 /*
@@ -57,15 +57,23 @@ uint64_t chb_zip_file_size(const chb_zip_file *f);
 void chb_zip_file_close(chb_zip_file *f);
 
 /*
- * An entry of `archive` opened through this thread's small cache of open
- * readers (a job worker reading many entries does not reopen the archive
- * for each). The file must be closed before the next cached open on the
- * same thread. A thread's cache is freed when the thread exits, or by
- * chb_zip_cache_clear().
+ * An entry of `archive` opened through the process's small cache of open
+ * readers, shared by all threads (a job's workers, and the workers of each
+ * later job, do not reopen the archive nor hold a copy of its directory
+ * each). Any number of entries may be open at once, on any threads; libzip
+ * is called under the reader's lock. A reader is closed when the cache
+ * lets it go (chb_zip_cache_clear, or evicted by another archive) and its
+ * last open entry is closed.
  */
 chb_zip_file *chb_zip_open_cached(const char *archive, const char *password,
                                   const char *entry, chb_error *err);
 void chb_zip_cache_clear(void);
+/* The cache's reader of `path` (opened if needed), shared with the job's
+ * workers: one copy of the central directory in the process. Given back by
+ * chb_zip_reader_release (never chb_zip_reader_close), which also takes it
+ * out of the cache. Its entries may be open on any threads at once. */
+chb_zip_reader *chb_zip_reader_shared(const char *path, const char *password, chb_error *err);
+void chb_zip_reader_release(chb_zip_reader *r);
 /* The size of `entry` in `archive`, from its directory, through the same cache. */
 int chb_zip_entry_size_cached(const char *archive, const char *password, const char *entry,
                               uint64_t *size, chb_error *err);

@@ -60,17 +60,11 @@ function tar.open(resolved, _, place)
     reader:close()
     return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
   end
-  local text
-  text, err, code = reader:read(manifest.FILE)
-  if not text then
-    reader:close()
-    return nil, "backup " .. resolved.name .. ": " .. err, code
-  end
   local m
-  m, err = manifest.from_string(text, resolved.path .. ":" .. manifest.FILE)
+  m, err, code = archive.read_manifest(reader, resolved.path .. ":" .. manifest.FILE)
   if not m then
     reader:close()
-    return nil, err
+    return nil, code and ("backup " .. resolved.name .. ": " .. err) or err, code
   end
   return setmetatable({ dest = resolved, manifest = m, kind = "tar", reader = reader,
     sequential = reader:compressed(), place = place }, Reader)

@@ -40,21 +40,15 @@ function zip.open(resolved, opts)
     reader:close()
     return nil, "backup " .. resolved.name .. " not found: no " .. manifest.FILE .. " in " .. resolved.path
   end
-  local text
-  text, err, code = reader:read(manifest.FILE)
-  if not text then
+  local m
+  m, err, code = archive.read_manifest(reader, resolved.path .. ":" .. manifest.FILE)
+  if not m then
     reader:close()
     if code == "AUTH" then
       return nil, "backup " .. resolved.name .. " is password-protected: "
         .. (password and "wrong password" or "give SETTINGS password = '…'") .. " (" .. err .. ")", code
     end
-    return nil, "backup " .. resolved.name .. ": " .. err, code
-  end
-  local m
-  m, err = manifest.from_string(text, resolved.path .. ":" .. manifest.FILE)
-  if not m then
-    reader:close()
-    return nil, err
+    return nil, code and ("backup " .. resolved.name .. ": " .. err) or err, code
   end
   return setmetatable({ dest = resolved, manifest = m, kind = "zip", reader = reader,
     password = password, encrypted = encrypted == true,
