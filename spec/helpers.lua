@@ -357,6 +357,15 @@ function helpers.tree(dir)
 end
 
 
+--- Whether list holds x.
+function helpers.has(list, x)
+  for _, v in ipairs(list) do
+    if v == x then return true end
+  end
+  return false
+end
+
+
 --- An s3rver (scripts/s3rver) on a free port serving `bucket` from dir/srv
 -- (key id and secret S3RVER). Returns {port=, url = "http://127.0.0.1:port/
 -- bucket/" .. prefix, client = core.s3_client, start(), stop()}: start()
@@ -379,6 +388,15 @@ function helpers.s3rver(dir, bucket, prefix)
   end
   function srv.stop()
     os.execute(string.format("%s/scripts/s3rver stop %s", helpers.quote(helpers.ROOT), helpers.quote(srv.dir)))
+  end
+  --- For a spec's teardown: the client closed, the server stopped.
+  function srv.close()
+    srv.client:close()
+    srv.stop()
+  end
+  --- The S3 destination `name` below the url, as SQL, with the server's credentials.
+  function srv.dest(name)
+    return string.format("S3('%s/%s', 'S3RVER', 'S3RVER')", srv.url, name)
   end
   --- Names below `prefix/name/`, sorted.
   function srv.objects(name)

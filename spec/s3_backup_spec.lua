@@ -7,6 +7,7 @@ local h = require("spec.helpers")
 local manifest = require("chbackup.manifest")
 
 local q = h.quote
+local has = h.has
 local ALL_TABLES = h.expected()
 local BUCKET = "chb-backups"
 local SECRET = "S3RVER"
@@ -25,12 +26,6 @@ describe("S3 destinations", function()
     return srv.objects(name)
   end
 
-  local function has(list, x)
-    for _, v in ipairs(list) do
-      if v == x then return true end
-    end
-    return false
-  end
 
   setup(function()
     dir = h.tmpdir("s3backup")
@@ -57,10 +52,7 @@ describe("S3 destinations", function()
   end
 
   teardown(function()
-    if srv then
-      srv.client:close()
-      srv.stop()
-    end
+    if srv then srv.close() end
   end)
 
   it("BACKUP to S3 writes ClickHouse's layout, .lock gone; RESTORE from it gives the same rows", function()

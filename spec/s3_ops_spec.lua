@@ -5,13 +5,14 @@ local h = require("spec.helpers")
 local cjson = require("cjson")
 
 local q = h.quote
+local has = h.has
 local BUCKET = "chb-ops"
 
 describe("S3 operations", function()
   local w, dir, srv
 
   local function s3(name)
-    return string.format("S3('%s/%s', 'S3RVER', 'S3RVER')", srv.url, name)
+    return srv.dest(name)
   end
 
   local function chbackup(args)
@@ -30,13 +31,6 @@ describe("S3 operations", function()
     return rows, out
   end
 
-  local function has(list_, x)
-    for _, v in ipairs(list_) do
-      if v == x then return true end
-    end
-    return false
-  end
-
   setup(function()
     dir = h.tmpdir("s3ops")
     srv = h.s3rver(dir, BUCKET, "ops")
@@ -44,10 +38,7 @@ describe("S3 operations", function()
   end)
 
   teardown(function()
-    if srv then
-      srv.client:close()
-      srv.stop()
-    end
+    if srv then srv.close() end
   end)
 
   it("list S3('url') groups objects into backups by .backup and .lock; delete and check work on S3", function()

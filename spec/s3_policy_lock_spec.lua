@@ -9,6 +9,7 @@ local schedule = require("chbackup.policy.schedule")
 local s3lock = require("chbackup.policy.s3lock")
 
 local q = h.quote
+local has = h.has
 local BUCKET = "chb-plock"
 local UTC = schedule.zone("UTC")
 
@@ -26,12 +27,6 @@ local function log_text(report)
 end
 
 
-local function has(list, x)
-  for _, v in ipairs(list) do
-    if v == x then return true end
-  end
-  return false
-end
 
 
 describe("policy runs on S3", function()
@@ -64,10 +59,7 @@ return {
   end)
 
   teardown(function()
-    if srv then
-      srv.client:close()
-      srv.stop()
-    end
+    if srv then srv.close() end
   end)
 
   it("a second run is refused naming the lock; a kill -9'd run's lock is taken over and its leftovers removed", function()

@@ -15,7 +15,7 @@ describe("rebase on S3", function()
   local w, dir, srv
 
   local function s3(name)
-    return string.format("S3('%s/%s', 'S3RVER', 'S3RVER')", srv.url, name)
+    return srv.dest(name)
   end
 
   local function chbackup(args)
@@ -56,10 +56,7 @@ describe("rebase on S3", function()
   end)
 
   teardown(function()
-    if srv then
-      srv.client:close()
-      srv.stop()
-    end
+    if srv then srv.close() end
   end)
 
   it("makes an S3 incremental standalone in place: uuid kept, no object too many or too few, base deletable", function()
