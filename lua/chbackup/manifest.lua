@@ -72,6 +72,12 @@ local function entries_of(idx)
 end
 
 
+-- The m.files lists manifest.indexed made, and their index: serialize
+-- writes from the index only while m.files is still that list (a caller
+-- may put a list of its own in its place).
+local index_of_files = setmetatable({}, { __mode = "k" })
+
+
 --- The files of a manifest held in a core.index (one C structure, not a
 -- Lua table per file: issue 14), as manifest.parse gives them: sets
 -- m.index, m.files (a list: m.files[i], #m.files, ipairs) and m.by_name
@@ -90,6 +96,7 @@ function manifest.indexed(m, idx)
       error("the files of a parsed manifest are read-only", 2)
     end,
   })
+  index_of_files[m.files] = idx
   m.by_name = setmetatable({}, {
     __index = function(_, name)
       local i = type(name) == "string" and idx:find(name)
@@ -236,11 +243,12 @@ function manifest.serialize(m, write)
   -- A manifest in a core.index: its <file> records written in C, a few
   -- dozen KiB at a time (m.name_order, a manifest being made: sorted by
   -- name, as ClickHouse writes them, whatever order they were added in)
-  if m.index then
+  local idx = index_of_files[m.files]
+  if idx then
     local pos = 1
     while pos do
       local text
-      text, pos = m.index:manifest_files(pos, m.name_order)
+      text, pos = idx:manifest_files(pos, m.name_order)
       write(text)
     end
     write("</contents></config>")
