@@ -58,6 +58,9 @@ struct chb_index {
   char *scratch[2];        /* a name and a data_file put together by chb_index_get */
   size_t scratch_cap[2];
   uint32_t *by_name;       /* name hash -> entry + 1 */
+  uint8_t *name_tags;      /* beside by_name: 0 empty, else 8 bits of the name's hash, so
+                            * that a probe reads a record only when these match (one
+                            * cache miss per lookup, not one per slot probed: issue 14) */
   size_t by_name_cap;      /* a power of two, or 0 */
   uint32_t *by_content;    /* (size, checksum) -> first entry + 1; built lazily */
   size_t by_content_cap;
@@ -78,6 +81,7 @@ void chb_index_free(chb_index *idx) {
   free(idx->scratch[0]);
   free(idx->scratch[1]);
   free(idx->by_name);
+  free(idx->name_tags);
   free(idx->by_content);
   free(idx->sorted);
   free(idx);
@@ -180,24 +184,43 @@ static uint64_t hash_rec(const chb_index *idx, const rec *r) {
   return hash_two(idx->names + d->off, d->len, idx->names + l->off, l->len);
 }
 
+/* A name's tag in name_tags: never 0 (an empty slot). */
+static uint8_t tag_of(uint64_t h) {
+  uint8_t t = (uint8_t)(h >> 56);
+  return t ? t : 1;
+}
+
 /* The slot of name in the by_name table: its entry's, or the empty one it
- * would take. */
-static size_t name_slot(const chb_index *idx, const char *name, size_t len) {
-  size_t mask = idx->by_name_cap - 1, s = (size_t)hash_bytes(name, len) & mask;
-  while (idx->by_name[s] && !name_is(idx, &idx->recs[idx->by_name[s] - 1], name, len)) s = (s + 1) & mask;
+ * would take (*tag: the name's tag). */
+static size_t name_slot(const chb_index *idx, const char *name, size_t len, uint8_t *tag) {
+  uint64_t h = hash_bytes(name, len);
+  size_t mask = idx->by_name_cap - 1, s = (size_t)h & mask;
+  uint8_t t = tag_of(h);
+  for (; idx->name_tags[s]; s = (s + 1) & mask)
+    if (idx->name_tags[s] == t && name_is(idx, &idx->recs[idx->by_name[s] - 1], name, len)) break;
+  *tag = t;
   return s;
 }
 
 static int rehash_names(chb_index *idx, size_t cap) {
   uint32_t *t = calloc(cap, sizeof(uint32_t));
-  if (!t) return -1;
+  uint8_t *tags = calloc(cap, 1);
+  if (!t || !tags) {
+    free(t);
+    free(tags);
+    return -1;
+  }
   for (size_t i = 0; i < idx->count; i++) {
-    size_t s = (size_t)hash_rec(idx, &idx->recs[i]) & (cap - 1);
-    while (t[s]) s = (s + 1) & (cap - 1);   /* (names are unique: no comparison) */
+    uint64_t h = hash_rec(idx, &idx->recs[i]);
+    size_t s = (size_t)h & (cap - 1);
+    while (tags[s]) s = (s + 1) & (cap - 1);   /* (names are unique: no comparison) */
     t[s] = (uint32_t)i + 1;
+    tags[s] = tag_of(h);
   }
   free(idx->by_name);
+  free(idx->name_tags);
   idx->by_name = t;
+  idx->name_tags = tags;
   idx->by_name_cap = cap;
   return 0;
 }
@@ -210,8 +233,9 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if ((idx->count + 1) * 2 > idx->by_name_cap &&
       rehash_names(idx, idx->by_name_cap ? idx->by_name_cap * 2 : 64) != 0)
     return -2;
-  size_t slot = name_slot(idx, e->name, e->name_len);
-  if (idx->by_name[slot]) {
+  uint8_t tag;
+  size_t slot = name_slot(idx, e->name, e->name_len, &tag);
+  if (idx->name_tags[slot]) {
     if (existing) *existing = idx->by_name[slot] - 1;
     return -1;
   }
@@ -250,6 +274,7 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if (e->no_content) r.flags |= F_NO_CONTENT;
   idx->recs[idx->count] = r;
   idx->by_name[slot] = (uint32_t)(idx->count + 1);
+  idx->name_tags[slot] = tag;
   idx->count++;
   free(idx->sorted);   /* the name order is made again on use */
   idx->sorted = NULL;
@@ -314,8 +339,9 @@ int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
 
 long chb_index_find(const chb_index *idx, const char *name, size_t len) {
   if (!idx->by_name_cap) return -1;
-  uint32_t v = idx->by_name[name_slot(idx, name, len)];
-  return v ? (long)v - 1 : -1;
+  uint8_t tag;
+  size_t s = name_slot(idx, name, len, &tag);
+  return idx->name_tags[s] ? (long)idx->by_name[s] - 1 : -1;
 }
 
 static int same_content(const rec *r, uint64_t size, chb_u128 sum) {
@@ -427,8 +453,14 @@ int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo,
   if (!idx->sorted) {
     idx->sorted = malloc((idx->count ? idx->count : 1) * sizeof(uint32_t));
     if (!idx->sorted) return -2;
-    for (size_t i = 0; i < idx->count; i++) idx->sorted[i] = (uint32_t)i;
-    qsort_r(idx->sorted, idx->count, sizeof(uint32_t), cmp_names, idx);
+    int in_order = 1;
+    for (size_t i = 0; i < idx->count; i++) {
+      idx->sorted[i] = (uint32_t)i;
+      if (in_order && i > 0 && cmp_names(&idx->sorted[i - 1], &idx->sorted[i], idx) > 0) in_order = 0;
+    }
+    /* (a manifest as written, or made from parts in name order, is in order
+     * already: one pass instead of n log n comparisons) */
+    if (!in_order) qsort_r(idx->sorted, idx->count, sizeof(uint32_t), cmp_names, idx);
   }
   size_t a = 0, b = idx->count;   /* first position not before the prefix */
   while (a < b) {
@@ -470,6 +502,6 @@ void chb_index_compact(chb_index *idx) {
 size_t chb_index_memory(const chb_index *idx) {
   return sizeof *idx + idx->cap * sizeof(rec) + idx->extra_cap * sizeof(extra) + idx->names_cap +
          idx->strs_cap * sizeof(str) + idx->scratch_cap[0] + idx->scratch_cap[1] +
-         (idx->by_name_cap + idx->by_content_cap + idx->by_str_cap) * sizeof(uint32_t) +
+         (idx->by_name_cap + idx->by_content_cap + idx->by_str_cap) * sizeof(uint32_t) + idx->by_name_cap +
          (idx->sorted ? idx->count * sizeof(uint32_t) : 0);
 }
