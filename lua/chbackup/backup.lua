@@ -76,7 +76,7 @@ local function part_from_base(base, read)
     end
     local first, last = idx:prefix(prefix)
     return { { name = prefix .. "checksums.txt", size = size, checksum = sum, use_base = true,
-      base_part = { first, last } } }
+      base_part = { first, last }, base_i = si } }
   end
 end
 
@@ -230,7 +230,7 @@ function backup.run(ctx, req)
   local function check_from_base()
     local cok, cerr = true, nil
     if #from_base > 0 then
-      cok, cerr = chain.check_new(ctx, from_base, base, writer)
+      cok, cerr = chain.check_base_parts(ctx, from_base, base, writer)
       from_base = {}
     end
     return cok, cerr
