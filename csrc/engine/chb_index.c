@@ -57,10 +57,11 @@ struct chb_index {
   size_t by_str_cap;
   char *scratch[2];        /* a name and a data_file put together by chb_index_get */
   size_t scratch_cap[2];
-  uint32_t *by_name;       /* name hash -> entry + 1 */
-  uint8_t *name_tags;      /* beside by_name: 0 empty, else 8 bits of the name's hash, so
-                            * that a probe reads a record only when these match (one
-                            * cache miss per lookup, not one per slot probed: issue 14) */
+  uint32_t *by_name;       /* name hash -> entry + 1 in the low name_shift bits, and above
+                            * them as many bits of the name's hash as are left, so that
+                            * a probe reads a record only when those match (one cache
+                            * miss a lookup, not one a slot probed: issue 14); 0 empty */
+  unsigned name_shift;     /* log2(by_name_cap): entry + 1 < by_name_cap / 2 fits */
   size_t by_name_cap;      /* a power of two, or 0 */
   uint32_t *by_content;    /* (size, checksum) -> first entry + 1; built lazily */
   size_t by_content_cap;
@@ -90,7 +91,6 @@ void chb_index_free(chb_index *idx) {
   free(idx->scratch[0]);
   free(idx->scratch[1]);
   free(idx->by_name);
-  free(idx->name_tags);
   free(idx->by_content);
   free(idx->sorted);
   free(idx->base_map);
@@ -225,44 +225,47 @@ static int same_pieces(pieces x, pieces y) {
   return 1;
 }
 
-/* A name's tag in name_tags: never 0 (an empty slot). */
-static uint8_t tag_of(uint64_t h) {
-  uint8_t t = (uint8_t)(h >> 56);
-  return t ? t : 1;
+/* A slot's parts: the name's tag (its hash's bits above the entry's), the
+ * entry. With 2^32 slots no bits are left: every tag matches. */
+static uint32_t tag_of(unsigned shift, uint64_t h) {
+  return shift >= 32 ? 0 : (uint32_t)(h >> 32) >> shift;
+}
+static uint32_t slot_tag(unsigned shift, uint32_t v) { return shift >= 32 ? 0 : v >> shift; }
+static size_t slot_entry(unsigned shift, uint32_t v) {
+  return (size_t)(shift >= 32 ? v : v & ((1u << shift) - 1)) - 1;
+}
+static uint32_t slot_value(unsigned shift, uint32_t tag, size_t entry) {
+  return (uint32_t)(((uint64_t)tag << (shift >= 32 ? 0 : shift)) | (entry + 1));
 }
 
 /* The slot of name in the by_name table: its entry's, or the empty one it
  * would take (*tag: the name's tag). */
-static size_t name_slot(const chb_index *idx, const char *name, size_t len, uint8_t *tag) {
+static size_t name_slot(const chb_index *idx, const char *name, size_t len, uint32_t *tag) {
   uint64_t h = hash_bytes(name, len);
   size_t mask = idx->by_name_cap - 1, s = (size_t)h & mask;
-  uint8_t t = tag_of(h);
-  for (; idx->name_tags[s]; s = (s + 1) & mask)
-    if (idx->name_tags[s] == t && name_is(idx, &idx->recs[idx->by_name[s] - 1], name, len)) break;
+  unsigned sh = idx->name_shift;
+  uint32_t t = tag_of(sh, h), v;
+  for (; (v = idx->by_name[s]) != 0; s = (s + 1) & mask)
+    if (slot_tag(sh, v) == t && name_is(idx, &idx->recs[slot_entry(sh, v)], name, len)) break;
   *tag = t;
   return s;
 }
 
 static int rehash_names(chb_index *idx, size_t cap) {
   uint32_t *t = calloc(cap, sizeof(uint32_t));
-  uint8_t *tags = calloc(cap, 1);
-  if (!t || !tags) {
-    free(t);
-    free(tags);
-    return -1;
-  }
+  if (!t) return -1;
+  unsigned sh = 0;
+  while (((size_t)1 << sh) < cap) sh++;
   for (size_t i = 0; i < idx->count; i++) {
     uint64_t h = hash_rec(idx, &idx->recs[i]);
     size_t s = (size_t)h & (cap - 1);
-    while (tags[s]) s = (s + 1) & (cap - 1);   /* (names are unique: no comparison) */
-    t[s] = (uint32_t)i + 1;
-    tags[s] = tag_of(h);
+    while (t[s]) s = (s + 1) & (cap - 1);   /* (names are unique: no comparison) */
+    t[s] = slot_value(sh, tag_of(sh, h), i);
   }
   free(idx->by_name);
-  free(idx->name_tags);
   idx->by_name = t;
-  idx->name_tags = tags;
   idx->by_name_cap = cap;
+  idx->name_shift = sh;
   return 0;
 }
 
@@ -274,10 +277,10 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if ((idx->count + 1) * 2 > idx->by_name_cap &&
       rehash_names(idx, idx->by_name_cap ? idx->by_name_cap * 2 : 64) != 0)
     return -2;
-  uint8_t tag;
+  uint32_t tag;
   size_t slot = name_slot(idx, e->name, e->name_len, &tag);
-  if (idx->name_tags[slot]) {
-    if (existing) *existing = idx->by_name[slot] - 1;
+  if (idx->by_name[slot]) {
+    if (existing) *existing = slot_entry(idx->name_shift, idx->by_name[slot]);
     return -1;
   }
   if (grow((void **)&idx->recs, &idx->cap, idx->count + 1, sizeof(rec)) != 0) return -2;
@@ -314,8 +317,7 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   }
   if (e->no_content) r.flags |= F_NO_CONTENT;
   idx->recs[idx->count] = r;
-  idx->by_name[slot] = (uint32_t)(idx->count + 1);
-  idx->name_tags[slot] = tag;
+  idx->by_name[slot] = slot_value(idx->name_shift, tag, idx->count);
   idx->count++;
   free(idx->sorted);   /* the name order is made again on use */
   idx->sorted = NULL;
@@ -362,10 +364,11 @@ long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *
   pieces p = pieces_of(base, b);
   uint64_t h = hash_two(p.a, p.an, p.b, p.bn);
   size_t mask = idx->by_name_cap - 1, slot = (size_t)h & mask;
-  uint8_t tag = tag_of(h);
-  for (; idx->name_tags[slot]; slot = (slot + 1) & mask)
-    if (idx->name_tags[slot] == tag && same_pieces(pieces_of(idx, &idx->recs[idx->by_name[slot] - 1]), p)) {
-      if (existing) *existing = idx->by_name[slot] - 1;
+  unsigned sh = idx->name_shift;
+  uint32_t tag = tag_of(sh, h), v;
+  for (; (v = idx->by_name[slot]) != 0; slot = (slot + 1) & mask)
+    if (slot_tag(sh, v) == tag && same_pieces(pieces_of(idx, &idx->recs[slot_entry(sh, v)]), p)) {
+      if (existing) *existing = slot_entry(sh, v);
       return -1;
     }
   if (grow((void **)&idx->recs, &idx->cap, idx->count + 1, sizeof(rec)) != 0) return -2;
@@ -379,8 +382,7 @@ long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *
   if (b->size > 0) r.flags |= F_CHECKSUM | F_USE_BASE_SET | F_USE_BASE, r.checksum = b->checksum;
   r.flags |= F_NO_CONTENT;
   idx->recs[idx->count] = r;
-  idx->by_name[slot] = (uint32_t)(idx->count + 1);
-  idx->name_tags[slot] = tag;
+  idx->by_name[slot] = slot_value(idx->name_shift, tag, idx->count);
   idx->count++;
   free(idx->sorted);   /* the name order is made again on use */
   idx->sorted = NULL;
@@ -427,9 +429,8 @@ int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
 
 long chb_index_find(const chb_index *idx, const char *name, size_t len) {
   if (!idx->by_name_cap) return -1;
-  uint8_t tag;
-  size_t s = name_slot(idx, name, len, &tag);
-  return idx->name_tags[s] ? (long)idx->by_name[s] - 1 : -1;
+  uint32_t tag, v = idx->by_name[name_slot(idx, name, len, &tag)];
+  return v ? (long)slot_entry(idx->name_shift, v) : -1;
 }
 
 static int same_content(const rec *r, uint64_t size, chb_u128 sum) {
@@ -579,6 +580,6 @@ void chb_index_compact(chb_index *idx) {
 size_t chb_index_memory(const chb_index *idx) {
   return sizeof *idx + idx->cap * sizeof(rec) + idx->extra_cap * sizeof(extra) + idx->names_cap +
          idx->strs_cap * sizeof(str) + idx->scratch_cap[0] + idx->scratch_cap[1] +
-         (idx->by_name_cap + idx->by_content_cap + idx->by_str_cap) * sizeof(uint32_t) + idx->by_name_cap +
+         (idx->by_name_cap + idx->by_content_cap + idx->by_str_cap) * sizeof(uint32_t) +
          (idx->sorted ? idx->count * sizeof(uint32_t) : 0) + idx->base_map_len * sizeof(uint32_t);
 }
