@@ -190,6 +190,17 @@ static int index_fields(lua_State *L) {
   return 3;
 }
 
+/* idx:stored(i) -> true | false: entry i's bytes are stored under its own
+ * name in this backup (not in its base, not a copy of another entry's) */
+static int index_stored(lua_State *L) {
+  chb_index *idx = check_index(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  chb_index_entry e;
+  if (i < 1 || get_entry(L, idx, (size_t)(i - 1), &e) != 0) return 0;
+  lua_pushboolean(L, e.use_base != 1 && !e.has_base_size && !e.data_file);
+  return 1;
+}
+
 /* idx:name(i) -> name | nothing */
 static int index_name(lua_State *L) {
   chb_index *idx = check_index(L);
@@ -296,7 +307,7 @@ static const luaL_Reg index_methods[] = {
     {"find_content", index_find_content},                 {"prefix", index_prefix},
     {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
     {"compact", index_compact}, {"manifest_files", index_manifest_files},
-    {"add_from_base", index_add_from_base}, {"name", index_name},
+    {"add_from_base", index_add_from_base}, {"name", index_name}, {"stored", index_stored},
     {NULL, NULL}};
 
 static const luaL_Reg index_meta[] = {{"__gc", index_gc}, {"__len", index_len}, {NULL, NULL}};

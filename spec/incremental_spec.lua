@@ -176,6 +176,56 @@ describe("incremental backups made by chbackup", function()
     assert.matches("base backup Disk%('backups', 'full'%) of Disk%('backups', 'inc1'%) was replaced", err)
   end)
 
+  it("re-plans a part whose checksums.txt changed under the same name, never taking its files by name", function()
+    -- two parts' directories swapped: each name now holds the other's bytes
+    local sw = h.world("inc-swap")
+    run(sw, "BACKUP TABLE shop.orders TO Disk('backups', 'base')")
+    local dir = sw.data .. "/data/shop/orders/"
+    assert(os.execute("cd " .. h.quote(dir) .. " && mv 202401_1_1_0 x && mv 202404_6_6_0 202401_1_1_0"
+      .. " && mv x 202404_6_6_0"))
+    run(sw, "BACKUP TABLE shop.orders TO Disk('backups', 'swapped') SETTINGS base_backup = Disk('backups', 'base')")
+    local base = assert(manifest.read(sw.backups .. "/base/.backup"))
+    local inc = assert(manifest.read(sw.backups .. "/swapped/.backup"))
+    local p = "data/shop/orders/"
+    local n = 0
+    for _, pair in ipairs({ { "202401_1_1_0/", "202404_6_6_0/" }, { "202404_6_6_0/", "202401_1_1_0/" } }) do
+      for _, f in ipairs(inc.files) do
+        local rel = f.name:sub(1, #p + #pair[1]) == p .. pair[1] and f.name:sub(#p + #pair[1] + 1)
+        if rel then
+          -- the bytes of the other part, found in the base by content
+          local other = assert(base.by_name[p .. pair[2] .. rel], rel)
+          assert.equal(other.size, f.size, f.name)
+          assert.equal(other.checksum, f.checksum, f.name)
+          n = n + 1
+        end
+      end
+      local sums = p .. pair[1] .. "checksums.txt"
+      assert.are_not.equal(base.by_name[sums].checksum, inc.by_name[sums].checksum)
+    end
+    assert.is_true(n > 10, n .. " files")
+    -- the unchanged parts' files come from the base by name, all of them
+    for _, f in ipairs(base.files) do
+      local e = inc.by_name[f.name]
+      if not (f.name:find("/202401_1_1_0/", 1, true) or f.name:find("/202404_6_6_0/", 1, true)) then
+        assert.is_truthy(e, f.name)
+        assert.equal(f.checksum, e.checksum, f.name)
+        assert.is_true(f.size == 0 or e.use_base == true, f.name)
+      end
+    end
+    assert.same({ ".backup" }, h.tree(sw.backups .. "/swapped"))
+  end)
+
+  it("refuses a part whose checksums.txt is a symlink, even to the bytes the base holds", function()
+    local sw = h.world("inc-symlink")
+    run(sw, "BACKUP TABLE shop.orders TO Disk('backups', 'base')")
+    local part = sw.data .. "/data/shop/orders/202401_1_1_0/"
+    assert(os.execute("cd " .. h.quote(part) .. " && mv checksums.txt ../sums && ln -s ../sums checksums.txt"))
+    local err = refused(sw, "BACKUP TABLE shop.orders TO Disk('backups', 'linked')"
+      .. " SETTINGS base_backup = Disk('backups', 'base')")
+    assert.matches("202401_1_1_0", err)
+    assert.is_false(h.exists(sw.backups .. "/linked"))
+  end)
+
   it("is not recorded as created when the base lacks a file it relies on", function()
     -- damage the base: a stored file of it disappears
     local victim

@@ -303,8 +303,20 @@ int chb_fs_fsync_path(const char *path, chb_error *err) {
 }
 
 int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NOFOLLOW: a symlink is refused, not followed out of the data path;
+   * O_NONBLOCK: a FIFO in its place would block the open */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) return chb_error_errno(err, errno, "cannot open", path);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int saved = errno;
+    close(fd);
+    return chb_error_errno(err, saved, "cannot stat", path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return chb_error_set(err, CHB_INVALID, "%s is not a regular file", path);
+  }
   chb_hash h;
   chb_hash_init(&h);
   unsigned char buf[64 * 1024];
@@ -318,10 +330,36 @@ int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error
     }
     if (n == 0) break;
     chb_hash_update(&h, buf, (size_t)n);
+    /* a short read that reaches the size fstat gave is the end: no second
+     * read to see 0 (one read a small file, as checksums.txt of each part) */
+    if ((size_t)n < sizeof buf && h.total >= (uint64_t)st.st_size) break;
   }
   close(fd);
   *size = h.total;
   *hash = chb_hash_peek(&h);
+  return 0;
+}
+
+int chb_fs_file_size(const char *path, uint64_t *size) {
+  struct stat st;
+  if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) return -1;
+  *size = (uint64_t)st.st_size;
+  return 0;
+}
+
+int chb_fs_kinds(const char *dir, const char *const *names, size_t n, const char *suffix, char *kinds) {
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return -1;
+  char rel[PATH_MAX];
+  for (size_t i = 0; i < n; i++) {
+    struct stat st;
+    int len = snprintf(rel, sizeof rel, "%s%s", names[i], suffix ? suffix : "");
+    if (len < 0 || (size_t)len >= sizeof rel || fstatat(dfd, rel, &st, AT_SYMLINK_NOFOLLOW) != 0)
+      kinds[i] = 0;
+    else
+      kinds[i] = S_ISREG(st.st_mode) ? 'f' : S_ISDIR(st.st_mode) ? 'd' : S_ISLNK(st.st_mode) ? 'l' : 'o';
+  }
+  close(dfd);
   return 0;
 }
 

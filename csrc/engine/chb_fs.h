@@ -72,8 +72,19 @@ int chb_fs_fsync_path(const char *path, chb_error *err);
  * it does where the kernel has no openat2(2) (one call otherwise). */
 void chb_fs_beneath_walk_only(int on);
 
-/* ClickHouse's checksum of a whole file, read on the calling thread. */
+/* ClickHouse's checksum of a whole regular file, read on the calling
+ * thread; a symlink (not followed) or anything but a regular file fails. */
 int chb_fs_hash_file(const char *path, uint64_t *size, chb_u128 *hash, chb_error *err);
+
+/* What dir/names[i]<suffix> is, for each i, into kinds[i]: 'f' a regular
+ * file, 'd' a directory, 'l' a symlink (not followed), 'o' anything else,
+ * 0 nothing (or no stat). dir is opened once and each name looked up from
+ * it: a short walk per name, not the whole path (issue 14: a table's
+ * parts). Returns 0, or -1 (errno) when dir cannot be opened. */
+int chb_fs_kinds(const char *dir, const char *const *names, size_t n, const char *suffix, char *kinds);
+
+/* The size of a regular file (lstat: a symlink is not one): 0, or -1. */
+int chb_fs_file_size(const char *path, uint64_t *size);
 
 /*
  * Locks: a file held under an exclusive flock(2) for as long as its holder

@@ -57,16 +57,29 @@ struct chb_index {
   size_t by_str_cap;
   char *scratch[2];        /* a name and a data_file put together by chb_index_get */
   size_t scratch_cap[2];
-  uint32_t *by_name;       /* name hash -> entry + 1 */
+  uint32_t *by_name;       /* name hash -> entry + 1 in the low name_shift bits, and above
+                            * them as many bits of the name's hash as are left, so that
+                            * a probe reads a record only when those match (one cache
+                            * miss a lookup, not one a slot probed: issue 14); 0 empty */
+  unsigned name_shift;     /* log2(by_name_cap): entry + 1 < by_name_cap / 2 fits */
   size_t by_name_cap;      /* a power of two, or 0 */
   uint32_t *by_content;    /* (size, checksum) -> first entry + 1; built lazily */
   size_t by_content_cap;
   uint32_t *sorted;        /* entries in name order; built lazily */
+  uint64_t serial;         /* this index among all made (never reused, unlike an address) */
+  uint64_t map_of;         /* the serial of the base index whose string ids base_map maps */
+  uint32_t *base_map;      /* base string id -> this index's id + 1 (0: not yet) */
+  size_t base_map_len;
 };
 
 #define MAX_ENTRIES ((size_t)INT32_MAX)
 
-chb_index *chb_index_new(void) { return calloc(1, sizeof(chb_index)); }
+chb_index *chb_index_new(void) {
+  static uint64_t serials;
+  chb_index *idx = calloc(1, sizeof(chb_index));
+  if (idx) idx->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
+  return idx;
+}
 
 void chb_index_free(chb_index *idx) {
   if (!idx) return;
@@ -80,6 +93,7 @@ void chb_index_free(chb_index *idx) {
   free(idx->by_name);
   free(idx->by_content);
   free(idx->sorted);
+  free(idx->base_map);
   free(idx);
 }
 
@@ -180,25 +194,78 @@ static uint64_t hash_rec(const chb_index *idx, const rec *r) {
   return hash_two(idx->names + d->off, d->len, idx->names + l->off, l->len);
 }
 
+/* A name as its two pieces. */
+typedef struct pieces {
+  const char *a, *b;
+  size_t an, bn;
+} pieces;
+
+static pieces pieces_of(const chb_index *idx, const rec *r) {
+  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
+  pieces p = {idx->names + d->off, idx->names + l->off, d->len, l->len};
+  return p;
+}
+
+/* x and y, each a name in two pieces, are the same name. */
+static int same_pieces(pieces x, pieces y) {
+  if (x.an + x.bn != y.an + y.bn) return 0;
+  const char *xs[2] = {x.a, x.b}, *ys[2] = {y.a, y.b};
+  size_t xl[2] = {x.an, x.bn}, yl[2] = {y.an, y.bn}, xo = 0, yo = 0;
+  for (int xi = 0, yi = 0; xi < 2 && yi < 2;) {
+    if (xo == xl[xi]) {
+      xi++, xo = 0;
+    } else if (yo == yl[yi]) {
+      yi++, yo = 0;
+    } else {
+      size_t n = xl[xi] - xo < yl[yi] - yo ? xl[xi] - xo : yl[yi] - yo;
+      if (memcmp(xs[xi] + xo, ys[yi] + yo, n) != 0) return 0;
+      xo += n, yo += n;
+    }
+  }
+  return 1;
+}
+
+/* A slot's parts: the name's tag (its hash's bits above the entry's), the
+ * entry. With 2^32 slots no bits are left: every tag matches. */
+static uint32_t tag_of(unsigned shift, uint64_t h) {
+  return shift >= 32 ? 0 : (uint32_t)(h >> 32) >> shift;
+}
+static uint32_t slot_tag(unsigned shift, uint32_t v) { return shift >= 32 ? 0 : v >> shift; }
+static size_t slot_entry(unsigned shift, uint32_t v) {
+  return (size_t)(shift >= 32 ? v : v & ((1u << shift) - 1)) - 1;
+}
+static uint32_t slot_value(unsigned shift, uint32_t tag, size_t entry) {
+  return (uint32_t)(((uint64_t)tag << (shift >= 32 ? 0 : shift)) | (entry + 1));
+}
+
 /* The slot of name in the by_name table: its entry's, or the empty one it
- * would take. */
-static size_t name_slot(const chb_index *idx, const char *name, size_t len) {
-  size_t mask = idx->by_name_cap - 1, s = (size_t)hash_bytes(name, len) & mask;
-  while (idx->by_name[s] && !name_is(idx, &idx->recs[idx->by_name[s] - 1], name, len)) s = (s + 1) & mask;
+ * would take (*tag: the name's tag). */
+static size_t name_slot(const chb_index *idx, const char *name, size_t len, uint32_t *tag) {
+  uint64_t h = hash_bytes(name, len);
+  size_t mask = idx->by_name_cap - 1, s = (size_t)h & mask;
+  unsigned sh = idx->name_shift;
+  uint32_t t = tag_of(sh, h), v;
+  for (; (v = idx->by_name[s]) != 0; s = (s + 1) & mask)
+    if (slot_tag(sh, v) == t && name_is(idx, &idx->recs[slot_entry(sh, v)], name, len)) break;
+  *tag = t;
   return s;
 }
 
 static int rehash_names(chb_index *idx, size_t cap) {
   uint32_t *t = calloc(cap, sizeof(uint32_t));
   if (!t) return -1;
+  unsigned sh = 0;
+  while (((size_t)1 << sh) < cap) sh++;
   for (size_t i = 0; i < idx->count; i++) {
-    size_t s = (size_t)hash_rec(idx, &idx->recs[i]) & (cap - 1);
+    uint64_t h = hash_rec(idx, &idx->recs[i]);
+    size_t s = (size_t)h & (cap - 1);
     while (t[s]) s = (s + 1) & (cap - 1);   /* (names are unique: no comparison) */
-    t[s] = (uint32_t)i + 1;
+    t[s] = slot_value(sh, tag_of(sh, h), i);
   }
   free(idx->by_name);
   idx->by_name = t;
   idx->by_name_cap = cap;
+  idx->name_shift = sh;
   return 0;
 }
 
@@ -210,9 +277,10 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if ((idx->count + 1) * 2 > idx->by_name_cap &&
       rehash_names(idx, idx->by_name_cap ? idx->by_name_cap * 2 : 64) != 0)
     return -2;
-  size_t slot = name_slot(idx, e->name, e->name_len);
+  uint32_t tag;
+  size_t slot = name_slot(idx, e->name, e->name_len, &tag);
   if (idx->by_name[slot]) {
-    if (existing) *existing = idx->by_name[slot] - 1;
+    if (existing) *existing = slot_entry(idx->name_shift, idx->by_name[slot]);
     return -1;
   }
   if (grow((void **)&idx->recs, &idx->cap, idx->count + 1, sizeof(rec)) != 0) return -2;
@@ -249,7 +317,7 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   }
   if (e->no_content) r.flags |= F_NO_CONTENT;
   idx->recs[idx->count] = r;
-  idx->by_name[slot] = (uint32_t)(idx->count + 1);
+  idx->by_name[slot] = slot_value(idx->name_shift, tag, idx->count);
   idx->count++;
   free(idx->sorted);   /* the name order is made again on use */
   idx->sorted = NULL;
@@ -261,17 +329,64 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   return (long)(idx->count - 1);
 }
 
-long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *existing) {
-  chb_index_entry b, e = {0};
-  if (chb_index_get(base, i, &b) != 0) return -2;
-  e.name = b.name, e.name_len = b.name_len, e.size = b.size;
-  e.use_base = e.encrypted_by_disk = CHB_ABSENT;
-  if (b.size > 0) {
-    if (!b.has_checksum) return -2;
-    e.has_checksum = 1, e.checksum = b.checksum, e.use_base = 1;
+/* This index's id of base's string id: interned once, then mapped
+ * (a part's directory is looked up once, not once a file; the dozen file
+ * names once in all). -1 when out of memory. */
+static long intern_from(chb_index *idx, const chb_index *base, uint32_t id) {
+  if (idx->map_of != base->serial || idx->base_map_len < base->nstrs) {
+    size_t n = base->nstrs ? base->nstrs : 1;
+    int same = idx->map_of == base->serial;
+    uint32_t *m = same ? realloc(idx->base_map, n * sizeof *m) : malloc(n * sizeof *m);
+    if (!m) return -1;
+    if (same) {
+      memset(m + idx->base_map_len, 0, (n - idx->base_map_len) * sizeof *m);
+    } else {
+      free(idx->base_map);
+      memset(m, 0, n * sizeof *m);
+    }
+    idx->base_map = m, idx->base_map_len = n, idx->map_of = base->serial;
   }
-  e.no_content = 1;
-  return chb_index_add(idx, &e, existing);
+  if (idx->base_map[id]) return (long)idx->base_map[id] - 1;
+  long own = intern(idx, base->names + base->strs[id].off, base->strs[id].len);
+  if (own >= 0) idx->base_map[id] = (uint32_t)own + 1;
+  return own;
+}
+
+long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *existing) {
+  if (i >= base->count || idx->count >= MAX_ENTRIES) return -2;
+  const rec *b = &base->recs[i];
+  if (b->size > 0 && !(b->flags & F_CHECKSUM)) return -2;
+  if ((idx->count + 1) * 2 > idx->by_name_cap &&
+      rehash_names(idx, idx->by_name_cap ? idx->by_name_cap * 2 : 64) != 0)
+    return -2;
+  /* the slot of the name, from its two pieces in base (hash_two hashes
+   * them as the whole name) */
+  pieces p = pieces_of(base, b);
+  uint64_t h = hash_two(p.a, p.an, p.b, p.bn);
+  size_t mask = idx->by_name_cap - 1, slot = (size_t)h & mask;
+  unsigned sh = idx->name_shift;
+  uint32_t tag = tag_of(sh, h), v;
+  for (; (v = idx->by_name[slot]) != 0; slot = (slot + 1) & mask)
+    if (slot_tag(sh, v) == tag && same_pieces(pieces_of(idx, &idx->recs[slot_entry(sh, v)]), p)) {
+      if (existing) *existing = slot_entry(sh, v);
+      return -1;
+    }
+  if (grow((void **)&idx->recs, &idx->cap, idx->count + 1, sizeof(rec)) != 0) return -2;
+  long dir = intern_from(idx, base, b->dir), leaf = dir < 0 ? -1 : intern_from(idx, base, b->leaf);
+  if (leaf < 0) return -2;
+  /* as chb_index_add of its name, size and checksum, use_base (an empty
+   * file has neither: no bytes to take from anywhere), no_content */
+  rec r = {0};
+  r.size = b->size;
+  r.dir = (uint32_t)dir, r.leaf = (uint32_t)leaf;
+  if (b->size > 0) r.flags |= F_CHECKSUM | F_USE_BASE_SET | F_USE_BASE, r.checksum = b->checksum;
+  r.flags |= F_NO_CONTENT;
+  idx->recs[idx->count] = r;
+  idx->by_name[slot] = slot_value(idx->name_shift, tag, idx->count);
+  idx->count++;
+  free(idx->sorted);   /* the name order is made again on use */
+  idx->sorted = NULL;
+  return (long)(idx->count - 1);   /* (no_content: nothing for by_content) */
 }
 
 /* rec's name put together in scratch buffer k; NULL when out of memory. */
@@ -314,8 +429,8 @@ int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
 
 long chb_index_find(const chb_index *idx, const char *name, size_t len) {
   if (!idx->by_name_cap) return -1;
-  uint32_t v = idx->by_name[name_slot(idx, name, len)];
-  return v ? (long)v - 1 : -1;
+  uint32_t tag, v = idx->by_name[name_slot(idx, name, len, &tag)];
+  return v ? (long)slot_entry(idx->name_shift, v) : -1;
 }
 
 static int same_content(const rec *r, uint64_t size, chb_u128 sum) {
@@ -365,17 +480,6 @@ long chb_index_find_content(chb_index *idx, uint64_t size, chb_u128 checksum) {
   return v ? (long)v - 1 : -1;
 }
 
-/* A name as its two pieces. */
-typedef struct pieces {
-  const char *a, *b;
-  size_t an, bn;
-} pieces;
-
-static pieces pieces_of(const chb_index *idx, const rec *r) {
-  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
-  pieces p = {idx->names + d->off, idx->names + l->off, d->len, l->len};
-  return p;
-}
 
 /* memcmp of the first n bytes of x's name with y (n <= both lengths). */
 static int cmp_pieces(pieces x, const char *y, size_t n) {
@@ -427,8 +531,14 @@ int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo,
   if (!idx->sorted) {
     idx->sorted = malloc((idx->count ? idx->count : 1) * sizeof(uint32_t));
     if (!idx->sorted) return -2;
-    for (size_t i = 0; i < idx->count; i++) idx->sorted[i] = (uint32_t)i;
-    qsort_r(idx->sorted, idx->count, sizeof(uint32_t), cmp_names, idx);
+    int in_order = 1;
+    for (size_t i = 0; i < idx->count; i++) {
+      idx->sorted[i] = (uint32_t)i;
+      if (in_order && i > 0 && cmp_names(&idx->sorted[i - 1], &idx->sorted[i], idx) > 0) in_order = 0;
+    }
+    /* (a manifest as written, or made from parts in name order, is in order
+     * already: one pass instead of n log n comparisons) */
+    if (!in_order) qsort_r(idx->sorted, idx->count, sizeof(uint32_t), cmp_names, idx);
   }
   size_t a = 0, b = idx->count;   /* first position not before the prefix */
   while (a < b) {
@@ -471,5 +581,5 @@ size_t chb_index_memory(const chb_index *idx) {
   return sizeof *idx + idx->cap * sizeof(rec) + idx->extra_cap * sizeof(extra) + idx->names_cap +
          idx->strs_cap * sizeof(str) + idx->scratch_cap[0] + idx->scratch_cap[1] +
          (idx->by_name_cap + idx->by_content_cap + idx->by_str_cap) * sizeof(uint32_t) +
-         (idx->sorted ? idx->count * sizeof(uint32_t) : 0);
+         (idx->sorted ? idx->count * sizeof(uint32_t) : 0) + idx->base_map_len * sizeof(uint32_t);
 }

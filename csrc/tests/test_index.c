@@ -201,7 +201,91 @@ static void test_order_across_pieces(void) {
   chb_index_free(idx);
 }
 
+/* A manifest as written (names added in name order): the order is the
+ * order added; a name absent is not found whatever its hash's tag meets. */
+static void test_in_order(void) {
+  enum { N = 50000 };
+  chb_index *idx = chb_index_new();
+  char name[64];
+  int ok = 1;
+  for (int i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "data/db/t/%06d_1_1_0/f%d.bin", i / 12, i % 12 + 10);
+    chb_index_entry e = entry(name, 1, (uint64_t)i);
+    if (chb_index_add(idx, &e, NULL) != i) ok = 0;
+  }
+  CHECK(ok, "%d names added in name order", N);
+  size_t lo, hi;
+  ok = chb_index_prefix(idx, "", 0, &lo, &hi) == 0 && lo == 0 && hi == N;
+  for (size_t p = 0; p < N && ok; p++) ok = chb_index_sorted_at(idx, p) == (long)p;
+  CHECK(ok, "name order: the order added");
+  ok = 1;
+  for (int i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "data/db/t/%06d_1_1_0/f%d.bin", i / 12, i % 12 + 10);
+    if (chb_index_find(idx, name, strlen(name)) != i) ok = 0;
+    snprintf(name, sizeof name, "data/db/t/%06d_1_1_0/g%d.bin", i / 12, i % 12 + 10);
+    if (chb_index_find(idx, name, strlen(name)) != -1) ok = 0;
+  }
+  CHECK(ok, "each name found, %d absent names not", N);
+  size_t existing = 0;
+  chb_index_entry dup = entry("data/db/t/000007_1_1_0/f13.bin", 1, 1);
+  CHECK(chb_index_add(idx, &dup, &existing) == -1 && existing == 7 * 12 + 3, "a name added twice: the first named");
+  chb_index_free(idx);
+}
+
+/* An incremental's unchanged parts: entries copied from the base's index
+ * read back as the base's name, size and checksum, use_base (an empty file
+ * neither), not found by content; a name copied twice refused; another
+ * base after the first. */
+static void test_from_base(void) {
+  chb_index *base = chb_index_new(), *other = chb_index_new(), *idx = chb_index_new();
+  char name[64];
+  for (int i = 0; i < 3000; i++) {
+    snprintf(name, sizeof name, "data/db/t/%04d_1_1_0/%s", i / 6, (const char *[]){"a.bin", "b.bin", "c.mrk",
+                                                                                   "checksums.txt", "count.txt",
+                                                                                   "empty"}[i % 6]);
+    chb_index_entry e = entry(name, i % 6 == 5 ? 0 : (uint64_t)i + 1, (uint64_t)i + 1);
+    chb_index_add(base, &e, NULL);
+    snprintf(name, sizeof name, "data/db/u/%04d/x.bin", i);
+    e = entry(name, 5, (uint64_t)i);
+    chb_index_add(other, &e, NULL);
+  }
+  chb_index_entry plain = entry("metadata/db.sql", 10, 77);
+  CHECK(chb_index_add(idx, &plain, NULL) == 0, "an entry of its own first");
+  int ok = 1;
+  for (size_t i = 0; i < 3000; i++)
+    if (chb_index_add_from_base(idx, base, i, NULL) != (long)i + 1) ok = 0;
+  CHECK(ok, "3000 entries copied from the base");
+  ok = 1;
+  for (size_t i = 0; i < 3000 && ok; i++) {
+    chb_index_entry b, e;
+    chb_index_get(base, i, &b);
+    memcpy(name, b.name, b.name_len);
+    name[b.name_len] = 0;
+    long n = chb_index_find(idx, name, b.name_len);
+    chb_index_get(idx, (size_t)(n < 0 ? 0 : n), &e);
+    ok = n == (long)i + 1 && name_is(&e, name) && e.size == b.size && e.has_checksum == (b.size > 0) &&
+         (b.size == 0 || (e.checksum.lo == b.checksum.lo && e.checksum.hi == b.checksum.hi)) &&
+         e.use_base == (b.size > 0 ? 1 : CHB_ABSENT) && e.encrypted_by_disk == CHB_ABSENT && !e.data_file &&
+         !e.has_base_size;
+    chb_u128 sum = b.checksum;
+    if (b.size > 0 && chb_index_find_content(idx, b.size, sum) != -1) ok = 0;
+  }
+  CHECK(ok, "each as in the base, use_base, not found by content");
+  size_t existing = 0;
+  CHECK(chb_index_add_from_base(idx, base, 42, &existing) == -1 && existing == 43, "a name copied twice: the first");
+  CHECK(chb_index_add_from_base(idx, base, 3000, NULL) == -2, "an entry past the base's end");
+  CHECK(chb_index_add_from_base(idx, other, 7, NULL) == 3001 && chb_index_find(idx, "data/db/u/0007/x.bin", 20) == 3001,
+        "then from another base");
+  chb_index_entry dup = entry("data/db/t/0000_1_1_0/a.bin", 1, 1);
+  CHECK(chb_index_add(idx, &dup, &existing) == -1 && existing == 1, "a copied name added again: refused");
+  chb_index_free(base);
+  chb_index_free(other);
+  chb_index_free(idx);
+}
+
 int main(void) {
+  test_from_base();
+  test_in_order();
   test_order_across_pieces();
   test_basics();
   test_content_while_adding();

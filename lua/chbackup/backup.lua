@@ -17,7 +17,6 @@ local chain = require("chbackup.chain")
 local core = require("chbackup.core")
 local disks = require("chbackup.disks")
 local file_plan = require("chbackup.file_plan")
-local lfs = require("lfs")
 local plan = require("chbackup.plan")
 local store = require("chbackup.store")
 
@@ -54,10 +53,11 @@ end
 -- every file's size and checksum; ClickHouse never changes a part in
 -- place): its files are the base's entries under the part's name, all
 -- use_base, without a stat or a read of any other file. Costs per part one
--- stat and one read of checksums.txt, and lookups in the base's index.
--- Returns one entry, its checksums.txt's (decided and checked against the
--- chain as any file), with `base_part` = {first, last, its number}: the
--- positions of the part's entries in the base's name order, which
+-- read of checksums.txt (open, fstat, read: a symlink or anything but a
+-- regular file is not taken from the base, catalog.part_files says why),
+-- and lookups in the base's index.
+-- Returns one entry, its checksums.txt's, with `base_part` = {first, last}:
+-- the positions of the part's entries in the base's name order, which
 -- add_base_part copies in C (no Lua value per file).
 local function part_from_base(base, read)
   local idx = base.manifest.index   -- (core.index: by name, and by name prefix in name order)
@@ -67,11 +67,7 @@ local function part_from_base(base, read)
     if not si or sums_size == 0 then
       return nil
     end
-    local path = part_dir .. "/checksums.txt"
-    if lfs.symlinkattributes(path, "mode") ~= "file" then   -- (catalog.part_files says why)
-      return nil
-    end
-    local sum, size = core.checksum_file(path)
+    local sum, size = core.checksum_file(part_dir .. "/checksums.txt")
     if sum then
       read.files, read.bytes = read.files + 1, read.bytes + size
     end
@@ -80,16 +76,17 @@ local function part_from_base(base, read)
     end
     local first, last = idx:prefix(prefix)
     return { { name = prefix .. "checksums.txt", size = size, checksum = sum, use_base = true,
-      base_part = { first, last, si } } }
+      base_part = { first, last }, base_i = si } }
   end
 end
 
 
--- The files of an unchanged part but its checksums.txt (part_from_base),
--- into the new manifest's index straight from the base's, counted.
+-- The files of an unchanged part (part_from_base), checksums.txt with
+-- them, into the new manifest's index straight from the base's, in name
+-- order, counted: decided here, never by file_plan.decide.
 local function add_base_part(decisions, base, e)
   local range = e.base_part
-  local files, bytes = decisions.index:add_from_base(base.manifest.index, range[1], range[2], range[3])
+  local files, bytes = decisions.index:add_from_base(base.manifest.index, range[1], range[2])
   if not files then   -- (never: plan.backup_files lists each part once)
     return nil, "file " .. bytes .. " is listed twice"
   end
@@ -98,8 +95,6 @@ local function add_base_part(decisions, base, e)
   e.base_part = nil
   return true
 end
-
-
 
 
 -- The base of an incremental (SETTINGS base_backup): opened, its whole
@@ -229,6 +224,17 @@ function backup.run(ctx, req)
     end
     return pok, perr, pcode
   end
+  -- unchanged parts' checksums.txt, to check against the chain (a part's
+  -- other files come with it: that the base holds it stands for them)
+  local from_base = {}
+  local function check_from_base()
+    local cok, cerr = true, nil
+    if #from_base > 0 then
+      cok, cerr = chain.check_base_parts(ctx, from_base, base, writer)
+      from_base = {}
+    end
+    return cok, cerr
+  end
   local pending, record, batch_code = {}, {}, nil
   local files
   files, err = plan.backup_files(selection, {
@@ -236,13 +242,19 @@ function backup.run(ctx, req)
     from_base = base and part_from_base(base, read) or nil,
     on_data = function(list)
       disks.note(record, list)   -- which disk each part was on, when not the default one
-      for _, d in ipairs(list) do   -- (the plan's tables, reused: one table a file)
-        if d.base_part then
-          local aok, aerr = add_base_part(decisions, base, d)
-          if not aok then
-            return nil, aerr
-          end
+      local d1 = list[1]
+      if d1 and d1.base_part then   -- (an unchanged part: its checksums.txt alone)
+        local aok, aerr = add_base_part(decisions, base, d1)
+        if not aok then
+          return nil, aerr
         end
+        from_base[#from_base + 1] = d1
+        if #from_base >= BATCH then
+          return check_from_base()
+        end
+        return true
+      end
+      for _, d in ipairs(list) do   -- (the plan's tables, reused: one table a file)
         d.src, d.path = d.path, nil
         pending[#pending + 1] = d
       end
@@ -261,6 +273,10 @@ function backup.run(ctx, req)
       return bok, berr
     end,
   })
+  if files then
+    ok, err = check_from_base()
+    files = ok and files or nil
+  end
   if not files then
     return fail(err, batch_code)
   end

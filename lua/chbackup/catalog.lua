@@ -366,26 +366,37 @@ function catalog.active_parts(tbl)
         .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
     end
     if mode then
-      local entries, err = fsutil.list_dir(loc.dir)
+      -- the kind of each entry from its directory entry (no stat a part)
+      local entries, kinds = core.list_dir(loc.dir)
       if not entries then
-        return nil, err
+        return nil, kinds
       end
+      local found, infos = {}, {}
       for _, entry in ipairs(entries) do
         local info = catalog.parse_part_name(entry)
         if info then
-          local dir = loc.dir .. "/" .. entry
-          if lfs.symlinkattributes(dir, "mode") ~= "directory" then
-            return nil, "part " .. dir .. " is not a directory (ClickHouse makes no such entries)"
-          end
-          local other = by_name[entry]
-          if other then
-            return nil, string.format("part %s of table %s is on disk '%s' (%s) and on disk '%s' (%s)",
-              entry, names.qualified(tbl.database, tbl.name), other.disk, other.dir, loc.disk, dir)
-          end
-          info.dir, info.disk = dir, loc.disk
-          by_name[entry] = info
-          parts[#parts + 1] = info
+          found[#found + 1], infos[#infos + 1] = entry, info
         end
+      end
+      -- what each part's checksums.txt is, from the table's directory opened
+      -- once: a short lookup a part, not a walk of its whole path
+      local sums, kerr = core.kinds(loc.dir, found, "/checksums.txt")
+      if not sums then
+        return nil, kerr
+      end
+      for i, entry in ipairs(found) do
+        local info, dir = infos[i], loc.dir .. "/" .. entry
+        if kinds[entry] ~= "directory" then
+          return nil, "part " .. dir .. " is not a directory (ClickHouse makes no such entries)"
+        end
+        local other = by_name[entry]
+        if other then
+          return nil, string.format("part %s of table %s is on disk '%s' (%s) and on disk '%s' (%s)",
+            entry, names.qualified(tbl.database, tbl.name), other.disk, other.dir, loc.disk, dir)
+        end
+        info.dir, info.disk, info.sums_kind = dir, loc.disk, sums[i]
+        by_name[entry] = info
+        parts[#parts + 1] = info
       end
     end
   end
@@ -411,7 +422,11 @@ function catalog.active_parts(tbl)
       end
     end
     if not covered then
-      local mode, why = lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode")
+      local mode, why = a.sums_kind, nil
+      if not mode then   -- (nothing there: why, for the message)
+        mode, why = lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode")
+      end
+      a.sums_kind = nil
       if mode ~= "file" then
         return nil, "part " .. a.dir .. " of table " .. names.qualified(tbl.database, tbl.name)
           .. " has no readable checksums.txt (" .. (mode and ("it is a " .. mode) or tostring(why)) .. ")"

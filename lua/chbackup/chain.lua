@@ -296,6 +296,27 @@ function chain.check_new(ctx, entries, base, writer)
 end
 
 
+--- chain.check_new for the checksums.txt of parts unchanged since `base`
+-- (entries {name=, size=, checksum=, base_i=}: base_i, the number of the
+-- base's entry of that name, size and checksum): one that the base stores
+-- itself is checked as stored there, with no Lua value made for it (one a
+-- part, at 10^5 parts); the others (in the base's base, or a copy) and any
+-- found missing go through chain.check_new, which names what is missing.
+function chain.check_base_parts(ctx, entries, base, writer)
+  local idx, reader, rest = base.manifest.index, base.store, {}
+  for _, e in ipairs(entries) do
+    local size = not reader.key_err and idx:stored(e.base_i) and reader:stored_size(e.name)
+    if not size or size < e.size then
+      rest[#rest + 1] = e
+    end
+  end
+  if #rest == 0 then
+    return true
+  end
+  return chain.check_new(ctx, rest, base, writer)
+end
+
+
 --- The manifest of a backup being made: its files are `index` (the
 -- core.index of file_plan.decisions), on `base` or none.
 -- opts.data_file_name_generator: "checksum" (files stored under checksum

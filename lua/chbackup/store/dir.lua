@@ -72,8 +72,8 @@ end
 --- Bytes the file stored as `name` holds (plain bytes), or nil if it is
 -- missing or not a regular file (RESTORE would refuse to follow a link).
 function Reader:stored_size(name)
-  local attr = lfs.symlinkattributes(self.dest.path .. "/" .. name)
-  local size = attr and attr.mode == "file" and attr.size or nil
+  -- (one lstat: an incremental checks a file of its base per part)
+  local size = core.file_size(self.dest.path .. "/" .. name)
   if size and self.key then
     return core.plain_size(size)
   end
