@@ -10,6 +10,7 @@
 #include "chb_hash.h"
 #include "chb_index.h"
 #include "chb_manifest.h"
+#include "chb_pages.h"
 
 #include <stdlib.h>
 
@@ -55,17 +56,54 @@ static int index_fail(lua_State *L, chb_index *idx, const char *what) {
   return luaL_error(L, "%s: out of memory", what);
 }
 
-/* core.index([budget [, tmpdir]]) -> an empty index holding at most about
- * budget bytes of pages in memory (default CHB_INDEX_BUDGET), the others
- * in a temporary file in tmpdir (default $TMPDIR, or /tmp) */
+/* The pager the indexes of this Lua state share (one budget of
+ * CHB_INDEX_BUDGET, one temporary file in $TMPDIR), made on first use and
+ * kept in the registry; each index holds its own reference to it. */
+typedef struct pager_box {
+  chb_pager *pg;
+} pager_box;
+
+static int pager_gc(lua_State *L) {
+  pager_box *p = lua_touserdata(L, 1);
+  chb_pager_free(p->pg);
+  p->pg = NULL;
+  return 0;
+}
+
+static chb_pager *shared_pager(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "chbackup.IndexPager") == LUA_TUSERDATA) {
+    chb_pager *pg = ((pager_box *)lua_touserdata(L, -1))->pg;
+    lua_pop(L, 1);
+    return pg;
+  }
+  lua_pop(L, 1);
+  pager_box *p = lua_newuserdatauv(L, sizeof *p, 0);   /* box */
+  p->pg = NULL;
+  lua_createtable(L, 0, 1);                            /* box, mt */
+  lua_pushcfunction(L, pager_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);                             /* box */
+  p->pg = chb_pager_new(CHB_INDEX_BUDGET, NULL);
+  if (!p->pg) luaL_error(L, "out of memory");
+  lua_setfield(L, LUA_REGISTRYINDEX, "chbackup.IndexPager");
+  return p->pg;
+}
+
+/* core.index([budget [, tmpdir]]) -> an empty index. Its pages share the
+ * state's budget (CHB_INDEX_BUDGET for all indexes together: bounded
+ * however many a run opens); with budget, at most about budget bytes of
+ * its own, the others in a temporary file in tmpdir (default $TMPDIR, or
+ * /tmp). */
 static int core_index(lua_State *L) {
+  int own = !lua_isnoneornil(L, 1);
   lua_Integer budget = luaL_optinteger(L, 1, (lua_Integer)CHB_INDEX_BUDGET);
   const char *tmpdir = luaL_optstring(L, 2, NULL);
-  luaL_argcheck(L, budget > 0, 1, "a budget of bytes > 0");
+  luaL_argcheck(L, budget >= 0, 1, "a budget of bytes >= 0");
+  chb_pager *shared = own ? NULL : shared_pager(L);
   index_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->idx = NULL;
   luaL_setmetatable(L, CHB_INDEX_MT);
-  b->idx = chb_index_new_budget((size_t)budget, tmpdir);
+  b->idx = own ? chb_index_new_budget((size_t)budget, tmpdir) : chb_index_new_in(shared);
   if (!b->idx) return luaL_error(L, "out of memory");
   return 1;
 }

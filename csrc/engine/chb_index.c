@@ -78,9 +78,18 @@ struct chb_index {
 chb_index *chb_index_new(void) { return chb_index_new_budget(CHB_INDEX_BUDGET, NULL); }
 
 chb_index *chb_index_new_budget(size_t budget, const char *tmpdir) {
+  chb_pager *pg = chb_pager_new(budget, tmpdir);
+  if (!pg) return NULL;
+  chb_index *idx = chb_index_new_in(pg);
+  chb_pager_free(pg);   /* (the index's reference is the one left) */
+  return idx;
+}
+
+chb_index *chb_index_new_in(chb_pager *pg) {
   chb_index *idx = calloc(1, sizeof(chb_index));
   if (!idx) return NULL;
-  idx->pg = chb_pager_new(budget, tmpdir);
+  chb_pager_ref(pg);
+  idx->pg = pg;
   idx->recs = idx->pg ? chb_parray_new(idx->pg, sizeof(rec)) : NULL;
   idx->extras = idx->pg ? chb_parray_new(idx->pg, sizeof(extra)) : NULL;
   if (!idx->recs || !idx->extras) {

@@ -43,9 +43,10 @@ typedef struct chb_index_entry {
   int no_content;            /* not found by chb_index_find_content */
 } chb_index_entry;
 
-/* Pages of an index held in memory by default: 12 MiB (an incremental
- * holds two indexes: the new backup's and its base's). */
-#define CHB_INDEX_BUDGET ((size_t)12 << 20)
+/* Pages of an index held in memory by default: 16 MiB (the Lua binding
+ * shares one such budget among a process's indexes: an incremental holds
+ * two, the new backup's and its base's). */
+#define CHB_INDEX_BUDGET ((size_t)16 << 20)
 
 /* An index of the default budget, its file in $TMPDIR (or /tmp). */
 chb_index *chb_index_new(void);
@@ -53,6 +54,12 @@ chb_index *chb_index_new(void);
 /* An index holding at most about budget bytes of pages in memory, its
  * temporary file (if it needs one) in tmpdir (NULL: $TMPDIR, or /tmp). */
 chb_index *chb_index_new_budget(size_t budget, const char *tmpdir);
+
+/* An index whose pages share pg's budget and file with the other indexes
+ * of pg (a process's: the new backup's and its bases'); it holds a
+ * reference to pg (chb_pager_ref). */
+struct chb_pager;
+chb_index *chb_index_new_in(struct chb_pager *pg);
 void chb_index_free(chb_index *idx);
 
 /* The I/O failure of the index's temporary file that made a call return

@@ -50,6 +50,7 @@ struct chb_pager {
   uint32_t *free_fpages;    /* pages of the file of freed arrays */
   size_t nfree_fpages, free_fpages_cap;
   int spilled;
+  int refs;
   char err[256];
 };
 
@@ -57,6 +58,7 @@ chb_pager *chb_pager_new(size_t budget, const char *dir) {
   chb_pager *pg = calloc(1, sizeof *pg);
   if (!pg) return NULL;
   pg->fd = -1;
+  pg->refs = 1;
   pg->max_frames = budget / CHB_PAGE_SIZE;
   if (pg->max_frames < MIN_FRAMES) pg->max_frames = MIN_FRAMES;
   if (pg->max_frames > INT32_MAX) pg->max_frames = INT32_MAX;
@@ -71,8 +73,10 @@ chb_pager *chb_pager_new(size_t budget, const char *dir) {
   return pg;
 }
 
+void chb_pager_ref(chb_pager *pg) { pg->refs++; }
+
 void chb_pager_free(chb_pager *pg) {
-  if (!pg) return;
+  if (!pg || --pg->refs > 0) return;
   if (pg->mem)
     for (size_t i = 0; i < pg->nframes; i++) free(pg->mem[i]);
   free(pg->mem);

@@ -26,7 +26,10 @@ typedef struct chb_parray chb_parray;
  * the first page it must write out. NULL when out of memory. */
 chb_pager *chb_pager_new(size_t budget, const char *dir);
 
-/* Frees the pager (its arrays must be freed first) and closes its file. */
+/* Another owner of pg (several indexes may share one budget): each
+ * chb_pager_free drops one; the last frees it (its arrays freed first)
+ * and closes its file. */
+void chb_pager_ref(chb_pager *pg);
 void chb_pager_free(chb_pager *pg);
 
 /* The first I/O failure ("cannot write the index's temporary file in

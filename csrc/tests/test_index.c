@@ -10,6 +10,7 @@
  * (cannot create it, a full disk) reported as -2 with chb_index_error.
  */
 #include "chb_index.h"
+#include "chb_pages.h"
 #include "test_util.h"
 
 #include <errno.h>
@@ -243,10 +244,14 @@ static void test_added_in_order(void) {
 }
 
 /* An incremental's files of unchanged parts taken from its base's
- * (chb_index_add_from_base), both indexes spilled. */
+ * (chb_index_add_from_base), both indexes spilled, sharing one pager (one
+ * budget, one file: as the Lua binding makes them), which lives until the
+ * last of them is freed. */
 static void test_from_base(void) {
   enum { N = 20000 };
-  chb_index *base = chb_index_new_budget(0, NULL), *idx = chb_index_new_budget(0, NULL);
+  chb_pager *pg = chb_pager_new(0, NULL);
+  chb_index *base = chb_index_new_in(pg), *idx = chb_index_new_in(pg);
+  chb_pager_free(pg);   /* (the indexes' references keep it) */
   char name[48];
   for (int i = 0; i < N; i++) {
     snprintf(name, sizeof name, "data/db/t/%d_%d_%d_0/f%d.bin", i / 10, i / 10, i / 10, i % 10);
