@@ -10,6 +10,7 @@
 #include "chb_hash.h"
 #include "chb_index.h"
 #include "chb_manifest.h"
+#include "chb_pages.h"
 
 #include <stdlib.h>
 
@@ -47,12 +48,62 @@ static int opt_tristate(lua_State *L, int arg) {
   return lua_isnoneornil(L, arg) ? CHB_ABSENT : lua_toboolean(L, arg);
 }
 
-/* core.index() -> an empty index */
+/* Raises what made a call on idx fail: its temporary file's I/O error
+ * (a full disk), or else out of memory; what names the call. */
+static int index_fail(lua_State *L, chb_index *idx, const char *what) {
+  const char *io = chb_index_error(idx);
+  if (io) return luaL_error(L, "%s: %s", what, io);
+  return luaL_error(L, "%s: out of memory", what);
+}
+
+/* The pager the indexes of this Lua state share (one budget of
+ * CHB_INDEX_BUDGET, one temporary file in $TMPDIR), made on first use and
+ * kept in the registry; each index holds its own reference to it. */
+typedef struct pager_box {
+  chb_pager *pg;
+} pager_box;
+
+static int pager_gc(lua_State *L) {
+  pager_box *p = lua_touserdata(L, 1);
+  chb_pager_free(p->pg);
+  p->pg = NULL;
+  return 0;
+}
+
+static chb_pager *shared_pager(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "chbackup.IndexPager") == LUA_TUSERDATA) {
+    chb_pager *pg = ((pager_box *)lua_touserdata(L, -1))->pg;
+    lua_pop(L, 1);
+    return pg;
+  }
+  lua_pop(L, 1);
+  pager_box *p = lua_newuserdatauv(L, sizeof *p, 0);   /* box */
+  p->pg = NULL;
+  lua_createtable(L, 0, 1);                            /* box, mt */
+  lua_pushcfunction(L, pager_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);                             /* box */
+  p->pg = chb_pager_new(CHB_INDEX_BUDGET, NULL);
+  if (!p->pg) luaL_error(L, "out of memory");
+  lua_setfield(L, LUA_REGISTRYINDEX, "chbackup.IndexPager");
+  return p->pg;
+}
+
+/* core.index([budget [, tmpdir]]) -> an empty index. Its pages share the
+ * state's budget (CHB_INDEX_BUDGET for all indexes together: bounded
+ * however many a run opens); with budget, at most about budget bytes of
+ * its own, the others in a temporary file in tmpdir (default $TMPDIR, or
+ * /tmp). */
 static int core_index(lua_State *L) {
+  int own = !lua_isnoneornil(L, 1);
+  lua_Integer budget = luaL_optinteger(L, 1, (lua_Integer)CHB_INDEX_BUDGET);
+  const char *tmpdir = luaL_optstring(L, 2, NULL);
+  luaL_argcheck(L, budget >= 0, 1, "a budget of bytes >= 0");
+  chb_pager *shared = own ? NULL : shared_pager(L);
   index_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->idx = NULL;
   luaL_setmetatable(L, CHB_INDEX_MT);
-  b->idx = chb_index_new();
+  b->idx = own ? chb_index_new_budget((size_t)budget, tmpdir) : chb_index_new_in(shared);
   if (!b->idx) return luaL_error(L, "out of memory");
   return 1;
 }
@@ -79,7 +130,7 @@ static int index_add(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)existing + 1);
     return 2;
   }
-  if (i < 0) return luaL_error(L, "out of memory (index of %d files)", (int)chb_index_count(idx));
+  if (i < 0) return index_fail(L, idx, "cannot add to an index");
   lua_pushinteger(L, (lua_Integer)i + 1);
   return 1;
 }
@@ -102,6 +153,7 @@ static int index_add_from_base(lua_State *L) {
   uint64_t bytes = 0;
   for (lua_Integer pos = first; pos <= last; pos++) {
     long i = pos < 1 ? -1 : chb_index_sorted_at(bb->idx, (size_t)(pos - 1));
+    if (i == -2) return index_fail(L, bb->idx, "cannot read a base's index");
     if (i < 0) return luaL_error(L, "position %d is not in the base's name order", (int)pos);
     if (i + 1 == skip) continue;
     size_t existing = 0;
@@ -113,7 +165,7 @@ static int index_add_from_base(lua_State *L) {
       lua_pushlstring(L, e.name, e.name_len);
       return 2;
     }
-    if (n < 0) return luaL_error(L, "out of memory (index of %d files)", (int)chb_index_count(idx));
+    if (n < 0) return index_fail(L, chb_index_error(bb->idx) ? bb->idx : idx, "cannot add to an index");
     chb_index_entry e;
     get_entry(L, idx, (size_t)n, &e);
     files++, bytes += e.size;
@@ -126,7 +178,7 @@ static int index_add_from_base(lua_State *L) {
 /* chb_index_get, raising when out of memory: 0, or -1 when out of range. */
 static int get_entry(lua_State *L, chb_index *idx, size_t i, chb_index_entry *e) {
   int rc = chb_index_get(idx, i, e);
-  if (rc == -2) return luaL_error(L, "out of memory");
+  if (rc == -2) return index_fail(L, idx, "cannot read an index");
   return rc;
 }
 
@@ -211,8 +263,8 @@ static int index_name(lua_State *L) {
   return 1;
 }
 
-static int push_number(lua_State *L, long i) {
-  if (i == -2) return luaL_error(L, "out of memory");
+static int push_number(lua_State *L, chb_index *idx, long i) {
+  if (i == -2) return index_fail(L, idx, "cannot read an index");
   if (i < 0) return 0;
   lua_pushinteger(L, (lua_Integer)i + 1);
   return 1;
@@ -223,7 +275,7 @@ static int index_find(lua_State *L) {
   chb_index *idx = check_index(L);
   size_t len;
   const char *name = luaL_checklstring(L, 2, &len);
-  return push_number(L, chb_index_find(idx, name, len));
+  return push_number(L, idx, chb_index_find(idx, name, len));
 }
 
 /* idx:find_content(size, checksum) -> i of the first file of that content | nil */
@@ -232,7 +284,7 @@ static int index_find_content(lua_State *L) {
   uint64_t size = check_size(L, 2);
   chb_u128 sum;
   if (!check_sum(L, 3, &sum)) return 0;
-  return push_number(L, chb_index_find_content(idx, size, sum));
+  return push_number(L, idx, chb_index_find_content(idx, size, sum));
 }
 
 /* idx:prefix(prefix) -> first, last: positions (from 1) in name order of
@@ -241,7 +293,7 @@ static int index_prefix(lua_State *L) {
   chb_index *idx = check_index(L);
   size_t len, lo, hi;
   const char *prefix = luaL_checklstring(L, 2, &len);
-  if (chb_index_prefix(idx, prefix, len, &lo, &hi) != 0) return luaL_error(L, "out of memory");
+  if (chb_index_prefix(idx, prefix, len, &lo, &hi) != 0) return index_fail(L, idx, "cannot sort an index");
   lua_pushinteger(L, (lua_Integer)lo + 1);
   lua_pushinteger(L, (lua_Integer)hi);
   return 2;
@@ -250,7 +302,7 @@ static int index_prefix(lua_State *L) {
 static int index_sorted(lua_State *L) {
   chb_index *idx = check_index(L);
   lua_Integer pos = luaL_checkinteger(L, 2);
-  return push_number(L, pos < 1 ? -1 : chb_index_sorted_at(idx, (size_t)(pos - 1)));
+  return push_number(L, idx, pos < 1 ? -1 : chb_index_sorted_at(idx, (size_t)(pos - 1)));
 }
 
 static int index_len(lua_State *L) {
@@ -290,6 +342,7 @@ static int index_manifest_files(lua_State *L) {
   int rc = chb_manifest_write_files(idx, name_order, &pos, &out, 64 * 1024);
   if (rc != 0) {
     free(out.p);
+    if (chb_index_error(idx)) return index_fail(L, idx, "cannot write the manifest's files");
     return luaL_error(L, "cannot write the manifest's file %d (out of memory, or a file without a checksum)",
                       (int)pos + 1);
   }
@@ -347,7 +400,12 @@ static int reader_feed(lua_State *L) {
   size_t n = 0;
   const char *p = luaL_optlstring(L, 2, NULL, &n);
   int rc = chb_manifest_read_feed(r, p, n, p == NULL);
-  if (rc == -2) return luaL_error(L, "out of memory reading a backup manifest");
+  if (rc == -2) {
+    lua_getiuservalue(L, 1, 1);   /* its index: the I/O error of its file, if that was it */
+    index_box *ib = luaL_testudata(L, -1, CHB_INDEX_MT);
+    if (ib && ib->idx && chb_index_error(ib->idx)) return index_fail(L, ib->idx, "cannot read a backup manifest");
+    return luaL_error(L, "out of memory reading a backup manifest");
+  }
   if (rc != 0) {
     lua_pushnil(L);
     lua_pushstring(L, chb_manifest_read_error(r));

@@ -492,6 +492,47 @@ describe("chbackup.core", function()
     end)
   end)
 
+  describe("index beyond its memory budget (issue 14)", function()
+    -- 20,000 files of 2,000 parts, entries made as a manifest lists them
+    local function fill(idx)
+      for i = 1, 20000 do
+        local name = string.format("data/db/t/%d_%d_%d_0/f%d.bin", i // 10, i // 10, i // 10, i % 10)
+        assert.equal(i, idx:add(name, i, string.format("%032x", i)))
+      end
+    end
+
+    it("spills to its temporary file and answers as in memory", function()
+      local small, full = core.index(0), core.index()   -- (0: two pages in memory)
+      fill(small)
+      fill(full)
+      assert.is_true(small:memory() < full:memory() / 4)
+      for _, i in ipairs({ 1, 777, 12345, 20000 }) do
+        assert.same(full:get(i), small:get(i))
+        assert.equal(i, small:find(full:name(i)))
+        assert.equal(i, small:find_content(i, string.format("%032x", i)))
+      end
+      local sf, sl = small:prefix("data/db/t/1")
+      local bf, bl = full:prefix("data/db/t/1")
+      assert.same({ bf, bl }, { sf, sl })
+      for pos = sf, sl, 97 do
+        assert.equal(full:sorted(pos), small:sorted(pos))
+      end
+      local copy = core.index(0)
+      local added = copy:add_from_base(small, sf, sl)
+      assert.equal(sl - sf + 1, added)
+      assert.equal(copy:name(1), small:name(small:sorted(sf)))
+    end)
+
+    it("raises naming its temporary directory when it cannot make its file", function()
+      local idx = core.index(0, dir .. "/absent")
+      assert.has_error(function() fill(idx) end)
+      local ok, err = pcall(fill, core.index(0, dir .. "/absent"))
+      assert.is_false(ok)
+      assert.matches("cannot add to an index: cannot create the index's temporary file in .*/absent: "
+        .. "No such file or directory", err)
+    end)
+  end)
+
   describe("system helpers", function()
     it("fsync flushes a file and a directory, or fails ENOENT", function()
       h.write(dir .. "/sync.txt", "x")

@@ -4,8 +4,14 @@
  * dozen files share one directory string and every part the same dozen
  * file names, so a name costs 8 bytes, not its length (issue 14).
  * Open-addressing tables of entry numbers (+1; 0 is an empty slot).
+ * What grows with the number of files (records, extras, the name and
+ * content tables, the name order) is in paged arrays (chb_pages): in
+ * memory up to the index's budget, past it in a temporary file. The
+ * interned strings stay in memory: they grow with directories (parts),
+ * not with files.
  */
 #include "chb_index.h"
+#include "chb_pages.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,10 +51,11 @@ typedef struct extra {
 } extra;
 
 struct chb_index {
-  rec *recs;
-  size_t count, cap;
-  extra *extras;
-  size_t nextra, extra_cap;
+  chb_pager *pg;           /* the per-file arrays' pages: in memory up to a budget */
+  chb_parray *recs;        /* rec, by entry number */
+  size_t count;
+  chb_parray *extras;      /* extra */
+  size_t nextra;
   char *names;             /* the arena: interned strings, extras' data_file */
   size_t names_len, names_cap;
   str *strs;               /* interned strings, by id */
@@ -57,47 +64,107 @@ struct chb_index {
   size_t by_str_cap;
   char *scratch[2];        /* a name and a data_file put together by chb_index_get */
   size_t scratch_cap[2];
-  uint32_t *by_name;       /* name hash -> entry + 1 in the low name_shift bits, and above
-                            * them as many bits of the name's hash as are left, so that
-                            * a probe reads a record only when those match (one cache
-                            * miss a lookup, not one a slot probed: issue 14); 0 empty */
-  unsigned name_shift;     /* log2(by_name_cap): entry + 1 < by_name_cap / 2 fits */
+  chb_parray *by_name;     /* name hash -> entry + 1 (uint32_t) */
   size_t by_name_cap;      /* a power of two, or 0 */
-  uint32_t *by_content;    /* (size, checksum) -> first entry + 1; built lazily */
+  chb_parray *by_content;  /* (size, checksum) -> first entry + 1; built lazily */
   size_t by_content_cap;
-  uint32_t *sorted;        /* entries in name order; built lazily */
-  uint64_t serial;         /* this index among all made (never reused, unlike an address) */
-  uint64_t map_of;         /* the serial of the base index whose string ids base_map maps */
-  uint32_t *base_map;      /* base string id -> this index's id + 1 (0: not yet) */
-  size_t base_map_len;
+  chb_parray *sorted;      /* entries in name order; built lazily */
+  int sorted_identity;     /* or: added in name order (as `.backup` lists them) */
+  int sorted_built;
 };
 
 #define MAX_ENTRIES ((size_t)INT32_MAX)
 
-chb_index *chb_index_new(void) {
-  static uint64_t serials;
-  chb_index *idx = calloc(1, sizeof(chb_index));
-  if (idx) idx->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
+chb_index *chb_index_new(void) { return chb_index_new_budget(CHB_INDEX_BUDGET, NULL); }
+
+chb_index *chb_index_new_budget(size_t budget, const char *tmpdir) {
+  chb_pager *pg = chb_pager_new(budget, tmpdir);
+  if (!pg) return NULL;
+  chb_index *idx = chb_index_new_in(pg);
+  chb_pager_free(pg);   /* (the index's reference is the one left) */
   return idx;
+}
+
+chb_index *chb_index_new_in(chb_pager *pg) {
+  chb_index *idx = calloc(1, sizeof(chb_index));
+  if (!idx) return NULL;
+  chb_pager_ref(pg);
+  idx->pg = pg;
+  idx->recs = idx->pg ? chb_parray_new(idx->pg, sizeof(rec)) : NULL;
+  idx->extras = idx->pg ? chb_parray_new(idx->pg, sizeof(extra)) : NULL;
+  if (!idx->recs || !idx->extras) {
+    chb_index_free(idx);
+    return NULL;
+  }
+  return idx;
+}
+
+static void drop_sorted(chb_index *idx) {
+  chb_parray_free(idx->sorted);
+  idx->sorted = NULL;
+  idx->sorted_identity = idx->sorted_built = 0;
+}
+
+static void drop_content(chb_index *idx) {
+  chb_parray_free(idx->by_content);
+  idx->by_content = NULL;
+  idx->by_content_cap = 0;
 }
 
 void chb_index_free(chb_index *idx) {
   if (!idx) return;
-  free(idx->recs);
-  free(idx->extras);
+  chb_parray_free(idx->recs);
+  chb_parray_free(idx->extras);
   free(idx->names);
   free(idx->strs);
   free(idx->by_str);
   free(idx->scratch[0]);
   free(idx->scratch[1]);
-  free(idx->by_name);
-  free(idx->by_content);
-  free(idx->sorted);
-  free(idx->base_map);
+  chb_parray_free(idx->by_name);
+  drop_content(idx);
+  drop_sorted(idx);
+  chb_pager_free(idx->pg);
   free(idx);
 }
 
 size_t chb_index_count(const chb_index *idx) { return idx->count; }
+
+const char *chb_index_error(const chb_index *idx) { return chb_pager_error(idx->pg); }
+
+int chb_index_spilled(const chb_index *idx) { return chb_pager_spilled(idx->pg); }
+
+/* Paged elements, copied out or in: a pointer into a page is good only
+ * until the next access (chb_pages.h). -1 on an I/O failure. */
+static int rec_get(chb_index *idx, size_t i, rec *out) {
+  const rec *p = chb_parray_at(idx->recs, i, 0);
+  if (!p) return -1;
+  *out = *p;
+  return 0;
+}
+
+static int u32_get(chb_parray *a, size_t i, uint32_t *v) {
+  const uint32_t *p = chb_parray_at(a, i, 0);
+  if (!p) return -1;
+  *v = *p;
+  return 0;
+}
+
+static int u32_set(chb_parray *a, size_t i, uint32_t v) {
+  uint32_t *p = chb_parray_at(a, i, 1);
+  if (!p) return -1;
+  *p = v;
+  return 0;
+}
+
+/* A table of cap zeroed slots (pages never used read as zeros). */
+static chb_parray *new_table(chb_index *idx, size_t cap) {
+  chb_parray *t = chb_parray_new(idx->pg, sizeof(uint32_t));
+  if (t && chb_parray_reserve(t, cap) != 0) {
+    chb_parray_free(t);
+    return NULL;
+  }
+  return t;
+}
 
 /* FNV-1a over a and then b (a name in its two pieces hashes as the whole
  * name), then a final mix. */
@@ -194,79 +261,42 @@ static uint64_t hash_rec(const chb_index *idx, const rec *r) {
   return hash_two(idx->names + d->off, d->len, idx->names + l->off, l->len);
 }
 
-/* A name as its two pieces. */
-typedef struct pieces {
-  const char *a, *b;
-  size_t an, bn;
-} pieces;
-
-static pieces pieces_of(const chb_index *idx, const rec *r) {
-  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
-  pieces p = {idx->names + d->off, idx->names + l->off, d->len, l->len};
-  return p;
-}
-
-/* x and y, each a name in two pieces, are the same name. */
-static int same_pieces(pieces x, pieces y) {
-  if (x.an + x.bn != y.an + y.bn) return 0;
-  const char *xs[2] = {x.a, x.b}, *ys[2] = {y.a, y.b};
-  size_t xl[2] = {x.an, x.bn}, yl[2] = {y.an, y.bn}, xo = 0, yo = 0;
-  for (int xi = 0, yi = 0; xi < 2 && yi < 2;) {
-    if (xo == xl[xi]) {
-      xi++, xo = 0;
-    } else if (yo == yl[yi]) {
-      yi++, yo = 0;
-    } else {
-      size_t n = xl[xi] - xo < yl[yi] - yo ? xl[xi] - xo : yl[yi] - yo;
-      if (memcmp(xs[xi] + xo, ys[yi] + yo, n) != 0) return 0;
-      xo += n, yo += n;
-    }
+/* The slot of name in the by_name table: its entry's (*v its number + 1),
+ * or the empty one it would take (*v 0). -1 on an I/O failure. */
+static int name_slot(chb_index *idx, const char *name, size_t len, size_t *slot, uint32_t *v) {
+  size_t mask = idx->by_name_cap - 1, s = (size_t)hash_bytes(name, len) & mask;
+  for (;; s = (s + 1) & mask) {
+    rec r;
+    if (u32_get(idx->by_name, s, v) != 0) return -1;
+    if (!*v) break;
+    if (rec_get(idx, *v - 1, &r) != 0) return -1;
+    if (name_is(idx, &r, name, len)) break;
   }
-  return 1;
-}
-
-/* A slot's parts: the name's tag (its hash's bits above the entry's), the
- * entry. With 2^32 slots no bits are left: every tag matches. */
-static uint32_t tag_of(unsigned shift, uint64_t h) {
-  return shift >= 32 ? 0 : (uint32_t)(h >> 32) >> shift;
-}
-static uint32_t slot_tag(unsigned shift, uint32_t v) { return shift >= 32 ? 0 : v >> shift; }
-static size_t slot_entry(unsigned shift, uint32_t v) {
-  return (size_t)(shift >= 32 ? v : v & ((1u << shift) - 1)) - 1;
-}
-static uint32_t slot_value(unsigned shift, uint32_t tag, size_t entry) {
-  return (uint32_t)(((uint64_t)tag << (shift >= 32 ? 0 : shift)) | (entry + 1));
-}
-
-/* The slot of name in the by_name table: its entry's, or the empty one it
- * would take (*tag: the name's tag). */
-static size_t name_slot(const chb_index *idx, const char *name, size_t len, uint32_t *tag) {
-  uint64_t h = hash_bytes(name, len);
-  size_t mask = idx->by_name_cap - 1, s = (size_t)h & mask;
-  unsigned sh = idx->name_shift;
-  uint32_t t = tag_of(sh, h), v;
-  for (; (v = idx->by_name[s]) != 0; s = (s + 1) & mask)
-    if (slot_tag(sh, v) == t && name_is(idx, &idx->recs[slot_entry(sh, v)], name, len)) break;
-  *tag = t;
-  return s;
+  *slot = s;
+  return 0;
 }
 
 static int rehash_names(chb_index *idx, size_t cap) {
-  uint32_t *t = calloc(cap, sizeof(uint32_t));
+  chb_parray *t = new_table(idx, cap);
   if (!t) return -1;
-  unsigned sh = 0;
-  while (((size_t)1 << sh) < cap) sh++;
   for (size_t i = 0; i < idx->count; i++) {
-    uint64_t h = hash_rec(idx, &idx->recs[i]);
-    size_t s = (size_t)h & (cap - 1);
-    while (t[s]) s = (s + 1) & (cap - 1);   /* (names are unique: no comparison) */
-    t[s] = slot_value(sh, tag_of(sh, h), i);
+    rec r;
+    uint32_t v;
+    if (rec_get(idx, i, &r) != 0) goto fail;
+    size_t s = (size_t)hash_rec(idx, &r) & (cap - 1);
+    for (;; s = (s + 1) & (cap - 1)) {   /* (names are unique: no comparison) */
+      if (u32_get(t, s, &v) != 0) goto fail;
+      if (!v) break;
+    }
+    if (u32_set(t, s, (uint32_t)i + 1) != 0) goto fail;
   }
-  free(idx->by_name);
+  chb_parray_free(idx->by_name);
   idx->by_name = t;
   idx->by_name_cap = cap;
-  idx->name_shift = sh;
   return 0;
+fail:
+  chb_parray_free(t);
+  return -1;
 }
 
 
@@ -275,15 +305,16 @@ static int content_add(chb_index *idx, size_t i);
 long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if (idx->count >= MAX_ENTRIES) return -2;
   if ((idx->count + 1) * 2 > idx->by_name_cap &&
-      rehash_names(idx, idx->by_name_cap ? idx->by_name_cap * 2 : 64) != 0)
+      rehash_names(idx, idx->by_name_cap ? idx->by_name_cap * 2 : 1024) != 0)
     return -2;
-  uint32_t tag;
-  size_t slot = name_slot(idx, e->name, e->name_len, &tag);
-  if (idx->by_name[slot]) {
-    if (existing) *existing = slot_entry(idx->name_shift, idx->by_name[slot]);
+  size_t slot;
+  uint32_t v;
+  if (name_slot(idx, e->name, e->name_len, &slot, &v) != 0) return -2;
+  if (v) {
+    if (existing) *existing = v - 1;
     return -1;
   }
-  if (grow((void **)&idx->recs, &idx->cap, idx->count + 1, sizeof(rec)) != 0) return -2;
+  if (chb_parray_reserve(idx->recs, idx->count + 1) != 0) return -2;
   rec r = {0};
   r.size = e->size;
   size_t dl = dir_len(e->name, e->name_len);
@@ -296,11 +327,12 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   long ref = e->data_file && !e->has_base_size && !e->has_base_checksum
                  ? chb_index_find(idx, e->data_file, e->data_file_len)
                  : -1;
+  if (ref == -2) return -2;
   if (ref >= 0) {   /* a copy of an entry (most copies): its number, not its name again */
     r.flags |= F_DATA_REF;
     r.extra = (uint32_t)ref;
   } else if (e->has_base_size || e->has_base_checksum || e->data_file) {
-    if (grow((void **)&idx->extras, &idx->extra_cap, idx->nextra + 1, sizeof(extra)) != 0) return -2;
+    if (idx->nextra >= MAX_ENTRIES || chb_parray_reserve(idx->extras, idx->nextra + 1) != 0) return -2;
     extra x = {0};
     if (e->has_base_size) x.flags |= X_BASE_SIZE, x.base_size = e->base_size;
     if (e->has_base_checksum) x.flags |= X_BASE_CHECKSUM, x.base_checksum = e->base_checksum;
@@ -311,82 +343,37 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
       x.flags |= X_DATA_FILE;
       x.data_file_len = (uint32_t)e->data_file_len;
     }
+    extra *px = chb_parray_at(idx->extras, idx->nextra, 1);
+    if (!px) return -2;
+    *px = x;
     r.flags |= F_EXTRA;
-    r.extra = (uint32_t)idx->nextra;
-    idx->extras[idx->nextra++] = x;
+    r.extra = (uint32_t)idx->nextra++;
   }
   if (e->no_content) r.flags |= F_NO_CONTENT;
-  idx->recs[idx->count] = r;
-  idx->by_name[slot] = slot_value(idx->name_shift, tag, idx->count);
+  rec *pr = chb_parray_at(idx->recs, idx->count, 1);
+  if (!pr) return -2;
+  *pr = r;
+  if (u32_set(idx->by_name, slot, (uint32_t)(idx->count + 1)) != 0) return -2;
   idx->count++;
-  free(idx->sorted);   /* the name order is made again on use */
-  idx->sorted = NULL;
-  if (idx->by_content && content_add(idx, idx->count - 1) != 0) {
-    free(idx->by_content);   /* built again on use */
-    idx->by_content = NULL;
-    idx->by_content_cap = 0;
-  }
+  /* the name order is made again on use; an index added to in name order
+   * (as a manifest is read) is still in it */
+  if (idx->sorted_built && !idx->sorted_identity) drop_sorted(idx);
+  idx->sorted_built = 0;
+  if (idx->by_content && content_add(idx, idx->count - 1) != 0) drop_content(idx);   /* built again on use */
   return (long)(idx->count - 1);
 }
 
-/* This index's id of base's string id: interned once, then mapped
- * (a part's directory is looked up once, not once a file; the dozen file
- * names once in all). -1 when out of memory. */
-static long intern_from(chb_index *idx, const chb_index *base, uint32_t id) {
-  if (idx->map_of != base->serial || idx->base_map_len < base->nstrs) {
-    size_t n = base->nstrs ? base->nstrs : 1;
-    int same = idx->map_of == base->serial;
-    uint32_t *m = same ? realloc(idx->base_map, n * sizeof *m) : malloc(n * sizeof *m);
-    if (!m) return -1;
-    if (same) {
-      memset(m + idx->base_map_len, 0, (n - idx->base_map_len) * sizeof *m);
-    } else {
-      free(idx->base_map);
-      memset(m, 0, n * sizeof *m);
-    }
-    idx->base_map = m, idx->base_map_len = n, idx->map_of = base->serial;
-  }
-  if (idx->base_map[id]) return (long)idx->base_map[id] - 1;
-  long own = intern(idx, base->names + base->strs[id].off, base->strs[id].len);
-  if (own >= 0) idx->base_map[id] = (uint32_t)own + 1;
-  return own;
-}
-
 long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *existing) {
-  if (i >= base->count || idx->count >= MAX_ENTRIES) return -2;
-  const rec *b = &base->recs[i];
-  if (b->size > 0 && !(b->flags & F_CHECKSUM)) return -2;
-  if ((idx->count + 1) * 2 > idx->by_name_cap &&
-      rehash_names(idx, idx->by_name_cap ? idx->by_name_cap * 2 : 64) != 0)
-    return -2;
-  /* the slot of the name, from its two pieces in base (hash_two hashes
-   * them as the whole name) */
-  pieces p = pieces_of(base, b);
-  uint64_t h = hash_two(p.a, p.an, p.b, p.bn);
-  size_t mask = idx->by_name_cap - 1, slot = (size_t)h & mask;
-  unsigned sh = idx->name_shift;
-  uint32_t tag = tag_of(sh, h), v;
-  for (; (v = idx->by_name[slot]) != 0; slot = (slot + 1) & mask)
-    if (slot_tag(sh, v) == tag && same_pieces(pieces_of(idx, &idx->recs[slot_entry(sh, v)]), p)) {
-      if (existing) *existing = slot_entry(sh, v);
-      return -1;
-    }
-  if (grow((void **)&idx->recs, &idx->cap, idx->count + 1, sizeof(rec)) != 0) return -2;
-  long dir = intern_from(idx, base, b->dir), leaf = dir < 0 ? -1 : intern_from(idx, base, b->leaf);
-  if (leaf < 0) return -2;
-  /* as chb_index_add of its name, size and checksum, use_base (an empty
-   * file has neither: no bytes to take from anywhere), no_content */
-  rec r = {0};
-  r.size = b->size;
-  r.dir = (uint32_t)dir, r.leaf = (uint32_t)leaf;
-  if (b->size > 0) r.flags |= F_CHECKSUM | F_USE_BASE_SET | F_USE_BASE, r.checksum = b->checksum;
-  r.flags |= F_NO_CONTENT;
-  idx->recs[idx->count] = r;
-  idx->by_name[slot] = slot_value(idx->name_shift, tag, idx->count);
-  idx->count++;
-  free(idx->sorted);   /* the name order is made again on use */
-  idx->sorted = NULL;
-  return (long)(idx->count - 1);   /* (no_content: nothing for by_content) */
+  chb_index_entry b, e = {0};
+  if (chb_index_get(base, i, &b) != 0) return -2;
+  e.name = b.name, e.name_len = b.name_len, e.size = b.size;
+  e.use_base = e.encrypted_by_disk = CHB_ABSENT;
+  if (b.size > 0) {
+    if (!b.has_checksum) return -2;
+    e.has_checksum = 1, e.checksum = b.checksum, e.use_base = 1;
+  }
+  e.no_content = 1;
+  return chb_index_add(idx, &e, existing);
 }
 
 /* rec's name put together in scratch buffer k; NULL when out of memory. */
@@ -401,66 +388,86 @@ static const char *joined(chb_index *idx, const rec *r, int k, size_t *len) {
 
 int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
   if (i >= idx->count) return -1;
-  const rec *r = &idx->recs[i];
+  rec r;
+  if (rec_get(idx, i, &r) != 0) return -2;
   memset(out, 0, sizeof *out);
-  out->name = joined(idx, r, 0, &out->name_len);
+  out->name = joined(idx, &r, 0, &out->name_len);
   if (!out->name) return -2;
-  out->size = r->size;
-  out->has_checksum = (r->flags & F_CHECKSUM) != 0;
-  out->checksum = r->checksum;
-  out->use_base = (r->flags & F_USE_BASE_SET) ? (r->flags & F_USE_BASE) != 0 : CHB_ABSENT;
-  out->encrypted_by_disk = (r->flags & F_ENC_SET) ? (r->flags & F_ENC) != 0 : CHB_ABSENT;
-  if (r->flags & F_DATA_REF) {
-    out->data_file = joined(idx, &idx->recs[r->extra], 1, &out->data_file_len);
+  out->size = r.size;
+  out->has_checksum = (r.flags & F_CHECKSUM) != 0;
+  out->checksum = r.checksum;
+  out->use_base = (r.flags & F_USE_BASE_SET) ? (r.flags & F_USE_BASE) != 0 : CHB_ABSENT;
+  out->encrypted_by_disk = (r.flags & F_ENC_SET) ? (r.flags & F_ENC) != 0 : CHB_ABSENT;
+  if (r.flags & F_DATA_REF) {
+    rec d;
+    if (rec_get(idx, r.extra, &d) != 0) return -2;
+    out->data_file = joined(idx, &d, 1, &out->data_file_len);
     if (!out->data_file) return -2;
-  } else if (r->flags & F_EXTRA) {
-    const extra *x = &idx->extras[r->extra];
-    out->has_base_size = (x->flags & X_BASE_SIZE) != 0;
-    out->base_size = x->base_size;
-    out->has_base_checksum = (x->flags & X_BASE_CHECKSUM) != 0;
-    out->base_checksum = x->base_checksum;
-    if (x->flags & X_DATA_FILE) {
-      out->data_file = idx->names + x->data_file_off;
-      out->data_file_len = x->data_file_len;
+  } else if (r.flags & F_EXTRA) {
+    const extra *px = chb_parray_at(idx->extras, r.extra, 0);
+    if (!px) return -2;
+    extra x = *px;
+    out->has_base_size = (x.flags & X_BASE_SIZE) != 0;
+    out->base_size = x.base_size;
+    out->has_base_checksum = (x.flags & X_BASE_CHECKSUM) != 0;
+    out->base_checksum = x.base_checksum;
+    if (x.flags & X_DATA_FILE) {
+      out->data_file = idx->names + x.data_file_off;
+      out->data_file_len = x.data_file_len;
     }
   }
   return 0;
 }
 
-long chb_index_find(const chb_index *idx, const char *name, size_t len) {
+long chb_index_find(chb_index *idx, const char *name, size_t len) {
   if (!idx->by_name_cap) return -1;
-  uint32_t tag, v = idx->by_name[name_slot(idx, name, len, &tag)];
-  return v ? (long)slot_entry(idx->name_shift, v) : -1;
+  size_t slot;
+  uint32_t v;
+  if (name_slot(idx, name, len, &slot, &v) != 0) return -2;
+  return v ? (long)v - 1 : -1;
 }
 
 static int same_content(const rec *r, uint64_t size, chb_u128 sum) {
   return r->size == size && r->checksum.lo == sum.lo && r->checksum.hi == sum.hi;
 }
 
-static size_t content_slot(const chb_index *idx, uint64_t size, chb_u128 sum) {
+/* As name_slot, in the content table. */
+static int content_slot(chb_index *idx, uint64_t size, chb_u128 sum, size_t *slot, uint32_t *v) {
   size_t mask = idx->by_content_cap - 1, s = (size_t)hash_content(size, sum) & mask;
-  while (idx->by_content[s] && !same_content(&idx->recs[idx->by_content[s] - 1], size, sum))
-    s = (s + 1) & mask;
-  return s;
+  for (;; s = (s + 1) & mask) {
+    rec r;
+    if (u32_get(idx->by_content, s, v) != 0) return -1;
+    if (!*v) break;
+    if (rec_get(idx, *v - 1, &r) != 0) return -1;
+    if (same_content(&r, size, sum)) break;
+  }
+  *slot = s;
+  return 0;
 }
 
-static void content_put(chb_index *idx, size_t i) {
-  const rec *r = &idx->recs[i];
-  if (r->size == 0 || !(r->flags & F_CHECKSUM) || (r->flags & F_NO_CONTENT)) return;
-  size_t s = content_slot(idx, r->size, r->checksum);
-  if (!idx->by_content[s]) idx->by_content[s] = (uint32_t)(i + 1);   /* the first one stays */
+static int content_put(chb_index *idx, size_t i) {
+  rec r;
+  if (rec_get(idx, i, &r) != 0) return -1;
+  if (r.size == 0 || !(r.flags & F_CHECKSUM) || (r.flags & F_NO_CONTENT)) return 0;
+  size_t s;
+  uint32_t v;
+  if (content_slot(idx, r.size, r.checksum, &s, &v) != 0) return -1;
+  return v ? 0 : u32_set(idx->by_content, s, (uint32_t)(i + 1));   /* the first one stays */
 }
 
 /* The content table for entries [0, n), at least twice their number. */
 static int build_content_of(chb_index *idx, size_t n) {
-  size_t cap = 64;
+  size_t cap = 1024;
   while (cap < n * 2) cap *= 2;
-  uint32_t *t = calloc(cap, sizeof(uint32_t));
-  if (!t) return -1;
-  free(idx->by_content);
-  idx->by_content = t;
+  drop_content(idx);
+  idx->by_content = new_table(idx, cap);
+  if (!idx->by_content) return -1;
   idx->by_content_cap = cap;
-  for (size_t i = 0; i < n; i++) content_put(idx, i);
+  for (size_t i = 0; i < n; i++)
+    if (content_put(idx, i) != 0) {
+      drop_content(idx);
+      return -1;
+    }
   return 0;
 }
 
@@ -469,17 +476,29 @@ static int build_content(chb_index *idx) { return build_content_of(idx, idx->cou
 /* Entry i, just added, into a built content table (grown when half full). */
 static int content_add(chb_index *idx, size_t i) {
   if ((i + 1) * 2 > idx->by_content_cap) return build_content_of(idx, i + 1);
-  content_put(idx, i);
-  return 0;
+  return content_put(idx, i);
 }
 
 long chb_index_find_content(chb_index *idx, uint64_t size, chb_u128 checksum) {
   if (size == 0) return -1;
   if (!idx->by_content && build_content(idx) != 0) return -2;
-  uint32_t v = idx->by_content[content_slot(idx, size, checksum)];
+  size_t s;
+  uint32_t v;
+  if (content_slot(idx, size, checksum, &s, &v) != 0) return -2;
   return v ? (long)v - 1 : -1;
 }
 
+/* A name as its two pieces. */
+typedef struct pieces {
+  const char *a, *b;
+  size_t an, bn;
+} pieces;
+
+static pieces pieces_of(const chb_index *idx, uint32_t dir, uint32_t leaf) {
+  const str *d = &idx->strs[dir], *l = &idx->strs[leaf];
+  pieces p = {idx->names + d->off, idx->names + l->off, d->len, l->len};
+  return p;
+}
 
 /* memcmp of the first n bytes of x's name with y (n <= both lengths). */
 static int cmp_pieces(pieces x, const char *y, size_t n) {
@@ -489,9 +508,14 @@ static int cmp_pieces(pieces x, const char *y, size_t n) {
   return memcmp(x.b, y + k, n - k);
 }
 
-static int cmp_names(const void *a, const void *b, void *arg) {
-  const chb_index *idx = arg;
-  const rec *x = &idx->recs[*(const uint32_t *)a], *y = &idx->recs[*(const uint32_t *)b];
+/* What the name order sorts: a name's two strings (in memory) and its
+ * entry, so that sorting reads no record. */
+typedef struct key {
+  uint32_t dir, leaf, entry;
+} key;
+
+/* The order of two names, each its directory and file name. */
+static int cmp_keys(const chb_index *idx, const key *x, const key *y) {
   if (x->dir == y->dir) {   /* (the usual case: two files of one part) */
     const str *p = &idx->strs[x->leaf], *q = &idx->strs[y->leaf];
     size_t n = p->len < q->len ? p->len : q->len;
@@ -499,7 +523,7 @@ static int cmp_names(const void *a, const void *b, void *arg) {
     if (c) return c;
     return p->len < q->len ? -1 : p->len > q->len;
   }
-  pieces px = pieces_of(idx, x), py = pieces_of(idx, y);
+  pieces px = pieces_of(idx, x->dir, x->leaf), py = pieces_of(idx, y->dir, y->leaf);
   size_t xn = px.an + px.bn, yn = py.an + py.bn, n = xn < yn ? xn : yn;
   /* y's pieces against x's: y's first piece, then its second */
   size_t k = py.an < n ? py.an : n;
@@ -517,47 +541,166 @@ static int cmp_names(const void *a, const void *b, void *arg) {
   return xn < yn ? -1 : xn > yn;
 }
 
+static int cmp_keys_r(const void *a, const void *b, void *arg) { return cmp_keys(arg, a, b); }
+
 /* <0, 0 or >0: entry i's name before the names starting with prefix, one
- * of them, or after them. */
-static int cmp_prefix(const chb_index *idx, uint32_t i, const char *prefix, size_t len) {
-  const rec *r = &idx->recs[i];
-  size_t rn = name_len_of(idx, r), n = rn < len ? rn : len;
-  int c = cmp_pieces(pieces_of(idx, r), prefix, n);
+ * of them, or after them; -2 in *err on an I/O failure. */
+static int cmp_prefix(chb_index *idx, uint32_t i, const char *prefix, size_t len, int *err) {
+  rec r;
+  if (rec_get(idx, i, &r) != 0) {
+    *err = 1;
+    return 0;
+  }
+  size_t rn = name_len_of(idx, &r), n = rn < len ? rn : len;
+  int c = cmp_pieces(pieces_of(idx, r.dir, r.leaf), prefix, n);
   if (c) return c;
   return rn < len ? -1 : 0;
 }
 
-int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo, size_t *hi) {
-  if (!idx->sorted) {
-    idx->sorted = malloc((idx->count ? idx->count : 1) * sizeof(uint32_t));
-    if (!idx->sorted) return -2;
-    int in_order = 1;
-    for (size_t i = 0; i < idx->count; i++) {
-      idx->sorted[i] = (uint32_t)i;
-      if (in_order && i > 0 && cmp_names(&idx->sorted[i - 1], &idx->sorted[i], idx) > 0) in_order = 0;
-    }
-    /* (a manifest as written, or made from parts in name order, is in order
-     * already: one pass instead of n log n comparisons) */
-    if (!in_order) qsort_r(idx->sorted, idx->count, sizeof(uint32_t), cmp_names, idx);
+/* Keys are sorted CHUNK at a time in memory (12 bytes each: 768 KiB),
+ * runs of more merged from the pager: memory bounded at any count. */
+#define CHUNK ((size_t)1 << 16)
+
+static int put_sorted(chb_index *idx, size_t pos, uint32_t entry) {
+  return u32_set(idx->sorted, pos, entry);
+}
+
+/* Fills keys with entries [from, from + n). */
+static int load_keys(chb_index *idx, key *keys, size_t from, size_t n) {
+  for (size_t k = 0; k < n; k++) {
+    rec r;
+    if (rec_get(idx, from + k, &r) != 0) return -1;
+    keys[k].dir = r.dir, keys[k].leaf = r.leaf, keys[k].entry = (uint32_t)(from + k);
   }
-  size_t a = 0, b = idx->count;   /* first position not before the prefix */
-  while (a < b) {
-    size_t m = a + (b - a) / 2;
-    if (cmp_prefix(idx, idx->sorted[m], prefix, len) < 0) a = m + 1; else b = m;
-  }
-  *lo = a;
-  b = idx->count;                 /* first position after it */
-  while (a < b) {
-    size_t m = a + (b - a) / 2;
-    if (cmp_prefix(idx, idx->sorted[m], prefix, len) <= 0) a = m + 1; else b = m;
-  }
-  *hi = a;
   return 0;
 }
 
-long chb_index_sorted_at(const chb_index *idx, size_t pos) {
-  if (!idx->sorted || pos >= idx->count) return -1;
-  return (long)idx->sorted[pos];
+/* Merges the sorted runs of CHUNK keys each into the name order: a heap
+ * of the runs' next keys. */
+static int merge_runs(chb_index *idx, chb_parray *runs, size_t nruns) {
+  typedef struct head {
+    key k;
+    size_t pos, end;
+  } head;
+  head *h = malloc(nruns * sizeof *h);
+  if (!h) return -1;
+  size_t n = 0;
+  for (size_t r = 0; r < nruns; r++) {
+    size_t pos = r * CHUNK, end = pos + CHUNK < idx->count ? pos + CHUNK : idx->count;
+    const key *k = chb_parray_at(runs, pos, 0);
+    if (!k) goto fail;
+    h[n].k = *k, h[n].pos = pos, h[n].end = end;
+    for (size_t c = n++; c > 0 && cmp_keys(idx, &h[c].k, &h[(c - 1) / 2].k) < 0; c = (c - 1) / 2) {
+      head t = h[c];
+      h[c] = h[(c - 1) / 2], h[(c - 1) / 2] = t;
+    }
+  }
+  for (size_t out = 0; n > 0; out++) {
+    if (put_sorted(idx, out, h[0].k.entry) != 0) goto fail;
+    if (++h[0].pos < h[0].end) {
+      const key *k = chb_parray_at(runs, h[0].pos, 0);
+      if (!k) goto fail;
+      h[0].k = *k;
+    } else {
+      h[0] = h[--n];
+    }
+    for (size_t c = 0;;) {   /* sift down */
+      size_t l = 2 * c + 1, m = c;
+      if (l < n && cmp_keys(idx, &h[l].k, &h[m].k) < 0) m = l;
+      if (l + 1 < n && cmp_keys(idx, &h[l + 1].k, &h[m].k) < 0) m = l + 1;
+      if (m == c) break;
+      head t = h[c];
+      h[c] = h[m], h[m] = t;
+      c = m;
+    }
+  }
+  free(h);
+  return 0;
+fail:
+  free(h);
+  return -1;
+}
+
+/* The name order: none needed when the entries were added in it (as
+ * `.backup` lists them), else sorted. */
+static int build_sorted(chb_index *idx) {
+  drop_sorted(idx);
+  int in_order = 1;
+  key prev = {0}, cur;
+  for (size_t i = 0; i < idx->count && in_order; i++) {
+    if (load_keys(idx, &cur, i, 1) != 0) return -1;
+    if (i > 0 && cmp_keys(idx, &prev, &cur) >= 0) in_order = 0;
+    prev = cur;
+  }
+  if (in_order) {
+    idx->sorted_identity = idx->sorted_built = 1;
+    return 0;
+  }
+  size_t n = idx->count < CHUNK ? idx->count : CHUNK, nruns = (idx->count + CHUNK - 1) / CHUNK;
+  key *keys = malloc(n * sizeof *keys);
+  chb_parray *runs = nruns > 1 ? chb_parray_new(idx->pg, sizeof(key)) : NULL;
+  idx->sorted = new_table(idx, idx->count);
+  if (!keys || !idx->sorted || (nruns > 1 && (!runs || chb_parray_reserve(runs, idx->count) != 0))) goto fail;
+  for (size_t r = 0; r < nruns; r++) {
+    size_t from = r * CHUNK, m = idx->count - from < CHUNK ? idx->count - from : CHUNK;
+    if (load_keys(idx, keys, from, m) != 0) goto fail;
+    qsort_r(keys, m, sizeof *keys, cmp_keys_r, idx);
+    for (size_t k = 0; k < m; k++) {
+      if (nruns == 1) {
+        if (put_sorted(idx, k, keys[k].entry) != 0) goto fail;
+      } else {
+        key *p = chb_parray_at(runs, from + k, 1);
+        if (!p) goto fail;
+        *p = keys[k];
+      }
+    }
+  }
+  free(keys);
+  keys = NULL;
+  if (nruns > 1 && merge_runs(idx, runs, nruns) != 0) goto fail;
+  chb_parray_free(runs);
+  idx->sorted_built = 1;
+  return 0;
+fail:
+  free(keys);
+  chb_parray_free(runs);
+  drop_sorted(idx);
+  return -1;
+}
+
+/* The entry at position pos of the built name order; -1 on a failure. */
+static long sorted_entry(chb_index *idx, size_t pos) {
+  if (idx->sorted_identity) return (long)pos;
+  uint32_t v;
+  return u32_get(idx->sorted, pos, &v) != 0 ? -1 : (long)v;
+}
+
+int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo, size_t *hi) {
+  if (!idx->sorted_built && build_sorted(idx) != 0) return -2;
+  int err = 0;
+  size_t a = 0, b = idx->count;   /* first position not before the prefix */
+  while (a < b && !err) {
+    size_t m = a + (b - a) / 2;
+    long i = sorted_entry(idx, m);
+    if (i < 0) return -2;
+    if (cmp_prefix(idx, (uint32_t)i, prefix, len, &err) < 0) a = m + 1; else b = m;
+  }
+  *lo = a;
+  b = idx->count;                 /* first position after it */
+  while (a < b && !err) {
+    size_t m = a + (b - a) / 2;
+    long i = sorted_entry(idx, m);
+    if (i < 0) return -2;
+    if (cmp_prefix(idx, (uint32_t)i, prefix, len, &err) <= 0) a = m + 1; else b = m;
+  }
+  *hi = a;
+  return err ? -2 : 0;
+}
+
+long chb_index_sorted_at(chb_index *idx, size_t pos) {
+  if (!idx->sorted_built || pos >= idx->count) return -1;
+  long i = sorted_entry(idx, pos);
+  return i < 0 ? -2 : i;
 }
 
 /* Shrinks *p (cap elements of elem bytes) to n elements; kept as it is if
@@ -571,15 +714,11 @@ static void shrink(void **p, size_t *cap, size_t n, size_t elem) {
 }
 
 void chb_index_compact(chb_index *idx) {
-  shrink((void **)&idx->recs, &idx->cap, idx->count, sizeof(rec));
-  shrink((void **)&idx->extras, &idx->extra_cap, idx->nextra, sizeof(extra));
   shrink((void **)&idx->names, &idx->names_cap, idx->names_len + 1, 1);
   shrink((void **)&idx->strs, &idx->strs_cap, idx->nstrs, sizeof(str));
 }
 
 size_t chb_index_memory(const chb_index *idx) {
-  return sizeof *idx + idx->cap * sizeof(rec) + idx->extra_cap * sizeof(extra) + idx->names_cap +
-         idx->strs_cap * sizeof(str) + idx->scratch_cap[0] + idx->scratch_cap[1] +
-         (idx->by_name_cap + idx->by_content_cap + idx->by_str_cap) * sizeof(uint32_t) +
-         (idx->sorted ? idx->count * sizeof(uint32_t) : 0) + idx->base_map_len * sizeof(uint32_t);
+  return sizeof *idx + chb_pager_memory(idx->pg) + idx->names_cap + idx->strs_cap * sizeof(str) +
+         idx->scratch_cap[0] + idx->scratch_cap[1] + idx->by_str_cap * sizeof(uint32_t);
 }

@@ -5,6 +5,13 @@
  * hash), by content (size and checksum: the first file of that content, in
  * the order added) and by name prefix (a name-sorted order, built once).
  * Entries are numbered from 0 in the order added. Not thread-safe.
+ *
+ * Memory is bounded (issue 14, 10^6 files): what grows with the number of
+ * files is held in pages (chb_pages.h), at most the index's budget of
+ * them in memory, the others in an unlinked temporary file. An index
+ * smaller than its budget never touches a disk. Any call may then fail on
+ * I/O (a full disk): it returns -2 as when out of memory, and
+ * chb_index_error says which.
  */
 #ifndef CHB_INDEX_H
 #define CHB_INDEX_H
@@ -36,8 +43,31 @@ typedef struct chb_index_entry {
   int no_content;            /* not found by chb_index_find_content */
 } chb_index_entry;
 
+/* Pages of an index held in memory by default: 16 MiB (the Lua binding
+ * shares one such budget among a process's indexes: an incremental holds
+ * two, the new backup's and its base's). */
+#define CHB_INDEX_BUDGET ((size_t)16 << 20)
+
+/* An index of the default budget, its file in $TMPDIR (or /tmp). */
 chb_index *chb_index_new(void);
+
+/* An index holding at most about budget bytes of pages in memory, its
+ * temporary file (if it needs one) in tmpdir (NULL: $TMPDIR, or /tmp). */
+chb_index *chb_index_new_budget(size_t budget, const char *tmpdir);
+
+/* An index whose pages share pg's budget and file with the other indexes
+ * of pg (a process's: the new backup's and its bases'); it holds a
+ * reference to pg (chb_pager_ref). */
+struct chb_pager;
+chb_index *chb_index_new_in(struct chb_pager *pg);
 void chb_index_free(chb_index *idx);
+
+/* The I/O failure of the index's temporary file that made a call return
+ * -2, or NULL (then it was out of memory). */
+const char *chb_index_error(const chb_index *idx);
+
+/* Whether the index ever wrote pages to its temporary file. */
+int chb_index_spilled(const chb_index *idx);
 
 /* Adds an entry (its strings are copied). Returns its number, or -1 when
  * the name is there already (*existing set to that entry's number), or -2
@@ -60,8 +90,8 @@ size_t chb_index_count(const chb_index *idx);
  * of memory. */
 int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out);
 
-/* The number of the entry named name, or -1. */
-long chb_index_find(const chb_index *idx, const char *name, size_t len);
+/* The number of the entry named name, or -1; -2 on an I/O failure. */
+long chb_index_find(chb_index *idx, const char *name, size_t len);
 
 /* The first entry (in the order added) of size > 0 with this size and
  * checksum, added without no_content, or -1; -2 when out of memory (its
@@ -74,14 +104,14 @@ long chb_index_find_content(chb_index *idx, uint64_t size, chb_u128 checksum);
 int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo, size_t *hi);
 
 /* The number of the entry at position pos of the name-sorted order
- * (after chb_index_prefix built it), or -1. */
-long chb_index_sorted_at(const chb_index *idx, size_t pos);
+ * (after chb_index_prefix built it), or -1; -2 on an I/O failure. */
+long chb_index_sorted_at(chb_index *idx, size_t pos);
 
 /* Gives back what the arrays hold beyond their entries (after the last
  * add of an index that is then only read). */
 void chb_index_compact(chb_index *idx);
 
-/* Bytes the index holds (records, names, tables). */
+/* Bytes the index holds in memory (pages, names, tables). */
 size_t chb_index_memory(const chb_index *idx);
 
 #endif

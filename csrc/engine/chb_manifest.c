@@ -413,6 +413,10 @@ const char *chb_manifest_read_check_copies(chb_manifest_read *r, int checksum_na
     chb_index_entry e, p;
     if (chb_index_get(r->idx, r->copies[k], &e) != 0 || !e.data_file) continue;
     long pi = chb_index_find(r->idx, e.data_file, e.data_file_len);
+    if (pi == -2) {
+      r->copy_err = strdup(chb_index_error(r->idx) ? chb_index_error(r->idx) : "out of memory");
+      break;
+    }
     if (pi < 0 && checksum_names) continue;   /* a name derived from the checksum */
     /* (e's strings copied: getting p reuses the index's buffers) */
     char *name = strndup(e.name, e.name_len), *df = strndup(e.data_file, e.data_file_len);

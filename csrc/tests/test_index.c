@@ -2,12 +2,26 @@
  * chb_index (a manifest's files in one C structure): entries read back as
  * added, duplicates refused naming the first, lookups by name, by content
  * (the first file of that content; empty files never) and by name prefix
- * in name order, through growth to many entries.
+ * in name order, through growth to many entries. Every test runs twice:
+ * with the default budget (all in memory) and spilled (a budget of 0: two
+ * pages in memory, every other page in the temporary file, so that a
+ * pointer kept across two page accesses would read another page). Then
+ * add_from_base between spilled indexes, and I/O failures of the file
+ * (cannot create it, a full disk) reported as -2 with chb_index_error.
  */
 #include "chb_index.h"
+#include "chb_pages.h"
 #include "test_util.h"
 
+#include <errno.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
+
+static size_t budget = CHB_INDEX_BUDGET;   /* of every index a test makes */
+static const char *mode = "in memory";
+
+static chb_index *new_index(void) { return chb_index_new_budget(budget, NULL); }
 
 static chb_index_entry entry(const char *name, uint64_t size, uint64_t sum) {
   chb_index_entry e = {0};
@@ -27,7 +41,7 @@ static int name_is(const chb_index_entry *e, const char *name) {
 }
 
 static void test_basics(void) {
-  chb_index *idx = chb_index_new();
+  chb_index *idx = new_index();
   chb_index_entry a = entry("data/db/t/all_1_1_0/checksums.txt", 100, 1);
   chb_index_entry b = entry("data/db/t/all_1_1_0/data.bin", 500, 2);
   b.use_base = 1;
@@ -98,7 +112,7 @@ static void test_basics(void) {
 
 static void test_many(void) {
   enum { N = 100000 };
-  chb_index *idx = chb_index_new();
+  chb_index *idx = new_index();
   char name[64];
   int ok = 1;
   for (int i = 0; i < N; i++) {
@@ -133,6 +147,8 @@ static void test_many(void) {
   CHECK(ok, "in name order");
   size_t mem = chb_index_memory(idx);
   CHECK(mem < (size_t)N * 160, "%zu bytes for %d entries (%zu a file)", mem, N, mem / N);
+  CHECK(chb_index_spilled(idx) == (budget < 4096 * 10), "%s: %s", mode,
+        chb_index_spilled(idx) ? "pages in the temporary file" : "nothing on disk");
   chb_index_compact(idx);
   size_t compact = chb_index_memory(idx);
   CHECK(compact <= mem && chb_index_find(idx, "data/db/t3/part_3/file.bin", 26) == 3 &&
@@ -146,7 +162,7 @@ static void test_many(void) {
 /* A backup being made: lookups by content between adds (the table kept up
  * to date through growth); entries added with no_content never found. */
 static void test_content_while_adding(void) {
-  chb_index *idx = chb_index_new();
+  chb_index *idx = new_index();
   char name[32];
   chb_u128 s7 = {7, 49};
   CHECK(chb_index_find_content(idx, 10, s7) == -1, "an empty index has no content");
@@ -172,7 +188,7 @@ static void test_order_across_pieces(void) {
       "ab/", "a/b/ca", "a/b/c/", "z/a", "z/", "/", "//", "a/b/c/dd", "a/b/c/d/e",
   };
   enum { N = sizeof names / sizeof *names };
-  chb_index *idx = chb_index_new();
+  chb_index *idx = new_index();
   for (int i = 0; i < N; i++) {
     chb_index_entry e = entry(names[i], 1, (uint64_t)i + 1);
     CHECK(chb_index_add(idx, &e, NULL) == i, "added %s", names[i]);
@@ -205,7 +221,7 @@ static void test_order_across_pieces(void) {
  * order added; a name absent is not found whatever its hash's tag meets. */
 static void test_in_order(void) {
   enum { N = 50000 };
-  chb_index *idx = chb_index_new();
+  chb_index *idx = new_index();
   char name[64];
   int ok = 1;
   for (int i = 0; i < N; i++) {
@@ -236,8 +252,8 @@ static void test_in_order(void) {
  * read back as the base's name, size and checksum, use_base (an empty file
  * neither), not found by content; a name copied twice refused; another
  * base after the first. */
-static void test_from_base(void) {
-  chb_index *base = chb_index_new(), *other = chb_index_new(), *idx = chb_index_new();
+static void test_copied_from_base(void) {
+  chb_index *base = new_index(), *other = new_index(), *idx = new_index();
   char name[64];
   for (int i = 0; i < 3000; i++) {
     snprintf(name, sizeof name, "data/db/t/%04d_1_1_0/%s", i / 6, (const char *[]){"a.bin", "b.bin", "c.mrk",
@@ -283,13 +299,149 @@ static void test_from_base(void) {
   chb_index_free(idx);
 }
 
-int main(void) {
-  test_from_base();
-  test_in_order();
+/* Entries added in name order (as `.backup` lists them): that order is
+ * used as it is; an add out of order makes it again. */
+static void test_added_in_order(void) {
+  enum { N = 70000 };   /* (more than one chunk of the sort) */
+  chb_index *idx = new_index();
+  char name[32];
+  int ok = 1;
+  for (int i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "d/%06d/f", i);
+    chb_index_entry e = entry(name, 1, (uint64_t)i);
+    if (chb_index_add(idx, &e, NULL) != i) ok = 0;
+  }
+  size_t lo, hi;
+  CHECK(ok && chb_index_prefix(idx, "d/010", 5, &lo, &hi) == 0 && lo == 10000 && hi == 11000,
+        "%s: added in name order, prefix d/010: positions 10000..11000", mode);
+  ok = 1;
+  for (size_t p = 0; p < N; p += 13) ok &= chb_index_sorted_at(idx, p) == (long)p;
+  CHECK(ok, "%s: position p is entry p", mode);
+  chb_index_entry e = entry("d/000000/a", 1, 1);
+  CHECK(chb_index_add(idx, &e, NULL) == N && chb_index_prefix(idx, "d/000000/", 9, &lo, &hi) == 0 && lo == 0 &&
+            hi == 2 && chb_index_sorted_at(idx, 0) == N && chb_index_sorted_at(idx, 1) == 0 &&
+            chb_index_sorted_at(idx, N) == N - 1,
+        "%s: an add before the others: the order made again", mode);
+  chb_index_free(idx);
+}
+
+/* An incremental's files of unchanged parts taken from its base's
+ * (chb_index_add_from_base), both indexes spilled, sharing one pager (one
+ * budget, one file: as the Lua binding makes them), which lives until the
+ * last of them is freed. */
+static void test_from_base(void) {
+  enum { N = 20000 };
+  chb_pager *pg = chb_pager_new(0, NULL);
+  chb_index *base = chb_index_new_in(pg), *idx = chb_index_new_in(pg);
+  chb_pager_free(pg);   /* (the indexes' references keep it) */
+  char name[48];
+  for (int i = 0; i < N; i++) {
+    snprintf(name, sizeof name, "data/db/t/%d_%d_%d_0/f%d.bin", i / 10, i / 10, i / 10, i % 10);
+    chb_index_entry e = entry(name, (uint64_t)(i % 3), (uint64_t)i + 1);   /* (a third of them empty) */
+    chb_index_add(base, &e, NULL);
+  }
+  size_t lo, hi;
+  CHECK(chb_index_prefix(base, "data/db/t/1", 11, &lo, &hi) == 0 && hi - lo == 11110,
+        "spilled base: a prefix of %zu names (parts 1, 1x, 1xx, 1xxx)", hi - lo);
+  int ok = 1;
+  for (size_t p = lo; p < hi; p++) {
+    long i = chb_index_sorted_at(base, p);
+    size_t existing;
+    if (i < 0 || chb_index_add_from_base(idx, base, (size_t)i, &existing) != (long)(p - lo)) ok = 0;
+  }
+  CHECK(ok && chb_index_count(idx) == hi - lo, "added %zu entries from the base", hi - lo);
+  ok = 1;
+  for (size_t k = 0; k < chb_index_count(idx); k++) {
+    chb_index_entry a, b;
+    long bi = chb_index_sorted_at(base, lo + k);
+    char copy[48];
+    if (bi < 0 || chb_index_get(base, (size_t)bi, &b) != 0) {
+      ok = 0;
+      break;
+    }
+    memcpy(copy, b.name, b.name_len);   /* (b's buffer is its index's) */
+    if (chb_index_get(idx, k, &a) != 0 || a.name_len != b.name_len || memcmp(a.name, copy, a.name_len) != 0 ||
+        a.size != b.size || a.has_checksum != (b.size > 0) || (a.size && a.checksum.lo != b.checksum.lo) ||
+        a.use_base != (b.size > 0 ? 1 : CHB_ABSENT) || chb_index_find(idx, copy, b.name_len) != (long)k)
+      ok = 0;
+  }
+  CHECK(ok, "each as in the base: name, size, checksum, use_base (not for an empty file), found by name");
+  chb_u128 s = {(uint64_t)lo + 2, (uint64_t)(lo + 2) * 7};
+  CHECK(chb_index_find_content(idx, 1, s) == -1, "entries from a base are not found by content");
+  size_t existing = 0;
+  long first = chb_index_sorted_at(base, lo);
+  CHECK(first >= 0 && chb_index_add_from_base(idx, base, (size_t)first, &existing) == -1 && existing == 0,
+        "one taken twice is refused, naming the first");
+  CHECK(chb_index_spilled(base) && chb_index_spilled(idx) && !chb_index_error(idx), "both spilled, no error");
+  chb_index_free(idx);
+  chb_index_free(base);
+}
+
+/* Adds n entries; the number of the first add that failed, or n. */
+static long add_many(chb_index *idx, long n) {
+  char name[40];
+  for (long i = 0; i < n; i++) {
+    snprintf(name, sizeof name, "data/db/t/p%ld/f%ld", i / 8, i % 8);
+    chb_index_entry e = entry(name, 1, (uint64_t)i);
+    if (chb_index_add(idx, &e, NULL) != i) return i;
+  }
+  return n;
+}
+
+/* The temporary file cannot be made, or the disk fills: the call that
+ * needed it returns -2 and chb_index_error says why; later calls fail the
+ * same way, none crashes. */
+static void test_io_errors(void) {
+  chb_index *idx = chb_index_new_budget(0, "/nonexistent-chbackup-dir");
+  long failed = add_many(idx, 5000);
+  const char *err = chb_index_error(idx);
+  CHECK(failed < 5000 && err && strstr(err, "cannot create the index's temporary file in /nonexistent-chbackup-dir") &&
+            strstr(err, strerror(ENOENT)),
+        "no temporary directory: add %ld fails: %s", failed, err ? err : "(no error)");
+  size_t lo, hi;
+  chb_index_entry g;
+  int prc = chb_index_prefix(idx, "data/", 5, &lo, &hi);
+  long frc = chb_index_find(idx, "data/db/t/p0/f0", 15);
+  CHECK(prc == -2 && (frc == -2 || frc == 0), "then prefix fails, find gives -2 or the entry (%d, %ld)", prc, frc);
+  int rc = chb_index_get(idx, (size_t)(failed > 0 ? failed - 1 : 0), &g);
+  CHECK(failed == 0 || rc == -2 || rc == 0, "get: -2 or an entry still in memory (%d)", rc);
+  chb_index_free(idx);
+
+  /* a full disk: a file size limit (EFBIG, SIGXFSZ ignored) of 64 KiB */
+  struct rlimit old, lim;
+  getrlimit(RLIMIT_FSIZE, &old);
+  lim = old;
+  lim.rlim_cur = 64 * 1024;
+  void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+  setrlimit(RLIMIT_FSIZE, &lim);
+  idx = chb_index_new_budget(0, NULL);
+  failed = add_many(idx, 20000);
+  err = chb_index_error(idx);
+  setrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, prev);
+  CHECK(failed > 0 && failed < 20000 && err && strstr(err, "cannot write the index's temporary file") &&
+            strstr(err, strerror(EFBIG)),
+        "a full disk: add %ld fails: %s", failed, err ? err : "(no error)");
+  CHECK(chb_index_find_content(idx, 1, (chb_u128){1, 7}) == -2, "then lookups by content fail too");
+  chb_index_free(idx);
+}
+
+static void run_all(void) {
   test_order_across_pieces();
   test_basics();
   test_content_while_adding();
   test_many();
+  test_added_in_order();
+  test_in_order();
+  test_copied_from_base();
+}
+
+int main(void) {
+  run_all();
+  budget = 0, mode = "spilled";
+  run_all();
+  test_from_base();
+  test_io_errors();
   printf("%s\n", failures ? "FAILED" : "all passed");
   return failures != 0;
 }
