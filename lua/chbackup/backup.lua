@@ -152,7 +152,7 @@ end
 -- Files decided and handed to the writer together: their Lua tables (and
 -- a directory writer's copy job) are freed batch by batch; what stays per
 -- file is its record in the new manifest's core.index (issue 14).
-local BATCH = 10000
+local BATCH = 2500
 
 
 --- Runs a BACKUP request.
