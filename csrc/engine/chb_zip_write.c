@@ -673,13 +673,13 @@ static int write_entries(chb_zip_writer *w, chb_error *err) {
     if (!e) return 0;
     if (write_entry(w, e, err) != 0) return -1;
     if (w->results) w->results[e->index] = (zw_result){e->size, e->hash};
+    atomic_fetch_add(&w->run.files_done, 1);  /* before drained: progress agrees */
     pthread_mutex_lock(&w->lock);
     w->head = e->next;
     if (!w->head) w->tail = NULL;
     w->consumed = e->index + 1;
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
-    atomic_fetch_add(&w->run.files_done, 1);
     entry_free(e);
   }
 }
@@ -793,11 +793,14 @@ static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
   pthread_mutex_unlock(&w->lock);
   if (w->streaming && chb_run_stopped(&w->run)) {   /* failed or cancelled: its error */
     pthread_mutex_lock(&w->run.lock);
-    if (w->run.error.code != CHB_OK) *err = w->run.error;
-    else chb_error_set(err, CHB_CANCELLED, "zip archive %s: cancelled", w->path);
+    int failed = w->run.error.code != CHB_OK;
+    if (failed) *err = w->run.error;
     pthread_mutex_unlock(&w->run.lock);
-    entry_free(e);
-    return -1;
+    if (!failed && open_) chb_error_set(err, CHB_CANCELLED, "zip archive %s: cancelled", w->path);
+    if (failed || open_) {
+      entry_free(e);
+      return -1;
+    }
   }
   if (!open_) {
     entry_free(e);
