@@ -826,14 +826,14 @@ static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
   e->direct = w->codec->id == CHB_CODEC_STORE;
   if (e->expect_size > 0) w->bytes_total += (uint64_t)e->expect_size;
   pthread_mutex_lock(&w->lock);
-  e->index = w->count++;
+  size_t index = e->index = w->count++;
   if (w->tail) w->tail->next = e;
   else w->head = e;
   w->tail = e;
   if (!w->work) w->work = e;
   pthread_cond_broadcast(&w->cond);
   pthread_mutex_unlock(&w->lock);
-  return (long)e->index;
+  return (long)index;         /* e may be written and freed already */
 }
 
 long chb_zip_writer_add(chb_zip_writer *w, const char *name, const chb_piece *pieces,
@@ -898,7 +898,7 @@ long chb_zip_writer_add_bytes(chb_zip_writer *w, const char *name, const void *d
  * a later writer tells a live writer's file from one a killed run left.
  */
 static int create_temporary(chb_zip_writer *w, chb_error *err) {
-  chb_sink_opts o = {.mode = 0666, .read_back = 1, .lock = 1};
+  chb_sink_opts o = {.mode = 0666, .lock = 1};  /* written at offsets (pwrite), never read */
   if (!(w->out = chb_store_open_write(w->store, w->tmp_path, &o, err))) return -1;
   return 0;
 }

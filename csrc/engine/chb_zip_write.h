@@ -72,7 +72,7 @@ typedef struct chb_zip_writer chb_zip_writer;
 /*
  * Prepares a writer. Fails with CHB_EEXIST if `path` exists, CHB_INVALID
  * for an unknown method or a level out of range (naming the valid ones).
- * Strings are copied. Nothing is written until finish.
+ * Strings are copied. Nothing is written until finish, start or begin.
  */
 chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *opts,
                                    chb_error *err);
