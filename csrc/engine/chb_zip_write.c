@@ -27,6 +27,7 @@
 #define MAX_AHEAD 4096                  /* writer: entries prepared ahead of the archive */
 #define STREAM_QUEUE 4                  /* writer: chunks queued per stored entry */
 #define SPARE_CHUNKS 8                  /* writer: chunk buffers kept for reuse */
+#define WAKE_BATCH 64                   /* streaming: adds that wake idle threads together */
 
 /* ---- entries ------------------------------------------------------------ */
 
@@ -147,6 +148,9 @@ struct chb_zip_writer {
   chb_run run;                /* state, stop flag, first error, progress */
   pthread_mutex_t lock;       /* the queue, entry states, consumed, chunks */
   pthread_cond_t cond;        /* entry added, ready or written; chunk freed; stop */
+  pthread_cond_t drained;     /* wait_drained: consumed reached drain_target; stop */
+  size_t drain_target;        /* 0: no one waits */
+  size_t unwoken;             /* entries added to an idle queue, no one woken yet */
   zw_entry *head, *tail;      /* entries not yet written, in order */
   zw_entry *work;             /* the next entry for a worker (NULL: none yet) */
   int input_end;              /* no more entries will come */
@@ -172,6 +176,7 @@ static void w_fail(chb_zip_writer *w, const chb_error *e) {
   chb_run_fail(&w->run, e);
   pthread_mutex_lock(&w->lock);   /* waiters on cond check the stop flag under it */
   pthread_cond_broadcast(&w->cond);
+  pthread_cond_broadcast(&w->drained);
   pthread_mutex_unlock(&w->lock);
 }
 
@@ -281,7 +286,7 @@ static int check_expected(const zw_entry *e, chb_error *err) {
  * 7-Zip ("data after the end of the payload").
  */
 static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, unsigned char *out,
-                          chb_error *err) {
+                          chb_codec **kept, chb_error *err) {
   int rc = -1;
   uint64_t hint = UINT64_MAX;
   int exact = e->expect_size >= 0;
@@ -316,7 +321,15 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
         e->stored = 1;
         break;
       }
-      if (!(codec = chb_codec_encoder(w->codec->id, w->level, hint, exact, err))) goto done;
+      /* The worker's encoder of its last entry, reset, if the method allows. */
+      codec = *kept;
+      *kept = NULL;
+      int r = codec ? chb_codec_reset(codec, hint, exact, err) : 1;
+      if (r < 0) goto done;
+      if (r > 0) {
+        chb_codec_free(codec);
+        if (!(codec = chb_codec_encoder(w->codec->id, w->level, hint, exact, err))) goto done;
+      }
     }
     if (finish && exact && h.total != hint) {
       e->size = h.total;      /* before the codec sees the end: a clear message */
@@ -364,7 +377,8 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
   rc = 0;
 done:
   esrc_close(&ps);
-  chb_codec_free(codec);
+  if (rc == 0 && codec) *kept = codec;  /* for the worker's next entry */
+  else chb_codec_free(codec);
   chb_aes_free(aes);
   if (rc != 0) spool_drop(e);
   return rc;
@@ -531,6 +545,7 @@ static void *compress_worker(void *arg) {
   unsigned char *in = compressing ? malloc(w->bufsize) : NULL;
   unsigned char *out = compressing ? malloc(w->bufsize) : NULL;
   int ready = !compressing || (in && out);
+  chb_codec *kept = NULL;     /* the encoder of the last entry, reused */
   if (!ready) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate compression buffers");
     w_fail(w, &err);
@@ -555,7 +570,7 @@ static void *compress_worker(void *arg) {
     w->work = e->next;
     e->state = E_WORKING;
     pthread_mutex_unlock(&w->lock);
-    int rc = e->direct ? stream_entry(w, e, &err) : compress_entry(w, e, in, out, &err);
+    int rc = e->direct ? stream_entry(w, e, &err) : compress_entry(w, e, in, out, &kept, &err);
     if (rc != 0) w_fail(w, &err);
     pthread_mutex_lock(&w->lock);
     if (rc != 0) break;
@@ -563,6 +578,7 @@ static void *compress_worker(void *arg) {
     pthread_cond_broadcast(&w->cond);
   }
   pthread_mutex_unlock(&w->lock);
+  chb_codec_free(kept);
   free(in);
   free(out);
   return NULL;
@@ -679,6 +695,7 @@ static int write_entries(chb_zip_writer *w, chb_error *err) {
     if (!w->head) w->tail = NULL;
     w->consumed = e->index + 1;
     pthread_cond_broadcast(&w->cond);
+    if (w->drain_target && w->consumed >= w->drain_target) pthread_cond_broadcast(&w->drained);
     pthread_mutex_unlock(&w->lock);
     entry_free(e);
   }
@@ -711,6 +728,7 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
   chb_run_init(&w->run);
   pthread_mutex_init(&w->lock, NULL);
   pthread_cond_init(&w->cond, NULL);
+  pthread_cond_init(&w->drained, NULL);
   w->codec = codec;
   w->level = level;
   w->threads = opts->threads;
@@ -786,6 +804,11 @@ static int name_insert(chb_zip_writer *w, zw_entry *e) {
   return 1;
 }
 
+static void wake_locked(chb_zip_writer *w) {
+  w->unwoken = 0;
+  pthread_cond_broadcast(&w->cond);
+}
+
 static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
   int open_;
   pthread_mutex_lock(&w->lock);
@@ -827,11 +850,15 @@ static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
   if (e->expect_size > 0) w->bytes_total += (uint64_t)e->expect_size;
   pthread_mutex_lock(&w->lock);
   size_t index = e->index = w->count++;
+  /* Only a worker without work or the archive's writer without an entry
+   * waits for one, and adds come by the thousand: those are woken once
+   * WAKE_BATCH entries wait for them, or by wait_drained or start. */
+  if (w->unwoken || !w->work || !w->head) w->unwoken++;
   if (w->tail) w->tail->next = e;
   else w->head = e;
   w->tail = e;
   if (!w->work) w->work = e;
-  pthread_cond_broadcast(&w->cond);
+  if (w->unwoken >= WAKE_BATCH || !w->streaming) wake_locked(w);
   pthread_mutex_unlock(&w->lock);
   return (long)index;         /* e may be written and freed already */
 }
@@ -958,6 +985,7 @@ out:
   atomic_store(&w->run.stop, 1);
   pthread_mutex_lock(&w->lock);
   pthread_cond_broadcast(&w->cond);
+  pthread_cond_broadcast(&w->drained);
   pthread_mutex_unlock(&w->lock);
   for (int i = 0; i < nworkers; i++) pthread_join(workers[i], NULL);
   free(workers);
@@ -1098,10 +1126,13 @@ chb_job_state chb_zip_writer_wait_drained(chb_zip_writer *w, long timeout_ms) {
     }
   }
   pthread_mutex_lock(&w->lock);
+  if (w->unwoken) wake_locked(w);
+  w->drain_target = target;
   while (w->consumed < target && !chb_run_stopped(&w->run) && timeout_ms != 0) {
-    if (timeout_ms < 0) pthread_cond_wait(&w->cond, &w->lock);
-    else if (pthread_cond_timedwait(&w->cond, &w->lock, &until) == ETIMEDOUT) break;
+    if (timeout_ms < 0) pthread_cond_wait(&w->drained, &w->lock);
+    else if (pthread_cond_timedwait(&w->drained, &w->lock, &until) == ETIMEDOUT) break;
   }
+  w->drain_target = 0;
   int drained = w->consumed >= target;
   pthread_mutex_unlock(&w->lock);
   if (chb_run_stopped(&w->run)) {
@@ -1117,6 +1148,7 @@ void chb_zip_writer_cancel(chb_zip_writer *w) {
   chb_run_cancel(&w->run);
   pthread_mutex_lock(&w->lock);   /* wakes workers and the archive's writer waiting on cond */
   pthread_cond_broadcast(&w->cond);
+  pthread_cond_broadcast(&w->drained);
   pthread_mutex_unlock(&w->lock);
 }
 
@@ -1159,6 +1191,7 @@ void chb_zip_writer_free(chb_zip_writer *w) {
   chb_zip_free_secret(w->password);
   pthread_mutex_destroy(&w->lock);
   pthread_cond_destroy(&w->cond);
+  pthread_cond_destroy(&w->drained);
   chb_run_destroy(&w->run);
   free(w);
 }
