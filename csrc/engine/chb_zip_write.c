@@ -28,6 +28,8 @@
 #define STREAM_QUEUE 4                  /* writer: chunks queued per stored entry */
 #define SPARE_CHUNKS 8                  /* writer: chunk buffers kept for reuse */
 #define WAKE_BATCH 64                   /* streaming: adds that wake idle threads together */
+#define SPOOL_MIN 4096                  /* an in-memory spool's first size */
+#define SPOOL_POOL 256                  /* SPOOL_MIN buffers kept for reuse */
 
 /* ---- entries ------------------------------------------------------------ */
 
@@ -149,6 +151,7 @@ struct chb_zip_writer {
   pthread_mutex_t lock;       /* the queue, entry states, consumed, chunks */
   pthread_cond_t cond;        /* entry added, ready or written; chunk freed; stop */
   pthread_cond_t drained;     /* wait_drained: consumed reached drain_target; stop */
+  pthread_cond_t work_cond;   /* idle workers: entries added; stop; end of input */
   size_t drain_target;        /* 0: no one waits */
   size_t unwoken;             /* entries added to an idle queue, no one woken yet */
   zw_entry *head, *tail;      /* entries not yet written, in order */
@@ -160,6 +163,11 @@ struct chb_zip_writer {
   uint64_t queued;            /* bytes of chunks allocated (lock) */
   zw_chunk *spare;            /* chunk buffers for reuse (lock) */
   size_t nspare;
+  /* Spools of SPOOL_MIN bytes for reuse (lock): a small entry's spool is
+   * made by a worker and freed by the archive's writer, and a heap that
+   * small gets trimmed, then grown again, each time (page faults). */
+  void *pool;
+  size_t npool;
   atomic_uint_fast64_t spooled, spool_mem;
   pthread_t finisher;
   int has_finisher;
@@ -171,12 +179,18 @@ struct chb_zip_writer {
   unsigned char *rbuf;        /* reads of spool files */
 };
 
+/* Wakes every waiter (a stop, the end of the input); lock held. */
+static void wake_all_locked(chb_zip_writer *w) {
+  pthread_cond_broadcast(&w->cond);
+  pthread_cond_broadcast(&w->work_cond);
+  pthread_cond_broadcast(&w->drained);
+}
+
 /* Records the first failure and stops everything (workers, the archive's writer). */
 static void w_fail(chb_zip_writer *w, const chb_error *e) {
   chb_run_fail(&w->run, e);
   pthread_mutex_lock(&w->lock);   /* waiters on cond check the stop flag under it */
-  pthread_cond_broadcast(&w->cond);
-  pthread_cond_broadcast(&w->drained);
+  wake_all_locked(w);
   pthread_mutex_unlock(&w->lock);
 }
 
@@ -201,6 +215,16 @@ static void spool_drop(zw_entry *e) {
     atomic_fetch_sub(&e->w->spooled, e->spool_acct);
   }
   e->spool_acct = 0;
+  if (e->w && e->mem && e->mem_cap == SPOOL_MIN) {
+    pthread_mutex_lock(&e->w->lock);
+    if (e->w->npool < SPOOL_POOL) {
+      *(void **)e->mem = e->w->pool;
+      e->w->pool = e->mem;
+      e->w->npool++;
+      e->mem = NULL;
+    }
+    pthread_mutex_unlock(&e->w->lock);
+  }
   free(e->mem);
   e->mem = NULL;
   e->mem_len = e->mem_cap = 0;
@@ -227,8 +251,17 @@ static int spool_write(chb_zip_writer *w, zw_entry *e, const unsigned char *p, s
   atomic_fetch_add(&w->spooled, (uint64_t)n);
   if (e->fd < 0 && e->mem_len + n <= w->bufsize &&
       atomic_load(&w->spool_mem) + n <= w->mem_limit) {
+    if (!e->mem && e->mem_len + n <= SPOOL_MIN) {
+      pthread_mutex_lock(&w->lock);
+      if ((e->mem = w->pool)) {
+        w->pool = *(void **)e->mem;
+        w->npool--;
+        e->mem_cap = SPOOL_MIN;
+      }
+      pthread_mutex_unlock(&w->lock);
+    }
     if (e->mem_len + n > e->mem_cap) {
-      size_t cap = e->mem_cap ? e->mem_cap : 4096;
+      size_t cap = e->mem_cap ? e->mem_cap : SPOOL_MIN;
       while (cap < e->mem_len + n) cap *= 2;
       if (cap > w->bufsize) cap = w->bufsize;
       unsigned char *m = realloc(e->mem, cap);
@@ -554,9 +587,9 @@ static void *compress_worker(void *arg) {
   while (ready) {
     if (chb_run_stopped(&w->run)) break;
     zw_entry *e = w->work;
-    if (!e) {
+    if (!e) {                 /* idle: woken by adds, not by every entry written */
       if (w->input_end) break;
-      pthread_cond_wait(&w->cond, &w->lock);
+      pthread_cond_wait(&w->work_cond, &w->lock);
       continue;
     }
     /* Bounded look-ahead: by bytes spooled (a big file at the head must not
@@ -729,6 +762,7 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
   pthread_mutex_init(&w->lock, NULL);
   pthread_cond_init(&w->cond, NULL);
   pthread_cond_init(&w->drained, NULL);
+  pthread_cond_init(&w->work_cond, NULL);
   w->codec = codec;
   w->level = level;
   w->threads = opts->threads;
@@ -807,6 +841,7 @@ static int name_insert(chb_zip_writer *w, zw_entry *e) {
 static void wake_locked(chb_zip_writer *w) {
   w->unwoken = 0;
   pthread_cond_broadcast(&w->cond);
+  pthread_cond_broadcast(&w->work_cond);
 }
 
 static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
@@ -930,6 +965,15 @@ static int create_temporary(chb_zip_writer *w, chb_error *err) {
   return 0;
 }
 
+static void pool_free(chb_zip_writer *w) {
+  while (w->pool) {
+    void *p = w->pool;
+    w->pool = *(void **)p;
+    free(p);
+  }
+  w->npool = 0;
+}
+
 /* The finishing thread (or finish's caller): the whole run. */
 static void run_finish(chb_zip_writer *w) {
   chb_error err;
@@ -984,8 +1028,7 @@ fail:
 out:
   atomic_store(&w->run.stop, 1);
   pthread_mutex_lock(&w->lock);
-  pthread_cond_broadcast(&w->cond);
-  pthread_cond_broadcast(&w->drained);
+  wake_all_locked(w);
   pthread_mutex_unlock(&w->lock);
   for (int i = 0; i < nworkers; i++) pthread_join(workers[i], NULL);
   free(workers);
@@ -1005,6 +1048,7 @@ out:
     free(c);
   }
   w->nspare = 0;
+  pool_free(w);
   chb_zipc_free(w->zc);
   w->zc = NULL;
   free(w->rbuf);
@@ -1084,7 +1128,7 @@ static int end_input(chb_zip_writer *w, chb_error *err) {
   pthread_mutex_lock(&w->lock);
   int was = w->input_end;
   w->input_end = 1;
-  pthread_cond_broadcast(&w->cond);
+  wake_all_locked(w);
   pthread_mutex_unlock(&w->lock);
   if (was && !chb_run_stopped(&w->run))
     return chb_error_set(err, CHB_INVALID, "zip writer already started");
@@ -1147,8 +1191,7 @@ chb_job_state chb_zip_writer_wait_drained(chb_zip_writer *w, long timeout_ms) {
 void chb_zip_writer_cancel(chb_zip_writer *w) {
   chb_run_cancel(&w->run);
   pthread_mutex_lock(&w->lock);   /* wakes workers and the archive's writer waiting on cond */
-  pthread_cond_broadcast(&w->cond);
-  pthread_cond_broadcast(&w->drained);
+  wake_all_locked(w);
   pthread_mutex_unlock(&w->lock);
 }
 
@@ -1178,6 +1221,7 @@ void chb_zip_writer_free(chb_zip_writer *w) {
     w->head = e->next;
     entry_free(e);
   }
+  pool_free(w);
   free(w->names);
   free(w->results);
   if (w->spool_dir_made) rmdir(w->spool_dir);
@@ -1192,6 +1236,7 @@ void chb_zip_writer_free(chb_zip_writer *w) {
   pthread_mutex_destroy(&w->lock);
   pthread_cond_destroy(&w->cond);
   pthread_cond_destroy(&w->drained);
+  pthread_cond_destroy(&w->work_cond);
   chb_run_destroy(&w->run);
   free(w);
 }

@@ -32,7 +32,8 @@
  *   - streaming: begin, then add in any number of rounds (wait_drained
  *     between rounds bounds memory by a round), then start (the end of the
  *     input), wait. Entries are written in the order added as soon as they
- *     are ready, and freed once written: memory is the queue of entries not
+ *     are ready (idle threads are woken by every 64 adds, and by
+ *     wait_drained and start for the rest), and freed once written: memory is the queue of entries not
  *     yet written plus fixed buffers, whatever the number of entries.
  *     Names are not remembered, so a name added twice is not detected
  *     (CHB_EEXIST in batch mode): the caller's plan must list each once.
