@@ -242,6 +242,23 @@ fail:
   return NULL;
 }
 
+int chb_codec_reset(chb_codec *c, uint64_t size_hint, int size_exact, chb_error *err) {
+  if (!c->encode) return 1;
+  if (c->id == CHB_CODEC_DEFLATE) {
+    int r = deflateReset(&c->z);
+    if (r != Z_OK) return chb_error_set(err, CHB_INVALID, "deflate: cannot reset the compressor (%d)", r);
+  } else if (c->id == CHB_CODEC_ZSTD) {
+    size_t r = ZSTD_CCtx_reset(c->zc, ZSTD_reset_session_only);
+    if (!ZSTD_isError(r) && size_exact && size_hint != UINT64_MAX)
+      r = ZSTD_CCtx_setPledgedSrcSize(c->zc, size_hint);
+    if (ZSTD_isError(r)) return chb_error_set(err, CHB_INVALID, "zstd: %s", ZSTD_getErrorName(r));
+  } else if (c->id != CHB_CODEC_STORE) {
+    return 1;
+  }
+  c->ended = 0;
+  return 0;
+}
+
 chb_codec *chb_codec_decoder(int id, uint64_t size, chb_error *err) {
   chb_codec *c = codec_alloc(id, 0, err);
   if (!c) return NULL;

@@ -81,6 +81,15 @@ chb_codec *chb_codec_decoder(int id, uint64_t size, chb_error *err);
 int chb_codec_run(chb_codec *c, const unsigned char **in, size_t *in_len,
                   unsigned char **out, size_t *out_len, int finish, chb_error *err);
 
+/*
+ * An encoder made ready for another stream of the same method and level,
+ * keeping its memory (deflate, zstd): 0. 1 if this method's encoder cannot
+ * be reused (bzip2, lzma, xz: sized for the stream): free it and make a new
+ * one. A writer of many small entries avoids allocating (and the heap
+ * giving back) a compressor's state per entry.
+ */
+int chb_codec_reset(chb_codec *c, uint64_t size_hint, int size_exact, chb_error *err);
+
 /* Accepts NULL. */
 void chb_codec_free(chb_codec *c);
 

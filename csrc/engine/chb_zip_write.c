@@ -4,6 +4,7 @@
 #include "chb_codec.h"
 #include "chb_fs.h"
 #include "chb_store.h"
+#include "chb_zip_container.h"
 #include "chb_zip_common.h"
 #include "chb_zip_read.h"
 
@@ -21,29 +22,20 @@
 #include <time.h>
 #include <unistd.h>
 #include <libdeflate.h>
-#include <zip.h>
 
 #define AES_STRENGTH 3                  /* we write AES-256 */
-#define MAX_AHEAD 4096                  /* writer: entries prepared ahead of libzip */
+#define MAX_AHEAD 4096                  /* writer: entries prepared ahead of the archive */
 #define STREAM_QUEUE 4                  /* writer: chunks queued per stored entry */
 #define SPARE_CHUNKS 8                  /* writer: chunk buffers kept for reuse */
-/*
- * Stored data that libzip must copy as is: a store entry (its CRC, or its
- * encryption, done by a worker) and an empty file of a compressed method.
- * Their first stat reports this method, so that libzip neither wraps them
- * in a CRC layer (a second CRC pass on the finishing thread; with a
- * password it would count the ciphertext as the plain size) nor compresses
- * them (the default method means deflate); the stat after the data has
- * been read says STORE, and that is what both headers get (libzip rewrites
- * the local header after the data).
- */
-#define CM_PLACEHOLDER 0xfffe
+#define WAKE_BATCH 64                   /* streaming: adds that wake idle threads together */
+#define SPOOL_MIN 4096                  /* an in-memory spool's first size */
+#define SPOOL_POOL 256                  /* SPOOL_MIN buffers kept for reuse */
 
 /* ---- entries ------------------------------------------------------------ */
 
 typedef struct zw_entry zw_entry;
 
-/* Bytes of a stored entry on their way from its worker to libzip. */
+/* Bytes of a stored entry on their way from its worker to the archive. */
 typedef struct zw_chunk {
   struct zw_chunk *next;
   size_t len, cap;
@@ -52,6 +44,7 @@ typedef struct zw_chunk {
 
 struct zw_entry {
   chb_zip_writer *w;
+  zw_entry *next;             /* the queue, in order (writer's lock) */
   size_t index;
   char *name;
   chb_piece *pieces;          /* a copy (chb_pieces_copy) */
@@ -75,20 +68,13 @@ struct zw_entry {
   char *spool_path;
   uint64_t comp_len;
   uint64_t spool_acct;        /* bytes counted in the writer's `spooled` */
-  /* zip source state (the finishing thread) */
-  zip_error_t zerr;
-  uint64_t rd_pos;
-  int src_done;               /* all data handed to libzip */
+  /* stored entries, streamed */
   int size_known;
-  uint64_t direct_size;       /* direct: the size declared to libzip */
-  zw_chunk *q_head, *q_tail;  /* direct: chunks made, not yet copied (writer's lock) */
+  uint64_t direct_size;       /* the size read from the source's stat, or given */
+  zw_chunk *q_head, *q_tail;  /* chunks made, not yet copied (writer's lock) */
   size_t q_len;
   int q_end;                  /* the last chunk is queued */
-  zw_chunk *cur;              /* the chunk libzip is copying */
   int stored;                 /* spooled data is stored, not compressed (empty file) */
-  const unsigned char *rb;    /* read-ahead for libzip's small reads: in the spool or w->rbuf */
-  size_t rb_pos, rb_len;
-  zw_entry *next_dead;        /* entries libzip refused late, freed with the writer */
 };
 
 enum { E_PENDING, E_WORKING, E_READY };
@@ -98,7 +84,6 @@ static zw_entry *entry_new(void) {
   zw_entry *e = calloc(1, sizeof *e);
   if (!e) return NULL;
   e->fd = -1;
-  zip_error_init(&e->zerr);
   return e;
 }
 
@@ -140,6 +125,11 @@ static void esrc_close(esrc *s) {
 
 /* ---- writer ------------------------------------------------------------- */
 
+typedef struct zw_result {
+  uint64_t size;
+  chb_u128 hash;
+} zw_result;
+
 struct chb_zip_writer {
   char *path, *tmp_path, *spool_dir;
   const chb_codec_info *codec;
@@ -149,60 +139,73 @@ struct chb_zip_writer {
   size_t bufsize;
   int fsync;
   time_t mtime;
-  zip_t *za;
-  zw_entry **e;
-  size_t count, cap;
-  zw_entry *dead;
+  size_t count;               /* entries added */
   uint64_t bytes_total;
   int spool_dir_made;
+  int streaming;              /* begun: entries are written as they come, then freed */
+  zw_entry **names;           /* batch, while adding: open-addressing set of the names */
+  size_t names_cap;
+  zw_result *results;         /* batch: each entry's size and checksum, once written */
 
   chb_run run;                /* state, stop flag, first error, progress */
-  pthread_mutex_t lock;       /* entry states, next, consumed, queues */
-  pthread_cond_t cond;        /* entry ready, spool consumed, stop */
-  size_t next, consumed;      /* next entry to compress; entries libzip has copied */
+  pthread_mutex_t lock;       /* the queue, entry states, consumed, chunks */
+  pthread_cond_t cond;        /* entry added, ready or written; chunk freed; stop */
+  pthread_cond_t drained;     /* wait_drained: consumed reached drain_target; stop */
+  pthread_cond_t work_cond;   /* idle workers: entries added; stop; end of input */
+  size_t drain_target;        /* 0: no one waits */
+  size_t unwoken;             /* entries added to an idle queue, no one woken yet */
+  zw_entry *head, *tail;      /* entries not yet written, in order */
+  zw_entry *work;             /* the next entry for a worker (NULL: none yet) */
+  int input_end;              /* no more entries will come */
+  size_t consumed;            /* entries written (the head's index) */
   uint64_t spool_limit;       /* workers wait while this much spool is unconsumed */
   uint64_t mem_limit;         /* in-memory spools (or queued chunks) in all */
   uint64_t queued;            /* bytes of chunks allocated (lock) */
   zw_chunk *spare;            /* chunk buffers for reuse (lock) */
   size_t nspare;
+  /* Spools of SPOOL_MIN bytes for reuse (lock): a small entry's spool is
+   * made by a worker and freed by the archive's writer, and a heap that
+   * small gets trimmed, then grown again, each time (page faults). */
+  void *pool;
+  size_t npool;
   atomic_uint_fast64_t spooled, spool_mem;
   pthread_t finisher;
   int has_finisher;
 
-  /* the archive file (libzip's destination source, the finishing thread) */
+  /* the archive file (the finishing thread) */
   chb_store *store;           /* where the archive is created and committed */
   chb_sink *out;              /* tmp_path, created and locked by run_finish */
-  int out_fd;                 /* out's descriptor: libzip writes at offsets */
-  int writing;                /* libzip has begun writing the archive */
-  zip_error_t out_err;
-  chb_error out_error;        /* what failed there, for w_fail */
-  unsigned char *wbuf;        /* write-behind: libzip writes 8 KiB at a time */
-  unsigned char *rbuf;        /* read-ahead of the entry libzip is copying */
-  size_t wcap, wlen;
-  uint64_t wbuf_off, wpos, wend, rpos;
+  chb_zipc *zc;               /* the container written to it */
+  unsigned char *rbuf;        /* reads of spool files */
 };
 
-/* Records the first failure and stops everything (workers, libzip's copy). */
+/* Wakes every waiter (a stop, the end of the input); lock held. */
+static void wake_all_locked(chb_zip_writer *w) {
+  pthread_cond_broadcast(&w->cond);
+  pthread_cond_broadcast(&w->work_cond);
+  pthread_cond_broadcast(&w->drained);
+}
+
+/* Records the first failure and stops everything (workers, the archive's writer). */
 static void w_fail(chb_zip_writer *w, const chb_error *e) {
   chb_run_fail(&w->run, e);
   pthread_mutex_lock(&w->lock);   /* waiters on cond check the stop flag under it */
-  pthread_cond_broadcast(&w->cond);
+  wake_all_locked(w);
   pthread_mutex_unlock(&w->lock);
 }
 
 static void chunk_free_locked(chb_zip_writer *w, zw_chunk *c);
 
-/* Drops what an entry's worker made and libzip has not copied. */
+/* Drops what an entry's worker made and the archive has not taken. */
 static void spool_drop(zw_entry *e) {
-  if (e->w && (e->q_head || e->cur)) {
+  if (e->w && e->q_head) {
     pthread_mutex_lock(&e->w->lock);
-    if (e->cur) chunk_free_locked(e->w, e->cur);
     while (e->q_head) {
       zw_chunk *c = e->q_head;
       e->q_head = c->next;
       chunk_free_locked(e->w, c);
     }
-    e->cur = e->q_tail = NULL;
+    e->q_tail = NULL;
     e->q_len = 0;
     pthread_cond_broadcast(&e->w->cond);
     pthread_mutex_unlock(&e->w->lock);
@@ -212,6 +215,16 @@ static void spool_drop(zw_entry *e) {
     atomic_fetch_sub(&e->w->spooled, e->spool_acct);
   }
   e->spool_acct = 0;
+  if (e->w && e->mem && e->mem_cap == SPOOL_MIN) {
+    pthread_mutex_lock(&e->w->lock);
+    if (e->w->npool < SPOOL_POOL) {
+      *(void **)e->mem = e->w->pool;
+      e->w->pool = e->mem;
+      e->w->npool++;
+      e->mem = NULL;
+    }
+    pthread_mutex_unlock(&e->w->lock);
+  }
   free(e->mem);
   e->mem = NULL;
   e->mem_len = e->mem_cap = 0;
@@ -228,7 +241,6 @@ static void entry_free(zw_entry *e) {
   chb_pieces_free(e->pieces, e->npieces);
   free(e->bytes);
   free(e->name);
-  zip_error_fini(&e->zerr);
   free(e);
 }
 
@@ -239,8 +251,17 @@ static int spool_write(chb_zip_writer *w, zw_entry *e, const unsigned char *p, s
   atomic_fetch_add(&w->spooled, (uint64_t)n);
   if (e->fd < 0 && e->mem_len + n <= w->bufsize &&
       atomic_load(&w->spool_mem) + n <= w->mem_limit) {
+    if (!e->mem && e->mem_len + n <= SPOOL_MIN) {
+      pthread_mutex_lock(&w->lock);
+      if ((e->mem = w->pool)) {
+        w->pool = *(void **)e->mem;
+        w->npool--;
+        e->mem_cap = SPOOL_MIN;
+      }
+      pthread_mutex_unlock(&w->lock);
+    }
     if (e->mem_len + n > e->mem_cap) {
-      size_t cap = e->mem_cap ? e->mem_cap : 4096;
+      size_t cap = e->mem_cap ? e->mem_cap : SPOOL_MIN;
       while (cap < e->mem_len + n) cap *= 2;
       if (cap > w->bufsize) cap = w->bufsize;
       unsigned char *m = realloc(e->mem, cap);
@@ -298,7 +319,7 @@ static int check_expected(const zw_entry *e, chb_error *err) {
  * 7-Zip ("data after the end of the payload").
  */
 static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, unsigned char *out,
-                          chb_error *err) {
+                          chb_codec **kept, chb_error *err) {
   int rc = -1;
   uint64_t hint = UINT64_MAX;
   int exact = e->expect_size >= 0;
@@ -333,7 +354,15 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
         e->stored = 1;
         break;
       }
-      if (!(codec = chb_codec_encoder(w->codec->id, w->level, hint, exact, err))) goto done;
+      /* The worker's encoder of its last entry, reset, if the method allows. */
+      codec = *kept;
+      *kept = NULL;
+      int r = codec ? chb_codec_reset(codec, hint, exact, err) : 1;
+      if (r < 0) goto done;
+      if (r > 0) {
+        chb_codec_free(codec);
+        if (!(codec = chb_codec_encoder(w->codec->id, w->level, hint, exact, err))) goto done;
+      }
     }
     if (finish && exact && h.total != hint) {
       e->size = h.total;      /* before the codec sees the end: a clear message */
@@ -381,13 +410,14 @@ static int compress_entry(chb_zip_writer *w, zw_entry *e, unsigned char *in, uns
   rc = 0;
 done:
   esrc_close(&ps);
-  chb_codec_free(codec);
+  if (rc == 0 && codec) *kept = codec;  /* for the worker's next entry */
+  else chb_codec_free(codec);
   chb_aes_free(aes);
   if (rc != 0) spool_drop(e);
   return rc;
 }
 
-/* ---- stored entries: worker -> chunk queue -> libzip --------------------- */
+/* ---- stored entries: worker -> chunk queue -> archive -------------------- */
 
 /* Gives a chunk buffer back (writer's lock held). */
 static void chunk_free_locked(chb_zip_writer *w, zw_chunk *c) {
@@ -404,7 +434,7 @@ static void chunk_free_locked(chb_zip_writer *w, zw_chunk *c) {
 
 /*
  * A chunk of at least `cap` bytes for entry e, once e's queue has room and
- * the chunks in all stay within mem_limit. The entry libzip copies now (or
+ * the chunks in all stay within mem_limit. The entry copied now (or
  * next) is never held back by the others' chunks: it alone makes progress
  * possible. NULL if stopped.
  */
@@ -457,7 +487,7 @@ static void chunk_push(chb_zip_writer *w, zw_entry *e, zw_chunk *c, int last) {
 /*
  * Worker, stored entries: reads an entry, hashes it and checksums it (its
  * CRC-32, or with a password its AES encryption and MAC, key derived here
- * too) chunk by chunk into its queue, which libzip's copy drains on the
+ * too) chunk by chunk into its queue, which the archive's writer drains on the
  * finishing thread. That thread is left to copying: the hashing and the
  * cryptography of different entries run on the workers, in parallel.
  * The declared size is checked: a source that grew or shrank fails.
@@ -548,26 +578,32 @@ static void *compress_worker(void *arg) {
   unsigned char *in = compressing ? malloc(w->bufsize) : NULL;
   unsigned char *out = compressing ? malloc(w->bufsize) : NULL;
   int ready = !compressing || (in && out);
+  chb_codec *kept = NULL;     /* the encoder of the last entry, reused */
   if (!ready) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate compression buffers");
     w_fail(w, &err);
   }
   pthread_mutex_lock(&w->lock);
   while (ready) {
-    if (chb_run_stopped(&w->run) || w->next >= w->count) break;
+    if (chb_run_stopped(&w->run)) break;
+    zw_entry *e = w->work;
+    if (!e) {                 /* idle: woken by adds, not by every entry written */
+      if (w->input_end) break;
+      pthread_cond_wait(&w->work_cond, &w->lock);
+      continue;
+    }
     /* Bounded look-ahead: by bytes spooled (a big file at the head must not
      * stall the other workers after a few entries), and by entry count.
      * Stored entries are bounded by their chunks (chunk_get). */
-    zw_entry *e = w->e[w->next];
-    if (w->next - w->consumed >= MAX_AHEAD ||
+    if (e->index - w->consumed >= MAX_AHEAD ||
         (!e->direct && atomic_load(&w->spooled) >= w->spool_limit)) {
       pthread_cond_wait(&w->cond, &w->lock);
       continue;
     }
-    w->next++;
+    w->work = e->next;
     e->state = E_WORKING;
     pthread_mutex_unlock(&w->lock);
-    int rc = e->direct ? stream_entry(w, e, &err) : compress_entry(w, e, in, out, &err);
+    int rc = e->direct ? stream_entry(w, e, &err) : compress_entry(w, e, in, out, &kept, &err);
     if (rc != 0) w_fail(w, &err);
     pthread_mutex_lock(&w->lock);
     if (rc != 0) break;
@@ -575,329 +611,130 @@ static void *compress_worker(void *arg) {
     pthread_cond_broadcast(&w->cond);
   }
   pthread_mutex_unlock(&w->lock);
+  chb_codec_free(kept);
   free(in);
   free(out);
   return NULL;
 }
 
-/* Records a source failure for libzip (and the precise error for the caller). */
-static zip_int64_t src_fail(zw_entry *e, const chb_error *err, int zip_code) {
-  w_fail(e->w, err);
-  zip_error_set(&e->zerr, zip_code, err->sys);
+
+/* ---- the archive: entries written in order by the finishing thread ------ */
+
+/* Prefixes an error with the entry it happened in (when not already named). */
+static int entry_fail(const zw_entry *e, chb_error *err) {
+  if (!strstr(err->msg, e->name)) {
+    char msg[sizeof err->msg];
+    snprintf(msg, sizeof msg, "%s", err->msg);
+    chb_error_set(err, err->code, "entry %s: %s", e->name, msg);
+  }
   return -1;
 }
 
-/*
- * Makes the next bytes libzip reads from an entry available in e->rb (at
- * most one buffer: libzip asks for 8 KiB at a time, the disk gets big
- * reads). Spooled entries: the spool. Direct (store) entries: the source
- * itself, hashed and checked, as plain bytes or header | ciphertext | MAC.
- * Returns 1 with bytes, 0 at the end, -1 on error (reported to libzip).
- */
-static int entry_fill(zw_entry *e) {
-  chb_zip_writer *w = e->w;
-  chb_error err;
-  e->rb_pos = e->rb_len = 0;
-  if (chb_run_stopped(&w->run)) {
-    chb_error_set(&err, CHB_CANCELLED, "cancelled while writing %s", e->name);
-    return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
+static int stopped_while(const zw_entry *e, chb_error *err) {
+  return chb_error_set(err, CHB_CANCELLED, "cancelled while writing %s", e->name);
+}
+
+/* A compressed (or empty) entry's spool, copied into the archive. */
+static int copy_spool(chb_zip_writer *w, zw_entry *e, chb_error *err) {
+  if (e->fd < 0) return e->mem_len ? chb_zipc_write(w->zc, e->mem, e->mem_len, err) : 0;
+  for (uint64_t pos = 0; pos < e->comp_len;) {
+    if (chb_run_stopped(&w->run)) return stopped_while(e, err);
+    uint64_t left = e->comp_len - pos;
+    size_t n = left < w->bufsize ? (size_t)left : w->bufsize;
+    ssize_t k = pread(e->fd, w->rbuf, n, (off_t)pos);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return chb_error_errno(err, k < 0 ? errno : EIO, "cannot read spool file", e->spool_path);
+    if (chb_zipc_write(w->zc, w->rbuf, (size_t)k, err) != 0) return -1;
+    pos += (uint64_t)k;
   }
-  if (!e->direct) {
-    uint64_t left = e->comp_len - e->rd_pos;
-    if (left == 0) return 0;
-    if (e->fd < 0) {
-      e->rb = e->mem + e->rd_pos;
-      e->rb_len = (size_t)left;
-    } else {
-      size_t n = left < w->bufsize ? (size_t)left : w->bufsize;
-      ssize_t k;
-      do k = pread(e->fd, w->rbuf, n, (off_t)e->rd_pos);
-      while (k < 0 && errno == EINTR);
-      if (k <= 0) {
-        chb_error_errno(&err, k < 0 ? errno : EIO, "cannot read spool file", e->spool_path);
-        return (int)src_fail(e, &err, ZIP_ER_READ);
-      }
-      e->rb = w->rbuf;
-      e->rb_len = (size_t)k;
-    }
-    e->rd_pos += e->rb_len;
-    return 1;
-  }
-  /* Direct: the next chunk its worker queued. */
+  return 0;
+}
+
+/* A stored entry's chunks, copied as its worker makes them. */
+static int copy_chunks(chb_zip_writer *w, zw_entry *e, chb_error *err) {
   pthread_mutex_lock(&w->lock);
-  if (e->cur) chunk_free_locked(w, e->cur);
-  e->cur = NULL;
   for (;;) {
     while (!e->q_head && !e->q_end && !chb_run_stopped(&w->run)) pthread_cond_wait(&w->cond, &w->lock);
     zw_chunk *c = e->q_head;
-    if (chb_run_stopped(&w->run) || !c) break;
+    if (chb_run_stopped(&w->run)) break;
+    if (!c) {                 /* the end; its worker sets READY next (e->crc is final) */
+      while (e->state != E_READY && !chb_run_stopped(&w->run)) pthread_cond_wait(&w->cond, &w->lock);
+      if (e->state != E_READY) break;
+      pthread_mutex_unlock(&w->lock);
+      return 0;
+    }
     e->q_head = c->next;
     if (!e->q_head) e->q_tail = NULL;
     e->q_len--;
     pthread_cond_broadcast(&w->cond);
-    if (c->len == 0) {
-      chunk_free_locked(w, c);
-      continue;
-    }
-    e->cur = c;
     pthread_mutex_unlock(&w->lock);
-    e->rb = c->data;
-    e->rb_len = c->len;
-    return 1;
+    int rc = c->len ? chb_zipc_write(w->zc, c->data, c->len, err) : 0;
+    pthread_mutex_lock(&w->lock);
+    chunk_free_locked(w, c);
+    if (rc != 0) {
+      pthread_mutex_unlock(&w->lock);
+      return -1;
+    }
   }
   pthread_mutex_unlock(&w->lock);
-  if (!chb_run_stopped(&w->run)) return 0;
-  chb_error_set(&err, CHB_CANCELLED, "cancelled while writing %s", e->name);
-  return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
+  return stopped_while(e, err);
 }
 
 /*
- * Waits until a worker has made the entry ready (a stored entry: until its
- * size is known); -1 (reported to libzip) if stopped.
+ * One entry: once a worker has made it ready (a stored entry: once its size
+ * is known), its local header, its data, its central record.
  */
-static int wait_ready(zw_entry *e) {
-  chb_zip_writer *w = e->w;
+static int write_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
   pthread_mutex_lock(&w->lock);
   while (!(e->direct ? e->size_known : e->state == E_READY) && !chb_run_stopped(&w->run))
     pthread_cond_wait(&w->cond, &w->lock);
-  int ready = e->direct ? e->size_known : e->state == E_READY;
+  int ready = !chb_run_stopped(&w->run);
   pthread_mutex_unlock(&w->lock);
-  if (ready) return 0;
-  chb_error err;
-  chb_error_set(&err, CHB_CANCELLED, "cancelled");
-  return (int)src_fail(e, &err, ZIP_ER_CANCELLED);
-}
-
-static zip_int64_t entry_source(void *ud, void *data, zip_uint64_t len, zip_source_cmd_t cmd) {
-  zw_entry *e = ud;
-  chb_zip_writer *w = e->w;
-  switch (cmd) {
-  case ZIP_SOURCE_SUPPORTS:
-    return zip_source_make_command_bitmap(ZIP_SOURCE_OPEN, ZIP_SOURCE_READ, ZIP_SOURCE_CLOSE,
-                                          ZIP_SOURCE_STAT, ZIP_SOURCE_ERROR, ZIP_SOURCE_FREE,
-                                          ZIP_SOURCE_GET_FILE_ATTRIBUTES, -1);
-  case ZIP_SOURCE_GET_FILE_ATTRIBUTES: {
-    zip_file_attributes_t *a = ZIP_SOURCE_GET_ARGS(zip_file_attributes_t, data, len, &e->zerr);
-    if (!a) return -1;
-    /* LZMA streams end with an end marker: general purpose bit 1 says so. */
-    if (w->codec->id == CHB_CODEC_LZMA && !e->stored && !e->direct) {
-      a->valid |= ZIP_FILE_ATTRIBUTES_GENERAL_PURPOSE_BIT_FLAGS;
-      a->general_purpose_bit_flags = 0x0002;
-      a->general_purpose_bit_mask = 0x0002;
-    }
-    return 0;
-  }
-  case ZIP_SOURCE_STAT: {
-    zip_stat_t *st = ZIP_SOURCE_GET_ARGS(zip_stat_t, data, len, &e->zerr);
-    if (!st) return -1;
-    zip_stat_init(st);
-    st->mtime = w->mtime;
-    st->valid = ZIP_STAT_MTIME | ZIP_STAT_SIZE | ZIP_STAT_COMP_METHOD | ZIP_STAT_ENCRYPTION_METHOD;
-    st->encryption_method = w->password ? ZIP_EM_AES_256 : ZIP_EM_NONE;
-    if (e->direct) {
-      if (wait_ready(e) != 0) return -1;
-      st->size = e->direct_size;
-      st->comp_size = e->direct_size + (w->password ? chb_aes_overhead(AES_STRENGTH) : 0);
-      st->comp_method = e->src_done ? ZIP_CM_STORE : CM_PLACEHOLDER;
-      st->crc = e->src_done ? e->crc : 0;
-      st->valid |= ZIP_STAT_COMP_SIZE | ZIP_STAT_CRC;
-      return sizeof *st;
-    }
-    if (wait_ready(e) != 0) return -1;
-    st->size = e->size;
-    st->comp_size = e->comp_len;
-    st->comp_method = (zip_uint16_t)w->codec->id;
-    if (e->stored) st->comp_method = e->src_done ? ZIP_CM_STORE : CM_PLACEHOLDER;
-    st->crc = e->crc;
-    st->valid |= ZIP_STAT_COMP_SIZE | ZIP_STAT_CRC;
-    return sizeof *st;
-  }
-  case ZIP_SOURCE_OPEN:
-    e->rd_pos = 0;
-    e->rb_pos = e->rb_len = 0;
-    e->src_done = 0;
-    return 0;
-  case ZIP_SOURCE_READ: {
-    unsigned char *out = data;
-    size_t done = 0;
-    while (done < len) {
-      if (e->rb_pos == e->rb_len) {
-        int r = e->src_done ? 0 : entry_fill(e);
-        if (r < 0) return -1;
-        if (r == 0) {
-          e->src_done = 1;
-          break;
-        }
-      }
-      size_t n = e->rb_len - e->rb_pos;
-      if (n > len - done) n = (size_t)(len - done);
-      memcpy(out + done, e->rb + e->rb_pos, n);
-      e->rb_pos += n;
-      done += n;
-    }
-    return (zip_int64_t)done;
-  }
-  case ZIP_SOURCE_CLOSE:
-    e->rb = NULL;
-    e->rb_pos = e->rb_len = 0;
-    if (e->src_done) {
-      spool_drop(e);
-      atomic_fetch_add(&w->run.files_done, 1);
-      pthread_mutex_lock(&w->lock);
-      w->consumed = e->index + 1;
-      pthread_cond_broadcast(&w->cond);
-      pthread_mutex_unlock(&w->lock);
-    }
-    return 0;
-  case ZIP_SOURCE_ERROR:
-    return zip_error_to_data(&e->zerr, data, len);
-  case ZIP_SOURCE_FREE:
-    return 0;
-  default:
-    zip_error_set(&e->zerr, ZIP_ER_OPNOTSUPP, 0);
-    return -1;
-  }
-}
-
-/* ---- the archive file: libzip's destination ---------------------------- */
-
-static int pwrite_all(int fd, const unsigned char *p, size_t n, uint64_t off) {
-  while (n > 0) {
-    ssize_t k = pwrite(fd, p, n, (off_t)off);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += k;
-    n -= (size_t)k;
-    off += (uint64_t)k;
-  }
-  return 0;
-}
-
-static zip_int64_t out_fail(chb_zip_writer *w, int zip_code, int errnum, const char *what) {
-  chb_error err;
-  chb_error_errno(&err, errnum, what, w->tmp_path);
-  w_fail(w, &err);
-  zip_error_set(&w->out_err, zip_code, errnum);
-  return -1;
-}
-
-static int out_flush(chb_zip_writer *w) {
-  if (w->wlen && pwrite_all(w->out_fd, w->wbuf, w->wlen, w->wbuf_off) != 0)
-    return (int)out_fail(w, ZIP_ER_WRITE, errno, "cannot write");
-  w->wlen = 0;
-  return 0;
-}
-
-static zip_int64_t out_write(chb_zip_writer *w, const unsigned char *p, size_t n) {
-  if (w->wlen && w->wpos == w->wbuf_off + w->wlen && w->wlen + n <= w->wcap) {
-    memcpy(w->wbuf + w->wlen, p, n);          /* append */
-    w->wlen += n;
-  } else if (w->wlen && w->wpos >= w->wbuf_off && w->wpos + n <= w->wbuf_off + w->wlen) {
-    memcpy(w->wbuf + (w->wpos - w->wbuf_off), p, n); /* a header rewritten in the buffer */
+  if (!ready) return stopped_while(e, err);
+  chb_zipc_entry ze = {.name = e->name, .aes = w->password ? AES_STRENGTH : 0};
+  if (e->direct) {
+    ze.size = e->direct_size;
+    ze.comp_size = e->direct_size + (w->password ? chb_aes_overhead(AES_STRENGTH) : 0);
   } else {
-    if (out_flush(w) != 0) return -1;
-    if (n >= w->wcap) {
-      if (pwrite_all(w->out_fd, p, n, w->wpos) != 0) return out_fail(w, ZIP_ER_WRITE, errno, "cannot write");
-    } else {
-      memcpy(w->wbuf, p, n);
-      w->wbuf_off = w->wpos;
-      w->wlen = n;
-    }
+    ze.method = e->stored ? CHB_CODEC_STORE : (uint16_t)w->codec->id;
+    /* LZMA streams end with an end marker: general purpose bit 1 says so. */
+    if (w->codec->id == CHB_CODEC_LZMA && !e->stored) ze.flags = 0x0002;
+    ze.size = e->size;
+    ze.comp_size = e->comp_len;
+    ze.crc = e->crc;
   }
-  w->wpos += n;
-  if (w->wpos > w->wend) w->wend = w->wpos;
-  return (zip_int64_t)n;
+  if (chb_zipc_entry_begin(w->zc, &ze, err) != 0) return entry_fail(e, err);
+  if ((e->direct ? copy_chunks(w, e, err) : copy_spool(w, e, err)) != 0) return entry_fail(e, err);
+  ze.crc = e->crc;            /* stored: checksummed while it was copied */
+  if (chb_zipc_entry_end(w->zc, &ze, err) != 0) return entry_fail(e, err);
+  return 0;
 }
 
-/*
- * The archive as libzip's destination: `path.tmp-<pid>` created exclusively
- * when libzip begins writing, written through a big buffer, fsynced on
- * commit if asked; the rename to `path` happens after zip_close.
- */
-static zip_int64_t out_source(void *ud, void *data, zip_uint64_t len, zip_source_cmd_t cmd) {
-  chb_zip_writer *w = ud;
-  switch (cmd) {
-  case ZIP_SOURCE_SUPPORTS:
-    return zip_source_make_command_bitmap(
-        ZIP_SOURCE_OPEN, ZIP_SOURCE_READ, ZIP_SOURCE_CLOSE, ZIP_SOURCE_STAT, ZIP_SOURCE_ERROR,
-        ZIP_SOURCE_FREE, ZIP_SOURCE_SEEK, ZIP_SOURCE_TELL, ZIP_SOURCE_SUPPORTS,
-        ZIP_SOURCE_BEGIN_WRITE, ZIP_SOURCE_COMMIT_WRITE, ZIP_SOURCE_ROLLBACK_WRITE,
-        ZIP_SOURCE_WRITE, ZIP_SOURCE_SEEK_WRITE, ZIP_SOURCE_TELL_WRITE, ZIP_SOURCE_REMOVE, -1);
-  case ZIP_SOURCE_STAT: {
-    if (!w->writing) {        /* a new archive */
-      zip_error_set(&w->out_err, ZIP_ER_READ, ENOENT);
-      return -1;
-    }
-    zip_stat_t *st = ZIP_SOURCE_GET_ARGS(zip_stat_t, data, len, &w->out_err);
-    if (!st) return -1;
-    zip_stat_init(st);
-    st->size = w->wend;
-    st->valid = ZIP_STAT_SIZE;
-    return sizeof *st;
-  }
-  case ZIP_SOURCE_OPEN:
-    w->rpos = 0;
-    return 0;
-  case ZIP_SOURCE_READ: {
-    if (w->out_fd < 0 || out_flush(w) != 0) return -1;
-    ssize_t k;
-    do k = pread(w->out_fd, data, len, (off_t)w->rpos);
-    while (k < 0 && errno == EINTR);
-    if (k < 0) return out_fail(w, ZIP_ER_READ, errno, "cannot read");
-    w->rpos += (uint64_t)k;
-    return k;
-  }
-  case ZIP_SOURCE_CLOSE:
-    return 0;
-  case ZIP_SOURCE_SEEK: {
-    zip_int64_t off = zip_source_seek_compute_offset(w->rpos, w->wend, data, len, &w->out_err);
-    if (off < 0) return -1;
-    w->rpos = (uint64_t)off;
-    return 0;
-  }
-  case ZIP_SOURCE_TELL:
-    return (zip_int64_t)w->rpos;
-  case ZIP_SOURCE_BEGIN_WRITE:
-    w->wcap = w->bufsize;
-    if (!w->wbuf && !(w->wbuf = malloc(w->wcap))) return out_fail(w, ZIP_ER_MEMORY, ENOMEM, "cannot write");
-    if (w->out_fd < 0) return out_fail(w, ZIP_ER_OPEN, EBADF, "cannot write");
-    w->writing = 1;
-    w->wlen = w->wpos = w->wend = w->wbuf_off = 0;
-    return 0;
-  case ZIP_SOURCE_WRITE:
-    return out_write(w, data, (size_t)len);
-  case ZIP_SOURCE_SEEK_WRITE: {
-    zip_int64_t off = zip_source_seek_compute_offset(w->wpos, w->wend, data, len, &w->out_err);
-    if (off < 0) return -1;
-    w->wpos = (uint64_t)off;
-    return 0;
-  }
-  case ZIP_SOURCE_TELL_WRITE:
-    return (zip_int64_t)w->wpos;
-  case ZIP_SOURCE_COMMIT_WRITE:
-    /* The file stays open, and locked, until it is renamed (run_finish). */
-    if (out_flush(w) != 0) return -1;
-    if (chb_sink_finish(w->out, w->fsync, &w->out_error) != 0) {
-      w_fail(w, &w->out_error);
-      zip_error_set(&w->out_err, ZIP_ER_WRITE, w->out_error.sys);
-      return -1;
-    }
-    return 0;
-  case ZIP_SOURCE_ROLLBACK_WRITE:
-    return 0;                 /* run_finish removes the file */
-  case ZIP_SOURCE_REMOVE:     /* an empty archive: written by run_finish */
-    return 0;
-  case ZIP_SOURCE_ERROR:
-    return zip_error_to_data(&w->out_err, data, len);
-  case ZIP_SOURCE_FREE:
-    return 0;
-  default:
-    zip_error_set(&w->out_err, ZIP_ER_OPNOTSUPP, 0);
-    return -1;
+/* Writes the queue's entries as they come, frees each once written. */
+static int write_entries(chb_zip_writer *w, chb_error *err) {
+  for (;;) {
+    pthread_mutex_lock(&w->lock);
+    while (!w->head && !w->input_end && !chb_run_stopped(&w->run)) pthread_cond_wait(&w->cond, &w->lock);
+    zw_entry *e = w->head;
+    int stopped = chb_run_stopped(&w->run);
+    pthread_mutex_unlock(&w->lock);
+    if (stopped) return chb_error_set(err, CHB_CANCELLED, "cancelled");
+    if (!e) return 0;
+    if (write_entry(w, e, err) != 0) return -1;
+    if (w->results) w->results[e->index] = (zw_result){e->size, e->hash};
+    atomic_fetch_add(&w->run.files_done, 1);  /* before drained: progress agrees */
+    pthread_mutex_lock(&w->lock);
+    w->head = e->next;
+    if (!w->head) w->tail = NULL;
+    w->consumed = e->index + 1;
+    pthread_cond_broadcast(&w->cond);
+    if (w->drain_target && w->consumed >= w->drain_target) pthread_cond_broadcast(&w->drained);
+    pthread_mutex_unlock(&w->lock);
+    entry_free(e);
   }
 }
+
+/* ---- the writer --------------------------------------------------------- */
 
 chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *opts,
                                    chb_error *err) {
@@ -905,11 +742,6 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
   int level;
   if (chb_codec_resolve(opts->method, opts->has_level, opts->level, &codec, &level, err) != 0)
     return NULL;
-  if (opts->password && *opts->password && !zip_encryption_method_supported(ZIP_EM_AES_256, 1)) {
-    chb_error_set(err, CHB_INVALID, "cannot create zip archive %s: this libzip cannot mark "
-                  "entries as AES-encrypted", path);
-    return NULL;
-  }
   chb_zip_writer *w = calloc(1, sizeof *w);
   chb_store *store = w ? chb_store_dir_open(NULL, err) : NULL;
   if (!store) {
@@ -929,8 +761,8 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
   chb_run_init(&w->run);
   pthread_mutex_init(&w->lock, NULL);
   pthread_cond_init(&w->cond, NULL);
-  w->out_fd = -1;
-  zip_error_init(&w->out_err);
+  pthread_cond_init(&w->drained, NULL);
+  pthread_cond_init(&w->work_cond, NULL);
   w->codec = codec;
   w->level = level;
   w->threads = opts->threads;
@@ -958,81 +790,112 @@ chb_zip_writer *chb_zip_writer_new(const char *path, const chb_zip_writer_opts *
   }
   snprintf(w->tmp_path, plen, "%s.tmp-%ld", path, (long)getpid());
   snprintf(w->spool_dir, plen, "%s.spool", w->tmp_path);
-  zip_error_t ze;
-  zip_error_init(&ze);
-  zip_source_t *out = zip_source_function_create(out_source, w, &ze);
-  w->za = out ? zip_open_from_source(out, ZIP_CREATE, &ze) : NULL;
-  if (!w->za) {
-    zip_source_free(out);     /* on failure the caller keeps the source */
-    chb_zip_fail(err, &ze, "cannot create zip archive", w->path);
-    zip_error_fini(&ze);
-    chb_zip_writer_free(w);
-    return NULL;
-  }
-  zip_error_fini(&ze);
   return w;
 }
 
 size_t chb_zip_writer_count(const chb_zip_writer *w) { return w->count; }
 
+/* Valid UTF-8 (what the UTF-8 flag promises readers; libzip refused others). */
+static int utf8_ok(const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
+    unsigned c = *p;
+    int n = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : -1;
+    if (n < 0 || (n == 1 && c < 0xc2)) return 0;
+    p++;
+    for (int i = 0; i < n; i++, p++)
+      if ((*p & 0xc0) != 0x80) return 0;
+  }
+  return 1;
+}
+
+static uint64_t name_hash(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return h;
+}
+
+/* Batch mode: 1 if the name is new (and now known), 0 if added before, -1 out of memory. */
+static int name_insert(chb_zip_writer *w, zw_entry *e) {
+  if ((w->count + 1) * 2 > w->names_cap) {
+    size_t cap = w->names_cap ? w->names_cap * 2 : 256;
+    zw_entry **t = calloc(cap, sizeof *t);
+    if (!t) return -1;
+    for (size_t i = 0; i < w->names_cap; i++) {
+      zw_entry *o = w->names[i];
+      if (!o) continue;
+      size_t k = (size_t)name_hash(o->name) & (cap - 1);
+      while (t[k]) k = (k + 1) & (cap - 1);
+      t[k] = o;
+    }
+    free(w->names);
+    w->names = t;
+    w->names_cap = cap;
+  }
+  size_t k = (size_t)name_hash(e->name) & (w->names_cap - 1);
+  for (; w->names[k]; k = (k + 1) & (w->names_cap - 1))
+    if (strcmp(w->names[k]->name, e->name) == 0) return 0;
+  w->names[k] = e;
+  return 1;
+}
+
+static void wake_locked(chb_zip_writer *w) {
+  w->unwoken = 0;
+  pthread_cond_broadcast(&w->cond);
+  pthread_cond_broadcast(&w->work_cond);
+}
+
 static long add_entry(chb_zip_writer *w, zw_entry *e, chb_error *err) {
-  if (chb_run_get_state(&w->run) != CHB_RUN_NEW) {
+  int open_;
+  pthread_mutex_lock(&w->lock);
+  open_ = w->streaming ? !w->input_end : chb_run_get_state(&w->run) == CHB_RUN_NEW;
+  pthread_mutex_unlock(&w->lock);
+  if (w->streaming && chb_run_stopped(&w->run)) {   /* failed or cancelled: its error */
+    pthread_mutex_lock(&w->run.lock);
+    int failed = w->run.error.code != CHB_OK;
+    if (failed) *err = w->run.error;
+    pthread_mutex_unlock(&w->run.lock);
+    if (!failed && open_) chb_error_set(err, CHB_CANCELLED, "zip archive %s: cancelled", w->path);
+    if (failed || open_) {
+      entry_free(e);
+      return -1;
+    }
+  }
+  if (!open_) {
     entry_free(e);
     chb_error_set(err, CHB_INVALID, "cannot add to a zip writer that has started");
     return -1;
   }
-  if (!chb_zip_name_ok(e->name)) {
+  if (!chb_zip_name_ok(e->name) || !utf8_ok(e->name) || strlen(e->name) > 0xffff) {
     chb_error_set(err, CHB_INVALID, "bad entry name '%s' for zip archive %s "
-                  "(must be relative, without '..' or '\\')", e->name, w->path);
+                  "(must be relative UTF-8, without '..' or '\\')", e->name, w->path);
     entry_free(e);
     return -1;
   }
-  if (w->count == w->cap) {
-    size_t cap = w->cap ? w->cap * 2 : 64;
-    zw_entry **grown = realloc(w->e, cap * sizeof *grown);
-    if (!grown) {
+  if (!w->streaming) {
+    int r = name_insert(w, e);
+    if (r <= 0) {
+      if (r == 0) chb_error_set(err, CHB_EEXIST, "entry %s added twice to zip archive %s", e->name, w->path);
+      else chb_error_set(err, CHB_ENOMEM, "cannot grow the zip writer's name set");
       entry_free(e);
-      chb_error_set(err, CHB_ENOMEM, "cannot grow the zip writer's entry list");
       return -1;
     }
-    w->e = grown;
-    w->cap = cap;
   }
   e->w = w;
-  e->index = w->count;
   e->direct = w->codec->id == CHB_CODEC_STORE;
-  zip_error_t ze;
-  zip_error_init(&ze);
-  zip_source_t *src = zip_source_function_create(entry_source, e, &ze);
-  zip_int64_t idx = -1;
-  if (src && (idx = zip_file_add(w->za, e->name, src, ZIP_FL_ENC_UTF_8)) < 0) {
-    zip_error_set(&ze, zip_error_code_zip(zip_get_error(w->za)),
-                  zip_error_code_system(zip_get_error(w->za)));
-    zip_source_free(src);
-  }
-  /* Every entry keeps libzip's default method: the source's stat names the
-   * method its bytes already have (see CM_PLACEHOLDER). */
-  int bad = idx >= 0 && w->password &&
-            zip_file_set_encryption(w->za, (zip_uint64_t)idx, ZIP_EM_AES_256, NULL) != 0;
-  if (bad) {
-    zip_error_set(&ze, zip_error_code_zip(zip_get_error(w->za)), 0);
-    zip_delete(w->za, (zip_uint64_t)idx);
-    e->next_dead = w->dead;   /* libzip may still hold the source: free it last */
-    w->dead = e;
-  }
-  if (idx < 0 || bad) {
-    if (zip_error_code_zip(&ze) == ZIP_ER_EXISTS)
-      chb_error_set(err, CHB_EEXIST, "entry %s added twice to zip archive %s", e->name, w->path);
-    else
-      chb_zip_fail(err, &ze, "cannot add an entry to zip archive", w->path);
-    zip_error_fini(&ze);
-    if (!bad) entry_free(e);
-    return -1;
-  }
-  zip_error_fini(&ze);
   if (e->expect_size > 0) w->bytes_total += (uint64_t)e->expect_size;
-  w->e[w->count] = e;
-  return (long)w->count++;
+  pthread_mutex_lock(&w->lock);
+  size_t index = e->index = w->count++;
+  /* Only a worker without work or the archive's writer without an entry
+   * waits for one, and adds come by the thousand: those are woken once
+   * WAKE_BATCH entries wait for them, or by wait_drained or start. */
+  if (w->unwoken || !w->work || !w->head) w->unwoken++;
+  if (w->tail) w->tail->next = e;
+  else w->head = e;
+  w->tail = e;
+  if (!w->work) w->work = e;
+  if (w->unwoken >= WAKE_BATCH || !w->streaming) wake_locked(w);
+  pthread_mutex_unlock(&w->lock);
+  return (long)index;         /* e may be written and freed already */
 }
 
 long chb_zip_writer_add(chb_zip_writer *w, const char *name, const chb_piece *pieces,
@@ -1091,106 +954,105 @@ long chb_zip_writer_add_bytes(chb_zip_writer *w, const char *name, const void *d
   return add_entry(w, e, err);
 }
 
-static int cancel_cb(zip_t *za, void *ud) {
-  (void)za;
-  chb_zip_writer *w = ud;
-  return chb_run_stopped(&w->run);
-}
-
-/* The archive with no entries (libzip writes no file for it). */
-static int write_empty(chb_zip_writer *w, chb_error *err) {
-  static const unsigned char eocd[22] = {0x50, 0x4b, 0x05, 0x06};
-  if (chb_sink_write(w->out, eocd, sizeof eocd, err) != 0) return -1;
-  return chb_sink_finish(w->out, w->fsync, err);
-}
-
 /*
  * The temporary archive, `path.tmp-<pid>`: created exclusively and held
  * under an exclusive flock(2) until it is renamed or removed, which is how
  * a later writer tells a live writer's file from one a killed run left.
  */
 static int create_temporary(chb_zip_writer *w, chb_error *err) {
-  chb_sink_opts o = {.mode = 0666, .read_back = 1, .lock = 1};
+  chb_sink_opts o = {.mode = 0666, .lock = 1};  /* written at offsets (pwrite), never read */
   if (!(w->out = chb_store_open_write(w->store, w->tmp_path, &o, err))) return -1;
-  w->out_fd = chb_sink_fd(w->out);
   return 0;
 }
 
+static void pool_free(chb_zip_writer *w) {
+  while (w->pool) {
+    void *p = w->pool;
+    w->pool = *(void **)p;
+    free(p);
+  }
+  w->npool = 0;
+}
+
+/* The finishing thread (or finish's caller): the whole run. */
 static void run_finish(chb_zip_writer *w) {
   chb_error err;
   chb_error_clear(&err);
   pthread_t *workers = NULL;
   int nworkers = 0, ok = 0;
+  int compressing = w->codec->id != CHB_CODEC_STORE;
   chb_store_remove_stale_temporaries(w->path); /* first: a killed run of ours may have had our pid */
-  if (create_temporary(w, &err) != 0) {   /* parent directories made on demand */
-    w_fail(w, &err);
-    goto out;
-  }
+  if (create_temporary(w, &err) != 0) goto fail;   /* parent directories made on demand */
+  if (!(w->zc = chb_zipc_new(chb_sink_fd(w->out), w->tmp_path, w->mtime, w->bufsize, &err)))
+    goto fail;
+  pthread_mutex_lock(&w->lock);
+  size_t count = w->count;
+  int more = !w->input_end;
+  pthread_mutex_unlock(&w->lock);
   /* rbuf: reads of spool files, which only compressed entries have */
-  if (w->codec->id != CHB_CODEC_STORE && !(w->rbuf = malloc(w->bufsize))) {
+  if (compressing && !(w->rbuf = malloc(w->bufsize))) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate a read buffer");
-    w_fail(w, &err);
-    goto out;
+    goto fail;
   }
-  if (w->count == 0) {
-    zip_discard(w->za);
-    w->za = NULL;
-    if (write_empty(w, &err) != 0) w_fail(w, &err);
-    else ok = 1;
-    goto out;
-  }
-  if (w->codec->id != CHB_CODEC_STORE) {
+  if (compressing && (count || more)) {
     if (mkdir(w->spool_dir, 0700) != 0) {
       chb_error_errno(&err, errno, "cannot create spool directory", w->spool_dir);
-      w_fail(w, &err);
-      goto out;
+      goto fail;
     }
     w->spool_dir_made = 1;
   }
   int n = w->threads;
-  if ((size_t)n > w->count) n = (int)w->count;
-  workers = calloc((size_t)n, sizeof *workers);
-  if (!workers) {
+  if (!more && (size_t)n > count) n = (int)count;
+  if (n > 0 && !(workers = calloc((size_t)n, sizeof *workers))) {
     chb_error_set(&err, CHB_ENOMEM, "cannot allocate threads");
-    w_fail(w, &err);
-    goto out;
+    goto fail;
   }
   for (int i = 0; i < n; i++) {
     int rc = pthread_create(&workers[i], NULL, compress_worker, w);
     if (rc != 0) {
       if (nworkers == 0) {
         chb_error_errno(&err, rc, "cannot start", "compression thread");
-        w_fail(w, &err);
+        goto fail;
       }
       break;
     }
     nworkers++;
   }
-  zip_register_cancel_callback_with_state(w->za, cancel_cb, NULL, w);
-  if (zip_close(w->za) == 0) {
-    w->za = NULL;
-    ok = 1;
-  } else {
-    chb_zip_fail(&err, zip_get_error(w->za), "cannot write zip archive", w->path);
-    if (err.code == CHB_CANCELLED) chb_error_set(&err, CHB_CANCELLED, "cancelled");
-    w_fail(w, &err);          /* keeps an earlier, more precise error */
-    zip_discard(w->za);
-    w->za = NULL;
-  }
+  if (write_entries(w, &err) != 0 || chb_zipc_finish(w->zc, &err) != 0 ||
+      chb_sink_finish(w->out, w->fsync, &err) != 0)
+    goto fail;
+  ok = 1;
+  goto out;
+fail:
+  w_fail(w, &err);            /* keeps an earlier, more precise error */
 out:
   atomic_store(&w->run.stop, 1);
   pthread_mutex_lock(&w->lock);
-  pthread_cond_broadcast(&w->cond);
+  wake_all_locked(w);
   pthread_mutex_unlock(&w->lock);
   for (int i = 0; i < nworkers; i++) pthread_join(workers[i], NULL);
   free(workers);
-  for (size_t i = 0; i < w->count; i++) spool_drop(w->e[i]);
+  pthread_mutex_lock(&w->lock);
+  zw_entry *left = w->head;   /* not written: a failure, a cancel */
+  w->head = w->tail = w->work = NULL;
+  w->input_end = 1;
+  pthread_mutex_unlock(&w->lock);
+  while (left) {
+    zw_entry *next = left->next;
+    entry_free(left);
+    left = next;
+  }
   while (w->spare) {
     zw_chunk *c = w->spare;
     w->spare = c->next;
     free(c);
   }
   w->nspare = 0;
+  pool_free(w);
+  chb_zipc_free(w->zc);
+  w->zc = NULL;
+  free(w->rbuf);
+  w->rbuf = NULL;
   if (w->spool_dir_made && rmdir(w->spool_dir) == 0) w->spool_dir_made = 0;
   chb_zip_cache_clear();      /* readers opened for zip sources on this thread */
   if (ok && chb_store_commit(w->store, w->tmp_path, w->path, &err) != 0) {
@@ -1203,7 +1065,6 @@ out:
     ok = 0;
   }
   w->out = NULL;
-  w->out_fd = -1;
   if (ok && w->fsync && chb_store_sync_dir(w->store, w->path, &err) != 0) {
     w_fail(w, &err);          /* the archive is in place; only durability failed */
     ok = 0;
@@ -1218,10 +1079,20 @@ static int begin(chb_zip_writer *w, chb_error *err) {
   return 0;
 }
 
-int chb_zip_writer_finish(chb_zip_writer *w, chb_error *err) {
+/* Batch mode, all entries added: no more names to check; room for the results. */
+static int begin_batch(chb_zip_writer *w, chb_error *err) {
   if (begin(w, err) != 0) return -1;
-  run_finish(w);
-  return chb_zip_writer_result(w, err);
+  if (w->count && !(w->results = calloc(w->count, sizeof *w->results))) {
+    chb_run_unbegin(&w->run);
+    return chb_error_set(err, CHB_ENOMEM, "cannot allocate the zip writer's results");
+  }
+  free(w->names);
+  w->names = NULL;
+  w->names_cap = 0;
+  pthread_mutex_lock(&w->lock);
+  w->input_end = 1;
+  pthread_mutex_unlock(&w->lock);
+  return 0;
 }
 
 static void *finisher(void *arg) {
@@ -1229,8 +1100,7 @@ static void *finisher(void *arg) {
   return NULL;
 }
 
-int chb_zip_writer_start(chb_zip_writer *w, chb_error *err) {
-  if (begin(w, err) != 0) return -1;
+static int start_thread(chb_zip_writer *w, chb_error *err) {
   int rc = pthread_create(&w->finisher, NULL, finisher, w);
   if (rc != 0) {
     chb_run_unbegin(&w->run);
@@ -1240,14 +1110,88 @@ int chb_zip_writer_start(chb_zip_writer *w, chb_error *err) {
   return 0;
 }
 
+int chb_zip_writer_begin(chb_zip_writer *w, chb_error *err) {
+  if (begin(w, err) != 0) return -1;
+  free(w->names);             /* streaming: names are not kept (see the header) */
+  w->names = NULL;
+  w->names_cap = 0;
+  w->streaming = 1;
+  if (start_thread(w, err) != 0) {
+    w->streaming = 0;
+    return -1;
+  }
+  return 0;
+}
+
+/* Streaming: the end of the input. */
+static int end_input(chb_zip_writer *w, chb_error *err) {
+  pthread_mutex_lock(&w->lock);
+  int was = w->input_end;
+  w->input_end = 1;
+  wake_all_locked(w);
+  pthread_mutex_unlock(&w->lock);
+  if (was && !chb_run_stopped(&w->run))
+    return chb_error_set(err, CHB_INVALID, "zip writer already started");
+  return 0;
+}
+
+int chb_zip_writer_finish(chb_zip_writer *w, chb_error *err) {
+  if (w->streaming) {
+    if (end_input(w, err) != 0) return -1;
+    chb_zip_writer_wait(w, -1);
+    return chb_zip_writer_result(w, err);
+  }
+  if (begin_batch(w, err) != 0) return -1;
+  run_finish(w);
+  return chb_zip_writer_result(w, err);
+}
+
+int chb_zip_writer_start(chb_zip_writer *w, chb_error *err) {
+  if (w->streaming) return end_input(w, err);
+  if (begin_batch(w, err) != 0) return -1;
+  return start_thread(w, err);
+}
+
 chb_job_state chb_zip_writer_wait(chb_zip_writer *w, long timeout_ms) {
   return chb_run_wait(&w->run, timeout_ms);
 }
 
+chb_job_state chb_zip_writer_wait_drained(chb_zip_writer *w, long timeout_ms) {
+  if (!w->streaming) return chb_run_get_state(&w->run);
+  size_t target = w->count;   /* the adding thread's own count */
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  if (timeout_ms > 0) {
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+  }
+  pthread_mutex_lock(&w->lock);
+  if (w->unwoken) wake_locked(w);
+  w->drain_target = target;
+  while (w->consumed < target && !chb_run_stopped(&w->run) && timeout_ms != 0) {
+    if (timeout_ms < 0) pthread_cond_wait(&w->drained, &w->lock);
+    else if (pthread_cond_timedwait(&w->drained, &w->lock, &until) == ETIMEDOUT) break;
+  }
+  w->drain_target = 0;
+  int drained = w->consumed >= target;
+  pthread_mutex_unlock(&w->lock);
+  if (chb_run_stopped(&w->run)) {
+    chb_run_state s = chb_run_wait(&w->run, timeout_ms);
+    if (s == CHB_RUN_FAILED || s == CHB_RUN_CANCELLED) return s;
+    if (s == CHB_RUN_DONE) return CHB_JOB_DONE;
+    return CHB_JOB_RUNNING;   /* stopping: the next wait tells how it ended */
+  }
+  return drained ? CHB_JOB_DONE : CHB_JOB_RUNNING;
+}
+
 void chb_zip_writer_cancel(chb_zip_writer *w) {
   chb_run_cancel(&w->run);
-  pthread_mutex_lock(&w->lock);   /* wakes workers and libzip's copy waiting on cond */
-  pthread_cond_broadcast(&w->cond);
+  pthread_mutex_lock(&w->lock);   /* wakes workers and the archive's writer waiting on cond */
+  wake_all_locked(w);
   pthread_mutex_unlock(&w->lock);
 }
 
@@ -1260,9 +1204,9 @@ int chb_zip_writer_result(chb_zip_writer *w, chb_error *err) {
 }
 
 int chb_zip_writer_entry_result(chb_zip_writer *w, size_t i, uint64_t *size, chb_u128 *hash) {
-  if (chb_run_get_state(&w->run) != CHB_RUN_DONE || i >= w->count) return -1;
-  *size = w->e[i]->size;
-  *hash = w->e[i]->hash;
+  if (chb_run_get_state(&w->run) != CHB_RUN_DONE || !w->results || i >= w->count) return -1;
+  *size = w->results[i].size;
+  *hash = w->results[i].hash;
   return 0;
 }
 
@@ -1272,19 +1216,18 @@ void chb_zip_writer_free(chb_zip_writer *w) {
     chb_zip_writer_cancel(w);
     pthread_join(w->finisher, NULL);
   }
-  if (w->za) zip_discard(w->za); /* never started: nothing was written */
-  for (size_t i = 0; i < w->count; i++) entry_free(w->e[i]);
-  free(w->e);
-  while (w->dead) {
-    zw_entry *d = w->dead;
-    w->dead = d->next_dead;
-    entry_free(d);
+  while (w->head) {           /* never started: nothing was written */
+    zw_entry *e = w->head;
+    w->head = e->next;
+    entry_free(e);
   }
+  pool_free(w);
+  free(w->names);
+  free(w->results);
   if (w->spool_dir_made) rmdir(w->spool_dir);
   chb_sink_abort(w->out);
+  chb_zipc_free(w->zc);
   chb_store_close(w->store);
-  zip_error_fini(&w->out_err);
-  free(w->wbuf);
   free(w->rbuf);
   free(w->path);
   free(w->tmp_path);
@@ -1292,6 +1235,8 @@ void chb_zip_writer_free(chb_zip_writer *w) {
   chb_zip_free_secret(w->password);
   pthread_mutex_destroy(&w->lock);
   pthread_cond_destroy(&w->cond);
+  pthread_cond_destroy(&w->drained);
+  pthread_cond_destroy(&w->work_cond);
   chb_run_destroy(&w->run);
   free(w);
 }
