@@ -97,6 +97,7 @@ static size_t check_pieces(lua_State *L, int arg, chb_piece **out) {
 typedef struct zipw_box {
   chb_zip_writer *w;          /* one of the two; both NULL once closed */
   chb_tar_writer *t;
+  int streaming;              /* begun (w:begin): adds are queued until start */
 } zipw_box;
 
 static zipw_box *check_writer(lua_State *L) {
@@ -109,6 +110,7 @@ static zipw_box *new_writer_box(lua_State *L) {
   zipw_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
   b->w = NULL;                                      /* born closed */
   b->t = NULL;
+  b->streaming = 0;
   luaL_setmetatable(L, CHB_ZIPW_MT);
   return b;
 }
@@ -188,9 +190,11 @@ static chb_job_state writer_state(zipw_box *b, long ms) {
   return b->w ? chb_zip_writer_wait(b->w, ms) : chb_tar_writer_wait(b->t, ms);
 }
 
-/* Adding to a started writer is misuse: it raises. */
+/* Adding to a started writer is misuse: it raises. A streaming writer
+ * takes adds until start (a failed one answers them with fail). */
 static zipw_box *check_new_writer(lua_State *L) {
   zipw_box *b = check_writer(L);
+  if (b->streaming) return b;
   chb_job_state s = writer_state(b, 0);
   if (s != CHB_JOB_NEW)
     luaL_error(L, "cannot add to an archive writer that has started (%s)", chb_job_state_name(s));
@@ -249,7 +253,8 @@ static int zipw_add_bytes(lua_State *L) {
   return add_result(L, i, &err);
 }
 
-/* w:start() -> true | fail; starting twice raises */
+/* w:start() -> true | fail; starting twice raises. After w:begin(): the
+ * end of input (the writer then finishes). */
 static int zipw_start(lua_State *L) {
   zipw_box *b = check_writer(L);
   chb_error err;
@@ -258,7 +263,49 @@ static int zipw_start(lua_State *L) {
     if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg);
     return chb_push_fail(L, &err);
   }
+  b->streaming = 0;   /* adds from now on are misuse again */
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+ * Streaming (issue 14). The zip writer's begin and wait_drained are to
+ * come with the same signatures; until then its branches here (the only
+ * ones) answer "not supported".
+ */
+static int writer_begin(zipw_box *b, chb_error *err) {
+  if (b->w) return chb_error_set(err, CHB_INVALID, "not supported");
+  return chb_tar_writer_begin(b->t, err);
+}
+
+static int writer_wait_drained(zipw_box *b, long ms, chb_job_state *s, chb_error *err) {
+  if (b->w) return chb_error_set(err, CHB_INVALID, "not supported");
+  *s = chb_tar_writer_wait_drained(b->t, ms);
+  return 0;
+}
+
+/* w:begin() -> true | fail: the writer's thread starts and writes entries
+ * as they are added (w:add queues them; w:wait_drained waits for them;
+ * w:start ends the input). A zip writer: nil, "not supported". */
+static int zipw_begin(lua_State *L) {
+  zipw_box *b = check_writer(L);
+  chb_error err;
+  if (writer_begin(b, &err) != 0) return chb_push_fail(L, &err);
+  b->streaming = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* w:wait_drained([seconds]) -> "drained" (every entry added so far is
+ * written) | "running" (time ran out) | "failed" | "cancelled" | "new"
+ * (not begun); a zip writer: nil, "not supported". */
+static int zipw_wait_drained(lua_State *L) {
+  zipw_box *b = check_writer(L);
+  long ms = chb_opt_timeout_ms(L, 2);
+  chb_job_state s = CHB_JOB_NEW;
+  chb_error err;
+  if (writer_wait_drained(b, ms, &s, &err) != 0) return chb_push_fail(L, &err);
+  lua_pushstring(L, s == CHB_JOB_DONE ? "drained" : chb_job_state_name(s));
   return 1;
 }
 
@@ -331,6 +378,7 @@ static const luaL_Reg zipw_methods[] = {
     {"add", zipw_add},         {"add_bytes", zipw_add_bytes}, {"start", zipw_start},
     {"wait", zipw_wait},       {"progress", zipw_progress},   {"cancel", zipw_cancel},
     {"result", zipw_result},   {"entry", zipw_entry},         {"close", zipw_close},
+    {"begin", zipw_begin},     {"wait_drained", zipw_wait_drained},
     {NULL, NULL}};
 
 /* ---- chbackup.ZipReader ------------------------------------------------- */
