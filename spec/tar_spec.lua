@@ -232,6 +232,31 @@ describe("a streaming tar writer (core)", function()
     assert.same({ "src" }, h.tree(dir))
   end)
 
+  it("is drained by runner.drain, which cancels it once cancelled() says so", function()
+    local runner = require("chbackup.runner")
+    local path = dir .. "/c.tar.xz"
+    h.write(dir .. "/big", string.rep("0123456789abcdef", 1 << 20))   -- 16 MiB: xz takes a while
+    local wr = assert(core.tar_writer(path))
+    assert.is_true(wr:begin())
+    assert.equal(1, wr:add_bytes("a", "hello"))
+    assert.is_true(runner.drain(wr))
+    for i = 1, 4 do
+      assert.equal(i + 1, wr:add("big" .. i, dir .. "/big"))
+    end
+    local seen = 0
+    local ok, err, code = runner.drain(wr, function(p)
+      seen = p.files_total
+    end, function()
+      return true
+    end)
+    assert.is_nil(ok)
+    assert.equal("CANCELLED", code, err)
+    assert.equal(5, seen)
+    assert.equal("cancelled", wr:wait_drained(0))
+    wr:close()
+    assert.same({ "big" }, h.tree(dir))
+  end)
+
   it("is not there yet for zip writers: begin answers not supported", function()
     local wr = assert(core.zip_writer(dir .. "/z.zip"))
     local ok, err = wr:begin()
