@@ -97,7 +97,7 @@ static size_t check_pieces(lua_State *L, int arg, chb_piece **out) {
 typedef struct zipw_box {
   chb_zip_writer *w;          /* one of the two; both NULL once closed */
   chb_tar_writer *t;
-  int begun;                  /* :begin() called: adds stream while it runs */
+  int streaming;              /* begun (w:begin): adds are queued until start */
 } zipw_box;
 
 static zipw_box *check_writer(lua_State *L) {
@@ -110,7 +110,7 @@ static zipw_box *new_writer_box(lua_State *L) {
   zipw_box *b = lua_newuserdatauv(L, sizeof *b, 0); /* .., ud */
   b->w = NULL;                                      /* born closed */
   b->t = NULL;
-  b->begun = 0;
+  b->streaming = 0;
   luaL_setmetatable(L, CHB_ZIPW_MT);
   return b;
 }
@@ -190,10 +190,11 @@ static chb_job_state writer_state(zipw_box *b, long ms) {
   return b->w ? chb_zip_writer_wait(b->w, ms) : chb_tar_writer_wait(b->t, ms);
 }
 
-/* Adding to a started writer is misuse: it raises. */
+/* Adding to a started writer is misuse: it raises. A streaming writer
+ * takes adds until start (a failed one answers them with fail). */
 static zipw_box *check_new_writer(lua_State *L) {
   zipw_box *b = check_writer(L);
-  if (b->begun) return b;     /* streaming: the writer's own add says (a fail) */
+  if (b->streaming) return b;
   chb_job_state s = writer_state(b, 0);
   if (s != CHB_JOB_NEW)
     luaL_error(L, "cannot add to an archive writer that has started (%s)", chb_job_state_name(s));
@@ -252,7 +253,8 @@ static int zipw_add_bytes(lua_State *L) {
   return add_result(L, i, &err);
 }
 
-/* w:start() -> true | fail; starting twice raises */
+/* w:start() -> true | fail; starting twice raises. After w:begin(): the
+ * end of input (the writer then finishes). */
 static int zipw_start(lua_State *L) {
   zipw_box *b = check_writer(L);
   chb_error err;
@@ -261,35 +263,40 @@ static int zipw_start(lua_State *L) {
     if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg);
     return chb_push_fail(L, &err);
   }
+  b->streaming = 0;   /* adds from now on are misuse again */
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/*
- * w:begin() -> true | fail: streaming mode (zip; tar in its own branch):
- * entries added from now on are written as they come, in order, and freed
- * once written; start() then means the end of the input. Twice raises.
- */
+/* Streaming (issue 14): both writers have the same begin/wait_drained. */
+static int writer_begin(zipw_box *b, chb_error *err) {
+  return b->w ? chb_zip_writer_begin(b->w, err) : chb_tar_writer_begin(b->t, err);
+}
+
+static chb_job_state writer_wait_drained(zipw_box *b, long ms) {
+  return b->w ? chb_zip_writer_wait_drained(b->w, ms) : chb_tar_writer_wait_drained(b->t, ms);
+}
+
+/* w:begin() -> true | fail: the writer's thread starts and writes entries
+ * as they are added (w:add queues them; w:wait_drained waits for them;
+ * w:start ends the input). */
 static int zipw_begin(lua_State *L) {
   zipw_box *b = check_writer(L);
   chb_error err;
-  if (!b->w) return luaL_error(L, "begin: not supported by this archive writer");
-  if (chb_zip_writer_begin(b->w, &err) != 0) {
-    if (err.code == CHB_INVALID) return luaL_error(L, "%s", err.msg);
-    return chb_push_fail(L, &err);
-  }
-  b->begun = 1;
+  if (writer_begin(b, &err) != 0) return chb_push_fail(L, &err);
+  b->streaming = 1;
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* w:wait_drained([seconds]) -> "done" (everything added so far is written),
- * "failed", "cancelled", or "running" on timeout */
+/* w:wait_drained([seconds]) -> "drained" (every entry added so far is
+ * written) | "running" (time ran out) | "failed" | "cancelled" | "new"
+ * (not begun). */
 static int zipw_wait_drained(lua_State *L) {
   zipw_box *b = check_writer(L);
   long ms = chb_opt_timeout_ms(L, 2);
-  if (!b->w) return luaL_error(L, "wait_drained: not supported by this archive writer");
-  lua_pushstring(L, chb_job_state_name(chb_zip_writer_wait_drained(b->w, ms)));
+  chb_job_state s = writer_wait_drained(b, ms);
+  lua_pushstring(L, s == CHB_JOB_DONE ? "drained" : chb_job_state_name(s));
   return 1;
 }
 
@@ -360,9 +367,9 @@ static int zipw_close(lua_State *L) {
 
 static const luaL_Reg zipw_methods[] = {
     {"add", zipw_add},         {"add_bytes", zipw_add_bytes}, {"start", zipw_start},
-    {"begin", zipw_begin},     {"wait_drained", zipw_wait_drained},
     {"wait", zipw_wait},       {"progress", zipw_progress},   {"cancel", zipw_cancel},
     {"result", zipw_result},   {"entry", zipw_entry},         {"close", zipw_close},
+    {"begin", zipw_begin},     {"wait_drained", zipw_wait_drained},
     {NULL, NULL}};
 
 /* ---- chbackup.ZipReader ------------------------------------------------- */

@@ -348,4 +348,27 @@ return {
     err = h.sql_refused(w, "BACKUP TABLE shop.customers TO S3(nope, 'x')")
     assert.matches("no named collection 'nope'", err)
   end)
+
+  -- Issue 14: the tar writer streams into the upload batch by batch.
+  it("a tar BACKUP to S3 of several batches is one object, restored with the same rows", function()
+    local backup = require("chbackup.backup")
+    local runner = require("chbackup.runner")
+    local batch, drain = backup.BATCH, runner.drain
+    local drains = 0
+    backup.BATCH = 5
+    runner.drain = function(...)
+      drains = drains + 1
+      return drain(...)
+    end
+    local ok, r = pcall(h.sql, w, "BACKUP DATABASE shop TO " .. s3("tarb/b.tar.zst"))
+    backup.BATCH, runner.drain = batch, drain
+    assert.is_true(ok, tostring(r))
+    assert.equal("BACKUP_CREATED", r[1].status)
+    assert.is_true(drains > 2, "drained " .. drains .. " times")
+    assert.same({ "b.tar.zst" }, srv.objects("tarb"))   -- (its .lock gone)
+    local target = w.dir .. "/from-tarb"
+    assert.equal("RESTORED", h.sql(w, "RESTORE DATABASE shop FROM " .. s3("tarb/b.tar.zst"), target)[1].status)
+    local sum = "SELECT count(), sum(cityHash64(tuple(*))) FROM shop.customers"
+    assert.equal(h.clickhouse(w.data, { sum }), h.clickhouse(target, { sum }))
+  end)
 end)

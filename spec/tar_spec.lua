@@ -187,3 +187,127 @@ describe("a killed tar BACKUP", function()
     assert.is_true(listed, log)
   end)
 end)
+
+
+-- Issue 14: a tar writer streams (w:begin), writing entries as they come,
+-- so that a BACKUP holds one batch of them, not a record per file.
+describe("a streaming tar writer (core)", function()
+  local core = require("chbackup.core")
+  local dir
+
+  before_each(function()
+    dir = h.tmpdir("tar-stream")
+  end)
+
+  it("writes entries as they come; start ends the input", function()
+    local path = dir .. "/s.tar"
+    local wr = assert(core.tar_writer(path))
+    assert.equal("new", wr:wait_drained(0))
+    assert.is_true(wr:begin())
+    assert.equal(1, wr:add_bytes("a", "hello"))
+    assert.equal("drained", wr:wait_drained(10))
+    assert.equal(2, wr:add_bytes("b", "world"))
+    assert.is_true(wr:start())
+    assert.equal("done", wr:wait(10))
+    assert.is_true(wr:result())
+    assert.has_error(function() wr:add_bytes("c", "late") end)
+    wr:close()
+    local ok, out = h.run("bsdtar -tf " .. h.quote(path))
+    assert.is_true(ok, out)
+    assert.equal("a\nb\n", out)
+  end)
+
+  it("fails at a bad entry: later adds get the error, no archive is left", function()
+    local path = dir .. "/f.tar.zst"
+    h.write(dir .. "/src", string.rep("x", 100))
+    local wr = assert(core.tar_writer(path))
+    assert.is_true(wr:begin())
+    assert.equal(1, wr:add("bad", dir .. "/src", 100, string.rep("0", 32)))
+    assert.equal("failed", wr:wait_drained(10))
+    local ok, err, code = wr:add_bytes("next", "x")
+    assert.is_nil(ok)
+    assert.equal("CORRUPT", code)
+    assert.truthy(err:find("bad", 1, true) and err:find(path, 1, true), err)
+    wr:close()
+    assert.same({ "src" }, h.tree(dir))
+  end)
+
+  it("is drained by runner.drain, which cancels it once cancelled() says so", function()
+    local runner = require("chbackup.runner")
+    local path = dir .. "/c.tar.xz"
+    h.write(dir .. "/big", string.rep("0123456789abcdef", 1 << 20))   -- 16 MiB: xz takes a while
+    local wr = assert(core.tar_writer(path))
+    assert.is_true(wr:begin())
+    assert.equal(1, wr:add_bytes("a", "hello"))
+    assert.is_true(runner.drain(wr))
+    for i = 1, 4 do
+      assert.equal(i + 1, wr:add("big" .. i, dir .. "/big"))
+    end
+    local seen = 0
+    local ok, err, code = runner.drain(wr, function(p)
+      seen = p.files_total
+    end, function()
+      return true
+    end)
+    assert.is_nil(ok)
+    assert.equal("CANCELLED", code, err)
+    assert.equal(5, seen)
+    assert.equal("cancelled", wr:wait_drained(0))
+    wr:close()
+    assert.same({ "big" }, h.tree(dir))
+  end)
+
+  it("has the same shape for zip writers (7z and bsdtar read what streamed)", function()
+    local path = dir .. "/z.zip"
+    local wr = assert(core.zip_writer(path))
+    assert.is_true(wr:begin())
+    assert.equal(1, wr:add_bytes("a", "hello"))
+    assert.equal("drained", wr:wait_drained(10))
+    assert.equal(2, wr:add_bytes("b", "world"))
+    assert.is_true(wr:start())
+    assert.equal("done", wr:wait(10))
+    assert.is_true(wr:result())
+    wr:close()
+    local ok, out = h.run("bsdtar -tf " .. h.quote(path))
+    assert.is_true(ok, out)
+    assert.equal("a\nb\n", out)
+    ok, out = h.run("7z t " .. h.quote(path))
+    assert.is_true(ok, out)
+    assert.matches("Everything is Ok", out)
+  end)
+end)
+
+
+describe("a tar BACKUP of several batches", function()
+  it("is streamed batch by batch, restored by ClickHouse and chbackup, listed by bsdtar", function()
+    local backup = require("chbackup.backup")
+    local runner = require("chbackup.runner")
+    local w = h.world("tar-batches")
+    local batch, drain = backup.BATCH, runner.drain
+    local drains = 0
+    backup.BATCH = 7   -- (the fixture's tables have about a hundred files)
+    runner.drain = function(...)
+      drains = drains + 1
+      return drain(...)
+    end
+    local ok, r = pcall(run, w, "BACKUP ALL TO Disk('backups', 'b.tar.zst')")
+    backup.BATCH, runner.drain = batch, drain
+    assert.is_true(ok, tostring(r))
+    assert.equal("BACKUP_CREATED", r.status)
+    assert.is_true(drains > 3, "drained " .. drains .. " times")
+    local listed, out = h.run("bsdtar -tf " .. h.quote(w.backups .. "/b.tar.zst"))
+    assert.is_true(listed, out)
+    local names = {}
+    for name in out:gmatch("[^\n]+") do
+      names[#names + 1] = name
+    end
+    assert.is_true(#names > 7 * 3, #names .. " entries")
+    assert.equal(".backup", names[#names])
+    local target = w.dir .. "/ch-from-batches"
+    h.clickhouse(target, { "RESTORE ALL FROM Disk('backups', 'b.tar.zst')" }, w.config)
+    assert.equal(h.digest_text(TABLES), h.table_digests(target, TABLES))
+    target = w.dir .. "/from-batches"
+    assert.equal("RESTORED", run(w, "RESTORE ALL FROM Disk('backups', 'b.tar.zst')", target).status)
+    assert.equal(h.digest_text(TABLES), h.table_digests(target, TABLES))
+  end)
+end)

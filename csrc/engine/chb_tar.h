@@ -13,11 +13,22 @@
  *
  * Writing: entries are added by name, from source pieces (chb_source.h) or
  * bytes, each with its size known before its header is written (given, or
- * the sources' sizes). finish streams them in order into `path.tmp-<pid>`
- * (created exclusively, held under flock(2), beside the archive) and
- * renames that to `path` only when the archive is complete (never
- * replacing a file); a failure or a cancel removes it. Sizes and checksums
- * given at add time are verified while reading. Run-state: chb_run.h.
+ * the sources' sizes). The writer streams them in order into
+ * `path.tmp-<pid>` (created exclusively, held under flock(2), beside the
+ * archive) and renames that to `path` only when the archive is complete
+ * (never replacing a file); a failure or a cancel removes it. Sizes and
+ * checksums given at add time are verified while reading. Run-state:
+ * chb_run.h.
+ *
+ * Two modes (issue 14: memory bounded by buffers, not by the file count):
+ *   - batch: every add first, then finish or start writes them all;
+ *   - streaming: begin starts the writer's thread, which writes entries as
+ *     they are added (before or after begin) and frees each one's record
+ *     once written; wait_drained waits for what was added so far; start
+ *     ends the input, and the writer then finishes as in batch mode.
+ * A name twice is refused in batch mode; a streaming writer keeps nothing
+ * of an entry it wrote, so the caller keeps names unique (chbackup's
+ * manifest refuses a name twice, and so does the reader, below).
  *
  * On S3 (opts.s3, a profile of chb_s3_store.h): `path` is the object key;
  * the writer streams the archive into an upload of it (nothing exists at
@@ -75,23 +86,51 @@ typedef struct chb_tar_writer chb_tar_writer;
 
 /* CHB_EEXIST if `path` exists, CHB_INVALID if it is not a tar name. */
 chb_tar_writer *chb_tar_writer_new(const char *path, const chb_tar_writer_opts *opts, chb_error *err);
-/* Adds an entry read from pieces when the writer finishes (as chb_zip_writer_add). */
+/*
+ * Adds an entry read from pieces when the writer gets to it (as
+ * chb_zip_writer_add): its index, or -1. After begin it only queues the
+ * entry (never blocks) and fails with the writer's error once the writer
+ * failed or was cancelled; after the end of input (start) it is refused.
+ */
 long chb_tar_writer_add(chb_tar_writer *w, const char *name, const chb_piece *pieces, size_t npieces,
                         int64_t expect_size, const chb_u128 *expect_hash, chb_error *err);
-/* Adds an entry with the given bytes (copied). */
+/* Adds an entry with the given bytes (copied); as chb_tar_writer_add. */
 long chb_tar_writer_add_bytes(chb_tar_writer *w, const char *name, const void *data, size_t len,
                               chb_error *err);
-/* Finishes on the calling thread: 0, or -1 with err set (the temp file removed). */
+/*
+ * Streaming mode: starts the writer's thread (the temp file or the upload
+ * is made now), which writes the entries added so far and then each one as
+ * it is added. 0, or -1 (CHB_INVALID if it has begun or started already).
+ */
+int chb_tar_writer_begin(chb_tar_writer *w, chb_error *err);
+/*
+ * Waits up to timeout_ms (< 0: no limit) until every entry added so far is
+ * written: CHB_RUN_DONE then ("drained": the writer itself has not ended
+ * unless its input had); CHB_RUN_FAILED or CHB_RUN_CANCELLED once the
+ * writer ended so; CHB_RUN_RUNNING when the time ran out (or a cancel is
+ * being honoured); CHB_RUN_NEW for a writer that has neither begun nor
+ * started.
+ */
+chb_run_state chb_tar_writer_wait_drained(chb_tar_writer *w, long timeout_ms);
+/* Finishes on the calling thread (batch mode only): 0, or -1 with err set
+ * (the temp file removed). */
 int chb_tar_writer_finish(chb_tar_writer *w, chb_error *err);
-/* Finishes on a thread of its own; 0, or -1 if it could not start. */
+/* Batch mode: writes everything on a thread of its own. Streaming mode
+ * (after begin): the end of input; the writer then finishes. 0, or -1 if it
+ * could not start (CHB_INVALID: started already). */
 int chb_tar_writer_start(chb_tar_writer *w, chb_error *err);
 chb_run_state chb_tar_writer_wait(chb_tar_writer *w, long timeout_ms);
 void chb_tar_writer_cancel(chb_tar_writer *w);
 void chb_tar_writer_get_progress(chb_tar_writer *w, chb_run_progress *out);
 int chb_tar_writer_result(chb_tar_writer *w, chb_error *err);
+/* Entry i's size and checksum once the writer is done (0), in batch mode;
+ * -1 in streaming mode, which keeps nothing of a written entry. */
 int chb_tar_writer_entry_result(chb_tar_writer *w, size_t i, uint64_t *size, chb_u128 *hash);
+/* Entries added so far. */
 size_t chb_tar_writer_count(const chb_tar_writer *w);
-/* Cancels and joins a running finish, removes the temp file, frees. Accepts NULL. */
+/* Entries added and not yet written: the records the writer holds. */
+size_t chb_tar_writer_pending(chb_tar_writer *w);
+/* Cancels and joins a running writer, removes the temp file, frees. Accepts NULL. */
 void chb_tar_writer_free(chb_tar_writer *w);
 
 /* ---- reader ---- */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ClickHouse's tar suffixes (src/IO/Archives/ArchiveUtils.cpp) and the
@@ -40,7 +41,9 @@ static int add_filter(struct archive *a, const char *filter) {
   return archive_write_add_filter_none(a);
 }
 
+/* An entry added and not yet written (freed once written). */
 typedef struct tw_entry {
+  struct tw_entry *next;      /* the queue, in the order added */
   char *name;
   chb_piece *pieces;          /* NULL: bytes */
   size_t npieces;
@@ -49,9 +52,13 @@ typedef struct tw_entry {
   int64_t expect_size;        /* < 0: the sources' size */
   int has_hash;
   chb_u128 expect_hash;
-  uint64_t size;              /* results */
-  chb_u128 hash;
 } tw_entry;
+
+/* What batch mode keeps of a written entry, for entry_result. */
+typedef struct tw_result {
+  uint64_t size;
+  chb_u128 hash;
+} tw_result;
 
 struct chb_tar_writer {
   chb_run run;
@@ -61,9 +68,18 @@ struct chb_tar_writer {
   int s3;                     /* > 0: path is an object key of this S3 profile */
   int threads;                /* with s3: the upload's threads */
   size_t bufsize;
-  tw_entry *e;
-  size_t count, cap;
+  /* The queue of entries to write: the adding thread appends, the writer's
+   * thread takes. Lock order: qlock before run.lock, never the reverse. */
+  pthread_mutex_t qlock;      /* guards what follows, down to input_ended */
+  pthread_cond_t queued;      /* to the writer's thread: an entry, the end of input, a cancel */
+  pthread_cond_t drained;     /* to wait_drained: nothing pending, or the run ended */
+  tw_entry *head, *tail;
+  size_t count;               /* entries added */
+  size_t pending;             /* added and not yet written (or dropped) */
+  int streaming;              /* begun: the thread writes as entries come */
+  int input_ended;            /* no more adds: the thread finishes the archive */
   uint64_t bytes_total;
+  tw_result *results;         /* batch mode: one per entry, written in order */
   chb_store *store;
   chb_sink *out;
   chb_error out_error;        /* the sink's failure, seen through libarchive */
@@ -97,6 +113,9 @@ chb_tar_writer *chb_tar_writer_new(const char *path, const chb_tar_writer_opts *
   }
   w->store = store;
   chb_run_init(&w->run);
+  pthread_mutex_init(&w->qlock, NULL);
+  pthread_cond_init(&w->queued, NULL);
+  pthread_cond_init(&w->drained, NULL);
   w->filter = filter;
   w->fsync = opts && opts->fsync;
   w->s3 = opts ? opts->s3 : 0;
@@ -116,66 +135,101 @@ chb_tar_writer *chb_tar_writer_new(const char *path, const chb_tar_writer_opts *
 }
 
 static void entry_free(tw_entry *e) {
+  if (!e) return;
   free(e->name);
   chb_pieces_free(e->pieces, e->npieces);
   free(e->bytes);
+  free(e);
 }
 
+/* The writer's error once it failed or was cancelled (a cancel not yet
+ * recorded as an error: "cancelled"). */
+static int stopped_error(chb_tar_writer *w, chb_error *err) {
+  pthread_mutex_lock(&w->run.lock);
+  chb_error e = w->run.error;
+  pthread_mutex_unlock(&w->run.lock);
+  if (e.code == CHB_OK) return chb_error_set(err, CHB_CANCELLED, "tar archive %s was cancelled", w->path);
+  *err = e;
+  return -1;
+}
+
+/* With qlock held: may an entry be added now? 0, or -1 with err set. */
+static int can_add_locked(chb_tar_writer *w, chb_error *err) {
+  if (w->input_ended)
+    return chb_error_set(err, CHB_INVALID, "cannot add to tar writer %s: it has started", w->path);
+  if (w->streaming) return chb_run_stopped(&w->run) ? stopped_error(w, err) : 0;
+  chb_run_state s = chb_run_get_state(&w->run);
+  if (s != CHB_RUN_NEW)
+    return chb_error_set(err, CHB_INVALID, "cannot add to tar writer %s: it is %s", w->path, chb_run_state_name(s));
+  return 0;
+}
+
+/* Queues e (taking it, even on failure): its index, or -1. */
 static long add_entry(chb_tar_writer *w, tw_entry *e, chb_error *err) {
-  if (chb_run_get_state(&w->run) != CHB_RUN_NEW) {
-    entry_free(e);
-    return chb_error_set(err, CHB_INVALID, "cannot add to a tar writer that has started");
-  }
   if (!chb_zip_name_ok(e->name)) {
     chb_error_set(err, CHB_INVALID, "bad entry name '%s' for tar archive %s "
                   "(must be relative, without '..' or '\\')", e->name, w->path);
     entry_free(e);
     return -1;
   }
-  if (w->count == w->cap) {
-    size_t cap = w->cap ? w->cap * 2 : 64;
-    tw_entry *grown = realloc(w->e, cap * sizeof *grown);
-    if (!grown) {
-      entry_free(e);
-      return chb_error_set(err, CHB_ENOMEM, "cannot grow the tar writer's entry list");
-    }
-    w->e = grown;
-    w->cap = cap;
+  pthread_mutex_lock(&w->qlock);
+  if (can_add_locked(w, err) != 0) {
+    pthread_mutex_unlock(&w->qlock);
+    entry_free(e);
+    return -1;
   }
+  if (w->tail) w->tail->next = e;
+  else w->head = e;
+  w->tail = e;
   if (e->expect_size > 0) w->bytes_total += (uint64_t)e->expect_size;
-  w->e[w->count] = *e;
-  return (long)w->count++;
+  w->pending++;
+  long i = (long)w->count++;
+  pthread_cond_signal(&w->queued);
+  pthread_mutex_unlock(&w->qlock);
+  return i;
+}
+
+/* A new entry record named `name`, or NULL (err set). */
+static tw_entry *entry_new(const char *name, int64_t expect_size, chb_error *err) {
+  tw_entry *e = calloc(1, sizeof *e);
+  if (e && !(e->name = strdup(name))) {
+    free(e);
+    e = NULL;
+  }
+  if (!e) chb_error_set(err, CHB_ENOMEM, "cannot copy entry %s", name);
+  else e->expect_size = expect_size;
+  return e;
 }
 
 long chb_tar_writer_add(chb_tar_writer *w, const char *name, const chb_piece *pieces, size_t npieces,
                         int64_t expect_size, const chb_u128 *expect_hash, chb_error *err) {
   if (npieces == 0) return chb_error_set(err, CHB_INVALID, "entry %s needs at least one source", name);
   if (chb_pieces_check(pieces, npieces, err) != 0) return -1;
-  tw_entry e = {.expect_size = expect_size, .npieces = npieces};
-  e.name = strdup(name);
-  if (e.name && !(e.pieces = chb_pieces_copy(pieces, npieces, err))) {
-    free(e.name);
+  tw_entry *e = entry_new(name, expect_size, err);
+  if (!e) return -1;
+  if (!(e->pieces = chb_pieces_copy(pieces, npieces, err))) {
+    entry_free(e);
     return -1;
   }
-  if (!e.name) return chb_error_set(err, CHB_ENOMEM, "cannot copy entry %s", name);
+  e->npieces = npieces;
   if (expect_hash) {
-    e.has_hash = 1;
-    e.expect_hash = *expect_hash;
+    e->has_hash = 1;
+    e->expect_hash = *expect_hash;
   }
-  return add_entry(w, &e, err);
+  return add_entry(w, e, err);
 }
 
 long chb_tar_writer_add_bytes(chb_tar_writer *w, const char *name, const void *data, size_t len,
                               chb_error *err) {
-  tw_entry e = {.expect_size = (int64_t)len, .nbytes = len};
-  e.name = strdup(name);
-  e.bytes = malloc(len ? len : 1);
-  if (!e.name || !e.bytes) {
-    entry_free(&e);
+  tw_entry *e = entry_new(name, (int64_t)len, err);
+  if (!e) return -1;
+  e->nbytes = len;
+  if (!(e->bytes = malloc(len ? len : 1))) {
+    entry_free(e);
     return chb_error_set(err, CHB_ENOMEM, "cannot copy entry %s", name);
   }
-  if (len) memcpy(e.bytes, data, len);
-  return add_entry(w, &e, err);
+  if (len) memcpy(e->bytes, data, len);
+  return add_entry(w, e, err);
 }
 
 /* ---- finishing ------------------------------------------------------------ */
@@ -184,15 +238,17 @@ static int cmp_names(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Every name once (tar would keep both; the last one wins when extracted). */
+/* Every name once (tar would keep both; the last one wins when extracted).
+ * Batch mode only: every entry is in the queue then. */
 static int check_unique(chb_tar_writer *w, chb_error *err) {
   if (w->count < 2) return 0;
   char **names = malloc(w->count * sizeof *names);
   if (!names) return chb_error_set(err, CHB_ENOMEM, "cannot check the tar writer's entry names");
-  for (size_t i = 0; i < w->count; i++) names[i] = w->e[i].name;
-  qsort(names, w->count, sizeof *names, cmp_names);
+  size_t n = 0;
+  for (tw_entry *e = w->head; e; e = e->next) names[n++] = e->name;
+  qsort(names, n, sizeof *names, cmp_names);
   int rc = 0;
-  for (size_t i = 1; i < w->count && rc == 0; i++)
+  for (size_t i = 1; i < n && rc == 0; i++)
     if (strcmp(names[i - 1], names[i]) == 0)
       rc = chb_error_set(err, CHB_EEXIST, "entry %s added twice to tar archive %s", names[i], w->path);
   free(names);
@@ -222,8 +278,8 @@ static int la_fail(chb_tar_writer *w, struct archive *a, const char *what, chb_e
 }
 
 /* Writes entry e: its header (size known first), then its bytes, checked. */
-static int write_entry(chb_tar_writer *w, struct archive *a, tw_entry *e, unsigned char *buf,
-                       chb_error *err) {
+static int write_entry(chb_tar_writer *w, struct archive *a, const tw_entry *e, unsigned char *buf,
+                       tw_result *res, chb_error *err) {
   chb_source *src = NULL;
   uint64_t size = e->bytes ? e->nbytes : 0;
   if (!e->bytes) {
@@ -280,14 +336,14 @@ static int write_entry(chb_tar_writer *w, struct archive *a, tw_entry *e, unsign
   }
   chb_source_close(src);
   src = NULL;
-  e->size = done;
-  e->hash = chb_hash_peek(&h);
+  res->size = done;
+  res->hash = chb_hash_peek(&h);
   if (done != size)
     return chb_error_set(err, CHB_CORRUPT, "the source of entry %s of %s has %llu bytes, not the expected %llu",
                          e->name, w->path, (unsigned long long)done, (unsigned long long)size);
-  if (e->has_hash && (e->hash.lo != e->expect_hash.lo || e->hash.hi != e->expect_hash.hi)) {
+  if (e->has_hash && (res->hash.lo != e->expect_hash.lo || res->hash.hi != e->expect_hash.hi)) {
     char got[33], want[33];
-    chb_u128_to_hex(e->hash, got);
+    chb_u128_to_hex(res->hash, got);
     chb_u128_to_hex(e->expect_hash, want);
     return chb_error_set(err, CHB_CORRUPT, "the source of entry %s of %s has checksum %s, not the expected %s",
                          e->name, w->path, got, want);
@@ -297,6 +353,47 @@ static int write_entry(chb_tar_writer *w, struct archive *a, tw_entry *e, unsign
 fail:
   chb_source_close(src);
   return -1;
+}
+
+/* The next entry to write, taken off the queue: waits for one while more
+ * input may come. NULL at the end of input, or at a stop (a cancel). */
+static tw_entry *next_entry(chb_tar_writer *w) {
+  pthread_mutex_lock(&w->qlock);
+  while (!w->head && !w->input_ended && !chb_run_stopped(&w->run)) pthread_cond_wait(&w->queued, &w->qlock);
+  tw_entry *e = chb_run_stopped(&w->run) ? NULL : w->head;
+  if (e) {
+    w->head = e->next;
+    if (!w->head) w->tail = NULL;
+  }
+  pthread_mutex_unlock(&w->qlock);
+  return e;
+}
+
+/* e is written (or dropped): one record fewer; a waiter of wait_drained
+ * wakes when none is left. */
+static void entry_done(chb_tar_writer *w, tw_entry *e) {
+  entry_free(e);
+  pthread_mutex_lock(&w->qlock);
+  if (--w->pending == 0) pthread_cond_broadcast(&w->drained);
+  pthread_mutex_unlock(&w->qlock);
+}
+
+/* Writes the queued entries in order, as they come, until the end of input. */
+static int write_queue(chb_tar_writer *w, struct archive *a, unsigned char *buf, chb_error *err) {
+  for (size_t i = 0;; i++) {
+    tw_entry *e = next_entry(w);
+    if (!e) break;
+    tw_result scratch, *res = w->results ? &w->results[i] : &scratch;
+    int rc = write_entry(w, a, e, buf, res, err);
+    entry_done(w, e);
+    if (rc != 0) {
+      chb_run_fail(&w->run, err);   /* now: adds fail from here on */
+      return -1;
+    }
+  }
+  if (chb_run_stopped(&w->run))
+    return chb_error_set(err, CHB_CANCELLED, "writing tar archive %s was cancelled", w->path);
+  return 0;
 }
 
 static int write_all(chb_tar_writer *w, chb_error *err) {
@@ -314,8 +411,7 @@ static int write_all(chb_tar_writer *w, chb_error *err) {
     la_fail(w, a, "cannot start", err);
     goto out;
   }
-  for (size_t i = 0; i < w->count; i++)
-    if (write_entry(w, a, &w->e[i], buf, err) != 0) goto out;
+  if (write_queue(w, a, buf, err) != 0) goto out;
   if (archive_write_close(a) != ARCHIVE_OK) {
     la_fail(w, a, "cannot end it", err);
     goto out;
@@ -328,6 +424,14 @@ out:
   }
   free(buf);
   return rc;
+}
+
+/* Batch mode, before writing: the names checked, room for the results. */
+static int prepare_batch(chb_tar_writer *w, chb_error *err) {
+  if (check_unique(w, err) != 0) return -1;
+  if (w->count && !(w->results = calloc(w->count, sizeof *w->results)))
+    return chb_error_set(err, CHB_ENOMEM, "cannot allocate the results of tar archive %s", w->path);
+  return 0;
 }
 
 static void run_finish(chb_tar_writer *w) {
@@ -345,7 +449,7 @@ static void run_finish(chb_tar_writer *w) {
     chb_run_end(&w->run, 0);
     return;
   }
-  if (check_unique(w, &err) == 0 && (w->out = chb_store_open_write(w->store, out_name, &o, &err)) &&
+  if ((w->streaming || prepare_batch(w, &err) == 0) && (w->out = chb_store_open_write(w->store, out_name, &o, &err)) &&
       write_all(w, &err) == 0 && chb_sink_finish(w->out, w->fsync, &err) == 0 &&
       (w->s3 || chb_store_commit(w->store, w->tmp_path, w->path, &err) == 0)) {
     ok = 1;
@@ -369,27 +473,44 @@ static void run_finish(chb_tar_writer *w) {
 static int begin(chb_tar_writer *w, chb_error *err) {
   chb_run_state was;
   if (chb_run_begin(&w->run, &was) != 0)
-    return chb_error_set(err, CHB_INVALID, "tar writer already %s", chb_run_state_name(was));
+    return chb_error_set(err, CHB_INVALID, "tar writer %s already %s", w->path, chb_run_state_name(was));
   return 0;
+}
+
+/* Sets the mode under qlock: streaming (begin) or the end of input. */
+static void set_mode(chb_tar_writer *w, int streaming, int input_ended) {
+  pthread_mutex_lock(&w->qlock);
+  w->streaming = streaming;
+  w->input_ended = input_ended;
+  pthread_cond_signal(&w->queued);
+  pthread_mutex_unlock(&w->qlock);
 }
 
 int chb_tar_writer_finish(chb_tar_writer *w, chb_error *err) {
   if (begin(w, err) != 0) return -1;
+  set_mode(w, 0, 1);
   run_finish(w);
   return chb_tar_writer_result(w, err);
 }
 
 static void *finisher(void *arg) {
-  run_finish(arg);
+  chb_tar_writer *w = arg;
+  run_finish(w);
   chb_tar_cache_clear();   /* pieces from tar bases were read through this thread's cursor */
   chb_zip_cache_clear();
+  pthread_mutex_lock(&w->qlock);   /* a waiter of wait_drained sees the end */
+  pthread_cond_broadcast(&w->drained);
+  pthread_mutex_unlock(&w->qlock);
   return NULL;
 }
 
-int chb_tar_writer_start(chb_tar_writer *w, chb_error *err) {
+/* Begins the run and its thread, in streaming mode or with all the input. */
+static int spawn(chb_tar_writer *w, int streaming, chb_error *err) {
   if (begin(w, err) != 0) return -1;
+  set_mode(w, streaming, !streaming);
   int rc = pthread_create(&w->finisher, NULL, finisher, w);
   if (rc != 0) {
+    set_mode(w, 0, 0);
     chb_run_unbegin(&w->run);
     return chb_error_errno(err, rc, "cannot start", "tar writer thread");
   }
@@ -397,14 +518,81 @@ int chb_tar_writer_start(chb_tar_writer *w, chb_error *err) {
   return 0;
 }
 
+int chb_tar_writer_begin(chb_tar_writer *w, chb_error *err) { return spawn(w, 1, err); }
+
+/* Streaming mode: the end of input; the thread finishes the archive. */
+static int end_input(chb_tar_writer *w, chb_error *err) {
+  pthread_mutex_lock(&w->qlock);
+  int ended = w->input_ended;
+  w->input_ended = 1;
+  pthread_cond_signal(&w->queued);
+  pthread_mutex_unlock(&w->qlock);
+  if (ended) return chb_error_set(err, CHB_INVALID, "tar writer %s already started", w->path);
+  return 0;
+}
+
+int chb_tar_writer_start(chb_tar_writer *w, chb_error *err) {
+  pthread_mutex_lock(&w->qlock);
+  int streaming = w->streaming;
+  pthread_mutex_unlock(&w->qlock);
+  return streaming ? end_input(w, err) : spawn(w, 0, err);
+}
+
+/* The absolute time timeout_ms from now, for pthread_cond_timedwait. */
+static struct timespec deadline(long timeout_ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
+}
+
+/* With qlock held: the state wait_drained reports now. A stop still being
+ * honoured is RUNNING: the run ends FAILED or CANCELLED soon. */
+static chb_run_state drained_state_locked(chb_tar_writer *w) {
+  chb_run_state s = chb_run_get_state(&w->run);
+  if (s == CHB_RUN_RUNNING && w->pending == 0 && !chb_run_stopped(&w->run)) return CHB_RUN_DONE;
+  return s;
+}
+
+chb_run_state chb_tar_writer_wait_drained(chb_tar_writer *w, long timeout_ms) {
+  struct timespec until = deadline(timeout_ms > 0 ? timeout_ms : 0);
+  pthread_mutex_lock(&w->qlock);
+  chb_run_state s = drained_state_locked(w);
+  while (s == CHB_RUN_RUNNING && timeout_ms != 0) {
+    int rc = timeout_ms < 0 ? pthread_cond_wait(&w->drained, &w->qlock)
+                            : pthread_cond_timedwait(&w->drained, &w->qlock, &until);
+    s = drained_state_locked(w);
+    if (rc != 0) break;   /* timed out */
+  }
+  pthread_mutex_unlock(&w->qlock);
+  return s;
+}
+
 chb_run_state chb_tar_writer_wait(chb_tar_writer *w, long timeout_ms) {
   return chb_run_wait(&w->run, timeout_ms);
 }
 
-void chb_tar_writer_cancel(chb_tar_writer *w) { chb_run_cancel(&w->run); }
+/* Sets the stop flag, and wakes the thread waiting for entries and any
+ * waiter of wait_drained. */
+void chb_tar_writer_cancel(chb_tar_writer *w) {
+  chb_run_cancel(&w->run);
+  pthread_mutex_lock(&w->qlock);
+  pthread_cond_broadcast(&w->queued);
+  pthread_cond_broadcast(&w->drained);
+  pthread_mutex_unlock(&w->qlock);
+}
 
 void chb_tar_writer_get_progress(chb_tar_writer *w, chb_run_progress *out) {
-  chb_run_get_progress(&w->run, w->count, w->bytes_total, out);
+  pthread_mutex_lock(&w->qlock);
+  size_t count = w->count;
+  uint64_t bytes_total = w->bytes_total;
+  pthread_mutex_unlock(&w->qlock);
+  chb_run_get_progress(&w->run, count, bytes_total, out);
 }
 
 int chb_tar_writer_result(chb_tar_writer *w, chb_error *err) {
@@ -412,13 +600,20 @@ int chb_tar_writer_result(chb_tar_writer *w, chb_error *err) {
 }
 
 int chb_tar_writer_entry_result(chb_tar_writer *w, size_t i, uint64_t *size, chb_u128 *hash) {
-  if (chb_run_get_state(&w->run) != CHB_RUN_DONE || i >= w->count) return -1;
-  *size = w->e[i].size;
-  *hash = w->e[i].hash;
+  if (chb_run_get_state(&w->run) != CHB_RUN_DONE || !w->results || i >= w->count) return -1;
+  *size = w->results[i].size;
+  *hash = w->results[i].hash;
   return 0;
 }
 
 size_t chb_tar_writer_count(const chb_tar_writer *w) { return w->count; }
+
+size_t chb_tar_writer_pending(chb_tar_writer *w) {
+  pthread_mutex_lock(&w->qlock);
+  size_t n = w->pending;
+  pthread_mutex_unlock(&w->qlock);
+  return n;
+}
 
 void chb_tar_writer_free(chb_tar_writer *w) {
   if (!w) return;
@@ -426,12 +621,19 @@ void chb_tar_writer_free(chb_tar_writer *w) {
     chb_tar_writer_cancel(w);
     pthread_join(w->finisher, NULL);
   }
-  for (size_t i = 0; i < w->count; i++) entry_free(&w->e[i]);
-  free(w->e);
+  while (w->head) {
+    tw_entry *e = w->head;
+    w->head = e->next;
+    entry_free(e);
+  }
+  free(w->results);
   chb_sink_abort(w->out);
   chb_store_close(w->store);
   free(w->path);
   free(w->tmp_path);
+  pthread_cond_destroy(&w->queued);
+  pthread_cond_destroy(&w->drained);
+  pthread_mutex_destroy(&w->qlock);
   chb_run_destroy(&w->run);
   free(w);
 }

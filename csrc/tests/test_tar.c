@@ -3,7 +3,10 @@
  * (sizes, checksums, names, an existing archive), the index and its
  * offsets, reading entries through the cursor in and out of archive order
  * and as source pieces, corrupted or truncated archives, a name twice,
- * and lookups among many names.
+ * and lookups among many names. Streaming mode (begin, wait_drained, start
+ * as the end of input): the same bytes as batch mode, a failure or a
+ * cancel mid-stream (later adds get the error, no archive is left), and
+ * records bounded by the batch over 200,000 entries.
  * Everything lives in a mkdtemp directory under /tmp, removed at the end.
  */
 #include "chb_hash.h"
@@ -11,6 +14,8 @@
 #include "chb_tar.h"
 #include "test_util.h"
 
+#include <dirent.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -203,6 +208,204 @@ static void test_names(void) {
   chb_tar_index_close(x);
 }
 
+/* ---- streaming mode ------------------------------------------------------ */
+
+/* The entries of the streaming tests: bytes, ranges of src (checksummed),
+ * an empty one; entry i of n. */
+static long add_nth(chb_tar_writer *w, int i, const char *src, const unsigned char *data, chb_error *err) {
+  char name[64];
+  snprintf(name, sizeof name, "s/%04d.bin", i);
+  if (i % 3 == 0) return chb_tar_writer_add_bytes(w, name, name, strlen(name), err);
+  if (i % 3 == 1) return chb_tar_writer_add_bytes(w, name, "", 0, err);
+  chb_piece p = {src, (int64_t)(i * 7 % 5000), 1000 + i};
+  chb_hash h;
+  chb_hash_init(&h);
+  chb_hash_update(&h, data + p.offset, (size_t)p.length);
+  chb_u128 sum = chb_hash_peek(&h);
+  return chb_tar_writer_add(w, name, &p, 1, p.length, &sum, err);
+}
+
+/* Is there an entry of root's directory starting with `prefix`? */
+static int left_behind(const char *prefix) {
+  DIR *d = opendir(root);
+  struct dirent *de;
+  int found = 0;
+  while (d && (de = readdir(d)))
+    found |= strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+  if (d) closedir(d);
+  return found;
+}
+
+/* Batch mode and streaming mode (some entries before begin, the rest in
+ * batches drained in between) write the same bytes. */
+static void test_stream_same_bytes(const char *src, const unsigned char *data) {
+  static const char *const suffixes[] = {".tar", ".tar.zst", ".tar.gz"};
+  for (size_t k = 0; k < 3; k++) {
+    char batch[512], stream[512];
+    snprintf(batch, sizeof batch, "%s/batch%s", root, suffixes[k]);
+    snprintf(stream, sizeof stream, "%s/stream%s", root, suffixes[k]);
+    chb_error err;
+    chb_tar_writer *w = chb_tar_writer_new(batch, NULL, &err);
+    int added = 0;
+    for (int i = 0; w && i < 300; i++) added += add_nth(w, i, src, data, &err) == i;
+    CHECK(added == 300 && chb_tar_writer_finish(w, &err) == 0, "batch%s: 300 entries written", suffixes[k]);
+    chb_tar_writer_free(w);
+
+    w = chb_tar_writer_new(stream, NULL, &err);
+    added = 0;
+    for (int i = 0; w && i < 10; i++) added += add_nth(w, i, src, data, &err) == i;
+    CHECK(w && chb_tar_writer_wait_drained(w, 0) == CHB_RUN_NEW, "stream%s: not begun: NEW", suffixes[k]);
+    CHECK(w && chb_tar_writer_begin(w, &err) == 0, "stream%s: begun after 10 adds", suffixes[k]);
+    CHECK(w && chb_tar_writer_begin(w, &err) != 0 && err.code == CHB_INVALID, "stream%s: begun twice: INVALID",
+          suffixes[k]);
+    int drained = 0;
+    for (int i = 10; w && i < 300; i++) {
+      added += add_nth(w, i, src, data, &err) == i;
+      if (i % 50 == 49) drained += chb_tar_writer_wait_drained(w, -1) == CHB_RUN_DONE && chb_tar_writer_pending(w) == 0;
+    }
+    CHECK(added == 300 && drained == 6, "stream%s: 300 entries added, drained 6 times (%d)", suffixes[k], drained);
+    CHECK(!exists(stream) && left_behind("stream"), "stream%s: only its temp file while streaming", suffixes[k]);
+    CHECK(w && chb_tar_writer_start(w, &err) == 0 && chb_tar_writer_wait(w, -1) == CHB_RUN_DONE &&
+              chb_tar_writer_result(w, &err) == 0,
+          "stream%s: the end of input finishes it", suffixes[k]);
+    uint64_t size;
+    chb_u128 hash;
+    CHECK(w && chb_tar_writer_entry_result(w, 0, &size, &hash) == -1, "stream%s: no per-entry results", suffixes[k]);
+    CHECK(w && chb_tar_writer_add_bytes(w, "late", "x", 1, &err) < 0 && err.code == CHB_INVALID,
+          "stream%s: an add after the end of input: INVALID", suffixes[k]);
+    chb_run_progress pr;
+    if (w) chb_tar_writer_get_progress(w, &pr);
+    CHECK(w && pr.files_total == 300 && pr.files_done == 300, "stream%s: progress 300 of 300", suffixes[k]);
+    chb_tar_writer_free(w);
+
+    size_t na = 0, nb = 0;
+    unsigned char *a = slurp(batch, &na), *b = slurp(stream, &nb);
+    if (k == 2 && a && b && na > 8 && nb > 8) {   /* gzip's header has the time it was written (MTIME) */
+      memset(a + 4, 0, 4);
+      memset(b + 4, 0, 4);
+    }
+    CHECK(a && b && na == nb && memcmp(a, b, na) == 0, "stream%s: the same %zu bytes as batch mode (%zu)",
+          suffixes[k], na, nb);
+    free(a);
+    free(b);
+    chb_tar_index *x = chb_tar_index_open(stream, 0, &err);
+    CHECK(x && chb_tar_index_count(x) == 300, "stream%s: read back, 300 entries", suffixes[k]);
+    chb_tar_index_close(x);
+  }
+}
+
+/* A source that fails mid-stream fails the writer: later adds get its
+ * error, naming the archive and the entry; nothing is left. */
+static void test_stream_failure(const char *src, const unsigned char *data) {
+  char archive[512];
+  path_of(archive, sizeof archive, "fail.tar");
+  chb_error err;
+  chb_tar_writer *w = chb_tar_writer_new(archive, NULL, &err);
+  CHECK(w && chb_tar_writer_begin(w, &err) == 0, "fail.tar: begun");
+  int added = 0;
+  for (int i = 0; w && i < 20; i++) added += add_nth(w, i, src, data, &err) == i;
+  chb_piece p = {src, 0, 100};
+  chb_u128 wrong = {1, 2};
+  CHECK(added == 20 && w && chb_tar_writer_add(w, "bad.bin", &p, 1, 100, &wrong, &err) == 20,
+        "fail.tar: 20 entries and a bad one queued");
+  CHECK(w && chb_tar_writer_wait_drained(w, -1) == CHB_RUN_FAILED, "fail.tar: wait_drained says FAILED");
+  CHECK(w && chb_tar_writer_add_bytes(w, "after", "x", 1, &err) < 0 && err.code == CHB_CORRUPT &&
+            strstr(err.msg, "bad.bin") && strstr(err.msg, archive),
+        "fail.tar: a later add gets the writer's error (%s)", err.msg);
+  CHECK(w && chb_tar_writer_start(w, &err) == 0 && chb_tar_writer_wait(w, -1) == CHB_RUN_FAILED &&
+            chb_tar_writer_result(w, &err) != 0 && err.code == CHB_CORRUPT,
+        "fail.tar: ends FAILED (%s)", err.msg);
+  CHECK(!exists(archive) && !left_behind("fail.tar"), "fail.tar: no archive, no temp file");
+  chb_tar_writer_free(w);
+}
+
+/* A cancel mid-stream: the thread waiting for entries wakes, the writer
+ * ends CANCELLED, adds are refused, nothing is left. Freeing a writer that
+ * has begun and never ended its input cancels it too. */
+static void test_stream_cancel(const char *src, const unsigned char *data) {
+  char archive[512];
+  path_of(archive, sizeof archive, "cancel.tar.zst");
+  chb_error err;
+  chb_tar_writer *w = chb_tar_writer_new(archive, NULL, &err);
+  CHECK(w && chb_tar_writer_begin(w, &err) == 0, "cancel.tar.zst: begun");
+  int added = 0;
+  for (int i = 0; w && i < 50; i++) added += add_nth(w, i, src, data, &err) == i;
+  CHECK(added == 50 && w && chb_tar_writer_wait_drained(w, 10) != CHB_RUN_FAILED, "cancel.tar.zst: 50 queued");
+  if (w) chb_tar_writer_cancel(w);
+  CHECK(w && chb_tar_writer_wait(w, -1) == CHB_RUN_CANCELLED, "cancel.tar.zst: ends CANCELLED");
+  CHECK(w && chb_tar_writer_wait_drained(w, -1) == CHB_RUN_CANCELLED, "cancel.tar.zst: wait_drained: CANCELLED");
+  CHECK(w && chb_tar_writer_add_bytes(w, "after", "x", 1, &err) < 0 && err.code == CHB_CANCELLED,
+        "cancel.tar.zst: a later add: CANCELLED (%s)", err.msg);
+  CHECK(!exists(archive) && !left_behind("cancel.tar"), "cancel.tar.zst: no archive, no temp file");
+  chb_tar_writer_free(w);
+
+  w = chb_tar_writer_new(archive, NULL, &err);
+  CHECK(w && chb_tar_writer_begin(w, &err) == 0 && add_nth(w, 0, src, data, &err) == 0,
+        "cancel.tar.zst: begun again, one entry");
+  chb_tar_writer_free(w);   /* the thread waits for entries: woken, it ends */
+  CHECK(!exists(archive) && !left_behind("cancel.tar"), "freed while streaming: no archive, no temp file");
+}
+
+/* Bytes malloc has handed out now (0 where mallinfo2 cannot tell: ASan). */
+static size_t heap_in_use(void) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 33)
+  return mallinfo2().uordblks;
+#else
+  return 0;
+#endif
+}
+
+/* 200,000 entries in batches of 2,000, drained after each: the writer holds
+ * at most a batch of records, and the heap does not grow with the total. */
+static void test_stream_memory(void) {
+  enum { TOTAL = 200000, BATCH = 2000 };
+  char archive[512], name[64];
+  path_of(archive, sizeof archive, "many.tar.zst");
+  chb_error err;
+  chb_tar_writer *w = chb_tar_writer_new(archive, NULL, &err);
+  CHECK(w && chb_tar_writer_begin(w, &err) == 0, "many.tar.zst: begun");
+  size_t most = 0, heap0 = 0, heap_most = 0;
+  int added = 0, drained = 0;
+  for (int i = 0; w && i < TOTAL; i++) {
+    snprintf(name, sizeof name, "store/%03d/%06d.bin", i % 1000, i);
+    added += chb_tar_writer_add_bytes(w, name, "", 0, &err) == i;
+    size_t pending = chb_tar_writer_pending(w);
+    if (pending > most) most = pending;
+    if (i % BATCH == BATCH - 1) {
+      drained += chb_tar_writer_wait_drained(w, -1) == CHB_RUN_DONE;
+      size_t heap = heap_in_use();
+      if (i == BATCH - 1) heap0 = heap;   /* after the first batch: libarchive's buffers are there */
+      if (heap > heap_most) heap_most = heap;
+    }
+  }
+  CHECK(added == TOTAL && drained == TOTAL / BATCH, "many.tar.zst: %d entries added, drained %d times", added,
+        drained);
+  CHECK(most <= BATCH, "many.tar.zst: at most %zu records held (batch %d, total %d)", most, BATCH, TOTAL);
+  /* One record a file kept would be >= 100 bytes each: 20 MB here. */
+  CHECK(heap0 == 0 || heap_most - heap0 < ((size_t)2 << 20), "many.tar.zst: the heap grew by %zu bytes",
+        heap_most - heap0);
+  CHECK(w && chb_tar_writer_start(w, &err) == 0 && chb_tar_writer_wait(w, -1) == CHB_RUN_DONE,
+        "many.tar.zst: finished");
+  chb_tar_writer_free(w);
+  chb_tar_index *x = chb_tar_index_open(archive, 0, &err);
+  CHECK(x && chb_tar_index_count(x) == TOTAL, "many.tar.zst: read back, %zu entries", x ? chb_tar_index_count(x) : 0);
+  chb_tar_index_close(x);
+  unlink(archive);
+
+  /* The measure sees records kept: a batch writer's 20,000 grow the heap. */
+  path_of(archive, sizeof archive, "kept.tar.zst");
+  w = chb_tar_writer_new(archive, NULL, &err);
+  size_t before = heap_in_use();
+  for (int i = 0; w && i < TOTAL / 10; i++) {
+    snprintf(name, sizeof name, "store/%03d/%06d.bin", i % 1000, i);
+    chb_tar_writer_add_bytes(w, name, "", 0, &err);
+  }
+  size_t grown = heap_in_use() - before;
+  CHECK(before == 0 || grown > (size_t)TOTAL / 10 * 64, "kept.tar.zst: a batch writer's records grow the heap "
+        "(%zu bytes for %d)", grown, TOTAL / 10);
+  chb_tar_writer_free(w);
+}
+
 int main(void) {
   if (!mkdtemp(root)) {
     perror("mkdtemp");
@@ -216,6 +419,10 @@ int main(void) {
   test_refusals(src, data);
   test_corrupt();
   test_names();
+  test_stream_same_bytes(src, data);
+  test_stream_failure(src, data);
+  test_stream_cancel(src, data);
+  test_stream_memory();
   chb_tar_cache_clear();
   free(data);
   char cmd[600];

@@ -151,8 +151,9 @@ end
 
 -- Files decided and handed to the writer together: their Lua tables (and
 -- a directory writer's copy job) are freed batch by batch; what stays per
--- file is its record in the new manifest's core.index (issue 14).
-local BATCH = 2500
+-- file is its record in the new manifest's core.index (issue 14). A
+-- field, so that a spec can make a small backup take several batches.
+backup.BATCH = 2500
 
 
 --- Runs a BACKUP request.
@@ -249,7 +250,7 @@ function backup.run(ctx, req)
           return nil, aerr
         end
         from_base[#from_base + 1] = d1
-        if #from_base >= BATCH then
+        if #from_base >= backup.BATCH then
           return check_from_base()
         end
         return true
@@ -258,7 +259,7 @@ function backup.run(ctx, req)
         d.src, d.path = d.path, nil
         pending[#pending + 1] = d
       end
-      if #pending < BATCH then
+      if #pending < backup.BATCH then
         return true
       end
       local batch = pending

@@ -154,8 +154,14 @@ end
 -- at: where the archive is not a local file (chbackup.store.s3tar):
 -- manifest_tmp (a local temporary file for `.backup`) and size() (the
 -- archive's size once written).
+-- A C writer that can stream (w:begin succeeds: tar's) writes entries as
+-- they are put, and flush waits for them: what it holds is the entries of
+-- one batch, not one record per file of the backup (issue 14). One that
+-- cannot (zip's, for now) holds them all and writes them at commit.
 function archive.writer(dest, lk, writer, piece, at)
-  return setmetatable({ dest = dest, lk = lk, writer = writer, piece = piece, at = at }, Writer)
+  local streaming = writer.begin ~= nil and writer:begin() == true
+  return setmetatable({ dest = dest, lk = lk, writer = writer, piece = piece, at = at, streaming = streaming },
+    Writer)
 end
 
 
@@ -174,8 +180,10 @@ end
 Writer.put_extra = Writer.put_bytes
 
 
---- Adds the entry `name`, read from pieces when the archive is written;
--- `size` and `checksum` (nil: unknown) are verified then.
+--- Adds the entry `name`, read from pieces when the archive is written
+-- (streaming: by the writer's thread, soon; else at commit); `size` and
+-- `checksum` (nil: unknown) are verified then. A streaming writer that
+-- failed answers with its error (naming the archive and the entry).
 function Writer:put(name, pieces, size, checksum)
   local ok, err, code = self.writer:add(name, pieces, size, checksum)
   if not ok then
@@ -185,16 +193,28 @@ function Writer:put(name, pieces, size, checksum)
 end
 
 
---- Adds `m` as `.backup` (last), writes the archive (on the writer's
--- threads) and renames it into place. Returns {files_done=, bytes_done=,
--- manifest_size=, stored_size=} or nil, err, code (the writer is aborted).
---- Nothing to do before commit: the archive is written whole then (its
--- entries are small records in the C writer until then).
-function Writer.flush()
+--- Waits until the entries put so far are written (a streaming writer:
+-- their records are freed then); progress(p) sees the writer's progress,
+-- cancelled() cancels it. A writer that does not stream writes them all
+-- at commit: nothing to do. Returns true or nil, err, code (the writer is
+-- aborted then).
+function Writer:flush(progress, cancelled)
+  if not self.streaming then
+    return true
+  end
+  local ok, err, code = runner.drain(self.writer, progress, cancelled)
+  if not ok then
+    self:abort()
+    return nil, "backup " .. self.dest.name .. " failed: " .. err, code
+  end
   return true
 end
 
 
+--- Adds `m` as `.backup` (last), writes the rest of the archive (on the
+-- writer's threads) and renames it into place. Returns {files_done=,
+-- bytes_done=, manifest_size=, stored_size=} or nil, err, code (the writer
+-- is aborted).
 function Writer:commit(m, progress, cancelled)
   local dest = self.dest
   -- `.backup` from a temporary file beside the archive, named as the
