@@ -411,4 +411,36 @@ function helpers.s3rver(dir, bucket, prefix)
 end
 
 
+--- Runs `statement` with run(w, statement) while BACKUP plans batches of
+-- `batch` files (backup.BATCH) and counts the archive writer's drains (one
+-- a batch: runner.drain). Returns run's result and the count; raises what
+-- run raised, after putting both back.
+function helpers.backup_in_batches(run, w, statement, batch)
+  local backup, runner = require("chbackup.backup"), require("chbackup.runner")
+  local was_batch, drain = backup.BATCH, runner.drain
+  local drains = 0
+  backup.BATCH = batch
+  runner.drain = function(...)
+    drains = drains + 1
+    return drain(...)
+  end
+  local ok, r = pcall(run, w, statement)
+  backup.BATCH, runner.drain = was_batch, drain
+  assert(ok, tostring(r))
+  return r, drains
+end
+
+
+--- The entry names of an archive, in order, as bsdtar lists them.
+function helpers.archive_names(path)
+  local ok, out = helpers.run("bsdtar -tf " .. helpers.quote(path))
+  assert(ok, out)
+  local names = {}
+  for name in out:gmatch("[^\n]+") do
+    names[#names + 1] = name
+  end
+  return names
+end
+
+
 return helpers

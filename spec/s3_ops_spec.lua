@@ -351,18 +351,7 @@ return {
 
   -- Issue 14: the tar writer streams into the upload batch by batch.
   it("a tar BACKUP to S3 of several batches is one object, restored with the same rows", function()
-    local backup = require("chbackup.backup")
-    local runner = require("chbackup.runner")
-    local batch, drain = backup.BATCH, runner.drain
-    local drains = 0
-    backup.BATCH = 5
-    runner.drain = function(...)
-      drains = drains + 1
-      return drain(...)
-    end
-    local ok, r = pcall(h.sql, w, "BACKUP DATABASE shop TO " .. s3("tarb/b.tar.zst"))
-    backup.BATCH, runner.drain = batch, drain
-    assert.is_true(ok, tostring(r))
+    local r, drains = h.backup_in_batches(h.sql, w, "BACKUP DATABASE shop TO " .. s3("tarb/b.tar.zst"), 5)
     assert.equal("BACKUP_CREATED", r[1].status)
     assert.is_true(drains > 2, "drained " .. drains .. " times")
     assert.same({ "b.tar.zst" }, srv.objects("tarb"))   -- (its .lock gone)

@@ -280,27 +280,12 @@ end)
 
 describe("a tar BACKUP of several batches", function()
   it("is streamed batch by batch, restored by ClickHouse and chbackup, listed by bsdtar", function()
-    local backup = require("chbackup.backup")
-    local runner = require("chbackup.runner")
     local w = h.world("tar-batches")
-    local batch, drain = backup.BATCH, runner.drain
-    local drains = 0
-    backup.BATCH = 7   -- (the fixture's tables have about a hundred files)
-    runner.drain = function(...)
-      drains = drains + 1
-      return drain(...)
-    end
-    local ok, r = pcall(run, w, "BACKUP ALL TO Disk('backups', 'b.tar.zst')")
-    backup.BATCH, runner.drain = batch, drain
-    assert.is_true(ok, tostring(r))
+    -- (the fixture's tables have about a hundred files)
+    local r, drains = h.backup_in_batches(run, w, "BACKUP ALL TO Disk('backups', 'b.tar.zst')", 7)
     assert.equal("BACKUP_CREATED", r.status)
     assert.is_true(drains > 3, "drained " .. drains .. " times")
-    local listed, out = h.run("bsdtar -tf " .. h.quote(w.backups .. "/b.tar.zst"))
-    assert.is_true(listed, out)
-    local names = {}
-    for name in out:gmatch("[^\n]+") do
-      names[#names + 1] = name
-    end
+    local names = h.archive_names(w.backups .. "/b.tar.zst")
     assert.is_true(#names > 7 * 3, #names .. " entries")
     assert.equal(".backup", names[#names])
     local target = w.dir .. "/ch-from-batches"

@@ -227,31 +227,16 @@ end)
 -- batch of entries, not one per file of the backup).
 describe("a zip BACKUP of several batches", function()
   it("is streamed batch by batch, tested by 7z, listed by bsdtar, restored by chbackup", function()
-    local backup = require("chbackup.backup")
-    local runner = require("chbackup.runner")
     local w = h.world("zip-batches")
-    local batch, drain = backup.BATCH, runner.drain
-    local drains = 0
-    backup.BATCH = 7   -- (the fixture's tables have about a hundred files)
-    runner.drain = function(...)
-      drains = drains + 1
-      return drain(...)
-    end
-    local ok, r = pcall(run, w, "BACKUP ALL TO Disk('backups', 'b.zip')")
-    backup.BATCH, runner.drain = batch, drain
-    assert.is_true(ok, tostring(r))
+    -- (the fixture's tables have about a hundred files)
+    local r, drains = h.backup_in_batches(run, w, "BACKUP ALL TO Disk('backups', 'b.zip')", 7)
     assert.equal("BACKUP_CREATED", r.status)
     assert.is_true(drains > 3, "drained " .. drains .. " times")
     local zip = w.backups .. "/b.zip"
     local tested, log = h.run("7z t " .. h.quote(zip))
     assert.is_true(tested, log)
     assert.matches("Everything is Ok", log)
-    local listed, out = h.run("bsdtar -tf " .. h.quote(zip))
-    assert.is_true(listed, out)
-    local names = {}
-    for name in out:gmatch("[^\n]+") do
-      names[#names + 1] = name
-    end
+    local names = h.archive_names(zip)
     assert.is_true(#names > 7 * 3, #names .. " entries")
     assert.equal(".backup", names[#names])
     local target = w.dir .. "/from-batches"

@@ -77,14 +77,7 @@ static void wait_locked(chb_run *r, long timeout_ms) {
     return;
   }
   if (r->state != CHB_RUN_RUNNING) return;
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += timeout_ms / 1000;
-  ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  struct timespec ts = chb_deadline(timeout_ms);
   while (r->state == CHB_RUN_RUNNING && pthread_cond_timedwait(&r->ended, &r->lock, &ts) == 0) {
   }
 }
@@ -122,4 +115,16 @@ void chb_run_get_progress(chb_run *r, uint64_t files_total, uint64_t bytes_total
   out->files_done = atomic_load(&r->files_done);
   out->bytes_total = bytes_total;
   out->bytes_done = atomic_load(&r->bytes_done);
+}
+
+struct timespec chb_deadline(long timeout_ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return ts;
 }

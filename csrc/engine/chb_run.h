@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef enum {
   CHB_RUN_NEW,
@@ -71,6 +72,10 @@ static inline int chb_run_stopped(chb_run *r) { return atomic_load(&r->stop); }
 void chb_run_end(chb_run *r, int ok);
 /* Sets the stop flag; a run not yet begun ends CANCELLED at once. */
 void chb_run_cancel(chb_run *r);
+
+/* The CLOCK_REALTIME time timeout_ms (>= 0) from now, for
+ * pthread_cond_timedwait (the run's and the archive writers' waits). */
+struct timespec chb_deadline(long timeout_ms);
 
 /* Waits up to timeout_ms (< 0: until it ends); returns the state then. */
 chb_run_state chb_run_wait(chb_run *r, long timeout_ms);

@@ -538,18 +538,6 @@ int chb_tar_writer_start(chb_tar_writer *w, chb_error *err) {
   return streaming ? end_input(w, err) : spawn(w, 0, err);
 }
 
-/* The absolute time timeout_ms from now, for pthread_cond_timedwait. */
-static struct timespec deadline(long timeout_ms) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += timeout_ms / 1000;
-  ts.tv_nsec += (timeout_ms % 1000) * 1000000L;
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
-  return ts;
-}
 
 /* With qlock held: the state wait_drained reports now. A stop still being
  * honoured is RUNNING: the run ends FAILED or CANCELLED soon. */
@@ -560,7 +548,7 @@ static chb_run_state drained_state_locked(chb_tar_writer *w) {
 }
 
 chb_run_state chb_tar_writer_wait_drained(chb_tar_writer *w, long timeout_ms) {
-  struct timespec until = deadline(timeout_ms > 0 ? timeout_ms : 0);
+  struct timespec until = chb_deadline(timeout_ms > 0 ? timeout_ms : 0);
   pthread_mutex_lock(&w->qlock);
   chb_run_state s = drained_state_locked(w);
   while (s == CHB_RUN_RUNNING && timeout_ms != 0) {

@@ -1159,16 +1159,7 @@ chb_job_state chb_zip_writer_wait(chb_zip_writer *w, long timeout_ms) {
 chb_job_state chb_zip_writer_wait_drained(chb_zip_writer *w, long timeout_ms) {
   if (!w->streaming) return chb_run_get_state(&w->run);
   size_t target = w->count;   /* the adding thread's own count */
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  if (timeout_ms > 0) {
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
-  }
+  struct timespec until = chb_deadline(timeout_ms > 0 ? timeout_ms : 0);
   pthread_mutex_lock(&w->lock);
   if (w->unwoken) wake_locked(w);
   w->drain_target = target;
