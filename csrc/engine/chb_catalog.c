@@ -64,6 +64,13 @@ long chb_catalog_add(chb_catalog *c, const char *name, size_t len, const void *r
   return i;
 }
 
+int chb_catalog_reserve(chb_catalog *c, size_t n) {
+  pthread_mutex_lock(&c->lock);
+  int rc = chb_parray_reserve(c->recs, n) == 0 && chb_index_reserve(c->names, n) == 0 ? 0 : -2;
+  pthread_mutex_unlock(&c->lock);
+  return rc;
+}
+
 size_t chb_catalog_count(const chb_catalog *c) {
   pthread_mutex_lock((pthread_mutex_t *)&c->lock);
   size_t n = chb_index_count(c->names);

@@ -37,6 +37,10 @@ void chb_catalog_free(chb_catalog *c);
  * (chb_catalog_error). */
 long chb_catalog_add(chb_catalog *c, const char *name, size_t len, const void *rec, size_t *existing);
 
+/* Room for n entries in all (an archive's directory says how many it
+ * has): the name table is sized once. 0, or -2 as chb_catalog_add. */
+int chb_catalog_reserve(chb_catalog *c, size_t n);
+
 size_t chb_catalog_count(const chb_catalog *c);
 
 /* The number of the entry named name, or -1; -2 on an I/O failure. */

@@ -4,6 +4,7 @@
 #include "chb_zip_read.h"
 #include "chb_aes.h"
 #include "chb_codec.h"
+#include "chb_zip_cd.h"
 #include "chb_zip_common.h"
 
 #include <errno.h>
@@ -15,8 +16,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include <libdeflate.h>
-#include <zip.h>
 
 #define RAW_BUF (256 * 1024)            /* compressed bytes per read */
 
@@ -26,25 +27,22 @@ static void cache_release(chb_zip_reader *r);
 static void cache_ref(chb_zip_reader *r);
 
 struct chb_zip_reader {
-  zip_t *za;
+  int fd;                     /* read with pread: any number of threads at once */
+  chb_zip_cd cd;              /* the central directory, in pages (issue 14) */
   char *path;
   char *password;             /* NULL: none */
   size_t count;
   chb_zip_file *open_file;    /* a private reader's one open entry */
-  /* A zip_t is not thread-safe: every libzip call on za is made holding
-   * this lock, so that one reader (one copy of the central directory, about
-   * 100 bytes an entry in libzip) serves all threads. Bytes are decoded,
-   * decrypted and checked outside it. */
-  pthread_mutex_t lock;
+  char *stat_name;            /* chb_zip_reader_stat's name (one thread) */
   int shared;                 /* in the cache: entries open on many threads */
   long refs;                  /* shared: the cache's and each open entry's (cache_lock) */
 };
 
 struct chb_zip_file {
   chb_zip_reader *r;
-  zip_file_t *zf;
   char *name;
-  uint64_t size, comp_size, produced, raw_left;
+  uint64_t data_at;           /* the next raw byte's offset in the archive */
+  uint64_t size, comp_size, produced, raw_left, raw_total_left;
   int method, strength, check_crc;
   uint32_t crc_expect, crc;
   chb_codec *codec;           /* NULL: stored */
@@ -60,39 +58,26 @@ chb_zip_reader *chb_zip_reader_open(const char *path, const char *password, chb_
   chb_zip_reader *r = calloc(1, sizeof *r);
   int oom = r == NULL;
   if (r) {
+    r->fd = -1;
     r->path = chb_zip_dup(path, &oom);
     if (password && *password) r->password = chb_zip_dup(password, &oom);
   }
-  if (oom || pthread_mutex_init(&r->lock, NULL) != 0) {
-    if (r) {
-      free(r->path);
-      chb_zip_free_secret(r->password);
-      free(r);
-    }
+  if (oom) {
+    chb_zip_reader_close(r);
     chb_error_set(err, CHB_ENOMEM, "cannot open zip archive %s: out of memory", path);
     return NULL;
   }
-  int zerr = 0;
-  r->za = zip_open(path, ZIP_RDONLY, &zerr);
-  if (!r->za) {
-    zip_error_t ze;
-    zip_error_init_with_code(&ze, zerr);
-    chb_zip_fail(err, &ze, "cannot open zip archive", path);
-    zip_error_fini(&ze);
+  r->fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (r->fd < 0) {
+    chb_error_errno(err, errno, "cannot open zip archive", path);
     chb_zip_reader_close(r);
     return NULL;
   }
-  zip_int64_t n = zip_get_num_entries(r->za, 0);
-  r->count = n > 0 ? (size_t)n : 0;
-  for (size_t i = 0; i < r->count; i++) {
-    const char *name = zip_get_name(r->za, i, ZIP_FL_ENC_RAW);
-    if (!name || !chb_zip_name_ok(name)) {
-      chb_error_set(err, CHB_CORRUPT, "unsafe entry name '%s' in zip archive %s "
-                    "(absolute, with '..' or '\\')", name ? name : "?", path);
-      chb_zip_reader_close(r);
-      return NULL;
-    }
+  if (chb_zip_cd_read(r->fd, path, CHB_CATALOG_BUDGET, &r->cd, err) != 0) {
+    chb_zip_reader_close(r);
+    return NULL;
   }
+  r->count = chb_catalog_count(r->cd.entries);
   return r;
 }
 
@@ -100,50 +85,56 @@ size_t chb_zip_reader_count(const chb_zip_reader *r) { return r->count; }
 const char *chb_zip_reader_path(const chb_zip_reader *r) { return r->path; }
 
 long chb_zip_reader_locate(chb_zip_reader *r, const char *name) {
-  pthread_mutex_lock(&r->lock);
-  zip_int64_t i = zip_name_locate(r->za, name, ZIP_FL_ENC_RAW);
-  pthread_mutex_unlock(&r->lock);
-  return i < 0 ? -1 : (long)i;
+  long i = chb_catalog_find(r->cd.entries, name, strlen(name));
+  return i < 0 ? -1 : i;
 }
 
-static int encryption_strength(zip_uint16_t em) {
-  switch (em) {
-  case ZIP_EM_NONE: return 0;
-  case ZIP_EM_AES_128: return 1;
-  case ZIP_EM_AES_192: return 2;
-  case ZIP_EM_AES_256: return 3;
-  default: return -1;
+/* Entry i's record: 0, or -1 with err set (out of range, or the catalog's
+ * temporary file failed). */
+static int entry_at(chb_zip_reader *r, size_t i, chb_zip_cd_entry *e, chb_error *err) {
+  int rc = chb_catalog_get(r->cd.entries, i, e, NULL, 0, NULL);
+  if (rc == -1) return chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
+  if (rc != 0) {
+    const char *why = chb_catalog_error(r->cd.entries);
+    return chb_error_set(err, CHB_ENOMEM, "cannot read the directory of zip archive %s: %s", r->path,
+                         why ? why : "out of memory");
   }
+  return 0;
 }
 
-/* zip_stat_index under the reader's lock: 0 or -1. st.name stays valid
- * while the reader is open (libzip's directory, never changed here). */
-static int stat_index(chb_zip_reader *r, size_t i, zip_stat_t *st) {
-  if (i >= r->count) return -1;
-  pthread_mutex_lock(&r->lock);
-  int rc = zip_stat_index(r->za, i, 0, st);
-  pthread_mutex_unlock(&r->lock);
-  return rc;
+/* Entry i's name, malloc'd: NULL with err set. */
+static char *entry_name(chb_zip_reader *r, size_t i, const chb_zip_cd_entry *e, chb_error *err) {
+  char *name = malloc((size_t)e->name_len + 1);
+  if (!name || chb_catalog_get(r->cd.entries, i, NULL, name, (size_t)e->name_len + 1, NULL) != 0) {
+    free(name);
+    chb_error_set(err, CHB_ENOMEM, "cannot read the directory of zip archive %s", r->path);
+    return NULL;
+  }
+  return name;
 }
 
 int chb_zip_reader_stat(chb_zip_reader *r, size_t i, chb_zip_entry_info *out, chb_error *err) {
-  zip_stat_t st;
-  if (stat_index(r, i, &st) != 0)
-    return chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
-  out->name = st.name;
-  out->size = st.size;
-  out->compressed_size = st.comp_size;
-  out->method = st.comp_method;
-  out->encrypted = encryption_strength(st.encryption_method);
-  out->crc = st.crc;
+  chb_zip_cd_entry e;
+  if (entry_at(r, i, &e, err) != 0) return -1;
+  char *name = entry_name(r, i, &e, err);
+  if (!name) return -1;
+  free(r->stat_name);
+  r->stat_name = name;
+  out->name = name;
+  out->size = e.size;
+  out->compressed_size = e.comp_size;
+  out->method = e.method;
+  out->encrypted = e.strength;
+  out->crc = e.crc;
   return 0;
 }
 
 void chb_zip_reader_close(chb_zip_reader *r) {
   if (!r) return;
   chb_zip_file_close(r->open_file);
-  if (r->za) zip_discard(r->za);
-  pthread_mutex_destroy(&r->lock);
+  chb_zip_cd_free(&r->cd);
+  if (r->fd >= 0) close(r->fd);
+  free(r->stat_name);
   free(r->path);
   chb_zip_free_secret(r->password);
   free(r);
@@ -164,15 +155,48 @@ static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char 
   return -1;
 }
 
-/* Reads up to n raw (compressed, encrypted) bytes; fewer only at the end. */
+/* Reads up to n raw (compressed, encrypted) bytes; fewer only at the end
+ * of the entry's data. pread: the threads sharing a reader never wait on
+ * each other. */
 static ssize_t raw_read(chb_zip_file *f, unsigned char *buf, size_t n, chb_error *err) {
+  if (n > f->raw_total_left) n = (size_t)f->raw_total_left;
   size_t got = 0;
-  zip_int64_t k = 0;
-  pthread_mutex_lock(&f->r->lock);   /* the zip_t's one file handle, seeked per read */
-  while (got < n && (k = zip_fread(f->zf, buf + got, n - got)) > 0) got += (size_t)k;
-  pthread_mutex_unlock(&f->r->lock);
-  if (k < 0) return file_fail(f, err, CHB_EIO, "read error (%s)", zip_file_strerror(f->zf));
+  while (got < n) {
+    ssize_t k = pread(f->r->fd, buf + got, n - got, (off_t)f->data_at);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) return file_fail(f, err, CHB_EIO, "read error (%s)", strerror(errno));
+    if (k == 0) break;
+    got += (size_t)k;
+    f->data_at += (uint64_t)k;
+  }
+  f->raw_total_left -= got;
   return (ssize_t)got;
+}
+
+/* Finds the entry's data after its local header, which must agree with the
+ * central record (its name) and leave the data inside the entries' area. */
+static int locate_data(chb_zip_file *f, const chb_zip_cd_entry *e, chb_error *err) {
+  size_t hlen = CHB_ZIP_LOCAL_LEN + (size_t)e->name_len;
+  unsigned char *h = malloc(hlen);
+  if (!h) return file_fail(f, err, CHB_ENOMEM, "out of memory");
+  size_t got = 0;
+  while (got < hlen) {
+    ssize_t k = pread(f->r->fd, h + got, hlen - got, (off_t)(e->header_offset + got));
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    got += (size_t)k;
+  }
+  int ok = got == hlen && (h[0] | h[1] << 8 | h[2] << 16 | (uint32_t)h[3] << 24) == CHB_ZIP_LOCAL_SIG;
+  uint16_t nlen = ok ? (uint16_t)(h[26] | h[27] << 8) : 0, xlen = ok ? (uint16_t)(h[28] | h[29] << 8) : 0;
+  ok = ok && nlen == e->name_len && memcmp(h + CHB_ZIP_LOCAL_LEN, f->name, nlen) == 0;
+  free(h);
+  if (!ok) return file_fail(f, err, CHB_CORRUPT, "bad local header (it does not match the central directory)");
+  uint64_t at = e->header_offset + CHB_ZIP_LOCAL_LEN + nlen + xlen;
+  if (at > f->r->cd.cd_offset || e->comp_size > f->r->cd.cd_offset - at)
+    return file_fail(f, err, CHB_CORRUPT, "data outside the archive's entries");
+  f->data_at = at;
+  f->raw_total_left = e->comp_size;
+  return 0;
 }
 
 chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *err) {
@@ -180,15 +204,16 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
     chb_error_set(err, CHB_INVALID, "zip archive %s already has an open entry", r->path);
     return NULL;
   }
-  zip_stat_t st;
-  if (stat_index(r, i, &st) != 0) {
+  chb_zip_cd_entry e;
+  if (i >= r->count) {
     chb_error_set(err, CHB_INVALID, "no entry %zu in zip archive %s", i, r->path);
     return NULL;
   }
+  if (entry_at(r, i, &e, err) != 0) return NULL;
   chb_zip_file *f = calloc(1, sizeof *f);
-  if (!f || !(f->name = strdup(st.name))) {
+  if (!f || !(f->name = entry_name(r, i, &e, err))) {
+    if (f) chb_error_set(err, CHB_ENOMEM, "cannot open entry %zu of %s: out of memory", i, r->path);
     free(f);
-    chb_error_set(err, CHB_ENOMEM, "cannot open entry %s of %s: out of memory", st.name, r->path);
     return NULL;
   }
   f->r = r;
@@ -196,16 +221,16 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
     cache_ref(r);
     f->holds_ref = 1;
   }
-  f->size = st.size;
-  f->comp_size = st.comp_size;
-  f->method = st.comp_method == 20 ? CHB_CODEC_ZSTD : st.comp_method; /* 20: old zstd id */
-  f->strength = encryption_strength(st.encryption_method);
-  f->crc_expect = st.crc;
+  f->size = e.size;
+  f->comp_size = e.comp_size;
+  f->method = e.method == 20 ? CHB_CODEC_ZSTD : e.method; /* 20: old zstd id */
+  f->strength = e.strength;
+  f->crc_expect = e.crc;
   f->crc = 0;
-  f->check_crc = f->strength == 0 || st.crc != 0; /* AE-2 entries carry no CRC */
-  f->raw_left = st.comp_size;
+  f->check_crc = f->strength == 0 || e.crc != 0; /* AE-2 entries carry no CRC */
+  f->raw_left = e.comp_size;
   if (f->strength < 0) {
-    file_fail(f, err, CHB_INVALID, "unsupported encryption method %u", st.encryption_method);
+    file_fail(f, err, CHB_INVALID, "unsupported encryption (only WinZip AES is read)");
     goto fail;
   }
   if (!chb_codec_by_id(f->method)) {
@@ -216,20 +241,11 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
     file_fail(f, err, CHB_AUTH, "a password is needed (the data is encrypted)");
     goto fail;
   }
-  pthread_mutex_lock(&r->lock);
-  f->zf = zip_fopen_index(r->za, i, ZIP_FL_COMPRESSED | ZIP_FL_ENCRYPTED);
-  if (!f->zf) {
-    char why[200];
-    snprintf(why, sizeof why, "%s", zip_strerror(r->za));
-    pthread_mutex_unlock(&r->lock);
-    file_fail(f, err, CHB_CORRUPT, "cannot open the data (%s)", why);
-    goto fail;
-  }
-  pthread_mutex_unlock(&r->lock);
+  if (locate_data(f, &e, err) != 0) goto fail;
   if (f->strength > 0) {
     unsigned char hdr[CHB_AES_SALT_MAX + CHB_AES_PV_LEN];
     size_t hlen = chb_aes_salt_len(f->strength) + CHB_AES_PV_LEN;
-    if (st.comp_size < chb_aes_overhead(f->strength)) {
+    if (e.comp_size < chb_aes_overhead(f->strength)) {
       file_fail(f, err, CHB_CORRUPT, "encrypted data too short");
       goto fail;
     }
@@ -243,7 +259,7 @@ chb_zip_file *chb_zip_file_open_index(chb_zip_reader *r, size_t i, chb_error *er
     snprintf(what, sizeof what, "entry %s of %s", f->name, r->path);
     f->aes = chb_aes_decrypter(f->strength, r->password, strlen(r->password), hdr, what, err);
     if (!f->aes) goto fail;
-    f->raw_left = st.comp_size - chb_aes_overhead(f->strength);
+    f->raw_left = e.comp_size - chb_aes_overhead(f->strength);
   }
   if (f->method != CHB_CODEC_STORE) {
     chb_error cerr;
@@ -400,11 +416,6 @@ ssize_t chb_zip_file_read(chb_zip_file *f, void *buf, size_t len, chb_error *err
 void chb_zip_file_close(chb_zip_file *f) {
   if (!f) return;
   if (f->r && f->r->open_file == f) f->r->open_file = NULL;
-  if (f->zf) {
-    pthread_mutex_lock(&f->r->lock);
-    zip_fclose(f->zf);
-    pthread_mutex_unlock(&f->r->lock);
-  }
   chb_codec_free(f->codec);
   chb_aes_free(f->aes);
   free(f->in);
@@ -419,9 +430,9 @@ void chb_zip_file_close(chb_zip_file *f) {
 /* Job workers come and go with each batch of a restore: a reader per
  * thread reopened the archive (parsed its whole central directory) in each
  * worker of each batch, and held one copy of it per thread. One cache for
- * the process opens an archive once and shares that reader (its lock keeps
- * libzip single-threaded). An entry in use keeps its reader alive (refs)
- * after the cache lets it go. */
+ * the process opens an archive once and shares that reader (its catalog
+ * locks itself; entries read by pread). An entry in use keeps its reader
+ * alive (refs) after the cache lets it go. */
 
 #define CACHE_SLOTS 4
 
@@ -548,10 +559,10 @@ int chb_zip_entry_size_cached(const char *archive, const char *password, const c
   if (!r) return -1;
   int rc = 0;
   long at = chb_zip_reader_locate(r, entry);
-  chb_zip_entry_info info = {0};
+  chb_zip_cd_entry e;
   if (at < 0) rc = chb_error_set(err, CHB_ENOENT, "no entry %s in zip archive %s", entry, archive);
-  else if (chb_zip_reader_stat(r, (size_t)at, &info, err) != 0) rc = -1;
-  else *size = info.size;
+  else if (entry_at(r, (size_t)at, &e, err) != 0) rc = -1;
+  else *size = e.size;
   cache_release(r);
   return rc;
 }

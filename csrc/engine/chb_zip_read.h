@@ -1,11 +1,14 @@
 /*
- * Zip archives, the reading half (the one owner of libzip's reading).
+ * Zip archives, the reading half.
  *
- * Lists entries and streams one entry at a time: raw bytes from libzip,
- * then AES (password verifier, then HMAC-SHA1 checked at the end),
- * decompression (chb_codec.h), CRC-32 and size checked at the end. Entry
- * names with `..` components, absolute paths or backslashes are refused
- * when the archive is opened.
+ * Lists entries and streams one entry at a time: the central directory is
+ * read by chbackup itself into a paged catalog (chb_zip_cd.h: memory
+ * bounded whatever the number of entries, every field checked), an
+ * entry's raw bytes by pread after its local header (checked against the
+ * directory), then AES (password verifier, then HMAC-SHA1 checked at the
+ * end), decompression (chb_codec.h), CRC-32 and size checked at the end.
+ * Entry names with `..` components, absolute paths, backslashes or NUL
+ * bytes, and a name twice, are refused when the archive is opened.
  *
  * Errors name the archive and the entry. Codes: CHB_CORRUPT (bad archive,
  * CRC or size mismatch, bad compressed data, unsafe name), CHB_AUTH (no or
@@ -27,7 +30,7 @@ typedef struct chb_zip_reader chb_zip_reader;
 typedef struct chb_zip_file chb_zip_file;
 
 typedef struct chb_zip_entry_info {
-  const char *name;     /* valid while the reader is open */
+  const char *name;     /* valid until the next chb_zip_reader_stat of the reader */
   uint64_t size, compressed_size;
   int method;           /* zip method number (chb_codec.h ids) */
   int encrypted;        /* 0, or the WinZip AES strength 1..3; -1: another scheme */
@@ -60,10 +63,10 @@ void chb_zip_file_close(chb_zip_file *f);
  * An entry of `archive` opened through the process's small cache of open
  * readers, shared by all threads (a job's workers, and the workers of each
  * later job, do not reopen the archive nor hold a copy of its directory
- * each). Any number of entries may be open at once, on any threads; libzip
- * is called under the reader's lock. A reader is closed when the cache
- * lets it go (chb_zip_cache_clear, or evicted by another archive) and its
- * last open entry is closed.
+ * each). Any number of entries may be open at once, on any threads (the
+ * catalog has its lock; data is read by pread). A reader is closed when
+ * the cache lets it go (chb_zip_cache_clear, or evicted by another
+ * archive) and its last open entry is closed.
  */
 chb_zip_file *chb_zip_open_cached(const char *archive, const char *password,
                                   const char *entry, chb_error *err);
