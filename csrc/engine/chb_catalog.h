@@ -4,10 +4,10 @@
  * that does not grow with the number of entries (issue 14: a zip or tar of
  * 10^6 files is restored in under 64 MiB).
  *
- * Names and lookups are a chb_index's (interned directory and file names,
- * a name hash, both in pages); the records are a paged array beside it, in
- * the same pager: at most `budget` bytes of pages in memory, the others in
- * an unlinked temporary file. A name twice is refused by chb_catalog_add
+ * Names (back to back in a heap), records and the name table are paged
+ * arrays of one pager (chb_pages.h): at most `budget` bytes of pages in
+ * memory, the others in an unlinked temporary file; nothing else grows
+ * with the entries. A name twice is refused by chb_catalog_add
  * (an archive that holds two entries of one name is ambiguous).
  *
  * Thread-safe: one lock around each call (a shared archive reader's
@@ -55,7 +55,7 @@ int chb_catalog_get(chb_catalog *c, size_t i, void *rec, char *name, size_t cap,
 /* The I/O failure that made a call return -2, or NULL (out of memory). */
 const char *chb_catalog_error(chb_catalog *c);
 
-/* Bytes the catalog holds in memory (pages, page tables, interned names). */
+/* Bytes the catalog holds in memory (pages and page tables). */
 size_t chb_catalog_memory(chb_catalog *c);
 
 #endif

@@ -302,14 +302,6 @@ fail:
 
 static int content_add(chb_index *idx, size_t i);
 
-int chb_index_reserve(chb_index *idx, size_t n) {
-  if (n > MAX_ENTRIES) return -2;
-  size_t cap = idx->by_name_cap ? idx->by_name_cap : 1024;
-  while ((n + 1) * 2 > cap) cap *= 2;
-  if (cap != idx->by_name_cap && rehash_names(idx, cap) != 0) return -2;
-  return chb_parray_reserve(idx->recs, n) == 0 ? 0 : -2;
-}
-
 long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if (idx->count >= MAX_ENTRIES) return -2;
   if ((idx->count + 1) * 2 > idx->by_name_cap &&

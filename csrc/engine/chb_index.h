@@ -82,11 +82,6 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing);
  * and no checksum. */
 long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *existing);
 
-/* Room for n entries in all: the name table sized once (an index whose
- * size is known before it is filled is not rehashed while it grows).
- * 0, or -2 when out of memory or on an I/O failure. */
-int chb_index_reserve(chb_index *idx, size_t n);
-
 size_t chb_index_count(const chb_index *idx);
 
 /* Entry i (0-based) into *out; its strings point into the index, valid
