@@ -374,14 +374,9 @@ static void test_spilled(void) {
 }
 
 int main(void) {
-  if (!mkdtemp(root)) {
-    perror("mkdtemp");
-    return 2;
-  }
+  test_begin(root);
   test_matches_libzip();
   test_crafted();
   test_spilled();
-  rm_tree(root);
-  printf("%d failed\n", failures);
-  return failures != 0;
+  return test_end(root);
 }
