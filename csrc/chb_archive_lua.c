@@ -630,6 +630,30 @@ static int core_tar_reader(lua_State *L) {
   return 1;
 }
 
+/* Raises what made a lookup in the index fail (its temporary file's I/O,
+ * or out of memory): unlike a missing entry, nothing a caller can go on
+ * from. The message names the archive. */
+static int tar_index_fail(lua_State *L, const chb_error *err) { return luaL_error(L, "%s", err->msg); }
+
+/* Copies entry i of the index into *e and pushes its name: the index is in
+ * pages, so both are copied out. */
+static void push_tar_entry_name(lua_State *L, tarr_box *b, size_t i, chb_tar_entry *e) {
+  char buf[256];
+  size_t len = 0;
+  chb_error err;
+  int rc = chb_tar_index_get(b->x, i, e, buf, sizeof buf, &len, &err);
+  if (rc == -1) luaL_error(L, "no entry %d in tar archive %s", (int)i + 1, b->path);
+  if (rc != 0) tar_index_fail(L, &err);
+  if (len < sizeof buf) {
+    lua_pushlstring(L, buf, len);
+    return;
+  }
+  luaL_Buffer lb;                                       /* a long name: its own buffer */
+  char *p = luaL_buffinitsize(L, &lb, len + 1);
+  if (chb_tar_index_get(b->x, i, NULL, p, len + 1, NULL, &err) != 0) tar_index_fail(L, &err);
+  luaL_pushresultsize(&lb, len);
+}
+
 /* r:list() -> { {name=, size=, offset=}, ... } in archive order; offset: of
  * the data in the uncompressed stream (in the file for a `.tar`) */
 static int tarr_list(lua_State *L) {
@@ -637,13 +661,13 @@ static int tarr_list(lua_State *L) {
   size_t n = chb_tar_index_count(b->x);
   lua_createtable(L, n > INT_MAX ? INT_MAX : (int)n, 0); /* list */
   for (size_t i = 0; i < n; i++) {
-    const chb_tar_entry *e = chb_tar_index_get(b->x, i);
+    chb_tar_entry e;
     lua_createtable(L, 0, 3);                           /* list, e */
-    lua_pushstring(L, e->name);
+    push_tar_entry_name(L, b, i, &e);
     lua_setfield(L, -2, "name");
-    lua_pushinteger(L, (lua_Integer)e->size);
+    lua_pushinteger(L, (lua_Integer)e.size);
     lua_setfield(L, -2, "size");
-    lua_pushinteger(L, (lua_Integer)e->offset);
+    lua_pushinteger(L, (lua_Integer)e.offset);
     lua_setfield(L, -2, "offset");
     lua_rawseti(L, -2, (lua_Integer)i + 1);             /* list */
   }
@@ -652,14 +676,17 @@ static int tarr_list(lua_State *L) {
 
 /* r:entry(name) -> size, offset, position | nil: one entry by the index's
  * name hash; offset as in list, position its place in the archive (1:
- * first) */
+ * first). Raises if the index's temporary file fails (not a missing entry). */
 static int tarr_entry(lua_State *L) {
   tarr_box *b = check_tar_reader(L);
-  const chb_tar_entry *e = chb_tar_index_find(b->x, luaL_checkstring(L, 2));
-  if (!e) return 0;
-  lua_pushinteger(L, (lua_Integer)e->size);
-  lua_pushinteger(L, (lua_Integer)e->offset);
-  lua_pushinteger(L, (lua_Integer)(e - chb_tar_index_get(b->x, 0)) + 1);
+  chb_tar_entry e;
+  chb_error err;
+  long i = chb_tar_index_find(b->x, luaL_checkstring(L, 2), &e, &err);
+  if (i == -1) return 0;
+  if (i < 0) return tar_index_fail(L, &err);
+  lua_pushinteger(L, (lua_Integer)e.size);
+  lua_pushinteger(L, (lua_Integer)e.offset);
+  lua_pushinteger(L, (lua_Integer)i + 1);
   return 3;
 }
 
@@ -675,11 +702,10 @@ static int tarr_read(lua_State *L) {
   tarr_box *b = check_tar_reader(L);
   const char *name = luaL_checkstring(L, 2);
   chb_error err;
-  const chb_tar_entry *e = chb_tar_index_find(b->x, name);
-  if (!e) {
-    chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, b->path);
-    return chb_push_fail(L, &err);
-  }
+  chb_tar_entry found, *e = &found;
+  long i = chb_tar_index_find(b->x, name, e, &err);
+  if (i == -1) chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, b->path);
+  if (i < 0) return chb_push_fail(L, &err);
   if (e->data) {
     lua_pushlstring(L, e->data, (size_t)e->size);
     return 1;
@@ -722,11 +748,10 @@ static int tarr_stream(lua_State *L) {
   tarr_box *tb = check_tar_reader(L);
   const char *name = luaL_checkstring(L, 2);
   chb_error err;
-  const chb_tar_entry *e = chb_tar_index_find(tb->x, name);
-  if (!e) {
-    chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, tb->path);
-    return chb_push_fail(L, &err);
-  }
+  chb_tar_entry found, *e = &found;
+  long i = chb_tar_index_find(tb->x, name, e, &err);
+  if (i == -1) chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, tb->path);
+  if (i < 0) return chb_push_fail(L, &err);
   estream_box *b = new_stream(L, name, tb->path);         /* .., s */
   if (e->data) {
     if (!(b->data = malloc(e->size ? (size_t)e->size : 1))) return luaL_error(L, "out of memory");

@@ -40,11 +40,13 @@
  * size and the offset of its data in the uncompressed stream (for a `.tar`,
  * the offset in the file itself, so a piece of it is a plain byte range),
  * keeping the bytes of small entries of compressed archives in memory
- * (bounded). chb_tar_open_cached reads one entry through this thread's
- * cursor on the archive: an entry after the cursor costs decompressing up
- * to it; one before it reopens the archive and reads from its start. Read
- * in archive order by one thread, a compressed archive is decompressed
- * once.
+ * (up to 64 KiB each, 64 MiB in all as allocated). Besides those, its
+ * memory is its catalog's budget of pages and the distinct directory and
+ * file names (chb_index interns them: they grow with parts, not files).
+ * chb_tar_open_cached reads one entry through this thread's cursor on the
+ * archive: an entry after the cursor costs decompressing up to it; one
+ * before it reopens the archive and reads from its start. Read in archive
+ * order by one thread, a compressed archive is decompressed once.
  *
  * Entry names with `..` components, absolute paths or backslashes, a name
  * twice, and entries other than regular files and directories (which are
@@ -135,25 +137,44 @@ void chb_tar_writer_free(chb_tar_writer *w);
 
 /* ---- reader ---- */
 
+/*
+ * The index is a chb_catalog (chb_catalog.h): names and records in pages,
+ * at most a budget of them in memory and the rest in an unlinked temporary
+ * file (issue 14: 10^6 entries in a few MiB). So nothing can point into
+ * it: an entry is copied out, and a lookup can fail on that file's I/O
+ * (-2, err CHB_EIO naming the archive; CHB_ENOMEM when out of memory).
+ */
 typedef struct chb_tar_entry {
-  const char *name;     /* valid while the index is open */
   uint64_t size;
   uint64_t offset;      /* of its data in the uncompressed stream */
-  const void *data;     /* its bytes when kept in memory, else NULL */
+  const void *data;     /* its bytes when kept in memory (valid while the
+                           index is open), else NULL */
 } chb_tar_entry;
 
 typedef struct chb_tar_index chb_tar_index;
 
 /* Reads the whole archive once: the file `path` or, s3 > 0, the object
  * `path` through that S3 profile (ranged GETs of 4 MiB; a `.tar`'s entry
- * data is skipped, not fetched). */
+ * data is skipped, not fetched). Its catalog holds CHB_CATALOG_BUDGET of
+ * pages in memory. */
 chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err);
+/* As chb_tar_index_open, with at most `budget` bytes of pages in memory. */
+chb_tar_index *chb_tar_index_open_budget(const char *path, int s3, size_t budget, chb_error *err);
 size_t chb_tar_index_count(const chb_tar_index *x);
-const chb_tar_entry *chb_tar_index_get(const chb_tar_index *x, size_t i);
-/* The entry named `name` (one lookup in a hash table), or NULL. */
-const chb_tar_entry *chb_tar_index_find(const chb_tar_index *x, const char *name);
+/* The number of the entry named `name` (0: first in the archive; one
+ * lookup in the catalog's hash), its record copied into *out if not NULL;
+ * -1 if there is none; -2 with err set (above). */
+long chb_tar_index_find(chb_tar_index *x, const char *name, chb_tar_entry *out, chb_error *err);
+/* Entry i: its record into *out (if not NULL) and, if name is not NULL,
+ * its name into name[0, cap) NUL-terminated; *name_len (if not NULL) is
+ * its full length, so a name cut short has *name_len >= cap. 0; -1 if i is
+ * out of range; -2 with err set (above). */
+int chb_tar_index_get(chb_tar_index *x, size_t i, chb_tar_entry *out, char *name, size_t cap, size_t *name_len,
+                      chb_error *err);
 /* Is the archive compressed (its offsets are not file offsets)? */
 int chb_tar_index_compressed(const chb_tar_index *x);
+/* Bytes the index holds in memory: its catalog's and the kept entries'. */
+size_t chb_tar_index_memory(chb_tar_index *x);
 /* Accepts NULL. */
 void chb_tar_index_close(chb_tar_index *x);
 

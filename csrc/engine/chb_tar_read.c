@@ -1,4 +1,5 @@
 /* Tar archives, the reading half: the index and this thread's cursor; see chb_tar.h. */
+#include "chb_catalog.h"
 #include "chb_s3_store.h"
 #include "chb_tar.h"
 #include "chb_zip_read.h"
@@ -7,6 +8,7 @@
 #include <archive_entry.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -137,140 +139,160 @@ static int next_file(struct archive *a, const char *path, struct archive_entry *
 
 /* ---- the index ------------------------------------------------------------ */
 
+/*
+ * The bytes of small entries of a compressed archive, kept while indexing:
+ * reading one later would decompress the archive up to it again, and
+ * chain.read reads each part's small files (checksums.txt) out of archive
+ * order. Packed in chunks, and bounded by what the chunks take (KEEP_TOTAL_MAX),
+ * not by the entries' sizes alone: a malloc each would cost its header and
+ * rounding besides, and an empty entry's would count for nothing, so a
+ * million of them would escape the bound.
+ */
+#define KEEP_CHUNK ((size_t)1 << 20)   /* > KEEP_ENTRY_MAX: at most 1/16 left unused at a chunk's end */
+
+typedef struct keep_chunk {
+  struct keep_chunk *next;
+  size_t used;
+  unsigned char bytes[];
+} keep_chunk;
+
 struct chb_tar_index {
-  chb_tar_entry *e;
-  size_t count, cap;
-  size_t *by_name;     /* open addressing: entry index + 1, 0 empty; */
-  size_t by_name_cap;  /* a power of two, at least twice count */
+  chb_catalog *cat;    /* names -> chb_tar_entry records, in pages */
+  char *path;          /* for errors */
+  keep_chunk *kept;    /* the newest first */
+  size_t kept_bytes;   /* the chunks' (with their headers) */
   int compressed;
 };
 
-size_t chb_tar_index_count(const chb_tar_index *x) { return x->count; }
-const chb_tar_entry *chb_tar_index_get(const chb_tar_index *x, size_t i) {
-  return i < x->count ? &x->e[i] : NULL;
+static const unsigned char empty_entry[1];   /* an empty entry's bytes: kept, and free */
+
+/* Room for the `size` bytes of an entry to keep, or NULL to leave it in the
+ * archive (too big, the budget spent, or out of memory: it is a cache). */
+static unsigned char *keep_slot(chb_tar_index *x, uint64_t size) {
+  if (size == 0) return (unsigned char *)empty_entry;
+  if (size > KEEP_ENTRY_MAX) return NULL;
+  keep_chunk *c = x->kept;
+  if (!c || KEEP_CHUNK - c->used < size) {
+    if (x->kept_bytes + sizeof *c + KEEP_CHUNK > KEEP_TOTAL_MAX || !(c = malloc(sizeof *c + KEEP_CHUNK)))
+      return NULL;
+    c->next = x->kept;
+    c->used = 0;
+    x->kept = c;
+    x->kept_bytes += sizeof *c + KEEP_CHUNK;
+  }
+  unsigned char *p = c->bytes + c->used;
+  c->used += (size_t)size;
+  return p;
 }
+
+size_t chb_tar_index_count(const chb_tar_index *x) { return chb_catalog_count(x->cat); }
 int chb_tar_index_compressed(const chb_tar_index *x) { return x->compressed; }
 
-static size_t name_hash(const char *name) {
-  uint64_t h = 1469598103934665603ull;   /* FNV-1a */
-  for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 1099511628211ull;
-  return (size_t)(h ^ (h >> 32));
+size_t chb_tar_index_memory(chb_tar_index *x) {
+  return sizeof *x + chb_catalog_memory(x->cat) + x->kept_bytes;
 }
 
-/* The slot of `name`: its entry's, or the empty one it would take. */
-static size_t name_slot(const chb_tar_index *x, const char *name) {
-  size_t mask = x->by_name_cap - 1, s = name_hash(name) & mask;
-  while (x->by_name[s] && strcmp(x->e[x->by_name[s] - 1].name, name) != 0) s = (s + 1) & mask;
-  return s;
+/* The catalog failed (-2): its temporary file's I/O, or out of memory. */
+static int catalog_failed(chb_tar_index *x, const char *what, const char *entry, chb_error *err) {
+  const char *io = chb_catalog_error(x->cat);
+  chb_error_set(err, io ? CHB_EIO : CHB_ENOMEM, "cannot %s %s of tar archive %s: %s", what, entry, x->path,
+                io ? io : "out of memory");
+  return -2;
 }
 
-/* Makes room for one more name; -1 when out of memory. */
-static int reserve_name(chb_tar_index *x) {
-  if (2 * (x->count + 1) <= x->by_name_cap) return 0;
-  size_t cap = x->by_name_cap ? 2 * x->by_name_cap : 512;
-  size_t *old = x->by_name, old_cap = x->by_name_cap;
-  if (!(x->by_name = calloc(cap, sizeof *x->by_name))) {
-    x->by_name = old;
-    return -1;
-  }
-  x->by_name_cap = cap;
-  for (size_t i = 0; i < old_cap; i++)
-    if (old[i]) x->by_name[name_slot(x, x->e[old[i] - 1].name)] = old[i];
-  free(old);
-  return 0;
+long chb_tar_index_find(chb_tar_index *x, const char *name, chb_tar_entry *out, chb_error *err) {
+  long i = chb_catalog_find(x->cat, name, strlen(name));
+  if (i >= 0 && out && chb_catalog_get(x->cat, (size_t)i, out, NULL, 0, NULL) != 0) i = -2;
+  return i == -2 ? catalog_failed(x, "look up entry", name, err) : i;
 }
 
-const chb_tar_entry *chb_tar_index_find(const chb_tar_index *x, const char *name) {
-  if (!x->by_name_cap) return NULL;
-  size_t at = x->by_name[name_slot(x, name)];
-  return at ? &x->e[at - 1] : NULL;
+int chb_tar_index_get(chb_tar_index *x, size_t i, chb_tar_entry *out, char *name, size_t cap, size_t *name_len,
+                      chb_error *err) {
+  int rc = chb_catalog_get(x->cat, i, out, name, cap, name_len);
+  if (rc != -2) return rc;
+  char what[32];
+  snprintf(what, sizeof what, "#%zu", i + 1);
+  return catalog_failed(x, "read entry", what, err);
 }
 
 void chb_tar_index_close(chb_tar_index *x) {
   if (!x) return;
-  for (size_t i = 0; i < x->count; i++) {
-    free((char *)x->e[i].name);
-    free((void *)x->e[i].data);
+  while (x->kept) {
+    keep_chunk *next = x->kept->next;
+    free(x->kept);
+    x->kept = next;
   }
-  free(x->e);
-  free(x->by_name);
+  chb_catalog_free(x->cat);
+  free(x->path);
   free(x);
 }
 
-/* Reads the data of the current entry into a new buffer. */
-static void *read_whole(struct archive *a, const char *path, const char *name, uint64_t size, chb_error *err) {
-  unsigned char *buf = malloc(size ? (size_t)size : 1);
-  if (!buf) {
-    chb_error_set(err, CHB_ENOMEM, "cannot read entry %s of %s: out of memory", name, path);
-    return NULL;
-  }
+/* Reads the data of the current entry, `size` bytes, into buf. */
+static int read_data(struct archive *a, const char *path, const char *name, unsigned char *buf, uint64_t size,
+                     chb_error *err) {
   uint64_t got = 0;
   while (got < size) {
     la_ssize_t n = archive_read_data(a, buf + got, (size_t)(size - got));
     if (n <= 0) {
-      if (n < 0) corrupt(a, path, name, err);
-      else chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is truncated", name, path);
-      free(buf);
-      return NULL;
+      if (n < 0) return corrupt(a, path, name, err);
+      return chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is truncated", name, path);
     }
     got += (uint64_t)n;
   }
-  return buf;
+  return 0;
+}
+
+/* Adds entry `name` to the catalog. A name twice is refused: tar would
+ * extract the last, a reader going forward finds the first, and a backup
+ * never holds a file twice. */
+static int add_entry(chb_tar_index *x, const char *name, const chb_tar_entry *e, chb_error *err) {
+  long i = chb_catalog_add(x->cat, name, strlen(name), e, NULL);
+  if (i == -1) return chb_error_set(err, CHB_CORRUPT, "tar archive %s has two entries named %s", x->path, name);
+  if (i < 0) {
+    catalog_failed(x, "index entry", name, err);
+    return -1;
+  }
+  return 0;
+}
+
+static chb_tar_index *index_new(const char *path, size_t budget, chb_error *err) {
+  chb_tar_index *x = calloc(1, sizeof *x);
+  if (x && (!(x->path = strdup(path)) || !(x->cat = chb_catalog_new(sizeof(chb_tar_entry), budget)))) {
+    chb_tar_index_close(x);
+    x = NULL;
+  }
+  if (!x) chb_error_set(err, CHB_ENOMEM, "cannot index tar archive %s: out of memory", path);
+  return x;
 }
 
 chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err) {
-  uint64_t archive_bytes;
+  return chb_tar_index_open_budget(path, s3, CHB_CATALOG_BUDGET, err);
+}
+
+chb_tar_index *chb_tar_index_open_budget(const char *path, int s3, size_t budget, chb_error *err) {
+  uint64_t archive_bytes, end = 0;
   if (archive_size(path, s3, &archive_bytes, err) != 0) return NULL;
   struct archive *a = open_archive(path, s3, archive_bytes, err);
   if (!a) return NULL;
-  chb_tar_index *x = calloc(1, sizeof *x);
-  uint64_t kept = 0, end = 0;
-  int rc;
+  chb_tar_index *x = index_new(path, budget, err);
+  int rc, first = 1;
   struct archive_entry *ae;
   const char *name;
-  if (!x) {
-    chb_error_set(err, CHB_ENOMEM, "cannot index tar archive %s: out of memory", path);
-    goto fail;
-  }
+  if (!x) goto fail;
   while ((rc = next_file(a, path, &ae, &name, err)) == 1) {
-    if (x->count == 0) x->compressed = archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE;
-    if (x->count == x->cap) {
-      size_t cap = x->cap ? x->cap * 2 : 256;
-      chb_tar_entry *grown = realloc(x->e, cap * sizeof *grown);
-      if (!grown) {
-        chb_error_set(err, CHB_ENOMEM, "cannot index tar archive %s: out of memory", path);
-        goto fail;
-      }
-      x->e = grown;
-      x->cap = cap;
-    }
-    if (reserve_name(x) != 0) {
-      chb_error_set(err, CHB_ENOMEM, "cannot index tar archive %s: out of memory", path);
-      goto fail;
-    }
-    /* A name twice is refused: tar would extract the last, a reader going
-     * forward finds the first, and a backup never holds a file twice. */
-    size_t slot = name_slot(x, name);
-    if (x->by_name[slot]) {
-      chb_error_set(err, CHB_CORRUPT, "tar archive %s has two entries named %s", path, name);
-      goto fail;
-    }
-    chb_tar_entry *e = &x->e[x->count];
-    memset(e, 0, sizeof *e);
-    e->size = (uint64_t)archive_entry_size(ae);
-    e->offset = (uint64_t)archive_filter_bytes(a, 0);   /* the header is consumed: its data starts here */
-    if (!(e->name = strdup(name))) {
-      chb_error_set(err, CHB_ENOMEM, "cannot index tar archive %s: out of memory", path);
-      goto fail;
-    }
-    x->count++;
-    x->by_name[slot] = x->count;
-    end = e->offset + e->size;
-    if (x->compressed && e->size <= KEEP_ENTRY_MAX && kept + e->size <= KEEP_TOTAL_MAX) {
-      if (!(e->data = read_whole(a, path, e->name, e->size, err))) goto fail;
-      kept += e->size;
+    if (first) x->compressed = archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE;
+    first = 0;
+    chb_tar_entry e = {0};
+    e.size = (uint64_t)archive_entry_size(ae);
+    e.offset = (uint64_t)archive_filter_bytes(a, 0);   /* the header is consumed: its data starts here */
+    unsigned char *keep = x->compressed ? keep_slot(x, e.size) : NULL;
+    e.data = keep;
+    if (add_entry(x, name, &e, err) != 0) goto fail;
+    end = e.offset + e.size;
+    if (keep) {
+      if (read_data(a, path, name, keep, e.size, err) != 0) goto fail;
     } else if (archive_read_data_skip(a) != ARCHIVE_OK) {
-      corrupt(a, path, e->name, err);
+      corrupt(a, path, name, err);
       goto fail;
     }
   }

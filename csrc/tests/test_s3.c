@@ -727,10 +727,9 @@ static int tar_to_s3(int id, const char *key, const char *fa, const chb_u128 *ha
 }
 
 /* The bytes of entry `name` of the S3 tar `key`, through a source of one piece. */
-static unsigned char *tar_entry_s3(int id, const char *key, const chb_tar_index *x, const char *name,
-                                   chb_error *e) {
-  const chb_tar_entry *t = chb_tar_index_find(x, name);
-  if (!t) return NULL;
+static unsigned char *tar_entry_s3(int id, const char *key, chb_tar_index *x, const char *name, chb_error *e) {
+  chb_tar_entry found, *t = &found;
+  if (chb_tar_index_find(x, name, t, e) < 0) return NULL;
   chb_piece p = {key, t->offset, (int64_t)t->size, .s3 = id};
   if (chb_tar_index_compressed(x)) {
     p.offset = 0;

@@ -3,10 +3,12 @@
  * (sizes, checksums, names, an existing archive), the index and its
  * offsets, reading entries through the cursor in and out of archive order
  * and as source pieces, corrupted or truncated archives, a name twice,
- * and lookups among many names. Streaming mode (begin, wait_drained, start
- * as the end of input): the same bytes as batch mode, a failure or a
- * cancel mid-stream (later adds get the error, no archive is left), and
- * records bounded by the batch over 200,000 entries.
+ * and lookups among many names; an index past its catalog's budget (each
+ * entry found by name, memory within the budget, a temporary file that
+ * cannot be made). Streaming mode (begin, wait_drained, start as the end
+ * of input): the same bytes as batch mode, a failure or a cancel
+ * mid-stream (later adds get the error, no archive is left), and records
+ * bounded by the batch over 200,000 entries.
  * Everything lives in a mkdtemp directory under /tmp, removed at the end.
  */
 #include "chb_hash.h"
@@ -76,13 +78,14 @@ static void test_round_trips(const char *src, const unsigned char *data) {
     CHECK(x && chb_tar_index_count(x) == 3, "%s indexed: 3 entries", names[i]);
     if (!x) continue;
     CHECK(chb_tar_index_compressed(x) == (i != 0), "%s: compressed %d", names[i], chb_tar_index_compressed(x));
-    const chb_tar_entry *b = chb_tar_index_find(x, "dir/b.bin");
-    CHECK(b && b->size == 50000, "%s: dir/b.bin has 50000 bytes", names[i]);
-    if (i == 0 && b) {   /* a plain tar: the offset is the file's */
+    chb_tar_entry b;
+    long bi = chb_tar_index_find(x, "dir/b.bin", &b, &err);
+    CHECK(bi == 1 && b.size == 50000, "%s: dir/b.bin, the second entry, has 50000 bytes", names[i]);
+    if (i == 0 && bi == 1) {   /* a plain tar: the offset is the file's */
       size_t len;
       unsigned char *whole = slurp(archive, &len);
-      CHECK(whole && b->offset + 50000 <= len && memcmp(whole + b->offset, data + 1000, 50000) == 0,
-            "t.tar: dir/b.bin's offset %llu is where its bytes are", (unsigned long long)b->offset);
+      CHECK(whole && b.offset + 50000 <= len && memcmp(whole + b.offset, data + 1000, 50000) == 0,
+            "t.tar: dir/b.bin's offset %llu is where its bytes are", (unsigned long long)b.offset);
       CHECK(whole && memcmp(whole + 257, "ustar\0" "00", 8) == 0, "t.tar: ustar headers (pax restricted)");
       free(whole);
     }
@@ -199,13 +202,115 @@ static void test_names(void) {
   int found = 0;
   for (int i = 0; x && i < 3000; i++) {
     snprintf(name, sizeof name, "part_%d/c.bin", i);
-    const chb_tar_entry *e = chb_tar_index_find(x, name);
-    found += e && e == chb_tar_index_get(x, (size_t)i) && e->data && memcmp(e->data, name, strlen(name)) == 0;
+    chb_tar_entry e, g;
+    char got[32];
+    found += chb_tar_index_find(x, name, &e, &err) == i &&
+             chb_tar_index_get(x, (size_t)i, &g, got, sizeof got, NULL, &err) == 0 && strcmp(got, name) == 0 &&
+             g.data == e.data && e.data && memcmp(e.data, name, strlen(name)) == 0;
   }
   CHECK(found == 3000, "each of 3000 entries found by name, with its bytes (%d)", found);
-  CHECK(x && !chb_tar_index_find(x, "part_3000/c.bin") && !chb_tar_index_find(x, "part_1"),
-        "names not in the archive are not found");
+  CHECK(x && chb_tar_index_find(x, "part_3000/c.bin", NULL, &err) == -1 &&
+            chb_tar_index_find(x, "part_1", NULL, &err) == -1 && chb_tar_index_get(x, 3000, NULL, NULL, 0, NULL, &err) == -1,
+        "names not in the archive are not found, nor entry 3000");
   chb_tar_index_close(x);
+}
+
+/* ---- an index past its budget ------------------------------------------ */
+
+enum { SPILL_N = 20000, SPILL_BUDGET = 64 << 10 };
+
+/* Entry i of the spill tests: parts of 20 files (as a wide part's), each
+ * holding its own name, every 7th empty. */
+static size_t spill_name(int i, char *name, size_t cap) {
+  int n = snprintf(name, cap, "store/%03d/all_%d_%d_0/c%02d.bin", i / 20 % 1000, i / 20, i / 20, i % 20);
+  return i % 7 == 3 ? 0 : (size_t)n;
+}
+
+static int write_spill(const char *archive, chb_error *err) {
+  chb_tar_writer *w = chb_tar_writer_new(archive, NULL, err);
+  char name[64];
+  int added = 0;
+  for (int i = 0; w && i < SPILL_N; i++) {
+    size_t len = spill_name(i, name, sizeof name);
+    added += chb_tar_writer_add_bytes(w, name, name, len, err) == i;
+  }
+  int rc = added == SPILL_N && chb_tar_writer_finish(w, err) == 0 ? 0 : -1;
+  chb_tar_writer_free(w);
+  return rc;
+}
+
+/* Is every entry found by its name, the same as by its number, with its
+ * bytes (kept, or at its offset of the plain tar `whole`)? */
+static int spill_all_found(chb_tar_index *x, const unsigned char *whole, size_t whole_len) {
+  int ok = 0;
+  chb_error err;
+  for (int i = 0; i < SPILL_N; i++) {
+    char name[64], got[64];
+    size_t len = spill_name(i, name, sizeof name), got_len;
+    chb_tar_entry e, g;
+    if (chb_tar_index_find(x, name, &e, &err) != i ||
+        chb_tar_index_get(x, (size_t)i, &g, got, sizeof got, &got_len, &err) != 0)
+      continue;
+    const unsigned char *bytes = e.data;
+    if (whole) bytes = e.offset + len <= whole_len ? whole + e.offset : NULL;
+    ok += e.size == len && g.size == len && g.offset == e.offset && g.data == e.data && got_len == strlen(name) &&
+          strcmp(got, name) == 0 && bytes && memcmp(bytes, name, len) == 0;
+  }
+  return ok;
+}
+
+/* 20,000 entries indexed with a catalog budget of 64 KiB (their records
+ * alone are over 1 MiB): each is found, with the right size, offset and
+ * bytes, and the index holds its budget and its interned names, not a
+ * record an entry. */
+static void test_index_spill(void) {
+  static const char *const names[] = {"spill.tar", "spill.tar.zst"};
+  for (int k = 0; k < 2; k++) {
+    char archive[512];
+    path_of(archive, sizeof archive, names[k]);
+    chb_error err;
+    CHECK(write_spill(archive, &err) == 0, "%s: %d entries written", names[k], SPILL_N);
+    size_t whole_len = 0;
+    unsigned char *whole = k == 0 ? slurp(archive, &whole_len) : NULL;
+    chb_tar_index *all = chb_tar_index_open(archive, 0, &err);
+    chb_tar_index *x = chb_tar_index_open_budget(archive, 0, SPILL_BUDGET, &err);
+    CHECK(x && chb_tar_index_count(x) == SPILL_N, "%s: indexed in a budget of %d KiB (%s)", names[k],
+          SPILL_BUDGET >> 10, x ? "ok" : err.msg);
+    if (!x || !all) {
+      chb_tar_index_close(all);
+      chb_tar_index_close(x);
+      free(whole);
+      continue;
+    }
+    int found = spill_all_found(x, whole, whole_len);
+    CHECK(found == SPILL_N, "%s: every entry found by name, with its size, offset and bytes (%d)", names[k], found);
+    /* Kept bytes (a compressed archive's) are in chunks of 1 MiB: one here. */
+    size_t mem = chb_tar_index_memory(x), bound = SPILL_BUDGET + (256 << 10) + (k ? (1 << 20) + 64 : 0);
+    CHECK(mem <= bound, "%s: %zu bytes in memory, within the budget and a bound (%zu)", names[k], mem, bound);
+    CHECK(chb_tar_index_memory(all) > mem + (1 << 20), "%s: paged out: %zu bytes in memory with the default budget",
+          names[k], chb_tar_index_memory(all));
+    CHECK(chb_tar_index_find(x, "store/000/all_0_0_0/c20.bin", NULL, &err) == -1 &&
+              chb_tar_index_get(x, SPILL_N, NULL, NULL, 0, NULL, &err) == -1,
+          "%s: a name not there and a number out of range: -1", names[k]);
+    chb_tar_index_close(all);
+    chb_tar_index_close(x);
+    free(whole);
+  }
+  /* The temporary file cannot be made: the index fails, naming the archive
+   * and the file's error (not a missing entry, not a crash). */
+  char archive[512];
+  path_of(archive, sizeof archive, names[0]);
+  const char *tmp = getenv("TMPDIR");
+  char *saved = tmp ? strdup(tmp) : NULL;
+  setenv("TMPDIR", "/nonexistent/chb-test-tar", 1);
+  chb_error err;
+  chb_tar_index *x = chb_tar_index_open_budget(archive, 0, SPILL_BUDGET, &err);
+  CHECK(!x && err.code == CHB_EIO && strstr(err.msg, archive) && strstr(err.msg, "temporary file"),
+        "no temporary file: EIO, naming the archive (%s)", x ? "" : err.msg);
+  chb_tar_index_close(x);
+  if (saved) setenv("TMPDIR", saved, 1);
+  else unsetenv("TMPDIR");
+  free(saved);
 }
 
 /* ---- streaming mode ------------------------------------------------------ */
@@ -419,6 +524,7 @@ int main(void) {
   test_refusals(src, data);
   test_corrupt();
   test_names();
+  test_index_spill();
   test_stream_same_bytes(src, data);
   test_stream_failure(src, data);
   test_stream_cancel(src, data);
