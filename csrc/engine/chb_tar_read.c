@@ -143,16 +143,17 @@ static int next_file(struct archive *a, const char *path, struct archive_entry *
  * The bytes of small entries of a compressed archive, kept while indexing:
  * reading one later would decompress the archive up to it again, and
  * chain.read reads each part's small files (checksums.txt) out of archive
- * order. Packed in chunks, and bounded by what the chunks take (KEEP_TOTAL_MAX),
- * not by the entries' sizes alone: a malloc each would cost its header and
- * rounding besides, and an empty entry's would count for nothing, so a
- * million of them would escape the bound.
+ * order. Packed in chunks, and bounded (KEEP_TOTAL_MAX) by what the chunks
+ * take, not by the entries' sizes alone: a malloc each would cost its
+ * header and rounding besides, and an empty entry's would count for
+ * nothing, so a million of them would escape the bound.
  */
-#define KEEP_CHUNK ((size_t)1 << 20)   /* > KEEP_ENTRY_MAX: at most 1/16 left unused at a chunk's end */
+#define KEEP_CHUNK_MIN ((size_t)128 << 10)   /* >= KEEP_ENTRY_MAX; growing up to ... */
+#define KEEP_CHUNK_MAX ((size_t)1 << 20)     /* ... this: at most 1/16 left unused at a chunk's end */
 
 typedef struct keep_chunk {
   struct keep_chunk *next;
-  size_t used;
+  size_t used, cap;
   unsigned char bytes[];
 } keep_chunk;
 
@@ -172,13 +173,18 @@ static unsigned char *keep_slot(chb_tar_index *x, uint64_t size) {
   if (size == 0) return (unsigned char *)empty_entry;
   if (size > KEEP_ENTRY_MAX) return NULL;
   keep_chunk *c = x->kept;
-  if (!c || KEEP_CHUNK - c->used < size) {
-    if (x->kept_bytes + sizeof *c + KEEP_CHUNK > KEEP_TOTAL_MAX || !(c = malloc(sizeof *c + KEEP_CHUNK)))
-      return NULL;
+  if (!c || c->cap - c->used < size) {
+    /* chunks as big as all before them: an archive of a few entries keeps
+     * them in little memory, one of many in few chunks */
+    size_t cap = x->kept_bytes < KEEP_CHUNK_MIN ? KEEP_CHUNK_MIN
+                 : x->kept_bytes > KEEP_CHUNK_MAX ? KEEP_CHUNK_MAX
+                                                  : x->kept_bytes;
+    if (x->kept_bytes + sizeof *c + cap > KEEP_TOTAL_MAX || !(c = malloc(sizeof *c + cap))) return NULL;
     c->next = x->kept;
     c->used = 0;
+    c->cap = cap;
     x->kept = c;
-    x->kept_bytes += sizeof *c + KEEP_CHUNK;
+    x->kept_bytes += sizeof *c + cap;
   }
   unsigned char *p = c->bytes + c->used;
   c->used += (size_t)size;

@@ -5,12 +5,13 @@
  * and as source pieces, corrupted or truncated archives, a name twice,
  * and lookups among many names; an index past its catalog's budget (each
  * entry found by name, memory within the budget, a temporary file that
- * cannot be made). Streaming mode (begin, wait_drained, start as the end
+ * cannot be made); the bound of the bytes kept in memory. Streaming mode (begin, wait_drained, start as the end
  * of input): the same bytes as batch mode, a failure or a cancel
  * mid-stream (later adds get the error, no archive is left), and records
  * bounded by the batch over 200,000 entries.
  * Everything lives in a mkdtemp directory under /tmp, removed at the end.
  */
+#include "chb_catalog.h"
 #include "chb_hash.h"
 #include "chb_source.h"
 #include "chb_tar.h"
@@ -284,7 +285,7 @@ static void test_index_spill(void) {
     }
     int found = spill_all_found(x, whole, whole_len);
     CHECK(found == SPILL_N, "%s: every entry found by name, with its size, offset and bytes (%d)", names[k], found);
-    /* Kept bytes (a compressed archive's) are in chunks of 1 MiB: one here. */
+    /* A compressed archive's kept bytes (about 500 KB here) take chunks of up to 1 MiB. */
     size_t mem = chb_tar_index_memory(x), bound = SPILL_BUDGET + (256 << 10) + (k ? (1 << 20) + 64 : 0);
     CHECK(mem <= bound, "%s: %zu bytes in memory, within the budget and a bound (%zu)", names[k], mem, bound);
     CHECK(chb_tar_index_memory(all) > mem + (1 << 20), "%s: paged out: %zu bytes in memory with the default budget",
@@ -311,6 +312,42 @@ static void test_index_spill(void) {
   if (saved) setenv("TMPDIR", saved, 1);
   else unsetenv("TMPDIR");
   free(saved);
+}
+
+/* The bytes kept from a compressed archive stay within 64 MiB as allocated:
+ * 1,100 entries of 64 KiB (70 MB) and 50,000 empty ones. Those past the
+ * bound are not kept, and are still found. */
+static void test_keep_bound(void) {
+  enum { BIG = 1100, EMPTY = 50000, KIB64 = 64 << 10 };
+  char archive[512], name[64];
+  path_of(archive, sizeof archive, "kept-bound.tar.zst");
+  chb_error err;
+  chb_tar_writer *w = chb_tar_writer_new(archive, NULL, &err);
+  unsigned char *zeros = calloc(1, KIB64);
+  int added = 0;
+  for (int i = 0; w && i < BIG + EMPTY; i++) {
+    snprintf(name, sizeof name, "p/%05d/%d.%s", i / 10, i % 10, i < BIG ? "bin" : "txt");
+    added += chb_tar_writer_add_bytes(w, name, zeros, i < BIG ? KIB64 : 0, &err) == i;
+  }
+  CHECK(added == BIG + EMPTY && chb_tar_writer_finish(w, &err) == 0, "kept-bound.tar.zst: written");
+  chb_tar_writer_free(w);
+  chb_tar_index *x = chb_tar_index_open(archive, 0, &err);
+  int kept = 0, empty_kept = 0, found = 0;
+  for (int i = 0; x && i < BIG + EMPTY; i++) {
+    chb_tar_entry e;
+    snprintf(name, sizeof name, "p/%05d/%d.%s", i / 10, i % 10, i < BIG ? "bin" : "txt");
+    found += chb_tar_index_find(x, name, &e, &err) == i;
+    if (i < BIG) kept += e.data && memcmp(e.data, zeros, KIB64) == 0;
+    else empty_kept += e.data != NULL;
+  }
+  size_t mem = x ? chb_tar_index_memory(x) : 0;
+  CHECK(found == BIG + EMPTY && kept > 900 && kept < BIG && empty_kept == EMPTY,
+        "kept-bound.tar.zst: all found, %d of %d big entries kept, every empty one (for nothing)", kept, BIG);
+  CHECK(x && mem <= ((size_t)64 << 20) + CHB_CATALOG_BUDGET + (1 << 20),
+        "kept-bound.tar.zst: %zu bytes in memory: 64 MiB kept and the catalog's budget at most", mem);
+  chb_tar_index_close(x);
+  free(zeros);
+  unlink(archive);
 }
 
 /* ---- streaming mode ------------------------------------------------------ */
@@ -525,6 +562,7 @@ int main(void) {
   test_corrupt();
   test_names();
   test_index_spill();
+  test_keep_bound();
   test_stream_same_bytes(src, data);
   test_stream_failure(src, data);
   test_stream_cancel(src, data);
