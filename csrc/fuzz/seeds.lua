@@ -50,7 +50,8 @@ end
 if arg[1] == "tar" then
   -- tar: a small backup written by chbackup's writer with each of
   -- ClickHouse's suffixes, and by bsdtar in its other formats (gnu long
-  -- names, pax, "./" prefixes, directory entries), as found in the wild
+  -- names, pax, "./" prefixes, directory entries), as found in the wild;
+  -- and one of many entries
   local core = require("chbackup.core")
   local dir = os.tmpname()
   os.remove(dir)
@@ -82,6 +83,18 @@ if arg[1] == "tar" then
     assert(os.execute(string.format("bsdtar %s -cf '%s' -C '%s' .", args, path, src)))
     seed("tar", read(path))
   end
+  -- 400 entries in 2 KiB (zstd): past fuzz_tar's index budget of four pages,
+  -- so that its lookups go through the index's temporary file
+  local many = dir .. "/many.tar.zst"
+  local w = assert(core.tar_writer(many, {}))
+  for i = 0, 399 do
+    assert(w:add_bytes(string.format("data/db/t/all_%d_%d_0/f%02d.bin", i // 12, i // 12, i % 12), "12345678"))
+  end
+  assert(w:start())
+  w:wait()
+  assert(w:result())
+  w:close()
+  seed("tar", read(many))
   os.execute("rm -rf '" .. dir .. "'")
   for t, n in pairs(counts) do
     print(t, n)
