@@ -41,8 +41,7 @@
  * the offset in the file itself, so a piece of it is a plain byte range),
  * keeping the bytes of small entries of compressed archives in memory
  * (up to 64 KiB each, 64 MiB in all as allocated). Besides those, its
- * memory is its catalog's budget of pages and the distinct directory and
- * file names (chb_index interns them: they grow with parts, not files).
+ * memory is its catalog's budget of pages, whatever the number of entries.
  * chb_tar_open_cached reads one entry through this thread's cursor on the
  * archive: an entry after the cursor costs decompressing up to it; one
  * before it reopens the archive and reads from its start. Read in archive
