@@ -655,7 +655,7 @@ static void push_tar_entry_name(lua_State *L, tarr_box *b, size_t i, chb_tar_ent
 }
 
 /* r:list() -> { {name=, size=, offset=}, ... } in archive order; offset: of
- * the data in the uncompressed stream (in the file for a `.tar`) */
+ * the data in the file for a `.tar`, in the spool (the uncompressed data) for a compressed one */
 static int tarr_list(lua_State *L) {
   tarr_box *b = check_tar_reader(L);
   size_t n = chb_tar_index_count(b->x);
@@ -696,8 +696,8 @@ static int tarr_compressed(lua_State *L) {
   return 1;
 }
 
-/* r:read(name) -> string | fail: a whole (small) entry, from memory, a
- * range of a `.tar`, or this thread's cursor on a compressed one */
+/* r:read(name) -> string | fail: a whole (small) entry: a range of a
+ * `.tar`, or of a compressed one's spool */
 static int tarr_read(lua_State *L) {
   tarr_box *b = check_tar_reader(L);
   const char *name = luaL_checkstring(L, 2);
@@ -706,10 +706,6 @@ static int tarr_read(lua_State *L) {
   long i = chb_tar_index_find(b->x, name, e, &err);
   if (i == -1) chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, b->path);
   if (i < 0) return chb_push_fail(L, &err);
-  if (e->data) {
-    lua_pushlstring(L, e->data, (size_t)e->size);
-    return 1;
-  }
   if (e->size > READ_MAX) {
     chb_error_set(&err, CHB_INVALID, "entry %s of %s is too big to read into memory (%llu bytes)",
                   name, b->path, (unsigned long long)e->size);
@@ -753,12 +749,6 @@ static int tarr_stream(lua_State *L) {
   if (i == -1) chb_error_set(&err, CHB_ENOENT, "no entry %s in tar archive %s", name, tb->path);
   if (i < 0) return chb_push_fail(L, &err);
   estream_box *b = new_stream(L, name, tb->path);         /* .., s */
-  if (e->data) {
-    if (!(b->data = malloc(e->size ? (size_t)e->size : 1))) return luaL_error(L, "out of memory");
-    memcpy(b->data, e->data, (size_t)e->size);
-    b->data_len = (size_t)e->size;
-    return 1;
-  }
   chb_piece p = {tb->path, e->offset, (int64_t)e->size, NULL, NULL};
   p.s3 = tb->s3;
   if (chb_tar_index_compressed(tb->x)) {

@@ -37,15 +37,29 @@
  *
  * Reading: tar has no directory, and a compressed one cannot be seeked.
  * chb_tar_index_open reads the archive once, in order: every entry's name,
- * size and the offset of its data in the uncompressed stream (for a `.tar`,
- * the offset in the file itself, so a piece of it is a plain byte range),
- * keeping the bytes of small entries of compressed archives in memory
- * (up to 64 KiB each, 64 MiB in all as allocated). Besides those, its
- * memory is its catalog's budget of pages, whatever the number of entries.
- * chb_tar_open_cached reads one entry through this thread's cursor on the
- * archive: an entry after the cursor costs decompressing up to it; one
- * before it reopens the archive and reads from its start. Read in archive
- * order by one thread, a compressed archive is decompressed once.
+ * size and the offset of its data. For a `.tar`, that is the offset in the
+ * file itself, so a piece of it is a plain byte range. A compressed archive
+ * is decompressed that one time into a spool: each entry's data is written,
+ * as it comes, into an unlinked temporary file in $TMPDIR (or /tmp), and
+ * its offset is the one in that file. Why: readers (RESTORE) take entries
+ * in an order of their own, per part and across parts; a decompressor only
+ * goes forward, so reading an entry behind it meant decompressing from the
+ * start again, a cost quadratic in the archive (20,000 files of 100 MB:
+ * 500 s). From the spool any entry is a pread of its range, in any order,
+ * on any thread: the total cost is linear. The price: temporary disk as
+ * big as the archive's uncompressed data, for as long as the index is open
+ * (a full disk or a missing TMPDIR fails the open with CHB_EIO naming the
+ * archive and the directory). Memory is the catalog's budget of pages and
+ * a 1 MiB write buffer while indexing, whatever the number or size of the
+ * entries (issue 14).
+ *
+ * chb_tar_open_cached (workers name only the archive and the entry) finds
+ * an open index of that archive with a spool in a process-wide registry,
+ * looks the entry up in its catalog and reads it from a dup of the spool's
+ * fd, valid after the index closes. An archive no index has open (or a
+ * `.tar`) is read through this thread's cursor on the archive: an entry
+ * after the cursor costs decompressing up to it; one before it reopens the
+ * archive and reads from its start.
  *
  * Entry names with `..` components, absolute paths or backslashes, a name
  * twice, and entries other than regular files and directories (which are
@@ -145,9 +159,8 @@ void chb_tar_writer_free(chb_tar_writer *w);
  */
 typedef struct chb_tar_entry {
   uint64_t size;
-  uint64_t offset;      /* of its data in the uncompressed stream */
-  const void *data;     /* its bytes when kept in memory (valid while the
-                           index is open), else NULL */
+  uint64_t offset;      /* of its data: in the file for a `.tar`, in the
+                           spool for a compressed archive */
 } chb_tar_entry;
 
 typedef struct chb_tar_index chb_tar_index;
@@ -172,17 +185,24 @@ int chb_tar_index_get(chb_tar_index *x, size_t i, chb_tar_entry *out, char *name
                       chb_error *err);
 /* Is the archive compressed (its offsets are not file offsets)? */
 int chb_tar_index_compressed(const chb_tar_index *x);
-/* Bytes the index holds in memory: its catalog's and the kept entries'. */
+/* Bytes the index holds in memory: its catalog's (and, while indexing, the
+ * spool's write buffer). */
 size_t chb_tar_index_memory(chb_tar_index *x);
+/* Bytes of a compressed archive's spool (0: not spooled, a `.tar`). */
+uint64_t chb_tar_index_spooled(const chb_tar_index *x);
+/* For tests: how many times an archive was opened for reading (each one
+ * decompresses from its start) in this process. */
+long chb_tar_archive_opens(void);
 /* Accepts NULL. */
 void chb_tar_index_close(chb_tar_index *x);
 
 typedef struct chb_tar_file chb_tar_file;
 
 /*
- * Entry `entry` of `archive` through this thread's cursor (see above). One
- * entry at a time per thread: close it before the next. CHB_ENOENT if the
- * archive has no such entry.
+ * Entry `entry` of `archive`: from the spool of an open index of it, else
+ * through this thread's cursor (see above; one such entry at a time per
+ * thread: close it before the next). CHB_ENOENT if the archive has no such
+ * entry.
  */
 chb_tar_file *chb_tar_open_cached(const char *archive, int s3, const char *entry, chb_error *err);
 /* > 0 bytes, 0 at its end (after its size was checked), -1 on error. */
@@ -190,7 +210,7 @@ ssize_t chb_tar_file_read(chb_tar_file *f, void *buf, size_t len, chb_error *err
 uint64_t chb_tar_file_size(const chb_tar_file *f);
 /* Accepts NULL. */
 void chb_tar_file_close(chb_tar_file *f);
-/* The size of `entry` (through the same cursor). */
+/* The size of `entry` (from an open index, else through the same cursor). */
 int chb_tar_entry_size_cached(const char *archive, int s3, const char *entry, uint64_t *size, chb_error *err);
 /* Frees this thread's cursor (also done when the thread exits). */
 void chb_tar_cache_clear(void);

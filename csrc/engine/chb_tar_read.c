@@ -7,16 +7,19 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define READ_BLOCK 65536
 #define S3_BLOCK ((size_t)4 << 20)             /* one ranged GET of an S3 archive */
-#define KEEP_ENTRY_MAX ((uint64_t)64 << 10)   /* small entries of compressed archives ... */
-#define KEEP_TOTAL_MAX ((uint64_t)64 << 20)   /* ... kept in memory, up to this in all */
+
+static atomic_long archive_opens;   /* for tests: each open decompresses from the start */
 
 /* An S3 object as libarchive's input: ranged GETs of S3_BLOCK bytes. */
 typedef struct s3_in {
@@ -58,17 +61,9 @@ static int s3_in_close(struct archive *a, void *ud) {
   return ARCHIVE_OK;
 }
 
-/* The size of a tar archive: a file's (stat) or, s3 > 0, object `path`'s (HEAD). */
-static int archive_size(const char *path, int s3, uint64_t *size, chb_error *err) {
-  if (s3) return chb_s3_piece_size(s3, path, size, err);
-  struct stat sb;
-  if (stat(path, &sb) != 0) return chb_error_errno(err, errno, "cannot open tar archive", path);
-  *size = (uint64_t)sb.st_size;
-  return 0;
-}
-
 /* Opens the tar archive `path`: a file, or with s3 > 0 an object of `size` bytes. */
 static struct archive *open_archive(const char *path, int s3, uint64_t size, chb_error *err) {
+  atomic_fetch_add(&archive_opens, 1);
   struct archive *a = archive_read_new();
   s3_in *in = s3 ? calloc(1, sizeof *in) : NULL;
   if (!a || (s3 && (!in || !(in->buf = malloc(S3_BLOCK))))) {
@@ -140,63 +135,43 @@ static int next_file(struct archive *a, const char *path, struct archive_entry *
 /* ---- the index ------------------------------------------------------------ */
 
 /*
- * The bytes of small entries of a compressed archive, kept while indexing:
- * reading one later would decompress the archive up to it again, and
- * chain.read reads each part's small files (checksums.txt) out of archive
- * order. Packed in chunks, and bounded (KEEP_TOTAL_MAX) by what the chunks
- * take, not by the entries' sizes alone: a malloc each would cost its
- * header and rounding besides, and an empty entry's would count for
- * nothing, so a million of them would escape the bound.
+ * A compressed archive's spool: every regular entry's data, written while
+ * the archive is decompressed that one time, into an unlinked temporary
+ * file; the catalog's offsets are offsets in it. Any entry is then a pread
+ * of its range, in any order, on any thread.
  */
-#define KEEP_CHUNK_MIN ((size_t)128 << 10)   /* >= KEEP_ENTRY_MAX; growing up to ... */
-#define KEEP_CHUNK_MAX ((size_t)1 << 20)     /* ... this: at most 1/16 left unused at a chunk's end */
-
-typedef struct keep_chunk {
-  struct keep_chunk *next;
-  size_t used, cap;
-  unsigned char bytes[];
-} keep_chunk;
+#define SPOOL_BUF ((size_t)1 << 20)   /* written in blocks of this while indexing */
 
 struct chb_tar_index {
   chb_catalog *cat;    /* names -> chb_tar_entry records, in pages */
   char *path;          /* for errors */
-  keep_chunk *kept;    /* the newest first */
-  size_t kept_bytes;   /* the chunks' (with their headers) */
+  int s3;
   int compressed;
+  int spool;           /* compressed: the spool's fd, else -1 */
+  uint64_t spooled;    /* bytes in it */
+  unsigned char *buf;  /* while indexing: the spool's write buffer */
+  size_t buffered;
+  dev_t dev;           /* the archive file when indexed (a local one) */
+  ino_t ino;
+  off_t size;
+  struct timespec mtime;
+  struct chb_tar_index *next;   /* in the registry (registry_lock) */
+  int registered;
 };
 
-static const unsigned char empty_entry[1];   /* an empty entry's bytes: kept, and free */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static chb_tar_index *registry;   /* open indexes with a spool, the newest first */
 
-/* Room for the `size` bytes of an entry to keep, or NULL to leave it in the
- * archive (too big, the budget spent, or out of memory: it is a cache). */
-static unsigned char *keep_slot(chb_tar_index *x, uint64_t size) {
-  if (size == 0) return (unsigned char *)empty_entry;
-  if (size > KEEP_ENTRY_MAX) return NULL;
-  keep_chunk *c = x->kept;
-  if (!c || c->cap - c->used < size) {
-    /* chunks as big as all before them: an archive of a few entries keeps
-     * them in little memory, one of many in few chunks */
-    size_t cap = x->kept_bytes < KEEP_CHUNK_MIN ? KEEP_CHUNK_MIN
-                 : x->kept_bytes > KEEP_CHUNK_MAX ? KEEP_CHUNK_MAX
-                                                  : x->kept_bytes;
-    if (x->kept_bytes + sizeof *c + cap > KEEP_TOTAL_MAX || !(c = malloc(sizeof *c + cap))) return NULL;
-    c->next = x->kept;
-    c->used = 0;
-    c->cap = cap;
-    x->kept = c;
-    x->kept_bytes += sizeof *c + cap;
-  }
-  unsigned char *p = c->bytes + c->used;
-  c->used += (size_t)size;
-  return p;
-}
+long chb_tar_archive_opens(void) { return atomic_load(&archive_opens); }
 
 size_t chb_tar_index_count(const chb_tar_index *x) { return chb_catalog_count(x->cat); }
 int chb_tar_index_compressed(const chb_tar_index *x) { return x->compressed; }
 
 size_t chb_tar_index_memory(chb_tar_index *x) {
-  return sizeof *x + chb_catalog_memory(x->cat) + x->kept_bytes;
+  return sizeof *x + chb_catalog_memory(x->cat) + (x->buf ? SPOOL_BUF : 0);
 }
+
+uint64_t chb_tar_index_spooled(const chb_tar_index *x) { return x->spool >= 0 ? x->spooled : 0; }
 
 /* The catalog failed (-2): its temporary file's I/O, or out of memory. */
 static int catalog_failed(chb_tar_index *x, const char *what, const char *entry, chb_error *err) {
@@ -223,28 +198,87 @@ int chb_tar_index_get(chb_tar_index *x, size_t i, chb_tar_entry *out, char *name
 
 void chb_tar_index_close(chb_tar_index *x) {
   if (!x) return;
-  while (x->kept) {
-    keep_chunk *next = x->kept->next;
-    free(x->kept);
-    x->kept = next;
+  if (x->registered) {   /* no chb_tar_open_cached uses it once out of the registry */
+    pthread_mutex_lock(&registry_lock);
+    for (chb_tar_index **p = &registry; *p; p = &(*p)->next)
+      if (*p == x) {
+        *p = x->next;
+        break;
+      }
+    pthread_mutex_unlock(&registry_lock);
   }
+  if (x->spool >= 0) close(x->spool);   /* entries open on it hold their own fd */
+  free(x->buf);
   chb_catalog_free(x->cat);
   free(x->path);
   free(x);
 }
 
-/* Reads the data of the current entry, `size` bytes, into buf. */
-static int read_data(struct archive *a, const char *path, const char *name, unsigned char *buf, uint64_t size,
-                     chb_error *err) {
-  uint64_t got = 0;
-  while (got < size) {
-    la_ssize_t n = archive_read_data(a, buf + got, (size_t)(size - got));
+static const char *tmp_dir(void) {
+  const char *dir = getenv("TMPDIR");
+  return dir && *dir ? dir : "/tmp";
+}
+
+/* The spool, created unlinked (nothing is left behind, even by a killed run). */
+static int spool_open(chb_tar_index *x, chb_error *err) {
+  const char *dir = tmp_dir();
+  if (!(x->buf = malloc(SPOOL_BUF)))
+    return chb_error_set(err, CHB_ENOMEM, "cannot read tar archive %s: out of memory", x->path);
+#ifdef O_TMPFILE
+  x->spool = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
+  if (x->spool >= 0) return 0;
+#endif
+  /* (a filesystem without O_TMPFILE: a named file, unlinked at once) */
+  size_t n = strlen(dir) + sizeof "/chbackup-spool-XXXXXX";
+  char *path = malloc(n);
+  if (!path) return chb_error_set(err, CHB_ENOMEM, "cannot read tar archive %s: out of memory", x->path);
+  snprintf(path, n, "%s/chbackup-spool-XXXXXX", dir);
+  x->spool = mkostemp(path, O_CLOEXEC);
+  int e = errno;
+  if (x->spool >= 0) unlink(path);
+  free(path);
+  if (x->spool < 0)
+    return chb_error_set(err, CHB_EIO,
+                         "cannot create the temporary file of tar archive %s (its uncompressed data) in %s: %s",
+                         x->path, dir, strerror(e));
+  return 0;
+}
+
+static int spool_flush(chb_tar_index *x, chb_error *err) {
+  size_t done = 0;
+  while (done < x->buffered) {
+    ssize_t n = write(x->spool, x->buf + done, x->buffered - done);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      if (n < 0) return corrupt(a, path, name, err);
-      return chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is truncated", name, path);
+      int e = n < 0 ? errno : ENOSPC;
+      return chb_error_set(err, CHB_EIO,
+                           "cannot write the temporary file of tar archive %s (its uncompressed data) in %s: %s",
+                           x->path, tmp_dir(), strerror(e));
     }
-    got += (uint64_t)n;
+    done += (size_t)n;
   }
+  x->buffered = 0;
+  return 0;
+}
+
+/* Copies the data of the current entry, `size` bytes, to the spool. */
+static int spool_entry(chb_tar_index *x, struct archive *a, const char *name, uint64_t size, chb_error *err) {
+  uint64_t got = 0;
+  for (;;) {
+    if (x->buffered == SPOOL_BUF && spool_flush(x, err) != 0) return -1;
+    la_ssize_t n = archive_read_data(a, x->buf + x->buffered, SPOOL_BUF - x->buffered);
+    if (n < 0) return corrupt(a, x->path, name, err);
+    if (n == 0) break;
+    got += (uint64_t)n;
+    if (got > size)
+      return chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is longer than its header says", name,
+                           x->path);
+    x->buffered += (size_t)n;
+  }
+  if (got != size)
+    return chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is truncated (%llu of %llu bytes)", name,
+                         x->path, (unsigned long long)got, (unsigned long long)size);
+  x->spooled += size;
   return 0;
 }
 
@@ -261,13 +295,15 @@ static int add_entry(chb_tar_index *x, const char *name, const chb_tar_entry *e,
   return 0;
 }
 
-static chb_tar_index *index_new(const char *path, size_t budget, chb_error *err) {
+static chb_tar_index *index_new(const char *path, int s3, size_t budget, chb_error *err) {
   chb_tar_index *x = calloc(1, sizeof *x);
+  if (x) x->spool = -1;
   if (x && (!(x->path = strdup(path)) || !(x->cat = chb_catalog_new(sizeof(chb_tar_entry), budget)))) {
     chb_tar_index_close(x);
     x = NULL;
   }
   if (!x) chb_error_set(err, CHB_ENOMEM, "cannot index tar archive %s: out of memory", path);
+  else x->s3 = s3;
   return x;
 }
 
@@ -277,26 +313,42 @@ chb_tar_index *chb_tar_index_open(const char *path, int s3, chb_error *err) {
 
 chb_tar_index *chb_tar_index_open_budget(const char *path, int s3, size_t budget, chb_error *err) {
   uint64_t archive_bytes, end = 0;
-  if (archive_size(path, s3, &archive_bytes, err) != 0) return NULL;
+  struct stat sb;
+  memset(&sb, 0, sizeof sb);
+  if (s3) {
+    if (chb_s3_piece_size(s3, path, &archive_bytes, err) != 0) return NULL;
+  } else if (stat(path, &sb) != 0) {
+    chb_error_errno(err, errno, "cannot open tar archive", path);
+    return NULL;
+  } else {
+    archive_bytes = (uint64_t)sb.st_size;
+  }
   struct archive *a = open_archive(path, s3, archive_bytes, err);
   if (!a) return NULL;
-  chb_tar_index *x = index_new(path, budget, err);
+  chb_tar_index *x = index_new(path, s3, budget, err);
   int rc, first = 1;
   struct archive_entry *ae;
   const char *name;
   if (!x) goto fail;
+  x->dev = sb.st_dev;
+  x->ino = sb.st_ino;
+  x->size = sb.st_size;
+  x->mtime = sb.st_mtim;
   while ((rc = next_file(a, path, &ae, &name, err)) == 1) {
-    if (first) x->compressed = archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE;
+    if (first) {
+      x->compressed = archive_filter_code(a, 0) != ARCHIVE_FILTER_NONE;
+      if (x->compressed && spool_open(x, err) != 0) goto fail;
+    }
     first = 0;
     chb_tar_entry e = {0};
     e.size = (uint64_t)archive_entry_size(ae);
-    e.offset = (uint64_t)archive_filter_bytes(a, 0);   /* the header is consumed: its data starts here */
-    unsigned char *keep = x->compressed ? keep_slot(x, e.size) : NULL;
-    e.data = keep;
+    /* a compressed archive's: where its data goes in the spool; a plain
+     * one's: the header is consumed, its data starts here in the file */
+    e.offset = x->compressed ? x->spooled : (uint64_t)archive_filter_bytes(a, 0);
     if (add_entry(x, name, &e, err) != 0) goto fail;
     end = e.offset + e.size;
-    if (keep) {
-      if (read_data(a, path, name, keep, e.size, err) != 0) goto fail;
+    if (x->compressed) {
+      if (spool_entry(x, a, name, e.size, err) != 0) goto fail;
     } else if (archive_read_data_skip(a) != ARCHIVE_OK) {
       corrupt(a, path, name, err);
       goto fail;
@@ -310,6 +362,16 @@ chb_tar_index *chb_tar_index_open_budget(const char *path, int s3, size_t budget
                   (unsigned long long)archive_bytes, (unsigned long long)end);
     goto fail;
   }
+  if (x->spool >= 0) {
+    if (spool_flush(x, err) != 0) goto fail;
+    free(x->buf);
+    x->buf = NULL;
+    pthread_mutex_lock(&registry_lock);
+    x->next = registry;
+    registry = x;
+    x->registered = 1;
+    pthread_mutex_unlock(&registry_lock);
+  }
   archive_read_free(a);
   return x;
 fail:
@@ -318,10 +380,45 @@ fail:
   return NULL;
 }
 
+/* ---- entries read from a spool ----------------------------------------------- */
+
+/*
+ * The spool of an open index of (archive, s3) holding `entry`: 1 with its
+ * record in *e, its own fd of the spool in *fd (stays valid if the index
+ * is closed meanwhile), *fd -1 when only the size is asked (fd NULL);
+ * 0: no such index (or the file at `archive` is not the one indexed);
+ * -1 with err set (no such entry: CHB_ENOENT).
+ */
+static int spool_find(const char *archive, int s3, const char *entry, chb_tar_entry *e, int *fd, chb_error *err) {
+  struct stat sb;
+  int rc = 0;
+  if (!s3 && stat(archive, &sb) != 0) return 0;   /* the cursor says why */
+  pthread_mutex_lock(&registry_lock);
+  for (chb_tar_index *x = registry; x; x = x->next) {
+    if (x->s3 != s3 || strcmp(x->path, archive) != 0) continue;
+    /* the same file as indexed, not one written at its name since (an
+     * object is not rewritten in place) */
+    if (!s3 && (x->dev != sb.st_dev || x->ino != sb.st_ino || x->size != sb.st_size ||
+                x->mtime.tv_sec != sb.st_mtim.tv_sec || x->mtime.tv_nsec != sb.st_mtim.tv_nsec))
+      continue;
+    long i = chb_tar_index_find(x, entry, e, err);
+    if (i == -1) rc = chb_error_set(err, CHB_ENOENT, "no entry %s in tar archive %s", entry, archive);
+    else if (i < 0) rc = -1;
+    else if (fd && (*fd = fcntl(x->spool, F_DUPFD_CLOEXEC, 0)) < 0)
+      rc = chb_error_errno(err, errno, "cannot read the temporary file of tar archive", archive);
+    else rc = 1;
+    break;
+  }
+  pthread_mutex_unlock(&registry_lock);
+  return rc;
+}
+
 /* ---- this thread's cursor --------------------------------------------------- */
 
 struct chb_tar_file {
-  struct archive *a;
+  struct archive *a;          /* through the cursor; or */
+  int fd;                     /* >= 0: a spool, the entry at `offset` (its own fd; malloc'ed) */
+  uint64_t offset;
   const char *archive, *name;
   uint64_t size, got;
 };
@@ -439,10 +536,40 @@ static tar_cursor *seek_entry(const char *archive, int s3, const char *entry, ch
   return NULL;
 }
 
+/* Entry `entry` of a spooled archive: 1 (*out set), 0 (none), -1. */
+static int open_spooled(const char *archive, int s3, const char *entry, chb_tar_file **out, chb_error *err) {
+  chb_tar_entry e;
+  int fd = -1;
+  int rc = spool_find(archive, s3, entry, &e, &fd, err);
+  if (rc <= 0) return rc;
+  size_t la = strlen(archive) + 1, le = strlen(entry) + 1;
+  chb_tar_file *f = malloc(sizeof *f + la + le);
+  if (!f) {
+    close(fd);
+    return chb_error_set(err, CHB_ENOMEM, "cannot read entry %s of tar archive %s: out of memory", entry, archive);
+  }
+  char *names = (char *)(f + 1);
+  memcpy(names, archive, la);
+  memcpy(names + la, entry, le);
+  f->a = NULL;
+  f->fd = fd;
+  f->offset = e.offset;
+  f->archive = names;
+  f->name = names + la;
+  f->size = e.size;
+  f->got = 0;
+  *out = f;
+  return 1;
+}
+
 chb_tar_file *chb_tar_open_cached(const char *archive, int s3, const char *entry, chb_error *err) {
+  chb_tar_file *sf = NULL;
+  int rc = open_spooled(archive, s3, entry, &sf, err);
+  if (rc != 0) return rc > 0 ? sf : NULL;
   tar_cursor *c = seek_entry(archive, s3, entry, err);
   if (!c) return NULL;
   c->f.a = c->a;
+  c->f.fd = -1;
   c->f.archive = c->path;
   c->f.name = c->name;
   c->f.size = c->entry_size;
@@ -452,13 +579,39 @@ chb_tar_file *chb_tar_open_cached(const char *archive, int s3, const char *entry
 
 int chb_tar_entry_size_cached(const char *archive, int s3, const char *entry, uint64_t *size,
                               chb_error *err) {
+  chb_tar_entry e;
+  int rc = spool_find(archive, s3, entry, &e, NULL, err);
+  if (rc != 0) {
+    if (rc > 0) *size = e.size;
+    return rc > 0 ? 0 : -1;
+  }
   tar_cursor *c = seek_entry(archive, s3, entry, err);
   if (!c) return -1;
   *size = c->entry_size;
   return 0;
 }
 
+static ssize_t spool_read(chb_tar_file *f, void *buf, size_t len, chb_error *err) {
+  if (f->got >= f->size || len == 0) return 0;
+  if (len > f->size - f->got) len = (size_t)(f->size - f->got);
+  for (;;) {
+    ssize_t n = pread(f->fd, buf, len, (off_t)(f->offset + f->got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      chb_error_set(err, CHB_EIO, "cannot read entry %s of tar archive %s from its temporary file in %s: %s",
+                    f->name, f->archive, tmp_dir(), strerror(errno));
+      return -1;
+    }
+    if (n == 0)
+      return chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is truncated (%llu of %llu bytes)",
+                           f->name, f->archive, (unsigned long long)f->got, (unsigned long long)f->size);
+    f->got += (uint64_t)n;
+    return n;
+  }
+}
+
 ssize_t chb_tar_file_read(chb_tar_file *f, void *buf, size_t len, chb_error *err) {
+  if (f->fd >= 0) return spool_read(f, buf, len, err);
   la_ssize_t n = archive_read_data(f->a, buf, len);
   if (n < 0) return corrupt(f->a, f->archive, f->name, err);
   f->got += (uint64_t)n;
@@ -471,5 +624,11 @@ ssize_t chb_tar_file_read(chb_tar_file *f, void *buf, size_t len, chb_error *err
 uint64_t chb_tar_file_size(const chb_tar_file *f) { return f->size; }
 
 void chb_tar_file_close(chb_tar_file *f) {
-  if (f) f->a = NULL;   /* the cursor stays where it is */
+  if (!f) return;
+  if (f->fd >= 0) {
+    close(f->fd);
+    free(f);
+    return;
+  }
+  f->a = NULL;   /* the cursor stays where it is */
 }

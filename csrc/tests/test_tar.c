@@ -5,7 +5,9 @@
  * and as source pieces, corrupted or truncated archives, a name twice,
  * and lookups among many names; an index past its catalog's budget (each
  * entry found by name, memory within the budget, a temporary file that
- * cannot be made); the bound of the bytes kept in memory. Streaming mode (begin, wait_drained, start as the end
+ * cannot be made); a compressed archive's spool (memory not growing with
+ * its entries, no spool possible, an entry cut short, reads in reverse
+ * order on two threads decompressing it once). Streaming mode (begin, wait_drained, start as the end
  * of input): the same bytes as batch mode, a failure or a cancel
  * mid-stream (later adds get the error, no archive is left), and records
  * bounded by the batch over 200,000 entries.
@@ -19,6 +21,7 @@
 
 #include <dirent.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -64,6 +67,16 @@ static unsigned char *read_entry(const char *archive, const char *entry, size_t 
   chb_tar_file_close(f);
   *len = got;
   return buf;
+}
+
+/* Does entry `name` of `archive` read back as bytes[0, len)? */
+static int entry_is(const char *archive, const char *name, const void *bytes, size_t len) {
+  chb_error err;
+  size_t got_len = 0;
+  unsigned char *got = read_entry(archive, name, &got_len, &err);
+  int ok = got && got_len == len && memcmp(got, bytes, len) == 0;
+  free(got);
+  return ok;
 }
 
 static void test_round_trips(const char *src, const unsigned char *data) {
@@ -207,7 +220,7 @@ static void test_names(void) {
     char got[32];
     found += chb_tar_index_find(x, name, &e, &err) == i &&
              chb_tar_index_get(x, (size_t)i, &g, got, sizeof got, NULL, &err) == 0 && strcmp(got, name) == 0 &&
-             g.data == e.data && e.data && memcmp(e.data, name, strlen(name)) == 0;
+             g.offset == e.offset && entry_is(archive, name, name, strlen(name));
   }
   CHECK(found == 3000, "each of 3000 entries found by name, with its bytes (%d)", found);
   CHECK(x && chb_tar_index_find(x, "part_3000/c.bin", NULL, &err) == -1 &&
@@ -241,8 +254,8 @@ static int write_spill(const char *archive, chb_error *err) {
 }
 
 /* Is every entry found by its name, the same as by its number, with its
- * bytes (kept, or at its offset of the plain tar `whole`)? */
-static int spill_all_found(chb_tar_index *x, const unsigned char *whole, size_t whole_len) {
+ * bytes (at its offset of the plain tar `whole`, or read from the spool)? */
+static int spill_all_found(chb_tar_index *x, const char *archive, const unsigned char *whole, size_t whole_len) {
   int ok = 0;
   chb_error err;
   for (int i = 0; i < SPILL_N; i++) {
@@ -252,10 +265,10 @@ static int spill_all_found(chb_tar_index *x, const unsigned char *whole, size_t 
     if (chb_tar_index_find(x, name, &e, &err) != i ||
         chb_tar_index_get(x, (size_t)i, &g, got, sizeof got, &got_len, &err) != 0)
       continue;
-    const unsigned char *bytes = e.data;
-    if (whole) bytes = e.offset + len <= whole_len ? whole + e.offset : NULL;
-    ok += e.size == len && g.size == len && g.offset == e.offset && g.data == e.data && got_len == strlen(name) &&
-          strcmp(got, name) == 0 && bytes && memcmp(bytes, name, len) == 0;
+    int bytes_ok = whole ? e.offset + len <= whole_len && memcmp(whole + e.offset, name, len) == 0
+                         : entry_is(archive, name, name, len);
+    ok += e.size == len && g.size == len && g.offset == e.offset && got_len == strlen(name) &&
+          strcmp(got, name) == 0 && bytes_ok;
   }
   return ok;
 }
@@ -283,11 +296,11 @@ static void test_index_spill(void) {
       free(whole);
       continue;
     }
-    int found = spill_all_found(x, whole, whole_len);
+    int found = spill_all_found(x, archive, whole, whole_len);
     CHECK(found == SPILL_N, "%s: every entry found by name, with its size, offset and bytes (%d)", names[k], found);
     /* Beside the pages, their tables (a few bytes a page); a compressed
-     * archive's kept bytes (about 500 KB here) take chunks of 1 MiB in all. */
-    size_t mem = chb_tar_index_memory(x), bound = SPILL_BUDGET + (64 << 10) + (k ? (1 << 20) + 256 : 0);
+     * archive's bytes are in its spool, not in memory. */
+    size_t mem = chb_tar_index_memory(x), bound = SPILL_BUDGET + (64 << 10);
     CHECK(mem <= bound, "%s: %zu bytes in memory, within the budget and a bound (%zu)", names[k], mem, bound);
     CHECK(chb_tar_index_memory(all) > mem + (1 << 20), "%s: paged out: %zu bytes in memory with the default budget",
           names[k], chb_tar_index_memory(all));
@@ -315,40 +328,144 @@ static void test_index_spill(void) {
   free(saved);
 }
 
-/* The bytes kept from a compressed archive stay within 64 MiB as allocated:
- * 1,100 entries of 64 KiB (70 MB) and 50,000 empty ones. Those past the
- * bound are not kept, and are still found. */
-static void test_keep_bound(void) {
+/* A compressed archive's data goes to its spool, not to memory: 1,100
+ * entries of 64 KiB (70 MB) and 50,000 empty ones; each is found and reads
+ * back. No spool can be made (TMPDIR missing): EIO naming the archive and
+ * the directory. An entry cut short: CORRUPT naming archive and entry. */
+static void test_spool_bound(void) {
   enum { BIG = 1100, EMPTY = 50000, KIB64 = 64 << 10 };
   char archive[512], name[64];
-  path_of(archive, sizeof archive, "kept-bound.tar.zst");
+  path_of(archive, sizeof archive, "spool-bound.tar.zst");
   chb_error err;
   chb_tar_writer *w = chb_tar_writer_new(archive, NULL, &err);
-  unsigned char *zeros = calloc(1, KIB64);
+  unsigned char *bytes = gen_random(11, KIB64 + BIG);
   int added = 0;
   for (int i = 0; w && i < BIG + EMPTY; i++) {
     snprintf(name, sizeof name, "p/%05d/%d.%s", i / 10, i % 10, i < BIG ? "bin" : "txt");
-    added += chb_tar_writer_add_bytes(w, name, zeros, i < BIG ? KIB64 : 0, &err) == i;
+    added += chb_tar_writer_add_bytes(w, name, bytes + (i < BIG ? i : 0), i < BIG ? KIB64 : 0, &err) == i;
   }
-  CHECK(added == BIG + EMPTY && chb_tar_writer_finish(w, &err) == 0, "kept-bound.tar.zst: written");
+  CHECK(added == BIG + EMPTY && chb_tar_writer_finish(w, &err) == 0, "spool-bound.tar.zst: written");
   chb_tar_writer_free(w);
   chb_tar_index *x = chb_tar_index_open(archive, 0, &err);
-  int kept = 0, empty_kept = 0, found = 0;
+  int found = 0, same = 0;
   for (int i = 0; x && i < BIG + EMPTY; i++) {
     chb_tar_entry e;
     snprintf(name, sizeof name, "p/%05d/%d.%s", i / 10, i % 10, i < BIG ? "bin" : "txt");
     found += chb_tar_index_find(x, name, &e, &err) == i;
-    if (i < BIG) kept += e.data && memcmp(e.data, zeros, KIB64) == 0;
-    else empty_kept += e.data != NULL;
+    if (i < BIG || i % 1000 == 0) same += entry_is(archive, name, bytes + (i < BIG ? i : 0), i < BIG ? KIB64 : 0);
   }
   size_t mem = x ? chb_tar_index_memory(x) : 0;
-  CHECK(found == BIG + EMPTY && kept > 900 && kept < BIG && empty_kept == EMPTY,
-        "kept-bound.tar.zst: all found, %d of %d big entries kept, every empty one (for nothing)", kept, BIG);
-  CHECK(x && mem <= ((size_t)64 << 20) + CHB_CATALOG_BUDGET + (1 << 20),
-        "kept-bound.tar.zst: %zu bytes in memory: 64 MiB kept and the catalog's budget at most", mem);
+  CHECK(found == BIG + EMPTY && same == BIG + EMPTY / 1000, "spool-bound.tar.zst: all found, %d read back", same);
+  CHECK(x && chb_tar_index_spooled(x) == (uint64_t)BIG * KIB64, "spool-bound.tar.zst: %llu bytes spooled",
+        (unsigned long long)(x ? chb_tar_index_spooled(x) : 0));
+  CHECK(x && mem <= CHB_CATALOG_BUDGET + (1 << 20),
+        "spool-bound.tar.zst: %zu bytes in memory: the catalog's budget at most, not the entries'", mem);
   chb_tar_index_close(x);
-  free(zeros);
+
+  const char *tmp = getenv("TMPDIR");
+  char *saved = tmp ? strdup(tmp) : NULL;
+  setenv("TMPDIR", "/nonexistent/chb-test-tar", 1);
+  x = chb_tar_index_open(archive, 0, &err);
+  CHECK(!x && err.code == CHB_EIO && strstr(err.msg, archive) && strstr(err.msg, "/nonexistent/chb-test-tar"),
+        "no spool: EIO, naming the archive and the directory (%s)", x ? "" : err.msg);
+  chb_tar_index_close(x);
+  if (saved) setenv("TMPDIR", saved, 1);
+  else unsetenv("TMPDIR");
+  free(saved);
   unlink(archive);
+
+  /* one incompressible entry of 4 MiB, the archive cut inside its data
+   * (well after the decompressor's read-ahead of its header) */
+  char cut[512];
+  path_of(archive, sizeof archive, "cut.tar.gz");
+  unsigned char *big = gen_random(17, (size_t)4 << 20);
+  w = chb_tar_writer_new(archive, NULL, &err);
+  CHECK(w && chb_tar_writer_add_bytes(w, "big.bin", big, (size_t)4 << 20, &err) == 0 &&
+            chb_tar_writer_finish(w, &err) == 0,
+        "cut.tar.gz: written");
+  chb_tar_writer_free(w);
+  size_t len = 0;
+  unsigned char *whole = slurp(archive, &len);
+  path_of(cut, sizeof cut, "cut-short.tar.gz");
+  spit(cut, whole, len * 3 / 5);
+  x = chb_tar_index_open(cut, 0, &err);
+  CHECK(!x && err.code == CHB_CORRUPT && strstr(err.msg, cut) && strstr(err.msg, "big.bin"),
+        "an entry cut short: CORRUPT, naming archive and entry (%s)", x ? "" : err.msg);
+  chb_tar_index_close(x);
+  free(whole);
+  free(big);
+  free(bytes);
+}
+
+/* Entries of a compressed tar read through chb_tar_open_cached in reverse
+ * archive order from two threads at once: the same bytes, and the archive
+ * decompressed once (when indexed). */
+enum { REV_N = 400 };
+
+typedef struct rev_job {
+  const char *archive;
+  const unsigned char *bytes;
+  int ok;
+} rev_job;
+
+static size_t rev_len(int i) { return (size_t)(i * 37 % 5000); }
+
+static void *rev_reader(void *p) {
+  rev_job *j = p;
+  char name[64];
+  for (int i = REV_N - 1; i >= 0; i--) {
+    snprintf(name, sizeof name, "store/%03d/f%d.bin", i / 10, i);
+    j->ok += entry_is(j->archive, name, j->bytes + i, rev_len(i));
+  }
+  return NULL;
+}
+
+static void test_spool_threads(void) {
+  char archive[512], name[64];
+  path_of(archive, sizeof archive, "reverse.tar.zst");
+  chb_error err;
+  unsigned char *bytes = gen_random(13, 5000 + REV_N);
+  chb_tar_writer *w = chb_tar_writer_new(archive, NULL, &err);
+  int added = 0;
+  for (int i = 0; w && i < REV_N; i++) {
+    snprintf(name, sizeof name, "store/%03d/f%d.bin", i / 10, i);
+    added += chb_tar_writer_add_bytes(w, name, bytes + i, rev_len(i), &err) == i;
+  }
+  CHECK(added == REV_N && chb_tar_writer_finish(w, &err) == 0, "reverse.tar.zst: written");
+  chb_tar_writer_free(w);
+  chb_tar_cache_clear();
+  long opens = chb_tar_archive_opens();
+  chb_tar_index *x = chb_tar_index_open(archive, 0, &err);
+  rev_job jobs[2] = {{archive, bytes, 0}, {archive, bytes, 0}};
+  pthread_t t[2];
+  for (int k = 0; k < 2; k++) pthread_create(&t[k], NULL, rev_reader, &jobs[k]);
+  for (int k = 0; k < 2; k++) pthread_join(t[k], NULL);
+  CHECK(x && jobs[0].ok == REV_N && jobs[1].ok == REV_N, "reverse.tar.zst: %d and %d of %d entries read back "
+        "in reverse order on two threads", jobs[0].ok, jobs[1].ok, REV_N);
+  CHECK(chb_tar_archive_opens() - opens == 1, "reverse.tar.zst: decompressed once (%ld opens)",
+        chb_tar_archive_opens() - opens);
+  uint64_t size = 0;
+  snprintf(name, sizeof name, "store/%03d/f%d.bin", 3, 33);
+  CHECK(chb_tar_entry_size_cached(archive, 0, name, &size, &err) == 0 && size == rev_len(33),
+        "reverse.tar.zst: an entry's size from the index");
+  CHECK(!chb_tar_open_cached(archive, 0, "nope", &err) && err.code == CHB_ENOENT && strstr(err.msg, archive),
+        "reverse.tar.zst: a missing entry: ENOENT");
+  /* an entry open when the index closes reads on (its own fd of the spool) */
+  chb_tar_file *f = chb_tar_open_cached(archive, 0, name, &err);
+  chb_tar_index_close(x);
+  unsigned char buf[5000];
+  size_t n = 0;
+  ssize_t k = 0;
+  while (f && (k = chb_tar_file_read(f, buf + n, sizeof buf - n, &err)) > 0) n += (size_t)k;
+  CHECK(f && k == 0 && n == rev_len(33) && memcmp(buf, bytes + 33, n) == 0,
+        "reverse.tar.zst: an entry open as its index closes reads to its end");
+  chb_tar_file_close(f);
+  /* no index open: the cursor, as before */
+  opens = chb_tar_archive_opens();
+  CHECK(entry_is(archive, name, bytes + 33, rev_len(33)) && chb_tar_archive_opens() - opens == 1,
+        "reverse.tar.zst: with no index open, read through the cursor");
+  chb_tar_cache_clear();
+  free(bytes);
 }
 
 /* ---- streaming mode ------------------------------------------------------ */
@@ -563,7 +680,8 @@ int main(void) {
   test_corrupt();
   test_names();
   test_index_spill();
-  test_keep_bound();
+  test_spool_bound();
+  test_spool_threads();
   test_stream_same_bytes(src, data);
   test_stream_failure(src, data);
   test_stream_cancel(src, data);
