@@ -760,13 +760,16 @@ static void test_tar_s3(chb_s3 *s, const char *tmp) {
   const char *keys[] = {"tars/x.tar", "tars/x.tar.zst"};
   for (int k = 0; k < 2; k++) {
     CHECK(tar_to_s3(id, keys[k], fa, &ha, b, nb, &e) == 0, "%s written to S3: %s", keys[k], e.msg);
+    long opens = chb_tar_archive_opens();
     chb_tar_index *x = chb_tar_index_open(keys[k], id, &e);
     CHECK(x && chb_tar_index_count(x) == 2 && chb_tar_index_compressed(x) == k,
           "%s indexed from S3: %s", keys[k], x ? "ok" : e.msg);
     if (!x) continue;
     unsigned char *ra = tar_entry_s3(id, keys[k], x, "data/a", &e), *rb = tar_entry_s3(id, keys[k], x, "b", &e);
     CHECK(ra && memcmp(ra, a, na) == 0 && rb && memcmp(rb, b, nb) == 0,
-          "%s: entries read back byte-equal (%s)", keys[k], k ? "through the cursor" : "as ranges");
+          "%s: entries read back byte-equal (%s)", keys[k], k ? "from the spool" : "as ranges");
+    CHECK(!k || chb_tar_archive_opens() - opens == 1, "%s: the object read (and decompressed) once: %ld",
+          keys[k], chb_tar_archive_opens() - opens);
     free(ra);
     free(rb);
     chb_tar_index_close(x);

@@ -14,7 +14,8 @@
 -- Reading: chbackup.store.tar's reader over the object: one pass indexes it
 -- (ranged GETs; a `.tar`'s entry data is skipped, not fetched); a `.tar`'s
 -- entries are S3 ranged pieces read by any number of threads, a
--- compressed tar's are read through a cursor in archive order.
+-- compressed tar's are read from the spool the one pass decompressed it
+-- into (chb_tar.h): the object is fetched once.
 --
 -- Deleting: the object (the archive is the backup: gone at once).
 -- @module chbackup.store.s3tar

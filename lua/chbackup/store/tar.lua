@@ -6,14 +6,14 @@
 -- compression_method, compression_level or password.
 --
 -- Reading: the archive is read once when opened (core.tar_reader), which
--- indexes its entries (and keeps small entries of a compressed one in
--- memory). A `.tar`'s entries are byte ranges of the file: their pieces
--- are plain pieces with an offset, read by any number of threads. A
--- compressed tar cannot be seeked: its pieces name their entry, read
--- through a per-thread cursor that moves forward through the archive (one
--- read out of archive order reopens it and decompresses from the start),
--- so the reader says `sequential` and readers of many entries put them in
--- archive order on one thread (chain.archive_order): one decompression.
+-- indexes its entries. A `.tar`'s entries are byte ranges of the file:
+-- their pieces are plain pieces with an offset, read by any number of
+-- threads. A compressed tar is decompressed that one time into the C
+-- core's spool (an unlinked temporary file of its uncompressed data, see
+-- chb_tar.h): its pieces name their entry, which the core reads from the
+-- spool while this reader is open, in any order. The reader still says
+-- `sequential` (its pieces are entries, not ranges of the archive), and
+-- readers of many entries put them in archive order (chain.archive_order).
 --
 -- On S3 (chbackup.store.s3tar) the archive is an object: the same reader
 -- over it (`place`: its key, S3 profile, size and a ranged read), its
@@ -73,7 +73,7 @@ end
 
 --- The piece holding the first `length` bytes of the entry `name`: in a
 -- `.tar`, the range of the file (`start`: where the entry begins there);
--- in a compressed tar, the entry, which the C core reads through its cursor.
+-- in a compressed tar, the entry, which the C core reads from its spool.
 function Reader:piece(name, length)
   local at = self.place
   local size, offset = self:entry(name)
