@@ -1,6 +1,7 @@
 #include "chb_fs.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <limits.h>
@@ -11,6 +12,26 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <linux/openat2.h>
+
+int chb_fs_tmpfile(const char *dir, const char *prefix) {
+#ifdef O_TMPFILE
+  int fd = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0) return fd;
+#endif
+  size_t n = strlen(dir) + strlen(prefix) + sizeof "/XXXXXX";
+  char *path = malloc(n);
+  if (!path) {
+    errno = ENOMEM;
+    return -1;
+  }
+  snprintf(path, n, "%s/%sXXXXXX", dir, prefix);
+  int fd2 = mkostemp(path, O_CLOEXEC);
+  int e = errno;
+  if (fd2 >= 0) unlink(path);
+  free(path);
+  errno = e;
+  return fd2;
+}
 
 const char *chb_fs_split_dir(const char *path, char *dir, size_t n) {
   const char *slash = strrchr(path, '/');

@@ -15,6 +15,14 @@
  */
 const char *chb_fs_split_dir(const char *path, char *dir, size_t n);
 
+/*
+ * A temporary file in dir, read-write, unlinked from the start (nothing is
+ * left behind, even by a killed run): O_TMPFILE, or on a file system
+ * without it a file named <prefix>XXXXXX unlinked at once. The
+ * descriptor, or -1 with errno set.
+ */
+int chb_fs_tmpfile(const char *dir, const char *prefix);
+
 /* Writes all n bytes (retrying short writes and EINTR): 0, or -1 with errno. */
 int chb_fs_write_all(int fd, const void *p, size_t n);
 

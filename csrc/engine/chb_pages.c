@@ -9,6 +9,7 @@
 #define _GNU_SOURCE   /* O_TMPFILE */
 #endif
 #include "chb_pages.h"
+#include "chb_fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -110,24 +111,9 @@ static int open_file(chb_pager *pg) {
   if (pg->err[0]) return -1;
   const char *dir = pg->dir ? pg->dir : getenv("TMPDIR");
   if (!dir || !*dir) dir = "/tmp";
-#ifdef O_TMPFILE
-  pg->fd = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
-  if (pg->fd >= 0) return 0;
-#endif
-  /* (a filesystem without O_TMPFILE: a named file, unlinked at once) */
-  size_t n = strlen(dir) + sizeof "/chbackup-index-XXXXXX";
-  char *path = malloc(n);
-  if (!path) {
-    fail(pg, "create", ENOMEM);
-    return -1;
-  }
-  snprintf(path, n, "%s/chbackup-index-XXXXXX", dir);
-  pg->fd = mkostemp(path, O_CLOEXEC);
-  int e = errno;
-  if (pg->fd >= 0) unlink(path);
-  free(path);
+  pg->fd = chb_fs_tmpfile(dir, "chbackup-index-");
   if (pg->fd < 0) {
-    fail(pg, "create", e);
+    fail(pg, "create", errno);
     return -1;
   }
   return 0;

@@ -1,5 +1,6 @@
 /* Tar archives, the reading half: the index and this thread's cursor; see chb_tar.h. */
 #include "chb_catalog.h"
+#include "chb_fs.h"
 #include "chb_s3_store.h"
 #include "chb_tar.h"
 #include "chb_zip_read.h"
@@ -224,19 +225,8 @@ static int spool_open(chb_tar_index *x, chb_error *err) {
   const char *dir = tmp_dir();
   if (!(x->buf = malloc(SPOOL_BUF)))
     return chb_error_set(err, CHB_ENOMEM, "cannot read tar archive %s: out of memory", x->path);
-#ifdef O_TMPFILE
-  x->spool = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
-  if (x->spool >= 0) return 0;
-#endif
-  /* (a filesystem without O_TMPFILE: a named file, unlinked at once) */
-  size_t n = strlen(dir) + sizeof "/chbackup-spool-XXXXXX";
-  char *path = malloc(n);
-  if (!path) return chb_error_set(err, CHB_ENOMEM, "cannot read tar archive %s: out of memory", x->path);
-  snprintf(path, n, "%s/chbackup-spool-XXXXXX", dir);
-  x->spool = mkostemp(path, O_CLOEXEC);
+  x->spool = chb_fs_tmpfile(dir, "chbackup-spool-");
   int e = errno;
-  if (x->spool >= 0) unlink(path);
-  free(path);
   if (x->spool < 0)
     return chb_error_set(err, CHB_EIO,
                          "cannot create the temporary file of tar archive %s (its uncompressed data) in %s: %s",

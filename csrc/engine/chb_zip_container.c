@@ -1,5 +1,6 @@
 /* The zip container as a stream; see chb_zip_container.h. */
 #include "chb_zip_container.h"
+#include "chb_fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -202,13 +203,7 @@ static int cd_put(chb_zipc *z, const unsigned char *p, size_t n, chb_error *err)
       if (slash == dir) dir[1] = 0;
       else if (slash) *slash = 0;
       else snprintf(dir, sizeof dir, ".");
-      z->cd_fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-      if (z->cd_fd < 0) {     /* a file system without O_TMPFILE */
-        char tmpl[PATH_MAX + 32];
-        snprintf(tmpl, sizeof tmpl, "%s/.chb-zip-cd-XXXXXX", dir);
-        z->cd_fd = mkostemp(tmpl, O_CLOEXEC);
-        if (z->cd_fd >= 0) unlink(tmpl);
-      }
+      z->cd_fd = chb_fs_tmpfile(dir, ".chb-zip-cd-");
       if (z->cd_fd < 0) return io_fail(z, errno, "cannot create the central directory file of", err);
     }
     if (pwrite_full(z->cd_fd, z->cd_buf, z->cd_len, z->cd_spilled) != 0)
