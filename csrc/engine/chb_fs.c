@@ -13,6 +13,23 @@
 #include <sys/syscall.h>
 #include <linux/openat2.h>
 
+const char *chb_fs_tmpdir(void) {
+  const char *dir = getenv("TMPDIR");
+  return dir && *dir ? dir : "/tmp";
+}
+
+ssize_t chb_fs_pread_full(int fd, void *buf, size_t n, uint64_t off) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t k = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0) return -1;
+    if (k == 0) break;
+    got += (size_t)k;
+  }
+  return (ssize_t)got;
+}
+
 int chb_fs_tmpfile(const char *dir, const char *prefix) {
 #ifdef O_TMPFILE
   int fd = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /*
  * Splits path: its directory into dir ("." for a bare name, "/" at the
@@ -22,6 +23,13 @@ const char *chb_fs_split_dir(const char *path, char *dir, size_t n);
  * descriptor, or -1 with errno set.
  */
 int chb_fs_tmpfile(const char *dir, const char *prefix);
+
+/* Where temporary files go: $TMPDIR, or /tmp. */
+const char *chb_fs_tmpdir(void);
+
+/* Reads up to n bytes at off (retrying short reads and EINTR): the bytes
+ * read (fewer than n only at the end of the file), or -1 with errno. */
+ssize_t chb_fs_pread_full(int fd, void *buf, size_t n, uint64_t off);
 
 /* Writes all n bytes (retrying short writes and EINTR): 0, or -1 with errno. */
 int chb_fs_write_all(int fd, const void *p, size_t n);

@@ -101,7 +101,7 @@ size_t chb_pager_memory(const chb_pager *pg) {
 static void fail(chb_pager *pg, const char *what, int e) {
   if (pg->err[0]) return;   /* the first one says what went wrong */
   snprintf(pg->err, sizeof pg->err, "cannot %s the index's temporary file in %s: %s", what,
-           pg->dir ? pg->dir : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp"), strerror(e));
+           pg->dir ? pg->dir : chb_fs_tmpdir(), strerror(e));
 }
 
 /* The file, created unlinked on first use: nothing is left behind, even
@@ -109,9 +109,7 @@ static void fail(chb_pager *pg, const char *what, int e) {
 static int open_file(chb_pager *pg) {
   if (pg->fd >= 0) return 0;
   if (pg->err[0]) return -1;
-  const char *dir = pg->dir ? pg->dir : getenv("TMPDIR");
-  if (!dir || !*dir) dir = "/tmp";
-  pg->fd = chb_fs_tmpfile(dir, "chbackup-index-");
+  pg->fd = chb_fs_tmpfile(pg->dir ? pg->dir : chb_fs_tmpdir(), "chbackup-index-");
   if (pg->fd < 0) {
     fail(pg, "create", errno);
     return -1;
@@ -152,14 +150,10 @@ static int read_page(chb_pager *pg, const pte *e, char *p) {
     return -1;
   }
   off_t at = (off_t)(e->fpage - 1) * CHB_PAGE_SIZE;
-  for (size_t done = 0; done < CHB_PAGE_SIZE;) {
-    ssize_t r = pread(pg->fd, p + done, CHB_PAGE_SIZE - done, at + (off_t)done);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      fail(pg, "read", r < 0 ? errno : EIO);
-      return -1;
-    }
-    done += (size_t)r;
+  ssize_t r = chb_fs_pread_full(pg->fd, p, CHB_PAGE_SIZE, (uint64_t)at);
+  if (r != CHB_PAGE_SIZE) {
+    fail(pg, "read", r < 0 ? errno : EIO);
+    return -1;
   }
   return 0;
 }

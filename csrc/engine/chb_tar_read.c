@@ -215,14 +215,9 @@ void chb_tar_index_close(chb_tar_index *x) {
   free(x);
 }
 
-static const char *tmp_dir(void) {
-  const char *dir = getenv("TMPDIR");
-  return dir && *dir ? dir : "/tmp";
-}
-
 /* The spool, created unlinked (nothing is left behind, even by a killed run). */
 static int spool_open(chb_tar_index *x, chb_error *err) {
-  const char *dir = tmp_dir();
+  const char *dir = chb_fs_tmpdir();
   if (!(x->buf = malloc(SPOOL_BUF)))
     return chb_error_set(err, CHB_ENOMEM, "cannot read tar archive %s: out of memory", x->path);
   x->spool = chb_fs_tmpfile(dir, "chbackup-spool-");
@@ -243,7 +238,7 @@ static int spool_flush(chb_tar_index *x, chb_error *err) {
       int e = n < 0 ? errno : ENOSPC;
       return chb_error_set(err, CHB_EIO,
                            "cannot write the temporary file of tar archive %s (its uncompressed data) in %s: %s",
-                           x->path, tmp_dir(), strerror(e));
+                           x->path, chb_fs_tmpdir(), strerror(e));
     }
     done += (size_t)n;
   }
@@ -589,7 +584,7 @@ static ssize_t spool_read(chb_tar_file *f, void *buf, size_t len, chb_error *err
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       chb_error_set(err, CHB_EIO, "cannot read entry %s of tar archive %s from its temporary file in %s: %s",
-                    f->name, f->archive, tmp_dir(), strerror(errno));
+                    f->name, f->archive, chb_fs_tmpdir(), strerror(errno));
       return -1;
     }
     if (n == 0)

@@ -1,6 +1,7 @@
 /* A zip archive's central directory into a chb_catalog; see chb_zip_cd.h.
  * Field offsets are APPNOTE 6.3.10's (section 4.3). */
 #include "chb_zip_cd.h"
+#include "chb_fs.h"
 #include "chb_zip_read.h"
 
 #include <errno.h>
@@ -36,14 +37,9 @@ static int bad(chb_error *err, const char *path, const char *why) {
 
 /* Reads exactly n bytes at off: 0, or -1 (a short file is CHB_CORRUPT). */
 static int read_at(int fd, const char *path, void *buf, size_t n, uint64_t off, chb_error *err) {
-  size_t got = 0;
-  while (got < n) {
-    ssize_t k = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0) return chb_error_errno(err, errno, "cannot read zip archive", path);
-    if (k == 0) return bad(err, path, "truncated");
-    got += (size_t)k;
-  }
+  ssize_t k = chb_fs_pread_full(fd, buf, n, off);
+  if (k < 0) return chb_error_errno(err, errno, "cannot read zip archive", path);
+  if ((size_t)k < n) return bad(err, path, "truncated");
   return 0;
 }
 

@@ -4,6 +4,7 @@
 #include "chb_zip_read.h"
 #include "chb_aes.h"
 #include "chb_codec.h"
+#include "chb_fs.h"
 #include "chb_zip_cd.h"
 #include "chb_zip_common.h"
 
@@ -160,17 +161,11 @@ static int file_fail(chb_zip_file *f, chb_error *err, chb_code code, const char 
  * each other. */
 static ssize_t raw_read(chb_zip_file *f, unsigned char *buf, size_t n, chb_error *err) {
   if (n > f->raw_total_left) n = (size_t)f->raw_total_left;
-  size_t got = 0;
-  while (got < n) {
-    ssize_t k = pread(f->r->fd, buf + got, n - got, (off_t)f->data_at);
-    if (k < 0 && errno == EINTR) continue;
-    if (k < 0) return file_fail(f, err, CHB_EIO, "read error (%s)", strerror(errno));
-    if (k == 0) break;
-    got += (size_t)k;
-    f->data_at += (uint64_t)k;
-  }
-  f->raw_total_left -= got;
-  return (ssize_t)got;
+  ssize_t got = chb_fs_pread_full(f->r->fd, buf, n, f->data_at);
+  if (got < 0) return file_fail(f, err, CHB_EIO, "read error (%s)", strerror(errno));
+  f->data_at += (uint64_t)got;
+  f->raw_total_left -= (uint64_t)got;
+  return got;
 }
 
 /* Finds the entry's data after its local header, which must agree with the
@@ -179,14 +174,13 @@ static int locate_data(chb_zip_file *f, const chb_zip_cd_entry *e, chb_error *er
   size_t hlen = CHB_ZIP_LOCAL_LEN + (size_t)e->name_len;
   unsigned char *h = malloc(hlen);
   if (!h) return file_fail(f, err, CHB_ENOMEM, "out of memory");
-  size_t got = 0;
-  while (got < hlen) {
-    ssize_t k = pread(f->r->fd, h + got, hlen - got, (off_t)(e->header_offset + got));
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) break;
-    got += (size_t)k;
+  ssize_t got = chb_fs_pread_full(f->r->fd, h, hlen, e->header_offset);
+  if (got < 0) {
+    int e_no = errno;
+    free(h);
+    return file_fail(f, err, CHB_EIO, "read error (%s)", strerror(e_no));
   }
-  int ok = got == hlen && (h[0] | h[1] << 8 | h[2] << 16 | (uint32_t)h[3] << 24) == CHB_ZIP_LOCAL_SIG;
+  int ok = (size_t)got == hlen && (h[0] | h[1] << 8 | h[2] << 16 | (uint32_t)h[3] << 24) == CHB_ZIP_LOCAL_SIG;
   uint16_t nlen = ok ? (uint16_t)(h[26] | h[27] << 8) : 0, xlen = ok ? (uint16_t)(h[28] | h[29] << 8) : 0;
   ok = ok && nlen == e->name_len && memcmp(h + CHB_ZIP_LOCAL_LEN, f->name, nlen) == 0;
   free(h);
