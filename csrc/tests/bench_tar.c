@@ -14,6 +14,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "chb_catalog.h"
 #include "chb_tar.h"
 
 #include <stdio.h>
@@ -100,7 +101,7 @@ static int bench_index(const char *path, size_t budget) {
 int main(int argc, char **argv) {
   if (argc >= 4 && strcmp(argv[1], "write") == 0) return bench_write(argv[2], atol(argv[3]));
   if (argc >= 3 && strcmp(argv[1], "index") == 0)
-    return bench_index(argv[2], argc > 3 ? (size_t)atoll(argv[3]) : ((size_t)8 << 20));
+    return bench_index(argv[2], argc > 3 ? (size_t)atoll(argv[3]) : CHB_CATALOG_BUDGET);
   fprintf(stderr, "usage: %s write <archive> <N> | index <archive> [budget]\n", argv[0]);
   return 2;
 }
