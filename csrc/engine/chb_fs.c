@@ -72,6 +72,21 @@ int chb_fs_write_all(int fd, const void *buf, size_t n) {
   return 0;
 }
 
+int chb_fs_pwrite_all(int fd, const void *buf, size_t n, uint64_t off) {
+  const unsigned char *p = buf;
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, (off_t)off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    p += w;
+    n -= (size_t)w;
+    off += (uint64_t)w;
+  }
+  return 0;
+}
+
 int chb_fs_mkdir_parents(const char *path, chb_error *err) {
   char buf[PATH_MAX];
   size_t n = strlen(path);

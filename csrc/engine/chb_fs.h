@@ -34,6 +34,9 @@ ssize_t chb_fs_pread_full(int fd, void *buf, size_t n, uint64_t off);
 /* Writes all n bytes (retrying short writes and EINTR): 0, or -1 with errno. */
 int chb_fs_write_all(int fd, const void *p, size_t n);
 
+/* The same at offset off (pwrite: the file position is not moved). */
+int chb_fs_pwrite_all(int fd, const void *p, size_t n, uint64_t off);
+
 /* Creates every missing parent directory of `path` (mode 0755). */
 int chb_fs_mkdir_parents(const char *path, chb_error *err);
 

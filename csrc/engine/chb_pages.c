@@ -131,14 +131,9 @@ static int write_page(chb_pager *pg, pte *e, const char *p) {
     }
   }
   off_t at = (off_t)(e->fpage - 1) * CHB_PAGE_SIZE;
-  for (size_t done = 0; done < CHB_PAGE_SIZE;) {
-    ssize_t w = pwrite(pg->fd, p + done, CHB_PAGE_SIZE - done, at + (off_t)done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      fail(pg, "write", w < 0 ? errno : ENOSPC);
-      return -1;
-    }
-    done += (size_t)w;
+  if (chb_fs_pwrite_all(pg->fd, p, CHB_PAGE_SIZE, (uint64_t)at) != 0) {
+    fail(pg, "write", errno);
+    return -1;
   }
   pg->spilled = 1;
   return 0;

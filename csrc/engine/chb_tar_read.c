@@ -230,18 +230,10 @@ static int spool_open(chb_tar_index *x, chb_error *err) {
 }
 
 static int spool_flush(chb_tar_index *x, chb_error *err) {
-  size_t done = 0;
-  while (done < x->buffered) {
-    ssize_t n = write(x->spool, x->buf + done, x->buffered - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int e = n < 0 ? errno : ENOSPC;
-      return chb_error_set(err, CHB_EIO,
-                           "cannot write the temporary file of tar archive %s (its uncompressed data) in %s: %s",
-                           x->path, chb_fs_tmpdir(), strerror(e));
-    }
-    done += (size_t)n;
-  }
+  if (chb_fs_write_all(x->spool, x->buf, x->buffered) != 0)
+    return chb_error_set(err, CHB_EIO,
+                         "cannot write the temporary file of tar archive %s (its uncompressed data) in %s: %s",
+                         x->path, chb_fs_tmpdir(), strerror(errno));
   x->buffered = 0;
   return 0;
 }
@@ -579,20 +571,17 @@ int chb_tar_entry_size_cached(const char *archive, int s3, const char *entry, ui
 static ssize_t spool_read(chb_tar_file *f, void *buf, size_t len, chb_error *err) {
   if (f->got >= f->size || len == 0) return 0;
   if (len > f->size - f->got) len = (size_t)(f->size - f->got);
-  for (;;) {
-    ssize_t n = pread(f->fd, buf, len, (off_t)(f->offset + f->got));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      chb_error_set(err, CHB_EIO, "cannot read entry %s of tar archive %s from its temporary file in %s: %s",
-                    f->name, f->archive, chb_fs_tmpdir(), strerror(errno));
-      return -1;
-    }
-    if (n == 0)
-      return chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is truncated (%llu of %llu bytes)",
-                           f->name, f->archive, (unsigned long long)f->got, (unsigned long long)f->size);
-    f->got += (uint64_t)n;
-    return n;
+  ssize_t n = chb_fs_pread_full(f->fd, buf, len, f->offset + f->got);
+  if (n < 0) {
+    chb_error_set(err, CHB_EIO, "cannot read entry %s of tar archive %s from its temporary file in %s: %s",
+                  f->name, f->archive, chb_fs_tmpdir(), strerror(errno));
+    return -1;
   }
+  f->got += (uint64_t)n;
+  if ((size_t)n < len)   /* (len never passes the entry's end: a short read is a short spool) */
+    return chb_error_set(err, CHB_CORRUPT, "entry %s of tar archive %s is truncated (%llu of %llu bytes)",
+                         f->name, f->archive, (unsigned long long)f->got, (unsigned long long)f->size);
+  return n;
 }
 
 ssize_t chb_tar_file_read(chb_tar_file *f, void *buf, size_t len, chb_error *err) {

@@ -52,20 +52,6 @@ static int io_fail(chb_zipc *z, int errnum, const char *what, chb_error *err) {
   return chb_error_errno(err, errnum, what, z->path);
 }
 
-static int pwrite_full(int fd, const unsigned char *p, size_t n, uint64_t off) {
-  while (n > 0) {
-    ssize_t k = pwrite(fd, p, n, (off_t)off);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += k;
-    n -= (size_t)k;
-    off += (uint64_t)k;
-  }
-  return 0;
-}
-
 chb_zipc *chb_zipc_new(int fd, const char *path, time_t mtime, size_t bufsize, chb_error *err) {
   chb_zipc *z = calloc(1, sizeof *z);
   if (z) {
@@ -97,7 +83,7 @@ uint64_t chb_zipc_count(const chb_zipc *z) { return z->entries; }
 uint64_t chb_zipc_offset(const chb_zipc *z) { return z->buf_off + z->len; }
 
 static int out_flush(chb_zipc *z, chb_error *err) {
-  if (z->len && pwrite_full(z->fd, z->buf, z->len, z->buf_off) != 0)
+  if (z->len && chb_fs_pwrite_all(z->fd, z->buf, z->len, z->buf_off) != 0)
     return io_fail(z, errno, "cannot write zip archive", err);
   z->buf_off += z->len;
   z->len = 0;
@@ -107,7 +93,7 @@ static int out_flush(chb_zipc *z, chb_error *err) {
 static int out_put(chb_zipc *z, const void *p, size_t n, chb_error *err) {
   if (z->len + n > z->cap && out_flush(z, err) != 0) return -1;
   if (n >= z->cap) {          /* big pieces go straight to the file */
-    if (pwrite_full(z->fd, p, n, z->buf_off) != 0)
+    if (chb_fs_pwrite_all(z->fd, p, n, z->buf_off) != 0)
       return io_fail(z, errno, "cannot write zip archive", err);
     z->buf_off += n;
     return 0;
@@ -198,15 +184,11 @@ static int cd_put(chb_zipc *z, const unsigned char *p, size_t n, chb_error *err)
     if (z->cd_fd < 0) {
       /* Unlinked from the start: nothing is left behind by a killed run. */
       char dir[PATH_MAX];
-      snprintf(dir, sizeof dir, "%s", z->path);
-      char *slash = strrchr(dir, '/');
-      if (slash == dir) dir[1] = 0;
-      else if (slash) *slash = 0;
-      else snprintf(dir, sizeof dir, ".");
+      chb_fs_split_dir(z->path, dir, sizeof dir);
       z->cd_fd = chb_fs_tmpfile(dir, ".chb-zip-cd-");
       if (z->cd_fd < 0) return io_fail(z, errno, "cannot create the central directory file of", err);
     }
-    if (pwrite_full(z->cd_fd, z->cd_buf, z->cd_len, z->cd_spilled) != 0)
+    if (chb_fs_pwrite_all(z->cd_fd, z->cd_buf, z->cd_len, z->cd_spilled) != 0)
       return io_fail(z, errno, "cannot write the central directory of", err);
     z->cd_spilled += z->cd_len;
     z->cd_len = 0;
@@ -229,7 +211,7 @@ int chb_zipc_entry_end(chb_zipc *z, const chb_zipc_entry *e, chb_error *err) {
     } else {
       unsigned char c[4];
       put32(c, e->crc);
-      if (pwrite_full(z->fd, c, 4, at) != 0)
+      if (chb_fs_pwrite_all(z->fd, c, 4, at) != 0)
         return io_fail(z, errno, "cannot write zip archive", err);
     }
   }
