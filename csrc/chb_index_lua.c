@@ -315,11 +315,6 @@ static int index_memory(lua_State *L) {
   return 1;
 }
 
-static int index_compact(lua_State *L) {
-  chb_index_compact(check_index(L));
-  return 0;
-}
-
 static int index_gc(lua_State *L) {
   index_box *b = luaL_checkudata(L, 1, CHB_INDEX_MT);
   chb_index_free(b->idx);
@@ -359,7 +354,7 @@ static const luaL_Reg index_methods[] = {
     {"add", index_add},       {"get", index_get},         {"fields", index_fields},         {"find", index_find},
     {"find_content", index_find_content},                 {"prefix", index_prefix},
     {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
-    {"compact", index_compact}, {"manifest_files", index_manifest_files},
+    {"manifest_files", index_manifest_files},
     {"add_from_base", index_add_from_base}, {"name", index_name}, {"stored", index_stored},
     {NULL, NULL}};
 

@@ -3,12 +3,15 @@
  * strings, its directory (up to its last '/') and its file name: a part's
  * dozen files share one directory string and every part the same dozen
  * file names, so a name costs 8 bytes, not its length (issue 14).
- * Open-addressing tables of entry numbers (+1; 0 is an empty slot).
- * What grows with the number of files (records, extras, the name and
- * content tables, the name order) is in paged arrays (chb_pages): in
+ * Open-addressing tables of numbers (+1; 0 is an empty slot) with hash tags.
+ * Everything that grows with the number of files or parts (records,
+ * extras, the name and content tables, the name order, the interned
+ * strings, their table and their bytes) is in paged arrays (chb_pages): in
  * memory up to the index's budget, past it in a temporary file. The
- * interned strings stay in memory: they grow with directories (parts),
- * not with files.
+ * strings were kept in memory once, as they grow with parts, not files:
+ * about 90 bytes a part (9 MB at 10^5 parts), the one term of a RESTORE's
+ * peak that still grew (issue 14). A string is read by copying its bytes
+ * out of their pages into a scratch buffer of the index.
  */
 #include "chb_index.h"
 #include "chb_pages.h"
@@ -37,10 +40,25 @@ typedef struct rec {
   uint8_t flags;
 } rec;
 
-/* One interned string: bytes [off, off + len) of the strings arena. */
+/* One interned string: bytes [off, off + len) of the arena. */
 typedef struct str {
   uint32_t off, len;
 } str;
+
+/* A cache of short strings interned (a part's file names, most
+ * directories): found without the strings' table. */
+typedef struct cached_str {
+  uint32_t id;
+  uint8_t len, used;
+  char bytes[58];
+} cached_str;
+
+#define STR_CACHE 256   /* (16 KiB) */
+
+/* The index's scratch buffers: what chb_index_get returns (a name, a
+ * data_file) and a name a lookup or comparison reads (not one of those, so
+ * that a name chb_index_get returned may be added again or looked up). */
+enum { S_NAME, S_DATA_FILE, S_CMP_X, N_SCRATCH };
 
 /* What few entries have (an incremental's grown files, copies). */
 typedef struct extra {
@@ -56,17 +74,22 @@ struct chb_index {
   size_t count;
   chb_parray *extras;      /* extra */
   size_t nextra;
-  char *names;             /* the arena: interned strings, extras' data_file */
-  size_t names_len, names_cap;
-  str *strs;               /* interned strings, by id */
-  size_t nstrs, strs_cap;
-  uint32_t *by_str;        /* string hash -> id + 1 */
+  chb_parray *bytes;       /* the arena (char): interned strings, extras' data_file */
+  size_t names_len;
+  chb_parray *strs;        /* str: interned strings, by id */
+  size_t nstrs;
+  chb_parray *by_str;      /* string hash -> id (slot) */
   size_t by_str_cap;
-  char *scratch[2];        /* a name and a data_file put together by chb_index_get */
-  size_t scratch_cap[2];
-  chb_parray *by_name;     /* name hash -> entry + 1 (uint32_t) */
+  char *scratch[N_SCRATCH];
+  size_t scratch_cap[N_SCRATCH];
+  char *last_dir;          /* the directory interned last, and its id: a */
+  size_t last_dir_len, last_dir_cap;   /* part's files are added together */
+  uint32_t last_dir_id;
+  int has_last_dir;
+  cached_str str_cache[STR_CACHE];
+  chb_parray *by_name;     /* name hash -> entry (slot) */
   size_t by_name_cap;      /* a power of two, or 0 */
-  chb_parray *by_content;  /* (size, checksum) -> first entry + 1; built lazily */
+  chb_parray *by_content;  /* (size, checksum) -> first entry (slot); built lazily */
   size_t by_content_cap;
   chb_parray *sorted;      /* entries in name order; built lazily */
   int sorted_identity;     /* or: added in name order (as `.backup` lists them) */
@@ -92,7 +115,9 @@ chb_index *chb_index_new_in(chb_pager *pg) {
   idx->pg = pg;
   idx->recs = idx->pg ? chb_parray_new(idx->pg, sizeof(rec)) : NULL;
   idx->extras = idx->pg ? chb_parray_new(idx->pg, sizeof(extra)) : NULL;
-  if (!idx->recs || !idx->extras) {
+  idx->bytes = idx->pg ? chb_parray_new(idx->pg, 1) : NULL;
+  idx->strs = idx->pg ? chb_parray_new(idx->pg, sizeof(str)) : NULL;
+  if (!idx->recs || !idx->extras || !idx->bytes || !idx->strs) {
     chb_index_free(idx);
     return NULL;
   }
@@ -115,11 +140,11 @@ void chb_index_free(chb_index *idx) {
   if (!idx) return;
   chb_parray_free(idx->recs);
   chb_parray_free(idx->extras);
-  free(idx->names);
-  free(idx->strs);
-  free(idx->by_str);
-  free(idx->scratch[0]);
-  free(idx->scratch[1]);
+  chb_parray_free(idx->bytes);
+  chb_parray_free(idx->strs);
+  chb_parray_free(idx->by_str);
+  for (int k = 0; k < N_SCRATCH; k++) free(idx->scratch[k]);
+  free(idx->last_dir);
   chb_parray_free(idx->by_name);
   drop_content(idx);
   drop_sorted(idx);
@@ -166,19 +191,84 @@ static chb_parray *new_table(chb_index *idx, size_t cap) {
   return t;
 }
 
-/* FNV-1a over a and then b (a name in its two pieces hashes as the whole
- * name), then a final mix. */
-static uint64_t hash_two(const char *a, size_t an, const char *b, size_t bn) {
+/* The hash tables (strings, names, contents) are open-addressed, each
+ * slot a number + 1 (0: empty) and the high half of its hash: a probe
+ * reads a record or string only when the tags match, not at every slot it
+ * passes (the record's page may be on disk: at 10^6 files most probes
+ * would read one). */
+typedef struct hslot {
+  uint32_t v, tag;
+} hslot;
+
+static chb_parray *new_slots(chb_index *idx, size_t cap) {
+  chb_parray *t = chb_parray_new(idx->pg, sizeof(hslot));
+  if (t && chb_parray_reserve(t, cap) != 0) {
+    chb_parray_free(t);
+    return NULL;
+  }
+  return t;
+}
+
+/* Where a key's probe starts in a table, and its tag. */
+typedef struct hpos {
+  size_t start;
+  uint32_t tag;
+} hpos;
+
+/* A key of hash h in a table of cap slots: anywhere. */
+static hpos pos_of(uint64_t h, size_t cap) {
+  hpos p = {(size_t)h & (cap - 1), (uint32_t)(h >> 32)};
+  return p;
+}
+
+/* 1 if number n is what a probe looks for, 0 if not, -1 on a failure. */
+typedef int (*match_fn)(chb_index *idx, uint32_t n, const void *arg);
+
+/* Probes table t of cap slots from pos: the slot of the number match
+ * takes (*v that number + 1) or the empty slot that ends the probe (*v
+ * 0). -1 on a failure. */
+static int probe(chb_index *idx, chb_parray *t, size_t cap, hpos pos, match_fn match, const void *arg, size_t *at,
+                 uint32_t *v) {
+  uint32_t tag = pos.tag;
+  for (size_t k = pos.start;; k = (k + 1) & (cap - 1)) {
+    const hslot *p = chb_parray_at(t, k, 0);
+    if (!p) return -1;
+    hslot x = *p;
+    int m = !x.v ? 1 : x.tag != tag ? 0 : match(idx, x.v - 1, arg);
+    if (m < 0) return -1;
+    if (m) {
+      *at = k, *v = x.v;
+      return 0;
+    }
+  }
+}
+
+/* Number n + 1 into slot k of t, with pos's tag. */
+static int slot_set(chb_parray *t, size_t k, hpos pos, uint32_t n) {
+  hslot *p = chb_parray_at(t, k, 1);
+  if (!p) return -1;
+  p->v = n + 1, p->tag = pos.tag;
+  return 0;
+}
+
+/* Number n into a table being built (of unique keys: no comparison). */
+static int place(chb_parray *t, size_t cap, hpos pos, uint32_t n) {
+  for (size_t k = pos.start;; k = (k + 1) & (cap - 1)) {
+    const hslot *p = chb_parray_at(t, k, 0);
+    if (!p) return -1;
+    if (!p->v) return slot_set(t, k, pos, n);
+  }
+}
+
+/* FNV-1a, then a final mix. */
+static uint64_t hash_bytes(const char *p, size_t n) {
   uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < an; i++) h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
-  for (size_t i = 0; i < bn; i++) h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
   h ^= h >> 33;
   h *= 0xff51afd7ed558ccdull;
   h ^= h >> 33;
   return h;
 }
-
-static uint64_t hash_bytes(const char *p, size_t n) { return hash_two(p, n, NULL, 0); }
 
 static uint64_t hash_content(uint64_t size, chb_u128 sum) {
   uint64_t h = sum.lo ^ (sum.hi * 0x9E3779B97F4A7C15ull) ^ (size * 0xC2B2AE3D27D4EB4Full);
@@ -202,44 +292,129 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
   return 0;
 }
 
+/* n bytes of the arena at off copied out to dst, or in from src, page by
+ * page (a string may cross pages). -1 on an I/O failure. */
+static int arena_copy(chb_index *idx, size_t off, char *dst, const char *src, size_t n) {
+  while (n > 0) {
+    size_t room = CHB_PAGE_SIZE - off % CHB_PAGE_SIZE, k = n < room ? n : room;
+    char *p = chb_parray_at(idx->bytes, off, src != NULL);
+    if (!p) return -1;
+    if (src) memcpy(p, src, k), src += k; else memcpy(dst, p, k), dst += k;
+    off += k, n -= k;
+  }
+  return 0;
+}
+
 /* Copies bytes into the arena; their offset in *off. */
 static int add_bytes(chb_index *idx, const char *s, size_t n, uint32_t *off) {
-  if (idx->names_len + n > UINT32_MAX) return -1;
-  if (grow((void **)&idx->names, &idx->names_cap, idx->names_len + n + 1, 1) != 0) return -1;
-  memcpy(idx->names + idx->names_len, s, n);
+  if (idx->names_len + n > UINT32_MAX || chb_parray_reserve(idx->bytes, idx->names_len + n) != 0 ||
+      arena_copy(idx, idx->names_len, NULL, s, n) != 0)
+    return -1;
   *off = (uint32_t)idx->names_len;
   idx->names_len += n;
   return 0;
 }
 
-static const char *str_bytes(const chb_index *idx, uint32_t id) { return idx->names + idx->strs[id].off; }
+static int str_get(chb_index *idx, uint32_t id, str *out) {
+  const str *p = chb_parray_at(idx->strs, id, 0);
+  if (!p) return -1;
+  *out = *p;
+  return 0;
+}
 
-/* The id of the interned string s, added if new; -1 when out of memory. */
-static long intern(chb_index *idx, const char *s, size_t n) {
+/* Scratch buffer k, at least n bytes; NULL when out of memory. */
+static char *scratch(chb_index *idx, int k, size_t n) {
+  if (grow((void **)&idx->scratch[k], &idx->scratch_cap[k], n + 1, 1) != 0) return NULL;
+  return idx->scratch[k];
+}
+
+/* Bytes [off, off + len) of the arena, copied to scratch buffer k; NULL
+ * when out of memory or on an I/O failure. */
+static const char *arena_load(chb_index *idx, uint32_t off, uint32_t len, int k) {
+  char *buf = scratch(idx, k, len);
+  if (!buf || arena_copy(idx, off, buf, NULL, len) != 0) return NULL;
+  return buf;
+}
+
+/* The name of interned strings dir and leaf, put together in scratch
+ * buffer k; NULL when out of memory or on an I/O failure. */
+static const char *load_name(chb_index *idx, uint32_t dir, uint32_t leaf, int k, size_t *len) {
+  str d, l;
+  if (str_get(idx, dir, &d) != 0 || str_get(idx, leaf, &l) != 0) return NULL;
+  *len = (size_t)d.len + l.len;
+  char *buf = scratch(idx, k, *len);
+  if (!buf || arena_copy(idx, d.off, buf, NULL, d.len) != 0 ||
+      arena_copy(idx, l.off, buf + d.len, NULL, l.len) != 0)
+    return NULL;
+  return buf;
+}
+
+/* The table of interned strings, at cap slots (twice their number). */
+static int rehash_strs(chb_index *idx, size_t cap) {
+  chb_parray *t = new_slots(idx, cap);
+  if (!t) return -1;
+  for (size_t id = 0; id < idx->nstrs; id++) {
+    str x;
+    const char *b = str_get(idx, (uint32_t)id, &x) == 0 ? arena_load(idx, x.off, x.len, S_CMP_X) : NULL;
+    if (!b || place(t, cap, pos_of(hash_bytes(b, x.len), cap), (uint32_t)id) != 0) goto fail;
+  }
+  chb_parray_free(idx->by_str);
+  idx->by_str = t, idx->by_str_cap = cap;
+  return 0;
+fail:
+  chb_parray_free(t);
+  return -1;
+}
+
+typedef struct bytes_arg {
+  const char *s;
+  size_t n;
+} bytes_arg;
+
+static int str_is(chb_index *idx, uint32_t id, const void *arg) {
+  const bytes_arg *want = arg;
+  str x;
+  if (str_get(idx, id, &x) != 0) return -1;
+  if (x.len != want->n) return 0;
+  const char *b = arena_load(idx, x.off, x.len, S_CMP_X);
+  return b ? memcmp(b, want->s, want->n) == 0 : -1;
+}
+
+/* What lookup_str returns for a string not interned (and not added). */
+#define NOT_INTERNED (-3)
+
+/* The id of the interned string s: from the cache of short strings, else
+ * from the strings' table, where it is added if new when add is set.
+ * NOT_INTERNED (not there, add not set), or -1 when out of memory or on
+ * an I/O failure. */
+static long lookup_str(chb_index *idx, const char *s, size_t n, int add) {
   if (n > UINT32_MAX || idx->nstrs >= MAX_ENTRIES) return -1;
-  if ((idx->nstrs + 1) * 2 > idx->by_str_cap) {
-    size_t cap = idx->by_str_cap ? idx->by_str_cap * 2 : 64;
-    uint32_t *t = calloc(cap, sizeof *t);
-    if (!t) return -1;
-    for (size_t id = 0; id < idx->nstrs; id++) {
-      size_t k = (size_t)hash_bytes(str_bytes(idx, (uint32_t)id), idx->strs[id].len) & (cap - 1);
-      while (t[k]) k = (k + 1) & (cap - 1);
-      t[k] = (uint32_t)id + 1;
-    }
-    free(idx->by_str);
-    idx->by_str = t, idx->by_str_cap = cap;
+  uint64_t h = hash_bytes(s, n);
+  cached_str *c = &idx->str_cache[h % STR_CACHE];
+  if (c->used && c->len == n && memcmp(c->bytes, s, n) == 0) return c->id;
+  if (add && (idx->nstrs + 1) * 2 > idx->by_str_cap && rehash_strs(idx, idx->by_str_cap ? idx->by_str_cap * 2 : 64) != 0)
+    return -1;
+  if (!idx->by_str_cap) return NOT_INTERNED;
+  size_t k;
+  uint32_t v;
+  bytes_arg want = {s, n};
+  if (probe(idx, idx->by_str, idx->by_str_cap, pos_of(h, idx->by_str_cap), str_is, &want, &k, &v) != 0) return -1;
+  long id = (long)v - 1;
+  if (!v) {
+    if (!add) return NOT_INTERNED;
+    str x = {0, (uint32_t)n};
+    if (chb_parray_reserve(idx->strs, idx->nstrs + 1) != 0 || add_bytes(idx, s, n, &x.off) != 0) return -1;
+    str *p = chb_parray_at(idx->strs, idx->nstrs, 1);
+    if (!p) return -1;
+    *p = x;
+    if (slot_set(idx->by_str, k, pos_of(h, idx->by_str_cap), (uint32_t)idx->nstrs) != 0) return -1;
+    id = (long)idx->nstrs++;
   }
-  size_t mask = idx->by_str_cap - 1, k = (size_t)hash_bytes(s, n) & mask;
-  for (; idx->by_str[k]; k = (k + 1) & mask) {
-    uint32_t id = idx->by_str[k] - 1;
-    if (idx->strs[id].len == n && memcmp(str_bytes(idx, id), s, n) == 0) return (long)id;
+  if (n <= sizeof c->bytes) {
+    memcpy(c->bytes, s, n);
+    c->len = (uint8_t)n, c->id = (uint32_t)id, c->used = 1;
   }
-  if (grow((void **)&idx->strs, &idx->strs_cap, idx->nstrs + 1, sizeof(str)) != 0) return -1;
-  str x = {0, (uint32_t)n};
-  if (add_bytes(idx, s, n, &x.off) != 0) return -1;
-  idx->strs[idx->nstrs] = x;
-  idx->by_str[k] = (uint32_t)idx->nstrs + 1;
-  return (long)idx->nstrs++;
+  return id;
 }
 
 /* Where a name's directory ends: after its last '/' (0: none). */
@@ -248,57 +423,86 @@ static size_t dir_len(const char *name, size_t len) {
   return len;
 }
 
-static size_t name_len_of(const chb_index *idx, const rec *r) { return idx->strs[r->dir].len + idx->strs[r->leaf].len; }
-
-static int name_is(const chb_index *idx, const rec *r, const char *name, size_t len) {
-  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
-  return d->len + l->len == len && memcmp(idx->names + d->off, name, d->len) == 0 &&
-         memcmp(idx->names + l->off, name + d->len, l->len) == 0;
+/* As lookup_str, for directory d (a name's first n bytes): the last one
+ * found again without a lookup (a part's files come together; a part's
+ * directory is often longer than the cache's strings). */
+static long lookup_dir(chb_index *idx, const char *d, size_t n, int add) {
+  if (idx->has_last_dir && idx->last_dir_len == n && memcmp(idx->last_dir, d, n) == 0) return idx->last_dir_id;
+  long id = lookup_str(idx, d, n, add);
+  if (id < 0) return id;
+  if (grow((void **)&idx->last_dir, &idx->last_dir_cap, n + 1, 1) != 0) return -1;
+  memcpy(idx->last_dir, d, n);
+  idx->last_dir_len = n, idx->last_dir_id = (uint32_t)id, idx->has_last_dir = 1;
+  return id;
 }
 
-static uint64_t hash_rec(const chb_index *idx, const rec *r) {
-  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
-  return hash_two(idx->names + d->off, d->len, idx->names + l->off, l->len);
-}
+/* A name as its directory's and file name's ids (interned: equal names,
+ * equal ids), and the hash of the by_name table. 0, NOT_INTERNED (with
+ * add not set: no entry has this name), or -1 on a failure. */
+typedef struct name_ids {
+  uint32_t dir, leaf;
+} name_ids;
 
-/* The slot of name in the by_name table: its entry's (*v its number + 1),
- * or the empty one it would take (*v 0). -1 on an I/O failure. */
-static int name_slot(chb_index *idx, const char *name, size_t len, size_t *slot, uint32_t *v) {
-  size_t mask = idx->by_name_cap - 1, s = (size_t)hash_bytes(name, len) & mask;
-  for (;; s = (s + 1) & mask) {
-    rec r;
-    if (u32_get(idx->by_name, s, v) != 0) return -1;
-    if (!*v) break;
-    if (rec_get(idx, *v - 1, &r) != 0) return -1;
-    if (name_is(idx, &r, name, len)) break;
-  }
-  *slot = s;
+static int name_ids_of(chb_index *idx, const char *name, size_t len, int add, name_ids *out) {
+  size_t dl = dir_len(name, len);
+  long dir = lookup_dir(idx, name, dl, add);
+  long leaf = dir < 0 ? dir : lookup_str(idx, name + dl, len - dl, add);
+  if (leaf < 0) return (int)leaf;
+  out->dir = (uint32_t)dir, out->leaf = (uint32_t)leaf;
   return 0;
 }
 
+static uint64_t hash_ids(uint32_t dir, uint32_t leaf) {
+  uint64_t h = ((uint64_t)dir << 32 | leaf) * 0x9E3779B97F4A7C15ull;
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 32;
+  return h;
+}
+
+/* A name's place in the by_name table: the files of one directory near
+ * each other, in one page's window of NAME_WINDOW slots chosen by the
+ * directory (and, past 64 file names, by which 64 of them: a directory of
+ * 10^5 files spreads over many windows, never one long probe), so that a
+ * part's files, added and looked up together, cost one page of the table,
+ * not one each (at 10^6 files most of the table's pages are on disk). */
+#define NAME_WINDOW ((size_t)CHB_PAGE_SIZE / sizeof(hslot))
+
+static hpos name_pos(uint32_t dir, uint32_t leaf, size_t cap) {
+  uint64_t window = hash_ids(dir, leaf >> 6), h = hash_ids(dir, leaf);
+  size_t w = NAME_WINDOW < cap ? NAME_WINDOW : cap;
+  hpos p = {((size_t)window & (cap - 1) & ~(w - 1)) | ((size_t)h & (w - 1)), (uint32_t)(h >> 32)};
+  return p;
+}
+
+static int name_is(chb_index *idx, uint32_t i, const void *arg) {
+  const name_ids *ids = arg;
+  rec r;
+  if (rec_get(idx, i, &r) != 0) return -1;
+  return r.dir == ids->dir && r.leaf == ids->leaf;
+}
+
+/* The slot of the name of ids in the by_name table: its entry's (*v its
+ * number + 1), or the empty one it would take (*v 0). -1 on a failure. */
+static int name_slot(chb_index *idx, name_ids ids, size_t *at, uint32_t *v) {
+  return probe(idx, idx->by_name, idx->by_name_cap, name_pos(ids.dir, ids.leaf, idx->by_name_cap), name_is, &ids, at, v);
+}
+
 static int rehash_names(chb_index *idx, size_t cap) {
-  chb_parray *t = new_table(idx, cap);
+  chb_parray *t = new_slots(idx, cap);
   if (!t) return -1;
   for (size_t i = 0; i < idx->count; i++) {
     rec r;
-    uint32_t v;
-    if (rec_get(idx, i, &r) != 0) goto fail;
-    size_t s = (size_t)hash_rec(idx, &r) & (cap - 1);
-    for (;; s = (s + 1) & (cap - 1)) {   /* (names are unique: no comparison) */
-      if (u32_get(t, s, &v) != 0) goto fail;
-      if (!v) break;
+    if (rec_get(idx, i, &r) != 0 || place(t, cap, name_pos(r.dir, r.leaf, cap), (uint32_t)i) != 0) {
+      chb_parray_free(t);
+      return -1;
     }
-    if (u32_set(t, s, (uint32_t)i + 1) != 0) goto fail;
   }
   chb_parray_free(idx->by_name);
   idx->by_name = t;
   idx->by_name_cap = cap;
   return 0;
-fail:
-  chb_parray_free(t);
-  return -1;
 }
-
 
 static int content_add(chb_index *idx, size_t i);
 
@@ -309,7 +513,9 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
     return -2;
   size_t slot;
   uint32_t v;
-  if (name_slot(idx, e->name, e->name_len, &slot, &v) != 0) return -2;
+  name_ids ids;
+  /* (a name's strings are interned first: a name looked up is two ids) */
+  if (name_ids_of(idx, e->name, e->name_len, 1, &ids) != 0 || name_slot(idx, ids, &slot, &v) != 0) return -2;
   if (v) {
     if (existing) *existing = v - 1;
     return -1;
@@ -317,10 +523,7 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   if (chb_parray_reserve(idx->recs, idx->count + 1) != 0) return -2;
   rec r = {0};
   r.size = e->size;
-  size_t dl = dir_len(e->name, e->name_len);
-  long dir = intern(idx, e->name, dl), leaf = dir < 0 ? -1 : intern(idx, e->name + dl, e->name_len - dl);
-  if (leaf < 0) return -2;
-  r.dir = (uint32_t)dir, r.leaf = (uint32_t)leaf;
+  r.dir = ids.dir, r.leaf = ids.leaf;
   if (e->has_checksum) r.flags |= F_CHECKSUM, r.checksum = e->checksum;
   if (e->use_base != CHB_ABSENT) r.flags |= F_USE_BASE_SET | (e->use_base ? F_USE_BASE : 0);
   if (e->encrypted_by_disk != CHB_ABSENT) r.flags |= F_ENC_SET | (e->encrypted_by_disk ? F_ENC : 0);
@@ -353,7 +556,7 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   rec *pr = chb_parray_at(idx->recs, idx->count, 1);
   if (!pr) return -2;
   *pr = r;
-  if (u32_set(idx->by_name, slot, (uint32_t)(idx->count + 1)) != 0) return -2;
+  if (slot_set(idx->by_name, slot, name_pos(ids.dir, ids.leaf, idx->by_name_cap), (uint32_t)idx->count) != 0) return -2;
   idx->count++;
   /* the name order is made again on use; an index added to in name order
    * (as a manifest is read) is still in it */
@@ -376,22 +579,12 @@ long chb_index_add_from_base(chb_index *idx, chb_index *base, size_t i, size_t *
   return chb_index_add(idx, &e, existing);
 }
 
-/* rec's name put together in scratch buffer k; NULL when out of memory. */
-static const char *joined(chb_index *idx, const rec *r, int k, size_t *len) {
-  const str *d = &idx->strs[r->dir], *l = &idx->strs[r->leaf];
-  *len = (size_t)d->len + l->len;
-  if (grow((void **)&idx->scratch[k], &idx->scratch_cap[k], *len + 1, 1) != 0) return NULL;
-  memcpy(idx->scratch[k], idx->names + d->off, d->len);
-  memcpy(idx->scratch[k] + d->len, idx->names + l->off, l->len);
-  return idx->scratch[k];
-}
-
 int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
   if (i >= idx->count) return -1;
   rec r;
   if (rec_get(idx, i, &r) != 0) return -2;
   memset(out, 0, sizeof *out);
-  out->name = joined(idx, &r, 0, &out->name_len);
+  out->name = load_name(idx, r.dir, r.leaf, S_NAME, &out->name_len);
   if (!out->name) return -2;
   out->size = r.size;
   out->has_checksum = (r.flags & F_CHECKSUM) != 0;
@@ -401,7 +594,7 @@ int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
   if (r.flags & F_DATA_REF) {
     rec d;
     if (rec_get(idx, r.extra, &d) != 0) return -2;
-    out->data_file = joined(idx, &d, 1, &out->data_file_len);
+    out->data_file = load_name(idx, d.dir, d.leaf, S_DATA_FILE, &out->data_file_len);
     if (!out->data_file) return -2;
   } else if (r.flags & F_EXTRA) {
     const extra *px = chb_parray_at(idx->extras, r.extra, 0);
@@ -412,8 +605,9 @@ int chb_index_get(chb_index *idx, size_t i, chb_index_entry *out) {
     out->has_base_checksum = (x.flags & X_BASE_CHECKSUM) != 0;
     out->base_checksum = x.base_checksum;
     if (x.flags & X_DATA_FILE) {
-      out->data_file = idx->names + x.data_file_off;
+      out->data_file = arena_load(idx, x.data_file_off, x.data_file_len, S_DATA_FILE);
       out->data_file_len = x.data_file_len;
+      if (!out->data_file) return -2;
     }
   }
   return 0;
@@ -423,7 +617,10 @@ long chb_index_find(chb_index *idx, const char *name, size_t len) {
   if (!idx->by_name_cap) return -1;
   size_t slot;
   uint32_t v;
-  if (name_slot(idx, name, len, &slot, &v) != 0) return -2;
+  name_ids ids;
+  int rc = name_ids_of(idx, name, len, 0, &ids);
+  if (rc == NOT_INTERNED) return -1;
+  if (rc != 0 || name_slot(idx, ids, &slot, &v) != 0) return -2;
   return v ? (long)v - 1 : -1;
 }
 
@@ -431,18 +628,23 @@ static int same_content(const rec *r, uint64_t size, chb_u128 sum) {
   return r->size == size && r->checksum.lo == sum.lo && r->checksum.hi == sum.hi;
 }
 
+typedef struct content_arg {
+  uint64_t size;
+  chb_u128 sum;
+} content_arg;
+
+static int content_is(chb_index *idx, uint32_t i, const void *arg) {
+  const content_arg *want = arg;
+  rec r;
+  if (rec_get(idx, i, &r) != 0) return -1;
+  return same_content(&r, want->size, want->sum);
+}
+
 /* As name_slot, in the content table. */
-static int content_slot(chb_index *idx, uint64_t size, chb_u128 sum, size_t *slot, uint32_t *v) {
-  size_t mask = idx->by_content_cap - 1, s = (size_t)hash_content(size, sum) & mask;
-  for (;; s = (s + 1) & mask) {
-    rec r;
-    if (u32_get(idx->by_content, s, v) != 0) return -1;
-    if (!*v) break;
-    if (rec_get(idx, *v - 1, &r) != 0) return -1;
-    if (same_content(&r, size, sum)) break;
-  }
-  *slot = s;
-  return 0;
+static int content_slot(chb_index *idx, uint64_t size, chb_u128 sum, size_t *at, uint32_t *v) {
+  content_arg want = {size, sum};
+  return probe(idx, idx->by_content, idx->by_content_cap, pos_of(hash_content(size, sum), idx->by_content_cap), content_is,
+               &want, at, v);
 }
 
 static int content_put(chb_index *idx, size_t i) {
@@ -452,7 +654,8 @@ static int content_put(chb_index *idx, size_t i) {
   size_t s;
   uint32_t v;
   if (content_slot(idx, r.size, r.checksum, &s, &v) != 0) return -1;
-  return v ? 0 : u32_set(idx->by_content, s, (uint32_t)(i + 1));   /* the first one stays */
+  /* (the first one stays) */
+  return v ? 0 : slot_set(idx->by_content, s, pos_of(hash_content(r.size, r.checksum), idx->by_content_cap), (uint32_t)i);
 }
 
 /* The content table for entries [0, n), at least twice their number. */
@@ -460,7 +663,7 @@ static int build_content_of(chb_index *idx, size_t n) {
   size_t cap = 1024;
   while (cap < n * 2) cap *= 2;
   drop_content(idx);
-  idx->by_content = new_table(idx, cap);
+  idx->by_content = new_slots(idx, cap);
   if (!idx->by_content) return -1;
   idx->by_content_cap = cap;
   for (size_t i = 0; i < n; i++)
@@ -488,181 +691,174 @@ long chb_index_find_content(chb_index *idx, uint64_t size, chb_u128 checksum) {
   return v ? (long)v - 1 : -1;
 }
 
-/* A name as its two pieces. */
-typedef struct pieces {
-  const char *a, *b;
-  size_t an, bn;
-} pieces;
-
-static pieces pieces_of(const chb_index *idx, uint32_t dir, uint32_t leaf) {
-  const str *d = &idx->strs[dir], *l = &idx->strs[leaf];
-  pieces p = {idx->names + d->off, idx->names + l->off, d->len, l->len};
-  return p;
-}
-
-/* memcmp of the first n bytes of x's name with y (n <= both lengths). */
-static int cmp_pieces(pieces x, const char *y, size_t n) {
-  size_t k = x.an < n ? x.an : n;
-  int c = memcmp(x.a, y, k);
-  if (c || k == n) return c;
-  return memcmp(x.b, y + k, n - k);
-}
-
-/* What the name order sorts: a name's two strings (in memory) and its
- * entry, so that sorting reads no record. */
-typedef struct key {
-  uint32_t dir, leaf, entry;
-} key;
-
-/* The order of two names, each its directory and file name. */
-static int cmp_keys(const chb_index *idx, const key *x, const key *y) {
-  if (x->dir == y->dir) {   /* (the usual case: two files of one part) */
-    const str *p = &idx->strs[x->leaf], *q = &idx->strs[y->leaf];
-    size_t n = p->len < q->len ? p->len : q->len;
-    int c = memcmp(idx->names + p->off, idx->names + q->off, n);
-    if (c) return c;
-    return p->len < q->len ? -1 : p->len > q->len;
-  }
-  pieces px = pieces_of(idx, x->dir, x->leaf), py = pieces_of(idx, y->dir, y->leaf);
-  size_t xn = px.an + px.bn, yn = py.an + py.bn, n = xn < yn ? xn : yn;
-  /* y's pieces against x's: y's first piece, then its second */
-  size_t k = py.an < n ? py.an : n;
-  int c = cmp_pieces(px, py.a, k);
-  if (!c && k < n) {
-    pieces rest = px;   /* x after its first k bytes */
-    if (k < rest.an) {
-      rest.a += k, rest.an -= k;
-    } else {
-      rest.b += k - rest.an, rest.bn -= k - rest.an, rest.a = rest.b, rest.an = rest.bn, rest.bn = 0;
-    }
-    c = cmp_pieces(rest, py.b, n - k);
-  }
+/* memcmp order of two byte strings, the shorter first on a tie. */
+static int cmp_bytes(const char *x, size_t xn, const char *y, size_t yn) {
+  int c = memcmp(x, y, xn < yn ? xn : yn);
   if (c) return c;
   return xn < yn ? -1 : xn > yn;
 }
 
-static int cmp_keys_r(const void *a, const void *b, void *arg) { return cmp_keys(arg, a, b); }
-
 /* <0, 0 or >0: entry i's name before the names starting with prefix, one
- * of them, or after them; -2 in *err on an I/O failure. */
+ * of them, or after them; *err set on a failure. */
 static int cmp_prefix(chb_index *idx, uint32_t i, const char *prefix, size_t len, int *err) {
   rec r;
-  if (rec_get(idx, i, &r) != 0) {
+  size_t rn;
+  const char *name = rec_get(idx, i, &r) == 0 ? load_name(idx, r.dir, r.leaf, S_CMP_X, &rn) : NULL;
+  if (!name) {
     *err = 1;
     return 0;
   }
-  size_t rn = name_len_of(idx, &r), n = rn < len ? rn : len;
-  int c = cmp_pieces(pieces_of(idx, r.dir, r.leaf), prefix, n);
+  int c = memcmp(name, prefix, rn < len ? rn : len);
   if (c) return c;
   return rn < len ? -1 : 0;
 }
 
-/* Keys are sorted CHUNK at a time in memory (12 bytes each: 768 KiB),
- * runs of more merged from the pager: memory bounded at any count. */
-#define CHUNK ((size_t)1 << 16)
+/* The name order is sorted CHUNK entries at a time with their names copied
+ * out of the pages into one buffer (about 50 bytes a name: under 1 MiB;
+ * comparing names in their pages would read a page per comparison once the
+ * index is spilled), runs of more merged: memory bounded at any count. */
+#define CHUNK ((size_t)1 << 14)
 
-static int put_sorted(chb_index *idx, size_t pos, uint32_t entry) {
-  return u32_set(idx->sorted, pos, entry);
+/* An entry being sorted: its name, bytes [off, off + len) of the chunk's
+ * buffer. */
+typedef struct key {
+  uint32_t entry, off, len;
+} key;
+
+typedef struct chunk {
+  key keys[CHUNK];
+  char *names;
+  size_t len, cap;
+} chunk;
+
+static int cmp_keys_r(const void *a, const void *b, void *arg) {
+  const key *x = a, *y = b;
+  const char *names = arg;
+  return cmp_bytes(names + x->off, x->len, names + y->off, y->len);
 }
 
-/* Fills keys with entries [from, from + n). */
-static int load_keys(chb_index *idx, key *keys, size_t from, size_t n) {
+/* Entry i's name into *buf (grown as needed); its length in *len. */
+static int load_entry_name(chb_index *idx, size_t i, char **buf, size_t *cap, size_t at, size_t *len) {
+  rec r;
+  const char *name = rec_get(idx, i, &r) == 0 ? load_name(idx, r.dir, r.leaf, S_CMP_X, len) : NULL;
+  if (!name || grow((void **)buf, cap, at + *len + 1, 1) != 0) return -1;
+  memcpy(*buf + at, name, *len);
+  return 0;
+}
+
+/* Entries [from, from + n) and their names into c. */
+static int load_chunk(chb_index *idx, chunk *c, size_t from, size_t n) {
+  c->len = 0;
   for (size_t k = 0; k < n; k++) {
-    rec r;
-    if (rec_get(idx, from + k, &r) != 0) return -1;
-    keys[k].dir = r.dir, keys[k].leaf = r.leaf, keys[k].entry = (uint32_t)(from + k);
+    size_t len;
+    if (load_entry_name(idx, from + k, &c->names, &c->cap, c->len, &len) != 0 || len > UINT32_MAX) return -1;
+    c->keys[k].entry = (uint32_t)(from + k), c->keys[k].off = (uint32_t)c->len, c->keys[k].len = (uint32_t)len;
+    c->len += len;
   }
   return 0;
 }
 
-/* Merges the sorted runs of CHUNK keys each into the name order: a heap
- * of the runs' next keys. */
+/* A run's next entry and its name, in the merge. */
+typedef struct head {
+  uint32_t entry;
+  char *name;
+  size_t len, cap, pos, end;
+} head;
+
+static int head_load(chb_index *idx, chb_parray *runs, head *h) {
+  return u32_get(runs, h->pos, &h->entry) != 0 ? -1 : load_entry_name(idx, h->entry, &h->name, &h->cap, 0, &h->len);
+}
+
+static int head_less(const head *x, const head *y) { return cmp_bytes(x->name, x->len, y->name, y->len) < 0; }
+
+/* Merges the sorted runs of CHUNK entries each (runs: their entry numbers)
+ * into the name order: a heap of the runs' next names. */
 static int merge_runs(chb_index *idx, chb_parray *runs, size_t nruns) {
-  typedef struct head {
-    key k;
-    size_t pos, end;
-  } head;
-  head *h = malloc(nruns * sizeof *h);
+  head *h = calloc(nruns, sizeof *h);
+  int rc = -1;
   if (!h) return -1;
   size_t n = 0;
   for (size_t r = 0; r < nruns; r++) {
-    size_t pos = r * CHUNK, end = pos + CHUNK < idx->count ? pos + CHUNK : idx->count;
-    const key *k = chb_parray_at(runs, pos, 0);
-    if (!k) goto fail;
-    h[n].k = *k, h[n].pos = pos, h[n].end = end;
-    for (size_t c = n++; c > 0 && cmp_keys(idx, &h[c].k, &h[(c - 1) / 2].k) < 0; c = (c - 1) / 2) {
+    h[n].pos = r * CHUNK, h[n].end = h[n].pos + CHUNK < idx->count ? h[n].pos + CHUNK : idx->count;
+    if (head_load(idx, runs, &h[n]) != 0) goto out;
+    for (size_t c = n++; c > 0 && head_less(&h[c], &h[(c - 1) / 2]); c = (c - 1) / 2) {
       head t = h[c];
       h[c] = h[(c - 1) / 2], h[(c - 1) / 2] = t;
     }
   }
   for (size_t out = 0; n > 0; out++) {
-    if (put_sorted(idx, out, h[0].k.entry) != 0) goto fail;
+    if (u32_set(idx->sorted, out, h[0].entry) != 0) goto out;
     if (++h[0].pos < h[0].end) {
-      const key *k = chb_parray_at(runs, h[0].pos, 0);
-      if (!k) goto fail;
-      h[0].k = *k;
-    } else {
-      h[0] = h[--n];
+      if (head_load(idx, runs, &h[0]) != 0) goto out;
+    } else {   /* the run is done: its buffer goes with it */
+      head t = h[0];
+      h[0] = h[--n], h[n] = t;
     }
     for (size_t c = 0;;) {   /* sift down */
       size_t l = 2 * c + 1, m = c;
-      if (l < n && cmp_keys(idx, &h[l].k, &h[m].k) < 0) m = l;
-      if (l + 1 < n && cmp_keys(idx, &h[l + 1].k, &h[m].k) < 0) m = l + 1;
+      if (l < n && head_less(&h[l], &h[m])) m = l;
+      if (l + 1 < n && head_less(&h[l + 1], &h[m])) m = l + 1;
       if (m == c) break;
       head t = h[c];
       h[c] = h[m], h[m] = t;
       c = m;
     }
   }
+  rc = 0;
+out:
+  for (size_t r = 0; r < nruns; r++) free(h[r].name);
   free(h);
-  return 0;
-fail:
-  free(h);
-  return -1;
+  return rc;
 }
 
-/* The name order: none needed when the entries were added in it (as
- * `.backup` lists them), else sorted. */
+/* Whether the entries were added in name order (as `.backup` lists them):
+ * 1, 0, or -1 on a failure. */
+static int added_in_order(chb_index *idx) {
+  char *buf[2] = {NULL, NULL};
+  size_t cap[2] = {0, 0}, len[2] = {0, 0};
+  int rc = 1;
+  for (size_t i = 0; i < idx->count && rc == 1; i++) {
+    int k = (int)(i & 1);
+    if (load_entry_name(idx, i, &buf[k], &cap[k], 0, &len[k]) != 0) rc = -1;
+    else if (i > 0 && cmp_bytes(buf[!k], len[!k], buf[k], len[k]) >= 0) rc = 0;
+  }
+  free(buf[0]);
+  free(buf[1]);
+  return rc;
+}
+
+/* The name order: none needed when the entries were added in it, else
+ * sorted. */
 static int build_sorted(chb_index *idx) {
   drop_sorted(idx);
-  int in_order = 1;
-  key prev = {0}, cur;
-  for (size_t i = 0; i < idx->count && in_order; i++) {
-    if (load_keys(idx, &cur, i, 1) != 0) return -1;
-    if (i > 0 && cmp_keys(idx, &prev, &cur) >= 0) in_order = 0;
-    prev = cur;
-  }
+  int in_order = added_in_order(idx);
+  if (in_order < 0) return -1;
   if (in_order) {
     idx->sorted_identity = idx->sorted_built = 1;
     return 0;
   }
-  size_t n = idx->count < CHUNK ? idx->count : CHUNK, nruns = (idx->count + CHUNK - 1) / CHUNK;
-  key *keys = malloc(n * sizeof *keys);
-  chb_parray *runs = nruns > 1 ? chb_parray_new(idx->pg, sizeof(key)) : NULL;
+  size_t nruns = (idx->count + CHUNK - 1) / CHUNK;
+  chunk *c = calloc(1, sizeof *c);
+  chb_parray *runs = nruns > 1 ? chb_parray_new(idx->pg, sizeof(uint32_t)) : NULL;
   idx->sorted = new_table(idx, idx->count);
-  if (!keys || !idx->sorted || (nruns > 1 && (!runs || chb_parray_reserve(runs, idx->count) != 0))) goto fail;
+  if (!c || !idx->sorted || (nruns > 1 && (!runs || chb_parray_reserve(runs, idx->count) != 0))) goto fail;
   for (size_t r = 0; r < nruns; r++) {
     size_t from = r * CHUNK, m = idx->count - from < CHUNK ? idx->count - from : CHUNK;
-    if (load_keys(idx, keys, from, m) != 0) goto fail;
-    qsort_r(keys, m, sizeof *keys, cmp_keys_r, idx);
-    for (size_t k = 0; k < m; k++) {
-      if (nruns == 1) {
-        if (put_sorted(idx, k, keys[k].entry) != 0) goto fail;
-      } else {
-        key *p = chb_parray_at(runs, from + k, 1);
-        if (!p) goto fail;
-        *p = keys[k];
-      }
-    }
+    if (load_chunk(idx, c, from, m) != 0) goto fail;
+    qsort_r(c->keys, m, sizeof(key), cmp_keys_r, c->names);
+    for (size_t k = 0; k < m; k++)
+      if (u32_set(nruns == 1 ? idx->sorted : runs, from + k, c->keys[k].entry) != 0) goto fail;
   }
-  free(keys);
-  keys = NULL;
+  free(c->names);
+  free(c);
+  c = NULL;
   if (nruns > 1 && merge_runs(idx, runs, nruns) != 0) goto fail;
   chb_parray_free(runs);
   idx->sorted_built = 1;
   return 0;
 fail:
-  free(keys);
+  if (c) free(c->names);
+  free(c);
   chb_parray_free(runs);
   drop_sorted(idx);
   return -1;
@@ -703,22 +899,9 @@ long chb_index_sorted_at(chb_index *idx, size_t pos) {
   return i < 0 ? -2 : i;
 }
 
-/* Shrinks *p (cap elements of elem bytes) to n elements; kept as it is if
- * realloc fails. */
-static void shrink(void **p, size_t *cap, size_t n, size_t elem) {
-  if (n == 0 || n >= *cap) return;
-  void *q = realloc(*p, n * elem);
-  if (!q) return;
-  *p = q;
-  *cap = n;
-}
-
-void chb_index_compact(chb_index *idx) {
-  shrink((void **)&idx->names, &idx->names_cap, idx->names_len + 1, 1);
-  shrink((void **)&idx->strs, &idx->strs_cap, idx->nstrs, sizeof(str));
-}
-
 size_t chb_index_memory(const chb_index *idx) {
-  return sizeof *idx + chb_pager_memory(idx->pg) + idx->names_cap + idx->strs_cap * sizeof(str) +
-         idx->scratch_cap[0] + idx->scratch_cap[1] + idx->by_str_cap * sizeof(uint32_t);
+  size_t n = sizeof *idx + chb_pager_memory(idx->pg);
+  for (int k = 0; k < N_SCRATCH; k++) n += idx->scratch_cap[k];
+  n += idx->last_dir_cap;
+  return n;
 }

@@ -107,11 +107,8 @@ int chb_index_prefix(chb_index *idx, const char *prefix, size_t len, size_t *lo,
  * (after chb_index_prefix built it), or -1; -2 on an I/O failure. */
 long chb_index_sorted_at(chb_index *idx, size_t pos);
 
-/* Gives back what the arrays hold beyond their entries (after the last
- * add of an index that is then only read). */
-void chb_index_compact(chb_index *idx);
-
-/* Bytes the index holds in memory (pages, names, tables). */
+/* Bytes the index holds in memory: its pager's pages and page tables (shared
+ * with the other indexes of that pager), its scratch buffers. */
 size_t chb_index_memory(const chb_index *idx);
 
 #endif

@@ -170,7 +170,6 @@ function manifest.parse(next_chunk, what)
   if copy_err then
     return corrupt(copy_err)
   end
-  idx:compact()
   return manifest.indexed(m, idx)
 end
 
