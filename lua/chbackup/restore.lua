@@ -225,40 +225,63 @@ local function disk_free(path)
 end
 
 
--- Whether part p of the backup is restored into target t (its partition
--- selected, or all).
--- A table's parts' moves into place, kept as two small values a part:
--- the number of its location (in t.place_locs) and its final name (names
--- repeat across tables: Lua keeps one string for each). The paths are
--- made when used: a {tmp=, final=} table of two paths a part was about
--- 350 bytes, 35 MB at 10^5 parts (issue 14).
-local function note_move(t, loc_no, final)
-  local k = #t.move_name + 1
-  t.move_loc[k], t.move_name[k] = loc_no, final
+-- A table's parts' moves are not kept (a list of them grew with parts,
+-- issue 14): t.moves counts them, and they are made again from the
+-- backup's part names, in the same order each time (contents.each_part):
+-- the k-th part restored into t goes to location t.move_locs[k] of
+-- t.place_locs (only for tables of several locations; else the first), as
+-- its own name or, into a table with parts already, as a new block
+-- number after t.first_block (as ClickHouse's RESTORE names them).
+local function note_move(t, loc_no)
+  t.moves = t.moves + 1
+  if #t.place_locs > 1 then
+    t.move_locs = t.move_locs or {}
+    t.move_locs[t.moves] = loc_no
+  end
 end
 
--- The temporary and final directory of part k of t's moves.
-local function move_paths(t, k)
-  local dir, final = t.place_locs[t.move_loc[k]].dir, t.move_name[k]
+-- The final name of part p (name, info), the k-th restored into t.
+local function final_name(t, name, info, k)
+  if not t.first_block then
+    return name
+  end
+  local block = t.first_block + k
+  return string.format("%s_%d_%d_%d", info.partition_id, block, block, info.level)
+end
+
+-- The temporary and final directory of the k-th part restored into t.
+local function move_paths(t, k, name, info)
+  local dir, final = t.place_locs[t.move_locs and t.move_locs[k] or 1].dir, final_name(t, name, info, k)
   return dir .. "/tmp_restore_" .. final, dir .. "/" .. final
+end
+
+-- Whether part p of the backup is restored into target t (its partition
+-- selected, or all).
+local function part_selected(t, info)
+  return not (t.sel.partitions and not t.sel.partitions[info.partition_id])
 end
 
 -- Calls f(tmp, final) for every part move of every target, in the order
 -- planned; stops at the first that returns a value, and returns it.
-local function each_move(targets, f)
+local STOP = {}
+local function each_move(targets, backup_name, f)
   for _, t in ipairs(targets) do
-    for k = 1, t.move_name and #t.move_name or 0 do
-      local r = f(move_paths(t, k))
-      if r ~= nil then
+    if (t.moves or 0) > 0 then
+      local k = 0
+      local r = contents.each_part_name(t.sel.tbl, backup_name, function(name, info)
+        if part_selected(t, info) then
+          k = k + 1
+          if k > t.moves then   -- (a failed plan noted only its first parts)
+            return STOP
+          end
+          return f(move_paths(t, k, name, info))
+        end
+      end)
+      if r ~= nil and r ~= STOP then
         return r
       end
     end
   end
-end
-
-
-local function part_selected(t, p)
-  return not (t.sel.partitions and not t.sel.partitions[p.info.partition_id])
 end
 
 
@@ -300,21 +323,22 @@ local function copy_parts(ctx, b, targets, copies)
     return ok, err, code
   end
   local batch = copies
+  local failed = {}
   for _, t in ipairs(targets) do
-    if t.move_name and #t.move_name > 0 then
-      local data = assert(contents.table_data(t.sel.tbl, t.family, ctx.dest.name))   -- (checked in phase 2)
+    if (t.moves or 0) > 0 then
       local k = 0
-      for _, p in ipairs(data.parts) do
-        if part_selected(t, p) then
+      local r = contents.each_part(t.sel.tbl, ctx.dest.name, function(p)   -- (checked in phase 2)
+        if part_selected(t, p.info) then
           k = k + 1
-          local tmp = move_paths(t, k)
+          local tmp = move_paths(t, k, p.name, p.info)
           for _, x in ipairs(p.list) do
             local f = x.file
             if f.size > 0 then
               if #batch >= BATCH then
                 local ok, err, code = run(batch)
                 if not ok then
-                  return nil, err, code
+                  failed.err, failed.code = err, code
+                  return failed
                 end
                 batch = {}
                 collectgarbage()   -- the batch's tables, before they pile up (a few ms a batch)
@@ -323,7 +347,11 @@ local function copy_parts(ctx, b, targets, copies)
             end
           end
         end
+      end)
+      if r == failed then
+        return nil, failed.err, failed.code
       end
+      assert(r == nil, r)
     end
   end
   return run(batch)
@@ -552,9 +580,12 @@ function restore.run(ctx, req)
         .. " (SETTINGS structure_only=true restores its definition only)"
     end
     if not settings.structure_only and t.family ~= "none" then
-      local data, derr = contents.table_data(t.sel.tbl, t.family, src.name)
-      if not data then
-        return nil, derr
+      local data, derr
+      if t.family == "log" then
+        data, derr = contents.table_data(t.sel.tbl, t.family, src.name)
+        if not data then
+          return nil, derr
+        end
       end
       -- Every part (or Log table) is checked as ClickHouse will load it
       -- before a byte is copied. A part's files are copied by copy_parts;
@@ -575,15 +606,17 @@ function restore.run(ctx, req)
         counters.total_size = counters.total_size + f.size
         return true
       end
-      t.move_loc, t.move_name = {}, {}   -- its parts' moves, in the order of data.parts
+      -- its parts, one at a time (contents.each_part; moves: note_move)
+      t.moves, t.first_block = 0, next_block
       local ok, ferr = true, nil
-      for _, p in ipairs(data.parts) do
-        if ok and part_selected(t, p) then
-          ok, ferr = part_check.check(p.where, p.files, read)
-          local final = p.name
-          if next_block then
-            next_block = next_block + 1
-            final = string.format("%s_%d_%d_%d", p.info.partition_id, next_block, next_block, p.info.level)
+      if t.family == "mergetree" then
+        ferr = contents.each_part(t.sel.tbl, src.name, function(p)
+          if not part_selected(t, p.info) then
+            return nil
+          end
+          local checked, cerr = part_check.check(p.where, p.files, read)
+          if not checked then
+            return cerr
           end
           -- room the part takes: whole 4 KiB blocks per file and one for its directory
           local size, from = 4096, nil
@@ -593,16 +626,18 @@ function restore.run(ctx, req)
           end
           local loc, loc_no = place_part(t, p.name, size, from)
           if not loc then
-            return nil, loc_no
+            return loc_no
           end
-          note_move(t, loc_no, final)
-          local tmp = loc.dir .. "/tmp_restore_" .. final
+          note_move(t, loc_no)
+          local tmp = move_paths(t, t.moves, p.name, p.info)
           for _, x in ipairs(p.list) do
-            if ok then
-              ok, ferr = add_file(tmp .. "/" .. x.rel, x.file, true)
+            local added, aerr = add_file(tmp .. "/" .. x.rel, x.file, true)
+            if not added then
+              return aerr
             end
           end
-        end
+        end)
+        ok = ferr == nil
       end
       if ok and t.family == "log" then
         ok, ferr = part_check.log_table("backup " .. src.name .. ": table " .. t.qname, data.files, read)
@@ -626,7 +661,7 @@ function restore.run(ctx, req)
 
   local function cleanup()
     logfamily.discard(appends)
-    each_move(targets, function(tmp)
+    each_move(targets, src.name, function(tmp)
       fsutil.remove_tree(tmp)
     end)
     for i = #created, 1, -1 do
@@ -689,7 +724,7 @@ function restore.run(ctx, req)
     cleanup()
     return nil, "restore from backup " .. src.name .. " failed: " .. aerr, acode
   end
-  local move_err = each_move(targets, function(tmp, final)
+  local move_err = each_move(targets, src.name, function(tmp, final)
     if fsutil.exists(final) and fsutil.is_dir(final) then
       return "cannot restore part " .. final .. ": it already exists"
     end
