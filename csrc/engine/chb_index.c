@@ -181,9 +181,10 @@ static int u32_set(chb_parray *a, size_t i, uint32_t v) {
   return 0;
 }
 
-/* A table of cap zeroed slots (pages never used read as zeros). */
-static chb_parray *new_table(chb_index *idx, size_t cap) {
-  chb_parray *t = chb_parray_new(idx->pg, sizeof(uint32_t));
+/* An array of cap zeroed elements of elem bytes (pages never used read
+ * as zeros): a table, the name order. */
+static chb_parray *new_zeroed(chb_index *idx, size_t elem, size_t cap) {
+  chb_parray *t = chb_parray_new(idx->pg, elem);
   if (t && chb_parray_reserve(t, cap) != 0) {
     chb_parray_free(t);
     return NULL;
@@ -200,14 +201,7 @@ typedef struct hslot {
   uint32_t v, tag;
 } hslot;
 
-static chb_parray *new_slots(chb_index *idx, size_t cap) {
-  chb_parray *t = chb_parray_new(idx->pg, sizeof(hslot));
-  if (t && chb_parray_reserve(t, cap) != 0) {
-    chb_parray_free(t);
-    return NULL;
-  }
-  return t;
-}
+static chb_parray *new_slots(chb_index *idx, size_t cap) { return new_zeroed(idx, sizeof(hslot), cap); }
 
 /* Where a key's probe starts in a table, and its tag. */
 typedef struct hpos {
@@ -840,7 +834,7 @@ static int build_sorted(chb_index *idx) {
   size_t nruns = (idx->count + CHUNK - 1) / CHUNK;
   chunk *c = calloc(1, sizeof *c);
   chb_parray *runs = nruns > 1 ? chb_parray_new(idx->pg, sizeof(uint32_t)) : NULL;
-  idx->sorted = new_table(idx, idx->count);
+  idx->sorted = new_zeroed(idx, sizeof(uint32_t), idx->count);
   if (!c || !idx->sorted || (nruns > 1 && (!runs || chb_parray_reserve(runs, idx->count) != 0))) goto fail;
   for (size_t r = 0; r < nruns; r++) {
     size_t from = r * CHUNK, m = idx->count - from < CHUNK ? idx->count - from : CHUNK;
