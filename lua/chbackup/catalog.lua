@@ -348,74 +348,55 @@ function catalog.locations(tbl)
 end
 
 
---- The active parts of a MergeTree table on every disk it uses: every part
--- not covered by another one (outdated parts left by merges are skipped,
--- so is detached/). An active part must be complete (a readable
--- checksums.txt); a part on two disks, a part-named entry that is not a
--- directory, or a directory that cannot be read is an error: nothing is
--- skipped silently. Sorted by partition, then block range.
--- Returns list of {name=, partition_id=, …, dir=, disk=} and the set of
--- disks whose table directory was read (or found absent), or nil, err.
-function catalog.active_parts(tbl)
-  local parts, by_name, visited = {}, {}, {}
-  for _, loc in ipairs(catalog.locations(tbl)) do
-    visited[loc.disk] = true
-    local mode = lfs.attributes(loc.dir, "mode")
-    if mode and mode ~= "directory" then
-      return nil, "data directory " .. loc.dir .. " of table "
-        .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
+-- The part-named entries of a table's directory on one disk, sorted by
+-- name, and what each one's checksums.txt is (from the directory opened
+-- once: a short lookup a part, not a walk of its whole path): only names
+-- and kinds are kept (a table of 10^5 parts: a few MB, not a table of
+-- fields a part). Any of them that is not a directory is an error
+-- (ClickHouse makes no such entries). Returns the two lists (empty when
+-- the directory is absent), or nil, err.
+local function part_names(tbl, loc)
+  local mode = lfs.attributes(loc.dir, "mode")
+  if mode and mode ~= "directory" then
+    return nil, "data directory " .. loc.dir .. " of table "
+      .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
+  end
+  local found = {}
+  if mode then
+    -- the kind of each entry from its directory entry (no stat a part)
+    local entries, kinds = core.list_dir(loc.dir)
+    if not entries then
+      return nil, kinds
     end
-    if mode then
-      -- the kind of each entry from its directory entry (no stat a part)
-      local entries, kinds = core.list_dir(loc.dir)
-      if not entries then
-        return nil, kinds
-      end
-      local found, infos = {}, {}
-      for _, entry in ipairs(entries) do
-        local info = catalog.parse_part_name(entry)
-        if info then
-          found[#found + 1], infos[#infos + 1] = entry, info
-        end
-      end
-      -- what each part's checksums.txt is, from the table's directory opened
-      -- once: a short lookup a part, not a walk of its whole path
-      local sums, kerr = core.kinds(loc.dir, found, "/checksums.txt")
-      if not sums then
-        return nil, kerr
-      end
-      for i, entry in ipairs(found) do
-        local info, dir = infos[i], loc.dir .. "/" .. entry
+    for _, entry in ipairs(entries) do
+      if catalog.parse_part_name(entry) then
         if kinds[entry] ~= "directory" then
-          return nil, "part " .. dir .. " is not a directory (ClickHouse makes no such entries)"
+          return nil, "part " .. loc.dir .. "/" .. entry .. " is not a directory (ClickHouse makes no such entries)"
         end
-        local other = by_name[entry]
-        if other then
-          return nil, string.format("part %s of table %s is on disk '%s' (%s) and on disk '%s' (%s)",
-            entry, names.qualified(tbl.database, tbl.name), other.disk, other.dir, loc.disk, dir)
-        end
-        info.dir, info.disk, info.sums_kind = dir, loc.disk, sums[i]
-        by_name[entry] = info
-        parts[#parts + 1] = info
+        found[#found + 1] = entry
       end
     end
+    table.sort(found)
   end
-  -- a part is covered only by one of its own partition: compared within
-  -- each (a table of many partitions of one part each costs what its parts
-  -- are, not their square)
-  local by_partition = {}
-  for _, a in ipairs(parts) do
-    local list = by_partition[a.partition_id]
-    if not list then
-      list = {}
-      by_partition[a.partition_id] = list
-    end
-    list[#list + 1] = a
+  if #found == 0 then
+    return found, {}
   end
+  local sums, kerr = core.kinds(loc.dir, found, "/checksums.txt")
+  if not sums then
+    return nil, kerr
+  end
+  return found, sums
+end
+
+
+-- The active parts of one partition (infos: its parts, each with dir=,
+-- disk= and sums_kind=, what its checksums.txt is), checked complete (a
+-- readable checksums.txt) and sorted by name; or nil, err.
+local function active_of_partition(tbl, infos)
   local active = {}
-  for _, a in ipairs(parts) do
+  for _, a in ipairs(infos) do
     local covered = false
-    for _, b in ipairs(by_partition[a.partition_id]) do
+    for _, b in ipairs(infos) do
       if covers(b, a) then
         covered = true
         break
@@ -426,21 +407,93 @@ function catalog.active_parts(tbl)
       if not mode then   -- (nothing there: why, for the message)
         mode, why = lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode")
       end
-      a.sums_kind = nil
       if mode ~= "file" then
         return nil, "part " .. a.dir .. " of table " .. names.qualified(tbl.database, tbl.name)
           .. " has no readable checksums.txt (" .. (mode and ("it is a " .. mode) or tostring(why)) .. ")"
       end
+      a.sums_kind = nil
       active[#active + 1] = a
     end
   end
-  table.sort(active, function(a, b)
-    if a.partition_id ~= b.partition_id then
-      return a.partition_id < b.partition_id
+  table.sort(active, function(x, y) return x.name < y.name end)
+  return active
+end
+
+
+--- Calls f(part) for each active part of a MergeTree table on every disk
+-- it uses, in name order: every part not covered by another one (outdated
+-- parts left by merges are skipped, so is detached/); part = {name=,
+-- partition_id=, min_block=, max_block=, level=, mutation=, dir=, disk=}.
+-- Partition by partition: what is held is the part names of the table's
+-- directories and one partition's parts (issue 14: a table of 10^5 parts
+-- held a table of fields for each). An active part must be complete (a
+-- readable checksums.txt); a part on two disks, a part-named entry that is
+-- not a directory, or a directory that cannot be read is an error: nothing
+-- is skipped silently. f may return a value to stop (an error). Returns
+-- the set of disks whose table directory was read (or found absent), or
+-- nil, err (f's value, or what was wrong).
+function catalog.each_active_part(tbl, f)
+  local locs, lists, sums, at, visited = catalog.locations(tbl), {}, {}, {}, {}
+  for i, loc in ipairs(locs) do
+    visited[loc.disk] = true
+    local found, kinds = part_names(tbl, loc)
+    if not found then
+      return nil, kinds
     end
-    return a.min_block < b.min_block
-  end)
-  return active, visited
+    lists[i], sums[i], at[i] = found, kinds, 1
+  end
+  -- the locations' sorted names merged: a partition's parts come together
+  -- (its id has no '_': every name starting "<id>_" is its part)
+  local infos, partition = {}, nil
+  local function flush()
+    if #infos == 0 then
+      return nil
+    end
+    local active, err = active_of_partition(tbl, infos)
+    infos = {}
+    if not active then
+      return err
+    end
+    for _, a in ipairs(active) do
+      local r = f(a)
+      if r ~= nil then
+        return r
+      end
+    end
+  end
+  while true do
+    local best, name = nil, nil
+    for i = 1, #locs do
+      local x = lists[i][at[i]]
+      if x and (not name or x < name) then
+        best, name = i, x
+      elseif x and x == name then
+        return nil, string.format("part %s of table %s is on disk '%s' (%s) and on disk '%s' (%s)",
+          name, names.qualified(tbl.database, tbl.name), locs[best].disk, locs[best].dir .. "/" .. name,
+          locs[i].disk, locs[i].dir .. "/" .. name)
+      end
+    end
+    if not best then
+      break
+    end
+    local info = catalog.parse_part_name(name)
+    info.sums_kind = sums[best][at[best]]
+    at[best] = at[best] + 1
+    if info.partition_id ~= partition then
+      local r = flush()
+      if r ~= nil then
+        return nil, r
+      end
+      partition = info.partition_id
+    end
+    info.dir, info.disk = locs[best].dir .. "/" .. name, locs[best].disk
+    infos[#infos + 1] = info
+  end
+  local r = flush()
+  if r ~= nil then
+    return nil, r
+  end
+  return visited
 end
 
 

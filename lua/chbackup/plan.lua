@@ -234,41 +234,42 @@ function plan.backup_files(selection, opts)
           .. (NOT_BACKED_UP[t.engine] or "") .. way_out
       end
     elseif family == "mergetree" then
-      local parts, visited = catalog_mod.active_parts(t)
-      if not parts then
-        return nil, "table " .. qualified(t.database, t.name) .. ": " .. visited
+      -- part by part, in name order (the order of the backup's entries:
+      -- .backup lists them sorted), one partition's parts held at a time
+      local visited, perr = catalog_mod.each_active_part(t, function(part)
+        if s.partitions and not s.partitions[part.partition_id] then
+          return nil
+        end
+        local part_prefix = prefix .. part.name .. "/"
+        local files = from_base and from_base(part_prefix, part.dir)
+        if files then
+          if files[1] then   -- (disks.record: one file of the part tells its disk)
+            files[1].disk = part.disk
+          end
+        else
+          local err
+          files, err = catalog_mod.part_files(part.dir)
+          if not files then
+            return { "table " .. qualified(t.database, t.name) .. ": " .. err }
+          end
+          for _, f in ipairs(files) do   -- (catalog's tables, reused)
+            f.name, f.disk = part_prefix .. f.name, part.disk
+          end
+        end
+        local ok, err = add_data(files)
+        if not ok then
+          return { err }
+        end
+      end)
+      -- (the callback's errors come in a table, whole; the catalog's name no table)
+      if not visited then
+        return nil, type(perr) == "table" and perr[1] or "table " .. qualified(t.database, t.name) .. ": " .. perr
       end
       -- completeness: the table's directory on every disk of its policy was read
       for _, loc in ipairs(catalog_mod.locations(t)) do
         if not visited[loc.disk] then
           return nil, "table " .. qualified(t.database, t.name) .. ": its directory on disk '"
             .. loc.disk .. "' (" .. loc.dir .. ") was not read"
-        end
-      end
-      -- by name, the order of the backup's entries (.backup lists them sorted)
-      table.sort(parts, function(a, b) return a.name < b.name end)
-      for _, part in ipairs(parts) do
-        if not s.partitions or s.partitions[part.partition_id] then
-          local part_prefix = prefix .. part.name .. "/"
-          local files = from_base and from_base(part_prefix, part.dir)
-          if files then
-            if files[1] then   -- (disks.record: one file of the part tells its disk)
-              files[1].disk = part.disk
-            end
-          else
-            local err
-            files, err = catalog_mod.part_files(part.dir)
-            if not files then
-              return nil, "table " .. qualified(t.database, t.name) .. ": " .. err
-            end
-            for _, f in ipairs(files) do   -- (catalog's tables, reused)
-              f.name, f.disk = part_prefix .. f.name, part.disk
-            end
-          end
-          local ok, err = add_data(files)
-          if not ok then
-            return nil, err
-          end
         end
       end
     elseif family == "log" then

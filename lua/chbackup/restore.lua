@@ -177,8 +177,8 @@ end
 -- True when a table of the data path holds data.
 local function table_has_data(t)
   if t.family == "mergetree" then
-    local parts = catalog_mod.active_parts(t)
-    return parts == nil or #parts > 0   -- unreadable: not known to be empty
+    -- stopped at its first part, or unreadable (not known to be empty)
+    return catalog_mod.each_active_part(t, function() return true end) == nil
   elseif t.family == "log" then
     local files = catalog_mod.log_files(t)
     if not files then

@@ -154,18 +154,17 @@ function counter.from_data_path(path, cfg)
     s.engine = t.engine
     if t.family == "mergetree" then
       s.total, s.partitions = 0, {}
-      local parts, perr = catalog.active_parts(t)
-      if not parts then
-        return nil, perr
-      end
-      for _, part in ipairs(parts) do
+      local visited, perr = catalog.each_active_part(t, function(part)
         local text = fsutil.read_file(part.dir .. "/count.txt")
         local n = math.tointeger(tonumber(text and text:match("^%s*(%d+)")))
         if not n then
-          return nil, "cannot read a row count from " .. part.dir .. "/count.txt"
+          return "cannot read a row count from " .. part.dir .. "/count.txt"
         end
         s.total = s.total + n
         s.partitions[part.partition_id] = (s.partitions[part.partition_id] or 0) + n
+      end)
+      if not visited then
+        return nil, perr
       end
     end
   end
