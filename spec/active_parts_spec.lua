@@ -82,19 +82,8 @@ describe("catalog.each_active_part", function()
     assert.are.equal("part " .. dir .. "/all_3_3_0 is not a directory (ClickHouse makes no such entries)", err)
   end)
 
-  -- Lua's heap at its largest while f runs (a full collection first, every
-  -- 100 parts), less before.
   local function peak_kib(tbl, each)
-    collectgarbage()
-    local before, peak, n = collectgarbage("count"), 0, 0
-    each(tbl, function()
-      n = n + 1
-      if n % 100 == 0 then
-        collectgarbage()
-        peak = math.max(peak, collectgarbage("count") - before)
-      end
-    end)
-    return peak
+    return helpers.heap_peak_kib(function(step) each(tbl, step) end, 100)
   end
 
   it("holds names, not a table a part: a fraction of what a list of the parts holds", function()

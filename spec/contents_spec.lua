@@ -6,6 +6,7 @@
 local core = require("chbackup.core")
 local contents = require("chbackup.contents")
 local manifest = require("chbackup.manifest")
+local helpers = require("spec.helpers")
 
 local PART_FILES = { "checksums.txt", "columns.txt", "columns_substreams.txt", "count.txt", "data.bin",
   "data.cmrk3", "default_compression_codec.txt", "metadata_version.txt", "minmax_p.idx", "partition.dat",
@@ -94,19 +95,8 @@ describe("contents.each_part", function()
     assert.are.equal(r, contents.each_part_name(t, "b", function() end))
   end)
 
-  -- Lua's heap at its largest while f runs (a full collection first, every
-  -- 250 parts), less before: what walking the table holds.
   local function peak_kib(t, walk)
-    collectgarbage()
-    local before, peak, n = collectgarbage("count"), 0, 0
-    walk(t, function()
-      n = n + 1
-      if n % 250 == 0 then
-        collectgarbage()
-        peak = math.max(peak, collectgarbage("count") - before)
-      end
-    end)
-    return peak
+    return helpers.heap_peak_kib(function(step) walk(t, step) end, 250)
   end
 
   it("holds one part at a time: Lua's heap does not grow with the table's parts", function()

@@ -443,4 +443,22 @@ function helpers.archive_names(path)
 end
 
 
+--- Lua's heap at its largest while a walk runs, less before it, in KiB:
+-- walk(step) calls step() once an item (a part); every `every` steps a
+-- full collection, then the heap is read (what the walk holds, not its
+-- garbage). For specs that a structure does not grow with parts.
+function helpers.heap_peak_kib(walk, every)
+  collectgarbage()
+  local before, peak, n = collectgarbage("count"), 0, 0
+  walk(function()
+    n = n + 1
+    if n % every == 0 then
+      collectgarbage()
+      peak = math.max(peak, collectgarbage("count") - before)
+    end
+  end)
+  return peak
+end
+
+
 return helpers
