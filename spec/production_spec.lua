@@ -11,7 +11,10 @@ local sh, ch, chb = h.sh, h.ch, h.chb
 
 -- A config with disks `backups` and `cold` (each path given) and the policy
 -- hot_cold (volume hot: default, volume cold: cold). extra: more XML inside
--- <disks>, or replace_cold = XML for the cold disk.
+-- <disks>, or replace_cold = XML for the cold disk. Policies have
+-- move_factor 0: ClickHouse's own mover would otherwise send every part to
+-- the cold volume once the machine's disk is under 10% free (as a CI
+-- machine's may be), and the specs check where chbackup put them.
 local function write_config(path, backups, cold, opts)
   opts = opts or {}
   local cold_xml = opts.cold_xml or ("<cold><type>local</type><path>" .. cold .. "/</path></cold>")
@@ -19,7 +22,7 @@ local function write_config(path, backups, cold, opts)
     <policies><hot_cold><volumes>
       <hot><disk>default</disk></hot>
       <cold><disk>cold</disk></cold>
-    </volumes></hot_cold></policies>]]
+    </volumes><move_factor>0</move_factor></hot_cold></policies>]]
   h.write(path, ([[
 <clickhouse>
   <timezone>UTC</timezone>
@@ -202,7 +205,7 @@ describe("storage policies and dictionaries", function()
       <policies><hot_cold><volumes>
         <hot><disk>default</disk><max_data_part_size_bytes>8192</max_data_part_size_bytes></hot>
         <cold><disk>cold</disk></cold>
-      </volumes></hot_cold></policies>]] })
+      </volumes><move_factor>0</move_factor></hot_cold></policies>]] })
     local r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')"))
     assert.equal("RESTORED", r[1].status)
     assert.equal(expected, ch(p, DIGEST))
@@ -236,7 +239,7 @@ describe("storage policies and dictionaries", function()
         policies = [[
       <policies><hot_cold><volumes>
         <hot><disk>small</disk></hot><cold><disk>cold</disk></cold>
-      </volumes></hot_cold></policies>]] })
+      </volumes><move_factor>0</move_factor></hot_cold></policies>]] })
       local r = assert(chb(p, "RESTORE DATABASE db FROM Disk('backups', 'ch')"))
       assert.equal("RESTORED", r[1].status)
       assert.equal(expected, ch(p, DIGEST))
