@@ -112,3 +112,84 @@ describe("catalog.each_active_part", function()
     assert.is_true(l > 4 * s, string.format("walking %.0f KiB, a list %.0f KiB", s, l))
   end)
 end)
+
+-- catalog.uncovered decides which parts of a partition are active in
+-- O(n log n) (a sort and a tree over the levels); it must decide exactly
+-- what the pairwise definition does, on whatever names a data path holds.
+describe("catalog.uncovered", function()
+  -- b covers a: a's block range inside b's and b newer (a merge: level at
+  -- least a's; the same range: a higher level, or the same level and a
+  -- higher mutation)
+  local function covers(b, a)
+    if b == a or b.min_block > a.min_block or b.max_block < a.max_block then
+      return false
+    end
+    if b.min_block == a.min_block and b.max_block == a.max_block then
+      if b.level ~= a.level then
+        return b.level > a.level
+      end
+      return b.mutation > a.mutation
+    end
+    return b.level >= a.level
+  end
+
+  local function pairwise(parts)
+    local out = {}
+    for _, a in ipairs(parts) do
+      local covered = false
+      for _, b in ipairs(parts) do
+        covered = covered or covers(b, a)
+      end
+      if not covered then
+        out[#out + 1] = a.name
+      end
+    end
+    table.sort(out)
+    return out
+  end
+
+  local function names_of(parts)
+    local out = {}
+    for _, p in ipairs(parts) do
+      out[#out + 1] = p.name
+    end
+    table.sort(out)
+    return out
+  end
+
+  it("decides as the pairwise definition does on random partitions", function()
+    math.randomseed(14)
+    local active_seen = 0
+    for _ = 1, 300 do
+      local parts, seen = {}, {}
+      for _ = 1, math.random(1, 40) do
+        local lo = math.random(1, 30)
+        local hi = lo + math.random(0, 3) * math.random(0, 4)
+        local name = string.format("all_%d_%d_%d", lo, hi, math.random(0, 4))
+        local m = math.random(0, 6)
+        -- mutations, and names of one key (all_1_1_0 and all_1_1_0_0)
+        if m == 5 then
+          name = name .. "_0"
+        elseif m == 6 then
+          name = name .. "_" .. math.random(1, 9)
+        end
+        if not seen[name] then
+          seen[name] = true
+          parts[#parts + 1] = catalog.parse_part_name(name)
+        end
+      end
+      local want = pairwise(parts)
+      assert.are.same(want, names_of(catalog.uncovered(parts)))
+      active_seen = active_seen + #want
+    end
+    assert.is_true(active_seen > 300)   -- the cases are not all trivial
+  end)
+
+  it("keeps both parts of one key, and a merge over a mutated part", function()
+    local parts = {}
+    for _, n in ipairs({ "all_1_1_0", "all_1_1_0_0", "all_2_2_0_5", "all_2_3_1", "all_4_4_2" }) do
+      parts[#parts + 1] = catalog.parse_part_name(n)
+    end
+    assert.are.same({ "all_1_1_0", "all_1_1_0_0", "all_2_3_1", "all_4_4_2" }, names_of(catalog.uncovered(parts)))
+  end)
+end)

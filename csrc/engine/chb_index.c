@@ -75,7 +75,7 @@ struct chb_index {
   chb_parray *extras;      /* extra */
   size_t nextra;
   chb_parray *bytes;       /* the arena (char): interned strings, extras' data_file */
-  size_t names_len;
+  size_t arena_len;        /* bytes of the arena in use */
   chb_parray *strs;        /* str: interned strings, by id */
   size_t nstrs;
   chb_parray *by_str;      /* string hash -> id (slot) */
@@ -301,11 +301,11 @@ static int arena_copy(chb_index *idx, size_t off, char *dst, const char *src, si
 
 /* Copies bytes into the arena; their offset in *off. */
 static int add_bytes(chb_index *idx, const char *s, size_t n, uint32_t *off) {
-  if (idx->names_len + n > UINT32_MAX || chb_parray_reserve(idx->bytes, idx->names_len + n) != 0 ||
-      arena_copy(idx, idx->names_len, NULL, s, n) != 0)
+  if (idx->arena_len + n > UINT32_MAX || chb_parray_reserve(idx->bytes, idx->arena_len + n) != 0 ||
+      arena_copy(idx, idx->arena_len, NULL, s, n) != 0)
     return -1;
-  *off = (uint32_t)idx->names_len;
-  idx->names_len += n;
+  *off = (uint32_t)idx->arena_len;
+  idx->arena_len += n;
   return 0;
 }
 
@@ -477,9 +477,11 @@ static int name_is(chb_index *idx, uint32_t i, const void *arg) {
 }
 
 /* The slot of the name of ids in the by_name table: its entry's (*v its
- * number + 1), or the empty one it would take (*v 0). -1 on a failure. */
-static int name_slot(chb_index *idx, name_ids ids, size_t *at, uint32_t *v) {
-  return probe(idx, idx->by_name, idx->by_name_cap, name_pos(ids.dir, ids.leaf, idx->by_name_cap), name_is, &ids, at, v);
+ * number + 1), or the empty one it would take (*v 0; *pos for slot_set).
+ * -1 on a failure. */
+static int name_slot(chb_index *idx, name_ids ids, hpos *pos, size_t *at, uint32_t *v) {
+  *pos = name_pos(ids.dir, ids.leaf, idx->by_name_cap);
+  return probe(idx, idx->by_name, idx->by_name_cap, *pos, name_is, &ids, at, v);
 }
 
 static int rehash_names(chb_index *idx, size_t cap) {
@@ -508,8 +510,9 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   size_t slot;
   uint32_t v;
   name_ids ids;
+  hpos pos;
   /* (a name's strings are interned first: a name looked up is two ids) */
-  if (name_ids_of(idx, e->name, e->name_len, 1, &ids) != 0 || name_slot(idx, ids, &slot, &v) != 0) return -2;
+  if (name_ids_of(idx, e->name, e->name_len, 1, &ids) != 0 || name_slot(idx, ids, &pos, &slot, &v) != 0) return -2;
   if (v) {
     if (existing) *existing = v - 1;
     return -1;
@@ -550,7 +553,7 @@ long chb_index_add(chb_index *idx, const chb_index_entry *e, size_t *existing) {
   rec *pr = chb_parray_at(idx->recs, idx->count, 1);
   if (!pr) return -2;
   *pr = r;
-  if (slot_set(idx->by_name, slot, name_pos(ids.dir, ids.leaf, idx->by_name_cap), (uint32_t)idx->count) != 0) return -2;
+  if (slot_set(idx->by_name, slot, pos, (uint32_t)idx->count) != 0) return -2;
   idx->count++;
   /* the name order is made again on use; an index added to in name order
    * (as a manifest is read) is still in it */
@@ -612,9 +615,10 @@ long chb_index_find(chb_index *idx, const char *name, size_t len) {
   size_t slot;
   uint32_t v;
   name_ids ids;
+  hpos pos;
   int rc = name_ids_of(idx, name, len, 0, &ids);
   if (rc == NOT_INTERNED) return -1;
-  if (rc != 0 || name_slot(idx, ids, &slot, &v) != 0) return -2;
+  if (rc != 0 || name_slot(idx, ids, &pos, &slot, &v) != 0) return -2;
   return v ? (long)v - 1 : -1;
 }
 

@@ -322,21 +322,88 @@ function catalog.parse_part_name(name)
 end
 
 
--- b covers a: same partition, a's block range inside b's, and b is newer.
-local function covers(b, a)
-  if b == a or b.partition_id ~= a.partition_id then
-    return false
+-- b covers a (same partition): a's block range inside b's, and b is newer
+-- (a merge: a level at least a's; the same range: a higher level, or the
+-- same level and a higher mutation). Sorted by `cover_order`, every part
+-- that can cover a comes before a, and an earlier one covers a exactly when
+-- its max_block and level are at least a's (the same range sorts first
+-- only when newer); parts of one key (all_1_1_0 and all_1_1_0_0) cover
+-- neither each other.
+local function cover_order(x, y)
+  if x.min_block ~= y.min_block then
+    return x.min_block < y.min_block
   end
-  if b.min_block > a.min_block or b.max_block < a.max_block then
-    return false
+  if x.max_block ~= y.max_block then
+    return x.max_block > y.max_block
   end
-  if b.min_block == a.min_block and b.max_block == a.max_block then
-    if b.level ~= a.level then
-      return b.level > a.level
+  if x.level ~= y.level then
+    return x.level > y.level
+  end
+  return x.mutation > y.mutation
+end
+
+local function same_key(x, y)
+  return x.min_block == y.min_block and x.max_block == y.max_block
+    and x.level == y.level and x.mutation == y.mutation
+end
+
+--- The parts of one partition (parsed names) that no other one covers,
+-- in O(n log n): a partition with thousands of outdated parts beside its
+-- active ones is no quadratic walk. In cover order, a Fenwick tree over
+-- the levels (highest first, so "a level at least L" is a prefix) keeps
+-- the largest max_block seen; a part is covered when its prefix's
+-- reaches the part's own.
+function catalog.uncovered(parts)
+  local order, levels, rank = {}, {}, {}
+  for i, p in ipairs(parts) do
+    order[i] = p
+    if not rank[p.level] then
+      rank[p.level] = true
+      levels[#levels + 1] = p.level
     end
-    return b.mutation > a.mutation
   end
-  return b.level >= a.level
+  table.sort(order, cover_order)
+  table.sort(levels, function(x, y) return x > y end)
+  for i, l in ipairs(levels) do
+    rank[l] = i
+  end
+  local tree, n, out = {}, #levels, {}
+  local function seen_max(r)
+    local best
+    while r > 0 do
+      local v = tree[r]
+      if v and (not best or v > best) then
+        best = v
+      end
+      r = r - (r & -r)
+    end
+    return best
+  end
+  local function note(r, max_block)
+    while r <= n do
+      if not tree[r] or tree[r] < max_block then
+        tree[r] = max_block
+      end
+      r = r + (r & -r)
+    end
+  end
+  local i = 1
+  while i <= #order do
+    local j = i   -- order[i..j]: one key, looked up before any is noted
+    while j < #order and same_key(order[j + 1], order[i]) do
+      j = j + 1
+    end
+    local r = rank[order[i].level]
+    local best = seen_max(r)
+    for k = i, j do
+      if not best or best < order[k].max_block then
+        out[#out + 1] = order[k]
+      end
+    end
+    note(r, order[i].max_block)
+    i = j + 1
+  end
+  return out
 end
 
 
@@ -393,27 +460,17 @@ end
 -- disk= and sums_kind=, what its checksums.txt is), checked complete (a
 -- readable checksums.txt) and sorted by name; or nil, err.
 local function active_of_partition(tbl, infos)
-  local active = {}
-  for _, a in ipairs(infos) do
-    local covered = false
-    for _, b in ipairs(infos) do
-      if covers(b, a) then
-        covered = true
-        break
-      end
+  local active = catalog.uncovered(infos)
+  for _, a in ipairs(active) do
+    local mode, why = a.sums_kind, nil
+    if not mode then   -- (nothing there: why, for the message)
+      mode, why = lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode")
     end
-    if not covered then
-      local mode, why = a.sums_kind, nil
-      if not mode then   -- (nothing there: why, for the message)
-        mode, why = lfs.symlinkattributes(a.dir .. "/checksums.txt", "mode")
-      end
-      if mode ~= "file" then
-        return nil, "part " .. a.dir .. " of table " .. names.qualified(tbl.database, tbl.name)
-          .. " has no readable checksums.txt (" .. (mode and ("it is a " .. mode) or tostring(why)) .. ")"
-      end
-      a.sums_kind = nil
-      active[#active + 1] = a
+    if mode ~= "file" then
+      return nil, "part " .. a.dir .. " of table " .. names.qualified(tbl.database, tbl.name)
+        .. " has no readable checksums.txt (" .. (mode and ("it is a " .. mode) or tostring(why)) .. ")"
     end
+    a.sums_kind = nil
   end
   table.sort(active, function(x, y) return x.name < y.name end)
   return active
