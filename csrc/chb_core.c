@@ -827,6 +827,32 @@ static int core_exchange(lua_State *L) {
   return 1;
 }
 
+/* core.rename_new(a, b) -> true | fail: a renamed to b only if b does not
+ * exist (renameat2 RENAME_NOREPLACE; code EEXIST when it does). rename(2)
+ * alone replaces an empty directory or a file silently, and a check before
+ * it leaves a window in which another process makes b. A file system
+ * without the flag (EINVAL) gets that check and rename(2). */
+static int core_rename_new(lua_State *L) {
+  const char *a = luaL_checkstring(L, 1);
+  const char *b = luaL_checkstring(L, 2);
+  chb_error err;
+  int rc = renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_NOREPLACE);
+  if (rc != 0 && errno == EINVAL) {
+    struct stat st;
+    if (lstat(b, &st) == 0) {
+      errno = EEXIST;
+    } else if (errno == ENOENT) {
+      rc = rename(a, b);
+    }
+  }
+  if (rc != 0) {
+    chb_error_errno(&err, errno, "cannot rename", a);
+    return chb_push_fail(L, &err);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* core.fsync(path) -> true | fail: flush a file or a directory to disk */
 static int core_fsync(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -883,6 +909,7 @@ static const luaL_Reg core_funcs[] = {
     {"isatty", core_isatty},
     {"fsync", core_fsync},
     {"exchange", core_exchange},
+    {"rename_new", core_rename_new},
     {"disk_free", core_disk_free},
     {"spawn_detached", core_spawn_detached},
     {"derive_key", core_derive_key},

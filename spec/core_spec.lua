@@ -89,6 +89,33 @@ describe("chbackup.core", function()
     assert.matches("^%d+%.%d+%.%d+", core._VERSION)
   end)
 
+  -- RESTORE moves each part into place with it: a name that exists (an
+  -- empty directory, a file) must be refused, never replaced
+  it("rename_new renames to a new name and refuses an existing one with EEXIST, both kept", function()
+    local a, b, f = dir .. "/rn_a", dir .. "/rn_b", dir .. "/rn_f"
+    assert(lfs.mkdir(a))
+    h.write(a .. "/x", "part")
+    assert.is_true(core.rename_new(a, b))
+    assert.is_nil(lfs.attributes(a))
+    assert.equal("part", h.read(b .. "/x"))
+    assert(lfs.mkdir(a))
+    for _, existing in ipairs({ b, f }) do
+      if existing == f then
+        h.write(f, "file")
+      end
+      local ok, err, code = core.rename_new(a, existing)
+      assert.is_nil(ok)
+      assert.equal("EEXIST", code)
+      assert.matches("cannot rename " .. a, err, 1, true)
+      assert.equal("directory", lfs.attributes(a, "mode"))
+    end
+    assert(lfs.mkdir(dir .. "/rn_empty"))
+    local _, _, code = core.rename_new(a, dir .. "/rn_empty")   -- rename(2) would replace it
+    assert.equal("EEXIST", code)
+    assert.equal("part", h.read(b .. "/x"))
+    assert.equal("file", h.read(f))
+  end)
+
   describe("checksums on data real ClickHouse wrote", function()
     it("has the fixture files it needs", function()
       assert.is_true(#files > 100)

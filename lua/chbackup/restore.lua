@@ -724,12 +724,12 @@ function restore.run(ctx, req)
     cleanup()
     return nil, "restore from backup " .. src.name .. " failed: " .. aerr, acode
   end
+  -- (one renameat2 a part, refused when the name exists: never replaces)
   local move_err = each_move(targets, src.name, function(tmp, final)
-    if fsutil.exists(final) and fsutil.is_dir(final) then
+    local renamed, rerr, rcode = core.rename_new(tmp, final)
+    if rcode == "EEXIST" then
       return "cannot restore part " .. final .. ": it already exists"
-    end
-    local renamed, rerr = os.rename(tmp, final)
-    if not renamed then
+    elseif not renamed then
       return "cannot move restored part into place: " .. tostring(rerr)
     end
   end)
