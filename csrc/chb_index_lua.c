@@ -7,12 +7,17 @@
  * base_size=, base_checksum=, data_file=} (absent fields nil).
  * Out of memory raises; misuse raises.
  */
+#include "chb_error.h"
 #include "chb_hash.h"
 #include "chb_index.h"
+#include "chb_lua.h"
 #include "chb_manifest.h"
 #include "chb_pages.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -132,6 +137,46 @@ static int index_add(lua_State *L) {
   }
   if (i < 0) return index_fail(L, idx, "cannot add to an index");
   lua_pushinteger(L, (lua_Integer)i + 1);
+  return 1;
+}
+
+/* idx:add_dir(dir) -> count | fail: every entry of dir but . and .. added
+ * by its name (size 0, no content): a table directory's entries, then
+ * given in name order by idx:sorted with the memory of the index's pages,
+ * not of a Lua string an entry (a table of 10^5 parts). */
+static int index_add_dir(lua_State *L) {
+  chb_index *idx = check_index(L);
+  const char *dir = luaL_checkstring(L, 2);
+  DIR *d = opendir(dir);
+  if (!d) {
+    chb_error err;
+    chb_error_errno(&err, errno, "cannot open directory", dir);
+    return chb_push_fail(L, &err);
+  }
+  lua_Integer count = 0;
+  long rc = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *de = readdir(d);
+    if (!de) break;
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    chb_index_entry e = {0};
+    e.name = de->d_name, e.name_len = strlen(de->d_name);
+    e.use_base = e.encrypted_by_disk = CHB_ABSENT;
+    e.no_content = 1;
+    rc = chb_index_add(idx, &e, NULL);
+    if (rc < 0) break;   /* (-1, a name twice, is not in one directory) */
+    count++;
+  }
+  int saved = errno;
+  closedir(d);
+  if (rc < 0) return index_fail(L, idx, "cannot add to an index");
+  if (saved != 0) {
+    chb_error err;
+    chb_error_errno(&err, saved, "cannot read directory", dir);
+    return chb_push_fail(L, &err);
+  }
+  lua_pushinteger(L, count);
   return 1;
 }
 
@@ -351,7 +396,7 @@ static int index_manifest_files(lua_State *L) {
 }
 
 static const luaL_Reg index_methods[] = {
-    {"add", index_add},       {"get", index_get},         {"fields", index_fields},         {"find", index_find},
+    {"add", index_add},       {"add_dir", index_add_dir},       {"get", index_get},         {"fields", index_fields},         {"find", index_find},
     {"find_content", index_find_content},                 {"prefix", index_prefix},
     {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
     {"manifest_files", index_manifest_files},

@@ -415,44 +415,82 @@ function catalog.locations(tbl)
 end
 
 
--- The part-named entries of a table's directory on one disk, sorted by
--- name, and what each one's checksums.txt is (from the directory opened
--- once: a short lookup a part, not a walk of its whole path): only names
--- and kinds are kept (a table of 10^5 parts: a few MB, not a table of
--- fields a part). Any of them that is not a directory is an error
--- (ClickHouse makes no such entries). Returns the two lists (empty when
--- the directory is absent), or nil, err.
-local function part_names(tbl, loc)
+-- Part names read ahead from a table directory's index: a few hundred
+-- names and kinds held at a time, whatever the directory's size.
+local AHEAD = 512
+
+--- A cursor over the part-named entries of a table's directory on one
+-- disk, in name order, each with what its checksums.txt is: the names
+-- are read into a core.index (its pages: memory bounded however many
+-- parts the table has, not a Lua string a part) and given AHEAD at a time,
+-- each batch's checksums.txt looked up from the directory opened once (no
+-- walk of a whole path a part). A part-named entry that is not a
+-- directory is an error (ClickHouse makes no such entries); it is told
+-- from a part without checksums.txt only when there is none, so a healthy
+-- part costs no stat of its own. cursor.name / cursor.sums_kind: the
+-- current entry (nil at the end); cursor.next() moves on (true, or nil,
+-- err). An absent directory has no entries. Returns the cursor or nil, err.
+local function part_cursor(tbl, loc)
   local mode = lfs.attributes(loc.dir, "mode")
   if mode and mode ~= "directory" then
     return nil, "data directory " .. loc.dir .. " of table "
       .. names.qualified(tbl.database, tbl.name) .. " is not a directory"
   end
-  local found = {}
+  local idx, pos, last = core.index(), 0, 0
   if mode then
-    -- the kind of each entry from its directory entry (no stat a part)
-    local entries, kinds = core.list_dir(loc.dir)
-    if not entries then
-      return nil, kinds
+    local n, err = idx:add_dir(loc.dir)
+    if not n then
+      return nil, err
     end
-    for _, entry in ipairs(entries) do
+    pos, last = idx:prefix("")   -- (the name order, made here)
+    pos = pos - 1
+  end
+  local ahead, sums, at = {}, {}, 0
+  local cursor = {}
+  local function read_ahead()
+    ahead, at = {}, 1
+    while #ahead < AHEAD and pos < last do
+      pos = pos + 1
+      local entry = idx:name(idx:sorted(pos))
       if catalog.parse_part_name(entry) then
-        if kinds[entry] ~= "directory" then
-          return nil, "part " .. loc.dir .. "/" .. entry .. " is not a directory (ClickHouse makes no such entries)"
-        end
-        found[#found + 1] = entry
+        ahead[#ahead + 1] = entry
       end
     end
-    table.sort(found)
+    if #ahead == 0 then
+      sums = {}
+      return true
+    end
+    local kinds, kerr = core.kinds(loc.dir, ahead, "/checksums.txt")
+    if not kinds then
+      return nil, kerr
+    end
+    for i, entry in ipairs(ahead) do
+      if kinds[i] ~= "file" then
+        local m = lfs.symlinkattributes(loc.dir .. "/" .. entry, "mode")
+        if m and m ~= "directory" then
+          return nil, "part " .. loc.dir .. "/" .. entry .. " is not a directory (ClickHouse makes no such entries)"
+        end
+      end
+    end
+    sums = kinds
+    return true
   end
-  if #found == 0 then
-    return found, {}
+  function cursor.next()
+    at = at + 1
+    if at > #ahead then
+      local ok, err = read_ahead()
+      if not ok then
+        return nil, err
+      end
+    end
+    cursor.name, cursor.sums_kind = ahead[at], sums[at]
+    return true
   end
-  local sums, kerr = core.kinds(loc.dir, found, "/checksums.txt")
-  if not sums then
-    return nil, kerr
+  local ok, err = cursor.next()
+  if not ok then
+    return nil, err
   end
-  return found, sums
+  return cursor
 end
 
 
@@ -490,14 +528,14 @@ end
 -- the set of disks whose table directory was read (or found absent), or
 -- nil, err (f's value, or what was wrong).
 function catalog.each_active_part(tbl, f)
-  local locs, lists, sums, at, visited = catalog.locations(tbl), {}, {}, {}, {}
+  local locs, cursors, visited = catalog.locations(tbl), {}, {}
   for i, loc in ipairs(locs) do
     visited[loc.disk] = true
-    local found, kinds = part_names(tbl, loc)
-    if not found then
-      return nil, kinds
+    local c, err = part_cursor(tbl, loc)
+    if not c then
+      return nil, err
     end
-    lists[i], sums[i], at[i] = found, kinds, 1
+    cursors[i] = c
   end
   -- the locations' sorted names merged: a partition's parts come together
   -- (its id has no '_': every name starting "<id>_" is its part)
@@ -521,7 +559,7 @@ function catalog.each_active_part(tbl, f)
   while true do
     local best, name = nil, nil
     for i = 1, #locs do
-      local x = lists[i][at[i]]
+      local x = cursors[i].name
       if x and (not name or x < name) then
         best, name = i, x
       elseif x and x == name then
@@ -534,8 +572,11 @@ function catalog.each_active_part(tbl, f)
       break
     end
     local info = catalog.parse_part_name(name)
-    info.sums_kind = sums[best][at[best]]
-    at[best] = at[best] + 1
+    info.sums_kind = cursors[best].sums_kind
+    local ok, cerr = cursors[best].next()
+    if not ok then
+      return nil, cerr
+    end
     if info.partition_id ~= partition then
       local r = flush()
       if r ~= nil then
