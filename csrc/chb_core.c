@@ -26,7 +26,6 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
-#include <dirent.h>
 #include <unistd.h>
 
 #define CHB_EXPORT __attribute__((visibility("default")))
@@ -548,90 +547,6 @@ static int core_kinds(lua_State *L) {
   return 1;
 }
 
-/* What core.list_dir holds while it reads: freed by __gc (a Lua error
- * while pushing leaks nothing). */
-typedef struct listing {
-  DIR *d;
-  char *names;       /* NUL-terminated names, one after another */
-  size_t len, cap;
-} listing;
-
-static int listing_gc(lua_State *L) {
-  listing *x = lua_touserdata(L, 1);
-  if (x->d) closedir(x->d);
-  free(x->names);
-  x->d = NULL, x->names = NULL;
-  return 0;
-}
-
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* core.list_dir(dir) -> names, kinds | fail: the entries of dir but . and ..,
- * sorted by name, and kinds[name]: "file", "directory", "link", "other", or
- * false, from the directory entry itself (d_type; a stat only where the
- * filesystem gives none): a table's parts listed without a stat each. */
-static int core_list_dir(lua_State *L) {
-  const char *dir = luaL_checkstring(L, 1);
-  listing *x = lua_newuserdatauv(L, sizeof *x, 0);   /* x */
-  memset(x, 0, sizeof *x);
-  if (luaL_newmetatable(L, "chbackup.listing")) {
-    lua_pushcfunction(L, listing_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
-  x->d = opendir(dir);
-  if (!x->d) {
-    chb_error err;
-    chb_error_errno(&err, errno, "cannot read directory", dir);
-    return chb_push_fail(L, &err);
-  }
-  size_t n = 0;
-  for (struct dirent *de; (errno = 0, de = readdir(x->d)) != NULL;) {
-    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-    char kind = de->d_type == DT_REG ? 'f' : de->d_type == DT_DIR ? 'd' : de->d_type == DT_LNK ? 'l' : 'o';
-    if (de->d_type == DT_UNKNOWN) {
-      struct stat st;
-      kind = fstatat(dirfd(x->d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ? 0
-             : S_ISREG(st.st_mode) ? 'f' : S_ISDIR(st.st_mode) ? 'd' : S_ISLNK(st.st_mode) ? 'l' : 'o';
-    }
-    size_t k = strlen(de->d_name) + 2;   /* kind, name, NUL */
-    if (x->len + k > x->cap) {
-      size_t cap = x->cap ? x->cap * 2 : 4096;
-      while (cap < x->len + k) cap *= 2;
-      char *q = realloc(x->names, cap);
-      if (!q) return luaL_error(L, "out of memory");
-      x->names = q, x->cap = cap;
-    }
-    x->names[x->len] = kind;
-    memcpy(x->names + x->len + 1, de->d_name, k - 1);
-    x->len += k, n++;
-  }
-  if (errno != 0) {
-    chb_error err;
-    chb_error_errno(&err, errno, "cannot read directory", dir);
-    return chb_push_fail(L, &err);
-  }
-  char **order = lua_newuserdatauv(L, (n ? n : 1) * sizeof *order, 0);   /* x, order */
-  for (size_t i = 0, off = 0; i < n; i++, off += strlen(x->names + off + 1) + 2) order[i] = x->names + off + 1;
-  qsort(order, n, sizeof *order, cmp_str);
-  lua_createtable(L, (int)n, 0);        /* x, order, names */
-  lua_createtable(L, 0, (int)n);        /* x, order, names, kinds */
-  for (size_t i = 0; i < n; i++) {
-    lua_pushstring(L, order[i]);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, -4, (lua_Integer)i + 1);
-    switch (order[i][-1]) {
-      case 'f': lua_pushliteral(L, "file"); break;
-      case 'd': lua_pushliteral(L, "directory"); break;
-      case 'l': lua_pushliteral(L, "link"); break;
-      case 'o': lua_pushliteral(L, "other"); break;
-      default: lua_pushboolean(L, 0);
-    }
-    lua_rawset(L, -3);
-  }
-  return 2;
-}
-
 /* The table core.read_checksums returns, from c (freed). */
 static void push_checksums(lua_State *L, chb_checksums *c) {
   lua_createtable(L, 0, (int)c->count);      /* t */
@@ -900,7 +815,6 @@ static const luaL_Reg core_funcs[] = {
     {"checksum_file", core_checksum_file},
     {"file_size", core_file_size},
     {"kinds", core_kinds},
-    {"list_dir", core_list_dir},
     {"read_file", core_read_file},
     {"read_checksums", core_read_checksums},
     {"parse_checksums", core_parse_checksums},

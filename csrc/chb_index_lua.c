@@ -150,7 +150,7 @@ static int index_add_dir(lua_State *L) {
   DIR *d = opendir(dir);
   if (!d) {
     chb_error err;
-    chb_error_errno(&err, errno, "cannot open directory", dir);
+    chb_error_errno(&err, errno, "cannot read directory", dir);
     return chb_push_fail(L, &err);
   }
   lua_Integer count = 0;
@@ -396,11 +396,20 @@ static int index_manifest_files(lua_State *L) {
 }
 
 static const luaL_Reg index_methods[] = {
-    {"add", index_add},       {"add_dir", index_add_dir},       {"get", index_get},         {"fields", index_fields},         {"find", index_find},
-    {"find_content", index_find_content},                 {"prefix", index_prefix},
-    {"sorted", index_sorted}, {"count", index_len},       {"memory", index_memory},
+    {"add", index_add},
+    {"add_dir", index_add_dir},
+    {"add_from_base", index_add_from_base},
+    {"get", index_get},
+    {"fields", index_fields},
+    {"name", index_name},
+    {"stored", index_stored},
+    {"find", index_find},
+    {"find_content", index_find_content},
+    {"prefix", index_prefix},
+    {"sorted", index_sorted},
+    {"count", index_len},
+    {"memory", index_memory},
     {"manifest_files", index_manifest_files},
-    {"add_from_base", index_add_from_base}, {"name", index_name}, {"stored", index_stored},
     {NULL, NULL}};
 
 static const luaL_Reg index_meta[] = {{"__gc", index_gc}, {"__len", index_len}, {NULL, NULL}};

@@ -427,9 +427,10 @@ local AHEAD = 512
 -- walk of a whole path a part). A part-named entry that is not a
 -- directory is an error (ClickHouse makes no such entries); it is told
 -- from a part without checksums.txt only when there is none, so a healthy
--- part costs no stat of its own. cursor.name / cursor.sums_kind: the
--- current entry (nil at the end); cursor.next() moves on (true, or nil,
--- err). An absent directory has no entries. Returns the cursor or nil, err.
+-- part costs no stat of its own. cursor.name / cursor.info (its parsed
+-- name, a fresh table) / cursor.sums_kind: the current entry (nil at the
+-- end); cursor.next() moves on (true, or nil, err). An absent directory has
+-- no entries. Returns the cursor or nil, err.
 local function part_cursor(tbl, loc)
   local mode = lfs.attributes(loc.dir, "mode")
   if mode and mode ~= "directory" then
@@ -445,15 +446,16 @@ local function part_cursor(tbl, loc)
     pos, last = idx:prefix("")   -- (the name order, made here)
     pos = pos - 1
   end
-  local ahead, sums, at = {}, {}, 0
+  local ahead, infos, sums, at = {}, {}, {}, 0
   local cursor = {}
   local function read_ahead()
-    ahead, at = {}, 1
+    ahead, infos, at = {}, {}, 1
     while #ahead < AHEAD and pos < last do
       pos = pos + 1
       local entry = idx:name(idx:sorted(pos))
-      if catalog.parse_part_name(entry) then
-        ahead[#ahead + 1] = entry
+      local info = catalog.parse_part_name(entry)
+      if info then
+        ahead[#ahead + 1], infos[#ahead + 1] = entry, info
       end
     end
     if #ahead == 0 then
@@ -483,7 +485,7 @@ local function part_cursor(tbl, loc)
         return nil, err
       end
     end
-    cursor.name, cursor.sums_kind = ahead[at], sums[at]
+    cursor.name, cursor.info, cursor.sums_kind = ahead[at], infos[at], sums[at]
     return true
   end
   local ok, err = cursor.next()
@@ -519,9 +521,9 @@ end
 -- it uses, in name order: every part not covered by another one (outdated
 -- parts left by merges are skipped, so is detached/); part = {name=,
 -- partition_id=, min_block=, max_block=, level=, mutation=, dir=, disk=}.
--- Partition by partition: what is held is the part names of the table's
--- directories and one partition's parts (issue 14: a table of 10^5 parts
--- held a table of fields for each). An active part must be complete (a
+-- Partition by partition: what is held is one partition's parts and a few
+-- hundred names read ahead from each directory (part_cursor; issue 14: a
+-- table of 10^5 parts held a table of fields for each, then every name). An active part must be complete (a
 -- readable checksums.txt); a part on two disks, a part-named entry that is
 -- not a directory, or a directory that cannot be read is an error: nothing
 -- is skipped silently. f may return a value to stop (an error). Returns
@@ -571,7 +573,7 @@ function catalog.each_active_part(tbl, f)
     if not best then
       break
     end
-    local info = catalog.parse_part_name(name)
+    local info = cursors[best].info
     info.sums_kind = cursors[best].sums_kind
     local ok, cerr = cursors[best].next()
     if not ok then
