@@ -13,6 +13,7 @@
 #include "chb_job.h"
 #include "chb_proc.h"
 #include "chb_source.h"
+#include "chb_stored.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -203,6 +204,37 @@ static int job_add(lua_State *L) {
   return 1;
 }
 
+/*
+ * job:add_stored(index, lo, hi, strip, dst_dir, root) -> true | pos
+ * Adds the files of a backup's index at sorted positions lo..hi (idx:prefix's
+ * numbers) that the backup stores itself, plainly (chb_stored.h): read from
+ * root/<name> confined below root, written to dst_dir .. name:sub(strip + 1),
+ * empty files skipped. true: all were taken; pos: the first that was not
+ * (its pieces are the caller's to resolve; nothing after it was added).
+ */
+static int job_add_stored(lua_State *L) {
+  chb_job *job = check_job(L);
+  chb_index *idx = chb_check_index(L, 2);
+  lua_Integer lo = luaL_checkinteger(L, 3), hi = luaL_checkinteger(L, 4);
+  lua_Integer strip = luaL_checkinteger(L, 5);
+  const char *dst_dir = luaL_checkstring(L, 6), *root = luaL_checkstring(L, 7);
+  luaL_argcheck(L, lo >= 1, 3, "positions count from 1");
+  luaL_argcheck(L, strip >= 0, 5, "strip must be >= 0");
+  if (hi < lo) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  size_t stop;
+  chb_error err;
+  if (chb_stored_add(job, idx, (size_t)lo - 1, (size_t)hi, (size_t)strip, dst_dir, root, &stop, &err) != 0)
+    return luaL_error(L, "%s", err.msg);
+  if (stop >= (size_t)hi)
+    lua_pushboolean(L, 1);
+  else
+    lua_pushinteger(L, (lua_Integer)stop + 1);
+  return 1;
+}
+
 /* job:set_base(i, base_size, base_checksum): write only the tail if the
  * first base_size bytes hash to base_checksum (an incremental backup). */
 static int job_set_base(lua_State *L) {
@@ -291,7 +323,7 @@ static int job_close(lua_State *L) {
 }
 
 static const luaL_Reg job_methods[] = {
-    {"add", job_add},         {"set_base", job_set_base},
+    {"add", job_add},         {"add_stored", job_add_stored}, {"set_base", job_set_base},
     {"start", job_start},     {"wait", job_wait},
     {"cancel", job_cancel},   {"progress", job_progress},
     {"result", job_result},   {"entry", job_entry},   {"count", job_count},

@@ -95,6 +95,18 @@ describe("contents.each_part", function()
     assert.are.equal(r, contents.each_part_name(t, "b", function() end))
   end)
 
+  it("refuses a table whose files come under two spellings of its name", function()
+    local idx = core.index()
+    idx:add("metadata/db.sql", 10, sum(1))
+    idx:add("metadata/db/t.sql", 10, sum(2))
+    idx:add("data/db/t/all_1_1_0/checksums.txt", 10, sum(3))
+    idx:add("data/db/%74/all_2_2_0/checksums.txt", 10, sum(4))   -- %74 is t
+    local dbs, err = contents.index(manifest.indexed({}, idx), "b")
+    assert.is_nil(dbs)
+    assert.equal("backup b is corrupt: it lists data/db/t/all_1_1_0/checksums.txt and files under "
+      .. "data/db/%74/, two names of table db.t", err)
+  end)
+
   local function peak_kib(t, walk)
     return helpers.heap_peak_kib(function(step) walk(t, step) end, 250)
   end

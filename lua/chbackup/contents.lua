@@ -11,25 +11,12 @@ local server_objects = require("chbackup.server_objects")
 local contents = {}
 
 
---- The backup's contents grouped by database and table:
--- { [db] = {name=, escaped=, metadata=<entry>, tables = { [t] = {name=,
--- escaped=, metadata=<entry>, data = { {rel=, file=<entry>} } } } } }
--- (data: a list made on demand, read-only). Every data file
--- must belong to a table whose metadata the backup holds: a name damaged in
--- `.backup` would otherwise leave its data behind unnoticed.
--- Returns dbs or nil, err.
 -- A table's data files, {rel=, file=} made on demand (t.data[k], #t.data,
 -- ipairs) from the positions of the names under its prefix in the
 -- manifest's name order (core.index): nothing held per file (issue 14).
--- With it, the same files' names under the prefix (strings only: k -> rel).
 local function data_list(m, prefix)
   local idx, files = m.index, m.files
   local first, last = idx:prefix(prefix)
-  local function rel_name(k)
-    if k >= 1 and k <= last - first + 1 then
-      return idx:name(idx:sorted(first + k - 1)):sub(#prefix + 1)
-    end
-  end
   return setmetatable({}, {
     __index = function(_, k)
       if math.type(k) == "integer" and k >= 1 and k <= last - first + 1 then
@@ -40,10 +27,19 @@ local function data_list(m, prefix)
     __len = function()
       return last - first + 1
     end,
-  }), rel_name
+  })
 end
 
 
+--- The backup's contents grouped by database and table:
+-- { [db] = {name=, escaped=, metadata=<entry>, tables = { [t] = {name=,
+-- escaped=, metadata=<entry>, data = { {rel=, file=<entry>} }, prefix=,
+-- index=, files= } } } } (data: a list made on demand, read-only; prefix:
+-- "data/<db>/<t>/" as the backup spells it, index and files: the
+-- manifest's). Every data file
+-- must belong to a table whose metadata the backup holds: a name damaged in
+-- `.backup` would otherwise leave its data behind unnoticed.
+-- Returns dbs or nil, err.
 function contents.index(m, backup_name)
   local dbs, idx = {}, m.index
   local function db_entry(esc)
@@ -59,13 +55,18 @@ function contents.index(m, backup_name)
       t = { name = name, escaped = esc_t }
       -- (its files are the names under this prefix: exactly those the
       -- pattern below gives this table)
-      t.data, t.rel_name = data_list(m, "data/" .. esc_db .. "/" .. esc_t .. "/")
+      t.prefix, t.index, t.files = "data/" .. esc_db .. "/" .. esc_t .. "/", m.index, m.files
+      t.data = data_list(m, t.prefix)
       db.tables[name] = t
     end
     return t
   end
-  for i = 1, #idx do
-    local name = idx:name(i)   -- (a string, not an entry's table: most are data files)
+  -- in name order, a table's data files skipped at once (one lookup of
+  -- its prefix: nothing done per data file, most of a backup's files)
+  local pos, n = idx:prefix("")
+  while pos <= n do
+    local i = idx:sorted(pos)
+    local name = idx:name(i)
     local esc_db = name:match("^metadata/([^/]+)%.sql$")
     local mdb, mt = name:match("^metadata/([^/]+)/([^/]+)%.sql$")
     local ddb, dt = name:match("^data/([^/]+)/([^/]+)/.")
@@ -74,13 +75,20 @@ function contents.index(m, backup_name)
     elseif mdb then
       tbl_entry(mdb, mt).metadata = m.files[i]
     elseif ddb then
-      tbl_entry(ddb, dt)
+      local t, prefix = tbl_entry(ddb, dt), "data/" .. ddb .. "/" .. dt .. "/"
+      if t.prefix ~= prefix then   -- (two spellings of one name: %61 is a)
+        return nil, "backup " .. backup_name .. " is corrupt: it lists " .. name .. " and files under "
+          .. t.prefix .. ", two names of table " .. names.qualified(names.unescape_file(ddb), t.name)
+      end
+      local _, last = idx:prefix(prefix)
+      pos = last
     else
       -- Everything ClickHouse writes into a backup is under metadata/ or
       -- data/; anything else is a damaged name whose file would be lost.
       return nil, "backup " .. backup_name .. " is corrupt: it lists " .. name
         .. ", which is no file of a database or table"
     end
+    pos = pos + 1
   end
   for _, db in pairs(dbs) do
     for _, t in pairs(db.tables) do
@@ -154,58 +162,66 @@ local function not_a_part(t, backup_name, k)
 end
 
 
+--- Calls f(name, info, lo, hi) for each part of MergeTree table t of the
+-- backup, in name order: its name, parsed name (catalog.parse_part_name)
+-- and the positions lo..hi of its files in the manifest's name order
+-- (t.index:sorted(pos)). A part's files are found by one lookup of its
+-- directory's prefix: nothing is made per file (issue 14). Stops at the
+-- first f that returns a value and returns it; returns an error for a
+-- file that is no part's.
+function contents.each_part_range(t, backup_name, f)
+  local idx, prefix = t.index, t.prefix
+  local first, last = idx:prefix(prefix)
+  local pos = first
+  while pos <= last do
+    local part_name = idx:name(idx:sorted(pos)):match("^([^/]+)/.", #prefix + 1)
+    local info = part_name and catalog.parse_part_name(part_name)
+    if not info then
+      return not_a_part(t, backup_name, pos - first + 1)
+    end
+    -- (the names under "<part>/" come together, from this one on)
+    local lo, hi = idx:prefix(prefix .. part_name .. "/")
+    assert(lo == pos, "a part's files are not together in the name order")
+    local r = f(part_name, info, lo, hi)
+    if r ~= nil then
+      return r
+    end
+    pos = hi + 1
+  end
+end
+
+
 --- Calls f(p) for each part of MergeTree table t of the backup, in the
 -- name order of its files (where a part's files come together): p =
--- {name=, info=, files = {[rel]=<entry>}, list = {{rel=, file=}}, where=}.
+-- {name=, info=, files = {[rel]=<entry>}, list = {{rel=, file=}}, where=,
+-- lo=, hi=} (lo..hi: as each_part_range gives them).
 -- One part's Lua tables at a time: a table of 10^5 parts costs what one
 -- part does (issue 14; a list of the table's parts with their files took
 -- 200 MiB for 20,000 parts in 2 tables). Stops at the first f that returns
 -- a value and returns it; returns an error for a file that is no part's.
 function contents.each_part(t, backup_name, f)
-  local cur
-  for k, d in ipairs(t.data) do
-    local part_name, rel = d.rel:match("^([^/]+)/(.+)$")
-    if not cur or cur.name ~= part_name then
-      local info = part_name and catalog.parse_part_name(part_name)
-      if not info then
-        return not_a_part(t, backup_name, k)
-      end
-      if cur then
-        local r = f(cur)
-        if r ~= nil then
-          return r
-        end
-      end
-      cur = { name = part_name, info = info, files = {}, list = {},
-        where = "backup " .. backup_name .. ": part " .. d.file.name:sub(1, -#rel - 2) }
+  local idx, files = t.index, t.files
+  return contents.each_part_range(t, backup_name, function(name, info, lo, hi)
+    local strip = #t.prefix + #name + 1
+    local p = { name = name, info = info, files = {}, list = {}, lo = lo, hi = hi,
+      where = "backup " .. backup_name .. ": part " .. t.prefix .. name }
+    for pos = lo, hi do
+      local file = files[idx:sorted(pos)]
+      local rel = file.name:sub(strip + 1)
+      p.files[rel] = file
+      p.list[#p.list + 1] = { rel = rel, file = file }
     end
-    cur.files[rel] = d.file
-    cur.list[#cur.list + 1] = { rel = rel, file = d.file }
-  end
-  if cur then
-    return f(cur)
-  end
+    return f(p)
+  end)
 end
 
 
 --- As each_part, with only each part's name and parsed name: f(name,
 -- info), from the names of its files (no entry read: RESTORE's moves).
 function contents.each_part_name(t, backup_name, f)
-  local cur
-  for k = 1, #t.data do
-    local part_name = t.rel_name(k):match("^([^/]+)/.")
-    if part_name ~= cur then
-      local info = part_name and catalog.parse_part_name(part_name)
-      if not info then
-        return not_a_part(t, backup_name, k)
-      end
-      cur = part_name
-      local r = f(part_name, info)
-      if r ~= nil then
-        return r
-      end
-    end
-  end
+  return contents.each_part_range(t, backup_name, function(name, info)
+    return f(name, info)
+  end)
 end
 
 

@@ -294,22 +294,43 @@ local BATCH = 2500
 
 
 -- Phase 2's copies: `copies` (Log tables' files, planned already) and every
--- file of the parts planned (t's moves), whose pieces are resolved again
--- here, in jobs of up to BATCH files, added part by part: the job copies a
--- part's small files as one batch (one lookup of its directory, one fsync
--- of it) and runs its biggest batches first (no big file left for one
--- thread at the end); from a compressed tar, in archive order. Returns
--- true or nil, err, code.
+-- file of the parts planned (t's moves), in jobs of about BATCH files,
+-- added part by part: the job copies a part's small files as one batch
+-- (one lookup of its directory, one fsync of it) and runs its biggest
+-- batches first (no big file left for one thread at the end). The files
+-- the backup stores itself, plainly, go from its index into the job in C
+-- (job:add_stored: no Lua value a file); the others' pieces are resolved
+-- through the chain (chain.pieces) as they come. From a chain that reads a
+-- compressed tar, every file is resolved and a batch's run in archive
+-- order, on one thread (chain.archive_order). Returns true or nil, err, code.
 local function copy_parts(ctx, b, targets, copies)
   local store, op_id = ctx.store, ctx.op_id
   local files_done, bytes_done = 0, 0
-  local function run(batch)
-    -- from a compressed tar: in archive order, on one thread (chain.archive_order)
-    local threads = chain.archive_order(batch, function(c) return c[1] end)
-    local job = core.job({ threads = threads or ctx.threads, fsync = ctx.settings.fsync,
-      ordered = threads ~= nil })
-    for _, c in ipairs(batch) do
-      job:add(c[1], c[2], c[3], c[4])
+  local bases = assert(chain.list(b))
+  local root = b.store.plain_root and b.store:plain_root()
+  for _, x in ipairs(bases) do
+    root = not x.store.sequential and root or nil
+  end
+  local function new_job(threads)
+    return core.job({ threads = threads or ctx.threads, fsync = ctx.settings.fsync, ordered = threads ~= nil })
+  end
+  -- with root, entries go straight into the job (made on demand); else into batch
+  local job, batch = nil, copies
+  local function direct_job()
+    job = job or new_job()
+    return job
+  end
+  local function run()
+    if root then
+      direct_job()
+    else
+      -- from a compressed tar: in archive order, on one thread (chain.archive_order)
+      local threads = chain.archive_order(batch, function(c) return c[1] end)
+      job = new_job(threads)
+      for _, c in ipairs(batch) do
+        job:add(c[1], c[2], c[3], c[4])
+      end
+      batch = {}
     end
     local last
     local ok, err, code = runner.run(job, function(p)
@@ -317,44 +338,66 @@ local function copy_parts(ctx, b, targets, copies)
       store:update(op_id, { files_read = files_done + p.files_done, bytes_read = bytes_done + p.bytes_done })
     end, ctx.cancelled)
     job:close()
+    job = nil
     if last then
       files_done, bytes_done = files_done + last.files_done, bytes_done + last.bytes_done
     end
+    collectgarbage()   -- the batch's tables, before they pile up (a few ms a batch)
     return ok, err, code
   end
-  local batch = copies
+  local function add(pieces, dst, size, checksum)
+    if root then
+      direct_job():add(pieces, dst, size, checksum)
+    else
+      batch[#batch + 1] = { pieces, dst, size, checksum }
+    end
+  end
+  if root then
+    for _, c in ipairs(copies) do
+      add(c[1], c[2], c[3], c[4])
+    end
+  end
+  local idx, files = b.manifest.index, b.manifest.files
   local failed = {}
   for _, t in ipairs(targets) do
     if (t.moves or 0) > 0 then
       local k = 0
-      local r = contents.each_part(t.sel.tbl, ctx.dest.name, function(p)   -- (checked in phase 2)
-        if part_selected(t, p.info) then
+      -- (the parts checked in phase 2)
+      local r = contents.each_part_range(t.sel.tbl, ctx.dest.name, function(name, info, lo, hi)
+        if part_selected(t, info) then
           k = k + 1
-          local tmp = move_paths(t, k, p.name, p.info)
-          for _, x in ipairs(p.list) do
-            local f = x.file
-            if f.size > 0 then
-              if #batch >= BATCH then
-                local ok, err, code = run(batch)
-                if not ok then
-                  failed.err, failed.code = err, code
-                  return failed
-                end
-                batch = {}
-                collectgarbage()   -- the batch's tables, before they pile up (a few ms a batch)
-              end
-              batch[#batch + 1] = { assert(chain.pieces(b, f)), tmp .. "/" .. x.rel, f.size, f.checksum }
+          if (root and direct_job():count() or #batch) >= BATCH then
+            local ok, err, code = run()
+            if not ok then
+              failed.err, failed.code = err, code
+              return failed
             end
+          end
+          local dir = move_paths(t, k, name, info) .. "/"
+          local strip, pos = #t.sel.tbl.prefix + #name + 1, lo
+          while pos <= hi do
+            local stop = root and direct_job():add_stored(idx, pos, hi, strip, dir, root) or pos
+            if stop == true then
+              break
+            end
+            local f = files[idx:sorted(stop)]
+            if f.size > 0 then
+              add(assert(chain.pieces(b, f)), dir .. f.name:sub(strip + 1), f.size, f.checksum)
+            end
+            pos = stop + 1
           end
         end
       end)
       if r == failed then
+        if job then
+          job:close()
+        end
         return nil, failed.err, failed.code
       end
       assert(r == nil, r)
     end
   end
-  return run(batch)
+  return run()
 end
 
 
@@ -546,6 +589,7 @@ function restore.run(ctx, req)
   -- policy's first disk with room for it (its volume's max_data_part_size_bytes
   -- and the disk's keep_free_space_bytes counted).
   local reserved, was_on = {}, disks.read_record(b) or {}
+  local plain_root, idx = b.store.plain_root and b.store:plain_root(), m.index
   -- Returns the location and its number in t.place_locs.
   local function place_part(t, part_name, size, from_disk)
     t.place_locs = t.place_locs or t.locations or catalog_mod.locations(t)
@@ -589,8 +633,8 @@ function restore.run(ctx, req)
       end
       -- Every part (or Log table) is checked as ClickHouse will load it
       -- before a byte is copied. A part's files are copied by copy_parts;
-      -- a Log table's are listed in copies now.
-      local function add_file(dst, f, later)
+      -- a Log table's are listed in copies now (add_file).
+      local function add_file(dst, f)
         if f.size == 0 then
           empty_files[#empty_files + 1] = dst   -- no bytes in the backup
         else
@@ -598,9 +642,7 @@ function restore.run(ctx, req)
           if not pieces then
             return nil, perr
           end
-          if not later then
-            copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
-          end
+          copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
         end
         counters.num_files = counters.num_files + 1
         counters.total_size = counters.total_size + f.size
@@ -619,22 +661,37 @@ function restore.run(ctx, req)
             return cerr
           end
           -- room the part takes: whole 4 KiB blocks per file and one for its directory
-          local size, from = 4096, nil
+          local size = 4096
           for _, x in ipairs(p.list) do
             size = size + (x.file.size + 4095) // 4096 * 4096
-            from = from or was_on[x.file.name:match("^(data/[^/]+/[^/]+/[^/]+)/") or ""]
           end
-          local loc, loc_no = place_part(t, p.name, size, from)
+          local loc, loc_no = place_part(t, p.name, size, was_on[t.sel.tbl.prefix .. p.name])
           if not loc then
             return loc_no
           end
           note_move(t, loc_no)
           local tmp = move_paths(t, t.moves, p.name, p.info)
           for _, x in ipairs(p.list) do
-            local added, aerr = add_file(tmp .. "/" .. x.rel, x.file, true)
-            if not added then
-              return aerr
+            if x.file.size == 0 then
+              empty_files[#empty_files + 1] = tmp .. "/" .. x.rel   -- no bytes in the backup
             end
+            counters.num_files = counters.num_files + 1
+            counters.total_size = counters.total_size + x.file.size
+          end
+          -- its files' bytes are where the manifest says: those the backup
+          -- stores plainly, checked in C (idx:plain_stop), the others' pieces
+          -- through the chain (copy_parts copies them later)
+          local pos = p.lo
+          while pos <= p.hi do
+            local stop = plain_root and idx:plain_stop(pos, p.hi) or pos
+            if stop == true then
+              break
+            end
+            local pieces, perr = chain.pieces(b, m.files[idx:sorted(stop)])
+            if not pieces then
+              return perr
+            end
+            pos = stop + 1
           end
         end)
         ok = ferr == nil

@@ -69,6 +69,16 @@ function Reader:piece(name, length)
 end
 
 
+--- The directory a C job reads this backup's own files from by name
+-- (job:add_stored: what :piece gives, without a table a file), or nil
+-- when they are encrypted (pieces carry the key).
+function Reader:plain_root()
+  if not self.key and not self.encrypted then
+    return self.dest.path
+  end
+end
+
+
 --- Bytes the file stored as `name` holds (plain bytes), or nil if it is
 -- missing or not a regular file (RESTORE would refuse to follow a link).
 function Reader:stored_size(name)
