@@ -204,35 +204,61 @@ static int job_add(lua_State *L) {
   return 1;
 }
 
-/*
- * job:add_stored(index, lo, hi, strip, dst_dir, root) -> true | pos
- * Adds the files of a backup's index at sorted positions lo..hi (idx:prefix's
- * numbers) that the backup stores itself, plainly (chb_stored.h): read from
- * root/<name> confined below root, written to dst_dir .. name:sub(strip + 1),
- * empty files skipped. true: all were taken; pos: the first that was not
- * (its pieces are the caller's to resolve; nothing after it was added).
- */
-static int job_add_stored(lua_State *L) {
-  chb_job *job = check_job(L);
-  chb_index *idx = chb_check_index(L, 2);
-  lua_Integer lo = luaL_checkinteger(L, 3), hi = luaL_checkinteger(L, 4);
-  lua_Integer strip = luaL_checkinteger(L, 5);
-  const char *dst_dir = luaL_checkstring(L, 6), *root = luaL_checkstring(L, 7);
-  luaL_argcheck(L, lo >= 1, 3, "positions count from 1");
-  luaL_argcheck(L, strip >= 0, 5, "strip must be >= 0");
-  if (hi < lo) {
-    lua_pushboolean(L, 1);
-    return 1;
+/* A chain of backups for chb_stored.h: {{index = idx, root = dir|false}, ...}
+ * at arg, the restored backup first, then its base, its base's base...; an
+ * array on the stack (the table keeps the roots' strings alive). */
+static chb_stored_level *check_levels(lua_State *L, int arg, size_t *n) {
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_Integer len = luaL_len(L, arg);
+  luaL_argcheck(L, len >= 1, arg, "a chain has at least one backup");
+  chb_stored_level *levels = lua_newuserdatauv(L, sizeof *levels * (size_t)len, 0);
+  for (lua_Integer k = 1; k <= len; k++) {
+    lua_geti(L, arg, k);
+    luaL_argcheck(L, lua_istable(L, -1), arg, "each backup of a chain is {index=, root=}");
+    lua_getfield(L, -1, "index");
+    levels[k - 1].idx = chb_check_index(L, lua_gettop(L));
+    lua_getfield(L, -2, "root");
+    luaL_argcheck(L, !lua_toboolean(L, -1) || lua_type(L, -1) == LUA_TSTRING, arg, "a root is a string");
+    levels[k - 1].root = lua_toboolean(L, -1) ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 3);
   }
-  size_t stop;
-  chb_error err;
-  if (chb_stored_add(job, idx, (size_t)lo - 1, (size_t)hi, (size_t)strip, dst_dir, root, &stop, &err) != 0)
-    return luaL_error(L, "%s", err.msg);
+  *n = (size_t)len;
+  return levels;
+}
+
+/* Pushes true when stop reached hi (every entry taken), else stop + 1. */
+static int push_stop(lua_State *L, size_t stop, lua_Integer hi) {
   if (stop >= (size_t)hi)
     lua_pushboolean(L, 1);
   else
     lua_pushinteger(L, (lua_Integer)stop + 1);
   return 1;
+}
+
+/*
+ * job:add_stored(chain, lo, hi, strip, dst_dir) -> true | pos
+ * Adds the files of chain[1]'s index at sorted positions lo..hi (idx:prefix's
+ * numbers) whose bytes the chain stores plainly (chb_stored.h): read below
+ * their backup's root, written to dst_dir .. name:sub(strip + 1), empty files
+ * skipped. chain: {{index=, root=}, ...} (check_levels). true: all were
+ * taken; pos: the first that was not (its pieces are the caller's to
+ * resolve; nothing after it was added).
+ */
+static int job_add_stored(lua_State *L) {
+  chb_job *job = check_job(L);
+  size_t n;
+  chb_stored_level *chain = check_levels(L, 2, &n);
+  lua_Integer lo = luaL_checkinteger(L, 3), hi = luaL_checkinteger(L, 4);
+  lua_Integer strip = luaL_checkinteger(L, 5);
+  const char *dst_dir = luaL_checkstring(L, 6);
+  luaL_argcheck(L, lo >= 1, 3, "positions count from 1");
+  luaL_argcheck(L, strip >= 0, 5, "strip must be >= 0");
+  size_t stop = (size_t)lo - 1;
+  chb_error err;
+  if (hi >= lo &&
+      chb_stored_add(job, chain, n, (size_t)lo - 1, (size_t)hi, (size_t)strip, dst_dir, &stop, &err) != 0)
+    return luaL_error(L, "%s", err.msg);
+  return push_stop(L, stop, hi);
 }
 
 /* job:set_base(i, base_size, base_checksum): write only the tail if the
@@ -469,6 +495,21 @@ static int core_cityhash128(lua_State *L) {
     push_hex(L, chb_cityhash128_seed(s, len, seed));
   }
   return 1;
+}
+
+/* core.plain_stop(chain, lo, hi) -> true | pos: the first of chain[1]'s
+ * sorted positions lo..hi whose entry's bytes the chain does not store
+ * plainly (chb_stored.h; chain as job:add_stored's); true: none */
+static int core_plain_stop(lua_State *L) {
+  size_t n;
+  chb_stored_level *chain = check_levels(L, 1, &n);
+  lua_Integer lo = luaL_checkinteger(L, 2), hi = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, lo >= 1, 2, "positions count from 1");
+  size_t stop = (size_t)lo - 1;
+  chb_error err;
+  if (hi >= lo && chb_stored_plain_stop(chain, n, (size_t)lo - 1, (size_t)hi, &stop, &err) != 0)
+    return luaL_error(L, "%s", err.msg);
+  return push_stop(L, stop, hi);
 }
 
 /* core.checksum(s) -> hex: ClickHouse's file checksum of a string's bytes */
@@ -844,6 +885,7 @@ static const luaL_Reg core_funcs[] = {
     {"job", core_job},
     {"cityhash128", core_cityhash128},
     {"checksum", core_checksum},
+    {"plain_stop", core_plain_stop},
     {"checksum_file", core_checksum_file},
     {"file_size", core_file_size},
     {"kinds", core_kinds},

@@ -10,7 +10,6 @@
 #include "chb_error.h"
 #include "chb_hash.h"
 #include "chb_index.h"
-#include "chb_stored.h"
 #include "chb_lua.h"
 #include "chb_manifest.h"
 #include "chb_pages.h"
@@ -303,24 +302,6 @@ static int index_stored(lua_State *L) {
   return 1;
 }
 
-/* idx:plain_stop(lo, hi) -> true | pos: the first of sorted positions
- * lo..hi whose entry's bytes are not stored plainly in this backup, under
- * its name or the one its data_file names (chb_stored.h); true: none */
-static int index_plain_stop(lua_State *L) {
-  chb_index *idx = check_index(L);
-  lua_Integer lo = luaL_checkinteger(L, 2), hi = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, lo >= 1, 2, "positions count from 1");
-  size_t stop = (size_t)lo - 1;
-  chb_error err;
-  if (hi >= lo && chb_stored_plain_stop(idx, (size_t)lo - 1, (size_t)hi, &stop, &err) != 0)
-    return luaL_error(L, "%s", err.msg);
-  if (hi < lo || stop >= (size_t)hi)
-    lua_pushboolean(L, 1);
-  else
-    lua_pushinteger(L, (lua_Integer)stop + 1);
-  return 1;
-}
-
 /* idx:name(i) -> name | nothing */
 static int index_name(lua_State *L) {
   chb_index *idx = check_index(L);
@@ -426,7 +407,6 @@ static const luaL_Reg index_methods[] = {
     {"fields", index_fields},
     {"name", index_name},
     {"stored", index_stored},
-    {"plain_stop", index_plain_stop},
     {"find", index_find},
     {"find_content", index_find_content},
     {"prefix", index_prefix},

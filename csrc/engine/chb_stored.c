@@ -26,37 +26,61 @@ static int names_itself(const chb_index_entry *e) {
   return !e->data_file || (e->data_file_len == e->name_len && memcmp(e->data_file, e->name, e->name_len) == 0);
 }
 
-/* Its bytes are all in this backup, in the clear, with a checksum to verify. */
-static int own_bytes(const chb_index_entry *e) {
-  return e->use_base != 1 && !e->has_base_size && e->encrypted_by_disk != 1 && e->has_checksum;
-}
-
 static int index_failed(chb_index *idx, chb_error *err) {
   const char *io = chb_index_error(idx);
   return chb_error_set(err, io ? CHB_EIO : CHB_ENOMEM, "cannot read a backup's index: %s",
                        io ? io : "out of memory");
 }
 
-int chb_stored_source(chb_index *idx, size_t i, chb_index_entry *e, chb_error *err) {
-  if (chb_index_get(idx, i, e) != 0) return index_failed(idx, err);
-  if (e->size == 0) return 0;   /* no bytes to find */
-  if (!own_bytes(e)) return 1;
-  if (names_itself(e)) return 0;
-  /* a copy of another entry's bytes, stored once under that entry's name */
-  long j = chb_index_find(idx, e->data_file, e->data_file_len);
-  if (j == -2) return index_failed(idx, err);
-  if (j < 0) return 1;
-  if (chb_index_get(idx, (size_t)j, e) != 0) return index_failed(idx, err);
-  return own_bytes(e) && names_itself(e) ? 0 : 1;
+/* Steps one resolution may take (data_file to data_file, backup to base):
+ * past them the entry is left to chain.pieces, which names the loop. */
+#define MAX_STEPS 64
+
+int chb_stored_source(const chb_stored_level *chain, size_t n, size_t i, chb_index_entry *e,
+                      size_t *level, chb_error *err) {
+  size_t at = 0;
+  if (chb_index_get(chain[0].idx, i, e) != 0) return index_failed(chain[0].idx, err);
+  if (e->size == 0) {   /* no bytes to find */
+    *level = 0;
+    return 0;
+  }
+  for (int step = 0; step < MAX_STEPS; step++) {
+    if (e->encrypted_by_disk == 1 || !e->has_checksum) return 1;
+    uint64_t in_base = e->has_base_size ? e->base_size : e->use_base == 1 ? e->size : 0;
+    if (in_base >= e->size) {
+      /* all its bytes are the base's file of that size and checksum */
+      if (at + 1 >= n) return 1;
+      at++;
+      long j = chb_index_find_content(chain[at].idx, e->size, e->checksum);
+      if (j == -2) return index_failed(chain[at].idx, err);
+      if (j < 0) return 1;
+      if (chb_index_get(chain[at].idx, (size_t)j, e) != 0) return index_failed(chain[at].idx, err);
+      continue;
+    }
+    if (in_base > 0) return 1;   /* a head in the base, a tail here: two pieces */
+    if (names_itself(e)) {
+      if (!chain[at].root) return 1;
+      *level = at;
+      return 0;
+    }
+    /* a copy of another entry's bytes, stored once under that entry's name */
+    long j = chb_index_find(chain[at].idx, e->data_file, e->data_file_len);
+    if (j == -2) return index_failed(chain[at].idx, err);
+    if (j < 0) return 1;
+    if (chb_index_get(chain[at].idx, (size_t)j, e) != 0) return index_failed(chain[at].idx, err);
+  }
+  return 1;
 }
 
-int chb_stored_plain_stop(chb_index *idx, size_t lo, size_t hi, size_t *stop, chb_error *err) {
+int chb_stored_plain_stop(const chb_stored_level *chain, size_t n, size_t lo, size_t hi, size_t *stop,
+                          chb_error *err) {
   size_t pos;
   for (pos = lo; pos < hi; pos++) {
-    long i = chb_index_sorted_at(idx, pos);
+    long i = chb_index_sorted_at(chain[0].idx, pos);
     chb_index_entry e;
-    if (i < 0) return index_failed(idx, err);
-    int rc = chb_stored_source(idx, (size_t)i, &e, err);
+    size_t level;
+    if (i < 0) return index_failed(chain[0].idx, err);
+    int rc = chb_stored_source(chain, n, (size_t)i, &e, &level, err);
     if (rc < 0) return -1;
     if (rc > 0) break;
   }
@@ -64,9 +88,10 @@ int chb_stored_plain_stop(chb_index *idx, size_t lo, size_t hi, size_t *stop, ch
   return 0;
 }
 
-int chb_stored_add(chb_job *job, chb_index *idx, size_t lo, size_t hi, size_t strip,
-                   const char *dst_dir, const char *root, size_t *stop, chb_error *err) {
-  size_t root_len = strlen(root), dir_len = strlen(dst_dir);
+int chb_stored_add(chb_job *job, const chb_stored_level *chain, size_t n, size_t lo, size_t hi,
+                   size_t strip, const char *dst_dir, size_t *stop, chb_error *err) {
+  chb_index *idx = chain[0].idx;
+  size_t dir_len = strlen(dst_dir);
   path_buf src = {0}, dst = {0};
   int rc = 0;
   size_t pos;
@@ -89,11 +114,14 @@ int chb_stored_add(chb_job *job, chb_index *idx, size_t lo, size_t hi, size_t st
     dst.p[dir_len + e.name_len - strip] = '\0';
     uint64_t size = e.size;
     chb_u128 checksum = e.checksum;
-    int found = chb_stored_source(idx, (size_t)i, &e, err);   /* e: where the bytes are */
+    size_t level;
+    int found = chb_stored_source(chain, n, (size_t)i, &e, &level, err);   /* e: where the bytes are */
     if (found != 0) {
       rc = found < 0 ? -1 : 0;
       break;
     }
+    const char *root = chain[level].root;
+    size_t root_len = strlen(root);
     if (reserve(&src, root_len + e.name_len + 2, err) != 0) {
       rc = -1;
       break;

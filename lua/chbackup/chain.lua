@@ -195,6 +195,27 @@ function chain.pieces(b, e, depth)
 end
 
 
+--- b's chain as the C core resolves it without Lua (core.plain_stop,
+-- job:add_stored: csrc/engine/chb_stored.h): {{index=, root=}, ...}, b
+-- first, then its bases; root: the directory of a backup whose files are
+-- stored in the clear (false: none, its files go through chain.pieces).
+-- nil when no backup of the chain has one, or when one reads a compressed
+-- tar (its entries are read in archive order, chain.archive_order).
+function chain.plain_levels(b)
+  local bases = assert(chain.list(b))
+  local levels, any = {}, false
+  for k, x in ipairs(bases) do
+    if x.store.sequential then
+      return nil
+    end
+    local root = x.store.plain_root and x.store:plain_root() or false
+    levels[k] = { index = x.manifest.index, root = root }
+    any = any or root ~= false
+  end
+  return any and levels or nil
+end
+
+
 --- Checks that every piece of every file of b exists with enough bytes:
 -- the chain is intact. With opts.only_base, the files b stores itself are
 -- not checked (an archive being written). Returns true or nil, err.

@@ -298,30 +298,27 @@ local BATCH = 2500
 -- added part by part: the job copies a part's small files as one batch
 -- (one lookup of its directory, one fsync of it) and runs its biggest
 -- batches first (no big file left for one thread at the end). The files
--- the backup stores itself, plainly, go from its index into the job in C
--- (job:add_stored: no Lua value a file); the others' pieces are resolved
+-- whose bytes the chain stores plainly (in this backup, deduplicated, or
+-- in a base) go from the indexes into the job in C (job:add_stored,
+-- chain.plain_levels: no Lua value a file); the others' pieces are resolved
 -- through the chain (chain.pieces) as they come. From a chain that reads a
 -- compressed tar, every file is resolved and a batch's run in archive
 -- order, on one thread (chain.archive_order). Returns true or nil, err, code.
 local function copy_parts(ctx, b, targets, copies)
   local store, op_id = ctx.store, ctx.op_id
   local files_done, bytes_done = 0, 0
-  local bases = assert(chain.list(b))
-  local root = b.store.plain_root and b.store:plain_root()
-  for _, x in ipairs(bases) do
-    root = not x.store.sequential and root or nil
-  end
+  local levels = chain.plain_levels(b)
   local function new_job(threads)
     return core.job({ threads = threads or ctx.threads, fsync = ctx.settings.fsync, ordered = threads ~= nil })
   end
-  -- with root, entries go straight into the job (made on demand); else into batch
+  -- with levels, entries go straight into the job (made on demand); else into batch
   local job, batch = nil, copies
   local function direct_job()
     job = job or new_job()
     return job
   end
   local function run()
-    if root then
+    if levels then
       direct_job()
     else
       -- from a compressed tar: in archive order, on one thread (chain.archive_order)
@@ -346,13 +343,13 @@ local function copy_parts(ctx, b, targets, copies)
     return ok, err, code
   end
   local function add(pieces, dst, size, checksum)
-    if root then
+    if levels then
       direct_job():add(pieces, dst, size, checksum)
     else
       batch[#batch + 1] = { pieces, dst, size, checksum }
     end
   end
-  if root then
+  if levels then
     for _, c in ipairs(copies) do
       add(c[1], c[2], c[3], c[4])
     end
@@ -366,7 +363,7 @@ local function copy_parts(ctx, b, targets, copies)
       local r = contents.each_part_range(t.sel.tbl, ctx.dest.name, function(name, info, lo, hi)
         if part_selected(t, info) then
           k = k + 1
-          if (root and direct_job():count() or #batch) >= BATCH then
+          if (levels and direct_job():count() or #batch) >= BATCH then
             local ok, err, code = run()
             if not ok then
               failed.err, failed.code = err, code
@@ -376,7 +373,7 @@ local function copy_parts(ctx, b, targets, copies)
           local dir = move_paths(t, k, name, info) .. "/"
           local strip, pos = #t.sel.tbl.prefix + #name + 1, lo
           while pos <= hi do
-            local stop = root and direct_job():add_stored(idx, pos, hi, strip, dir, root) or pos
+            local stop = levels and direct_job():add_stored(levels, pos, hi, strip, dir) or pos
             if stop == true then
               break
             end
@@ -589,7 +586,7 @@ function restore.run(ctx, req)
   -- policy's first disk with room for it (its volume's max_data_part_size_bytes
   -- and the disk's keep_free_space_bytes counted).
   local reserved, was_on = {}, disks.read_record(b) or {}
-  local plain_root, idx = b.store.plain_root and b.store:plain_root(), m.index
+  local levels, idx = chain.plain_levels(b), m.index
   -- Returns the location and its number in t.place_locs.
   local function place_part(t, part_name, size, from_disk)
     t.place_locs = t.place_locs or t.locations or catalog_mod.locations(t)
@@ -678,12 +675,12 @@ function restore.run(ctx, req)
             counters.num_files = counters.num_files + 1
             counters.total_size = counters.total_size + x.file.size
           end
-          -- its files' bytes are where the manifest says: those the backup
-          -- stores plainly, checked in C (idx:plain_stop), the others' pieces
-          -- through the chain (copy_parts copies them later)
+          -- its files' bytes are where the manifest says: those the chain
+          -- stores plainly, checked in C (core.plain_stop), the others'
+          -- pieces through the chain (copy_parts copies them later)
           local pos = p.lo
           while pos <= p.hi do
-            local stop = plain_root and idx:plain_stop(pos, p.hi) or pos
+            local stop = levels and core.plain_stop(levels, pos, p.hi) or pos
             if stop == true then
               break
             end
