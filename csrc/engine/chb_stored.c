@@ -1,4 +1,4 @@
-/* chb_stored: a backup's own files added to a job from its index (chb_stored.h). */
+/* chb_stored: files whose bytes a chain stores plainly, added to a job from its indexes (chb_stored.h). */
 #include "chb_stored.h"
 
 #include <stdlib.h>
@@ -36,10 +36,9 @@ static int index_failed(chb_index *idx, chb_error *err) {
  * past them the entry is left to chain.pieces, which names the loop. */
 #define MAX_STEPS 64
 
-int chb_stored_source(const chb_stored_level *chain, size_t n, size_t i, chb_index_entry *e,
-                      size_t *level, chb_error *err) {
+int chb_stored_resolve(const chb_stored_level *chain, size_t n, chb_index_entry *e, size_t *level,
+                       chb_error *err) {
   size_t at = 0;
-  if (chb_index_get(chain[0].idx, i, e) != 0) return index_failed(chain[0].idx, err);
   if (e->size == 0) {   /* no bytes to find */
     *level = 0;
     return 0;
@@ -79,8 +78,8 @@ int chb_stored_plain_stop(const chb_stored_level *chain, size_t n, size_t lo, si
     long i = chb_index_sorted_at(chain[0].idx, pos);
     chb_index_entry e;
     size_t level;
-    if (i < 0) return index_failed(chain[0].idx, err);
-    int rc = chb_stored_source(chain, n, (size_t)i, &e, &level, err);
+    if (i < 0 || chb_index_get(chain[0].idx, (size_t)i, &e) != 0) return index_failed(chain[0].idx, err);
+    int rc = chb_stored_resolve(chain, n, &e, &level, err);
     if (rc < 0) return -1;
     if (rc > 0) break;
   }
@@ -115,7 +114,7 @@ int chb_stored_add(chb_job *job, const chb_stored_level *chain, size_t n, size_t
     uint64_t size = e.size;
     chb_u128 checksum = e.checksum;
     size_t level;
-    int found = chb_stored_source(chain, n, (size_t)i, &e, &level, err);   /* e: where the bytes are */
+    int found = chb_stored_resolve(chain, n, &e, &level, err);   /* e: where the bytes are */
     if (found != 0) {
       rc = found < 0 ? -1 : 0;
       break;

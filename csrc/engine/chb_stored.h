@@ -1,8 +1,8 @@
 /*
  * A backup's files whose bytes its chain stores plainly, added to a job
- * straight from the manifests' indexes (issue 14): RESTORE copies a part's files without a Lua
- * value per file (an entry table, its pieces, a batch row: about 700 Lua VM
- * instructions a file, measured on 600,000 files).
+ * straight from the manifests' indexes (issue 14): RESTORE copies a part's
+ * files without a Lua value per file (an entry table, its pieces, a batch
+ * row: about 700 Lua VM instructions a file, measured on 600,000 files).
  *
  * Only the plain case is taken: an entry whose bytes one backup of the
  * chain stores whole, in the clear, under a name it lists: its own, another
@@ -32,14 +32,14 @@ typedef struct chb_stored_level {
 } chb_stored_level;
 
 /*
- * Where entry i of chain[0] has its bytes, plainly (see above): that entry,
- * into *e, of chain[*level] (n backups, chain[0] the one restored, each
- * next one the base of the one before). An empty entry is its own source.
- * Returns 0, 1 when i is not the plain case (*e then means nothing), or -1
- * with err set (index I/O).
+ * Where entry *e of chain[0] has its bytes, plainly (see above): *e becomes
+ * the entry holding them, of backup chain[*level] (n backups, chain[0] the
+ * one restored, each next one the base of the one before). An empty entry
+ * is its own source. Returns 0, 1 when *e is not the plain case (*e then
+ * means nothing), or -1 with err set (index I/O).
  */
-int chb_stored_source(const chb_stored_level *chain, size_t n, size_t i, chb_index_entry *e,
-                      size_t *level, chb_error *err);
+int chb_stored_resolve(const chb_stored_level *chain, size_t n, chb_index_entry *e, size_t *level,
+                       chb_error *err);
 
 /*
  * The first of chain[0]'s sorted positions [lo, hi) whose entry is not the
@@ -53,7 +53,7 @@ int chb_stored_plain_stop(const chb_stored_level *chain, size_t n, size_t lo, si
 /*
  * Adds to job, in name order, the entries of chain[0] at sorted positions
  * [lo, hi) (chb_index_sorted_at) with size > 0 (an empty file has no bytes
- * to copy): source <root>/<name> of the entry and backup chb_stored_source
+ * to copy): source <root>/<name> of the entry and backup chb_stored_resolve
  * gives, destination `dst_dir` followed by the entry's name without its
  * first `strip` bytes (a part's directory in the backup), the entry's size
  * and checksum expected. Stops at the first entry that is not the plain

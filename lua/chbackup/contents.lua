@@ -218,11 +218,7 @@ end
 
 --- As each_part, with only each part's name and parsed name: f(name,
 -- info), from the names of its files (no entry read: RESTORE's moves).
-function contents.each_part_name(t, backup_name, f)
-  return contents.each_part_range(t, backup_name, function(name, info)
-    return f(name, info)
-  end)
-end
+contents.each_part_name = contents.each_part_range
 
 
 --- A table's data files in the backup, shaped by its engine family:

@@ -285,6 +285,27 @@ local function each_move(targets, backup_name, f)
 end
 
 
+-- Calls f(entry) for each file of backup b at sorted positions lo..hi
+-- (a part's) that take(pos, hi) leaves: take is core.plain_stop or
+-- job:add_stored, which deal with the files whose bytes the chain stores
+-- plainly and return true or the position of the first other one; without
+-- take, every file. Stops at f's first value and returns it.
+local function each_left(b, lo, hi, take, f)
+  local idx, files, pos = b.manifest.index, b.manifest.files, lo
+  while pos <= hi do
+    local stop = take and take(pos, hi) or pos
+    if stop == true then
+      return nil
+    end
+    local r = f(files[idx:sorted(stop)])
+    if r ~= nil then
+      return r
+    end
+    pos = stop + 1
+  end
+end
+
+
 -- Files copied by one job: its entries (the C job copies their names in)
 -- and their Lua plans are freed batch by batch (issue 14). A file's plan
 -- is about 1 KiB of Lua tables and strings (its entry, pieces, paths):
@@ -303,16 +324,16 @@ local BATCH = 2500
 -- chain.plain_levels: no Lua value a file); the others' pieces are resolved
 -- through the chain (chain.pieces) as they come. From a chain that reads a
 -- compressed tar, every file is resolved and a batch's run in archive
--- order, on one thread (chain.archive_order). Returns true or nil, err, code.
-local function copy_parts(ctx, b, targets, copies)
+-- order, on one thread (chain.archive_order). levels: chain.plain_levels(b).
+-- Returns true or nil, err, code.
+local function copy_parts(ctx, b, levels, targets, copies)
   local store, op_id = ctx.store, ctx.op_id
   local files_done, bytes_done = 0, 0
-  local levels = chain.plain_levels(b)
   local function new_job(threads)
     return core.job({ threads = threads or ctx.threads, fsync = ctx.settings.fsync, ordered = threads ~= nil })
   end
   -- with levels, entries go straight into the job (made on demand); else into batch
-  local job, batch = nil, copies
+  local job, batch = nil, {}
   local function direct_job()
     job = job or new_job()
     return job
@@ -349,12 +370,9 @@ local function copy_parts(ctx, b, targets, copies)
       batch[#batch + 1] = { pieces, dst, size, checksum }
     end
   end
-  if levels then
-    for _, c in ipairs(copies) do
-      add(c[1], c[2], c[3], c[4])
-    end
+  for _, c in ipairs(copies) do
+    add(c[1], c[2], c[3], c[4])
   end
-  local idx, files = b.manifest.index, b.manifest.files
   local failed = {}
   for _, t in ipairs(targets) do
     if (t.moves or 0) > 0 then
@@ -370,19 +388,14 @@ local function copy_parts(ctx, b, targets, copies)
               return failed
             end
           end
-          local dir = move_paths(t, k, name, info) .. "/"
-          local strip, pos = #t.sel.tbl.prefix + #name + 1, lo
-          while pos <= hi do
-            local stop = levels and direct_job():add_stored(levels, pos, hi, strip, dir) or pos
-            if stop == true then
-              break
-            end
-            local f = files[idx:sorted(stop)]
+          local dir, strip = move_paths(t, k, name, info) .. "/", #t.sel.tbl.prefix + #name + 1
+          each_left(b, lo, hi, levels and function(pos, last)
+            return direct_job():add_stored(levels, pos, last, strip, dir)
+          end, function(f)
             if f.size > 0 then
               add(assert(chain.pieces(b, f)), dir .. f.name:sub(strip + 1), f.size, f.checksum)
             end
-            pos = stop + 1
-          end
+          end)
         end
       end)
       if r == failed then
@@ -586,7 +599,17 @@ function restore.run(ctx, req)
   -- policy's first disk with room for it (its volume's max_data_part_size_bytes
   -- and the disk's keep_free_space_bytes counted).
   local reserved, was_on = {}, disks.read_record(b) or {}
-  local levels, idx = chain.plain_levels(b), m.index
+  local levels = chain.plain_levels(b)
+  local function plain_stop(pos, last)
+    return core.plain_stop(levels, pos, last)
+  end
+  -- the error of a file whose pieces do not resolve through the chain, or nil
+  local function unresolved(f)
+    local pieces, perr = chain.pieces(b, f)
+    if not pieces then
+      return perr
+    end
+  end
   -- Returns the location and its number in t.place_locs.
   local function place_part(t, part_name, size, from_disk)
     t.place_locs = t.place_locs or t.locations or catalog_mod.locations(t)
@@ -631,18 +654,22 @@ function restore.run(ctx, req)
       -- Every part (or Log table) is checked as ClickHouse will load it
       -- before a byte is copied. A part's files are copied by copy_parts;
       -- a Log table's are listed in copies now (add_file).
-      local function add_file(dst, f)
+      local function note_file(dst, f)
         if f.size == 0 then
           empty_files[#empty_files + 1] = dst   -- no bytes in the backup
-        else
+        end
+        counters.num_files = counters.num_files + 1
+        counters.total_size = counters.total_size + f.size
+      end
+      local function add_file(dst, f)
+        note_file(dst, f)
+        if f.size > 0 then
           local pieces, perr = chain.pieces(b, f)
           if not pieces then
             return nil, perr
           end
           copies[#copies + 1] = { pieces, dst, f.size, f.checksum }
         end
-        counters.num_files = counters.num_files + 1
-        counters.total_size = counters.total_size + f.size
         return true
       end
       -- its parts, one at a time (contents.each_part; moves: note_move)
@@ -669,27 +696,12 @@ function restore.run(ctx, req)
           note_move(t, loc_no)
           local tmp = move_paths(t, t.moves, p.name, p.info)
           for _, x in ipairs(p.list) do
-            if x.file.size == 0 then
-              empty_files[#empty_files + 1] = tmp .. "/" .. x.rel   -- no bytes in the backup
-            end
-            counters.num_files = counters.num_files + 1
-            counters.total_size = counters.total_size + x.file.size
+            note_file(tmp .. "/" .. x.rel, x.file)
           end
           -- its files' bytes are where the manifest says: those the chain
           -- stores plainly, checked in C (core.plain_stop), the others'
           -- pieces through the chain (copy_parts copies them later)
-          local pos = p.lo
-          while pos <= p.hi do
-            local stop = levels and core.plain_stop(levels, pos, p.hi) or pos
-            if stop == true then
-              break
-            end
-            local pieces, perr = chain.pieces(b, m.files[idx:sorted(stop)])
-            if not pieces then
-              return perr
-            end
-            pos = stop + 1
-          end
+          return each_left(b, p.lo, p.hi, levels and plain_stop, unresolved)
         end)
         ok = ferr == nil
       end
@@ -764,7 +776,7 @@ function restore.run(ctx, req)
       return nil, eerr
     end
   end
-  local ok, jerr, jcode = copy_parts(ctx, b, targets, copies)
+  local ok, jerr, jcode = copy_parts(ctx, b, levels, targets, copies)
   if not ok then
     cleanup()
     return nil, "restore from backup " .. src.name .. " failed: " .. jerr, jcode
